@@ -1,0 +1,25 @@
+# Set-up never lets pip resolve an unpinned torch: the pinned build goes in first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m clara_fl demo --workspace demo_workspace
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf demo_workspace .pytest_cache

@@ -1,0 +1,39 @@
+"""``clara-fl export``: a checkpoint to TorchScript (Clara's medl.apps.export)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from clara_fl.config.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a checkpoint to TorchScript")
+    parser.add_argument("-m", "--mmar", default=".", help="MMAR root; relative paths and custom/ code are taken from it")
+    parser.add_argument("--model_path", default="models/model.pt", help="checkpoint with model weights and train_conf")
+    parser.add_argument("--output_path", default="models/model.ts", help="TorchScript file to write")
+    parser.add_argument("--input_shape", required=True, help='example input shape, e.g. "[1, 1, 96, 96, 96]"')
+    parser.set_defaults(run=run)
+
+
+def parse_shape(text: str) -> list[int]:
+    try:
+        shape = json.loads(text)
+    except json.JSONDecodeError:
+        shape = None
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ConfigError(f"expected a JSON list of positive integers such as \"[1, 1, 96, 96, 96]\", got '{text}'", path="--input_shape")
+    return shape
+
+
+def run(args: argparse.Namespace) -> int:
+    from clara_fl.workflows.export import export_torchscript
+
+    shape = parse_shape(args.input_shape)
+    root = os.path.abspath(args.mmar)
+    in_mmar = lambda p: p if os.path.isabs(p) else os.path.join(root, p)  # noqa: E731
+    how = export_torchscript(in_mmar(args.model_path), in_mmar(args.output_path), shape, mmar_root=root)
+    print(f"saved {in_mmar(args.output_path)} (torch.jit.{how})")
+    return 0

@@ -1,0 +1,30 @@
+"""``clara-fl train``: train an MMAR from its config_train.json (Clara's medl.apps.train)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from clara_fl.apps.common import add_mmar_arguments, load_from_args
+
+logger = logging.getLogger("clara_fl.train")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train from config_train.json", description=__doc__)
+    add_mmar_arguments(parser, "config/config_train.json")
+    parser.add_argument("--write_train_stats", action="store_true", help="write train_stats.json to MMAR_CKPT_DIR")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clara_fl.workflows.train import TrainWorkflow
+
+    workflow = TrainWorkflow.build(load_from_args(args))
+    stats = workflow.run(write_stats=args.write_train_stats)
+    best = "n/a" if stats.best_key_metric is None else f"{stats.best_key_metric:.4f} (epoch {stats.best_key_metric_epoch})"
+    logger.info(
+        "training done: %d epochs, %d iterations, %.1f s; best %s: %s; checkpoints in %s",
+        stats.epochs_completed, stats.total_iterations, stats.total_time_s, stats.key_metric_name, best, workflow.ckpt_dir,
+    )
+    return 0

@@ -1,0 +1,61 @@
+"""The ``clara-fl`` command. Subcommands import their heavy dependencies only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from clara_fl import __version__
+from clara_fl.apps import evaluate, export, synth, train
+
+__all__ = ["main", "build_parser"]
+
+EXIT_CONFIG_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clara-fl",
+        description="Clara Train 4.1 MMARs on MONAI and NVIDIA FLARE: train, validate, infer, export, federate.",
+    )
+    parser.add_argument("--version", action="version", version=f"clara-fl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for app in (train, evaluate, export, synth):
+        app.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from clara_fl.config.errors import ConfigError
+
+    try:
+        return args.run(args)
+    except ConfigError as e:
+        if args.debug:
+            raise
+        print(f"clara-fl {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except Exception as e:  # a failure while running: one readable line, the traceback on --debug
+        if args.debug:
+            raise
+        print(f"clara-fl {args.command}: error: {describe_failure(e)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"clara-fl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def describe_failure(error: BaseException) -> str:
+    """The chain of causes, outermost first: ``applying transform X: ValueError: ROI larger than image``."""
+    parts = []
+    while error is not None:
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return " <- ".join(parts)

@@ -1,0 +1,83 @@
+"""Finding the class behind a component's ``name`` (short name) or ``path`` (dotted path)."""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from typing import Any
+
+from clara_fl.config.errors import ConfigError, did_you_mean
+
+__all__ = ["SEARCH_MODULES", "locate_name", "locate_path"]
+
+# Where Clara looked for short names, in order. clara_fl.components comes first: it holds the
+# components whose Clara behaviour differs from MONAI's (fixed checkpoint names, lazy writers).
+SEARCH_MODULES: tuple[str, ...] = (
+    "clara_fl.components",
+    "monai.transforms",
+    "monai.handlers",
+    "monai.engines",
+    "monai.inferers",
+    "monai.losses",
+    "monai.networks.nets",
+    "monai.optimizers",
+    "monai.data",
+    "torch.optim",
+    "torch.optim.lr_scheduler",
+    "torch.nn",
+    "torch.utils.data",
+    "ignite.metrics",
+)
+
+
+@lru_cache(maxsize=None)
+def _module(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def _public_names() -> set[str]:
+    names: set[str] = set()
+    for module_name in SEARCH_MODULES:
+        module = _module(module_name)
+        names.update(n for n in dir(module) if n[:1].isupper())
+    return names
+
+
+@lru_cache(maxsize=None)
+def _locate(name: str) -> Any:
+    for module_name in SEARCH_MODULES:
+        found = getattr(_module(module_name), name, None)
+        if callable(found):
+            return found
+    return None
+
+
+def locate_name(name: str) -> Any:
+    """The callable for a Clara short name such as ``"UNet"`` or ``"StepLR"``."""
+    found = _locate(name)
+    if found is None:
+        raise ConfigError(
+            f"unknown component name '{name}'{did_you_mean(name, _public_names())}; "
+            "use a MONAI/PyTorch/Ignite class name or a dotted 'path' for your own class"
+        )
+    return found
+
+
+def locate_path(path: str) -> Any:
+    """The callable at a dotted ``path`` such as ``"myNetworkArch.MyBasicUNet"`` (MMAR custom/ is importable)."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(f"'path' must be a dotted path 'module.ClassName', got '{path}'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            f"cannot import module '{module_name}' for path '{path}' ({e}); BYOC modules belong in the MMAR's custom/ folder"
+        ) from None
+    except Exception as e:  # the user's module failed while importing
+        raise ConfigError(f"importing module '{module_name}' failed: {type(e).__name__}: {e}") from None
+    found = getattr(module, attr, None)
+    if found is None:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise ConfigError(f"module '{module_name}' has no '{attr}'{did_you_mean(attr, public)}")
+    return found

@@ -1,0 +1,83 @@
+"""An MMAR on disk: its folders, its environment.json, and a config file made ready to build."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
+from clara_fl.config.variables import Variables, config_globals
+
+__all__ = ["LoadedConfig", "load_config", "resolve_in_mmar"]
+
+DEFAULT_ENVIRONMENT = "config/environment.json"
+
+
+def resolve_in_mmar(mmar_root: str, path: str) -> str:
+    """Clara's rule for -c/-e: absolute paths stay, relative ones are under the MMAR root."""
+    return path if os.path.isabs(path) else os.path.join(mmar_root, path)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A config file with every ``{X}`` filled in, plus where it came from."""
+
+    config: dict[str, Any]
+    variables: Variables
+    file: str
+    mmar_root: str
+
+    @property
+    def display_file(self) -> str:
+        """The file as users name it: relative to the MMAR root where possible."""
+        rel = os.path.relpath(self.file, self.mmar_root)
+        return self.file if rel.startswith("..") else rel
+
+
+def load_config(
+    mmar_root: str | os.PathLike,
+    config_file: str,
+    environment_file: str | None = DEFAULT_ENVIRONMENT,
+    overrides: Mapping[str, Any] | None = None,
+    extra_environment: Mapping[str, Any] | None = None,
+) -> LoadedConfig:
+    """Read ``config_file`` and ``environment_file`` of an MMAR and substitute variables.
+
+    ``extra_environment`` sits between environment.json and ``overrides`` (a site's local values in FL).
+    The MMAR's ``custom/`` folder goes on ``sys.path`` so BYOC ``path`` components import.
+    """
+    mmar_root = os.path.abspath(os.fspath(mmar_root))
+    if not os.path.isdir(mmar_root):
+        raise ConfigError("MMAR folder not found (expected a folder with config/ inside)", file=mmar_root)
+    config_path = resolve_in_mmar(mmar_root, config_file)
+    config = load_json(config_path)
+    if not isinstance(config, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}", file=config_path)
+    environment: dict[str, Any] = {}
+    env_path = None
+    if environment_file:
+        env_path = resolve_in_mmar(mmar_root, environment_file)
+        environment = load_json(env_path, what="environment file")
+        if not isinstance(environment, dict):
+            raise ConfigError("environment.json must be a JSON object of NAME: value", file=env_path)
+    environment.update(extra_environment or {})
+    display = os.path.relpath(config_path, mmar_root)
+    display = config_path if display.startswith("..") else display
+    variables = Variables.collect(
+        config, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
+    )
+    add_custom_to_path(mmar_root)
+    resolved = variables.substitute(config)
+    for name in config_globals(config):  # the effective value, so a saved train_conf tells the truth
+        resolved[name] = variables[name]
+    return LoadedConfig(resolved, variables, config_path, mmar_root)
+
+
+def add_custom_to_path(mmar_root: str) -> None:
+    custom = os.path.join(mmar_root, "custom")
+    if os.path.isdir(custom) and custom not in sys.path:
+        sys.path.insert(0, custom)

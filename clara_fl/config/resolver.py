@@ -1,0 +1,449 @@
+"""Building the components of a variable-substituted Clara config.
+
+A Clara config has sections (``train`` and ``validate``, or one flat section for validation and
+inference configs) whose keys are components. ``@name`` finds a key in the current section first,
+then in the others (train handlers use ``@evaluator``, the evaluator uses ``@model``); ``@conf`` is
+the whole config. Each key is built once and shared by everything that refers to it.
+
+The same walk runs twice: first as a dry run that checks names, arguments, references, aliases
+and data files without building anything, then for real. So a bad config fails in a second,
+before any dataset is cached or any file is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clara_fl.config import compat
+from clara_fl.config.errors import ConfigError, did_you_mean, json_path
+from clara_fl.config.expressions import ExpressionEvaluator, references_in
+from clara_fl.config.locator import locate_name, locate_path
+from clara_fl.config.variables import is_code, parse_cli_value
+
+__all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
+
+logger = logging.getLogger(__name__)
+
+COMPONENT_KEYS = frozenset(
+    {"name", "path", "args", "disabled", "rank", "log_label", "ref", "data_list_file_path", "data_file_base_dir", "data_list_key"}
+)
+DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
+TRANSFORM_LISTS = ("pre_transforms", "post_transforms")
+MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
+
+
+class TrainConf:
+    """The resolved config as a checkpointable object, so ``"train_conf": "@conf"`` works in save_dict.
+
+    Deliberately not a Mapping: ignite walks into mappings in save_dict looking for state_dict owners.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.config[key]
+
+    def state_dict(self) -> dict:
+        return self.config
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.config = dict(state)
+
+
+@dataclass
+class BuildContext:
+    """What building needs to know about the process it runs in (filled in by the runtime core)."""
+
+    device: Any = "cpu"
+    cuda_available: bool = False
+    amp: bool = False
+    rank: int = 0
+    mmar_root: str | None = None
+    evaluator: ExpressionEvaluator = field(default_factory=ExpressionEvaluator)
+    _said: set[str] = field(default_factory=set)
+
+    def say_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            logger.log(level, message)
+
+
+@dataclass
+class _Planned:
+    """Dry-run stand-in for a component that would be built."""
+
+    target: Any
+    path: str
+
+
+def component_label(spec: Mapping[str, Any]) -> str:
+    """A metric's log label: ``log_label``, else its class name."""
+    return str(spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1])
+
+
+def _is_component(value: Any) -> bool:
+    return isinstance(value, dict) and ("name" in value or "path" in value)
+
+
+def _is_model_entry(value: Any) -> bool:
+    entries = value if isinstance(value, list) else [value]
+    return bool(entries) and all(isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and e.keys() & {"ts_path", "ckpt_path"} for e in entries)
+
+
+class ConfigResolver:
+    """Builds (or, with ``dry_run``, checks) the components of one substituted config."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        file: str | None = None,
+        context: BuildContext | None = None,
+        variable_names: set[str] | frozenset[str] = frozenset(),
+        dry_run: bool = False,
+    ) -> None:
+        self.config = config
+        self.file = file
+        self.context = context or BuildContext()
+        self.dry_run = dry_run
+        self.sections = self._find_sections(config, variable_names)
+        self._cache: dict[str, Any] = {}
+        self._building: list[str] = []
+
+    # -- sections and references -------------------------------------------------------------
+
+    @staticmethod
+    def _find_sections(config: Mapping[str, Any], variable_names: set[str] | frozenset[str]) -> dict[str, Mapping]:
+        """``{"train": ..., "validate": ...}`` for a train config, ``{"": config}`` for a flat one."""
+        if isinstance(config.get("train"), dict):
+            sections = {"train": config["train"]}
+            if isinstance(config.get("validate"), dict):
+                sections["validate"] = config["validate"]
+            extras = {k: v for k, v in config.items() if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"}
+            if extras:
+                sections[""] = extras
+            return sections
+        return {"": {k: v for k, v in config.items() if k not in variable_names or isinstance(v, (dict, list))}}
+
+    def names(self) -> list[str]:
+        return sorted({k for section in self.sections.values() for k in section} | {"conf"})
+
+    def _owner(self, name: str, section: str) -> str:
+        if name in self.sections.get(section, {}):
+            return section
+        for other, content in self.sections.items():
+            if name in content:
+                return other
+        raise ConfigError(f"unknown reference '@{name}'{did_you_mean(name, self.names(), prefix='@')}")
+
+    def get(self, name: str, section: str | None = None) -> Any:
+        """The built component ``@name`` as seen from ``section`` (default: first section holding it)."""
+        if name == "conf":
+            return _Planned(TrainConf, "conf") if self.dry_run else TrainConf(self.config)
+        owner = self._owner(name, section if section is not None else next(iter(self.sections)))
+        key = json_path(owner, name)
+        if key in self._cache:
+            return self._cache[key]
+        if key in self._building:
+            cycle = " -> ".join(self._building[self._building.index(key) :] + [key])
+            raise ConfigError(f"circular reference: {cycle}", file=self.file, path=key)
+        self._building.append(key)
+        try:
+            value = self._build_section_item(owner, name, self.sections[owner][name])
+        finally:
+            self._building.pop()
+        self._cache[key] = value
+        return value
+
+    def build_all(self) -> dict[str, Any]:
+        """Build (or check) every component of every section; returns them keyed by JSON path."""
+        for section, content in self.sections.items():
+            for name in content:
+                self.get(name, section)
+        return dict(self._cache)
+
+    # -- values --------------------------------------------------------------------------------
+
+    def _build_section_item(self, section: str, name: str, value: Any) -> Any:
+        path = json_path(section, name)
+        if name == "model" and _is_model_entry(value):
+            return self._load_model_entry(value, path)
+        if name == "key_metric" and _is_component(value):
+            built = self._resolve(value, path, section)
+            return {} if built is None else {component_label(value): built}
+        if name == "additional_metrics" and isinstance(value, list):
+            metrics = {}
+            for index, spec in enumerate(value):
+                built = self._resolve(spec, json_path(path, index), section)
+                if built is not None:
+                    metrics[component_label(spec)] = built
+            return metrics
+        built = self._resolve(value, path, section)
+        if name in TRANSFORM_LISTS and isinstance(built, list) and not self.dry_run:
+            from monai.transforms import Compose
+
+            return Compose(built)
+        if name in ("model", "loss") and not self.dry_run and hasattr(built, "to"):
+            built = built.to(self.context.device)
+        return built
+
+    def _resolve(self, value: Any, path: str, section: str) -> Any:
+        try:
+            if isinstance(value, str):
+                return self._resolve_string(value, path, section)
+            if isinstance(value, list):
+                return self._resolve_list(value, path, section)
+            if isinstance(value, dict):
+                if "ref" in value:
+                    return self._resolve_ref(value, path, section)
+                if _is_component(value):
+                    return self._build_component(value, path, section)
+                return {k: self._resolve(v, json_path(path, k), section) for k, v in value.items()}
+            return value
+        except ConfigError as e:
+            raise e.located(self.file, path) from None
+
+    def _resolve_string(self, value: str, path: str, section: str) -> Any:
+        if value.startswith("@") and value[1:].isidentifier():
+            return self.get(value[1:], section)
+        if is_code(value):
+            for ref in references_in(value):
+                if ref != "conf":
+                    self._owner(ref, section)  # an unknown name fails here, in the dry run too
+            if self.dry_run:
+                self.context.evaluator.check(value)
+                return _Planned(value, path)
+            return self.context.evaluator.evaluate(value, lambda ref: self.get(ref, section))
+        return value
+
+    def _resolve_list(self, value: list, path: str, section: str) -> list:
+        items = []
+        for index, item in enumerate(value):
+            item_path = json_path(path, index)
+            if isinstance(item, dict) and self._disabled(item, item_path):
+                continue
+            key = item_path
+            if key not in self._cache:
+                self._cache[key] = self._resolve(item, item_path, section)
+            if isinstance(item, dict) and not self._on_this_rank(item, item_path):
+                continue  # built on every rank (collectives in constructors), used on its own rank only
+            items.append(self._cache[key])
+        return items
+
+    def _disabled(self, spec: Mapping[str, Any], path: str) -> bool:
+        value = spec.get("disabled", False)
+        if isinstance(value, str):
+            value = parse_cli_value(value)
+        if not isinstance(value, bool):
+            raise ConfigError(f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled"))
+        return value
+
+    def _on_this_rank(self, spec: Mapping[str, Any], path: str) -> bool:
+        rank = spec.get("rank")
+        if rank is None:
+            return True
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise ConfigError(f"'rank' must be an integer, got {rank!r}", file=self.file, path=json_path(path, "rank"))
+        return rank == self.context.rank
+
+    # -- transform references ------------------------------------------------------------------
+
+    def _train_transforms(self) -> Iterator[tuple[str, str, str | None]]:
+        """(path, class name, alias) for each transform of the train section."""
+        train = self.sections.get("train", {})
+        for list_name in TRANSFORM_LISTS:
+            for index, spec in enumerate(train.get(list_name) or []):
+                if _is_component(spec):
+                    name, _, alias = str(spec.get("name") or spec.get("path")).partition("#")
+                    yield json_path("train", list_name, index), name.split(".")[-1], alias or None
+
+    def _resolve_ref(self, value: Mapping[str, Any], path: str, section: str) -> Any:
+        ref = value["ref"]
+        extra = set(value) - {"ref", "disabled", "rank"}
+        if extra:
+            raise ConfigError(f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is")
+        if "train" not in self.sections or section == "train":
+            raise ConfigError(f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')")
+        candidates = list(self._train_transforms())
+        match = next((p for p, _, alias in candidates if alias == ref), None)
+        match = match or next((p for p, name, _ in candidates if name == ref), None)
+        if match is None:
+            known = [alias for _, _, alias in candidates if alias] + [name for _, name, _ in candidates]
+            raise ConfigError(
+                f"ref '{ref}' matches no transform name or alias in train.pre_transforms or train.post_transforms"
+                f"{did_you_mean(ref, known)}"
+            )
+        if match not in self._cache:
+            list_name, index = match.split(".", 1)[1].split("[")
+            spec = self.sections["train"][list_name][int(index.rstrip("]"))]
+            if self._disabled(spec, match):
+                raise ConfigError(f"ref '{ref}' points at {match}, which is disabled")
+            self._cache[match] = self._resolve(spec, match, "train")
+        return self._cache[match]
+
+    # -- components ----------------------------------------------------------------------------
+
+    def _build_component(self, spec: Mapping[str, Any], path: str, section: str) -> Any:
+        unknown = set(spec) - COMPONENT_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ConfigError(f"unexpected key '{key}' in a component{did_you_mean(key, COMPONENT_KEYS)}")
+        if self._disabled(spec, path):
+            return None
+        name, target = self._target(spec, path)
+        raw_args = spec.get("args", {})
+        if not isinstance(raw_args, dict):
+            raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
+        args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
+        args = {k: self._resolve(v, json_path(path, "args", k), section) for k, v in args.items()}
+        if any(k in spec for k in DATASET_KEYS):
+            args["data"] = self._datalist(spec, path)
+        args = self._adapt_to_runtime(target, args, path)
+        self._check_signature(name, target, args, path)
+        load_path = args.get("load_path")
+        if isinstance(load_path, str) and not os.path.isfile(load_path):
+            raise ConfigError(
+                f"checkpoint to load not found: {load_path} (fine-tuning needs a trained model; "
+                "train first or set dont_load_ckpt_model=True)",
+                path=json_path(path, "args", "load_path"),
+            )
+        if self.dry_run:
+            return _Planned(target, path)
+        try:
+            return target(**args)
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}") from None
+
+    def _legacy_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        legacy = compat.LEGACY_NAMES.get(str(spec.get("name", "")).split("#")[0])
+        return dict(legacy.defaults) if legacy else {}
+
+    def _target(self, spec: Mapping[str, Any], path: str) -> tuple[str, Callable]:
+        if "name" in spec and "path" in spec:
+            raise ConfigError("give either 'name' or 'path', not both")
+        if "path" in spec:
+            where = json_path(path, "path")
+            dotted = str(spec["path"]).split("#")[0]
+            try:
+                return dotted.rsplit(".", 1)[-1], locate_path(dotted)
+            except ConfigError as e:
+                raise e.located(self.file, where) from None
+        where = json_path(path, "name")
+        name = str(spec["name"]).split("#")[0]
+        removed = compat.removed_name_error(name)
+        if removed:
+            raise removed.located(self.file, where)
+        legacy = compat.LEGACY_NAMES.get(name)
+        try:
+            return name, locate_name(legacy.replacement if legacy else name)
+        except ConfigError as e:
+            raise e.located(self.file, where) from None
+
+    def _datalist(self, spec: Mapping[str, Any], path: str) -> Any:
+        from clara_fl.data.datalist import load_datalist
+
+        if "data_list_file_path" not in spec:
+            raise ConfigError("'data_list_file_path' is required with the other data_list keys", path=path)
+        root = self.context.mmar_root or os.getcwd()
+        list_path = os.path.join(root, str(spec["data_list_file_path"]))
+        base_dir = spec.get("data_file_base_dir")
+        base_dir = os.path.join(root, str(base_dir)) if base_dir else None
+        try:
+            return load_datalist(list_path, str(spec.get("data_list_key", "training")), base_dir)
+        except ConfigError as e:
+            e.message = f"{e.message} (datalist {e.file}{': ' + e.path if e.path else ''})"
+            e.file, e.path = self.file, json_path(path, "data_list_file_path")
+            raise e from None
+
+    def _adapt_to_runtime(self, target: Callable, args: dict[str, Any], path: str) -> dict[str, Any]:
+        """Fit device and AMP arguments to the machine, as Clara did for configs written for GPUs."""
+        device = args.get("device")
+        if isinstance(device, str) and device.startswith("cuda") and not self.context.cuda_available:
+            self.context.say_once("cuda-fallback", f"{path}: \"device\": \"{device}\" but CUDA is not available; running on CPU")
+            args["device"] = "cpu"
+        if _is_engine(target):
+            args.setdefault("device", self.context.device)
+            if args.get("amp") and not self.context.amp:
+                self.context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
+                args["amp"] = False
+        return args
+
+    def _check_signature(self, name: str, target: Callable, args: Mapping[str, Any], path: str) -> None:
+        params = _parameters(target)
+        if params is None:
+            return
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = [p for p in params if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if not accepts_any:
+            for arg in args:
+                if arg not in params:
+                    raise ConfigError(
+                        f"unexpected argument '{arg}' for {name}{did_you_mean(arg, named)}; it accepts: {', '.join(named)}",
+                        path=json_path(path, "args", arg),
+                    )
+        missing = [
+            p for p in named
+            if params[p].default is inspect.Parameter.empty and params[p].kind is not inspect.Parameter.POSITIONAL_ONLY and p not in args
+        ]
+        if missing:
+            raise ConfigError(f"{name} needs argument(s) {', '.join(repr(m) for m in missing)} in 'args'", path=json_path(path, "args"))
+
+    # -- validation/inference model entries ------------------------------------------------------
+
+    def _load_model_entry(self, value: Any, path: str) -> Any:
+        """``[{"ts_path": ...}, {"ckpt_path": ...}]``: the first enabled entry wins."""
+        entries = value if isinstance(value, list) else [value]
+        for index, entry in enumerate(entries):
+            entry_path = json_path(path, index) if isinstance(value, list) else path
+            if self._disabled(entry, entry_path):
+                continue
+            kind = "ts_path" if "ts_path" in entry else "ckpt_path"
+            file = str(entry[kind])
+            if not os.path.isabs(file) and self.context.mmar_root:
+                file = os.path.join(self.context.mmar_root, file)
+            if not os.path.isfile(file):
+                raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
+            if self.dry_run:
+                return _Planned(kind, entry_path)
+            from clara_fl.runtime.checkpoint import load_checkpoint_model, load_torchscript_model
+
+            try:
+                if kind == "ts_path":
+                    return load_torchscript_model(file, self.context.device)
+                return load_checkpoint_model(file, self.context)
+            except ConfigError as e:
+                raise e.located(self.file, json_path(entry_path, kind)) from None
+        raise ConfigError(
+            "every model entry is disabled; enable one with --set dont_load_ts_model=False or dont_load_ckpt_model=False",
+            file=self.file,
+            path=path,
+        )
+
+
+def _parameters(target: Any) -> dict[str, inspect.Parameter] | None:
+    """Keyword parameters of ``target``; our wrappers' ``**kwargs`` are filled from the MONAI class they extend."""
+    try:
+        params = dict(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return None
+    if inspect.isclass(target) and target.__module__.startswith("clara_fl.components"):
+        var_kw = [n for n, p in params.items() if p.kind is p.VAR_KEYWORD]
+        base = _parameters(target.__mro__[1])
+        if var_kw and base is not None:
+            for n in var_kw:
+                params.pop(n)
+            params = {**base, **params}
+    return params
+
+
+def _is_engine(target: Any) -> bool:
+    if not inspect.isclass(target):
+        return False
+    return any(base.__module__.startswith("monai.engines") and base.__name__ == "Workflow" for base in target.__mro__)

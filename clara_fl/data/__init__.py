@@ -1,0 +1,1 @@
+"""Data lists and synthetic data."""

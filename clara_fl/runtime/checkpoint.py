@@ -1,0 +1,91 @@
+"""Checkpoints: crash-safe writes and loads that never unpickle arbitrary objects."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.runtime.files import atomic_write
+
+__all__ = ["save_atomic", "load_checkpoint", "load_checkpoint_model", "load_torchscript_model", "model_state"]
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` crash-safely: a kill at any moment leaves the old file or the new one, never a partial one."""
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint with ``weights_only=True``; anything that needs arbitrary unpickling is refused."""
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError("checkpoint not found", file=path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(
+            "refusing to load this checkpoint: it holds objects other than tensors and plain data, "
+            f"and loading it would run arbitrary code ({str(e).splitlines()[0]})",
+            file=path,
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ConfigError(f"cannot read checkpoint: {type(e).__name__}: {e}", file=path) from None
+
+
+def model_state(checkpoint: Any, path: str) -> Mapping[str, Any]:
+    """The network weights in a Clara checkpoint (``{"model": state_dict, ...}``) or a bare state_dict."""
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+        return checkpoint["model"]
+    if isinstance(checkpoint, Mapping) and checkpoint and all(hasattr(v, "shape") for v in checkpoint.values()):
+        return checkpoint
+    raise ConfigError("checkpoint has no 'model' weights", file=path)
+
+
+def strip_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_checkpoint_model(path: str, context: Any) -> Any:
+    """Rebuild the network from the ``train_conf`` stored in a checkpoint and load its weights."""
+    from clara_fl.config.resolver import ConfigResolver
+
+    checkpoint = load_checkpoint(path)
+    train_conf = checkpoint.get("train_conf") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(train_conf, Mapping) or not isinstance(train_conf.get("train"), Mapping) or "model" not in train_conf["train"]:
+        raise ConfigError(
+            "checkpoint has no 'train_conf' with a train.model to rebuild the network from; "
+            "save it with \"train_conf\": \"@conf\" in the CheckpointSaver's save_dict, or give a model component",
+            file=path,
+        )
+    try:
+        model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
+    except ConfigError as e:
+        raise e.located(file=f"{path}#train_conf") from None
+    load_weights(model, model_state(checkpoint, path), path, strict=True)
+    return model.eval()
+
+
+def load_weights(model: Any, state: Mapping[str, Any], source: str, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load ``state`` into ``model``; a shape or key mismatch is reported naming ``source``."""
+    try:
+        result = model.load_state_dict(strip_ddp_prefix(state), strict=strict)
+    except RuntimeError as e:
+        raise ConfigError(f"weights do not fit the network: {str(e).splitlines()[0]}", file=source) from None
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def load_torchscript_model(path: str, device: Any) -> Any:
+    """A TorchScript model from the configured ts_path."""
+    import torch
+
+    try:
+        return torch.jit.load(path, map_location=device).eval()
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot load TorchScript model: {str(e).splitlines()[0]}", file=path) from None

@@ -1,0 +1,46 @@
+"""The evaluate workflow: config_validation.json / config_inference.json built into a MONAI evaluator."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from clara_fl.config.mmar import LoadedConfig
+from clara_fl.config.resolver import BuildContext, ConfigResolver
+from clara_fl.workflows.build import build_components, require
+from clara_fl.workflows.train import _attach_progress_bar, _interactive
+
+__all__ = ["EvaluateWorkflow"]
+
+
+class EvaluateWorkflow:
+    """A built validation or inference config; :meth:`run` returns the metrics by log label."""
+
+    def __init__(self, loaded: LoadedConfig, resolver: ConfigResolver, context: BuildContext) -> None:
+        self.loaded = loaded
+        self.resolver = resolver
+        self.context = context
+        self.evaluator = require(resolver, "evaluator", "")
+        self.network = self.evaluator.network
+
+    @classmethod
+    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None) -> EvaluateWorkflow:
+        resolver, context = build_components(loaded, context)
+        return cls(loaded, resolver, context)
+
+    def run(self, progress: bool | None = None) -> dict[str, float]:
+        if progress if progress is not None else _interactive():
+            _attach_progress_bar(self.evaluator)
+        self.evaluator.run()
+        return scalar_metrics(self.evaluator.state.metrics)
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Metrics reduced to plain floats (tensor scalars included); non-scalar metrics are left out."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+            value = value.item()
+        if isinstance(value, numbers.Number):
+            out[name] = float(value)
+    return out

@@ -37,6 +37,12 @@ LEGACY_NAMES: dict[str, LegacyName] = {
     "AsChannelFirstD": LegacyName("EnsureChannelFirstd", {"channel_dim": -1}),
     "AsChannelFirstDict": LegacyName("EnsureChannelFirstd", {"channel_dim": -1}),
     "AsChannelFirst": LegacyName("EnsureChannelFirst", {"channel_dim": -1}),
+    # ToTensord became invertible in MONAI 0.9: inverting it yields numpy arrays, which breaks Invertd
+    # on the crops before it (Clara 4.1's own validation config). EnsureTyped converts the same way
+    # and records no inverse.
+    "ToTensord": LegacyName("EnsureTyped", {"data_type": "tensor"}),
+    "ToTensorD": LegacyName("EnsureTyped", {"data_type": "tensor"}),
+    "ToTensorDict": LegacyName("EnsureTyped", {"data_type": "tensor"}),
 }
 
 REMOVED_NAMES: dict[str, str] = {

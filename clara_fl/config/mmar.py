@@ -44,17 +44,19 @@ def load_config(
     environment_file: str | None = DEFAULT_ENVIRONMENT,
     overrides: Mapping[str, Any] | None = None,
     extra_environment: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> LoadedConfig:
     """Read ``config_file`` and ``environment_file`` of an MMAR and substitute variables.
 
     ``extra_environment`` sits between environment.json and ``overrides`` (a site's local values in FL).
+    ``config``, when given, is used instead of reading ``config_file`` (which still names it in errors).
     The MMAR's ``custom/`` folder goes on ``sys.path`` so BYOC ``path`` components import.
     """
     mmar_root = os.path.abspath(os.fspath(mmar_root))
     if not os.path.isdir(mmar_root):
         raise ConfigError("MMAR folder not found (expected a folder with config/ inside)", file=mmar_root)
     config_path = resolve_in_mmar(mmar_root, config_file)
-    config = load_json(config_path)
+    config = dict(config) if config is not None else load_json(config_path)
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}", file=config_path)
     environment: dict[str, Any] = {}

@@ -23,6 +23,8 @@ _TRUE_WORDS = {"true", "yes", "on"}
 _FALSE_WORDS = {"false", "no", "off"}
 # Keys whose relative value is a path under the MMAR root.
 _MMAR_RELATIVE = re.compile(r"^(MMAR_\w+|DATA_ROOT)$")
+# Keys whose value is a path where "~" means the user's home.
+_PATH_VARIABLE = re.compile(r"^(MMAR_\w+|DATA_ROOT|DATASET_JSON)$")
 
 
 def is_code(value: str) -> bool:
@@ -103,10 +105,11 @@ class Variables:
         for name in list(raw):
             source = environment_file if environment and name in environment else file
             table._values[name] = table._resolve_value(name, raw[name], source, set())
-        if mmar_root is not None:
-            for name, value in table._values.items():
-                if _MMAR_RELATIVE.match(name) and isinstance(value, str) and value and not os.path.isabs(value):
-                    table._values[name] = os.path.normpath(os.path.join(mmar_root, value))
+        for name, value in table._values.items():
+            if _PATH_VARIABLE.match(name) and isinstance(value, str) and value.startswith("~"):
+                table._values[name] = value = os.path.expanduser(value)
+            if mmar_root is not None and _MMAR_RELATIVE.match(name) and isinstance(value, str) and value and not os.path.isabs(value):
+                table._values[name] = os.path.normpath(os.path.join(mmar_root, value))
         return table
 
     def _resolve_value(self, name: str, value: Any, source: str | None, visiting: set[str]) -> Any:

@@ -1,0 +1,32 @@
+"""``clara-fl job create``: a FLARE job folder from an MMAR and a job template."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    job = subparsers.add_parser("job", help="create FLARE jobs from MMARs")
+    actions = job.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="write a FLARE job folder for an MMAR")
+    create.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
+    create.add_argument("-o", "--output", required=True, help="job folder to write")
+    create.add_argument("--template", default="clara_fedavg_cse", help="job template name or folder (default clara_fedavg_cse)")
+    create.add_argument("--num-rounds", type=int, help="FL rounds")
+    create.add_argument("--local-epochs", type=int, help="local epochs per round at each site")
+    create.add_argument("--min-clients", type=int, help="sites needed per round")
+    create.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help="values for the job's environment.json")
+    create.add_argument("--force", action="store_true", help="replace an existing job folder")
+    create.set_defaults(run=run_create)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    from clara_fl.config.variables import parse_set_args
+    from clara_fl.fl.job import create_job
+
+    job = create_job(
+        args.mmar, args.output, args.template, args.num_rounds, args.local_epochs, args.min_clients, parse_set_args(args.set), args.force
+    )
+    print(f"wrote FLARE job {job}")
+    print(f"  run it: nvflare simulator {job} -w WORKSPACE -n 2 -t 2   (or: clara-fl simulate {job})")
+    return 0

@@ -1,0 +1,314 @@
+"""The FL Learner: a site trains from its MMAR's config_train.json, exactly as ``clara-fl train`` would.
+
+Per round: load the global weights, validate them on local data (the server's model selection
+needs this), train ``local_epochs`` epochs (or ``steps_aggregation`` iterations), and send back
+the weight difference with the real number of steps. Abort is polled after every iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.learner_spec import Learner
+from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
+
+from clara_fl.config.errors import ConfigError
+
+__all__ = ["ClaraLearner"]
+
+LOCAL_STATE_FILE = "fl_local_state.pt"
+
+
+class ClaraLearner(Learner):
+    """Serves FLARE's ``train``, ``validate`` and ``submit_model`` tasks from an MMAR (the job's app folder).
+
+    Args:
+        train_config: the MMAR's train config, relative to the app folder.
+        environment: the MMAR's environment file; site values from the site file sit above it.
+        local_epochs: epochs per round (ignored when ``steps_aggregation`` > 0).
+        steps_aggregation: iterations per round, when > 0.
+        send_weight_diff: send WEIGHT_DIFF (default) or full WEIGHTS; must match the server's aggregator.
+        analytic_sender_id: component that streams metrics to the server (FLARE TBWriter), optional.
+        overrides: variables set by the job (``clara-fl job create --set``), above everything else.
+    """
+
+    def __init__(
+        self,
+        train_config: str = "config/config_train.json",
+        environment: str = "config/environment.json",
+        local_epochs: int = 1,
+        steps_aggregation: int = 0,
+        send_weight_diff: bool = True,
+        analytic_sender_id: str = "analytic_sender",
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if local_epochs < 1 and steps_aggregation < 1:
+            raise ValueError("local_epochs or steps_aggregation must be at least 1")
+        self.train_config = train_config
+        self.environment = environment
+        self.local_epochs = local_epochs
+        self.steps_aggregation = steps_aggregation
+        self.send_weight_diff = send_weight_diff
+        self.analytic_sender_id = analytic_sender_id
+        self.overrides = dict(overrides or {})
+        self.workflow: Any = None
+        self._abort_signal: Signal | None = None
+        self._steps_this_round = 0
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
+        from clara_fl.config.mmar import load_config
+        from clara_fl.fl.site import site_context
+        from clara_fl.fl.streaming import MetricsStreamer
+        from clara_fl.workflows.train import TrainWorkflow
+
+        self.site = site_context(fl_ctx, self.train_config)
+        self.log_info(fl_ctx, f"building the trainer from {self.train_config} in {self.site.app_dir}")
+        if self.site.site_file:
+            self.log_info(fl_ctx, f"site values from {self.site.site_file}: {sorted(self.site.environment)}")
+        loaded = load_config(self.site.app_dir, self.train_config, self.environment, self.overrides, extra_environment=self.site.variables())
+        self.workflow = TrainWorkflow.build(loaded)
+        self._disable_train_checkpoint_loaders(fl_ctx)
+        self._attach_round_handlers()
+        writer = parts.get(self.analytic_sender_id)
+        if writer is not None:
+            MetricsStreamer(writer).attach(self.workflow.trainer, self.workflow.evaluator)
+        self._restore_local_state(fl_ctx)
+
+    def _disable_train_checkpoint_loaders(self, fl_ctx: FLContext) -> None:
+        """A train-section CheckpointLoader would overwrite the global weights at every round start."""
+        from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+
+        resolver = self.workflow.resolver
+        engines = [("train", self.workflow.trainer), ("validate", self.workflow.evaluator)]
+        for section, engine in engines:
+            if engine is not None and "handlers" in resolver.sections.get(section, {}):
+                for path in detach_checkpoint_loaders(engine, resolver.get("handlers", section)):
+                    self.log_info(fl_ctx, f"{section} CheckpointLoader ({path}) disabled: weights come from the server")
+
+    def _attach_round_handlers(self) -> None:
+        from ignite.engine import Events
+
+        def after_iteration(engine: Any) -> None:
+            if engine is self.workflow.trainer:
+                self._steps_this_round += 1
+                if self.steps_aggregation and self._steps_this_round >= self.steps_aggregation:
+                    engine.terminate()
+            if self._abort_signal is not None and self._abort_signal.triggered:
+                engine.terminate()
+
+        self.workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
+        if self.workflow.evaluator is not None:
+            self.workflow.evaluator.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        from clara_fl.fl.weights import load_global_weights, network_weights, non_finite_keys, weight_diff
+
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        try:
+            dxo = from_shareable(data)
+        except ValueError as e:
+            self.log_error(fl_ctx, f"train task data is not a DXO: {e}")
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        global_weights = self._received_weights(dxo, fl_ctx)
+        if global_weights is None:
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        network = self.workflow.network
+        try:
+            load_global_weights(network, global_weights)
+        except ValueError as e:
+            self.log_error(fl_ctx, f"global model does not fit this site's network: {e}")
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        current_round = data.get_header(AppConstants.CURRENT_ROUND)
+        self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
+
+        steps = self._run_local_training(abort_signal)
+        if abort_signal.triggered:
+            self._rewind_to_epoch_boundary()
+            self.log_info(fl_ctx, f"round {current_round} aborted after {steps} iterations")
+            return make_reply(ReturnCode.TASK_ABORTED)
+
+        local = network_weights(network)
+        bad = non_finite_keys(local)
+        if bad:
+            self.log_error(fl_ctx, f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        self._save_local_state()
+        kind = DataKind.WEIGHT_DIFF if self.send_weight_diff else DataKind.WEIGHTS
+        payload = weight_diff(local, global_weights) if self.send_weight_diff else local
+        self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
+        return DXO(data_kind=kind, data=payload, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable()
+
+    def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        from clara_fl.fl.weights import load_global_weights, unwrap
+
+        if self.workflow.evaluator is None:
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
+        try:
+            weights = self._received_weights(from_shareable(data), fl_ctx)
+        except ValueError as e:
+            self.log_error(fl_ctx, f"validate task data is not a DXO: {e}")
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        if weights is None:
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        network = unwrap(self.workflow.network)
+        keep = None if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE else {k: v.clone() for k, v in network.state_dict().items()}
+        self._abort_signal = abort_signal
+        try:
+            load_global_weights(network, weights)
+            metrics = self._evaluate_without_side_effects()
+        finally:
+            self._abort_signal = None
+            if keep is not None:
+                network.load_state_dict(keep)
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        self.log_info(fl_ctx, f"{validate_type}: {metrics}")
+        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+            # LearnerExecutor copies data[INITIAL_METRICS] into the train result's meta; it must be a
+            # dict keyed by log_label, or FLARE's FedAvg drops every train result.
+            return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
+        return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
+
+    def get_model_for_validation(self, model_name: str | None, fl_ctx: FLContext) -> Shareable:
+        """The site's best local model (model.pt by key metric); ``final_model`` gives the last one."""
+        from clara_fl.fl.weights import network_weights
+        from clara_fl.runtime.checkpoint import load_checkpoint, model_state
+
+        wanted = "final_model.pt" if model_name == ModelName.FINAL_MODEL else "model.pt"
+        for candidate in dict.fromkeys([wanted, "model.pt", "final_model.pt"]):
+            path = os.path.join(self.workflow.ckpt_dir, candidate)
+            if os.path.isfile(path):
+                try:
+                    weights = {k: v.numpy() for k, v in model_state(load_checkpoint(path), path).items()}
+                except ConfigError as e:
+                    self.log_error(fl_ctx, str(e))
+                    return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+                self.log_info(fl_ctx, f"submitting {path} for model '{model_name or ModelName.BEST_MODEL}'")
+                return DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
+        self.log_warning(fl_ctx, "no local checkpoint yet: submitting the current network weights")
+        return DXO(data_kind=DataKind.WEIGHTS, data=network_weights(self.workflow.network)).to_shareable()
+
+    def abort(self, fl_ctx: FLContext) -> None:
+        """Best effort only: FLARE may not call it, which is why training polls the abort signal itself."""
+        if self.workflow is not None:
+            self.workflow.trainer.terminate()
+
+    def finalize(self, fl_ctx: FLContext) -> None:
+        self.workflow = None
+
+    # -- training rounds -------------------------------------------------------------------------
+
+    def _received_weights(self, dxo: DXO, fl_ctx: FLContext) -> dict[str, Any] | None:
+        from clara_fl.fl.weights import network_weights
+
+        if dxo.data_kind == DataKind.WEIGHTS:
+            return dxo.data
+        if dxo.data_kind == DataKind.WEIGHT_DIFF:
+            local = network_weights(self.workflow.network)
+            return {k: local[k] + v for k, v in dxo.data.items() if k in local}
+        self.log_error(fl_ctx, f"expected WEIGHTS or WEIGHT_DIFF, got {dxo.data_kind}")
+        return None
+
+    def _round_length(self) -> str:
+        return f"{self.steps_aggregation} iterations" if self.steps_aggregation else f"{self.local_epochs} epoch(s)"
+
+    def _run_local_training(self, abort_signal: Signal) -> int:
+        trainer = self.workflow.trainer
+        self._steps_this_round = 0
+        self._abort_signal = abort_signal
+        epoch_length = trainer.state.epoch_length or len(trainer.data_loader)
+        if self.steps_aggregation:
+            extra_epochs = -(-self.steps_aggregation // epoch_length) + 1
+        else:
+            extra_epochs = self.local_epochs
+        trainer.state.max_epochs = trainer.state.epoch + extra_epochs
+        try:
+            trainer.run()
+        finally:
+            self._abort_signal = None
+        return self._steps_this_round
+
+    def _rewind_to_epoch_boundary(self) -> None:
+        """After an abort the next round starts a fresh epoch, not the rest of the interrupted one."""
+        state = self.workflow.trainer.state
+        epoch_length = state.epoch_length or len(self.workflow.trainer.data_loader)
+        state.epoch = state.iteration // epoch_length
+        state.iteration = state.epoch * epoch_length
+
+    def _evaluate_without_side_effects(self) -> dict[str, float]:
+        """Run the evaluator on whatever the network holds, without touching local model selection or logs."""
+        from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardStatsHandler
+
+        from clara_fl.fl.engine_hooks import handlers_muted
+        from clara_fl.fl.streaming import MetricsStreamer
+        from clara_fl.workflows.evaluate import scalar_metrics
+
+        evaluator = self.workflow.evaluator
+        best = (evaluator.state.best_metric, evaluator.state.best_metric_epoch)
+        with handlers_muted(evaluator, (CheckpointSaver, TensorBoardStatsHandler, MetricsSaver, MetricsStreamer)):
+            evaluator.run(max(1, self.workflow.trainer.state.epoch))
+        evaluator.state.best_metric, evaluator.state.best_metric_epoch = best
+        return scalar_metrics(evaluator.state.metrics)
+
+    # -- state that survives a rebuild (simulator -t 1 builds a new learner per task) ---------------
+
+    def _local_state_path(self) -> str:
+        return os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE)
+
+    def _checkpoint_savers(self) -> list[Any]:
+        from monai.handlers import CheckpointSaver
+
+        found = []
+        for section in ("train", "validate"):
+            if "handlers" in self.workflow.resolver.sections.get(section, {}):
+                found += [h for h in self.workflow.resolver.get("handlers", section) or [] if isinstance(h, CheckpointSaver)]
+        return found
+
+    def _save_local_state(self) -> None:
+        from clara_fl.runtime.checkpoint import save_atomic
+
+        if self.workflow.context.rank != 0:
+            return
+        trainer, evaluator = self.workflow.trainer, self.workflow.evaluator
+        state: dict[str, Any] = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
+        state["optimizer"] = trainer.optimizer.state_dict()
+        scheduler = self.workflow.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.workflow.resolver.sections["train"] else None
+        if scheduler is not None and hasattr(scheduler, "state_dict"):
+            state["lr_scheduler"] = scheduler.state_dict()
+        if evaluator is not None:
+            state["best_metric"] = float(evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(evaluator.state.best_metric_epoch)
+        state["savers"] = [s._key_metric_checkpoint.state_dict() if getattr(s, "_key_metric_checkpoint", None) else None for s in self._checkpoint_savers()]
+        save_atomic(state, self._local_state_path())
+
+    def _restore_local_state(self, fl_ctx: FLContext) -> None:
+        from clara_fl.runtime.checkpoint import load_checkpoint
+
+        path = self._local_state_path()
+        if not os.path.isfile(path):
+            return
+        state = load_checkpoint(path)
+        trainer, evaluator = self.workflow.trainer, self.workflow.evaluator
+        trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if "lr_scheduler" in state:
+            self.workflow.resolver.get("lr_scheduler", "train").load_state_dict(state["lr_scheduler"])
+        if evaluator is not None and "best_metric" in state:
+            evaluator.state.best_metric, evaluator.state.best_metric_epoch = state["best_metric"], state["best_metric_epoch"]
+        for saver, saved in zip(self._checkpoint_savers(), state.get("savers", [])):
+            if saved is not None and getattr(saver, "_key_metric_checkpoint", None) is not None:
+                saver._key_metric_checkpoint.load_state_dict(saved)
+        self.log_info(fl_ctx, f"resumed local state from {path} (epoch {trainer.state.epoch})")

@@ -1,0 +1,76 @@
+"""Where an FL site keeps its MMAR, and the site-local values a job must not carry.
+
+A job carries no data and no site paths. Each site supplies them in a site file, JSON of the form
+``{"environment": {"DATA_ROOT": "/data/spleen", "DATASET_JSON": "/data/spleen/dataset_{SITE_NAME}.json"}}``,
+found at ``<site workspace>/local/clara_fl_site.json`` or at the path in ``$CLARA_FL_SITE_CONFIG``
+(handy for the simulator, where all sites share one machine). Values may use ``{SITE_NAME}``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
+
+__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root"]
+
+SITE_FILE_NAME = "clara_fl_site.json"
+SITE_CONFIG_ENV = "CLARA_FL_SITE_CONFIG"
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """A site's name, its MMAR root inside the job's app folder, and its local environment overrides."""
+
+    name: str
+    app_dir: str
+    environment: dict[str, Any] = field(default_factory=dict)
+    site_file: str | None = None
+
+    def variables(self) -> dict[str, Any]:
+        """Values that sit above the job's environment.json: the site's own, plus SITE_NAME."""
+        return {**self.environment, "SITE_NAME": self.name}
+
+
+def find_mmar_root(app_dir: str, config_file: str = "config/config_train.json") -> str:
+    """The app folder itself (``clara-fl job create``), or its custom/ (``nvflare job create -sd MMAR``)."""
+    for root in (app_dir, os.path.join(app_dir, "custom")):
+        if os.path.isfile(os.path.join(root, config_file)):
+            return root
+    raise ConfigError(f"the job's app folder holds no MMAR: {config_file} is neither in it nor in its custom/ folder", file=app_dir)
+
+
+def read_site_file(path: str) -> dict[str, Any]:
+    content = load_json(path, what="site file")
+    if not isinstance(content, dict) or not isinstance(content.get("environment", {}), dict):
+        raise ConfigError('a site file must be {"environment": {NAME: value, ...}}', file=path)
+    return content
+
+
+def find_site_file(workspace_root: str | None) -> str | None:
+    """``$CLARA_FL_SITE_CONFIG`` wins; else ``<workspace>/local/clara_fl_site.json`` if present."""
+    explicit = os.environ.get(SITE_CONFIG_ENV)
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"${SITE_CONFIG_ENV} names a file that does not exist", file=explicit)
+        return explicit
+    if workspace_root:
+        local = os.path.join(workspace_root, "local", SITE_FILE_NAME)
+        if os.path.isfile(local):
+            return local
+    return None
+
+
+def site_context(fl_ctx: Any, config_file: str = "config/config_train.json") -> SiteContext:
+    """The site this FLARE context runs on: MMAR paths resolve against the app folder, never the cwd."""
+    engine = fl_ctx.get_engine()
+    workspace = engine.get_workspace()
+    job_id = fl_ctx.get_job_id()
+    app_dir = find_mmar_root(workspace.get_app_dir(job_id), config_file)
+    name = fl_ctx.get_identity_name()
+    site_file = find_site_file(workspace.get_root_dir())
+    environment = read_site_file(site_file).get("environment", {}) if site_file else {}
+    return SiteContext(name=name, app_dir=app_dir, environment=dict(environment), site_file=site_file)

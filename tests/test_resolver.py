@@ -488,11 +488,6 @@ def test_asdiscreted_n_classes_with_to_onehot_true_one_hot_encodes_to_n_classes(
     assert out[:, 0, 1].tolist() == [0.0, 0.0, 1.0]
 
 
-@pytest.mark.xfail(
-    reason="compat.translate_args drops the old AsDiscrete 'threshold_values' flag and only maps an explicit "
-    "'logit_thresh', so threshold_values=true (old default logit_thresh 0.5) no longer thresholds",
-    strict=True,
-)
 def test_asdiscreted_threshold_values_true_thresholds_at_the_old_default_one_half():
     transform = build({"t": {"name": "AsDiscreteD", "args": {"keys": "pred", "threshold_values": True}}}).get("t")
 

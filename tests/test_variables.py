@@ -233,11 +233,6 @@ def test_a_variable_referring_to_another_sees_that_variables_overridden_value(tm
     assert loaded.config["train"]["p"] == "/cli/data/dataset.json"
 
 
-@pytest.mark.xfail(
-    reason="Variables.collect interpolates variables before it resolves MMAR_*/DATA_ROOT against the MMAR root, "
-    "so a variable built from a relative one keeps the relative text (relative to the working directory)",
-    strict=True,
-)
 def test_a_variable_built_from_a_relative_mmar_path_points_inside_the_mmar(tmp_path):
     mmar = make_mmar(
         tmp_path / "mmar",
@@ -362,3 +357,12 @@ def test_saved_config_globals_are_the_effective_overridden_values(tmp_path):
     assert loaded.config["determinism"] == {"random_seed": 0}
     assert loaded.config["train"]["trainer"]["max_epochs"] == 2
 
+
+
+def test_set_with_a_dotted_name_changes_one_key_of_a_dict_global(tmp_path):
+    mmar = make_mmar(tmp_path / "mmar", {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}}, {})
+
+    loaded = load_config(mmar, CONFIG, overrides={"determinism.random_seed": 3})
+
+    assert loaded.config["train"]["seed"] == 3
+    assert loaded.config["determinism"] == {"random_seed": 3}

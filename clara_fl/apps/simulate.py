@@ -26,6 +26,9 @@ def run_simulator(job: str, workspace: str, n_clients: int, threads: int, site_c
 
     write_simulator_policy(workspace)  # the simulator copies WORKSPACE/local to every site
     env = dict(os.environ)
+    # Simulated sites share this machine's cores; torch's default of one thread per core in every
+    # site oversubscribes them several times over.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, threads))))
     if site_config:
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
     command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]

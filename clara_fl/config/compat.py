@@ -77,10 +77,11 @@ def translate_args(name: str, target: Callable, args: dict[str, Any]) -> dict[st
                 args["to_onehot"] = n_classes
             elif isinstance(to_onehot, list):
                 args["to_onehot"] = [n_classes if v is True else v for v in to_onehot]
-        for old in ("threshold_values", "logit_thresh"):
-            value = args.pop(old, None)
-            if old == "logit_thresh" and value is not None:
-                args.setdefault("threshold", value)
+        # MONAI < 0.8: threshold_values switched thresholding on, at logit_thresh (default 0.5).
+        threshold_values = args.pop("threshold_values", None)
+        logit_thresh = args.pop("logit_thresh", None)
+        if threshold_values:
+            args.setdefault("threshold", 0.5 if logit_thresh is None else logit_thresh)
     return args
 
 

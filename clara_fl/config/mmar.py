@@ -56,7 +56,13 @@ def load_config(
     if not os.path.isdir(mmar_root):
         raise ConfigError("MMAR folder not found (expected a folder with config/ inside)", file=mmar_root)
     config_path = resolve_in_mmar(mmar_root, config_file)
-    config = dict(config) if config is not None else load_json(config_path)
+    display = os.path.relpath(config_path, mmar_root)
+    display = config_path if display.startswith("..") else display
+    try:
+        config = dict(config) if config is not None else load_json(config_path)
+    except ConfigError as e:
+        e.file = display  # users name config files relative to the MMAR, as they wrote -c
+        raise
     if not isinstance(config, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}", file=config_path)
     environment: dict[str, Any] = {}
@@ -67,8 +73,6 @@ def load_config(
         if not isinstance(environment, dict):
             raise ConfigError("environment.json must be a JSON object of NAME: value", file=env_path)
     environment.update(extra_environment or {})
-    display = os.path.relpath(config_path, mmar_root)
-    display = config_path if display.startswith("..") else display
     variables = Variables.collect(
         config, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
     )

@@ -82,6 +82,7 @@ class Variables:
     def __init__(self, values: Mapping[str, Any], file: str | None = None) -> None:
         self._values = dict(values)
         self.file = file
+        self._mmar_root: str | None = None
 
     @classmethod
     def collect(
@@ -99,22 +100,34 @@ class Variables:
             raw["MMAR_ROOT"] = mmar_root
         raw.update(config_globals(config))
         raw.update(environment or {})
-        raw.update(overrides or {})
+        for name, value in (overrides or {}).items():
+            head, _, key = name.partition(".")
+            if key and isinstance(raw.get(head), dict):  # --set determinism.random_seed=3
+                raw[head] = {**raw[head], key: value}
+            else:
+                raw[name] = value
         table = cls(raw, file=file)
+        table._mmar_root = mmar_root
         # Values may refer to other variables ("{DATA_ROOT}/dataset.json"); resolve them in place.
         for name in list(raw):
             source = environment_file if environment and name in environment else file
             table._values[name] = table._resolve_value(name, raw[name], source, set())
-        for name, value in table._values.items():
-            if _PATH_VARIABLE.match(name) and isinstance(value, str) and value.startswith("~"):
-                table._values[name] = value = os.path.expanduser(value)
-            if mmar_root is not None and _MMAR_RELATIVE.match(name) and isinstance(value, str) and value and not os.path.isabs(value):
-                table._values[name] = os.path.normpath(os.path.join(mmar_root, value))
         return table
 
-    def _resolve_value(self, name: str, value: Any, source: str | None, visiting: set[str]) -> Any:
-        if not isinstance(value, str) or not PLACEHOLDER.search(value):
+    def _as_path(self, name: str, value: Any) -> Any:
+        """``~`` expanded in path variables; relative MMAR_* and DATA_ROOT joined to the MMAR root."""
+        if not isinstance(value, str) or not value:
             return value
+        if _PATH_VARIABLE.match(name) and value.startswith("~"):
+            value = os.path.expanduser(value)
+        if self._mmar_root is not None and _MMAR_RELATIVE.match(name) and not os.path.isabs(value):
+            value = os.path.normpath(os.path.join(self._mmar_root, value))
+        return value
+
+    def _resolve_value(self, name: str, value: Any, source: str | None, visiting: set[str]) -> Any:
+        """Fill ``value``'s placeholders with the referred variables' final values (paths resolved too)."""
+        if not isinstance(value, str) or not PLACEHOLDER.search(value):
+            return self._as_path(name, value)
         if name in visiting:
             raise ConfigError(f"variable '{name}' refers to itself through {sorted(visiting)}", file=source, path=name)
         visiting = visiting | {name}
@@ -126,7 +139,7 @@ class Variables:
                 )
             return self._resolve_value(ref, self.get(ref), source, visiting)
 
-        return self._fill(value, lookup, strict=True)
+        return self._as_path(name, self._fill(value, lookup, strict=True))
 
     def __contains__(self, name: str) -> bool:
         return self.get(name, _MISSING) is not _MISSING

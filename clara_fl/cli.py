@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from clara_fl import __version__
-from clara_fl.apps import evaluate, export, job, simulate, synth, train
+from clara_fl.apps import demo, evaluate, export, job, simulate, synth, train
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for app in (train, evaluate, export, synth, job, simulate):
+    for app in (train, evaluate, export, synth, job, simulate, demo):
         app.add_parser(subparsers)
     return parser
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run_simulator(job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None) -> int:
+def run_simulator(
+    job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
+) -> int:
     """``nvflare simulator`` in a child process; returns its exit code."""
     from clara_fl.fl.policy import write_simulator_policy
     from clara_fl.fl.site import SITE_CONFIG_ENV
@@ -33,7 +36,7 @@ def run_simulator(job: str, workspace: str, n_clients: int, threads: int, site_c
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
     command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]
     command += ["-n", str(n_clients), "-t", str(threads)]
-    return subprocess.call(command, env=env)
+    return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
 
 
 def report(workspace: str, metric: str) -> int:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+DEFAULT_DATA_DIR = "~/.clara-fl/data/spleen"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("synth", help="write synthetic CT volumes with an organ label")
-    parser.add_argument("output_dir", help="folder to write imagesTr/, labelsTr/, dataset.json, dataset_site-N.json")
-    parser.add_argument("--cases", type=int, default=8, help="labelled cases (default 8)")
+    parser.add_argument(
+        "output_dir", nargs="?", default=DEFAULT_DATA_DIR,
+        help=f"folder for imagesTr/, labelsTr/, dataset.json, dataset_site-N.json (default {DEFAULT_DATA_DIR}, "
+        "where the spleen MMAR and simulator_configs/spleen_fedavg look)",
+    )
+    parser.add_argument("--cases", type=int, default=12, help="labelled cases (default 12)")
     parser.add_argument("--sites", type=int, default=2, help="sites to partition them across (default 2)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 
@@ -19,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     try:
-        data = make_synthetic_dataset(args.output_dir, cases=args.cases, sites=args.sites, shape=tuple(args.shape), seed=args.seed)
+        data = make_synthetic_dataset(os.path.expanduser(args.output_dir), cases=args.cases, sites=args.sites, shape=tuple(args.shape), seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None
     print(f"wrote {data.num_cases} cases to {data.root}")

@@ -85,8 +85,8 @@ def create_job(
     server = _read_conf(template_dir / "config_fed_server.conf")
     meta = _read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}
 
-    for name in ("scatter_and_gather", "fedavg"):
-        _set_args(server, name, num_rounds=num_rounds, min_clients=min_clients)
+    _set_args(server, "scatter_and_gather", num_rounds=num_rounds, min_clients=min_clients)
+    _set_args(server, "fedavg", num_rounds=num_rounds, num_clients=min_clients)
     _set_args(client, "clara_learner", local_epochs=local_epochs)
     key_metric = validation_key_metric(mmar)
     if key_metric:

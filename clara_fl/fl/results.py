@@ -14,9 +14,10 @@ RESULTS_NAME = "cross_val_results.json"
 
 
 def find_cross_site_results(workspace: str | os.PathLike) -> Path | None:
-    """The newest cross_val_results.json under a simulator workspace or downloaded job."""
+    """The newest non-empty cross_val_results.json under a simulator workspace or downloaded job."""
     found = sorted(Path(workspace).rglob(RESULTS_NAME), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
+    non_empty = [p for p in found if p.stat().st_size > 2]
+    return (non_empty or found or [None])[-1]
 
 
 def load_cross_site_results(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:
@@ -25,7 +26,8 @@ def load_cross_site_results(path: str | os.PathLike) -> dict[str, dict[str, dict
 
 
 def _owner_order(owner: str) -> tuple[int, str]:
-    return (0 if owner.startswith("SRV_") else 1, owner)
+    """Server models ("SRV_FL_global_model.pt", or "FL_global_model.pt" under CrossSiteEval) first."""
+    return (0 if owner.startswith("SRV_") or owner.endswith(".pt") else 1, owner)
 
 
 def format_cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: str = "val_mean_dice") -> str:

@@ -1,0 +1,106 @@
+"""End to end in FLARE's simulator: a 2-site FedAvg of the spleen MMAR, then cross-site validation.
+
+These are the slow tests of the FL face (real simulator processes); the Learner's behaviours are
+specified in test_fl_learner.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clara_fl.apps.simulate import run_simulator
+from clara_fl.fl.job import create_job
+from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
+from tests.conftest import SPLEEN_MMAR
+
+SITES = ["site-1", "site-2"]
+# Small enough for 2 cores, large enough to learn: 32^3 volumes, 16^3 crops, lr 1e-3.
+JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}
+
+
+@pytest.fixture(scope="module")
+def fl_data(tmp_path_factory: pytest.TempPathFactory):
+    from clara_fl.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("fl_data"), cases=12, sites=2, shape=(32, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One site file for all simulated sites: the job names no data, {SITE_NAME} picks each site's datalist."""
+    path = tmp_path_factory.mktemp("sites") / "clara_fl_site.json"
+    path.write_text(json.dumps({"environment": {"DATA_ROOT": str(fl_data.root), "DATASET_JSON": str(fl_data.root / "dataset_{SITE_NAME}.json")}}))
+    return path
+
+
+def simulate(tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3):
+    job = create_job(SPLEEN_MMAR, tmp / "job", template, num_rounds=rounds, local_epochs=local_epochs, min_clients=2, overrides=JOB_SETTINGS)
+    workspace = tmp / "ws"
+    with open(tmp / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(workspace), 2, threads, str(site_file), stdout=log)
+    assert code == 0, (tmp / "simulator.log").read_text()[-3000:]
+    results = find_cross_site_results(workspace)
+    assert results is not None
+    return job, workspace, load_cross_site_results(results)
+
+
+def untrained_dice(job: Path, site_file: Path, site: str) -> float:
+    """val_mean_dice of the server's initial model (built exactly as ClaraModelPersistor builds it) at ``site``."""
+    from clara_fl.config.mmar import load_config
+    from clara_fl.fl.site import read_site_file
+    from clara_fl.fl.weights import load_global_weights, network_weights
+    from clara_fl.workflows.evaluate import EvaluateWorkflow
+    from clara_fl.workflows.network import build_train_network
+
+    app = str(job / "app")
+    initial = network_weights(build_train_network(app, extra_environment={"SITE_NAME": "server"}))
+    site_env = {**read_site_file(str(site_file))["environment"], "SITE_NAME": site}
+    loaded = load_config(app, "config/config_cross_validation.json", extra_environment=site_env, overrides={"MMAR_EVAL_OUTPUT_PATH": str(job / "baseline" / site)})
+    workflow = EvaluateWorkflow.build(loaded)
+    load_global_weights(workflow.network, initial)
+    return workflow.run(progress=False)["val_mean_dice"]
+
+
+def test_fedavg_global_model_beats_the_untrained_model_at_every_site(tmp_path: Path, site_file: Path) -> None:
+    job, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse")
+
+    owners = {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
+    assert set(results) == set(SITES)
+    for site in SITES:
+        assert set(results[site]) == owners
+        assert set(results[site]["SRV_FL_global_model.pt"]) == {"val_mean_dice", "val_acc"}
+        baseline = untrained_dice(job, site_file, site)
+        trained = results[site]["SRV_FL_global_model.pt"]["val_mean_dice"]
+        assert trained > baseline + 0.15, f"{site}: global model {trained:.3f} vs untrained {baseline:.3f}"
+
+    server = workspace / "server" / "simulate_job"
+    assert (server / "app_server" / "FL_global_model.pt").is_file()
+    assert (server / "app_server" / "best_FL_global_model.pt").is_file()
+    for site in SITES:
+        app = workspace / site / "simulate_job" / f"app_{site}"
+        assert (app / "models" / "model.pt").is_file() and (app / "models" / "final_model.pt").is_file()
+        assert list((app / "models").glob("events.out.tfevents.*"))
+        assert (app / "eval" / "cross_site_val" / "SRV_FL_global_model.pt" / "metrics.csv").is_file()
+        # the sites' curves reached the server's TensorBoard
+        assert list((server / "tb_events" / site).glob("events.out.tfevents.*"))
+
+
+def test_model_controller_fedavg_with_cross_site_eval(tmp_path: Path, site_file: Path) -> None:
+    _, _, results = simulate(tmp_path, site_file, "clara_fedavg_cse_mc", rounds=1, local_epochs=1)
+
+    assert set(results) == set(SITES)
+    for site in SITES:
+        assert set(results[site]) == {"FL_global_model.pt", *SITES}
+        assert all("val_mean_dice" in metrics for metrics in results[site].values())
+
+
+def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(tmp_path: Path, site_file: Path) -> None:
+    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=1, local_epochs=1)
+
+    assert set(results) == set(SITES)
+    for site in SITES:
+        assert set(results[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
+        assert (workspace / site / "simulate_job" / f"app_{site}" / "models" / "fl_local_state.pt").is_file()

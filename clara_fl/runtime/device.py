@@ -83,6 +83,8 @@ def prepare_runtime(settings: RuntimeSettings, mmar_root: str | None = None) -> 
     context = BuildContext(device=device, cuda_available=cuda, amp=settings.amp and device.type == "cuda", rank=rank, mmar_root=mmar_root)
     if settings.amp and device.type != "cuda":
         context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
+    if settings.multi_gpu and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        context.say_once("multi-gpu", "multi_gpu is true, but this version trains in one process (no DDP yet): training on one device")
     if settings.use_gpu and not cuda:
         logger.debug("use_gpu is true but CUDA is not available: using the CPU")
     return context

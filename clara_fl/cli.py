@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from clara_fl import __version__
-from clara_fl.apps import demo, evaluate, export, job, simulate, synth, train
+from clara_fl.apps import demo, evaluate, export, job, simulate, site, synth, train
 
 __all__ = ["main", "build_parser"]
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for app in (train, evaluate, export, synth, job, simulate, demo):
+    for app in (train, evaluate, export, synth, job, simulate, site, demo):
         app.add_parser(subparsers)
     return parser
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from clara_fl.config.errors import ConfigError
+    from clara_fl.config.errors import ConfigError, describe_failure
 
     try:
         return args.run(args)
@@ -51,11 +51,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clara-fl {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-def describe_failure(error: BaseException) -> str:
-    """The chain of causes, outermost first: ``applying transform X: ValueError: ROI larger than image``."""
-    parts = []
-    while error is not None:
-        parts.append(f"{type(error).__name__}: {error}")
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-    return " <- ".join(parts)

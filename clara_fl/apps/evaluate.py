@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clara_fl.apps.common import add_mmar_arguments, load_from_args
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
 
 logger = logging.getLogger("clara_fl.evaluate")
 
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clara_fl.workflows.evaluate import EvaluateWorkflow
 
-    metrics = EvaluateWorkflow.build(load_from_args(args)).run()
+    metrics = EvaluateWorkflow.build(load_from_args(args), code_policy=code_policy(args)).run()
     for name, value in metrics.items():
         print(f"{name}: {value:.4f}")
     return 0

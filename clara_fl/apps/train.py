@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clara_fl.apps.common import add_mmar_arguments, load_from_args
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
 
 logger = logging.getLogger("clara_fl.train")
 
@@ -14,13 +14,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train from config_train.json", description=__doc__)
     add_mmar_arguments(parser, "config/config_train.json")
     parser.add_argument("--write_train_stats", action="store_true", help="write train_stats.json to MMAR_CKPT_DIR")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run from MMAR_CKPT_DIR/train_state.pt (weights, optimizer, scheduler, epoch, best metric)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clara_fl.workflows.train import TrainWorkflow
+    from clara_fl.workflows.train import RESUME_STATE_FILE, TrainWorkflow
 
-    workflow = TrainWorkflow.build(load_from_args(args))
+    workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
+    workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1)
+    if args.resume:
+        epoch = workflow.resume()
+        if epoch is None:
+            logger.warning("--resume: no %s in %s yet; training from the start", RESUME_STATE_FILE, workflow.ckpt_dir)
+        elif workflow.finished:
+            print(f"training already finished: epoch {epoch} of {workflow.trainer.state.max_epochs}; nothing to resume")
+            return 0
+        else:
+            logger.info("resuming from epoch %d of %d", epoch, workflow.trainer.state.max_epochs)
     stats = workflow.run(write_stats=args.write_train_stats)
     best = "n/a" if stats.best_key_metric is None else f"{stats.best_key_metric:.4f} (epoch {stats.best_key_metric_epoch})"
     logger.info(

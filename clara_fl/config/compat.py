@@ -91,7 +91,7 @@ _META_DICT_KEY = re.compile(r"['\"]\w+_meta_dict['\"]")
 def translate_expression(code: str) -> str:
     """Rewrite ``from_engine([... '*_meta_dict' ...])``: metadata now lives on MetaTensors."""
     if "from_engine" in code and _META_DICT_KEY.search(code):
-        return re.sub(r"(?:monai\.handlers\.)?from_engine\(", "__clara_from_engine(", code)
+        return re.sub(r"(?:monai\.handlers\.)?from_engine\(", "_clara_from_engine(", code)
     return code
 
 

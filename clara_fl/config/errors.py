@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["ConfigError", "did_you_mean", "json_path"]
+__all__ = ["ConfigError", "did_you_mean", "json_path", "describe_failure"]
 
 
 def json_path(*parts: str | int) -> str:
@@ -55,3 +55,12 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = ": ".join(str(p) for p in (self.file, self.path) if p)
         return f"{where}: {self.message}" if where else self.message
+
+
+def describe_failure(error: BaseException | None) -> str:
+    """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``."""
+    parts = []
+    while error is not None:
+        parts.append(str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return " <- ".join(parts)

@@ -18,7 +18,7 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, describe_failure
 
 __all__ = ["ClaraLearner"]
 
@@ -59,6 +59,7 @@ class ClaraLearner(Learner):
         self.analytic_sender_id = analytic_sender_id
         self.overrides = dict(overrides or {})
         self.workflow: Any = None
+        self._init_error: str | None = None
         self._abort_signal: Signal | None = None
         self._steps_this_round = 0
 
@@ -70,12 +71,19 @@ class ClaraLearner(Learner):
         from clara_fl.fl.streaming import MetricsStreamer
         from clara_fl.workflows.train import TrainWorkflow
 
-        self.site = site_context(fl_ctx, self.train_config)
-        self.log_info(fl_ctx, f"building the trainer from {self.train_config} in {self.site.app_dir}")
-        if self.site.site_file:
-            self.log_info(fl_ctx, f"site values from {self.site.site_file}: {sorted(self.site.environment)}")
-        loaded = load_config(self.site.app_dir, self.train_config, self.environment, self.overrides, extra_environment=self.site.variables())
-        self.workflow = TrainWorkflow.build(loaded)
+        try:
+            self.site = site_context(fl_ctx, self.train_config)
+            self.log_info(fl_ctx, f"building the trainer from {self.train_config} in {self.site.app_dir} (code policy: {self.site.code_policy})")
+            if self.site.site_file:
+                self.log_info(fl_ctx, f"site values from {self.site.site_file}: {sorted(self.site.environment)}")
+            loaded = load_config(self.site.app_dir, self.train_config, self.environment, self.overrides, extra_environment=self.site.variables())
+            self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.code_policy)
+        except ConfigError as e:
+            # One clear line in the site log; every task then fails with an error code (the job goes on
+            # while enough other sites are healthy).
+            self._init_error = f"cannot build this site's trainer: {e}"
+            self.log_error(fl_ctx, self._init_error)
+            return
         self._disable_train_checkpoint_loaders(fl_ctx)
         self._attach_round_handlers()
         writer = parts.get(self.analytic_sender_id)
@@ -114,6 +122,8 @@ class ClaraLearner(Learner):
     def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         from clara_fl.fl.weights import load_global_weights, network_weights, non_finite_keys, weight_diff
 
+        if self._init_error:
+            return self._failed(fl_ctx, self._init_error)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         try:
@@ -133,7 +143,10 @@ class ClaraLearner(Learner):
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
 
-        steps = self._run_local_training(abort_signal)
+        try:
+            steps = self._run_local_training(abort_signal)
+        except Exception as e:  # the site's data or code failed mid-training: report it, keep the site alive
+            return self._failed(fl_ctx, f"local training failed: {describe_failure(e)}")
         if abort_signal.triggered:
             self._rewind_to_epoch_boundary()
             self.log_info(fl_ctx, f"round {current_round} aborted after {steps} iterations")
@@ -153,6 +166,8 @@ class ClaraLearner(Learner):
     def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         from clara_fl.fl.weights import load_global_weights, unwrap
 
+        if self._init_error:
+            return self._failed(fl_ctx, self._init_error)
         if self.workflow.evaluator is None:
             return make_reply(ReturnCode.EMPTY_RESULT)
         validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
@@ -169,6 +184,8 @@ class ClaraLearner(Learner):
         try:
             load_global_weights(network, weights)
             metrics = self._evaluate_without_side_effects()
+        except Exception as e:
+            return self._failed(fl_ctx, f"local validation failed: {describe_failure(e)}")
         finally:
             self._abort_signal = None
             if keep is not None:
@@ -187,6 +204,8 @@ class ClaraLearner(Learner):
         from clara_fl.fl.weights import network_weights
         from clara_fl.runtime.checkpoint import load_checkpoint, model_state
 
+        if self._init_error:
+            return self._failed(fl_ctx, self._init_error)
         wanted = "final_model.pt" if model_name == ModelName.FINAL_MODEL else "model.pt"
         for candidate in dict.fromkeys([wanted, "model.pt", "final_model.pt"]):
             path = os.path.join(self.workflow.ckpt_dir, candidate)
@@ -201,10 +220,14 @@ class ClaraLearner(Learner):
         self.log_warning(fl_ctx, "no local checkpoint yet: submitting the current network weights")
         return DXO(data_kind=DataKind.WEIGHTS, data=network_weights(self.workflow.network)).to_shareable()
 
+    def _failed(self, fl_ctx: FLContext, message: str) -> Shareable:
+        self.log_error(fl_ctx, message)
+        return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+
     def abort(self, fl_ctx: FLContext) -> None:
         """Best effort only: FLARE may not call it, which is why training polls the abort signal itself."""
         if self.workflow is not None:
-            self.workflow.trainer.terminate()
+            self.workflow.trainer.terminate()  # stops after the current iteration
 
     def finalize(self, fl_ctx: FLContext) -> None:
         self.workflow = None
@@ -268,47 +291,10 @@ class ClaraLearner(Learner):
     def _local_state_path(self) -> str:
         return os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE)
 
-    def _checkpoint_savers(self) -> list[Any]:
-        from monai.handlers import CheckpointSaver
-
-        found = []
-        for section in ("train", "validate"):
-            if "handlers" in self.workflow.resolver.sections.get(section, {}):
-                found += [h for h in self.workflow.resolver.get("handlers", section) or [] if isinstance(h, CheckpointSaver)]
-        return found
-
     def _save_local_state(self) -> None:
-        from clara_fl.runtime.checkpoint import save_atomic
-
-        if self.workflow.context.rank != 0:
-            return
-        trainer, evaluator = self.workflow.trainer, self.workflow.evaluator
-        state: dict[str, Any] = {"epoch": trainer.state.epoch, "iteration": trainer.state.iteration}
-        state["optimizer"] = trainer.optimizer.state_dict()
-        scheduler = self.workflow.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.workflow.resolver.sections["train"] else None
-        if scheduler is not None and hasattr(scheduler, "state_dict"):
-            state["lr_scheduler"] = scheduler.state_dict()
-        if evaluator is not None:
-            state["best_metric"] = float(evaluator.state.best_metric)
-            state["best_metric_epoch"] = int(evaluator.state.best_metric_epoch)
-        state["savers"] = [s._key_metric_checkpoint.state_dict() if getattr(s, "_key_metric_checkpoint", None) else None for s in self._checkpoint_savers()]
-        save_atomic(state, self._local_state_path())
+        self.workflow.save_training_state(self._local_state_path())
 
     def _restore_local_state(self, fl_ctx: FLContext) -> None:
-        from clara_fl.runtime.checkpoint import load_checkpoint
-
         path = self._local_state_path()
-        if not os.path.isfile(path):
-            return
-        state = load_checkpoint(path)
-        trainer, evaluator = self.workflow.trainer, self.workflow.evaluator
-        trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        if "lr_scheduler" in state:
-            self.workflow.resolver.get("lr_scheduler", "train").load_state_dict(state["lr_scheduler"])
-        if evaluator is not None and "best_metric" in state:
-            evaluator.state.best_metric, evaluator.state.best_metric_epoch = state["best_metric"], state["best_metric_epoch"]
-        for saver, saved in zip(self._checkpoint_savers(), state.get("savers", [])):
-            if saved is not None and getattr(saver, "_key_metric_checkpoint", None) is not None:
-                saver._key_metric_checkpoint.load_state_dict(saved)
-        self.log_info(fl_ctx, f"resumed local state from {path} (epoch {trainer.state.epoch})")
+        if self.workflow.load_training_state(path) is not None:
+            self.log_info(fl_ctx, f"resumed local state from {path} (epoch {self.workflow.trainer.state.epoch})")

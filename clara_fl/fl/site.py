@@ -15,10 +15,12 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 
-__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root"]
+__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "CODE_POLICY_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root", "code_policy"]
 
 SITE_FILE_NAME = "clara_fl_site.json"
 SITE_CONFIG_ENV = "CLARA_FL_SITE_CONFIG"
+CODE_POLICY_ENV = "CLARA_FL_CODE_POLICY"
+DEFAULT_CODE_POLICY = "restricted"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class SiteContext:
     app_dir: str
     environment: dict[str, Any] = field(default_factory=dict)
     site_file: str | None = None
+    code_policy: str = DEFAULT_CODE_POLICY
 
     def variables(self) -> dict[str, Any]:
         """Values that sit above the job's environment.json: the site's own, plus SITE_NAME."""
@@ -72,5 +75,20 @@ def site_context(fl_ctx: Any, config_file: str = "config/config_train.json") -> 
     app_dir = find_mmar_root(workspace.get_app_dir(job_id), config_file)
     name = fl_ctx.get_identity_name()
     site_file = find_site_file(workspace.get_root_dir())
-    environment = read_site_file(site_file).get("environment", {}) if site_file else {}
-    return SiteContext(name=name, app_dir=app_dir, environment=dict(environment), site_file=site_file)
+    content = read_site_file(site_file) if site_file else {}
+    return SiteContext(
+        name=name,
+        app_dir=app_dir,
+        environment=dict(content.get("environment", {})),
+        site_file=site_file,
+        code_policy=code_policy(content, site_file),
+    )
+
+
+def code_policy(site_content: dict[str, Any], site_file: str | None = None) -> str:
+    """How config code runs at this site: ``$CLARA_FL_CODE_POLICY``, else the site file's
+    ``code_policy``, else ``"restricted"`` (a job's config comes from outside the site)."""
+    policy = os.environ.get(CODE_POLICY_ENV) or site_content.get("code_policy") or DEFAULT_CODE_POLICY
+    if policy not in ("full", "restricted"):
+        raise ConfigError(f"code_policy must be 'full' or 'restricted', got '{policy}'", file=site_file or f"${CODE_POLICY_ENV}")
+    return policy

@@ -19,7 +19,7 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, describe_failure
 
 __all__ = ["ClaraValidator", "derive_cross_validation_config"]
 
@@ -72,8 +72,8 @@ class ClaraValidator(Executor):
         owner = shareable.get_header(AppConstants.MODEL_OWNER) or dxo.get_meta_prop(AppConstants.MODEL_OWNER) or "unknown_model"
         try:
             metrics = self._validate(owner, dxo.data, fl_ctx, abort_signal)
-        except ConfigError as e:
-            self.log_error(fl_ctx, f"cross-site validation of '{owner}' failed: {e}")
+        except Exception as e:  # bad config or data at this site: one clear line, an error code, the job goes on
+            self.log_error(fl_ctx, f"cross-site validation of '{owner}' failed: {describe_failure(e)}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -102,7 +102,7 @@ class ClaraValidator(Executor):
         safe_owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
         overrides = {**self.overrides, "MMAR_EVAL_OUTPUT_PATH": os.path.join(site.app_dir, "eval", "cross_site_val", safe_owner)}
         loaded = load_config(site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config)
-        workflow = EvaluateWorkflow.build(loaded)
+        workflow = EvaluateWorkflow.build(loaded, code_policy=site.code_policy)
         detach_checkpoint_loaders(workflow.evaluator, workflow.resolver.get("handlers", "") if "handlers" in workflow.resolver.sections[""] else [])
         load_global_weights(workflow.network, weights)
 

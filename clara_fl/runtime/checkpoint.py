@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ def strip_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_checkpoint_model(path: str, context: Any) -> Any:
     """Rebuild the network from the ``train_conf`` stored in a checkpoint and load its weights."""
+    from clara_fl.config.expressions import RestrictedEvaluator
     from clara_fl.config.resolver import ConfigResolver
 
     checkpoint = load_checkpoint(path)
@@ -64,6 +66,8 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
             "save it with \"train_conf\": \"@conf\" in the CheckpointSaver's save_dict, or give a model component",
             file=path,
         )
+    # A checkpoint may come from anywhere: code in its train_conf runs only under the restricted policy.
+    context = dataclasses.replace(context, evaluator=RestrictedEvaluator())
     try:
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
     except ConfigError as e:

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "remove_stale_temp_files"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -32,3 +32,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Delete temporary files that a killed process left behind in ``folder`` (ours: ``.NAME.XXXX.tmp``)."""
+    removed = []
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+    return removed

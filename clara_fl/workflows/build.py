@@ -17,10 +17,18 @@ __all__ = ["build_components"]
 logger = logging.getLogger(__name__)
 
 
-def build_components(loaded: LoadedConfig, context: BuildContext | None = None) -> tuple[ConfigResolver, BuildContext]:
-    """Dry-run the whole config (fast, writes nothing), then build it; returns the resolver holding the components."""
+def build_components(
+    loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full"
+) -> tuple[ConfigResolver, BuildContext]:
+    """Dry-run the whole config (fast, writes nothing), then build it; returns the resolver holding the components.
+
+    ``code_policy`` decides how ``#expr``/``lambda`` strings run: ``"full"`` Python or ``"restricted"``.
+    """
+    from clara_fl.config.expressions import evaluator_for
+
     settings = RuntimeSettings.from_variables(loaded.variables)
     context = context or prepare_runtime(settings, loaded.mmar_root)
+    context.evaluator = evaluator_for(code_policy)
     if _truthy(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))
     variable_names = set(config_globals(loaded.config))

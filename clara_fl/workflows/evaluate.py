@@ -24,8 +24,8 @@ class EvaluateWorkflow:
         self.network = self.evaluator.network
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None) -> EvaluateWorkflow:
-        resolver, context = build_components(loaded, context)
+    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full") -> EvaluateWorkflow:
+        resolver, context = build_components(loaded, context, code_policy)
         return cls(loaded, resolver, context)
 
     def run(self, progress: bool | None = None) -> dict[str, float]:

@@ -30,8 +30,9 @@ def build_train_network(
     environment: str | None = "config/environment.json",
     overrides: Mapping[str, Any] | None = None,
     extra_environment: Mapping[str, Any] | None = None,
+    code_policy: str = "restricted",
 ) -> Any:
-    """The MMAR's ``train.model``, seeded like training, on the CPU."""
+    """The MMAR's ``train.model``, seeded like training, on the CPU (config code restricted by default)."""
     import torch
 
     from clara_fl.runtime.device import RuntimeSettings
@@ -46,5 +47,7 @@ def build_train_network(
     if settings.random_seed is not None:
         torch.manual_seed(settings.random_seed)
     add_custom_to_path(mmar_root)
-    context = BuildContext(device=torch.device("cpu"), mmar_root=mmar_root)
+    from clara_fl.config.expressions import evaluator_for
+
+    context = BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(code_policy))
     return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")

@@ -10,10 +10,13 @@ from typing import Any
 
 from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
-from clara_fl.runtime.files import write_json_atomic
+from clara_fl.runtime.files import remove_stale_temp_files, write_json_atomic
 from clara_fl.workflows.build import build_components, require
 
-__all__ = ["TrainWorkflow", "TrainStats"]
+__all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE"]
+
+# Everything --resume needs, written atomically into MMAR_CKPT_DIR at each validation interval.
+RESUME_STATE_FILE = "train_state.pt"
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ class TrainStats:
     best_key_metric: float | None = None
     best_key_metric_epoch: int | None = None
     total_time_s: float = 0.0
+    resumed_from_epoch: int | None = None
 
 
 class TrainWorkflow:
@@ -46,8 +50,8 @@ class TrainWorkflow:
         self._attach_stats()
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None) -> TrainWorkflow:
-        resolver, context = build_components(loaded, context)
+    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full") -> TrainWorkflow:
+        resolver, context = build_components(loaded, context, code_policy)
         return cls(loaded, resolver, context)
 
     @property
@@ -58,6 +62,107 @@ class TrainWorkflow:
     def key_metric_name(self) -> str | None:
         engine = self.evaluator or self.trainer
         return getattr(engine.state, "key_metric_name", None)
+
+    # -- training state: standalone --resume and FL learners rebuilt per task ---------------------
+
+    def _checkpoint_savers(self) -> list[Any]:
+        from monai.handlers import CheckpointSaver
+
+        found: list[Any] = []
+        for section in ("train", "validate"):
+            if "handlers" in self.resolver.sections.get(section, {}):
+                found += [h for h in self.resolver.get("handlers", section) or [] if isinstance(h, CheckpointSaver)]
+        return found
+
+    def _lr_scheduler(self) -> Any:
+        scheduler = self.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.resolver.sections["train"] else None
+        return scheduler if hasattr(scheduler, "state_dict") else None
+
+    def training_state(self) -> dict[str, Any]:
+        """Network, optimizer, LR scheduler, epoch/iteration, best metric and best-model bookkeeping."""
+        from clara_fl.fl.weights import unwrap
+
+        trainer, evaluator = self.trainer, self.evaluator
+        state: dict[str, Any] = {
+            "model": unwrap(self.network).state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "epoch": int(trainer.state.epoch),
+            "iteration": int(trainer.state.iteration),
+            "max_epochs": int(trainer.state.max_epochs or 0),
+        }
+        scheduler = self._lr_scheduler()
+        if scheduler is not None:
+            state["lr_scheduler"] = scheduler.state_dict()
+        if evaluator is not None:
+            state["best_metric"] = float(evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(evaluator.state.best_metric_epoch)
+        state["savers"] = [s._key_metric_checkpoint.state_dict() if getattr(s, "_key_metric_checkpoint", None) else None for s in self._checkpoint_savers()]
+        return state
+
+    def restore_training_state(self, state: dict[str, Any]) -> None:
+        from clara_fl.fl.weights import unwrap
+
+        trainer, evaluator = self.trainer, self.evaluator
+        if "model" in state:
+            unwrap(self.network).load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
+        scheduler = self._lr_scheduler()
+        if scheduler is not None and "lr_scheduler" in state:
+            scheduler.load_state_dict(state["lr_scheduler"])
+        if evaluator is not None and "best_metric" in state:
+            evaluator.state.best_metric, evaluator.state.best_metric_epoch = state["best_metric"], state["best_metric_epoch"]
+        for saver, saved in zip(self._checkpoint_savers(), state.get("savers", [])):
+            if saved is not None and getattr(saver, "_key_metric_checkpoint", None) is not None:
+                saver._key_metric_checkpoint.load_state_dict(saved)
+
+    def save_training_state(self, path: str) -> None:
+        from clara_fl.runtime.checkpoint import save_atomic
+
+        if self.context.rank == 0:
+            save_atomic(self.training_state(), path)
+
+    def load_training_state(self, path: str) -> dict[str, Any] | None:
+        """Restore from ``path`` if it exists; returns the state (None when there was none)."""
+        from clara_fl.runtime.checkpoint import load_checkpoint
+
+        if not os.path.isfile(path):
+            return None
+        state = load_checkpoint(path)
+        self.restore_training_state(state)
+        return state
+
+    def save_state_every(self, interval: int) -> None:
+        """Write RESUME_STATE_FILE every ``interval`` epochs and when training completes."""
+        from ignite.engine import Events
+
+        path = os.path.join(self.ckpt_dir, RESUME_STATE_FILE)
+        interval = max(1, int(interval))
+
+        def save(engine: Any) -> None:
+            if engine.state.epoch % interval == 0 or engine.state.epoch == engine.state.max_epochs:
+                self.save_training_state(path)
+
+        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, save)
+
+    def resume(self) -> int | None:
+        """Continue from MMAR_CKPT_DIR/train_state.pt; returns the epoch resumed from (None: nothing to resume).
+
+        Weights come from the saved state, so a fine-tuning CheckpointLoader is detached.
+        """
+        from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+
+        state = self.load_training_state(os.path.join(self.ckpt_dir, RESUME_STATE_FILE))
+        if state is None:
+            return None
+        if "handlers" in self.resolver.sections["train"]:
+            detach_checkpoint_loaders(self.trainer, self.resolver.get("handlers", "train"))
+        self.stats.resumed_from_epoch = int(state["epoch"])
+        return self.stats.resumed_from_epoch
+
+    @property
+    def finished(self) -> bool:
+        return int(self.trainer.state.epoch) >= int(self.trainer.state.max_epochs or 0)
 
     def _attach_stats(self) -> None:
         from ignite.engine import Events
@@ -71,6 +176,8 @@ class TrainWorkflow:
         """Train until the configured ``max_epochs``; returns (and optionally writes) the run's statistics."""
         if progress if progress is not None else _interactive():
             _attach_progress_bar(self.trainer)
+        for name in remove_stale_temp_files(self.ckpt_dir):
+            logger.info("removed %s, a partial write left by an interrupted run", name)
         start = time.perf_counter()
         self.trainer.run()
         self.stats.total_time_s = round(time.perf_counter() - start, 3)

@@ -1,0 +1,38 @@
+"""``clara-fl site setup``: prepare a provisioned FLARE startup kit (server or client) for clara-fl jobs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    site = subparsers.add_parser("site", help="set up a FLARE site (startup kit) for clara-fl jobs")
+    actions = site.add_subparsers(dest="action", metavar="ACTION", required=True)
+    setup = actions.add_parser(
+        "setup",
+        help="allow clara-fl's classes, write the site's data location and code policy into SITE_DIR/local/",
+        description="Adds clara-fl's entries to SITE_DIR/local/resources.json (created from resources.json.default), "
+        "and writes the site's environment values and code policy to SITE_DIR/local/clara_fl_site.json. "
+        "Safe to run again: only what differs is changed.",
+    )
+    setup.add_argument("site_dir", metavar="SITE_DIR", help="the site's startup kit folder (holding startup/ and local/)")
+    setup.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+        help="site values above the job's environment.json, e.g. DATA_ROOT=/data/spleen "
+        "'DATASET_JSON=/data/spleen/dataset_{SITE_NAME}.json'; merged with the values already set",
+    )
+    setup.add_argument(
+        "--allow-code", action="store_true",
+        help="let jobs' config #expressions and lambdas run as full Python here (code_policy 'full'); "
+        "without it the site records code_policy 'restricted'",
+    )
+    setup.set_defaults(run=run_setup)
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    from clara_fl.config.variables import parse_set_args
+    from clara_fl.fl.site_setup import setup_site
+
+    result = setup_site(args.site_dir, parse_set_args(args.set), allow_code=args.allow_code)
+    print(f"clara-fl site setup: {result.summary()}")
+    return 0

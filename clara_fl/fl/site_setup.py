@@ -1,0 +1,216 @@
+"""``clara-fl site setup``: prepare a provisioned FLARE startup kit (server or client) for clara-fl jobs.
+
+Three things change, all in the kit's ``local/`` folder and nowhere else:
+
+* ``local/resources.json`` (created from ``resources.json.default`` if absent; the ``.default`` file is
+  left as it is): :data:`~clara_fl.fl.policy.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
+  jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use.
+* ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site`): the site's environment
+  values (``DATA_ROOT``, ``DATASET_JSON``, ...), merged with the values already there.
+* the same site file's ``code_policy``: ``"restricted"`` (default) or ``"full"`` (``allow_code=True``).
+
+Running it twice with the same values changes nothing, and says so. Files are replaced atomically, so a
+running site (FLARE re-reads ``resources.json`` when it changes) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
+from clara_fl.fl.policy import resources_with_allow_list
+from clara_fl.fl.site import SITE_FILE_NAME
+
+__all__ = ["StartupKit", "SiteSetupResult", "find_startup_kit", "setup_site"]
+
+RESOURCES = "resources.json"
+RESOURCES_DEFAULT = "resources.json.default"
+CODE_POLICY_MEANING = {
+    "restricted": "config #expressions and lambdas from a job run only a checked safe subset of Python (no imports, "
+    "no dunders, allow-listed helpers); --allow-code permits full Python",
+    "full": "config #expressions and lambdas from a job run as full Python with this site's rights; "
+    "use only for jobs from submitters this site trusts",
+}
+# values of these keys name files or folders on the site; a missing one is worth a note, not an error
+PATH_KEYS = ("DATA_ROOT", "DATASET_JSON")
+
+
+@dataclass(frozen=True)
+class StartupKit:
+    """A provisioned FLARE startup kit: its root folder, ``"server"`` or ``"client"``, and the site's name."""
+
+    root: str
+    kind: str
+    name: str
+
+    @property
+    def local_dir(self) -> str:
+        return os.path.join(self.root, "local")
+
+
+@dataclass
+class SiteSetupResult:
+    """What :func:`setup_site` found and changed; :meth:`summary` is the text the command prints."""
+
+    kit: StartupKit
+    resources_file: str
+    site_file: str
+    code_policy: str
+    resources_created: bool = False
+    allow_list_added: list[str] = field(default_factory=list)
+    environment_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    code_policy_before: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.resources_created or self.allow_list_added or self.environment_changes or self.code_policy_before != self.code_policy
+        )
+
+    def summary(self) -> str:
+        kit = self.kit
+        lines = [f"{kit.kind} kit '{kit.name}' at {kit.root}"]
+        resources = os.path.relpath(self.resources_file, kit.root)
+        if self.resources_created:
+            lines.append(f"  created {resources} from local/{RESOURCES_DEFAULT} (the .default file is unchanged)")
+        if self.allow_list_added:
+            lines.append(f"  {resources}: added to class_allow_list: {', '.join(self.allow_list_added)}")
+        else:
+            lines.append(f"  {resources}: class_allow_list already allows clara-fl jobs")
+        site_file = os.path.relpath(self.site_file, kit.root)
+        for name, (old, new) in self.environment_changes.items():
+            change = f"{_show(old)} -> {_show(new)}" if old is not None else f"{_show(new)} (new)"
+            lines.append(f"  {site_file}: environment {name} = {change}")
+        unchanged = sorted(set(self.environment) - set(self.environment_changes))
+        if unchanged:
+            lines.append(f"  {site_file}: environment unchanged: {', '.join(unchanged)}")
+        if self.code_policy_before != self.code_policy:
+            before = f" (was {self.code_policy_before})" if self.code_policy_before else ""
+            lines.append(f"  {site_file}: code_policy = {self.code_policy}{before}")
+        else:
+            lines.append(f"  {site_file}: code_policy stays {self.code_policy}")
+        lines.append(f"    {self.code_policy}: {CODE_POLICY_MEANING[self.code_policy]}")
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append("  changed the files above" if self.changed else "  nothing to change: this kit was already set up this way")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def find_startup_kit(site_dir: str | os.PathLike) -> StartupKit:
+    """The kit at ``site_dir``: ``startup/fed_server.json`` makes it a server, ``startup/fed_client.json`` a client."""
+    root = os.path.abspath(os.fspath(site_dir))
+    if not os.path.isdir(root):
+        raise ConfigError("no such folder: give the folder of a FLARE startup kit (the one holding startup/ and local/)", file=root)
+    startup = os.path.join(root, "startup")
+    server_file, client_file = os.path.join(startup, "fed_server.json"), os.path.join(startup, "fed_client.json")
+    if os.path.isfile(server_file):
+        kind, name = "server", "server"  # the global model is built with SITE_NAME "server" (ClaraModelPersistor)
+    elif os.path.isfile(client_file):
+        client = load_json(client_file, what="FLARE client startup file").get("client", {})
+        kind, name = "client", str(client.get("fqsn") or os.path.basename(root))
+    elif os.path.isfile(os.path.join(startup, "fed_admin.json")):
+        raise ConfigError("this is an admin kit: site setup is for the server's and the clients' kits", file=root)
+    else:
+        raise ConfigError(
+            "not a FLARE startup kit: neither startup/fed_server.json nor startup/fed_client.json is in this folder", file=root
+        )
+    if not os.path.isdir(os.path.join(root, "local")):
+        raise ConfigError("the startup kit has no local/ folder", file=root)
+    return StartupKit(root=root, kind=kind, name=name)
+
+
+def _write_json_atomic(path: str, content: Any) -> None:
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
+    path = result.resources_file
+    default = os.path.join(kit.local_dir, RESOURCES_DEFAULT)
+    if os.path.isfile(path):
+        resources = load_json(path, what="site resources file")
+    elif os.path.isfile(default):
+        resources = load_json(default, what="site resources file")
+        result.resources_created = True
+    else:
+        raise ConfigError(f"the startup kit has neither local/{RESOURCES} nor local/{RESOURCES_DEFAULT}", file=kit.root)
+    if not isinstance(resources, dict):
+        raise ConfigError("a resources file must be a JSON object", file=path)
+    before = resources.get("class_allow_list")
+    updated = resources_with_allow_list(resources)
+    if isinstance(before, list):
+        result.allow_list_added = [entry for entry in updated["class_allow_list"] if entry not in before]
+    else:
+        result.allow_list_added = list(updated["class_allow_list"])
+        result.notes.append(f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries")
+    if result.resources_created or result.allow_list_added:
+        _write_json_atomic(path, updated)
+
+
+def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_policy: str, result: SiteSetupResult) -> None:
+    from clara_fl.fl.site import read_site_file
+
+    path = result.site_file
+    content = read_site_file(path) if os.path.isfile(path) else {}
+    current = dict(content.get("environment", {}))
+    result.code_policy_before = content.get("code_policy")
+    for name, value in environment.items():
+        if name not in current or current[name] != value:
+            result.environment_changes[name] = (current.get(name), value)
+        current[name] = value
+    result.environment = current
+    for name in PATH_KEYS:
+        value = current.get(name)
+        if isinstance(value, str):
+            here = value.replace("{SITE_NAME}", kit.name)
+            if not os.path.exists(here):
+                result.notes.append(f"{name} {here} does not exist on this machine (yet)")
+    if kit.kind == "server" and current:
+        result.notes.append("the server trains on no data: environment values matter on client kits")
+    if result.environment_changes or result.code_policy_before != code_policy or not os.path.isfile(path):
+        _write_json_atomic(path, {**content, "environment": current, "code_policy": code_policy})
+
+
+def setup_site(site_dir: str | os.PathLike, environment: Mapping[str, Any] | None = None, allow_code: bool = False) -> SiteSetupResult:
+    """Set up the startup kit at ``site_dir`` for clara-fl jobs and return what changed.
+
+    Args:
+        site_dir: the kit's root folder (holding ``startup/`` and ``local/``).
+        environment: site-local values above the job's environment.json, e.g. ``{"DATA_ROOT": "/data"}``;
+            strings may use ``{SITE_NAME}``, kept verbatim. Merged with the values already in the site file.
+        allow_code: record ``code_policy: "full"`` instead of ``"restricted"``.
+    """
+    kit = find_startup_kit(site_dir)
+    for name in environment or {}:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"environment names must be non-empty strings, got {name!r}", file="--set")
+    result = SiteSetupResult(
+        kit=kit,
+        resources_file=os.path.join(kit.local_dir, RESOURCES),
+        site_file=os.path.join(kit.local_dir, SITE_FILE_NAME),
+        code_policy="full" if allow_code else "restricted",
+    )
+    _update_resources(kit, result)
+    _update_site_file(kit, dict(environment or {}), result.code_policy, result)
+    return result

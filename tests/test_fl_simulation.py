@@ -104,3 +104,21 @@ def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shap
     for site in SITES:
         assert set(results[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
         assert (workspace / site / "simulate_job" / f"app_{site}" / "models" / "fl_local_state.pt").is_file()
+
+
+def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_path: Path, site_file: Path) -> None:
+    """site-3 has no datalist: it reports one clear error per task, the other two carry the job."""
+    job = create_job(SPLEEN_MMAR, tmp_path / "job", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
+    workspace = tmp_path / "ws"
+    with open(tmp_path / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(workspace), 3, 3, str(site_file), stdout=log)
+    output = (tmp_path / "simulator.log").read_text()
+    assert code == 0, output[-3000:]
+
+    results = load_cross_site_results(find_cross_site_results(workspace))
+    for site in SITES:
+        assert {"SRV_FL_global_model.pt", *SITES} <= set(results[site])
+        assert all("val_mean_dice" in metrics for metrics in results[site].values())
+    assert "site-3" not in results or not any("val_mean_dice" in m for m in results["site-3"].values())
+    site3_log = (workspace / "site-3" / "log.txt").read_text()
+    assert "cannot build this site's trainer" in site3_log and "dataset_site-3.json" in site3_log

@@ -207,6 +207,9 @@ class ConfigResolver:
             return value
         except ConfigError as e:
             raise e.located(self.file, path) from None
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+            # A value of a shape nothing here expects; say where, not how Python tripped over it.
+            raise ConfigError(f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path) from None
 
     def _resolve_string(self, value: str, path: str, section: str) -> Any:
         if value.startswith("@") and value[1:].isidentifier():
@@ -264,6 +267,8 @@ class ConfigResolver:
 
     def _resolve_ref(self, value: Mapping[str, Any], path: str, section: str) -> Any:
         ref = value["ref"]
+        if not isinstance(ref, str) or not ref:
+            raise ConfigError(f"'ref' must name a train transform by class name or alias, got {_short(ref)}", path=json_path(path, "ref"))
         extra = set(value) - {"ref", "disabled", "rank"}
         if extra:
             raise ConfigError(f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is")
@@ -289,6 +294,9 @@ class ConfigResolver:
     # -- components ----------------------------------------------------------------------------
 
     def _build_component(self, spec: Mapping[str, Any], path: str, section: str) -> Any:
+        label = spec.get("log_label")
+        if label is not None and not isinstance(label, str):
+            raise ConfigError(f"'log_label' must be a string, got {_short(label)}", path=json_path(path, "log_label"))
         unknown = set(spec) - COMPONENT_KEYS
         if unknown:
             key = sorted(unknown)[0]
@@ -328,6 +336,9 @@ class ConfigResolver:
     def _target(self, spec: Mapping[str, Any], path: str) -> tuple[str, Callable]:
         if "name" in spec and "path" in spec:
             raise ConfigError("give either 'name' or 'path', not both")
+        key = "path" if "path" in spec else "name"
+        if not isinstance(spec[key], str) or not spec[key]:
+            raise ConfigError(f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key))
         if "path" in spec:
             where = json_path(path, "path")
             dotted = str(spec["path"]).split("#")[0]
@@ -447,3 +458,8 @@ def _is_engine(target: Any) -> bool:
     if not inspect.isclass(target):
         return False
     return any(base.__module__.startswith("monai.engines") and base.__name__ == "Workflow" for base in target.__mro__)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -12,7 +12,7 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.variables import config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
 
-__all__ = ["build_components"]
+__all__ = ["build_components", "check_config", "require"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,18 @@ def build_components(
     context.evaluator = evaluator_for(code_policy)
     if _truthy(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))
-    variable_names = set(config_globals(loaded.config))
-    ConfigResolver(loaded.config, loaded.display_file, context, variable_names, dry_run=True).build_all()
-    resolver = ConfigResolver(loaded.config, loaded.display_file, context, variable_names)
+    check_config(loaded, context)
+    resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
     resolver.build_all()
     _log_network_summary(resolver)
     return resolver, context
+
+
+def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
+    """Everything that can be checked without building: names, arguments, references, aliases,
+    variables, code (under ``context.evaluator``'s policy) and data files. Writes nothing."""
+    RuntimeSettings.from_variables(loaded.variables)
+    ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True).build_all()
 
 
 def require(resolver: ConfigResolver, name: str, section: str) -> Any:

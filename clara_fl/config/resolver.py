@@ -64,6 +64,7 @@ class BuildContext:
     cuda_available: bool = False
     amp: bool = False
     rank: int = 0
+    world_size: int = 1
     mmar_root: str | None = None
     evaluator: ExpressionEvaluator = field(default_factory=ExpressionEvaluator)
     _said: set[str] = field(default_factory=set)
@@ -379,6 +380,13 @@ class ConfigResolver:
         if isinstance(device, str) and device.startswith("cuda") and not self.context.cuda_available:
             self.context.say_once("cuda-fallback", f"{path}: \"device\": \"{device}\" but CUDA is not available; running on CPU")
             args["device"] = "cpu"
+        if self.context.world_size > 1 and _is_data_loader(target) and args.get("sampler") is None and not self.dry_run:
+            # Each rank loads its share. Training shards are padded to equal length (DDP needs the same
+            # number of steps everywhere); validation shards are not (metrics are gathered, nothing duplicated).
+            from monai.data import DistributedSampler
+
+            training = path.startswith("train.")
+            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=training)
         if _is_engine(target):
             args.setdefault("device", self.context.device)
             if args.get("amp") and not self.context.amp:
@@ -452,6 +460,12 @@ def _parameters(target: Any) -> dict[str, inspect.Parameter] | None:
                 params.pop(n)
             params = {**base, **params}
     return params
+
+
+def _is_data_loader(target: Any) -> bool:
+    import torch.utils.data
+
+    return inspect.isclass(target) and issubclass(target, torch.utils.data.DataLoader)
 
 
 def _is_engine(target: Any) -> bool:

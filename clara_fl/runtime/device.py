@@ -14,6 +14,7 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.resolver import BuildContext
 from clara_fl.config.variables import Variables, parse_cli_value
+from clara_fl.runtime.distributed import init_distributed
 
 __all__ = ["RuntimeSettings", "prepare_runtime"]
 
@@ -80,11 +81,14 @@ def prepare_runtime(settings: RuntimeSettings, mmar_root: str | None = None) -> 
     if settings.tf32 is not None:
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
-    context = BuildContext(device=device, cuda_available=cuda, amp=settings.amp and device.type == "cuda", rank=rank, mmar_root=mmar_root)
+    world_size = init_distributed(settings.multi_gpu, device)
+    context = BuildContext(
+        device=device, cuda_available=cuda, amp=settings.amp and device.type == "cuda", rank=rank, world_size=world_size, mmar_root=mmar_root
+    )
     if settings.amp and device.type != "cuda":
         context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
-    if settings.multi_gpu and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        context.say_once("multi-gpu", "multi_gpu is true, but this version trains in one process (no DDP yet): training on one device")
+    if settings.multi_gpu and world_size == 1:
+        context.say_once("multi-gpu", "multi_gpu is true but this is a single process: launch with torchrun --nproc_per_node=N -m clara_fl train ... for DDP")
     if settings.use_gpu and not cuda:
         logger.debug("use_gpu is true but CUDA is not available: using the CPU")
     return context

@@ -45,7 +45,12 @@ class TrainWorkflow:
         self.trainer = require(resolver, "trainer", "train")
         self.network = require(resolver, "model", "train")
         self.evaluator = resolver.get("evaluator", "validate") if "evaluator" in resolver.sections.get("validate", {}) else None
-        self.stats = TrainStats(world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        self.stats = TrainStats(world_size=context.world_size)
+        if context.world_size > 1:
+            from clara_fl.runtime.distributed import sync_buffers_every_epoch, wrap_for_training
+
+            self.trainer.network = wrap_for_training(self.network, context.device)
+            sync_buffers_every_epoch(self.trainer, self.network)
         self._iterations_this_run = 0
         self._attach_stats()
 
@@ -176,8 +181,9 @@ class TrainWorkflow:
         """Train until the configured ``max_epochs``; returns (and optionally writes) the run's statistics."""
         if progress if progress is not None else _interactive():
             _attach_progress_bar(self.trainer)
-        for name in remove_stale_temp_files(self.ckpt_dir):
-            logger.info("removed %s, a partial write left by an interrupted run", name)
+        if self.context.rank == 0:
+            for name in remove_stale_temp_files(self.ckpt_dir):
+                logger.info("removed %s, a partial write left by an interrupted run", name)
         start = time.perf_counter()
         self.trainer.run()
         self.stats.total_time_s = round(time.perf_counter() - start, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clara-fl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # python -m torch.distributed.launch passes the local rank as an argument; torchrun sets LOCAL_RANK.
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for app in (train, evaluate, export, synth, job, simulate, site, demo):
         app.add_parser(subparsers)
@@ -35,8 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from clara_fl.config.errors import ConfigError, describe_failure
 
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    succeeded = False
     try:
-        return args.run(args)
+        code = args.run(args)
+        succeeded = code == 0
+        return code
     except ConfigError as e:
         if args.debug:
             raise
@@ -50,4 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"clara-fl {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from clara_fl.runtime.distributed import shutdown_distributed
 
+            shutdown_distributed(wait_for_all=succeeded)

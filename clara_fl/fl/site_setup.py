@@ -25,7 +25,7 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.fl.policy import resources_with_allow_list
-from clara_fl.fl.site import SITE_FILE_NAME
+from clara_fl.fl.site import SITE_FILE_NAME, read_site_file
 
 __all__ = ["StartupKit", "SiteSetupResult", "find_startup_kit", "setup_site"]
 
@@ -115,7 +115,8 @@ def find_startup_kit(site_dir: str | os.PathLike) -> StartupKit:
     startup = os.path.join(root, "startup")
     server_file, client_file = os.path.join(startup, "fed_server.json"), os.path.join(startup, "fed_client.json")
     if os.path.isfile(server_file):
-        kind, name = "server", "server"  # the global model is built with SITE_NAME "server" (ClaraModelPersistor)
+        servers = load_json(server_file, what="FLARE server startup file").get("servers") or [{}]
+        kind, name = "server", str(servers[0].get("admin_server") or os.path.basename(root))
     elif os.path.isfile(client_file):
         client = load_json(client_file, what="FLARE client startup file").get("client", {})
         kind, name = "client", str(client.get("fqsn") or os.path.basename(root))
@@ -169,8 +170,6 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
 
 
 def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_policy: str, result: SiteSetupResult) -> None:
-    from clara_fl.fl.site import read_site_file
-
     path = result.site_file
     content = read_site_file(path) if os.path.isfile(path) else {}
     current = dict(content.get("environment", {}))

@@ -45,12 +45,16 @@ def init_distributed(multi_gpu: bool, device: Any) -> int:
     return world_size
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group so every rank exits cleanly (no hang, no abort at exit)."""
+def shutdown_distributed(wait_for_all: bool = True) -> None:
+    """Leave the process group so every rank exits cleanly (no hang, no abort at exit).
+
+    After a failure, do not wait for the other ranks: they may be blocked in a collective.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

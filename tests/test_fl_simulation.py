@@ -122,3 +122,24 @@ def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_
     assert "site-3" not in results or not any("val_mean_dice" in m for m in results["site-3"].values())
     site3_log = (workspace / "site-3" / "log.txt").read_text()
     assert "cannot build this site's trainer" in site3_log and "dataset_site-3.json" in site3_log
+
+
+def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Path) -> None:
+    job = create_job(
+        SPLEEN_MMAR, tmp_path / "job", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS, nproc_per_site=2
+    )
+    workspace = tmp_path / "ws"
+    with open(tmp_path / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(workspace), 2, 2, str(site_file), stdout=log)
+    output = (tmp_path / "simulator.log").read_text()
+    assert code == 0, output[-3000:]
+
+    results = load_cross_site_results(find_cross_site_results(workspace))
+    assert set(results) == set(SITES)
+    for site in SITES:
+        assert {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES} <= set(results[site])
+        workers_log = (workspace / site / "simulate_job" / f"app_{site}" / "models" / ".fl_round" / "workers.log").read_text()
+        assert "rank 1 of 2 joined" in workers_log
+    # one update per site per round, counting both processes' iterations: site-1 has 5 training cases,
+    # so 2 ranks x 2 iterations (3 cases each at batch size 2, padded to equal shards) = 4
+    assert "round 0: 4 iterations" in output or "round 0: 4 iterations" in (workspace / "site-1" / "log.txt").read_text()

@@ -15,6 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--num-rounds", type=int, help="FL rounds")
     create.add_argument("--local-epochs", type=int, help="local epochs per round at each site")
     create.add_argument("--min-clients", type=int, help="sites needed per round")
+    create.add_argument("--nproc-per-site", type=int, help="DDP processes each site trains with (sets multi_gpu=True)")
     create.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help="values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)
@@ -25,7 +26,8 @@ def run_create(args: argparse.Namespace) -> int:
     from clara_fl.fl.job import create_job
 
     job = create_job(
-        args.mmar, args.output, args.template, args.num_rounds, args.local_epochs, args.min_clients, parse_set_args(args.set), args.force
+        args.mmar, args.output, args.template, args.num_rounds, args.local_epochs, args.min_clients, parse_set_args(args.set), args.force,
+        nproc_per_site=args.nproc_per_site,
     )
     print(f"wrote FLARE job {job}")
     print(f"  run it: nvflare simulator {job} -w WORKSPACE -n 2 -t 2   (or: clara-fl simulate {job})")

@@ -385,8 +385,9 @@ class ConfigResolver:
             # number of steps everywhere); validation shards are not (metrics are gathered, nothing duplicated).
             from monai.data import DistributedSampler
 
-            training = path.startswith("train.")
-            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=training)
+            # A validation set smaller than the world is padded too: no rank may be left without data.
+            even = path.startswith("train.") or len(args["dataset"]) < self.context.world_size
+            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even)
         if _is_engine(target):
             args.setdefault("device", self.context.device)
             if args.get("amp") and not self.context.amp:

@@ -71,6 +71,7 @@ def create_job(
     min_clients: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     force: bool = False,
+    nproc_per_site: int | None = None,
 ) -> Path:
     """Write the job folder ``output`` for ``mmar`` and return it."""
     mmar, output = Path(mmar).resolve(), Path(output).resolve()
@@ -87,7 +88,9 @@ def create_job(
 
     _set_args(server, "scatter_and_gather", num_rounds=num_rounds, min_clients=min_clients)
     _set_args(server, "fedavg", num_rounds=num_rounds, num_clients=min_clients)
-    _set_args(client, "clara_learner", local_epochs=local_epochs)
+    _set_args(client, "clara_learner", local_epochs=local_epochs, nproc_per_site=nproc_per_site)
+    if nproc_per_site and nproc_per_site > 1:
+        overrides = {**(overrides or {}), "multi_gpu": True}
     key_metric = validation_key_metric(mmar)
     if key_metric:
         _set_args(server, "model_selector", key_metric=key_metric)

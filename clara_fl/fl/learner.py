@@ -36,6 +36,8 @@ class ClaraLearner(Learner):
         send_weight_diff: send WEIGHT_DIFF (default) or full WEIGHTS; must match the server's aggregator.
         analytic_sender_id: component that streams metrics to the server (FLARE TBWriter), optional.
         overrides: variables set by the job (``clara-fl job create --set``), above everything else.
+        nproc_per_site: train each round in this many DDP processes (``torchrun --standalone``);
+            validation and submit_model stay in this process.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class ClaraLearner(Learner):
         send_weight_diff: bool = True,
         analytic_sender_id: str = "analytic_sender",
         overrides: dict[str, Any] | None = None,
+        nproc_per_site: int = 1,
     ) -> None:
         super().__init__()
         if local_epochs < 1 and steps_aggregation < 1:
@@ -58,6 +61,7 @@ class ClaraLearner(Learner):
         self.send_weight_diff = send_weight_diff
         self.analytic_sender_id = analytic_sender_id
         self.overrides = dict(overrides or {})
+        self.nproc_per_site = max(1, int(nproc_per_site))
         self.workflow: Any = None
         self._init_error: str | None = None
         self._abort_signal: Signal | None = None
@@ -144,7 +148,10 @@ class ClaraLearner(Learner):
         self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
 
         try:
-            steps = self._run_local_training(abort_signal)
+            if self.nproc_per_site > 1:
+                steps = self._run_distributed_round(global_weights, abort_signal, fl_ctx)
+            else:
+                steps = self._run_local_training(abort_signal)
         except Exception as e:  # the site's data or code failed mid-training: report it, keep the site alive
             return self._failed(fl_ctx, f"local training failed: {describe_failure(e)}")
         if abort_signal.triggered:
@@ -157,7 +164,8 @@ class ClaraLearner(Learner):
         if bad:
             self.log_error(fl_ctx, f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        self._save_local_state()
+        if self.nproc_per_site == 1:
+            self._save_local_state()  # the worker processes saved theirs
         kind = DataKind.WEIGHT_DIFF if self.send_weight_diff else DataKind.WEIGHTS
         payload = weight_diff(local, global_weights) if self.send_weight_diff else local
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
@@ -263,6 +271,61 @@ class ClaraLearner(Learner):
         finally:
             self._abort_signal = None
         return self._steps_this_round
+
+    def _run_distributed_round(self, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext) -> int:
+        """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks.
+
+        On abort the workers are stopped and the site's state stays at the last completed round.
+        """
+        import json
+        import signal
+        import subprocess
+        import sys
+
+        import torch
+
+        from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
+
+        work = os.path.join(self.workflow.ckpt_dir, ".fl_round")
+        os.makedirs(work, exist_ok=True)
+        request = {
+            "mmar_root": self.site.app_dir,
+            "train_config": self.train_config,
+            "environment": self.environment,
+            "overrides": self.overrides,
+            "site_environment": self.site.variables(),
+            "code_policy": self.site.code_policy,
+            "local_epochs": self.local_epochs,
+            "steps_aggregation": self.steps_aggregation,
+            "state_path": self._local_state_path(),
+            "weights_path": os.path.join(work, "global.pt"),
+            "result_path": os.path.join(work, "result.pt"),
+        }
+        save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request["weights_path"])
+        if os.path.exists(request["result_path"]):
+            os.remove(request["result_path"])
+        with open(os.path.join(work, "request.json"), "w", encoding="utf-8") as f:
+            json.dump(request, f)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_site}"]
+        command += ["-m", "clara_fl.fl.site_worker", os.path.join(work, "request.json")]
+        log_path = os.path.join(work, "workers.log")
+        self.log_info(fl_ctx, f"training in {self.nproc_per_site} processes (log: {log_path})")
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            while True:
+                try:
+                    process.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if abort_signal.triggered:
+                        os.killpg(process.pid, signal.SIGTERM)
+                        process.wait(timeout=30)
+                        return 0
+        if process.returncode != 0:
+            raise RuntimeError(f"the {self.nproc_per_site} training processes exited with code {process.returncode}; see {log_path}")
+        result = load_checkpoint(request["result_path"])
+        self.workflow.load_training_state(request["state_path"])  # keep this process's copy in step
+        return int(result["steps"])
 
     def _rewind_to_epoch_boundary(self) -> None:
         """After an abort the next round starts a fresh epoch, not the rest of the interrupted one."""

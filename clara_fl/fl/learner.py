@@ -7,6 +7,7 @@ the weight difference with the real number of steps. Abort is polled after every
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -66,6 +67,7 @@ class ClaraLearner(Learner):
         self._init_error: str | None = None
         self._abort_signal: Signal | None = None
         self._steps_this_round = 0
+        self._stop_after_epoch = False
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -110,14 +112,24 @@ class ClaraLearner(Learner):
         from ignite.engine import Events
 
         def after_iteration(engine: Any) -> None:
+            if self._abort_signal is not None and self._abort_signal.triggered:
+                engine.terminate()  # the interrupted epoch is discarded (see _rewind_to_epoch_boundary)
+                return
             if engine is self.workflow.trainer:
                 self._steps_this_round += 1
                 if self.steps_aggregation and self._steps_this_round >= self.steps_aggregation:
-                    engine.terminate()
-            if self._abort_signal is not None and self._abort_signal.triggered:
-                engine.terminate()
+                    if engine.state.iteration % engine.state.epoch_length:
+                        engine.interrupt()  # mid-epoch: the next round resumes this epoch where it stopped
+                    else:
+                        self._stop_after_epoch = True  # let the epoch's handlers (validation, checkpoints) run first
+
+        def after_epoch(engine: Any) -> None:
+            if self._stop_after_epoch:
+                self._stop_after_epoch = False
+                engine.interrupt()
 
         self.workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
+        self.workflow.trainer.add_event_handler(Events.EPOCH_COMPLETED, after_epoch)
         if self.workflow.evaluator is not None:
             self.workflow.evaluator.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
 
@@ -147,6 +159,8 @@ class ClaraLearner(Learner):
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
 
+        # Kept in memory so that a refused round (NaN/Inf) leaves no trace in optimizer state or model selection.
+        last_good = copy.deepcopy(self.workflow.training_state())
         try:
             if self.nproc_per_site > 1:
                 steps = self._run_distributed_round(global_weights, abort_signal, fl_ctx)
@@ -162,7 +176,12 @@ class ClaraLearner(Learner):
         local = network_weights(network)
         bad = non_finite_keys(local)
         if bad:
-            self.log_error(fl_ctx, f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them")
+            self.workflow.restore_training_state(last_good)
+            self.log_error(
+                fl_ctx,
+                f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them, "
+                "and going back to the state before this round",
+            )
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         if self.nproc_per_site == 1:
             self._save_local_state()  # the worker processes saved theirs
@@ -209,7 +228,7 @@ class ClaraLearner(Learner):
 
     def get_model_for_validation(self, model_name: str | None, fl_ctx: FLContext) -> Shareable:
         """The site's best local model (model.pt by key metric); ``final_model`` gives the last one."""
-        from clara_fl.fl.weights import network_weights
+        from clara_fl.fl.weights import network_weights, non_finite_keys
         from clara_fl.runtime.checkpoint import load_checkpoint, model_state
 
         if self._init_error:
@@ -223,6 +242,9 @@ class ClaraLearner(Learner):
                 except ConfigError as e:
                     self.log_error(fl_ctx, str(e))
                     return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+                if non_finite_keys(weights):
+                    self.log_warning(fl_ctx, f"{path} holds NaN/Inf weights (a refused round): not submitting it")
+                    continue
                 self.log_info(fl_ctx, f"submitting {path} for model '{model_name or ModelName.BEST_MODEL}'")
                 return DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
         self.log_warning(fl_ctx, "no local checkpoint yet: submitting the current network weights")

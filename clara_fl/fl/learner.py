@@ -99,7 +99,7 @@ class ClaraLearner(Learner):
 
     def _disable_train_checkpoint_loaders(self, fl_ctx: FLContext) -> None:
         """A train-section CheckpointLoader would overwrite the global weights at every round start."""
-        from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
 
         resolver = self.workflow.resolver
         engines = [("train", self.workflow.trainer), ("validate", self.workflow.evaluator)]
@@ -360,7 +360,7 @@ class ClaraLearner(Learner):
         """Run the evaluator on whatever the network holds, without touching local model selection or logs."""
         from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardStatsHandler
 
-        from clara_fl.fl.engine_hooks import handlers_muted
+        from clara_fl.workflows.engine_hooks import handlers_muted
         from clara_fl.fl.streaming import MetricsStreamer
         from clara_fl.workflows.evaluate import scalar_metrics
 

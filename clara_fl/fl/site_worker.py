@@ -22,7 +22,7 @@ def run_round(request: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from clara_fl.config.mmar import load_config
-    from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+    from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
     from clara_fl.fl.weights import load_global_weights, unwrap
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
     from clara_fl.workflows.train import TrainWorkflow

@@ -84,7 +84,7 @@ class ClaraValidator(Executor):
         from ignite.engine import Events
 
         from clara_fl.config.mmar import load_config
-        from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
         from clara_fl.fl.site import site_context
         from clara_fl.fl.weights import load_global_weights
         from clara_fl.workflows.evaluate import EvaluateWorkflow

@@ -9,14 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from clara_fl.runtime.distributed import unwrap
+
 __all__ = ["unwrap", "network_weights", "load_global_weights", "weight_diff", "non_finite_keys"]
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a DistributedDataParallel/DataParallel wrapper."""
-    return getattr(network, "module", network)
 
 
 def network_weights(network: torch.nn.Module) -> dict[str, np.ndarray]:

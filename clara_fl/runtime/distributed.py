@@ -14,7 +14,8 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "launched_world_size", "init_distributed", "shutdown_distributed", "wrap_for_training", "sync_buffers_every_epoch", "is_main_process",
+    "launched_world_size", "init_distributed", "shutdown_distributed", "wrap_for_training", "sync_buffers_every_epoch", "unwrap",
+    "is_main_process",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,11 @@ def sync_buffers_every_epoch(trainer: Any, network: Any) -> None:
     def broadcast_buffers(_: Any) -> None:
         for buffer in network.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def unwrap(network: Any) -> Any:
+    """The network inside a DistributedDataParallel/DataParallel wrapper."""
+    return getattr(network, "module", network)
 
 
 def is_main_process() -> bool:

@@ -85,7 +85,7 @@ class TrainWorkflow:
 
     def training_state(self) -> dict[str, Any]:
         """Network, optimizer, LR scheduler, epoch/iteration, best metric and best-model bookkeeping."""
-        from clara_fl.fl.weights import unwrap
+        from clara_fl.runtime.distributed import unwrap
 
         trainer, evaluator = self.trainer, self.evaluator
         state: dict[str, Any] = {
@@ -105,7 +105,7 @@ class TrainWorkflow:
         return state
 
     def restore_training_state(self, state: dict[str, Any]) -> None:
-        from clara_fl.fl.weights import unwrap
+        from clara_fl.runtime.distributed import unwrap
 
         trainer, evaluator = self.trainer, self.evaluator
         if "model" in state:
@@ -155,7 +155,7 @@ class TrainWorkflow:
 
         Weights come from the saved state, so a fine-tuning CheckpointLoader is detached.
         """
-        from clara_fl.fl.engine_hooks import detach_checkpoint_loaders
+        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
 
         state = self.load_training_state(os.path.join(self.ckpt_dir, RESUME_STATE_FILE))
         if state is None:

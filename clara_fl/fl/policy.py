@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from clara_fl.runtime.files import write_json_atomic
+
 __all__ = ["CLARA_ALLOW_LIST", "resources_with_allow_list", "write_simulator_policy"]
 
 CLARA_ALLOW_LIST = (
@@ -41,6 +43,5 @@ def write_simulator_policy(workspace: str) -> str:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             existing = json.load(f)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(resources_with_allow_list(existing), f, indent=2)
+    write_json_atomic(path, resources_with_allow_list(existing))
     return path

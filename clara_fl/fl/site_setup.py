@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.fl.policy import resources_with_allow_list
 from clara_fl.fl.site import SITE_FILE_NAME, read_site_file
+from clara_fl.runtime.files import write_json_atomic
 
 __all__ = ["StartupKit", "SiteSetupResult", "find_startup_kit", "setup_site"]
 
@@ -131,21 +131,6 @@ def find_startup_kit(site_dir: str | os.PathLike) -> StartupKit:
     return StartupKit(root=root, kind=kind, name=name)
 
 
-def _write_json_atomic(path: str, content: Any) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
     path = result.resources_file
     default = os.path.join(kit.local_dir, RESOURCES_DEFAULT)
@@ -166,7 +151,7 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
         result.allow_list_added = list(updated["class_allow_list"])
         result.notes.append(f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries")
     if result.resources_created or result.allow_list_added:
-        _write_json_atomic(path, updated)
+        write_json_atomic(path, updated)
 
 
 def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_policy: str, result: SiteSetupResult) -> None:
@@ -188,7 +173,7 @@ def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_poli
     if kit.kind == "server" and current:
         result.notes.append("the server trains on no data: environment values matter on client kits")
     if result.environment_changes or result.code_policy_before != code_policy or not os.path.isfile(path):
-        _write_json_atomic(path, {**content, "environment": current, "code_policy": code_policy})
+        write_json_atomic(path, {**content, "environment": current, "code_policy": code_policy})
 
 
 def setup_site(site_dir: str | os.PathLike, environment: Mapping[str, Any] | None = None, allow_code: bool = False) -> SiteSetupResult:

@@ -23,3 +23,8 @@ test: setup
 
 clean:
 	rm -rf demo_workspace .pytest_cache
+
+# Benchmarks against named baselines (not part of `make test`): table on stdout, bench/results/latest.json.
+.PHONY: bench
+bench: setup
+	$(PY) bench/run.py

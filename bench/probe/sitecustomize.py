@@ -1,0 +1,125 @@
+"""Benchmark probe for FL site processes: put this folder on PYTHONPATH and set CLARA_FL_BENCH_PROBE=DIR.
+
+Every Python process started with it (the simulator's server and site workers) wraps, as soon as
+their modules are imported:
+
+* ``ignite.engine.Engine.run``: the sites' local training and validation (kind ``engine``);
+* the FL wrappers around them (kind ``wrapper``): ``ClaraLearner.train``/``validate`` (clara-fl) and
+  ``MonaiAlgo.train``/``evaluate``/``get_weights`` (the MONAI path).
+
+Each outermost call appends one JSON line to ``DIR/probe-<pid>.jsonl``: kind, class and method,
+wall-clock start/end (``time.time()``), the site named in the working directory, and the process's
+RSS after the call and its peak RSS so far. Nothing else changes: the time outside the engine runs
+is what the FL machinery (wrapper + FLARE) costs per round, and the wrapper records split it into
+the wrapper's own share and FLARE's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_DIR = os.environ.get("CLARA_FL_BENCH_PROBE")
+
+# module -> [(class, method, kind)]
+TARGETS = {
+    "ignite.engine.engine": [("Engine", "run", "engine")],
+    "clara_fl.fl.learner": [("ClaraLearner", "train", "wrapper"), ("ClaraLearner", "validate", "wrapper")],
+    "monai.fl.client.monai_algo": [
+        ("MonaiAlgo", "train", "wrapper"),
+        ("MonaiAlgo", "evaluate", "wrapper"),
+        ("MonaiAlgo", "get_weights", "wrapper"),
+    ],
+}
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return -1
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _site() -> str:
+    import re
+
+    for text in (os.getcwd(), " ".join(sys.argv)):
+        found = re.findall(r"(site-\d+)", text)
+        if found:
+            return found[-1]
+    return "?"
+
+
+def _patch(module: object, targets: list) -> None:
+    import json
+    import threading
+    import time
+
+    path = os.path.join(_DIR, f"probe-{os.getpid()}.jsonl")
+    depth = threading.local()  # one nesting counter per kind and thread: only outermost calls are recorded
+
+    for class_name, method, kind in targets:
+        cls = getattr(module, class_name)
+        original = getattr(cls, method)
+
+        def wrapped(self, *args, __original=original, __kind=kind, __method=method, **kwargs):  # type: ignore[no-untyped-def]
+            level = getattr(depth, __kind, 0)
+            setattr(depth, __kind, level + 1)
+            start = time.time()
+            try:
+                return __original(self, *args, **kwargs)
+            finally:
+                setattr(depth, __kind, level)
+                if level == 0:
+                    record = {
+                        "pid": os.getpid(),
+                        "site": _site(),
+                        "kind": __kind,
+                        "engine": type(self).__name__,
+                        "method": __method,
+                        "start": start,
+                        "end": time.time(),
+                        "rss": _rss_bytes(),
+                        "peak_rss": _peak_rss_bytes(),
+                    }
+                    with open(path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+
+        wrapped.__wrapped__ = original  # type: ignore[attr-defined]
+        wrapped.__name__ = method
+        setattr(cls, method, wrapped)
+
+
+def _install() -> None:
+    import importlib.abc
+    import importlib.machinery
+
+    class _Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):  # type: ignore[no-untyped-def]
+            if name not in TARGETS:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):  # type: ignore[no-untyped-def]
+                exec_module(module)
+                _patch(module, TARGETS[name])
+
+            spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, _Hook())
+
+
+if _DIR:
+    os.makedirs(_DIR, exist_ok=True)
+    _install()

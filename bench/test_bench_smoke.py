@@ -1,0 +1,110 @@
+"""Smoke test of the benchmark harness (not collected by ``make test``, whose testpaths are tests/).
+
+    .venv/bin/python -m pytest -q bench/test_bench_smoke.py                  # < 60 s on 2 idle cores
+    BENCH_SMOKE_FL=1 .venv/bin/python -m pytest -q bench/test_bench_smoke.py  # also the FL figures (~2 more minutes)
+
+The quick standalone run checks that every side really trains (the same final val_mean_dice on
+both sides is the proof that A and B are the same training); the FL analysis is checked on canned
+logs, and end to end only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import run as bench  # noqa: E402
+
+RECORD_KEYS = {"figure", "measure", "baseline", "kind", "value", "unit", "goal", "met", "samples", "note", "detail"}
+
+
+def run_quick(tmp_path: Path, figures: str) -> dict:
+    output = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--figures", figures, "--output", str(output), "--work", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "goal" in proc.stdout and "met" in proc.stdout  # the table
+    result = json.loads(output.read_text())
+    for record in result["records"]:
+        assert set(record) == RECORD_KEYS, record
+    return result
+
+
+def test_quick_standalone_figures_compare_the_same_training(tmp_path: Path) -> None:
+    result = run_quick(tmp_path, "1,2,3,7")
+    records = {r["figure"]: r for r in result["records"]}
+    assert set(records) == {"1 standalone overhead", "2 start-up", "2 start-up (CLI)", "3 bundle peer", "7 GPU throughput"}
+    assert records["1 standalone overhead"]["detail"]["same_training"] is True
+    assert records["3 bundle peer"]["detail"]["same_training"] is True
+    assert records["1 standalone overhead"]["value"] > 0 and records["2 start-up"]["value"] is not None
+    assert records["2 start-up (CLI)"]["met"] is True, records["2 start-up (CLI)"]["note"]
+    assert records["7 GPU throughput"]["kind"] == "skipped"
+
+
+@pytest.mark.skipif(not os.environ.get("BENCH_SMOKE_FL"), reason="set BENCH_SMOKE_FL=1 to run the FL figures end to end")
+def test_quick_fl_figures(tmp_path: Path) -> None:
+    result = run_quick(tmp_path, "4,5,6")
+    figures = [r["figure"] for r in result["records"]]
+    assert figures == ["4 FL round overhead", "4 FL round overhead vs MONAI", "5 memory: peak RSS", "5 memory: RSS growth", "6 FL quality"]
+    assert all(r["value"] is not None for r in result["records"])
+
+
+SERVER_LOG = """\
+2026-11-25 10:00:00,000 - ScatterAndGather - INFO - [identity=simulator_server] - Round 0 started.
+2026-11-25 10:00:02,000 - ScatterAndGather - INFO - [identity=simulator_server] - Round 1 started.
+2026-11-25 10:00:03,500 - FedAvg - INFO - [identity=simulator_server, wf=controller] - 
+--------------------------------------------------------------------------------
+                                Round 2 started.                                
+--------------------------------------------------------------------------------
+2026-11-25 10:00:05,000 - ScatterAndGather - INFO - [identity=simulator_server] - Round 3 started.
+"""
+
+
+def test_round_overhead_is_wall_minus_the_slower_sites_engine_time(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text(SERVER_LOG)
+    starts = bench.round_starts(log)
+    assert sorted(starts) == [0, 1, 2, 3]
+    assert starts[2] - starts[1] == pytest.approx(1.5, abs=1e-3)
+
+    def rec(site: str, kind: str, engine: str, t0: float, t1: float, rss_mb: float) -> dict:
+        return {"site": site, "kind": kind, "engine": engine, "start": starts[0] + t0, "end": starts[0] + t1,
+                "rss": rss_mb * 2**20, "peak_rss": (rss_mb + 10) * 2**20}
+
+    probe = []
+    for r, base in ((0, 0.0), (1, 2.0), (2, 3.5)):
+        probe += [
+            rec("site-1", "wrapper", "ClaraLearner", base + 0.1, base + 0.9, 0),
+            rec("site-1", "engine", "SupervisedEvaluator", base + 0.2, base + 0.3, 500 + r),
+            rec("site-1", "engine", "SupervisedTrainer", base + 0.3, base + 0.8, 500 + r),
+            rec("site-2", "engine", "SupervisedTrainer", base + 0.2, base + 0.4, 400 + 3 * r),
+        ]
+    result = bench.analyse_fl(log, probe, warmup=1, memory_warmup=0)
+    assert [r["round"] for r in result["rounds"]] == [1, 2]  # warm-up round 0 and the last round are left out
+    first = result["rounds"][0]
+    assert first["wall_s"] == pytest.approx(1.5, abs=1e-3)
+    assert first["local_s"] == pytest.approx(0.6, abs=1e-3)  # site-1: 0.1 validate + 0.5 train
+    assert first["overhead_s"] == pytest.approx(0.9, abs=1e-3)
+    assert first["wrapper_glue_s"] == pytest.approx(0.2, abs=1e-3)  # 0.8 in the learner, 0.6 of it in engines
+    assert result["memory"]["site-1"]["growth_mb_per_round"] == pytest.approx(1.0)
+    assert result["memory"]["site-2"]["growth_mb_per_round"] == pytest.approx(3.0)
+    assert result["memory"]["site-1"]["peak_rss_mb"] == pytest.approx(512)
+
+
+def test_slope_and_table() -> None:
+    assert bench.slope([1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert bench.slope([5.0]) is None
+    record = bench.Record(figure="x", measure="m", baseline="b", kind="ratio", value=1.01, unit="x", goal="<= 1.05", met=True)
+    skipped = bench.Record(figure="7 GPU", measure="m", baseline="b", kind="skipped", value=None, unit="", goal="(GPU only)", met=None, note="skipped: no GPU lent")
+    text = bench.table([record, skipped])
+    assert "1.010" in text and "skipped: no GPU lent" in text and "n/a" in text

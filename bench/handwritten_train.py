@@ -7,6 +7,7 @@ variables the benchmark overrides in the MMAR (``epochs``, ``roi_size``, ``learn
 ``num_workers``, ``num_interval_per_valid``) plus the data and output locations.
 
     python bench/handwritten_train.py --data-root DIR --datalist DIR/dataset.json --out OUT --epochs 3
+    python bench/handwritten_train.py ... --eval-weights MODEL.pt   # score saved weights (figure 6's neutral evaluator)
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def run_quick(tmp_path: Path, figures: str) -> dict:
 def test_quick_standalone_figures_compare_the_same_training(tmp_path: Path) -> None:
     result = run_quick(tmp_path, "1,2,3,7")
     records = {r["figure"]: r for r in result["records"]}
-    assert set(records) == {"1 standalone overhead", "2 start-up", "2 start-up (CLI)", "3 bundle peer", "7 GPU throughput"}
+    assert set(records) == {"1 standalone overhead", "1 standalone overhead (CPU)", "2 start-up", "2 start-up (CLI)", "3 bundle peer", "7 GPU throughput"}
     assert records["1 standalone overhead"]["detail"]["same_training"] is True
     assert records["3 bundle peer"]["detail"]["same_training"] is True
     assert records["1 standalone overhead"]["value"] > 0 and records["2 start-up"]["value"] is not None

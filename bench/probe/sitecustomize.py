@@ -9,7 +9,7 @@ their modules are imported:
 
 Each outermost call appends one JSON line to ``DIR/probe-<pid>.jsonl``: kind, class and method,
 wall-clock start/end (``time.time()``), the site named in the working directory, and the process's
-RSS after the call and its peak RSS so far. Nothing else changes: the time outside the engine runs
+RSS after the call, its peak RSS so far and its thread count. Nothing else changes: the time outside the engine runs
 is what the FL machinery (wrapper + FLARE) costs per round, and the wrapper records split it into
 the wrapper's own share and FLARE's.
 """
@@ -45,6 +45,13 @@ def _peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
 
 
 def _site() -> str:
@@ -88,6 +95,7 @@ def _patch(module: object, targets: list) -> None:
                         "end": time.time(),
                         "rss": _rss_bytes(),
                         "peak_rss": _peak_rss_bytes(),
+                        "threads": _threads(),
                     }
                     with open(path, "a") as f:
                         f.write(json.dumps(record) + "\n")

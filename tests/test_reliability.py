@@ -43,7 +43,8 @@ def loads_everything(folder: Path) -> list[str]:
 
 def test_kill_9_at_random_moments_leaves_only_loadable_files_and_resume_reaches_the_epochs(spleen_mmar: Path) -> None:
     epochs = 6
-    command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--write_train_stats", "--set", *tiny_set(epochs=epochs)]
+    command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--write_train_stats", "--resume_state_every", "0"]
+    command += ["--set", *tiny_set(epochs=epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     models = spleen_mmar / "models"
     rng = random.Random(0)
@@ -80,6 +81,27 @@ def test_resuming_a_finished_run_says_so_and_exits_0(spleen_mmar: Path, capsys: 
 
     assert main(["train", "-m", str(spleen_mmar), "--resume", "--set", *tiny_set(epochs=1)]) == 0
     assert "already finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("every", "written_after_epochs"), [("0", [1, 2]), ("3600", [2])])
+def test_the_resume_state_is_written_at_most_once_per_resume_state_every_and_always_at_the_end(
+    spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: str, written_after_epochs: list[int]
+) -> None:
+    from clara_fl.workflows.train import TrainWorkflow
+
+    written: list[int] = []
+    real_save = TrainWorkflow.save_training_state
+
+    def save(self: TrainWorkflow, path: str) -> None:
+        written.append(int(self.trainer.state.epoch))
+        real_save(self, path)
+
+    monkeypatch.setattr(TrainWorkflow, "save_training_state", save)
+    arguments = ["train", "-m", str(spleen_mmar), "--resume_state_every", every]
+    assert main([*arguments, "--set", *tiny_set(epochs=2)]) == 0
+
+    assert written == written_after_epochs
+    assert torch.load(spleen_mmar / "models" / "train_state.pt", weights_only=True)["epoch"] == 2
 
 
 def test_fine_tuning_loads_weights_only_while_resume_restores_the_whole_training_state(spleen_mmar: Path) -> None:

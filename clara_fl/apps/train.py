@@ -18,14 +18,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true",
         help="continue an interrupted run from MMAR_CKPT_DIR/train_state.pt (weights, optimizer, scheduler, epoch, best metric)",
     )
+    parser.add_argument(
+        "--resume_state_every", type=float, default=None, metavar="SECONDS",
+        help="write train_state.pt at validation intervals at most once per SECONDS, and at the end "
+        "(default 60; 0 writes it at every validation interval)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clara_fl.workflows.train import RESUME_STATE_FILE, TrainWorkflow
+    from clara_fl.workflows.train import RESUME_STATE_FILE, RESUME_STATE_MIN_SECONDS, TrainWorkflow
 
     workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
-    workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1)
+    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else max(0.0, args.resume_state_every)
+    workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1, min_seconds)
     if args.resume:
         epoch = workflow.resume()
         if epoch is None:

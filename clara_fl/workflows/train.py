@@ -13,10 +13,11 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.runtime.files import remove_stale_temp_files, write_json_atomic
 from clara_fl.workflows.build import build_components, require
 
-__all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE"]
+__all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE", "RESUME_STATE_MIN_SECONDS"]
 
-# Everything --resume needs, written atomically into MMAR_CKPT_DIR at each validation interval.
+# Everything --resume needs, written atomically into MMAR_CKPT_DIR (see TrainWorkflow.save_state_every).
 RESUME_STATE_FILE = "train_state.pt"
+RESUME_STATE_MIN_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -137,16 +138,25 @@ class TrainWorkflow:
         self.restore_training_state(state)
         return state
 
-    def save_state_every(self, interval: int) -> None:
-        """Write RESUME_STATE_FILE every ``interval`` epochs and when training completes."""
+    def save_state_every(self, interval: int, min_seconds: float = RESUME_STATE_MIN_SECONDS) -> None:
+        """Write RESUME_STATE_FILE every ``interval`` epochs, at most once per ``min_seconds``, and at the end.
+
+        The state (network, optimizer moments, scheduler) is several times the model's size; writing
+        it every epoch of a short epoch costs more than the epoch's checkpoints, while an interrupted
+        run loses at most ``min_seconds`` of training.
+        """
         from ignite.engine import Events
 
         path = os.path.join(self.ckpt_dir, RESUME_STATE_FILE)
         interval = max(1, int(interval))
+        last_write = time.monotonic()
 
         def save(engine: Any) -> None:
-            if engine.state.epoch % interval == 0 or engine.state.epoch == engine.state.max_epochs:
+            nonlocal last_write
+            due = engine.state.epoch % interval == 0 and time.monotonic() - last_write >= min_seconds
+            if due or engine.state.epoch >= (engine.state.max_epochs or 0):
                 self.save_training_state(path)
+                last_write = time.monotonic()
 
         self.trainer.add_event_handler(Events.EPOCH_COMPLETED, save)
 

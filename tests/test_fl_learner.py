@@ -33,7 +33,7 @@ from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateTyp
 
 from clara_fl.fl.learner import LOCAL_STATE_FILE, ClaraLearner
 from clara_fl.fl.site import CODE_POLICY_ENV, SITE_CONFIG_ENV
-from clara_fl.fl.weights import network_weights
+from clara_fl.fl.weights import network_weights, unwrap
 from clara_fl.workflows.network import build_train_network
 from tests.conftest import SPLEEN_MMAR, copy_mmar
 
@@ -219,7 +219,8 @@ def test_train_sends_the_weight_diff_and_the_real_number_of_iterations(site: Sit
         np.testing.assert_allclose(sent[key] + diff, local[key], rtol=0, atol=1e-6, err_msg=key)
     key = first_float_weight(sent)
     assert np.abs(dxo.data[key]).max() > 0, "training did not move the weights"
-    assert (site.app / "models" / LOCAL_STATE_FILE).is_file()
+    learner.local_state.wait()  # written in the background while the update travels
+    assert torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["iteration"] == site.epoch_length()
 
     # Round 2 starts from the server's weights again and reports its own iterations.
     reply = learner.train(train_task(sent, current_round=1), site.ctx, Signal())
@@ -365,7 +366,10 @@ def test_a_round_that_ends_with_nan_weights_is_refused_and_sends_nothing(site: S
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
     with pytest.raises(ValueError):
         from_shareable(reply)
-    assert not (site.app / "models" / LOCAL_STATE_FILE).exists(), "a NaN state must not be kept for the next rebuild"
+    learner.finalize(site.ctx)
+    kept = torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)
+    assert kept["iteration"] == 0, "a refused round must leave no state for the next rebuild"
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 
 
 def poison_one_optimizer_step(learner: ClaraLearner, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,6 +409,26 @@ def test_after_a_refused_nan_round_the_next_round_with_good_weights_trains(site:
     reply = learner.train(train_task(weights, current_round=1), site.ctx, Signal())
 
     assert reply.get_return_code() == ReturnCode.OK
+
+
+def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepted_round(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    learner = site.learner()
+    weights = site.global_weights()
+    assert learner.train(train_task(weights), site.ctx, Signal()).get_return_code() == ReturnCode.OK
+    trainer = learner.workflow.trainer
+    accepted = {k: v.clone() for k, v in unwrap(learner.workflow.network).state_dict().items()}
+    best = learner.workflow.evaluator.state.best_metric
+
+    poison_one_optimizer_step(learner, monkeypatch)
+    assert learner.train(train_task(weights, current_round=1), site.ctx, Signal()).get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+
+    assert (trainer.state.epoch, trainer.state.iteration) == (1, site.epoch_length())
+    steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()]
+    assert steps and all(s == site.epoch_length() for s in steps), "Adam's moments are those of the accepted round"
+    assert all(torch.isfinite(v).all() for v in trainer.optimizer.state_dict()["state"][0].values())
+    restored = unwrap(learner.workflow.network).state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in accepted.items())
+    assert learner.workflow.evaluator.state.best_metric == best
 
 
 def test_submit_model_never_hands_out_the_weights_of_a_refused_nan_round(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -463,6 +487,7 @@ def test_learner_executor_puts_the_before_train_metrics_dict_into_the_train_resu
 
     # the same dict the learner gives for these weights; asking again changes no model file
     models = site.app / "models"
+    learner.local_state.wait()
     before = files_state(models)
     assert "model.pt" in before
     best = (learner.workflow.evaluator.state.best_metric, learner.workflow.evaluator.state.best_metric_epoch)
@@ -549,13 +574,13 @@ def test_a_rebuilt_learner_resumes_the_local_state_from_disk(site: Site) -> None
     weights = site.global_weights()
     first = site.learner()
     reply_a = from_shareable(first.train(train_task(weights), site.ctx, Signal()))
-    state_a = first.workflow.trainer.state
-    assert (site.app / "models" / LOCAL_STATE_FILE).is_file()
+    state_a, best_a = first.workflow.trainer.state, first.workflow.evaluator.state.best_metric
+    first.finalize(site.ctx)  # FLARE ends the task's run before it builds the next learner
 
     second = site.learner()  # a new learner on the same app folder, as FLARE builds for the next task
     trainer = second.workflow.trainer
     assert (trainer.state.epoch, trainer.state.iteration) == (state_a.epoch, state_a.iteration) == (1, site.epoch_length())
-    assert second.workflow.evaluator.state.best_metric == pytest.approx(first.workflow.evaluator.state.best_metric)
+    assert second.workflow.evaluator.state.best_metric == pytest.approx(best_a)
     steps = [s["step"] for s in trainer.optimizer.state_dict()["state"].values()]
     assert steps and all(int(s) == site.epoch_length() for s in steps), "the optimizer state was resumed"
 

@@ -7,7 +7,6 @@ the weight difference with the real number of steps. Abort is polled after every
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any
 
@@ -20,10 +19,9 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from clara_fl.config.errors import ConfigError, describe_failure
+from clara_fl.fl.local_state import LOCAL_STATE_FILE, LocalState
 
-__all__ = ["ClaraLearner"]
-
-LOCAL_STATE_FILE = "fl_local_state.pt"
+__all__ = ["ClaraLearner", "LOCAL_STATE_FILE"]
 
 
 class ClaraLearner(Learner):
@@ -64,6 +62,7 @@ class ClaraLearner(Learner):
         self.overrides = dict(overrides or {})
         self.nproc_per_site = max(1, int(nproc_per_site))
         self.workflow: Any = None
+        self.local_state: LocalState | None = None
         self._init_error: str | None = None
         self._abort_signal: Signal | None = None
         self._steps_this_round = 0
@@ -95,7 +94,11 @@ class ClaraLearner(Learner):
         writer = parts.get(self.analytic_sender_id)
         if writer is not None:
             MetricsStreamer(writer).attach(self.workflow.trainer, self.workflow.evaluator)
-        self._restore_local_state(fl_ctx)
+        self.local_state = LocalState(self.workflow, os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE))
+        if self.local_state.restore():
+            self.log_info(fl_ctx, f"resumed local state from {self.local_state.path} (epoch {self.workflow.trainer.state.epoch})")
+        else:
+            self.local_state.save()  # the point a refused first round rolls back to
 
     def _disable_train_checkpoint_loaders(self, fl_ctx: FLContext) -> None:
         """A train-section CheckpointLoader would overwrite the global weights at every round start."""
@@ -151,6 +154,7 @@ class ClaraLearner(Learner):
         if global_weights is None:
             return make_reply(ReturnCode.BAD_TASK_DATA)
         network = self.workflow.network
+        self.local_state.wait()  # the last round's state is on disk before the weights change
         try:
             load_global_weights(network, global_weights)
         except ValueError as e:
@@ -158,9 +162,6 @@ class ClaraLearner(Learner):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
-
-        # Kept in memory so that a refused round (NaN/Inf) leaves no trace in optimizer state or model selection.
-        last_good = copy.deepcopy(self.workflow.training_state())
         try:
             if self.nproc_per_site > 1:
                 steps = self._run_distributed_round(global_weights, abort_signal, fl_ctx)
@@ -176,15 +177,18 @@ class ClaraLearner(Learner):
         local = network_weights(network)
         bad = non_finite_keys(local)
         if bad:
-            self.workflow.restore_training_state(last_good)
+            # no trace of the refused round in the optimizer state or the local model selection
+            self.local_state.roll_back()
             self.log_error(
                 fl_ctx,
                 f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them, "
                 "and going back to the state before this round",
             )
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        if self.nproc_per_site == 1:
-            self._save_local_state()  # the worker processes saved theirs
+        if self.nproc_per_site > 1:
+            self.local_state.adopt(self._round_state_path())
+        else:
+            self.local_state.save()
         kind = DataKind.WEIGHT_DIFF if self.send_weight_diff else DataKind.WEIGHTS
         payload = weight_diff(local, global_weights) if self.send_weight_diff else local
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
@@ -206,6 +210,7 @@ class ClaraLearner(Learner):
         if weights is None:
             return make_reply(ReturnCode.BAD_TASK_DATA)
         network = unwrap(self.workflow.network)
+        self.local_state.wait()
         keep = None if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE else {k: v.clone() for k, v in network.state_dict().items()}
         self._abort_signal = abort_signal
         try:
@@ -260,6 +265,8 @@ class ClaraLearner(Learner):
             self.workflow.trainer.terminate()  # stops after the current iteration
 
     def finalize(self, fl_ctx: FLContext) -> None:
+        if self.local_state is not None:
+            self.local_state.wait()
         self.workflow = None
 
     # -- training rounds -------------------------------------------------------------------------
@@ -308,7 +315,7 @@ class ClaraLearner(Learner):
 
         from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
 
-        work = os.path.join(self.workflow.ckpt_dir, ".fl_round")
+        work = os.path.dirname(self._round_state_path())
         os.makedirs(work, exist_ok=True)
         request = {
             "mmar_root": self.site.app_dir,
@@ -319,13 +326,15 @@ class ClaraLearner(Learner):
             "code_policy": self.site.code_policy,
             "local_epochs": self.local_epochs,
             "steps_aggregation": self.steps_aggregation,
-            "state_path": self._local_state_path(),
+            "state_path": self.local_state.path,
+            "new_state_path": self._round_state_path(),
             "weights_path": os.path.join(work, "global.pt"),
             "result_path": os.path.join(work, "result.pt"),
         }
         save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request["weights_path"])
-        if os.path.exists(request["result_path"]):
-            os.remove(request["result_path"])
+        for stale in (request["result_path"], request["new_state_path"]):
+            if os.path.exists(stale):
+                os.remove(stale)
         with open(os.path.join(work, "request.json"), "w", encoding="utf-8") as f:
             json.dump(request, f)
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_site}"]
@@ -346,7 +355,7 @@ class ClaraLearner(Learner):
         if process.returncode != 0:
             raise RuntimeError(f"the {self.nproc_per_site} training processes exited with code {process.returncode}; see {log_path}")
         result = load_checkpoint(request["result_path"])
-        self.workflow.load_training_state(request["state_path"])  # keep this process's copy in step
+        self.workflow.load_training_state(request["new_state_path"])  # keep this process's copy in step
         return int(result["steps"])
 
     def _rewind_to_epoch_boundary(self) -> None:
@@ -371,15 +380,6 @@ class ClaraLearner(Learner):
         evaluator.state.best_metric, evaluator.state.best_metric_epoch = best
         return scalar_metrics(evaluator.state.metrics)
 
-    # -- state that survives a rebuild (simulator -t 1 builds a new learner per task) ---------------
-
-    def _local_state_path(self) -> str:
-        return os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE)
-
-    def _save_local_state(self) -> None:
-        self.workflow.save_training_state(self._local_state_path())
-
-    def _restore_local_state(self, fl_ctx: FLContext) -> None:
-        path = self._local_state_path()
-        if self.workflow.load_training_state(path) is not None:
-            self.log_info(fl_ctx, f"resumed local state from {path} (epoch {self.workflow.trainer.state.epoch})")
+    def _round_state_path(self) -> str:
+        """Where the DDP workers leave the round's state; it becomes the local state once accepted."""
+        return os.path.join(self.workflow.ckpt_dir, ".fl_round", "state.pt")

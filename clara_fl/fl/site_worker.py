@@ -53,7 +53,7 @@ def run_round(request: dict[str, Any]) -> None:
     total = steps.clone()
     dist.all_reduce(total)  # the site's update stands for every rank's iterations
     if dist.get_rank() == 0:
-        workflow.save_training_state(request["state_path"])
+        workflow.save_training_state(request["new_state_path"])  # the Learner adopts it once the update is accepted
         weights = {k: v.detach().cpu() for k, v in unwrap(workflow.network).state_dict().items()}
         save_atomic({"weights": weights, "steps": int(total)}, request["result_path"])
 

@@ -1,0 +1,83 @@
+"""A site's training state between FL rounds: ``models/fl_local_state.pt``, written in the background.
+
+The file always holds the state after the last round the site accepted (network, optimizer
+moments, scheduler, epoch, best metric). A learner that FLARE builds anew for the next task
+(simulator ``-t 1``, a restarted client) resumes from it, and a refused round (NaN/Inf weights)
+rolls back to it, so no second copy of the state is kept in memory. Writing it costs about as much
+as a short round's bookkeeping, so it is written on a thread while the site sends its update.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+__all__ = ["LocalState", "LOCAL_STATE_FILE"]
+
+LOCAL_STATE_FILE = "fl_local_state.pt"
+
+logger = logging.getLogger(__name__)
+
+
+class LocalState:
+    """Save, restore and roll back a :class:`~clara_fl.workflows.train.TrainWorkflow`'s state at ``path``."""
+
+    def __init__(self, workflow: Any, path: str) -> None:
+        self.workflow = workflow
+        self.path = path
+        self._writer: threading.Thread | None = None
+        self._write_error: BaseException | None = None
+
+    def restore(self) -> bool:
+        """Load the saved state into the workflow; False when there is none yet."""
+        self.wait()
+        return self.workflow.load_training_state(self.path) is not None
+
+    def save(self) -> None:
+        """Snapshot the state now and write it atomically on a background thread."""
+        self.wait()
+        snapshot = _detached_copy(self.workflow.training_state())  # training goes on with the live tensors
+        self._writer = threading.Thread(target=self._write, args=(snapshot,), name="clara-fl-local-state", daemon=True)
+        self._writer.start()
+
+    def adopt(self, written_elsewhere: str) -> None:
+        """Make a state file written by another process (the site's DDP workers) the saved state."""
+        self.wait()
+        os.replace(written_elsewhere, self.path)
+
+    def roll_back(self) -> None:
+        """Return the workflow to the saved state: the last accepted round, or the state it was built with."""
+        if not self.restore():
+            raise RuntimeError(f"no saved state to roll back to at {self.path}")
+
+    def wait(self) -> None:
+        """Wait for a pending write; a failed write is logged (the in-memory state is still good)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            logger.error("could not write %s (%s): a rebuilt learner resumes from an older state", self.path, error)
+
+    def _write(self, snapshot: dict[str, Any]) -> None:
+        from clara_fl.runtime.checkpoint import save_atomic
+
+        try:
+            save_atomic(snapshot, self.path)
+        except Exception as e:  # reported by wait(), on the learner's thread
+            self._write_error = e
+
+
+def _detached_copy(value: Any) -> Any:
+    """``value`` with every tensor cloned: plain data is shared, tensors are not."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached_copy(v) for v in value)
+    return value

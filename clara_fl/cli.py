@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from clara_fl.config.errors import ConfigError, describe_failure
+    from clara_fl.runtime.startup import release_frozen
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -63,3 +64,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             from clara_fl.runtime.distributed import shutdown_distributed
 
             shutdown_distributed(wait_for_all=succeeded)
+        release_frozen()  # what the command built is garbage now, also when main() runs in-process

@@ -20,11 +20,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.runtime.distributed import is_main_process
+    from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.evaluate import EvaluateWorkflow
 
-    from clara_fl.runtime.distributed import is_main_process
-
-    metrics = EvaluateWorkflow.build(load_from_args(args), code_policy=code_policy(args)).run()
+    with build_once():
+        workflow = EvaluateWorkflow.build(load_from_args(args), code_policy=code_policy(args))
+    metrics = workflow.run()
     if is_main_process():  # metrics are gathered: every rank holds the same numbers
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}")

@@ -27,9 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import RESUME_STATE_FILE, RESUME_STATE_MIN_SECONDS, TrainWorkflow
 
-    workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
+    with build_once():
+        workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
     min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else max(0.0, args.resume_state_every)
     workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1, min_seconds)
     if args.resume:

@@ -25,11 +25,13 @@ def run_round(request: dict[str, Any]) -> None:
     from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
     from clara_fl.fl.weights import load_global_weights, unwrap
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
+    from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import TrainWorkflow
 
     overrides = {**request["overrides"], "multi_gpu": True}
     loaded = load_config(request["mmar_root"], request["train_config"], request["environment"], overrides, request["site_environment"])
-    workflow = TrainWorkflow.build(loaded, code_policy=request["code_policy"])
+    with build_once():  # one round per process
+        workflow = TrainWorkflow.build(loaded, code_policy=request["code_policy"])
     detach_checkpoint_loaders(workflow.trainer, workflow.resolver.get("handlers", "train"))
     workflow.load_training_state(request["state_path"])
     load_global_weights(workflow.network, load_checkpoint(request["weights_path"]))

@@ -366,3 +366,13 @@ def test_set_with_a_dotted_name_changes_one_key_of_a_dict_global(tmp_path):
 
     assert loaded.config["train"]["seed"] == 3
     assert loaded.config["determinism"] == {"random_seed": 3}
+
+
+def test_a_dotted_name_in_environment_json_changes_one_key_of_a_dict_global(tmp_path):
+    # clara-fl job create --set determinism.random_seed=3 writes it into the job's environment.json
+    mmar = make_mmar(tmp_path / "mmar", {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}}, {"determinism.random_seed": 3})
+
+    loaded = load_config(mmar, CONFIG)
+
+    assert loaded.config["train"]["seed"] == 3
+    assert loaded.variables.get("determinism.random_seed") == 3

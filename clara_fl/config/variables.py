@@ -99,13 +99,13 @@ class Variables:
         if mmar_root is not None:
             raw["MMAR_ROOT"] = mmar_root
         raw.update(config_globals(config))
-        raw.update(environment or {})
-        for name, value in (overrides or {}).items():
-            head, _, key = name.partition(".")
-            if key and isinstance(raw.get(head), dict):  # --set determinism.random_seed=3
-                raw[head] = {**raw[head], key: value}
-            else:
-                raw[name] = value
+        for source in (environment or {}, overrides or {}):
+            for name, value in source.items():
+                head, _, key = name.partition(".")
+                if key and isinstance(raw.get(head), dict):  # determinism.random_seed=3 sets one entry
+                    raw[head] = {**raw[head], key: value}
+                else:
+                    raw[name] = value
         table = cls(raw, file=file)
         table._mmar_root = mmar_root
         # Values may refer to other variables ("{DATA_ROOT}/dataset.json"); resolve them in place.

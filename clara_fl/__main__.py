@@ -1,4 +1,4 @@
-from clara_fl.cli import main
+from clara_fl.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

@@ -1,8 +1,11 @@
-"""Start-up: a process that builds one workflow pauses the garbage collector while building."""
+"""Start-up and exit: a process that builds one workflow keeps the garbage collector out of the way."""
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,3 +57,20 @@ def test_a_command_run_in_process_leaves_nothing_frozen(spleen_mmar: Path, colle
     gc.enable()
     assert main(["train", "-m", str(spleen_mmar), "--set", *tiny_set(epochs=1)]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_the_program_exits_quickly_with_every_tensorboard_scalar_and_checkpoint_on_disk(spleen_mmar: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--set", *tiny_set(epochs=2)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    models = spleen_mmar / "models"
+    scalars: dict[str, int] = {}
+    for events in models.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        scalars.update({tag: len(accumulator.Scalars(tag)) for tag in accumulator.Tags()["scalars"]})
+    assert scalars["val_mean_dice"] == 2, "the last epoch's validation reached the event file"
+    assert {"model.pt", "final_model.pt", "train_state.pt"} <= {p.name for p in models.iterdir()}

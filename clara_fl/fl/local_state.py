@@ -36,10 +36,15 @@ class LocalState:
         return self.workflow.load_training_state(self.path) is not None
 
     def save(self) -> None:
-        """Snapshot the state now and write it atomically on a background thread."""
+        """Write the state atomically on a background thread, straight from the live tensors.
+
+        No copy is made (a copy of weights and optimizer moments per round fragments the site
+        process's heap): the caller must :meth:`wait` before it changes the network or optimizer,
+        as the Learner does at the start of every task.
+        """
         self.wait()
-        snapshot = _detached_copy(self.workflow.training_state())  # training goes on with the live tensors
-        self._writer = threading.Thread(target=self._write, args=(snapshot,), name="clara-fl-local-state", daemon=True)
+        state = self.workflow.training_state()
+        self._writer = threading.Thread(target=self._write, args=(state,), name="clara-fl-local-state", daemon=True)
         self._writer.start()
 
     def adopt(self, written_elsewhere: str) -> None:
@@ -61,23 +66,11 @@ class LocalState:
             error, self._write_error = self._write_error, None
             logger.error("could not write %s (%s): a rebuilt learner resumes from an older state", self.path, error)
 
-    def _write(self, snapshot: dict[str, Any]) -> None:
+    def _write(self, state: dict[str, Any]) -> None:
         from clara_fl.runtime.checkpoint import save_atomic
 
         try:
-            save_atomic(snapshot, self.path)
+            save_atomic(state, self.path)
         except Exception as e:  # reported by wait(), on the learner's thread
             self._write_error = e
 
-
-def _detached_copy(value: Any) -> Any:
-    """``value`` with every tensor cloned: plain data is shared, tensors are not."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _detached_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached_copy(v) for v in value)
-    return value

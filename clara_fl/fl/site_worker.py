@@ -2,8 +2,8 @@
 
 The site's Learner launches it when ``nproc_per_site`` > 1: every rank builds the same
 TrainWorkflow as ``clara-fl train`` under torchrun, loads the global weights and the site's
-training state, trains the round, and rank 0 writes the new weights, the state and the summed
-step count for the Learner to send.
+training state, trains the round, and rank 0 writes the new state (weights included) and the
+summed step count for the Learner to send.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def run_round(request: dict[str, Any]) -> None:
 
     from clara_fl.config.mmar import load_config
     from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
-    from clara_fl.fl.weights import load_global_weights, unwrap
+    from clara_fl.fl.weights import load_global_weights
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import TrainWorkflow
@@ -55,9 +55,9 @@ def run_round(request: dict[str, Any]) -> None:
     total = steps.clone()
     dist.all_reduce(total)  # the site's update stands for every rank's iterations
     if dist.get_rank() == 0:
-        workflow.save_training_state(request["new_state_path"])  # the Learner adopts it once the update is accepted
-        weights = {k: v.detach().cpu() for k, v in unwrap(workflow.network).state_dict().items()}
-        save_atomic({"weights": weights, "steps": int(total)}, request["result_path"])
+        # the new weights travel in the state, which the Learner loads and adopts once the update is accepted
+        workflow.save_training_state(request["new_state_path"])
+        save_atomic({"steps": int(total)}, request["result_path"])
 
 
 def main() -> None:

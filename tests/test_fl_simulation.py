@@ -36,11 +36,16 @@ def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def simulate(tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3):
-    job = create_job(SPLEEN_MMAR, tmp / "job", template, num_rounds=rounds, local_epochs=local_epochs, min_clients=2, overrides=JOB_SETTINGS)
+def simulate(
+    tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3, clients: int = 2, nproc_per_site: int | None = None
+):
+    job = create_job(
+        SPLEEN_MMAR, tmp / "job", template, num_rounds=rounds, local_epochs=local_epochs, min_clients=2, overrides=JOB_SETTINGS,
+        nproc_per_site=nproc_per_site,
+    )
     workspace = tmp / "ws"
     with open(tmp / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(workspace), 2, threads, str(site_file), stdout=log)
+        code = run_simulator(str(job), str(workspace), clients, threads, str(site_file), stdout=log)
     assert code == 0, (tmp / "simulator.log").read_text()[-3000:]
     results = find_cross_site_results(workspace)
     assert results is not None
@@ -108,14 +113,8 @@ def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shap
 
 def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_path: Path, site_file: Path) -> None:
     """site-3 has no datalist: it reports one clear error per task, the other two carry the job."""
-    job = create_job(SPLEEN_MMAR, tmp_path / "job", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
-    workspace = tmp_path / "ws"
-    with open(tmp_path / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(workspace), 3, 3, str(site_file), stdout=log)
-    output = (tmp_path / "simulator.log").read_text()
-    assert code == 0, output[-3000:]
+    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=3, local_epochs=1, clients=3)
 
-    results = load_cross_site_results(find_cross_site_results(workspace))
     for site in SITES:
         assert {"SRV_FL_global_model.pt", *SITES} <= set(results[site])
         assert all("val_mean_dice" in metrics for metrics in results[site].values())
@@ -125,16 +124,8 @@ def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_
 
 
 def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Path) -> None:
-    job = create_job(
-        SPLEEN_MMAR, tmp_path / "job", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS, nproc_per_site=2
-    )
-    workspace = tmp_path / "ws"
-    with open(tmp_path / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(workspace), 2, 2, str(site_file), stdout=log)
-    output = (tmp_path / "simulator.log").read_text()
-    assert code == 0, output[-3000:]
+    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2)
 
-    results = load_cross_site_results(find_cross_site_results(workspace))
     assert set(results) == set(SITES)
     for site in SITES:
         assert {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES} <= set(results[site])
@@ -142,4 +133,5 @@ def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Pat
         assert "rank 1 of 2 joined" in workers_log
     # one update per site per round, counting both processes' iterations: site-1 has 5 training cases,
     # so 2 ranks x 2 iterations (3 cases each at batch size 2, padded to equal shards) = 4
+    output = (tmp_path / "simulator.log").read_text()
     assert "round 0: 4 iterations" in output or "round 0: 4 iterations" in (workspace / "site-1" / "log.txt").read_text()

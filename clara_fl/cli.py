@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from clara_fl import __version__
 from clara_fl.apps import demo, evaluate, export, job, simulate, site, synth, train
-from clara_fl.runtime.startup import freeze_everything
+from clara_fl.runtime.startup import freeze_everything, release_frozen
 
 __all__ = ["main", "console_main", "build_parser"]
 
@@ -38,7 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from clara_fl.config.errors import ConfigError, describe_failure
-    from clara_fl.runtime.startup import release_frozen
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

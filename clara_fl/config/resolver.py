@@ -23,6 +23,7 @@ from clara_fl.config import compat
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import ExpressionEvaluator, references_in
 from clara_fl.config.locator import locate_name, locate_path
+from clara_fl.config.restrictions import Restrictions
 from clara_fl.config.variables import is_code, parse_cli_value
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -67,6 +68,8 @@ class BuildContext:
     world_size: int = 1
     mmar_root: str | None = None
     evaluator: ExpressionEvaluator = field(default_factory=ExpressionEvaluator)
+    # The restricted policy's checks on classes, arguments and paths; None under the full policy.
+    restrictions: Restrictions | None = None
     _said: set[str] = field(default_factory=set)
 
     def say_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
@@ -310,6 +313,8 @@ class ConfigResolver:
             raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         args = {k: self._resolve(v, json_path(path, "args", k), section) for k, v in args.items()}
+        if self.context.restrictions is not None:
+            self.context.restrictions.check_args(raw_args, path)
         if any(k in spec for k in DATASET_KEYS):
             args["data"] = self._datalist(spec, path)
         args = self._adapt_to_runtime(target, args, path)
@@ -340,11 +345,17 @@ class ConfigResolver:
         key = "path" if "path" in spec else "name"
         if not isinstance(spec[key], str) or not spec[key]:
             raise ConfigError(f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key))
+        restrictions = self.context.restrictions
         if "path" in spec:
             where = json_path(path, "path")
             dotted = str(spec["path"]).split("#")[0]
             try:
-                return dotted.rsplit(".", 1)[-1], locate_path(dotted)
+                if restrictions is not None:
+                    restrictions.check_module(dotted.rpartition(".")[0])
+                target = locate_path(dotted)
+                if restrictions is not None:
+                    restrictions.check_target(target, dotted)
+                return dotted.rsplit(".", 1)[-1], target
             except ConfigError as e:
                 raise e.located(self.file, where) from None
         where = json_path(path, "name")
@@ -354,7 +365,10 @@ class ConfigResolver:
             raise removed.located(self.file, where)
         legacy = compat.LEGACY_NAMES.get(name)
         try:
-            return name, locate_name(legacy.replacement if legacy else name)
+            target = locate_name(legacy.replacement if legacy else name)
+            if restrictions is not None:
+                restrictions.check_target(target, name)
+            return name, target
         except ConfigError as e:
             raise e.located(self.file, where) from None
 
@@ -367,6 +381,10 @@ class ConfigResolver:
         list_path = os.path.join(root, str(spec["data_list_file_path"]))
         base_dir = spec.get("data_file_base_dir")
         base_dir = os.path.join(root, str(base_dir)) if base_dir else None
+        if self.context.restrictions is not None:
+            self.context.restrictions.check_data(list_path, json_path(path, "data_list_file_path"))
+            if base_dir:
+                self.context.restrictions.check_data(base_dir, json_path(path, "data_file_base_dir"))
         try:
             return load_datalist(list_path, str(spec.get("data_list_key", "training")), base_dir)
         except ConfigError as e:
@@ -428,6 +446,11 @@ class ConfigResolver:
             file = str(entry[kind])
             if not os.path.isabs(file) and self.context.mmar_root:
                 file = os.path.join(self.context.mmar_root, file)
+            if self.context.restrictions is not None:
+                try:
+                    self.context.restrictions.check_read(file, json_path(entry_path, kind), what="model file")
+                except ConfigError as e:
+                    raise e.located(self.file) from None
             if not os.path.isfile(file):
                 raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
             if self.dry_run:

@@ -82,7 +82,7 @@ class ClaraLearner(Learner):
             if self.site.site_file:
                 self.log_info(fl_ctx, f"site values from {self.site.site_file}: {sorted(self.site.environment)}")
             loaded = load_config(self.site.app_dir, self.train_config, self.environment, self.overrides, extra_environment=self.site.variables())
-            self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.code_policy)
+            self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.policy)
         except ConfigError as e:
             # One clear line in the site log; every task then fails with an error code (the job goes on
             # while enough other sites are healthy).
@@ -324,6 +324,7 @@ class ClaraLearner(Learner):
             "overrides": self.overrides,
             "site_environment": self.site.variables(),
             "code_policy": self.site.code_policy,
+            "data_roots": list(self.site.policy.data_roots or ()),
             "local_epochs": self.local_epochs,
             "steps_aggregation": self.steps_aggregation,
             "state_path": self.local_state.path,

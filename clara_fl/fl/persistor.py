@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-__all__ = ["ClaraModelPersistor"]
+__all__ = ["ClaraModelPersistor", "check_persistor_arguments"]
+
+FILE_NAME_ARGS = ("global_model_file_name", "best_global_model_file_name")
+
+
+def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
+    """The restricted policy at the server: a job's persistor writes its models inside the app folder
+    and never unpickles a checkpoint.
+
+    Raises:
+        ConfigError: naming the argument of ``config_fed_server.json`` that the policy refuses.
+    """
+    from clara_fl.config.errors import ConfigError
+    from clara_fl.config.restrictions import Restrictions
+
+    file, where = "config/config_fed_server.json", "components[persistor].args"
+    if arguments.get("load_weights_only") is False:
+        raise ConfigError(
+            "'load_weights_only: false' is refused by the restricted policy (it unpickles)",
+            file=file,
+            path=f"{where}.load_weights_only",
+        )
+    for name in FILE_NAME_ARGS:
+        value = arguments.get(name)
+        if isinstance(value, str) and (os.path.isabs(value) or ".." in value.replace("\\", "/").split("/")):
+            raise ConfigError(f"'{value}' must be a file name inside the job's app folder", file=file, path=f"{where}.{name}")
+    source = arguments.get("source_ckpt_file_full_name")
+    if isinstance(source, str):
+        try:
+            Restrictions(app_root).check_read(os.path.join(app_root, "custom", source), "", "checkpoint")
+        except ConfigError as e:
+            raise ConfigError(e.message, file=file, path=f"{where}.source_ckpt_file_full_name") from None
 
 
 class ClaraModelPersistor(PTFileModelPersistor):
@@ -27,6 +59,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         **kwargs: Any,
     ) -> None:
         super().__init__(model=None, **kwargs)
+        self.job_arguments = dict(kwargs)
         self.train_config = train_config
         self.environment = environment
         self.overrides = dict(overrides or {})
@@ -41,6 +74,8 @@ class ClaraModelPersistor(PTFileModelPersistor):
                 app_root = find_mmar_root(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.train_config)
                 site_file = find_site_file(fl_ctx.get_engine().get_workspace().get_root_dir())
                 content = read_site_file(site_file) if site_file else {}
+                if code_policy(content, site_file) == "restricted":
+                    check_persistor_arguments(self.job_arguments, app_root)
                 self.model = build_train_network(
                     app_root,
                     self.train_config,

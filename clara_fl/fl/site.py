@@ -14,13 +14,16 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.config.restrictions import CodePolicy
+from clara_fl.config.variables import PLACEHOLDER
 
-__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "CODE_POLICY_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root", "code_policy"]
+__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "CODE_POLICY_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root", "code_policy", "data_roots"]
 
 SITE_FILE_NAME = "clara_fl_site.json"
 SITE_CONFIG_ENV = "CLARA_FL_SITE_CONFIG"
 CODE_POLICY_ENV = "CLARA_FL_CODE_POLICY"
 DEFAULT_CODE_POLICY = "restricted"
+DEFAULT_DATA_ROOT = os.path.expanduser("~/.clara-fl/data")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,26 @@ class SiteContext:
     def variables(self) -> dict[str, Any]:
         """Values that sit above the job's environment.json: the site's own, plus SITE_NAME."""
         return {**self.environment, "SITE_NAME": self.name}
+
+    @property
+    def policy(self) -> CodePolicy:
+        """The site's code policy with the folders its data may be read from (see :func:`data_roots`)."""
+        return CodePolicy(self.code_policy, data_roots(self.variables()))
+
+
+def data_roots(site_values: dict[str, Any]) -> tuple[str, ...]:
+    """The folders a job may read data from: every path in the site file (a file's folder), else
+    ``~/.clara-fl/data``, where ``clara-fl synth`` writes."""
+    roots = []
+    for value in site_values.values():
+        if not isinstance(value, str):
+            continue
+        for _ in range(3):  # site values may use each other and SITE_NAME
+            value = PLACEHOLDER.sub(lambda m: str(site_values.get(m.group(1), m.group(0))), value)
+        path = os.path.expanduser(value)
+        if os.path.isabs(path):
+            roots.append(path if os.path.isdir(path) or not os.path.splitext(path)[1] else os.path.dirname(path))
+    return tuple(dict.fromkeys(roots)) or (DEFAULT_DATA_ROOT,)
 
 
 def find_mmar_root(app_dir: str, config_file: str = "config/config_train.json") -> str:

@@ -22,6 +22,7 @@ def run_round(request: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from clara_fl.config.mmar import load_config
+    from clara_fl.config.restrictions import CodePolicy
     from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
     from clara_fl.fl.weights import load_global_weights
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
@@ -31,7 +32,8 @@ def run_round(request: dict[str, Any]) -> None:
     overrides = {**request["overrides"], "multi_gpu": True}
     loaded = load_config(request["mmar_root"], request["train_config"], request["environment"], overrides, request["site_environment"])
     with build_once():  # one round per process
-        workflow = TrainWorkflow.build(loaded, code_policy=request["code_policy"])
+        policy = CodePolicy(request["code_policy"], tuple(request["data_roots"]))
+        workflow = TrainWorkflow.build(loaded, code_policy=policy)
     detach_checkpoint_loaders(workflow.trainer, workflow.resolver.get("handlers", "train"))
     workflow.load_training_state(request["state_path"])
     load_global_weights(workflow.network, load_checkpoint(request["weights_path"]))

@@ -102,7 +102,7 @@ class ClaraValidator(Executor):
         safe_owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
         overrides = {**self.overrides, "MMAR_EVAL_OUTPUT_PATH": os.path.join(site.app_dir, "eval", "cross_site_val", safe_owner)}
         loaded = load_config(site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config)
-        workflow = EvaluateWorkflow.build(loaded, code_policy=site.code_policy)
+        workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
         detach_checkpoint_loaders(workflow.evaluator, workflow.resolver.get("handlers", "") if "handlers" in workflow.resolver.sections[""] else [])
         load_global_weights(workflow.network, weights)
 

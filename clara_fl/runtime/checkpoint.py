@@ -57,6 +57,7 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
     """Rebuild the network from the ``train_conf`` stored in a checkpoint and load its weights."""
     from clara_fl.config.expressions import RestrictedEvaluator
     from clara_fl.config.resolver import ConfigResolver
+    from clara_fl.config.restrictions import Restrictions
 
     checkpoint = load_checkpoint(path)
     train_conf = checkpoint.get("train_conf") if isinstance(checkpoint, Mapping) else None
@@ -66,8 +67,9 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
             "save it with \"train_conf\": \"@conf\" in the CheckpointSaver's save_dict, or give a model component",
             file=path,
         )
-    # A checkpoint may come from anywhere: code in its train_conf runs only under the restricted policy.
-    context = dataclasses.replace(context, evaluator=RestrictedEvaluator())
+    # A checkpoint may come from anywhere: its train_conf is built only under the restricted policy.
+    restrictions = context.restrictions or Restrictions(context.mmar_root or os.path.dirname(os.path.abspath(path)))
+    context = dataclasses.replace(context, evaluator=RestrictedEvaluator(), restrictions=restrictions)
     try:
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
     except ConfigError as e:

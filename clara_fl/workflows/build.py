@@ -9,6 +9,7 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
+from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
 
@@ -18,17 +19,29 @@ logger = logging.getLogger(__name__)
 
 
 def build_components(
-    loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full"
+    loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
 ) -> tuple[ConfigResolver, BuildContext]:
     """Dry-run the whole config (fast, writes nothing), then build it; returns the resolver holding the components.
 
-    ``code_policy`` decides how ``#expr``/``lambda`` strings run: ``"full"`` Python or ``"restricted"``.
+    Args:
+        loaded: the config with its variables filled in.
+        context: the runtime to build in (default: prepared from the config's variables).
+        code_policy: ``"full"`` (the user's own MMAR: code runs as Python) or ``"restricted"`` (a config from
+            outside: closed code grammar, library classes only, writes inside the MMAR), or a
+            :class:`CodePolicy` that also names the site's data folders.
+
+    Raises:
+        ConfigError: anything the config asks for that is wrong or that the policy refuses, before anything is built.
     """
     from clara_fl.config.expressions import evaluator_for
 
+    policy = CodePolicy.of(code_policy)
     settings = RuntimeSettings.from_variables(loaded.variables)
     context = context or prepare_runtime(settings, loaded.mmar_root)
-    context.evaluator = evaluator_for(code_policy)
+    context.evaluator = evaluator_for(policy.name)
+    if policy.name == "restricted":
+        context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots)
+        context.restrictions.check_variables(loaded.variables.as_dict(), loaded.variables.file)
     if _truthy(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))
     check_config(loaded, context)

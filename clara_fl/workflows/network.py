@@ -9,6 +9,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.mmar import add_custom_to_path, resolve_in_mmar
 from clara_fl.config.resolver import BuildContext, ConfigResolver
+from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import Variables
 
 __all__ = ["build_train_network", "train_model_spec"]
@@ -30,7 +31,7 @@ def build_train_network(
     environment: str | None = "config/environment.json",
     overrides: Mapping[str, Any] | None = None,
     extra_environment: Mapping[str, Any] | None = None,
-    code_policy: str = "restricted",
+    code_policy: str | CodePolicy = "restricted",
 ) -> Any:
     """The MMAR's ``train.model``, seeded like training, on the CPU (config code restricted by default)."""
     import torch
@@ -49,5 +50,8 @@ def build_train_network(
     add_custom_to_path(mmar_root)
     from clara_fl.config.expressions import evaluator_for
 
-    context = BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(code_policy))
+    policy = CodePolicy.of(code_policy)
+    context = BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name))
+    if policy.name == "restricted":
+        context.restrictions = Restrictions(mmar_root, policy.data_roots)
     return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")

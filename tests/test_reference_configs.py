@@ -1,6 +1,7 @@
 """Real Clara 4.1 configs from NVIDIA's clara-train-examples run unchanged.
 
-Only environment.json (where the data is) and ``--set epochs=1`` differ from what users have.
+Only environment.json (where the data is) and ``--set epochs=1`` differ from what users have; they run
+under the restricted policy (``--safe``), as a site that did not write them runs them.
 The configs crop 96^3 after resampling to 1 mm, so the synthetic volumes here are larger than elsewhere.
 """
 
@@ -40,7 +41,7 @@ def reference_mmar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_unet_config_trains_exports_validates_and_infers(reference_mmar: Path, capsys: pytest.CaptureFixture) -> None:
     mmar = str(reference_mmar)
-    assert main(["train", "-m", mmar, "-c", "config/config_train_Unet.json", "--set", "epochs=1"]) == 0
+    assert main(["train", "-m", mmar, "-c", "config/config_train_Unet.json", "--safe", "--set", "epochs=1"]) == 0
     checkpoint = torch.load(reference_mmar / "models" / "model.pt", weights_only=True)
     # The 4.0-era "dimensions" was translated, and the checkpoint remembers the config it came from.
     assert checkpoint["train_conf"]["train"]["model"]["name"] == "UNet"
@@ -49,18 +50,18 @@ def test_unet_config_trains_exports_validates_and_infers(reference_mmar: Path, c
     assert (reference_mmar / "models" / "model.ts").is_file()
 
     capsys.readouterr()
-    assert main(["validate", "-m", mmar, "-c", "config/config_validation.json"]) == 0
+    assert main(["validate", "-m", mmar, "-c", "config/config_validation.json", "--safe"]) == 0
     printed = capsys.readouterr().out
     assert "val_mean_dice:" in printed and "val_acc:" in printed
     assert (reference_mmar / "eval" / "metrics.csv").is_file()
     assert (reference_mmar / "eval" / "val_mean_dice_raw.csv").read_text().count(".nii.gz") == 1
 
-    assert main(["infer", "-m", mmar, "-c", "config/config_inference.json"]) == 0
+    assert main(["infer", "-m", mmar, "-c", "config/config_inference.json", "--safe"]) == 0
     assert list((reference_mmar / "eval").glob("case_100/*.nii.gz"))
 
 
 def test_byoc_config_uses_the_mmar_custom_network_and_loss(reference_mmar: Path) -> None:
-    assert main(["train", "-m", str(reference_mmar), "-c", "config/trn_BYOC_Arch_loss.json", "--set", "epochs=1"]) == 0
+    assert main(["train", "-m", str(reference_mmar), "-c", "config/trn_BYOC_Arch_loss.json", "--safe", "--set", "epochs=1"]) == 0
     assert sys.modules["myLoss"].MyDiceLoss.calls > 0
     checkpoint = torch.load(reference_mmar / "models" / "model.pt", weights_only=True)
     assert checkpoint["train_conf"]["train"]["model"]["path"] == "myNetworkArch.MyBasicUNet"

@@ -135,3 +135,22 @@ def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Pat
     # so 2 ranks x 2 iterations (3 cases each at batch size 2, padded to equal shards) = 4
     output = (tmp_path / "simulator.log").read_text()
     assert "round 0: 4 iterations" in output or "round 0: 4 iterations" in (workspace / "site-1" / "log.txt").read_text()
+
+
+def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_path: Path, site_file: Path) -> None:
+    """The reported escape, as a loss argument of the job's config_train.json, under the sites' default policy."""
+    marker = tmp_path / "owned"
+    job = create_job(SPLEEN_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
+    config_file = job / "app" / "config" / "config_train.json"
+    config = json.loads(config_file.read_text())
+    config["train"]["loss"]["args"]["reduction"] = f"#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
+    config_file.write_text(json.dumps(config))
+
+    with open(tmp_path / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
+
+    assert code != 0  # no site can train: the job fails rather than run the code
+    assert not marker.exists()
+    for site in SITES:
+        log_text = (tmp_path / "ws" / site / "log.txt").read_text()
+        assert "train.loss.args.reduction: code refused by the site's restricted policy" in log_text

@@ -20,6 +20,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.mmar import load_config
 from clara_fl.config.resolver import BuildContext, ConfigResolver, TrainConf
 from clara_fl.config.variables import Variables
+from clara_fl.workflows.runtime import with_runtime
 
 TINY_UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0}
 LINEAR = {"name": "Linear", "args": {"in_features": 4, "out_features": 2}}
@@ -27,6 +28,7 @@ LINEAR = {"name": "Linear", "args": {"in_features": 4, "out_features": 2}}
 
 def build(config: dict[str, Any], **kwargs: Any) -> ConfigResolver:
     """Dry-run, then build ``config`` as the workflows do; returns the resolver holding the components."""
+    kwargs["context"] = with_runtime(kwargs.get("context") or BuildContext())
     ConfigResolver(config, "config/config_train.json", dry_run=True, **kwargs).build_all()
     resolver = ConfigResolver(config, "config/config_train.json", **kwargs)
     resolver.build_all()
@@ -34,6 +36,7 @@ def build(config: dict[str, Any], **kwargs: Any) -> ConfigResolver:
 
 
 def error_of(config: dict[str, Any], **kwargs: Any) -> ConfigError:
+    kwargs["context"] = with_runtime(kwargs.get("context") or BuildContext())
     with pytest.raises(ConfigError) as raised:
         ConfigResolver(config, "config/config_train.json", **kwargs).build_all()
     return raised.value

@@ -9,6 +9,7 @@ from typing import Any
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
+from clara_fl.components.signatures import with_base_signature
 from clara_fl.runtime.checkpoint import save_atomic
 
 __all__ = ["CheckpointSaver", "AtomicDiskSaver"]
@@ -30,6 +31,7 @@ class AtomicDiskSaver(DiskSaver):
             os.remove(path)
 
 
+@with_base_signature
 class CheckpointSaver(MonaiCheckpointSaver):
     """:class:`monai.handlers.CheckpointSaver` with Clara's file names and atomic writes.
 

@@ -10,6 +10,8 @@ from typing import Any
 from monai.handlers import TensorBoardImageHandler as MonaiTensorBoardImageHandler
 from monai.handlers import TensorBoardStatsHandler as MonaiTensorBoardStatsHandler
 
+from clara_fl.components.signatures import with_base_signature
+
 __all__ = ["LazySummaryWriter", "TensorBoardStatsHandler", "TensorBoardImageHandler"]
 
 
@@ -32,12 +34,14 @@ class LazySummaryWriter:
             self._writer.close()
 
 
+@with_base_signature
 class TensorBoardStatsHandler(MonaiTensorBoardStatsHandler):
     def __init__(self, summary_writer: Any = None, log_dir: str = "./runs", **kwargs: Any) -> None:
         super().__init__(summary_writer=summary_writer or LazySummaryWriter(log_dir), log_dir=log_dir, **kwargs)
         self.internal_writer = summary_writer is None
 
 
+@with_base_signature
 class TensorBoardImageHandler(MonaiTensorBoardImageHandler):
     def __init__(self, summary_writer: Any = None, log_dir: str = "./runs", **kwargs: Any) -> None:
         super().__init__(summary_writer=summary_writer or LazySummaryWriter(log_dir), log_dir=log_dir, **kwargs)

@@ -10,10 +10,9 @@ from clara_fl.config.errors import ConfigError, did_you_mean
 
 __all__ = ["SEARCH_MODULES", "locate_name", "locate_path"]
 
-# Where Clara looked for short names, in order. clara_fl.components comes first: it holds the
-# components whose Clara behaviour differs from MONAI's (fixed checkpoint names, lazy writers).
+# Where Clara looked for short names, in order. The runtime may put modules before these (clara-fl's
+# components whose Clara behaviour differs from MONAI's: fixed checkpoint names, lazy writers).
 SEARCH_MODULES: tuple[str, ...] = (
-    "clara_fl.components",
     "monai.transforms",
     "monai.handlers",
     "monai.engines",
@@ -35,29 +34,37 @@ def _module(name: str) -> Any:
     return importlib.import_module(name)
 
 
-def _public_names() -> set[str]:
+def _public_names(first: tuple[str, ...] = ()) -> set[str]:
     names: set[str] = set()
-    for module_name in SEARCH_MODULES:
+    for module_name in first + SEARCH_MODULES:
         module = _module(module_name)
         names.update(n for n in dir(module) if n[:1].isupper())
     return names
 
 
 @lru_cache(maxsize=None)
-def _locate(name: str) -> Any:
-    for module_name in SEARCH_MODULES:
+def _locate(name: str, first: tuple[str, ...] = ()) -> Any:
+    for module_name in first + SEARCH_MODULES:
         found = getattr(_module(module_name), name, None)
         if callable(found):
             return found
     return None
 
 
-def locate_name(name: str) -> Any:
-    """The callable for a Clara short name such as ``"UNet"`` or ``"StepLR"``."""
-    found = _locate(name)
+def locate_name(name: str, first: tuple[str, ...] = ()) -> Any:
+    """The callable for a Clara short name such as ``"UNet"`` or ``"StepLR"``.
+
+    Args:
+        name: the short name.
+        first: modules searched before :data:`SEARCH_MODULES`.
+
+    Raises:
+        ConfigError: no module has it (with the closest known name).
+    """
+    found = _locate(name, tuple(first))
     if found is None:
         raise ConfigError(
-            f"unknown component name '{name}'{did_you_mean(name, _public_names())}; "
+            f"unknown component name '{name}'{did_you_mean(name, _public_names(tuple(first)))}; "
             "use a MONAI/PyTorch/Ignite class name or a dotted 'path' for your own class"
         )
     return found

@@ -16,14 +16,14 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from clara_fl.config import compat
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
-from clara_fl.config.expressions import ExpressionEvaluator, references_in
+from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
-from clara_fl.config.restrictions import Restrictions
+from clara_fl.config.context import BuildContext
 from clara_fl.config.variables import is_code, parse_cli_value
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -55,27 +55,6 @@ class TrainConf:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.config = dict(state)
-
-
-@dataclass
-class BuildContext:
-    """What building needs to know about the process it runs in (filled in by the runtime core)."""
-
-    device: Any = "cpu"
-    cuda_available: bool = False
-    amp: bool = False
-    rank: int = 0
-    world_size: int = 1
-    mmar_root: str | None = None
-    evaluator: ExpressionEvaluator = field(default_factory=ExpressionEvaluator)
-    # The restricted policy's checks on classes, arguments and paths; None under the full policy.
-    restrictions: Restrictions | None = None
-    _said: set[str] = field(default_factory=set)
-
-    def say_once(self, key: str, message: str, level: int = logging.WARNING) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            logger.log(level, message)
 
 
 @dataclass
@@ -192,8 +171,8 @@ class ConfigResolver:
             from monai.transforms import Compose
 
             return Compose(built)
-        if name in ("model", "loss") and not self.dry_run and hasattr(built, "to"):
-            built = built.to(self.context.device)
+        if not self.dry_run:
+            built = self.context.runtime.place(name, built, self.context)
         return built
 
     def _resolve(self, value: Any, path: str, section: str) -> Any:
@@ -317,7 +296,7 @@ class ConfigResolver:
             self.context.restrictions.check_args(raw_args, path)
         if any(k in spec for k in DATASET_KEYS):
             args["data"] = self._datalist(spec, path)
-        args = self._adapt_to_runtime(target, args, path)
+        args = self.context.runtime.adapt_arguments(target, args, path, self.context, self.dry_run)
         self._check_signature(name, target, args, path)
         load_path = args.get("load_path")
         if isinstance(load_path, str) and not os.path.isfile(load_path):
@@ -365,7 +344,7 @@ class ConfigResolver:
             raise removed.located(self.file, where)
         legacy = compat.LEGACY_NAMES.get(name)
         try:
-            target = locate_name(legacy.replacement if legacy else name)
+            target = locate_name(legacy.replacement if legacy else name, self.context.runtime.search_modules)
             if restrictions is not None:
                 restrictions.check_target(target, name)
             return name, target
@@ -373,8 +352,6 @@ class ConfigResolver:
             raise e.located(self.file, where) from None
 
     def _datalist(self, spec: Mapping[str, Any], path: str) -> Any:
-        from clara_fl.data.datalist import load_datalist
-
         if "data_list_file_path" not in spec:
             raise ConfigError("'data_list_file_path' is required with the other data_list keys", path=path)
         root = self.context.mmar_root or os.getcwd()
@@ -386,32 +363,11 @@ class ConfigResolver:
             if base_dir:
                 self.context.restrictions.check_data(base_dir, json_path(path, "data_file_base_dir"))
         try:
-            return load_datalist(list_path, str(spec.get("data_list_key", "training")), base_dir)
+            return self.context.runtime.load_datalist(list_path, str(spec.get("data_list_key", "training")), base_dir)
         except ConfigError as e:
             e.message = f"{e.message} (datalist {e.file}{': ' + e.path if e.path else ''})"
             e.file, e.path = self.file, json_path(path, "data_list_file_path")
             raise e from None
-
-    def _adapt_to_runtime(self, target: Callable, args: dict[str, Any], path: str) -> dict[str, Any]:
-        """Fit device and AMP arguments to the machine, as Clara did for configs written for GPUs."""
-        device = args.get("device")
-        if isinstance(device, str) and device.startswith("cuda") and not self.context.cuda_available:
-            self.context.say_once("cuda-fallback", f"{path}: \"device\": \"{device}\" but CUDA is not available; running on CPU")
-            args["device"] = "cpu"
-        if self.context.world_size > 1 and _is_data_loader(target) and args.get("sampler") is None and not self.dry_run:
-            # Each rank loads its share. Training shards are padded to equal length (DDP needs the same
-            # number of steps everywhere); validation shards are not (metrics are gathered, nothing duplicated).
-            from monai.data import DistributedSampler
-
-            # A validation set smaller than the world is padded too: no rank may be left without data.
-            even = path.startswith("train.") or len(args["dataset"]) < self.context.world_size
-            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even)
-        if _is_engine(target):
-            args.setdefault("device", self.context.device)
-            if args.get("amp") and not self.context.amp:
-                self.context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
-                args["amp"] = False
-        return args
 
     def _check_signature(self, name: str, target: Callable, args: Mapping[str, Any], path: str) -> None:
         params = _parameters(target)
@@ -455,12 +411,8 @@ class ConfigResolver:
                 raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
             if self.dry_run:
                 return _Planned(kind, entry_path)
-            from clara_fl.runtime.checkpoint import load_checkpoint_model, load_torchscript_model
-
             try:
-                if kind == "ts_path":
-                    return load_torchscript_model(file, self.context.device)
-                return load_checkpoint_model(file, self.context)
+                return self.context.runtime.load_model(kind, file, self.context)
             except ConfigError as e:
                 raise e.located(self.file, json_path(entry_path, kind)) from None
         raise ConfigError(
@@ -471,31 +423,11 @@ class ConfigResolver:
 
 
 def _parameters(target: Any) -> dict[str, inspect.Parameter] | None:
-    """Keyword parameters of ``target``; our wrappers' ``**kwargs`` are filled from the MONAI class they extend."""
+    """Keyword parameters of ``target`` (a class's ``__signature__`` wins, as in :func:`inspect.signature`)."""
     try:
-        params = dict(inspect.signature(target).parameters)
+        return dict(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return None
-    if inspect.isclass(target) and target.__module__.startswith("clara_fl.components"):
-        var_kw = [n for n, p in params.items() if p.kind is p.VAR_KEYWORD]
-        base = _parameters(target.__mro__[1])
-        if var_kw and base is not None:
-            for n in var_kw:
-                params.pop(n)
-            params = {**base, **params}
-    return params
-
-
-def _is_data_loader(target: Any) -> bool:
-    import torch.utils.data
-
-    return inspect.isclass(target) and issubclass(target, torch.utils.data.DataLoader)
-
-
-def _is_engine(target: Any) -> bool:
-    if not inspect.isclass(target):
-        return False
-    return any(base.__module__.startswith("monai.engines") and base.__name__ == "Workflow" for base in target.__mro__)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -12,6 +12,7 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
+from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["build_components", "check_config", "require"]
 
@@ -37,7 +38,7 @@ def build_components(
 
     policy = CodePolicy.of(code_policy)
     settings = RuntimeSettings.from_variables(loaded.variables)
-    context = context or prepare_runtime(settings, loaded.mmar_root)
+    context = with_runtime(context or prepare_runtime(settings, loaded.mmar_root))
     context.evaluator = evaluator_for(policy.name)
     if policy.name == "restricted":
         context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots)
@@ -55,6 +56,7 @@ def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
     """Everything that can be checked without building: names, arguments, references, aliases,
     variables, code (under ``context.evaluator``'s policy) and data files. Writes nothing."""
     RuntimeSettings.from_variables(loaded.variables)
+    with_runtime(context)
     ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True).build_all()
 
 

@@ -10,6 +10,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.mmar import add_custom_to_path
 from clara_fl.config.resolver import BuildContext
 from clara_fl.runtime.files import atomic_write
+from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["export_torchscript"]
 
@@ -27,7 +28,7 @@ def export_torchscript(model_path: str, output_path: str, input_shape: Sequence[
 
     if mmar_root:
         add_custom_to_path(mmar_root)
-    model = load_checkpoint_model(model_path, BuildContext(device=torch.device("cpu"), mmar_root=mmar_root))
+    model = load_checkpoint_model(model_path, with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root)))
     example = torch.rand(*input_shape)
     with torch.no_grad():
         try:

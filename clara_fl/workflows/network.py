@@ -11,6 +11,7 @@ from clara_fl.config.mmar import add_custom_to_path, resolve_in_mmar
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import Variables
+from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["build_train_network", "train_model_spec"]
 
@@ -51,7 +52,7 @@ def build_train_network(
     from clara_fl.config.expressions import evaluator_for
 
     policy = CodePolicy.of(code_policy)
-    context = BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name))
+    context = with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name)))
     if policy.name == "restricted":
         context.restrictions = Restrictions(mmar_root, policy.data_roots)
     return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")

@@ -1,0 +1,83 @@
+"""The clara-fl runtime as the config engine sees it: devices, AMP, DDP samplers, datalists, model files.
+
+:class:`ClaraRuntime` implements :class:`clara_fl.config.context.BuildRuntime`; the workflows put it
+into every :class:`BuildContext` they build with, so ``clara_fl.config`` never imports upward.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from clara_fl.config.context import BuildContext, NoRuntime
+
+__all__ = ["ClaraRuntime", "with_runtime"]
+
+PLACED_ITEMS = ("model", "loss")
+
+
+class ClaraRuntime:
+    """Fits components to the process: the machine's device, AMP, one data shard per DDP rank."""
+
+    search_modules: tuple[str, ...] = ("clara_fl.components",)
+
+    def adapt_arguments(
+        self, target: Callable, args: dict[str, Any], path: str, context: BuildContext, dry_run: bool
+    ) -> dict[str, Any]:
+        """Fit device and AMP arguments to the machine, as Clara did for configs written for GPUs."""
+        device = args.get("device")
+        if isinstance(device, str) and device.startswith("cuda") and not context.cuda_available:
+            context.say_once("cuda-fallback", f"{path}: \"device\": \"{device}\" but CUDA is not available; running on CPU")
+            args["device"] = "cpu"
+        if context.world_size > 1 and _is_data_loader(target) and args.get("sampler") is None and not dry_run:
+            # Each rank loads its share. Training shards are padded to equal length (DDP needs the same
+            # number of steps everywhere); validation shards are not (metrics are gathered, nothing duplicated).
+            from monai.data import DistributedSampler
+
+            # A validation set smaller than the world is padded too: no rank may be left without data.
+            even = path.startswith("train.") or len(args["dataset"]) < context.world_size
+            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even)
+        if _is_engine(target):
+            args.setdefault("device", context.device)
+            if args.get("amp") and not context.amp:
+                context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
+                args["amp"] = False
+        return args
+
+    def place(self, name: str, built: Any, context: BuildContext) -> Any:
+        if name in PLACED_ITEMS and hasattr(built, "to"):
+            return built.to(context.device)
+        return built
+
+    def load_datalist(self, list_path: str, key: str, base_dir: str | None) -> list[dict[str, Any]]:
+        from clara_fl.data.datalist import load_datalist
+
+        return load_datalist(list_path, key, base_dir)
+
+    def load_model(self, kind: str, file: str, context: BuildContext) -> Any:
+        from clara_fl.runtime.checkpoint import load_checkpoint_model, load_torchscript_model
+
+        if kind == "ts_path":
+            return load_torchscript_model(file, context.device)
+        return load_checkpoint_model(file, context)
+
+
+def with_runtime(context: BuildContext) -> BuildContext:
+    """``context`` with :class:`ClaraRuntime` as its runtime (unless it has one of its own); returns it."""
+    if isinstance(context.runtime, NoRuntime):
+        context.runtime = ClaraRuntime()
+    return context
+
+
+def _is_data_loader(target: Any) -> bool:
+    import torch.utils.data
+
+    return inspect.isclass(target) and issubclass(target, torch.utils.data.DataLoader)
+
+
+def _is_engine(target: Any) -> bool:
+    if not inspect.isclass(target):
+        return False
+    return any(base.__module__.startswith("monai.engines") and base.__name__ == "Workflow" for base in target.__mro__)

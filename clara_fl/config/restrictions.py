@@ -28,7 +28,7 @@ from clara_fl.config.errors import ConfigError, json_path
 
 __all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS"]
 
-ALLOWED_ROOTS = ("monai", "torch", "ignite", "clara_fl.components")
+ALLOWED_ROOTS = ("monai", "torch", "ignite")
 REFUSED_MODULES = (
     "monai.bundle", "monai.apps.utils", "monai.apps.datasets", "monai.apps.mmars", "monai.apps.auto3dseg",
     "monai.auto3dseg", "monai.utils", "monai.config", "torch.hub", "torch.package", "torch.utils.cpp_extension",
@@ -90,10 +90,15 @@ class Restrictions:
 
     mmar_root: str
     data_roots: tuple[str, ...] | None = None
+    #: Modules the runtime adds to the allowed libraries (its own components).
+    extra_roots: tuple[str, ...] = ()
     _custom: str = field(init=False)
 
     def __post_init__(self) -> None:
         self._custom = os.path.join(self.mmar_root, "custom")
+
+    def _allowed(self, module_name: str) -> bool:
+        return any(module_name == r or module_name.startswith(r + ".") for r in ALLOWED_ROOTS + self.extra_roots)
 
     # -- classes -------------------------------------------------------------------------------------
 
@@ -105,7 +110,7 @@ class Restrictions:
         """Before importing ``module_name`` for a ``path`` component."""
         if self._is_custom(module_name):
             return
-        if not any(module_name == r or module_name.startswith(r + ".") for r in ALLOWED_ROOTS):
+        if not self._allowed(module_name):
             raise ConfigError(
                 f"the restricted policy builds classes from MONAI, PyTorch, Ignite, clara-fl or the MMAR's custom/ "
                 f"folder only; '{module_name}' is none of them"
@@ -126,7 +131,7 @@ class Restrictions:
                 return
         if not inspect.isclass(target):
             raise ConfigError(f"'{label}' is not a class: the restricted policy builds classes only")
-        if not any(module_name == r or module_name.startswith(r + ".") for r in ALLOWED_ROOTS):
+        if not self._allowed(module_name):
             raise ConfigError(f"'{label}' is defined in '{module_name}', outside what the restricted policy builds")
         self._refuse_module(module_name)
 

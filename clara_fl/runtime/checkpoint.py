@@ -68,7 +68,9 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
             file=path,
         )
     # A checkpoint may come from anywhere: its train_conf is built only under the restricted policy.
-    restrictions = context.restrictions or Restrictions(context.mmar_root or os.path.dirname(os.path.abspath(path)))
+    restrictions = context.restrictions or Restrictions(
+        context.mmar_root or os.path.dirname(os.path.abspath(path)), extra_roots=context.runtime.search_modules
+    )
     context = dataclasses.replace(context, evaluator=RestrictedEvaluator(), restrictions=restrictions)
     try:
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")

@@ -41,7 +41,7 @@ def build_components(
     context = with_runtime(context or prepare_runtime(settings, loaded.mmar_root))
     context.evaluator = evaluator_for(policy.name)
     if policy.name == "restricted":
-        context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots)
+        context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots, context.runtime.search_modules)
         context.restrictions.check_variables(loaded.variables.as_dict(), loaded.variables.file)
     if _truthy(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))

@@ -54,5 +54,5 @@ def build_train_network(
     policy = CodePolicy.of(code_policy)
     context = with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name)))
     if policy.name == "restricted":
-        context.restrictions = Restrictions(mmar_root, policy.data_roots)
+        context.restrictions = Restrictions(mmar_root, policy.data_roots, context.runtime.search_modules)
     return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")

@@ -578,3 +578,12 @@ def test_dry_run_reports_an_unexpected_argument_with_the_close_name():
 
     assert error.path == "train.model.args.num_res_unit"
     assert "did you mean 'num_res_units'?" in str(error)
+
+
+def test_a_component_that_fails_keeps_the_library_error_as_its_cause():
+    config = {"train": {"model": {"name": "Linear", "args": {"in_features": -1, "out_features": 2}}}}
+
+    error = error_of(config)
+
+    assert error.path == "train.model" and "building Linear failed" in error.message
+    assert error.__cause__ is not None and type(error.__cause__).__name__ in error.message  # --debug shows its frames

@@ -61,6 +61,9 @@ def describe_failure(error: BaseException | None) -> str:
     """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``."""
     parts = []
     while error is not None:
-        parts.append(str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}")
+        if isinstance(error, ConfigError):
+            parts.append(str(error))
+            break  # its message already says what its cause was; --debug shows the rest of the chain
+        parts.append(f"{type(error).__name__}: {error}")
         error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return " <- ".join(parts)

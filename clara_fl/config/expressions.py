@@ -66,7 +66,7 @@ class ExpressionEvaluator:
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"evaluating '{code}' failed: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"evaluating '{code}' failed: {type(e).__name__}: {e}") from e
 
     def globals(self) -> dict[str, Any]:
         return self.namespace()
@@ -76,7 +76,7 @@ class ExpressionEvaluator:
         try:
             return compile(text, "<config expression>", "eval")
         except SyntaxError as e:
-            raise ConfigError(f"invalid Python expression '{text}': {e.msg}") from None
+            raise ConfigError(f"invalid Python expression '{text}': {e.msg}") from e
 
 
 class RestrictedEvaluator(ExpressionEvaluator):

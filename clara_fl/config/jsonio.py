@@ -22,6 +22,6 @@ def load_json(path: str | os.PathLike, what: str = "config file") -> Any:
     except json.JSONDecodeError as e:
         raise ConfigError(
             f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=path
-        ) from None
+        ) from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not a UTF-8 text file ({e.reason})", file=path) from None
+        raise ConfigError(f"not a UTF-8 text file ({e.reason})", file=path) from e

@@ -80,9 +80,9 @@ def locate_path(path: str) -> Any:
     except ModuleNotFoundError as e:
         raise ConfigError(
             f"cannot import module '{module_name}' for path '{path}' ({e}); BYOC modules belong in the MMAR's custom/ folder"
-        ) from None
+        ) from e
     except Exception as e:  # the user's module failed while importing
-        raise ConfigError(f"importing module '{module_name}' failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"importing module '{module_name}' failed: {type(e).__name__}: {e}") from e
     found = getattr(module, attr, None)
     if found is None:
         public = [n for n in dir(module) if not n.startswith("_")]

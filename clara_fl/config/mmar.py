@@ -12,7 +12,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.variables import Variables, config_globals
 
-__all__ = ["LoadedConfig", "load_config", "resolve_in_mmar"]
+__all__ = ["LoadedConfig", "RawConfig", "load_config", "read_config", "resolve_in_mmar"]
 
 DEFAULT_ENVIRONMENT = "config/environment.json"
 
@@ -51,7 +51,39 @@ def load_config(
     ``extra_environment`` sits between environment.json and ``overrides`` (a site's local values in FL).
     ``config``, when given, is used instead of reading ``config_file`` (which still names it in errors).
     The MMAR's ``custom/`` folder goes on ``sys.path`` so BYOC ``path`` components import.
+
+    Raises:
+        ConfigError: a file is missing or not JSON, or a variable is undefined or circular.
     """
+    raw = read_config(mmar_root, config_file, environment_file, overrides, extra_environment, config)
+    resolved = raw.variables.substitute(raw.config)
+    for name in config_globals(raw.config):  # the effective value, so a saved train_conf tells the truth
+        resolved[name] = raw.variables[name]
+    return LoadedConfig(resolved, raw.variables, raw.file, raw.mmar_root)
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """A config file as written, with its variable table (nothing substituted yet)."""
+
+    config: dict[str, Any]
+    variables: Variables
+    file: str
+    display_file: str
+    mmar_root: str
+
+
+def read_config(
+    mmar_root: str | os.PathLike,
+    config_file: str,
+    environment_file: str | None = DEFAULT_ENVIRONMENT,
+    overrides: Mapping[str, Any] | None = None,
+    extra_environment: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> RawConfig:
+    """A config and its variables from config globals < environment.json < ``extra_environment`` < ``overrides``;
+    puts the MMAR's ``custom/`` on ``sys.path``. :func:`load_config` substitutes the whole config; the FL
+    server substitutes only the network (:func:`clara_fl.workflows.network.build_train_network`)."""
     mmar_root = os.path.abspath(os.fspath(mmar_root))
     if not os.path.isdir(mmar_root):
         raise ConfigError("MMAR folder not found (expected a folder with config/ inside)", file=mmar_root)
@@ -59,12 +91,12 @@ def load_config(
     display = os.path.relpath(config_path, mmar_root)
     display = config_path if display.startswith("..") else display
     try:
-        config = dict(config) if config is not None else load_json(config_path)
+        content = dict(config) if config is not None else load_json(config_path)
     except ConfigError as e:
         e.file = display  # users name config files relative to the MMAR, as they wrote -c
         raise
-    if not isinstance(config, dict):
-        raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}", file=config_path)
+    if not isinstance(content, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(content).__name__}", file=config_path)
     environment: dict[str, Any] = {}
     env_path = None
     if environment_file:
@@ -74,13 +106,10 @@ def load_config(
             raise ConfigError("environment.json must be a JSON object of NAME: value", file=env_path)
     environment.update(extra_environment or {})
     variables = Variables.collect(
-        config, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
+        content, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
     )
     add_custom_to_path(mmar_root)
-    resolved = variables.substitute(config)
-    for name in config_globals(config):  # the effective value, so a saved train_conf tells the truth
-        resolved[name] = variables[name]
-    return LoadedConfig(resolved, variables, config_path, mmar_root)
+    return RawConfig(content, variables, config_path, display, mmar_root)
 
 
 def add_custom_to_path(mmar_root: str) -> None:

@@ -24,7 +24,7 @@ from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.context import BuildContext
-from clara_fl.config.variables import is_code, parse_cli_value
+from clara_fl.config.variables import as_bool, is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
 
@@ -189,10 +189,10 @@ class ConfigResolver:
                 return {k: self._resolve(v, json_path(path, k), section) for k, v in value.items()}
             return value
         except ConfigError as e:
-            raise e.located(self.file, path) from None
+            raise e.located(self.file, path)
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
             # A value of a shape nothing here expects; say where, not how Python tripped over it.
-            raise ConfigError(f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path) from None
+            raise ConfigError(f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path) from e
 
     def _resolve_string(self, value: str, path: str, section: str) -> Any:
         if value.startswith("@") and value[1:].isidentifier():
@@ -223,11 +223,10 @@ class ConfigResolver:
 
     def _disabled(self, spec: Mapping[str, Any], path: str) -> bool:
         value = spec.get("disabled", False)
-        if isinstance(value, str):
-            value = parse_cli_value(value)
-        if not isinstance(value, bool):
+        disabled = as_bool(value)
+        if disabled is None:
             raise ConfigError(f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled"))
-        return value
+        return disabled
 
     def _on_this_rank(self, spec: Mapping[str, Any], path: str) -> bool:
         rank = spec.get("rank")
@@ -312,7 +311,7 @@ class ConfigResolver:
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}") from e
 
     def _legacy_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         legacy = compat.LEGACY_NAMES.get(str(spec.get("name", "")).split("#")[0])
@@ -336,7 +335,7 @@ class ConfigResolver:
                     restrictions.check_target(target, dotted)
                 return dotted.rsplit(".", 1)[-1], target
             except ConfigError as e:
-                raise e.located(self.file, where) from None
+                raise e.located(self.file, where)
         where = json_path(path, "name")
         name = str(spec["name"]).split("#")[0]
         removed = compat.removed_name_error(name)
@@ -349,7 +348,7 @@ class ConfigResolver:
                 restrictions.check_target(target, name)
             return name, target
         except ConfigError as e:
-            raise e.located(self.file, where) from None
+            raise e.located(self.file, where)
 
     def _datalist(self, spec: Mapping[str, Any], path: str) -> Any:
         if "data_list_file_path" not in spec:
@@ -367,7 +366,7 @@ class ConfigResolver:
         except ConfigError as e:
             e.message = f"{e.message} (datalist {e.file}{': ' + e.path if e.path else ''})"
             e.file, e.path = self.file, json_path(path, "data_list_file_path")
-            raise e from None
+            raise e
 
     def _check_signature(self, name: str, target: Callable, args: Mapping[str, Any], path: str) -> None:
         params = _parameters(target)
@@ -406,7 +405,7 @@ class ConfigResolver:
                 try:
                     self.context.restrictions.check_read(file, json_path(entry_path, kind), what="model file")
                 except ConfigError as e:
-                    raise e.located(self.file) from None
+                    raise e.located(self.file)
             if not os.path.isfile(file):
                 raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
             if self.dry_run:
@@ -414,7 +413,7 @@ class ConfigResolver:
             try:
                 return self.context.runtime.load_model(kind, file, self.context)
             except ConfigError as e:
-                raise e.located(self.file, json_path(entry_path, kind)) from None
+                raise e.located(self.file, json_path(entry_path, kind))
         raise ConfigError(
             "every model entry is disabled; enable one with --set dont_load_ts_model=False or dont_load_ckpt_model=False",
             file=self.file,

@@ -193,4 +193,4 @@ class Restrictions:
                 try:
                     self.check_write(value, name)
                 except ConfigError as e:
-                    raise e.located(file, name) from None
+                    raise e.located(file, name)

@@ -397,7 +397,7 @@ class RestrictedCode:
         try:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as e:
-            raise ConfigError(f"invalid Python expression '{text}': {e.msg}") from None
+            raise ConfigError(f"invalid Python expression '{text}': {e.msg}") from e
         self.code = code
         self._root = _Compiler(code).top(tree)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 
-__all__ = ["Variables", "parse_cli_value", "parse_set_args", "config_globals", "is_code"]
+__all__ = ["Variables", "as_bool", "parse_cli_value", "parse_set_args", "config_globals", "is_code"]
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
 _TRUE_WORDS = {"true", "yes", "on"}
@@ -32,6 +32,19 @@ def is_code(value: str) -> bool:
     return value.startswith("#") or value.lstrip().startswith("lambda ") or value.lstrip().startswith("lambda:")
 
 
+def as_bool(value: Any) -> bool | None:
+    """Clara's one boolean rule: ``True``/``False``, or a true/false/yes/no/on/off word in any case; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    return None
+
+
 def parse_cli_value(text: str) -> Any:
     """Parse a ``--set`` value: int, float, a bool word in any case, a JSON list/dict, else the string."""
     stripped = text.strip()
@@ -40,10 +53,8 @@ def parse_cli_value(text: str) -> Any:
             return cast(stripped)
         except ValueError:
             pass
-    if stripped.lower() in _TRUE_WORDS:
-        return True
-    if stripped.lower() in _FALSE_WORDS:
-        return False
+    if as_bool(stripped) is not None:
+        return as_bool(stripped)
     if stripped[:1] in "[{":
         try:
             return json.loads(stripped)

@@ -40,7 +40,7 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
         try:
             Restrictions(app_root).check_read(os.path.join(app_root, "custom", source), "", "checkpoint")
         except ConfigError as e:
-            raise ConfigError(e.message, file=file, path=f"{where}.source_ckpt_file_full_name") from None
+            raise ConfigError(e.message, file=file, path=f"{where}.source_ckpt_file_full_name") from e
 
 
 class ClaraModelPersistor(PTFileModelPersistor):

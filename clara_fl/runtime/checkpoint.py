@@ -35,9 +35,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
             "refusing to load this checkpoint: it holds objects other than tensors and plain data, "
             f"and loading it would run arbitrary code ({str(e).splitlines()[0]})",
             file=path,
-        ) from None
+        ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ConfigError(f"cannot read checkpoint: {type(e).__name__}: {e}", file=path) from None
+        raise ConfigError(f"cannot read checkpoint: {type(e).__name__}: {e}", file=path) from e
 
 
 def model_state(checkpoint: Any, path: str) -> Mapping[str, Any]:
@@ -75,7 +75,7 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
     try:
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
     except ConfigError as e:
-        raise e.located(file=f"{path}#train_conf") from None
+        raise e.located(file=f"{path}#train_conf")
     load_weights(model, model_state(checkpoint, path), path, strict=True)
     return model.eval()
 
@@ -85,7 +85,7 @@ def load_weights(model: Any, state: Mapping[str, Any], source: str, strict: bool
     try:
         result = model.load_state_dict(strip_ddp_prefix(state), strict=strict)
     except RuntimeError as e:
-        raise ConfigError(f"weights do not fit the network: {str(e).splitlines()[0]}", file=source) from None
+        raise ConfigError(f"weights do not fit the network: {str(e).splitlines()[0]}", file=source) from e
     return list(result.missing_keys), list(result.unexpected_keys)
 
 
@@ -96,4 +96,4 @@ def load_torchscript_model(path: str, device: Any) -> Any:
     try:
         return torch.jit.load(path, map_location=device).eval()
     except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"cannot load TorchScript model: {str(e).splitlines()[0]}", file=path) from None
+        raise ConfigError(f"cannot load TorchScript model: {str(e).splitlines()[0]}", file=path) from e

@@ -13,7 +13,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.resolver import BuildContext
-from clara_fl.config.variables import Variables, parse_cli_value
+from clara_fl.config.variables import Variables, as_bool
 from clara_fl.runtime.distributed import init_distributed
 
 __all__ = ["RuntimeSettings", "prepare_runtime"]
@@ -23,11 +23,12 @@ logger = logging.getLogger(__name__)
 
 def _flag(variables: Variables, name: str, default: bool | None) -> bool | None:
     value = variables.get(name, default)
-    if isinstance(value, str):
-        value = parse_cli_value(value)
-    if value is not None and not isinstance(value, bool):
+    if value is None:
+        return None
+    flag = as_bool(value)
+    if flag is None:
         raise ConfigError(f"'{name}' must be true or false, got {value!r}", file=variables.file, path=name)
-    return value
+    return flag
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
-from clara_fl.config.variables import config_globals
+from clara_fl.config.variables import as_bool, config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
 from clara_fl.workflows.runtime import with_runtime
 
@@ -43,7 +43,7 @@ def build_components(
     if policy.name == "restricted":
         context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots, context.runtime.search_modules)
         context.restrictions.check_variables(loaded.variables.as_dict(), loaded.variables.file)
-    if _truthy(loaded.variables.get("print_conf")):
+    if as_bool(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))
     check_config(loaded, context)
     resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
@@ -69,10 +69,6 @@ def require(resolver: ConfigResolver, name: str, section: str) -> Any:
     if value is None:
         raise ConfigError(f"'{where}' is disabled, but the workflow needs it", file=resolver.file, path=where)
     return value
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"))
 
 
 def _log_network_summary(resolver: ConfigResolver) -> None:

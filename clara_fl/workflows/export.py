@@ -34,7 +34,7 @@ def export_torchscript(model_path: str, output_path: str, input_shape: Sequence[
         try:
             expected = model(example)
         except Exception as e:
-            raise ConfigError(f"the network rejects input shape {list(input_shape)}: {type(e).__name__}: {e}", path="--input_shape") from None
+            raise ConfigError(f"the network rejects input shape {list(input_shape)}: {type(e).__name__}: {e}", path="--input_shape") from e
         try:
             exported, how = torch.jit.script(model), "script"
         except Exception as e:  # scripting fails on dynamic Python; tracing records one path instead

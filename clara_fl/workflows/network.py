@@ -7,22 +7,24 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
-from clara_fl.config.mmar import add_custom_to_path, resolve_in_mmar
+from clara_fl.config.mmar import read_config, resolve_in_mmar
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
-from clara_fl.config.variables import Variables
 from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["build_train_network", "train_model_spec"]
 
 
 def train_model_spec(mmar_root: str, train_config: str) -> dict[str, Any]:
-    """The raw ``train.model`` component of a train config (variables not yet filled)."""
+    """The raw ``train.model`` component of an MMAR's train config (variables not yet filled)."""
     path = resolve_in_mmar(mmar_root, train_config)
-    config = load_json(path)
+    return _model_of(load_json(path), path)
+
+
+def _model_of(config: Any, file: str) -> dict[str, Any]:
     model = config.get("train", {}).get("model") if isinstance(config, dict) else None
     if not isinstance(model, dict):
-        raise ConfigError("no train.model component to build the network from", file=path, path="train.model")
+        raise ConfigError("no train.model component to build the network from", file=file, path="train.model")
     return model
 
 
@@ -37,20 +39,14 @@ def build_train_network(
     """The MMAR's ``train.model``, seeded like training, on the CPU (config code restricted by default)."""
     import torch
 
+    from clara_fl.config.expressions import evaluator_for
     from clara_fl.runtime.device import RuntimeSettings
 
-    path = resolve_in_mmar(mmar_root, train_config)
-    config = load_json(path)
-    env = dict(load_json(resolve_in_mmar(mmar_root, environment), what="environment file")) if environment else {}
-    env.update(extra_environment or {})
-    variables = Variables.collect(config, env, overrides, mmar_root=mmar_root, file=train_config)
-    model = variables.substitute(train_model_spec(mmar_root, train_config), "train.model")
-    settings = RuntimeSettings.from_variables(variables)
+    raw = read_config(mmar_root, train_config, environment, overrides, extra_environment)
+    model = raw.variables.substitute(_model_of(raw.config, raw.display_file), "train.model")
+    settings = RuntimeSettings.from_variables(raw.variables)
     if settings.random_seed is not None:
         torch.manual_seed(settings.random_seed)
-    add_custom_to_path(mmar_root)
-    from clara_fl.config.expressions import evaluator_for
-
     policy = CodePolicy.of(code_policy)
     context = with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name)))
     if policy.name == "restricted":

@@ -35,6 +35,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from clara_fl.runtime.files import write_json_atomic
+
 __all__ = ["SyntheticDataset", "make_synthetic_dataset", "SPACING"]
 
 #: voxel spacing (mm) written into every NIfTI affine, like a typical abdominal CT resampling.
@@ -306,5 +308,5 @@ def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    """Write ``content`` as indented json (stable key order, trailing newline)."""
-    path.write_text(json.dumps(content, indent=4) + "\n")
+    """Write ``content`` as indented JSON, crash-safe (a killed run leaves the old file or the new one)."""
+    write_json_atomic(path, content)

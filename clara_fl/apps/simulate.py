@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
+SIMULATOR_OUTPUT = "simulator_output.txt"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("simulate", help="run a FLARE job in the simulator and print cross-site results")
@@ -23,7 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_simulator(
     job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
 ) -> int:
-    """``nvflare simulator`` in a child process; returns its exit code."""
+    """``nvflare simulator`` in a child process; returns its exit code.
+
+    Args:
+        stdout: an open file for the simulator's output; None writes it to WORKSPACE/simulator_output.txt
+            and shows one live progress line (round k of R, sites done, elapsed) on the terminal instead.
+    """
     from clara_fl.fl.policy import write_simulator_policy
     from clara_fl.fl.site import SITE_CONFIG_ENV
 
@@ -36,7 +43,56 @@ def run_simulator(
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
     command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]
     command += ["-n", str(n_clients), "-t", str(threads)]
-    return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+    if stdout is not None:
+        return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+    return _run_with_progress(command, env, job, workspace, n_clients)
+
+
+def _run_with_progress(command: list[str], env: dict[str, str], job: str, workspace: str, n_clients: int) -> int:
+    """The simulator's output goes to WORKSPACE/simulator_output.txt; the terminal gets one live progress line,
+    read from the server's log as FLARE writes it."""
+    import time
+
+    from clara_fl.report.collect import job_rounds
+    from clara_fl.report.progress import LogFollower, SimulationProgress
+
+    output_path = os.path.join(os.path.abspath(workspace), SIMULATOR_OUTPUT)
+    print(f"simulator output: {output_path}", flush=True)
+    progress = SimulationProgress(total_rounds=job_rounds(job), total_sites=n_clients)
+    follower = LogFollower(os.path.join(os.path.abspath(workspace), "server", "log.txt"))
+    live = sys.stdout.isatty()
+    shown = ""
+    start = time.monotonic()
+    with open(output_path, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                finished = _wait(process, 0.5)
+                progress.follow(follower)
+                line = progress.line(time.monotonic() - start)
+                if live:
+                    print(f"\r{line:<100}", end="", flush=True)
+                elif line.split(",")[0] != shown.split(",")[0]:  # a log or pipe gets one line per step, not per tick
+                    print(line, flush=True)
+                shown = line
+                if finished:
+                    break
+        finally:
+            follower.close()
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    if live:
+        print()
+    return process.returncode
+
+
+def _wait(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def report(workspace: str, metric: str) -> int:
@@ -57,4 +113,20 @@ def run(args: argparse.Namespace) -> int:
     if code != 0:
         print(f"clara-fl simulate: error: the simulator exited with code {code}", file=sys.stderr)
         return code
-    return report(args.workspace, args.metric)
+    code = report(args.workspace, args.metric)
+    if code == 0:
+        write_html_report(args.workspace)
+    return code
+
+
+def write_html_report(workspace: str) -> None:
+    """report.html for a finished run; a run that worked still counts as worked if drawing fails."""
+    from clara_fl.config.errors import describe_failure
+    from clara_fl.report.build import write_report
+
+    try:
+        written = write_report(workspace)
+    except Exception as e:  # the simulation's results are on disk either way
+        print(f"clara-fl: warning: no report.html: {describe_failure(e)}", file=sys.stderr)
+        return
+    print(f"report: {written.html}")

@@ -16,7 +16,7 @@ from clara_fl.report.figures import (
     global_model_figure,
     round_timeline_figure,
 )
-from clara_fl.report.html import CasePicture, render_html, worst_cases
+from clara_fl.report.html import CasePicture, group_summaries, render_html, worst_cases
 from clara_fl.runtime.files import atomic_write
 
 __all__ = ["ReportFiles", "write_report", "REPORT_NAME"]
@@ -93,7 +93,12 @@ def draw(results: RunResults) -> tuple[dict[str, Picture | None], list[CasePictu
     case_pictures = []
     for metric in sorted({s.metric for s in results.case_scores}, key=lambda m: (m != key_metric, m)):
         case_pictures.append(
-            CasePicture(metric, case_distribution_figure(results.case_scores, metric), worst_cases(results.case_scores, metric))
+            CasePicture(
+                metric,
+                case_distribution_figure(results.case_scores, metric),
+                group_summaries(results.case_scores, metric),
+                worst_cases(results.case_scores, metric),
+            )
         )
     if not case_pictures:
         missing.append("validation details: no MetricsSaver <metric>_raw.csv files")

@@ -12,7 +12,7 @@ from typing import Any
 from clara_fl.report.collect import CaseScores, RunResults
 from clara_fl.report.figures import Picture
 
-__all__ = ["CasePicture", "WorstCase", "render_html", "worst_cases"]
+__all__ = ["CasePicture", "GroupSummary", "WorstCase", "group_summaries", "render_html", "worst_cases"]
 
 TEMPLATE = "report.html.j2"
 WORST_CASES = 5
@@ -27,11 +27,24 @@ class WorstCase:
 
 
 @dataclass(frozen=True)
+class GroupSummary:
+    """One (site, model) pair's per-case values of a metric, in numbers."""
+
+    site: str
+    model: str
+    cases: int
+    mean: float
+    median: float
+    worst: WorstCase
+
+
+@dataclass(frozen=True)
 class CasePicture:
-    """A metric's per-case picture and its worst cases."""
+    """A metric's per-case picture, a summary per (site, model) and the worst cases overall."""
 
     metric: str
     picture: Picture
+    groups: list[GroupSummary]
     worst: list[WorstCase]
 
 
@@ -40,6 +53,23 @@ def worst_cases(scores: Sequence[CaseScores], metric: str, count: int = WORST_CA
     rows = [WorstCase(case, s.site, s.model, value) for s in scores if s.metric == metric for case, value in s.cases]
     lower_is_better = any(s.lower_is_better for s in scores if s.metric == metric)
     return sorted(rows, key=lambda r: r.value, reverse=lower_is_better)[:count]
+
+
+def group_summaries(scores: Sequence[CaseScores], metric: str) -> list[GroupSummary]:
+    """Count, mean, median and worst case of ``metric`` for every (site, model) pair that has cases."""
+    import statistics
+
+    found = []
+    for s in scores:
+        if s.metric != metric or not s.cases:
+            continue
+        values = [value for _, value in s.cases]
+        pick = max if s.lower_is_better else min
+        case, value = pick(s.cases, key=lambda c: c[1])
+        found.append(
+            GroupSummary(s.site, s.model, len(values), statistics.fmean(values), statistics.median(values), WorstCase(case, s.site, s.model, value))
+        )
+    return found
 
 
 def _versions() -> dict[str, str]:

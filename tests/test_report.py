@@ -13,7 +13,7 @@ import pytest
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.report.build import write_report
-from clara_fl.report.collect import (
+from clara_fl.report.readers import (
     read_case_scores,
     read_cross_site_matrix,
     read_global_model_metrics,
@@ -85,8 +85,8 @@ def test_round_timeline_splits_each_round_into_training_waiting_and_aggregation(
         server_line("00,000", "ScatterAndGather", "Round 0 started.", ", wf=sag")
         + server_line("01,000", "ServerRunner", "assigned task to client site-1: ", f", peer=site-1{task}")
         + server_line("02,000", "ServerRunner", "assigned task to client site-2: ", f", peer=site-2{task}")
-        + server_line("07,000", "ServerRunner", "got result from client site-1 for task: name=train, id=1", ", peer=site-1")
-        + server_line("12,000", "ServerRunner", "got result from client site-2 for task: name=train, id=2", ", peer=site-2")
+        + server_line("07,000", "ServerRunner", "got result from client site-1 for task: name=train, id=1", ", peer=s")
+        + server_line("12,000", "ServerRunner", "got result from client site-2 for task: name=train, id=2", ", peer=s")
         + server_line("12,500", "ScatterAndGather", "Start aggregation.", ", wf=sag")
         + server_line("13,000", "ScatterAndGather", "End aggregation.", ", wf=sag")
         + server_line("13,100", "ScatterAndGather", "Round 0 finished.", ", wf=sag")
@@ -152,10 +152,8 @@ def test_metrics_saver_without_batch_transform_names_cases_from_the_image_metada
 
     from clara_fl.components.metrics_saver import MetricsSaver
 
-    cases = [
-        {"image": MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"/data/case_{i}.nii.gz"}), "label": torch.zeros(1)}
-        for i in range(4)
-    ]
+    images = [MetaTensor(torch.zeros(1, 2, 2), meta={"filename_or_obj": f"/data/case_{i}.nii.gz"}) for i in range(4)]
+    cases = [{"image": image, "label": torch.zeros(1)} for image in images]
     batches = [list_data_collate(cases[:2]), list_data_collate(cases[2:])]
     engine = Engine(lambda engine, batch: None)
 
@@ -194,7 +192,8 @@ def test_a_failed_cell_is_marked_in_the_table_and_the_heatmap(tmp_path: Path) ->
     cross_site = html.split('id="cross-site"')[1].split("</section>")[0]
     assert cross_site.count('<td class="failed">failed</td>') == 1
     assert re.search(r"<th>site-2</th>\s*<td class=\"num\">0\.6000</td>\s*<td class=\"failed\">failed</td>", cross_site)
-    assert png_size(tmp_path / "out" / "cross_site.png") == next((p.width, p.height) for p in written.pictures if p.name == "cross_site")
+    heatmap = next(p for p in written.pictures if p.name == "cross_site")
+    assert png_size(tmp_path / "out" / "cross_site.png") == (heatmap.width, heatmap.height)
 
 
 # -- whole reports ---------------------------------------------------------------------------------
@@ -220,7 +219,8 @@ def standalone_report(trained_spleen: Path, tmp_path_factory: pytest.TempPathFac
 
     mmar = tmp_path_factory.mktemp("standalone") / "spleen_ct_seg"
     shutil.copytree(trained_spleen, mmar)
-    assert main(["validate", "-m", str(mmar), "--set", "dont_load_ts_model=True", "dont_load_ckpt_model=False", *tiny_set()]) == 0
+    from_checkpoint = ["dont_load_ts_model=True", "dont_load_ckpt_model=False"]
+    assert main(["validate", "-m", str(mmar), "--set", *from_checkpoint, *tiny_set()]) == 0
     return write_report(mmar, mmar.parent / "report")
 
 
@@ -271,12 +271,16 @@ def test_simulation_report_is_one_self_contained_file(simulation_report) -> None
 
 
 def test_simulation_round_timeline_has_every_round_and_site(simulation_report) -> None:
-    rows = re.findall(r"<tr><td class=\"num\">(\d+)</td><td>(site-\d)</td>", section(simulation_report.html.read_text(), "round-timeline"))
+    timeline = section(simulation_report.html.read_text(), "round-timeline")
+
+    rows = re.findall(r"<tr><td class=\"num\">(\d+)</td><td>(site-\d)</td>", timeline)
 
     assert sorted(rows) == [(str(r), s) for r in range(3) for s in SITES]
 
 
-def test_a_downloaded_job_result_gives_the_same_sections_from_the_server_workspace_alone(simulation: Path, tmp_path: Path) -> None:
+def test_a_downloaded_job_result_gives_the_same_sections_from_the_server_workspace_alone(
+    simulation: Path, tmp_path: Path
+) -> None:
     """A POC/production download: <job_id>/workspace/ holds cross_site_val/, tb_events/, log.txt, no site folders."""
     workspace = tmp_path / "download" / "5e1f-job" / "workspace"
     shutil.copytree(simulation / "server" / "simulate_job", workspace)

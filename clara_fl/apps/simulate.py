@@ -70,7 +70,7 @@ def _run_with_progress(command: list[str], env: dict[str, str], job: str, worksp
                 finished = _wait(process, 0.5)
                 progress.follow(follower)
                 line = progress.line(time.monotonic() - start)
-                if live:
+                if live and line != shown:
                     print(f"\r{line:<100}", end="", flush=True)
                 elif line.split(",")[0] != shown.split(",")[0]:  # a log or pipe gets one line per step, not per tick
                     print(line, flush=True)

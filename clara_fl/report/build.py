@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from clara_fl.report.collect import RunResults, collect
+from clara_fl.report.collect import collect
 from clara_fl.report.figures import (
     Picture,
     case_distribution_figure,
@@ -17,6 +17,7 @@ from clara_fl.report.figures import (
     round_timeline_figure,
 )
 from clara_fl.report.html import CasePicture, group_summaries, render_html, worst_cases
+from clara_fl.report.records import RunResults, lower_is_better
 from clara_fl.runtime.files import atomic_write
 
 __all__ = ["ReportFiles", "write_report", "REPORT_NAME"]
@@ -66,13 +67,14 @@ def draw(results: RunResults) -> tuple[dict[str, Picture | None], list[CasePictu
     federated = run.kind == "federated"
     if federated:
         if results.cross_site and results.cross_site.sites:
-            lower = any(word in key_metric for word in ("loss", "distance", "error"))
-            pictures["cross_site"] = cross_site_figure(results.cross_site, key_metric, lower_is_better=lower)
+            pictures["cross_site"] = cross_site_figure(results.cross_site, key_metric, lower_is_better(key_metric))
         else:
             missing.append("cross-site validation: no cross_val_results.json")
     if results.curves:
         if federated:
-            pictures["curves"] = curves_figure(results.curves, "training_curves", "training curves per site", run.epochs_per_round)
+            pictures["curves"] = curves_figure(
+                results.curves, "training_curves", "training curves per site", run.epochs_per_round
+            )
         else:
             best = run.facts.get("best_key_metric_epoch")
             pictures["curves"] = curves_figure(

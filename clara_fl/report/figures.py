@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clara_fl.report.collect import CaseScores, CrossSiteMatrix, Curve, RoundTiming
+from clara_fl.report.records import CaseScores, CrossSiteMatrix, Curve, RoundTiming
 
 __all__ = [
     "Picture",
@@ -79,7 +79,8 @@ def cross_site_figure(matrix: CrossSiteMatrix, metric: str, lower_is_better: boo
         for column, owner in enumerate(matrix.owners):
             value = values[row, column]
             if math.isnan(value):
-                axes.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#B03030"))
+                cell = plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#B03030")
+                axes.add_patch(cell)
                 axes.text(
                     column, row, "failed", ha="center", va="center", color="#B03030", fontweight="bold",
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 2},
@@ -121,7 +122,8 @@ def curves_figure(
             curve = curves[site].get(tag)
             if curve is None or not curve.steps:
                 continue
-            axes.plot(curve.steps, curve.values, marker="o" if len(curve.steps) <= 30 else None, markersize=3, label=site)
+            marker = "o" if len(curve.steps) <= 30 else None
+            axes.plot(curve.steps, curve.values, marker=marker, markersize=3, label=site)
             last = max(last, max(curve.steps))
         if epochs_per_round:
             for boundary in range(epochs_per_round, int(last), epochs_per_round):
@@ -170,13 +172,15 @@ def round_timeline_figure(timeline: Sequence[RoundTiming], sites: Sequence[str])
             task = timing.sites.get(site)
             if task is None or task.assigned is None or task.returned is None:
                 continue
-            axes.broken_barh([(timing.started, task.assigned - timing.started)], (row - 0.3, 0.6), color=COLORS["waiting"])
-            axes.broken_barh([(task.assigned, task.returned - task.assigned)], (row - 0.3, 0.6), color=COLORS["training"])
+            band = (row - 0.3, 0.6)
+            axes.broken_barh([(timing.started, task.assigned - timing.started)], band, color=COLORS["waiting"])
+            axes.broken_barh([(task.assigned, task.returned - task.assigned)], band, color=COLORS["training"])
             if end is not None and end > task.returned:
-                axes.broken_barh([(task.returned, end - task.returned)], (row - 0.3, 0.6), color=COLORS["waiting"])
+                axes.broken_barh([(task.returned, end - task.returned)], band, color=COLORS["waiting"])
         aggregation = timing.aggregation_time()
         if aggregation is not None and timing.aggregation_started is not None:
-            axes.broken_barh([(timing.aggregation_started, max(aggregation, 0.05))], (len(sites) - 0.3, 0.6), color=COLORS["aggregation"])
+            bar = (timing.aggregation_started, max(aggregation, 0.05))  # visible even when it took milliseconds
+            axes.broken_barh([bar], (len(sites) - 0.3, 0.6), color=COLORS["aggregation"])
         axes.axvline(timing.started, color="#666666", linewidth=0.8)
         axes.text(timing.started, len(rows) - 0.45, f" round {timing.round}", fontsize="small", va="bottom")
     axes.set_yticks(range(len(rows)), rows)
@@ -184,7 +188,8 @@ def round_timeline_figure(timeline: Sequence[RoundTiming], sites: Sequence[str])
     axes.set_xlabel("seconds from the first round's start")
     axes.set_title("round timeline")
     handles = [plt.Rectangle((0, 0), 1, 1, color=color) for color in COLORS.values()]
-    axes.legend(handles, ["local training", "waiting", "aggregation"], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    labels = ["local training", "waiting", "aggregation"]
+    axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return _render(figure, "round_timeline", "Round timeline")
 
 

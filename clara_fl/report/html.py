@@ -9,7 +9,7 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from clara_fl.report.collect import CaseScores, RunResults
+from clara_fl.report.records import CaseScores, RunResults
 from clara_fl.report.figures import Picture
 
 __all__ = ["CasePicture", "GroupSummary", "WorstCase", "group_summaries", "render_html", "worst_cases"]
@@ -66,9 +66,9 @@ def group_summaries(scores: Sequence[CaseScores], metric: str) -> list[GroupSumm
         values = [value for _, value in s.cases]
         pick = max if s.lower_is_better else min
         case, value = pick(s.cases, key=lambda c: c[1])
-        found.append(
-            GroupSummary(s.site, s.model, len(values), statistics.fmean(values), statistics.median(values), WorstCase(case, s.site, s.model, value))
-        )
+        worst = WorstCase(case, s.site, s.model, value)
+        mean, median = statistics.fmean(values), statistics.median(values)
+        found.append(GroupSummary(s.site, s.model, len(values), mean, median, worst))
     return found
 
 
@@ -99,7 +99,10 @@ def _seconds(value: float | None) -> str:
 
 
 def render_html(
-    results: RunResults, pictures: Mapping[str, Picture | None], case_pictures: Sequence[CasePicture], missing: Sequence[str]
+    results: RunResults,
+    pictures: Mapping[str, Picture | None],
+    case_pictures: Sequence[CasePicture],
+    missing: Sequence[str],
 ) -> str:
     """The report page; every picture is inside it, nothing is fetched from anywhere."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape

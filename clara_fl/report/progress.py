@@ -72,7 +72,8 @@ class LogFollower:
             if self._file is not None:
                 self._file.close()
                 self._skip = 0
-            self._file, self._inode, self._partial = open(self.path, encoding="utf-8", errors="replace"), stat.st_ino, ""
+            self._file = open(self.path, encoding="utf-8", errors="replace")
+            self._inode, self._partial = stat.st_ino, ""
             self._file.seek(min(self._skip, stat.st_size))
         text = self._partial + self._file.read()
         lines = text.split("\n")

@@ -67,7 +67,8 @@ def draw(results: RunResults) -> tuple[dict[str, Picture | None], list[CasePictu
     federated = run.kind == "federated"
     if federated:
         if results.cross_site and results.cross_site.sites:
-            pictures["cross_site"] = cross_site_figure(results.cross_site, key_metric, lower_is_better(key_metric))
+            metric = results.cross_site_metric()
+            pictures["cross_site"] = cross_site_figure(results.cross_site, metric, lower_is_better(metric))
         else:
             missing.append("cross-site validation: no cross_val_results.json")
     if results.curves:

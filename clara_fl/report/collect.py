@@ -72,11 +72,20 @@ def _looks_like_server_job(folder: Path) -> bool:
     return folder.is_dir() and any((folder / name).exists() for name in ("cross_site_val", "tb_events", "app_server"))
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file's object; an unreadable file only costs the report the facts it would have given."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _server_config(server_job: Path) -> dict[str, Any]:
     for app in [server_job / "app_server", server_job / "app", *sorted(server_job.glob("app_*"))]:
         config = app / "config" / "config_fed_server.json"
         if config.is_file():
-            return json.loads(config.read_text(encoding="utf-8"))
+            return _json_object(config)
     return {}
 
 
@@ -84,7 +93,7 @@ def _client_config(layout: _Layout) -> dict[str, Any]:
     for app in [*layout.site_apps.values(), layout.server_job / "app_server", layout.server_job / "app"]:
         config = app / "config" / "config_fed_client.json"
         if config.is_file():
-            return json.loads(config.read_text(encoding="utf-8"))
+            return _json_object(config)
     return {}
 
 
@@ -109,10 +118,7 @@ def _describe_algorithm(server: dict[str, Any]) -> tuple[str, int | None, str | 
 def job_rounds(job: str | os.PathLike) -> int | None:
     """The number of training rounds a job folder's server config asks for, when it says."""
     for config in sorted(Path(job).glob("*/config/config_fed_server.json")):
-        try:
-            _, rounds, _ = _describe_algorithm(json.loads(config.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
-            continue
+        _, rounds, _ = _describe_algorithm(_json_object(config))
         if isinstance(rounds, int):
             return rounds
     return None
@@ -135,12 +141,9 @@ def _mmar_title(app: Path | None, fallback: str) -> str:
 
 
 def _job_name(server_job: Path) -> str:
-    meta = server_job / "meta.json"
-    if meta.is_file():
-        try:
-            return str(json.loads(meta.read_text(encoding="utf-8")).get("name") or server_job.name)
-        except json.JSONDecodeError:
-            pass
+    name = _json_object(server_job / "meta.json").get("name")
+    if name:
+        return str(name)
     return server_job.parent.name if server_job.name in ("workspace", "simulate_job") else server_job.name
 
 
@@ -214,11 +217,11 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
 
 
 def _collect_standalone(root: Path) -> RunResults:
-    env = _environment(root)
+    env = _json_object(root / "config" / "environment.json")
     models = root / env.get("MMAR_CKPT_DIR", "models")
     eval_dir = root / env.get("MMAR_EVAL_OUTPUT_PATH", "eval")
     curves = read_tensorboard_curves(models) if models.is_dir() else {}
-    stats = _train_stats(models / "train_stats.json")
+    stats = _json_object(models / "train_stats.json")
     _iterations_to_epochs(curves, stats)
     facts = {k: str(v) for k, v in stats.items() if v is not None}
     facts.update(_learning_rates(models))
@@ -253,31 +256,10 @@ def _iterations_to_epochs(curves: dict[str, Curve], stats: dict[str, Any]) -> No
             curve.steps = [step / per_epoch for step in curve.steps]
 
 
-def _environment(root: Path) -> dict[str, Any]:
-    env = root / "config" / "environment.json"
-    try:
-        return json.loads(env.read_text(encoding="utf-8")) if env.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
 def _key_metric(root: Path) -> str | None:
-    config = root / "config" / "config_train.json"
-    try:
-        metric = json.loads(config.read_text(encoding="utf-8")).get("validate", {}).get("key_metric", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
+    validate = _json_object(root / "config" / "config_train.json").get("validate")
+    metric = validate.get("key_metric") if isinstance(validate, dict) else None
     return metric.get("log_label") if isinstance(metric, dict) else None
-
-
-def _train_stats(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {}
-    return stats if isinstance(stats, dict) else {}
 
 
 def _learning_rates(models: Path) -> dict[str, str]:

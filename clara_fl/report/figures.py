@@ -205,6 +205,7 @@ def case_distribution_figure(scores: Sequence[CaseScores], metric: str) -> Pictu
         jitter = [index + 0.12 * math.sin(7.3 * k) for k in range(len(values))]
         axes.scatter(values, jitter, s=12, color="#4C72B0", alpha=0.8, zorder=3)
     axes.set_yticks(range(1, len(groups) + 1), labels)
+    axes.invert_yaxis()  # the first group on top, as in the table below the picture
     axes.set_xlabel(metric)
     axes.set_title(f"per-case {metric}")
     axes.grid(axis="x", alpha=0.3)

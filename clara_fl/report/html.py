@@ -121,6 +121,7 @@ def render_html(
         made=datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
         versions=_versions(),
         cross_site=results.cross_site,
+        cross_site_metric=results.cross_site_metric(),
         pictures={"cross_site": None, "curves": None, "global_model": None, "timeline": None, **pictures},
         curve_sites=sorted(results.curves),
         global_model=global_model,

@@ -141,3 +141,9 @@ class RunResults:
     global_model: dict[str, dict[int, dict[str, float]]]  # site -> round -> metrics of the global model
     timeline: list[RoundTiming]
     case_scores: list[CaseScores]
+
+    def cross_site_metric(self) -> str:
+        """The key metric, or the results' first metric when the cross-site validation did not report it."""
+        names = self.cross_site.metrics() if self.cross_site else []
+        key = self.description.key_metric
+        return key if key in names or not names else names[0]

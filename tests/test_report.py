@@ -102,6 +102,24 @@ def test_round_timeline_splits_each_round_into_training_waiting_and_aggregation(
     assert timing.slowest_site() == "site-2"
 
 
+def test_a_round_without_a_finished_line_ends_where_the_next_round_starts(tmp_path: Path) -> None:
+    """FLARE's ModelController FedAvg: no "Round N finished", no separate aggregation step."""
+    log = tmp_path / "log.txt"
+    log.write_text(
+        server_line("00,000", "FedAvg", "-----Round 0 started.-----")
+        + server_line("01,000", "ServerRunner", "assigned task to client site-1: ", ", peer=site-1, task_name=train")
+        + server_line("04,000", "ServerRunner", "got result from client site-1 for task: name=train, id=1", ", peer=s")
+        + server_line("05,000", "FedAvg", "-----Round 1 started.-----")
+        + server_line("09,000", "FedAvg", "-----Finished FedAvg.-----")
+    )
+
+    first, second = read_round_timeline(log)
+
+    assert first.finished == pytest.approx(5.0) and second.finished == pytest.approx(9.0)
+    assert first.aggregation_time() is None
+    assert first.waiting_time("site-1") == pytest.approx(1.0 + 1.0)
+
+
 def test_global_model_metrics_come_from_the_site_log_and_else_from_the_server_log(tmp_path: Path) -> None:
     site_log = tmp_path / "site-1.txt"
     site_log.write_text(

@@ -20,6 +20,7 @@ _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+)")
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("round_started", re.compile(r"\bRound (\d+) started")),
     ("round_finished", re.compile(r"\bRound (\d+) finished")),
+    ("training_finished", re.compile(r"Finished (?:FedAvg|ScatterAndGather)")),
     ("task_assigned", re.compile(r"task_name=(\w+).*assigned task to client ([\w.@-]+?):")),
     ("task_result", re.compile(r"got result from client ([\w.@-]+) for task: name=(\w+)")),
     ("aggregation_started", re.compile(r"Start aggregation|aggregating \d+ update")),

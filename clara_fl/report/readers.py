@@ -97,7 +97,11 @@ def log_events(log: Path | None) -> list[LogEvent]:
 
 
 def read_round_timeline(server_log: str | os.PathLike) -> list[RoundTiming]:
-    """Per training round: its start and end, each site's train task (assigned, returned), the aggregation."""
+    """Per training round: its start and end, each site's train task (assigned, returned), the aggregation.
+
+    FLARE's ModelController FedAvg logs no "Round N finished" and aggregates each result as it comes:
+    its rounds end where the next one starts (or where training finishes) and have no aggregation step.
+    """
     events = log_events(Path(server_log))
     if not events:
         return []
@@ -106,6 +110,8 @@ def read_round_timeline(server_log: str | os.PathLike) -> list[RoundTiming]:
     current: RoundTiming | None = None
     for event in events:
         at = event.time - origin
+        if event.kind in ("round_started", "training_finished") and current is not None and current.finished is None:
+            current.finished = at
         if event.kind == "round_started":
             current = RoundTiming(round=event.round or 0, started=at)
             rounds.append(current)

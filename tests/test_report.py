@@ -3,15 +3,19 @@ simulation, of the same run laid out as a downloaded job, and of a standalone MM
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import struct
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 
+from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.job import create_job
 from clara_fl.report.build import write_report
 from clara_fl.report.readers import (
     read_case_scores,
@@ -19,9 +23,9 @@ from clara_fl.report.readers import (
     read_global_model_metrics,
     read_round_timeline,
 )
-from clara_fl.report.progress import LogFollower, SimulationProgress
-from tests.conftest import tiny_set
-from tests.test_fl_simulation import SITES, fl_data, simulate, site_file  # noqa: F401 (module fixtures)
+from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
+from tests.conftest import SPLEEN_MMAR, tiny_set
+from tests.test_fl_simulation import JOB_SETTINGS, SITES, fl_data, site_file  # noqa: F401 (module fixtures)
 
 SERVER_MODELS = ["SRV_FL_global_model", "SRV_best_FL_global_model"]
 SECTIONS = ["header", "cross-site", "training-curves", "global-model", "round-timeline", "validation-details"]
@@ -143,7 +147,6 @@ def test_global_model_metrics_come_from_the_site_log_and_else_from_the_server_lo
 
 def test_progress_line_counts_the_round_and_the_sites_that_returned_it(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
-    log.write_text("old run's line\n")
     follower = LogFollower(str(log))
     progress = SimulationProgress(total_rounds=3, total_sites=2)
     with open(log, "a") as f:
@@ -153,14 +156,40 @@ def test_progress_line_counts_the_round_and_the_sites_that_returned_it(tmp_path:
         f.seek(f.tell() - 1)
         f.truncate()
 
-    progress.follow(follower)
+    steps = progress.follow(follower)
 
+    assert steps == ["round 1 of 3: 0 of 2 sites done", "round 1 of 3: 1 of 2 sites done"]
     assert progress.line(65.0) == "round 1 of 3: 1 of 2 sites done, 1:05 elapsed"
     with open(log, "a") as f:
         f.write("\n")
-    progress.follow(follower)
-    assert progress.line(70.0).startswith("round 2 of 3: 0 of 2 sites done")
+    assert progress.follow(follower) == ["round 2 of 3: 0 of 2 sites done"]
     follower.close()
+
+
+def test_following_a_log_skips_an_earlier_runs_log_until_the_new_run_replaces_it(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text(server_line("00,000", "ScatterAndGather", "Round 5 started."))
+    follower = LogFollower(str(log))
+
+    assert follower.new_lines() == [] and not follower.is_fresh()
+    log.unlink()
+    log.write_text(server_line("00,000", "ScatterAndGather", "Round 0 started."))  # the simulator's new log
+    assert follower.is_fresh()
+    assert [line.endswith("Round 0 started.") for line in follower.new_lines()] == [True]
+    follower.close()
+
+
+def test_simulator_output_is_held_back_until_the_workspace_is_ready_then_written_in_order(tmp_path: Path) -> None:
+    ready = []
+    output = DeferredOutput(str(tmp_path / "ws" / "simulator_output.txt"), ready=lambda: bool(ready))
+
+    output.write(b"first\n")
+    assert not (tmp_path / "ws").exists()
+    ready.append(True)
+    output.write(b"second\n")
+    output.close()
+
+    assert (tmp_path / "ws" / "simulator_output.txt").read_bytes() == b"first\nsecond\n"
 
 
 def test_metrics_saver_without_batch_transform_names_cases_from_the_image_metadata(tmp_path: Path) -> None:
@@ -195,6 +224,15 @@ def test_a_folder_that_holds_no_run_is_a_config_error_and_nothing_is_written(tmp
     assert not (tmp_path / "report").exists()
 
 
+def test_the_report_command_names_a_folder_that_holds_no_run_in_one_line(tmp_path: Path, capsys) -> None:
+    code = main(["report", str(tmp_path)])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith(f"clara-fl report: error: {tmp_path}: expected a simulator workspace")
+    assert error.count("\n") == 1
+
+
 def test_a_failed_cell_is_marked_in_the_table_and_the_heatmap(tmp_path: Path) -> None:
     workspace = tmp_path / "0a1b2c" / "workspace"
     (workspace / "cross_site_val").mkdir(parents=True)
@@ -218,11 +256,24 @@ def test_a_failed_cell_is_marked_in_the_table_and_the_heatmap(tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def simulation(tmp_path_factory: pytest.TempPathFactory, site_file: Path) -> Path:  # noqa: F811
-    """A finished 3-round 2-site FedAvg with cross-site validation (the shape `clara-fl demo` runs)."""
+def simulate_command(tmp_path_factory: pytest.TempPathFactory, site_file: Path) -> tuple[Path, str]:  # noqa: F811
+    """``clara-fl simulate`` of a 3-round 2-site FedAvg with cross-site validation (the shape `clara-fl demo` runs):
+    the workspace and what the command printed."""
     tmp = tmp_path_factory.mktemp("report_simulation")
-    _, workspace, _ = simulate(tmp, site_file, "clara_fedavg_cse", rounds=3, local_epochs=1)
-    return workspace
+    job = create_job(
+        SPLEEN_MMAR, tmp / "job", "clara_fedavg_cse", num_rounds=3, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS
+    )
+    workspace = tmp / "ws"
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["simulate", str(job), "-w", str(workspace), "-n", "2", "-t", "2", "--site-config", str(site_file)])
+    assert code == 0, (workspace / "simulator_output.txt").read_text()[-3000:]
+    return workspace, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def simulation(simulate_command: tuple[Path, str]) -> Path:
+    return simulate_command[0]
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +310,17 @@ def assert_self_contained(html: str) -> None:
 def section(html: str, name: str) -> str:
     assert f'id="{name}"' in html, f"section {name} missing"
     return html.split(f'id="{name}"')[1].split("</section>")[0]
+
+
+def test_simulate_prints_progress_instead_of_the_simulator_output_and_ends_with_the_report(simulate_command) -> None:
+    workspace, printed = simulate_command
+
+    output = workspace / "simulator_output.txt"
+    assert f"simulator output: {output}" in printed
+    assert "round 3 of 3: 2 of 2 sites done" in printed
+    assert "Epoch:" not in printed and "Epoch:" in output.read_text()  # the flood is in the file
+    assert printed.rstrip().endswith(f"report: {workspace / 'report' / 'report.html'}")
+    assert (workspace / "report" / "report.html").is_file()
 
 
 def test_simulation_report_has_every_section_with_the_site_and_model_names(simulation_report) -> None:

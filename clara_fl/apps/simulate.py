@@ -51,37 +51,46 @@ def run_simulator(
 def _run_with_progress(command: list[str], env: dict[str, str], job: str, workspace: str, n_clients: int) -> int:
     """The simulator's output goes to WORKSPACE/simulator_output.txt; the terminal gets one live progress line,
     read from the server's log as FLARE writes it."""
+    import threading
     import time
 
     from clara_fl.report.collect import job_rounds
-    from clara_fl.report.progress import LogFollower, SimulationProgress
+    from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
 
     output_path = os.path.join(os.path.abspath(workspace), SIMULATOR_OUTPUT)
     print(f"simulator output: {output_path}", flush=True)
     progress = SimulationProgress(total_rounds=job_rounds(job), total_sites=n_clients)
     follower = LogFollower(os.path.join(os.path.abspath(workspace), "server", "log.txt"))
-    live = sys.stdout.isatty()
+    # the simulator empties the workspace before it writes the server's log: the output file comes after that
+    output = DeferredOutput(output_path, ready=follower.is_fresh)
+    live = sys.stdout.isatty()  # a terminal gets one line redrawn; a log or pipe one line per step
     shown = ""
     start = time.monotonic()
-    with open(output_path, "w") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                finished = _wait(process, 0.5)
-                progress.follow(follower)
-                line = progress.line(time.monotonic() - start)
-                if live and line != shown:
-                    print(f"\r{line:<100}", end="", flush=True)
-                elif line.split(",")[0] != shown.split(",")[0]:  # a log or pipe gets one line per step, not per tick
-                    print(line, flush=True)
-                shown = line
-                if finished:
-                    break
-        finally:
-            follower.close()
-            if process.poll() is None:
-                process.terminate()
-                process.wait()
+    if not live:
+        print(progress.line(0.0), flush=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    copier = threading.Thread(target=output.pump, args=(process.stdout,), daemon=True)
+    copier.start()
+    try:
+        while True:
+            finished = _wait(process, 0.5)
+            steps = progress.follow(follower)
+            elapsed = time.monotonic() - start
+            if live and progress.line(elapsed) != shown:
+                shown = progress.line(elapsed)
+                print(f"\r{shown:<100}", end="", flush=True)
+            elif not live:
+                for step in steps:
+                    print(progress.line(elapsed, step), flush=True)
+            if finished:
+                break
+    finally:
+        if process.poll() is None:  # interrupted: stop the simulator too
+            process.terminate()
+            process.wait()
+        copier.join(timeout=10)  # a stray grandchild may hold the pipe open: its output is not waited for
+        output.close()
+        follower.close()
     if live:
         print()
     return process.returncode

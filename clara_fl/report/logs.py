@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["LogEvent", "parse_events", "parse_line"]
+__all__ = ["LogEvent", "LogParser", "parse_events", "parse_line"]
 
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+)")
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("round_started", re.compile(r"\bRound (\d+) started")),
     ("round_finished", re.compile(r"\bRound (\d+) finished")),
     ("training_finished", re.compile(r"Finished (?:FedAvg|ScatterAndGather)")),
-    ("task_assigned", re.compile(r"task_name=(\w+).*assigned task to client ([\w.@-]+?):")),
+    ("task_assigned", re.compile(r"(?:task_name=(\w+).*)?assigned task to client ([\w.@-]+?):\s*(?:name=(\w+))?")),
     ("task_result", re.compile(r"got result from client ([\w.@-]+) for task: name=(\w+)")),
     ("aggregation_started", re.compile(r"Start aggregation|aggregating \d+ update")),
     ("aggregation_finished", re.compile(r"End aggregation")),
@@ -44,12 +44,14 @@ class LogEvent:
     metrics: dict[str, float] | None = None
 
 
-def parse_line(line: str) -> LogEvent | None:
-    """The event a FLARE log line records, or None for the many lines the report does not use."""
-    stamp = _TIMESTAMP.match(line)
-    if not stamp:
+def parse_line(line: str, time: float | None = None) -> LogEvent | None:
+    """The event a FLARE log line records, or None for the many lines the report does not use.
+
+    A line without a timestamp is read at ``time`` (the last timestamp seen), or skipped without one.
+    """
+    time = _timestamp(line) or time
+    if time is None:
         return None
-    time = datetime.strptime(stamp.group(1).replace(".", ","), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     for kind, pattern in _PATTERNS:
         found = pattern.search(line)
         if found:
@@ -57,11 +59,18 @@ def parse_line(line: str) -> LogEvent | None:
     return None
 
 
+def _timestamp(line: str) -> float | None:
+    stamp = _TIMESTAMP.match(line)
+    if not stamp:
+        return None
+    return datetime.strptime(stamp.group(1).replace(".", ","), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def _event(kind: str, time: float, groups: tuple[str, ...]) -> LogEvent | None:
     if kind in ("round_started", "round_finished", "site_round_training"):
         return LogEvent(time, kind, round=int(groups[0]))
     if kind == "task_assigned":
-        return LogEvent(time, kind, task=groups[0], site=groups[1])
+        return LogEvent(time, kind, task=groups[0] or groups[2], site=groups[1])
     if kind == "task_result":
         return LogEvent(time, kind, site=groups[0], task=groups[1])
     if kind == "site_metric":
@@ -82,9 +91,22 @@ def _literal_dict(text: str) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))}
 
 
+class LogParser:
+    """Parses a log line by line. A line without a timestamp continues the one before: FLARE's ModelController
+    logs ``Round N started.`` centred on a line of its own, below the timestamped one."""
+
+    def __init__(self) -> None:
+        self._time: float | None = None
+
+    def parse(self, line: str) -> LogEvent | None:
+        self._time = _timestamp(line) or self._time
+        return parse_line(line, self._time)
+
+
 def parse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
     """The recognised events of a log, in order."""
+    parser = LogParser()
     for line in lines:
-        event = parse_line(line)
+        event = parser.parse(line)
         if event is not None:
             yield event

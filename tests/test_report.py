@@ -260,9 +260,8 @@ def simulate_command(tmp_path_factory: pytest.TempPathFactory, site_file: Path) 
     """``clara-fl simulate`` of a 3-round 2-site FedAvg with cross-site validation (the shape `clara-fl demo` runs):
     the workspace and what the command printed."""
     tmp = tmp_path_factory.mktemp("report_simulation")
-    job = create_job(
-        SPLEEN_MMAR, tmp / "job", "clara_fedavg_cse", num_rounds=3, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS
-    )
+    settings = {"num_rounds": 3, "local_epochs": 1, "min_clients": 2, "overrides": JOB_SETTINGS}
+    job = create_job(SPLEEN_MMAR, tmp / "job", "clara_fedavg_cse", **settings)
     workspace = tmp / "ws"
     printed = io.StringIO()
     with redirect_stdout(printed):

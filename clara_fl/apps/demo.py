@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clara_fl.apps.simulate import report, run_simulator
+    from clara_fl.apps.simulate import SIMULATOR_OUTPUT, report, run_simulator, write_html_report
     from clara_fl.data.synthetic import make_synthetic_dataset
     from clara_fl.fl.site import SITE_FILE_NAME
 
@@ -32,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
     site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data.root)}}, indent=2))
     simulation = workspace / "simulation"
     print(f"[2/3] simulating {args.job} with 2 sites (logs: {simulation}/server/log.txt) ...", flush=True)
-    log_path = workspace / "simulator_output.txt"
-    with open(log_path, "w") as log:
-        code = run_simulator(args.job, str(simulation), 2, 2, str(site_file), stdout=log)
+    log_path = simulation / SIMULATOR_OUTPUT
+    code = run_simulator(args.job, str(simulation), 2, 2, str(site_file))
     if code != 0:
         print(f"clara-fl demo: error: the simulator exited with code {code}; see {log_path}")
         return code
@@ -47,4 +46,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  TensorBoard:          tensorboard --logdir {job / 'tb_events'}   (every site's curves)")
     print(f"  per-case metrics:     {simulation}/site-N/simulate_job/app_site-N/eval/cross_site_val/<model>/")
     print(f"  simulator output:     {log_path}")
+    if result == 0:
+        write_html_report(str(simulation))
     return result

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
+SIMULATOR_OUTPUT = "simulator_output.txt"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("simulate", help="run a FLARE job in the simulator and print cross-site results")
@@ -23,7 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_simulator(
     job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
 ) -> int:
-    """``nvflare simulator`` in a child process; returns its exit code."""
+    """``nvflare simulator`` in a child process; returns its exit code.
+
+    Args:
+        stdout: an open file for the simulator's output; None writes it to WORKSPACE/simulator_output.txt
+            and shows one live progress line (round k of R, sites done, elapsed) on the terminal instead.
+    """
     from clara_fl.fl.policy import write_simulator_policy
     from clara_fl.fl.site import SITE_CONFIG_ENV
 
@@ -36,7 +43,65 @@ def run_simulator(
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
     command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]
     command += ["-n", str(n_clients), "-t", str(threads)]
-    return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
+    if stdout is not None:
+        return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+    return _run_with_progress(command, env, job, workspace, n_clients)
+
+
+def _run_with_progress(command: list[str], env: dict[str, str], job: str, workspace: str, n_clients: int) -> int:
+    """The simulator's output goes to WORKSPACE/simulator_output.txt; the terminal gets one live progress line,
+    read from the server's log as FLARE writes it."""
+    import threading
+    import time
+
+    from clara_fl.report.collect import job_rounds
+    from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
+
+    output_path = os.path.join(os.path.abspath(workspace), SIMULATOR_OUTPUT)
+    print(f"simulator output: {output_path}", flush=True)
+    progress = SimulationProgress(total_rounds=job_rounds(job), total_sites=n_clients)
+    follower = LogFollower(os.path.join(os.path.abspath(workspace), "server", "log.txt"))
+    # the simulator empties the workspace before it writes the server's log: the output file comes after that
+    output = DeferredOutput(output_path, ready=follower.is_fresh)
+    live = sys.stdout.isatty()  # a terminal gets one line redrawn; a log or pipe one line per step
+    shown = ""
+    start = time.monotonic()
+    if not live:
+        print(progress.line(0.0), flush=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    copier = threading.Thread(target=output.pump, args=(process.stdout,), daemon=True)
+    copier.start()
+    try:
+        while True:
+            finished = _wait(process, 0.5)
+            steps = progress.follow(follower)
+            elapsed = time.monotonic() - start
+            if live and progress.line(elapsed) != shown:
+                shown = progress.line(elapsed)
+                print(f"\r{shown:<100}", end="", flush=True)
+            elif not live:
+                for step in steps:
+                    print(progress.line(elapsed, step), flush=True)
+            if finished:
+                break
+    finally:
+        if process.poll() is None:  # interrupted: stop the simulator too
+            process.terminate()
+            process.wait()
+        copier.join(timeout=10)  # a stray grandchild may hold the pipe open: its output is not waited for
+        output.close()
+        follower.close()
+    if live:
+        print()
+    return process.returncode
+
+
+def _wait(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def report(workspace: str, metric: str) -> int:
@@ -57,4 +122,20 @@ def run(args: argparse.Namespace) -> int:
     if code != 0:
         print(f"clara-fl simulate: error: the simulator exited with code {code}", file=sys.stderr)
         return code
-    return report(args.workspace, args.metric)
+    code = report(args.workspace, args.metric)
+    if code == 0:
+        write_html_report(args.workspace)
+    return code
+
+
+def write_html_report(workspace: str) -> None:
+    """report.html for a finished run; a run that worked still counts as worked if drawing fails."""
+    from clara_fl.config.errors import describe_failure
+    from clara_fl.report.build import write_report
+
+    try:
+        written = write_report(workspace)
+    except Exception as e:  # the simulation's results are on disk either way
+        print(f"clara-fl: warning: no report.html: {describe_failure(e)}", file=sys.stderr)
+        return
+    print(f"report: {written.html}")

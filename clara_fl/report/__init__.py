@@ -1,0 +1,1 @@
+"""``clara-fl report``: a run's results as pictures and one self-contained HTML page."""

@@ -1,0 +1,149 @@
+"""What a report shows, as typed records: read by :mod:`clara_fl.report.readers`, put together by
+:mod:`clara_fl.report.collect`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+__all__ = [
+    "CaseScores",
+    "CrossSiteMatrix",
+    "Curve",
+    "RoundTiming",
+    "RunDescription",
+    "RunResults",
+    "SiteRoundTiming",
+    "lower_is_better",
+]
+
+LOWER_IS_BETTER = ("loss", "distance", "hausdorff", "error", "surface")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses and distances improve downwards; Dice, accuracy and the like upwards."""
+    return any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+@dataclass
+class Curve:
+    """One scalar tag of one site (or of a standalone run) against the step it was logged at."""
+
+    tag: str
+    steps: list[float]
+    values: list[float]
+
+
+@dataclass
+class CrossSiteMatrix:
+    """``cross_val_results.json``: rows data sites, columns model owners, each cell a dict of metrics or None.
+
+    A cell is None when the owner's model was not validated at that site (a failed or missing task),
+    or when FLARE recorded something other than metrics.
+    """
+
+    sites: list[str]
+    owners: list[str]
+    cells: dict[tuple[str, str], dict[str, float] | None]
+
+    def value(self, site: str, owner: str, metric: str) -> float | None:
+        metrics = self.cells.get((site, owner))
+        return metrics.get(metric) if metrics else None
+
+    def metrics(self) -> list[str]:
+        names = {name for cell in self.cells.values() if cell for name in cell}
+        return sorted(names)
+
+
+@dataclass
+class SiteRoundTiming:
+    """When the server gave a site its train task and when the result came back (seconds from the job start)."""
+
+    assigned: float | None = None
+    returned: float | None = None
+
+
+@dataclass
+class RoundTiming:
+    """One training round, from the server's log (seconds from the job start)."""
+
+    round: int
+    started: float
+    finished: float | None = None
+    aggregation_started: float | None = None
+    aggregation_finished: float | None = None
+    sites: dict[str, SiteRoundTiming] = field(default_factory=dict)
+
+    def training_time(self, site: str) -> float | None:
+        timing = self.sites.get(site)
+        if timing is None or timing.assigned is None or timing.returned is None:
+            return None
+        return timing.returned - timing.assigned
+
+    def waiting_time(self, site: str) -> float | None:
+        """Idle time of a site in the round: before its task arrived and after its result, until aggregation."""
+        timing = self.sites.get(site)
+        end = self.aggregation_started if self.aggregation_started is not None else self.finished
+        if timing is None or timing.assigned is None or timing.returned is None or end is None:
+            return None
+        return max(0.0, timing.assigned - self.started) + max(0.0, end - timing.returned)
+
+    def aggregation_time(self) -> float | None:
+        end = self.aggregation_finished if self.aggregation_finished is not None else self.finished
+        if self.aggregation_started is None or end is None:
+            return None
+        return max(0.0, end - self.aggregation_started)
+
+    def slowest_site(self) -> str | None:
+        returned = {s: t.returned for s, t in self.sites.items() if t.returned is not None}
+        return max(returned, key=returned.__getitem__) if returned else None
+
+
+@dataclass
+class CaseScores:
+    """Per-case values of one metric from a MetricsSaver ``<metric>_raw.csv``."""
+
+    metric: str
+    site: str
+    model: str
+    cases: list[tuple[str, float]]
+    source: Path
+
+    @property
+    def lower_is_better(self) -> bool:
+        return lower_is_better(self.metric)
+
+
+@dataclass
+class RunDescription:
+    """What ran: for the report's header."""
+
+    kind: str  # "federated" or "standalone"
+    path: Path
+    mmar: str
+    algorithm: str
+    rounds: int | None
+    sites: list[str]
+    key_metric: str
+    started: datetime | None
+    epochs_per_round: int | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResults:
+    """Everything a report shows, read from one run."""
+
+    description: RunDescription
+    cross_site: CrossSiteMatrix | None
+    curves: dict[str, dict[str, Curve]]  # site (or "local" for a standalone run) -> tag -> curve
+    global_model: dict[str, dict[int, dict[str, float]]]  # site -> round -> metrics of the global model
+    timeline: list[RoundTiming]
+    case_scores: list[CaseScores]
+
+    def cross_site_metric(self) -> str:
+        """The key metric, or the results' first metric when the cross-site validation did not report it."""
+        names = self.cross_site.metrics() if self.cross_site else []
+        key = self.description.key_metric
+        return key if key in names or not names else names[0]

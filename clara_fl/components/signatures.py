@@ -16,9 +16,9 @@ T = TypeVar("T", bound=type)
 
 def with_base_signature(cls: T) -> T:
     """Class decorator: ``cls.__signature__`` = its own parameters, then its base class's, without ``**kwargs``."""
-    own = inspect.signature(cls.__init__)
+    own = inspect.signature(cls)
     base = inspect.signature(cls.__mro__[1])
-    params = [p for name, p in own.parameters.items() if name != "self" and p.kind is not p.VAR_KEYWORD]
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
     names = {p.name for p in params}
     extra = [p for p in base.parameters.values() if p.name not in names and p.kind is not p.VAR_KEYWORD]
     keyword_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra if p.kind is not p.VAR_POSITIONAL]

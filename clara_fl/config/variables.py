@@ -121,8 +121,8 @@ class Variables:
         table._mmar_root = mmar_root
         # Values may refer to other variables ("{DATA_ROOT}/dataset.json"); resolve them in place.
         for name in list(raw):
-            source = environment_file if environment and name in environment else file
-            table._values[name] = table._resolve_value(name, raw[name], source, set())
+            origin = environment_file if environment and name in environment else file
+            table._values[name] = table._resolve_value(name, raw[name], origin, set())
         return table
 
     def _as_path(self, name: str, value: Any) -> Any:

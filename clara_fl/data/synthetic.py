@@ -154,9 +154,9 @@ def make_synthetic_dataset(
     site_datalists: dict[str, Path] = {}
     for k in range(sites):
         name = f"site-{k + 1}"
-        path = root / f"dataset_{name}.json"
-        _write_json(path, {"training": training[k::sites], "validation": validation[k::sites], "test": test})
-        site_datalists[name] = path
+        site_list = root / f"dataset_{name}.json"
+        _write_json(site_list, {"training": training[k::sites], "validation": validation[k::sites], "test": test})
+        site_datalists[name] = site_list
     return SyntheticDataset(root=root, dataset_json=dataset_json, site_datalists=site_datalists, num_cases=cases)
 
 

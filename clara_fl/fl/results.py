@@ -17,7 +17,8 @@ def find_cross_site_results(workspace: str | os.PathLike) -> Path | None:
     """The newest non-empty cross_val_results.json under a simulator workspace or downloaded job."""
     found = sorted(Path(workspace).rglob(RESULTS_NAME), key=lambda p: p.stat().st_mtime)
     non_empty = [p for p in found if p.stat().st_size > 2]
-    return (non_empty or found or [None])[-1]
+    candidates = non_empty or found
+    return candidates[-1] if candidates else None
 
 
 def load_cross_site_results(path: str | os.PathLike) -> dict[str, dict[str, dict[str, Any]]]:

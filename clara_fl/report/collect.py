@@ -110,7 +110,7 @@ def _describe_algorithm(server: dict[str, Any]) -> tuple[str, int | None, str | 
     if aggregator and names:
         names[0] = f"{names[0]} ({aggregator})"
     rounds = next((w.get("args", {}).get("num_rounds") for w in workflows if "num_rounds" in w.get("args", {})), None)
-    selector = next((c.get("args", {}) for c in components if "key_metric" in c.get("args", {})), {})
+    selector: dict[str, Any] = next((c.get("args", {}) for c in components if "key_metric" in c.get("args", {})), {})
     key_metric = selector.get("key_metric")
     return " + ".join(names) or "unknown", rounds, key_metric
 

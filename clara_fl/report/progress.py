@@ -151,7 +151,8 @@ class DeferredOutput:
         if self._file is None:
             self._open()
         self._closed = True
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def _open(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

@@ -6,6 +6,7 @@ import numbers
 from typing import Any
 
 from clara_fl.config.mmar import LoadedConfig
+from clara_fl.config.restrictions import CodePolicy
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.workflows.build import build_components, require
 from clara_fl.workflows.train import _attach_progress_bar, _interactive
@@ -24,7 +25,7 @@ class EvaluateWorkflow:
         self.network = self.evaluator.network
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full") -> EvaluateWorkflow:
+    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full") -> EvaluateWorkflow:
         resolver, context = build_components(loaded, context, code_policy)
         return cls(loaded, resolver, context)
 
@@ -41,6 +42,6 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     for name, value in metrics.items():
         if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
             value = value.item()
-        if isinstance(value, numbers.Number):
+        if isinstance(value, numbers.Real):
             out[name] = float(value)
     return out

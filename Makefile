@@ -24,6 +24,12 @@ test: setup
 clean:
 	rm -rf demo_workspace .pytest_cache
 
+# Every CUDA path (AMP, TF32, cuDNN benchmark, NCCL DDP, an FL round) in one run on a GPU machine;
+# figures in bench/results/gpu_check.json. Without a GPU it says so and checks nothing.
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) bench/gpu_check.py
+
 # Benchmarks against named baselines (not part of `make test`): table on stdout, bench/results/latest.json.
 .PHONY: bench
 bench: setup

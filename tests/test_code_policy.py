@@ -16,6 +16,7 @@ from clara_fl.config.expressions import RestrictedEvaluator
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import Restrictions
 from tests.conftest import REFERENCE, SPLEEN_MMAR, tiny_set
+from tests.test_reliability import fl_site, site_ctx  # noqa: F401  (fl_site is a fixture used here)
 
 REPO = Path(__file__).resolve().parents[1]
 ISSUE_EXAMPLE = "#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
@@ -250,23 +251,10 @@ def test_arguments_that_unpickle_are_refused(tmp_path: Path, transform: dict, ke
 
 def fl_learner_error(app: Path, workspace: Path) -> str | None:
     from clara_fl.fl.learner import ClaraLearner
-    from tests.test_reliability import site_ctx
 
     learner = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     learner.initialize({}, site_ctx(app, workspace))
     return learner._init_error
-
-
-@pytest.fixture
-def fl_site(tmp_path: Path, synthetic_data):
-    """A site workspace whose app folder is the spleen MMAR and whose site file names the data."""
-    from tests.conftest import copy_mmar
-
-    workspace = tmp_path / "site-1"
-    app = copy_mmar(SPLEEN_MMAR, workspace / "job" / "app_site-1", synthetic_data.root)
-    (workspace / "local").mkdir(parents=True)
-    (workspace / "local" / "clara_fl_site.json").write_text(json.dumps({"environment": {"DATA_ROOT": str(synthetic_data.root)}}))
-    return app, workspace
 
 
 def set_environment(app: Path, **values: object) -> None:

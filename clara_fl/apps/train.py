@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
 
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.runtime.distributed import is_main_process
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import RESUME_STATE_FILE, RESUME_STATE_MIN_SECONDS, TrainWorkflow
 
@@ -49,4 +51,39 @@ def run(args: argparse.Namespace) -> int:
         "training done: %d epochs, %d iterations, %.1f s; best %s: %s; checkpoints in %s",
         stats.epochs_completed, stats.total_iterations, stats.total_time_s, stats.key_metric_name, best, workflow.ckpt_dir,
     )
+    if is_main_process():
+        note = no_validation_note(workflow)
+        if note:
+            logger.warning(note)
     return 0
+
+
+def no_validation_note(workflow: Any) -> str | None:
+    """What to say when no validation ever ran, so no best key-metric ``model.pt`` was written; else None.
+
+    Args:
+        workflow: the TrainWorkflow that has run.
+    """
+    import os
+
+    from clara_fl.config.model_hints import FINAL_MODEL_NAME
+
+    evaluator = workflow.evaluator
+    if evaluator is not None and evaluator.state.best_metric_epoch >= 0:
+        return None
+    if evaluator is None:
+        why = "the config has no validate section"
+    else:
+        interval = workflow.loaded.variables.get("num_interval_per_valid")
+        every = f" (it runs every num_interval_per_valid={interval} epochs)" if interval else ""
+        why = f"no validation ran in {workflow.stats.epochs_completed} epoch(s){every}"
+    root = os.path.abspath(workflow.loaded.mmar_root)
+    shown = lambda p: os.path.relpath(p, root) if os.path.abspath(p).startswith(root + os.sep) else p  # noqa: E731
+    final = os.path.join(workflow.ckpt_dir, FINAL_MODEL_NAME)
+    if not os.path.isfile(final):
+        return f"{why}: no best key-metric checkpoint (model.pt) was written, and no {shown(final)} either"
+    stale = " (the model.pt there is from an earlier run)" if os.path.isfile(os.path.join(workflow.ckpt_dir, "model.pt")) else ""
+    return (
+        f"{why}: no best key-metric checkpoint (model.pt) was written{stale}; the trained weights are in {shown(final)}: "
+        f"export --model_path {shown(final)}, validate or fine-tune with --set MMAR_CKPT={shown(final)}"
+    )

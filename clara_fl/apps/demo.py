@@ -19,10 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.apps.common import check_simulation
     from clara_fl.apps.simulate import report, run_simulator
     from clara_fl.data.synthetic import make_synthetic_dataset
     from clara_fl.fl.site import SITE_FILE_NAME
 
+    check_simulation(args.job, 2, 2)
     workspace = Path(args.workspace).resolve()
     start = time.perf_counter()
     data = make_synthetic_dataset(workspace / "data", cases=12, sites=2, shape=(48, 48, 48))

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args, non_negative_float
 
 logger = logging.getLogger("clara_fl.train")
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue an interrupted run from MMAR_CKPT_DIR/train_state.pt (weights, optimizer, scheduler, epoch, best metric)",
     )
     parser.add_argument(
-        "--resume_state_every", type=float, default=None, metavar="SECONDS",
+        "--resume_state_every", type=non_negative_float, default=None, metavar="SECONDS",
         help="write train_state.pt at validation intervals at most once per SECONDS, and at the end "
         "(default 60; 0 writes it at every validation interval)",
     )
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     with build_once():
         workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
-    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else max(0.0, args.resume_state_every)
+    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else args.resume_state_every
     workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1, min_seconds)
     if args.resume:
         epoch = workflow.resume()

@@ -33,9 +33,12 @@ def final_model_hint(missing: str, wanted_by: str, mmar_root: str | None = None)
     Returns:
         ``" (models/final_model.pt holds ...: use it with ...)"``, or ``""`` when there is no such file.
     """
-    final = os.path.join(os.path.dirname(missing), FINAL_MODEL_NAME)
+    folder = os.path.dirname(missing)
+    final = os.path.join(folder, FINAL_MODEL_NAME)
     if os.path.basename(missing) == FINAL_MODEL_NAME or not os.path.isfile(final):
         return ""
+    if wanted_by == "ts_path" and os.path.isfile(os.path.join(folder, "model.pt")):
+        return ""  # a best model exists: what is missing is its export, not the weights
     shown = final
     if mmar_root and os.path.abspath(final).startswith(os.path.abspath(mmar_root) + os.sep):
         shown = os.path.relpath(os.path.abspath(final), os.path.abspath(mmar_root))

@@ -68,7 +68,9 @@ def test_export_of_the_missing_model_pt_names_final_model_pt_and_the_flag(unvali
 def test_validating_the_missing_checkpoint_names_final_model_pt_and_the_set(unvalidated_spleen, capsys) -> None:
     mmar, _ = unvalidated_spleen
 
-    code = main(["validate", "-m", str(mmar), "--set", *tiny_set(), "dont_load_ts_model=True", "dont_load_ckpt_model=False"])
+    checkpoint_entry = ["dont_load_ts_model=True", "dont_load_ckpt_model=False"]
+
+    code = main(["validate", "-m", str(mmar), "--set", *tiny_set(), *checkpoint_entry])
 
     line = error_line(capsys)
     assert code == 2 and "model.ckpt_path" in line.replace("[1]", "")  # the config item that names the file
@@ -82,13 +84,16 @@ def test_validating_the_missing_torchscript_names_final_model_pt_and_the_set(unv
 
     line = error_line(capsys)
     assert code == 2 and "model.ts" in line
-    assert "use it with --set dont_load_ts_model=True dont_load_ckpt_model=False MMAR_CKPT=models/final_model.pt" in line
+    suggested = "--set dont_load_ts_model=True dont_load_ckpt_model=False MMAR_CKPT=models/final_model.pt"
+    assert f"use it with {suggested}" in line
 
 
 def test_fine_tuning_without_model_pt_names_final_model_pt_and_the_set(unvalidated_spleen, capsys) -> None:
     mmar, _ = unvalidated_spleen
 
-    code = main(["train", "-m", str(mmar), "-c", "config/config_finetune.json", "--set", *tiny_set(), "dont_load_ckpt_model=False"])
+    finetune = ["-c", "config/config_finetune.json"]
+
+    code = main(["train", "-m", str(mmar), *finetune, "--set", *tiny_set(), "dont_load_ckpt_model=False"])
 
     line = error_line(capsys)
     assert code == 2 and "checkpoint to load not found" in line
@@ -139,7 +144,9 @@ def test_no_final_model_hint_for_a_missing_torchscript_when_model_pt_exists(tmp_
     ],
     ids=lambda argv: " ".join(a for a in argv if a.startswith("-") and a not in ("-m", "-o", "-w")),
 )
-def test_a_count_below_one_is_a_usage_error_and_nothing_is_written(argv: list[str], tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_count_below_one_is_a_usage_error_and_nothing_is_written(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
 
     with pytest.raises(SystemExit) as exit_info:
@@ -252,7 +259,7 @@ def final_model_validated(selector: GlobalModelSelector, metrics_by_site: dict) 
 def test_a_final_global_model_better_than_the_best_becomes_the_best() -> None:
     selector = _RecordingSelector(best_so_far=0.5)
 
-    final_model_validated(selector, {"site-1": {"val_mean_dice": 0.7, "val_acc": 0.9}, "site-2": {"val_mean_dice": 0.4}})
+    final_model_validated(selector, {"site-1": {"val_mean_dice": 0.7}, "site-2": {"val_mean_dice": 0.4}})
 
     assert selector.fired == [AppEventType.GLOBAL_BEST_MODEL_AVAILABLE]
     assert selector.best_raw_val_metric == pytest.approx(0.55)
@@ -267,7 +274,9 @@ def test_a_final_global_model_worse_than_the_best_leaves_the_best_as_it_is() -> 
     assert selector.best_raw_val_metric == 0.5
 
 
-def test_the_best_global_model_scores_at_least_the_last_global_model(tmp_path: Path, site_file: Path) -> None:  # noqa: F811
+def test_the_best_global_model_scores_at_least_the_last_global_model(
+    tmp_path: Path, site_file: Path  # noqa: F811
+) -> None:
     _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=3, local_epochs=1)
 
     mean = lambda owner: sum(results[site][owner]["val_mean_dice"] for site in SITES) / len(SITES)  # noqa: E731

@@ -45,14 +45,16 @@ def non_negative_float(text: str) -> float:
 def require_folder(path: str, option: str, what: str = "folder") -> str:
     """``path`` if it is a folder; else a ConfigError naming ``option``."""
     if not os.path.isdir(path):
-        raise ConfigError(f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a file", file=path, path=option)
+        problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a file"
+        raise ConfigError(problem, file=path, path=option)
     return path
 
 
 def require_file(path: str, option: str, what: str = "file") -> str:
     """``path`` if it is a file; else a ConfigError naming ``option``."""
     if not os.path.isfile(path):
-        raise ConfigError(f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a folder", file=path, path=option)
+        problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a folder"
+        raise ConfigError(problem, file=path, path=option)
     return path
 
 
@@ -97,10 +99,12 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
     require_folder(folder, option, "job folder")
     meta_file = os.path.join(folder, "meta.json")
     if not os.path.isfile(meta_file):
-        raise ConfigError("not a FLARE job: meta.json is missing (clara-fl job create writes a complete job)", file=folder, path=option)
+        problem = "not a FLARE job: meta.json is missing (clara-fl job create writes a complete job)"
+        raise ConfigError(problem, file=folder, path=option)
     meta = load_json(meta_file, "job meta file")
     if not isinstance(meta, dict) or not isinstance(meta.get("deploy_map"), dict) or not meta["deploy_map"]:
-        raise ConfigError("a FLARE job's meta.json needs a 'deploy_map' object, e.g. {\"app\": [\"@ALL\"]}", file=meta_file, path="deploy_map")
+        problem = """a FLARE job's meta.json needs a 'deploy_map' object, e.g. {"app": ["@ALL"]}"""
+        raise ConfigError(problem, file=meta_file, path="deploy_map")
     apps = [os.path.join(folder, app, "config") for app in meta["deploy_map"]]
     found = {
         side: next((os.path.join(a, f"config_fed_{side}.{ext}") for a in apps for ext in ("json", "conf")
@@ -154,10 +158,15 @@ def check_simulation(job: str, n_clients: int, threads: int, site_config: str | 
             raise ConfigError(f"must be at least 1, got {value}", path=option)
     flare_job = require_flare_job(job)
     if threads > n_clients:
-        raise ConfigError(f"{threads} threads for {n_clients} site(s): FLARE's simulator runs at most one thread per site", path="-t")
+        raise ConfigError(
+            f"{threads} threads for {n_clients} site(s): FLARE's simulator runs at most one thread per site", path="-t"
+        )
     needed = flare_job.sites_needed()
     if needed and needed[0] > n_clients:
-        raise ConfigError(f"the job needs {needed[0]} sites ({needed[1]}) but the simulation has {n_clients}: use -n {needed[0]}", file=job, path="-n")
+        raise ConfigError(
+            f"the job needs {needed[0]} sites ({needed[1]}) but the simulation has {n_clients}: use -n {needed[0]}",
+            file=job, path="-n",
+        )
     if site_config is not None:
         read_site_file(require_file(site_config, "--site-config", "site file"))
     return flare_job

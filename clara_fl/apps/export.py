@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     in_mmar = lambda p: p if os.path.isabs(p) else os.path.join(root, p)  # noqa: E731
     model_path = in_mmar(args.model_path)
     if not os.path.isfile(model_path):
-        raise ConfigError(f"checkpoint not found{final_model_hint(model_path, '--model_path', root)}", file=model_path, path="--model_path")
+        hint = final_model_hint(model_path, "--model_path", root)
+        raise ConfigError(f"checkpoint not found{hint}", file=model_path, path="--model_path")
     how = export_torchscript(model_path, in_mmar(args.output_path), shape, mmar_root=root)
     print(f"saved {in_mmar(args.output_path)} (torch.jit.{how})")
     return 0

@@ -19,7 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--num-rounds", type=positive_int, help="FL rounds")
     create.add_argument("--local-epochs", type=positive_int, help="local epochs per round at each site")
     create.add_argument("--min-clients", type=positive_int, help="sites needed per round")
-    create.add_argument("--nproc-per-site", type=positive_int, help="DDP processes each site trains with (sets multi_gpu=True)")
+    create.add_argument(
+        "--nproc-per-site", type=positive_int, help="DDP processes each site trains with (sets multi_gpu=True)"
+    )
     create.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help="values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)

@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("job", help="job folder (e.g. from clara-fl job create)")
     parser.add_argument("-w", "--workspace", required=True, help="simulator workspace")
     parser.add_argument("-n", "--n-clients", type=positive_int, default=2, help="simulated sites (default 2)")
-    parser.add_argument("-t", "--threads", type=positive_int, default=2, help="sites run at once, at most -n (default 2)")
+    parser.add_argument("-t", "--threads", type=positive_int, default=2, help="sites run at once, <= -n (default 2)")
     parser.add_argument("--site-config", help="site file with the sites' data locations (sets $CLARA_FL_SITE_CONFIG)")
     parser.add_argument("--metric", default="val_mean_dice", help="metric shown in the table")
     parser.set_defaults(run=run)

@@ -82,8 +82,10 @@ def no_validation_note(workflow: Any) -> str | None:
     final = os.path.join(workflow.ckpt_dir, FINAL_MODEL_NAME)
     if not os.path.isfile(final):
         return f"{why}: no best key-metric checkpoint (model.pt) was written, and no {shown(final)} either"
-    stale = " (the model.pt there is from an earlier run)" if os.path.isfile(os.path.join(workflow.ckpt_dir, "model.pt")) else ""
+    stale = os.path.isfile(os.path.join(workflow.ckpt_dir, "model.pt"))
     return (
-        f"{why}: no best key-metric checkpoint (model.pt) was written{stale}; the trained weights are in {shown(final)}: "
+        f"{why}: no best key-metric checkpoint (model.pt) was written"
+        f"{' (the model.pt there is from an earlier run)' if stale else ''}; "
+        f"the trained weights are in {shown(final)}: "
         f"export --model_path {shown(final)}, validate or fine-tune with --set MMAR_CKPT={shown(final)}"
     )

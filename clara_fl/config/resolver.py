@@ -432,7 +432,9 @@ class ConfigResolver:
                 file = os.path.join(self.context.mmar_root, file)
             if not os.path.isfile(file):
                 hint = final_model_hint(file, kind, self.context.mmar_root)
-                raise ConfigError(f"model file not found: {file}{hint}", file=self.file, path=json_path(entry_path, kind))
+                raise ConfigError(
+                    f"model file not found: {file}{hint}", file=self.file, path=json_path(entry_path, kind)
+                )
             if self.dry_run:
                 return _Planned(kind, entry_path)
             from clara_fl.runtime.checkpoint import load_checkpoint_model, load_torchscript_model

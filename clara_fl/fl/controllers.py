@@ -53,7 +53,9 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         *args, **kwargs: FLARE's ScatterAndGather arguments.
     """
 
-    def __init__(self, *args: Any, final_validation_task_name: str = "", final_validation_timeout: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, final_validation_task_name: str = "", final_validation_timeout: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.final_validation_task_name = final_validation_task_name
         self.final_validation_timeout = final_validation_timeout
@@ -71,7 +73,8 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
             site, result = client_task.client.name, client_task.result
             client_task.result = None
             if result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
-                self.log_warning(fl_ctx, f"{site} could not validate the final global model: {result.get_return_code()}")
+                code = result.get_return_code()
+                self.log_warning(fl_ctx, f"{site} could not validate the final global model: {code}")
                 return
             try:
                 dxo = from_shareable(result)

@@ -55,7 +55,8 @@ class GlobalModelSelector(IntimeModelSelector):
             dxo = from_shareable(peer_ctx.get_prop(FLContextKey.SHAREABLE))
         except Exception:  # not a DXO: IntimeModelSelector logs it
             return
-        self._last_steps[peer_ctx.get_identity_name(default="?")] = float(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1.0))
+        steps = float(dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 1.0))
+        self._last_steps[peer_ctx.get_identity_name(default="?")] = steps
 
     def _score_final_model(self, metrics_by_site: Mapping[str, Any], fl_ctx: FLContext) -> None:
         self._reset_stats()
@@ -69,14 +70,16 @@ class GlobalModelSelector(IntimeModelSelector):
             if not math.isfinite(value):
                 self.log_warning(fl_ctx, f"final global model: `{self.key_metric}` {value} from {site} is not finite")
                 continue
-            weight = self.aggregation_weights.get(site, 1.0) * (self._last_steps.get(site, 1.0) if self.weigh_by_local_iter else 1.0)
+            steps = self._last_steps.get(site, 1.0) if self.weigh_by_local_iter else 1.0
+            weight = self.aggregation_weights.get(site, 1.0) * steps
             self.validation_metric_weighted_sum += (-value if self.negate_key_metric else value) * weight
             self.raw_validation_metric_weighted_sum += value * weight
             self.validation_metric_sum_of_weights += weight
         if self.validation_metric_sum_of_weights == 0:
-            self.log_warning(fl_ctx, "final global model: no site reported its key metric; the best global model stays as it is")
+            self.log_warning(fl_ctx, "final global model: no site reported its key metric; the best stays as it is")
             return
         mean = self.raw_validation_metric_weighted_sum / self.validation_metric_sum_of_weights
         best = "none yet" if self.best_raw_val_metric is None else f"{self.best_raw_val_metric:.4f}"
-        self.log_info(fl_ctx, f"final global model: {self.key_metric} {mean:.4f} over {len(metrics_by_site)} site(s); best so far {best}")
+        sites = len(metrics_by_site)
+        self.log_info(fl_ctx, f"final global model: {self.key_metric} {mean:.4f} ({sites} sites); best so far {best}")
         self._before_aggregate(fl_ctx)  # compares with the best and fires GLOBAL_BEST_MODEL_AVAILABLE if better

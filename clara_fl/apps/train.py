@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def no_validation_note(workflow: Any) -> str | None:
-    """What to say when no validation ever ran, so no best key-metric ``model.pt`` was written; else None.
+    """What to say when the config validates but no validation ran, so no best key-metric ``model.pt``
+    came from this run; else None.
 
     Args:
         workflow: the TrainWorkflow that has run.
@@ -69,23 +70,18 @@ def no_validation_note(workflow: Any) -> str | None:
     from clara_fl.config.model_hints import FINAL_MODEL_NAME
 
     evaluator = workflow.evaluator
-    if evaluator is not None and evaluator.state.best_metric_epoch >= 0:
+    if evaluator is None or evaluator.state.best_metric_epoch >= 0:
         return None
-    if evaluator is None:
-        why = "the config has no validate section"
-    else:
-        interval = workflow.loaded.variables.get("num_interval_per_valid")
-        every = f" (it runs every num_interval_per_valid={interval} epochs)" if interval else ""
-        why = f"no validation ran in {workflow.stats.epochs_completed} epoch(s){every}"
+    interval = workflow.loaded.variables.get("num_interval_per_valid")
+    every = f" (it runs every num_interval_per_valid={interval} epochs)" if interval else ""
+    epochs = workflow.stats.epochs_completed
+    why = f"no validation ran in {epochs} epoch(s){every}: this run wrote no best key-metric model.pt"
     root = os.path.abspath(workflow.loaded.mmar_root)
     shown = lambda p: os.path.relpath(p, root) if os.path.abspath(p).startswith(root + os.sep) else p  # noqa: E731
     final = os.path.join(workflow.ckpt_dir, FINAL_MODEL_NAME)
     if not os.path.isfile(final):
-        return f"{why}: no best key-metric checkpoint (model.pt) was written, and no {shown(final)} either"
-    stale = os.path.isfile(os.path.join(workflow.ckpt_dir, "model.pt"))
+        return f"{why}, and no {shown(final)} either"
     return (
-        f"{why}: no best key-metric checkpoint (model.pt) was written"
-        f"{' (the model.pt there is from an earlier run)' if stale else ''}; "
-        f"the trained weights are in {shown(final)}: "
+        f"{why}; the trained weights are in {shown(final)}: "
         f"export --model_path {shown(final)}, validate or fine-tune with --set MMAR_CKPT={shown(final)}"
     )

@@ -62,7 +62,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         super().control_flow(abort_signal, fl_ctx)
-        all_rounds_done = self._current_round == self._start_round + self._num_rounds
+        all_rounds_done = self._num_rounds > 0 and self._current_round == self._start_round + self._num_rounds
         if self.final_validation_task_name and all_rounds_done and not abort_signal.triggered:
             self._validate_final_global_model(abort_signal, fl_ctx)
 

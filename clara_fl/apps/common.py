@@ -1,11 +1,125 @@
-"""Arguments every MMAR command shares (Clara's -m/-c/-e/--set)."""
+"""Arguments every MMAR command shares (Clara's -m/-c/-e/--set), and checks of command-line input.
+
+Every command checks its own arguments before anything runs or is written: counts through the
+argparse types here (a one-line usage error, exit 2), folders and files through the ``require_*``
+functions (a one-line :class:`ConfigError`, exit 2).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["add_mmar_arguments", "load_from_args", "code_policy"]
+from clara_fl.config.errors import ConfigError
+
+__all__ = [
+    "add_mmar_arguments", "load_from_args", "code_policy", "positive_int", "non_negative_float",
+    "require_folder", "require_file", "require_mmar", "require_flare_job", "FlareJob",
+]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def require_folder(path: str, option: str, what: str = "folder") -> str:
+    """``path`` if it is a folder; else a ConfigError naming ``option``."""
+    if not os.path.isdir(path):
+        problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a file"
+        raise ConfigError(problem, file=path, path=option)
+    return path
+
+
+def require_file(path: str, option: str, what: str = "file") -> str:
+    """``path`` if it is a file; else a ConfigError naming ``option``."""
+    if not os.path.isfile(path):
+        problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a folder"
+        raise ConfigError(problem, file=path, path=option)
+    return path
+
+
+def require_mmar(path: str, option: str = "--mmar") -> str:
+    """``path`` if it is an MMAR (a folder with config/config_train.json); else a ConfigError."""
+    require_folder(path, option, "MMAR folder")
+    if not os.path.isfile(os.path.join(path, "config", "config_train.json")):
+        raise ConfigError("not an MMAR: config/config_train.json is missing", file=path, path=option)
+    return path
+
+
+@dataclass
+class FlareJob:
+    """What a command needs to know about a FLARE job folder before handing it to FLARE."""
+
+    folder: str
+    meta: dict[str, Any]
+    server_config: dict[str, Any] | None
+
+    def sites_needed(self) -> tuple[int, str] | None:
+        """The most sites the job needs at once and where it says so: meta.json's ``min_clients`` or a
+        server workflow's ``min_clients``/``num_clients``; None if it names no number."""
+        found: list[tuple[int, str]] = []
+        if isinstance(self.meta.get("min_clients"), int):
+            found.append((self.meta["min_clients"], "meta.json: min_clients"))
+        for workflow in (self.server_config or {}).get("workflows", []):
+            args = workflow.get("args", {}) if isinstance(workflow, dict) else {}
+            for key in ("min_clients", "num_clients"):
+                if isinstance(args.get(key), int) and not isinstance(args.get(key), bool):
+                    found.append((args[key], f"config_fed_server.json: workflows[{workflow.get('id')}].args.{key}"))
+        return max(found, key=lambda f: f[0]) if found else None
+
+
+def require_flare_job(folder: str, option: str = "job") -> FlareJob:
+    """A FLARE job folder: ``meta.json`` with a ``deploy_map`` whose apps have a client and a server config.
+
+    Raises:
+        ConfigError: the folder, meta.json or an app config is missing or unreadable.
+    """
+    from clara_fl.config.jsonio import load_json
+
+    require_folder(folder, option, "job folder")
+    meta_file = os.path.join(folder, "meta.json")
+    if not os.path.isfile(meta_file):
+        problem = "not a FLARE job: meta.json is missing (clara-fl job create writes a complete job)"
+        raise ConfigError(problem, file=folder, path=option)
+    meta = load_json(meta_file, "job meta file")
+    if not isinstance(meta, dict) or not isinstance(meta.get("deploy_map"), dict) or not meta["deploy_map"]:
+        problem = """a FLARE job's meta.json needs a 'deploy_map' object, e.g. {"app": ["@ALL"]}"""
+        raise ConfigError(problem, file=meta_file, path="deploy_map")
+    apps = [os.path.join(folder, app, "config") for app in meta["deploy_map"]]
+    found = {
+        side: next((os.path.join(a, f"config_fed_{side}.{ext}") for a in apps for ext in ("json", "conf")
+                    if os.path.isfile(os.path.join(a, f"config_fed_{side}.{ext}"))), None)
+        for side in ("client", "server")
+    }
+    for side, path in found.items():
+        if path is None:
+            names = ", ".join(os.path.relpath(a, folder) for a in apps)
+            raise ConfigError(f"not a FLARE job: no config_fed_{side}.json in {names}", file=folder, path=option)
+    server_config = None
+    if found["server"] and found["server"].endswith(".json"):
+        loaded = load_json(found["server"], "server config")
+        server_config = loaded if isinstance(loaded, dict) else None
+    return FlareJob(folder, meta, server_config)
 
 
 def add_mmar_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
@@ -28,3 +142,31 @@ def load_from_args(args: argparse.Namespace) -> Any:
 
 def code_policy(args: argparse.Namespace) -> str:
     return "restricted" if getattr(args, "safe", False) else "full"
+
+
+def check_simulation(job: str, n_clients: int, threads: int, site_config: str | None = None) -> FlareJob:
+    """Everything ``nvflare simulator`` would otherwise trip over, checked first.
+
+    Raises:
+        ConfigError: no FLARE job at ``job``; counts below 1; more threads than sites; fewer sites than
+            the job needs; a site file that is missing or not a site file.
+    """
+    from clara_fl.fl.site import read_site_file
+
+    for value, option in ((n_clients, "-n"), (threads, "-t")):
+        if value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", path=option)
+    flare_job = require_flare_job(job)
+    if threads > n_clients:
+        raise ConfigError(
+            f"{threads} threads for {n_clients} site(s): FLARE's simulator runs at most one thread per site", path="-t"
+        )
+    needed = flare_job.sites_needed()
+    if needed and needed[0] > n_clients:
+        raise ConfigError(
+            f"the job needs {needed[0]} sites ({needed[1]}) but the simulation has {n_clients}: use -n {needed[0]}",
+            file=job, path="-n",
+        )
+    if site_config is not None:
+        read_site_file(require_file(site_config, "--site-config", "site file"))
+    return flare_job

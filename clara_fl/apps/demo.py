@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -19,17 +18,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.apps.common import check_simulation
     from clara_fl.apps.simulate import SIMULATOR_OUTPUT, report, run_simulator, write_html_report
     from clara_fl.data.synthetic import make_synthetic_dataset
     from clara_fl.fl.site import SITE_FILE_NAME
+    from clara_fl.runtime.files import write_json_atomic
 
+    check_simulation(args.job, 2, 2)
     workspace = Path(args.workspace).resolve()
     start = time.perf_counter()
     data = make_synthetic_dataset(workspace / "data", cases=12, sites=2, shape=(48, 48, 48))
     print(f"[1/3] synthetic CT data for 2 sites: {data.root}")
     # The job carries no data paths: each site's DATA_ROOT comes from a site file (local/ in a real site).
     site_file = workspace / SITE_FILE_NAME
-    site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data.root)}}, indent=2))
+    write_json_atomic(site_file, {"environment": {"DATA_ROOT": str(data.root)}})
     simulation = workspace / "simulation"
     print(f"[2/3] simulating {args.job} with 2 sites (logs: {simulation}/server/log.txt) ...", flush=True)
     log_path = simulation / SIMULATOR_OUTPUT

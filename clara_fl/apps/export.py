@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 
+from clara_fl.apps.common import require_folder
 from clara_fl.config.errors import ConfigError
+from clara_fl.config.model_hints import final_model_hint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from clara_fl.workflows.export import export_torchscript
 
     shape = parse_shape(args.input_shape)
-    root = os.path.abspath(args.mmar)
+    root = os.path.abspath(require_folder(args.mmar, "--mmar", "MMAR folder"))
     in_mmar = lambda p: p if os.path.isabs(p) else os.path.join(root, p)  # noqa: E731
-    how = export_torchscript(in_mmar(args.model_path), in_mmar(args.output_path), shape, mmar_root=root)
+    model_path = in_mmar(args.model_path)
+    if not os.path.isfile(model_path):
+        hint = final_model_hint(model_path, "--model_path", root)
+        raise ConfigError(f"checkpoint not found{hint}", file=model_path, path="--model_path")
+    how = export_torchscript(model_path, in_mmar(args.output_path), shape, mmar_root=root)
     print(f"saved {in_mmar(args.output_path)} (torch.jit.{how})")
     return 0

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from typing import Any
 
+from clara_fl.apps.common import check_simulation, positive_int
+
 SIMULATOR_OUTPUT = "simulator_output.txt"
 
 
@@ -15,8 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("simulate", help="run a FLARE job in the simulator and print cross-site results")
     parser.add_argument("job", help="job folder (e.g. from clara-fl job create)")
     parser.add_argument("-w", "--workspace", required=True, help="simulator workspace")
-    parser.add_argument("-n", "--n-clients", type=int, default=2)
-    parser.add_argument("-t", "--threads", type=int, default=2)
+    parser.add_argument("-n", "--n-clients", type=positive_int, default=2, help="simulated sites (default 2)")
+    parser.add_argument("-t", "--threads", type=positive_int, default=2, help="sites run at once, <= -n (default 2)")
     parser.add_argument("--site-config", help="site file with the sites' data locations (sets $CLARA_FL_SITE_CONFIG)")
     parser.add_argument("--metric", default="val_mean_dice", help="metric shown in the table")
     parser.set_defaults(run=run)
@@ -25,12 +27,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_simulator(
     job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
 ) -> int:
-    """``nvflare simulator`` in a child process; returns its exit code.
+    """``nvflare simulator`` in a child process, once the inputs are checked; returns its exit code.
 
     Args:
         stdout: an open file for the simulator's output; None writes it to WORKSPACE/simulator_output.txt
             and shows one live progress line (round k of R, sites done, elapsed) on the terminal instead.
+
+    Raises:
+        ConfigError: the job, the counts or the site file would fail in FLARE (see ``check_simulation``).
     """
+    check_simulation(job, n_clients, threads, site_config)
     from clara_fl.fl.policy import write_simulator_policy
     from clara_fl.fl.site import SITE_CONFIG_ENV
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from clara_fl.apps.common import positive_int
+
 DEFAULT_DATA_DIR = "~/.clara-fl/data/spleen"
 
 
@@ -15,9 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"folder for imagesTr/, labelsTr/, dataset.json, dataset_site-N.json (default {DEFAULT_DATA_DIR}, "
         "where the spleen MMAR and simulator_configs/spleen_fedavg look)",
     )
-    parser.add_argument("--cases", type=int, default=12, help="labelled cases (default 12)")
-    parser.add_argument("--sites", type=int, default=2, help="sites to partition them across (default 2)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
+    parser.add_argument("--cases", type=positive_int, default=12, help="labelled cases (default 12)")
+    parser.add_argument("--sites", type=positive_int, default=2, help="sites to partition them across (default 2)")
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
-from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args, non_negative_float
 
 logger = logging.getLogger("clara_fl.train")
 
@@ -19,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue an interrupted run from MMAR_CKPT_DIR/train_state.pt (weights, optimizer, scheduler, epoch, best metric)",
     )
     parser.add_argument(
-        "--resume_state_every", type=float, default=None, metavar="SECONDS",
+        "--resume_state_every", type=non_negative_float, default=None, metavar="SECONDS",
         help="write train_state.pt at validation intervals at most once per SECONDS, and at the end "
         "(default 60; 0 writes it at every validation interval)",
     )
@@ -27,12 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clara_fl.runtime.distributed import is_main_process
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import RESUME_STATE_FILE, RESUME_STATE_MIN_SECONDS, TrainWorkflow
 
     with build_once():
         workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
-    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else max(0.0, args.resume_state_every)
+    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else args.resume_state_every
     workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1, min_seconds)
     if args.resume:
         epoch = workflow.resume()
@@ -49,4 +51,37 @@ def run(args: argparse.Namespace) -> int:
         "training done: %d epochs, %d iterations, %.1f s; best %s: %s; checkpoints in %s",
         stats.epochs_completed, stats.total_iterations, stats.total_time_s, stats.key_metric_name, best, workflow.ckpt_dir,
     )
+    if is_main_process():
+        note = no_validation_note(workflow)
+        if note:
+            logger.warning(note)
     return 0
+
+
+def no_validation_note(workflow: Any) -> str | None:
+    """What to say when the config validates but no validation ran, so no best key-metric ``model.pt``
+    came from this run; else None.
+
+    Args:
+        workflow: the TrainWorkflow that has run.
+    """
+    import os
+
+    from clara_fl.config.model_hints import FINAL_MODEL_NAME
+
+    evaluator = workflow.evaluator
+    if evaluator is None or evaluator.state.best_metric_epoch >= 0:
+        return None
+    interval = workflow.loaded.variables.get("num_interval_per_valid")
+    every = f" (it runs every num_interval_per_valid={interval} epochs)" if interval else ""
+    epochs = workflow.stats.epochs_completed
+    why = f"no validation ran in {epochs} epoch(s){every}: this run wrote no best key-metric model.pt"
+    root = os.path.abspath(workflow.loaded.mmar_root)
+    shown = lambda p: os.path.relpath(p, root) if os.path.abspath(p).startswith(root + os.sep) else p  # noqa: E731
+    final = os.path.join(workflow.ckpt_dir, FINAL_MODEL_NAME)
+    if not os.path.isfile(final):
+        return f"{why}, and no {shown(final)} either"
+    return (
+        f"{why}; the trained weights are in {shown(final)}: "
+        f"export --model_path {shown(final)}, validate or fine-tune with --set MMAR_CKPT={shown(final)}"
+    )

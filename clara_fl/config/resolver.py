@@ -24,6 +24,7 @@ from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.context import BuildContext
+from clara_fl.config.model_hints import final_model_hint
 from clara_fl.config.variables import as_bool, is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -299,9 +300,10 @@ class ConfigResolver:
         self._check_signature(name, target, args, path)
         load_path = args.get("load_path")
         if isinstance(load_path, str) and not os.path.isfile(load_path):
+            hint = final_model_hint(load_path, "load_path", self.context.mmar_root)
             raise ConfigError(
-                f"checkpoint to load not found: {load_path} (fine-tuning needs a trained model; "
-                "train first or set dont_load_ckpt_model=True)",
+                f"checkpoint to load not found: {load_path}"
+                + (hint or " (fine-tuning needs a trained model; train first or set dont_load_ckpt_model=True)"),
                 path=json_path(path, "args", "load_path"),
             )
         if self.dry_run:
@@ -407,7 +409,10 @@ class ConfigResolver:
                 except ConfigError as e:
                     raise e.located(self.file)
             if not os.path.isfile(file):
-                raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
+                hint = final_model_hint(file, kind, self.context.mmar_root)
+                raise ConfigError(
+                    f"model file not found: {file}{hint}", file=self.file, path=json_path(entry_path, kind)
+                )
             if self.dry_run:
                 return _Planned(kind, entry_path)
             try:

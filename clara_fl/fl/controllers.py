@@ -3,17 +3,28 @@
 In FLARE 2.9, ``Controller.set_communicator`` sets ``communicator.task_check_period``, but
 ``WFCommServer`` polls with ``_task_check_period``, fixed at 0.2 s: the period a job configures
 never takes effect, and each round waits on two such polls. These subclasses pass the period
-through and change nothing else; the job templates use them.
+through; the job templates use them.
+
+``ScatterAndGather`` also has the sites validate the final global model after the last round, so
+that the best global model is chosen among all of them (see :mod:`clara_fl.fl.model_selection`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as _CrossSiteEval
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval as _CrossSiteModelEval
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as _ScatterAndGather
+
+from clara_fl.fl.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
 
 __all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval"]
 
@@ -28,7 +39,77 @@ class _PollsAtItsTaskCheckPeriod:
 
 
 class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
-    """FLARE's ScatterAndGather (FedAvg rounds), polling every ``task_check_period`` seconds."""
+    """FLARE's ScatterAndGather (FedAvg rounds), polling every ``task_check_period`` seconds.
+
+    After the last round, if ``final_validation_task_name`` is set, the final global model goes to
+    every site in a task of that name (the job's client config gives it to the LearnerExecutor as
+    its ``validate_task``, so the Learner validates it exactly as it validates each round's global
+    model before training); the sites' metrics are fired with
+    :data:`~clara_fl.fl.model_selection.FINAL_GLOBAL_MODEL_VALIDATED` for the model selector.
+
+    Args:
+        final_validation_task_name: the sites' task that validates a global model; empty: none.
+        final_validation_timeout: seconds to wait for the sites' validation (0: no limit).
+        *args, **kwargs: FLARE's ScatterAndGather arguments.
+    """
+
+    def __init__(
+        self, *args: Any, final_validation_task_name: str = "", final_validation_timeout: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.final_validation_task_name = final_validation_task_name
+        self.final_validation_timeout = final_validation_timeout
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        super().control_flow(abort_signal, fl_ctx)
+        all_rounds_done = self._num_rounds > 0 and self._current_round == self._start_round + self._num_rounds
+        if self.final_validation_task_name and all_rounds_done and not abort_signal.triggered:
+            self._validate_final_global_model(abort_signal, fl_ctx)
+
+    def _validate_final_global_model(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        metrics_by_site: dict[str, dict[str, Any]] = {}
+
+        def collect(client_task: ClientTask, fl_ctx: FLContext) -> None:
+            site, result = client_task.client.name, client_task.result
+            client_task.result = None
+            if result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+                code = result.get_return_code()
+                self.log_warning(fl_ctx, f"{site} could not validate the final global model: {code}")
+                return
+            try:
+                dxo = from_shareable(result)
+            except ValueError as e:
+                self.log_warning(fl_ctx, f"{site}'s validation of the final global model is not a DXO: {e}")
+                return
+            if dxo.data_kind == DataKind.METRICS and isinstance(dxo.data, dict):
+                metrics_by_site[site] = dxo.data
+
+        data = self.shareable_gen.learnable_to_shareable(self._global_weights, fl_ctx)
+        data.set_header(AppConstants.CURRENT_ROUND, self._current_round)
+        data.set_header(AppConstants.NUM_ROUNDS, self._num_rounds)
+        self.log_info(fl_ctx, f"the sites validate the final global model ('{self.final_validation_task_name}' task)")
+        task = Task(
+            name=self.final_validation_task_name,
+            data=data,
+            props={},
+            timeout=self.final_validation_timeout,
+            result_received_cb=collect,
+        )
+        self.broadcast_and_wait(
+            task=task,
+            min_responses=self._min_clients,
+            wait_time_after_min_received=self._wait_time_after_min_received,
+            fl_ctx=fl_ctx,
+            abort_signal=abort_signal,
+        )
+        if abort_signal.triggered:
+            return
+        # The selector compares at CURRENT_ROUND (the round whose start would have validated this
+        # model) and the persistor saves GLOBAL_MODEL if it is the best.
+        fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self._current_round, private=True, sticky=True)
+        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+        fl_ctx.set_prop(FINAL_GLOBAL_MODEL_METRICS, metrics_by_site, private=True, sticky=False)
+        self.fire_event(FINAL_GLOBAL_MODEL_VALIDATED, fl_ctx)
 
 
 class CrossSiteModelEval(_PollsAtItsTaskCheckPeriod, _CrossSiteModelEval):

@@ -1,8 +1,12 @@
 """The FL Learner: a site trains from its MMAR's config_train.json, exactly as ``clara-fl train`` would.
 
-Per round: load the global weights, validate them on local data (the server's model selection
-needs this), train ``local_epochs`` epochs (or ``steps_aggregation`` iterations), and send back
-the weight difference with the real number of steps. Abort is polled after every iteration.
+A FLARE adapter in the manner of FLARE's LearnerExecutor/Learner and MONAI's MonaiAlgo: DXO in,
+one round, DXO out. Per round: load the global weights, validate them on local data (the server's
+model selection needs this), train one :class:`~clara_fl.workflows.round.RoundSpec` (``local_epochs``
+epochs or ``steps_aggregation`` iterations) through the same
+:class:`~clara_fl.workflows.round.RoundRunner` in this process or, with ``nproc_per_site`` > 1, in
+torchrun workers (:mod:`clara_fl.fl.site_worker`), and send back the weight difference with the
+real number of steps. Abort is polled after every iteration.
 """
 
 from __future__ import annotations
@@ -261,20 +265,12 @@ class ClaraLearner(Learner):
         return RoundSpec(local_epochs=self.local_epochs, steps=self.steps_aggregation)
 
     def _run_distributed_round(self, spec: RoundSpec, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext) -> int:
-        """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks.
+        """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks (0 when aborted).
 
         On abort the workers are stopped and the site's state stays at the last completed round.
         """
-        import signal
-        import subprocess
-        import sys
+        from clara_fl.fl.site_worker import train_in_processes
 
-        import torch
-
-        from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
-
-        work = os.path.dirname(self._round_state_path())
-        os.makedirs(work, exist_ok=True)
         request = RoundRequest(
             mmar_root=self.site.app_dir,
             train_config=self.train_config,
@@ -284,36 +280,16 @@ class ClaraLearner(Learner):
             steps_aggregation=spec.steps,
             state_path=self.local_state.path,
             new_state_path=self._round_state_path(),
-            weights_path=os.path.join(work, "global.pt"),
-            result_path=os.path.join(work, "result.pt"),
             overrides=self.overrides,
             site_environment=self.site.variables(),
         )
-        save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request.weights_path)
-        for stale in (request.result_path, request.new_state_path):
-            if os.path.exists(stale):
-                os.remove(stale)
-        request.write(os.path.join(work, "request.json"))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_site}"]
-        command += ["-m", "clara_fl.fl.site_worker", os.path.join(work, "request.json")]
-        log_path = os.path.join(work, "workers.log")
-        self.log_info(fl_ctx, f"training in {self.nproc_per_site} processes (log: {log_path})")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            while True:
-                try:
-                    process.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    if abort_signal.triggered:
-                        os.killpg(process.pid, signal.SIGTERM)
-                        process.wait(timeout=30)
-                        return 0
-        if process.returncode != 0:
-            raise RuntimeError(f"the {self.nproc_per_site} training processes exited with code {process.returncode}; see {log_path}")
-        result = load_checkpoint(request.result_path)
+        work = os.path.dirname(self._round_state_path())
+        self.log_info(fl_ctx, f"training in {self.nproc_per_site} processes (log: {os.path.join(work, 'workers.log')})")
+        steps = train_in_processes(request, global_weights, self.nproc_per_site, work, lambda: abort_signal.triggered)
+        if steps is None:
+            return 0
         self.workflow.load_training_state(request.new_state_path)  # keep this process's copy in step
-        return int(result["steps"])
+        return steps
 
     def _evaluate_without_side_effects(self) -> dict[str, float]:
         """Run the evaluator on whatever the network holds, without touching local model selection or logs."""

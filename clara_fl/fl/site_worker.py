@@ -1,7 +1,7 @@
 """One FL round of a site's training in N DDP processes (``torchrun -m clara_fl.fl.site_worker``).
 
-The site's Learner launches it when ``nproc_per_site`` > 1 and hands it a :class:`RoundRequest`
-(a JSON file): every rank builds the same TrainWorkflow as ``clara-fl train`` under torchrun, loads
+The site's Learner launches it when ``nproc_per_site`` > 1 through :func:`train_in_processes`
+and hands it a :class:`RoundRequest` (a JSON file): every rank builds the same TrainWorkflow as ``clara-fl train`` under torchrun, loads
 the site's training state and the global weights, trains the round through the same
 :class:`~clara_fl.workflows.round.RoundRunner` as the in-process Learner, and rank 0 writes the new
 state (weights included) and the step count summed over ranks for the Learner to send.
@@ -14,10 +14,11 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RoundRequest", "run_round", "main"]
+__all__ = ["RoundRequest", "train_in_processes", "run_round", "main"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class RoundRequest:
     steps_aggregation: int
     state_path: str  # the site's accepted state, loaded before the round
     new_state_path: str  # rank 0 writes the state after the round here
-    weights_path: str  # the global weights
-    result_path: str  # rank 0 writes {"steps": n} here
+    weights_path: str = ""  # the global weights (set by train_in_processes)
+    result_path: str = ""  # rank 0 writes {"steps": n} here (set by train_in_processes)
     overrides: dict[str, Any] = field(default_factory=dict)
     site_environment: dict[str, Any] = field(default_factory=dict)
 
@@ -46,6 +47,54 @@ class RoundRequest:
     def read(cls, path: str) -> RoundRequest:
         with open(path, encoding="utf-8") as f:
             return cls(**json.load(f))
+
+
+def train_in_processes(
+    request: RoundRequest, global_weights: Mapping[str, Any], nproc: int, work_dir: str, should_abort: Callable[[], bool]
+) -> int | None:
+    """The Learner's side: run one round in ``nproc`` workers (``torchrun --standalone``) and wait for them.
+
+    Returns the step count summed over ranks, or None when ``should_abort()`` turned true and the
+    workers were stopped (``request.new_state_path`` is then not to be used).
+
+    Raises:
+        RuntimeError: the workers failed (their log is ``work_dir/workers.log``).
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
+
+    os.makedirs(work_dir, exist_ok=True)
+    request = dataclasses.replace(
+        request, weights_path=os.path.join(work_dir, "global.pt"), result_path=os.path.join(work_dir, "result.pt")
+    )
+    save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request.weights_path)
+    for stale in (request.result_path, request.new_state_path):
+        if os.path.exists(stale):
+            os.remove(stale)
+    request_path = os.path.join(work_dir, "request.json")
+    request.write(request_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "clara_fl.fl.site_worker", request_path]
+    log_path = os.path.join(work_dir, "workers.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            try:
+                process.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if should_abort():
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=30)
+                    return None
+    if process.returncode != 0:
+        raise RuntimeError(f"the {nproc} training processes exited with code {process.returncode}; see {log_path}")
+    return int(load_checkpoint(request.result_path)["steps"])
 
 
 def run_round(request: RoundRequest) -> None:

@@ -31,6 +31,9 @@ class PrivateAttribute:
     owner: str  # dotted path of the class (its instances hold the attribute)
     attribute: str
     reason: str
+    # modules (relative to clara_fl/) that subclass the owner and use the attribute as their own: an
+    # override or the parent's state, where an accessor would add nothing; everyone else calls an accessor
+    used_in: tuple[str, ...] = ()
 
 
 PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
@@ -57,6 +60,7 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "nvflare", "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor", "_initialize",
         "the persistor builds its model in _initialize (on START_RUN); the MMAR's network can only be "
         "built then (the app folder is known from the FLContext), so ClaraModelPersistor overrides it.",
+        used_in=("fl/persistor.py",),
     ),
     PrivateAttribute(
         "nvflare", "nvflare.app_common.tracking.log_writer.LogWriter", "sender",
@@ -72,6 +76,27 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "nvflare", "nvflare.apis.impl.controller.Controller", "_task_check_period",
         "the period the job configured (a controller keeps its constructor argument only there); "
         "read to pass it on to the communicator.",
+    ),
+    # ScatterAndGather's round state, read by clara_fl's subclass to send the final global model to the
+    # sites for validation after the last round (issue 18: the best global model among all rounds).
+    *(
+        PrivateAttribute(
+            "nvflare", "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather", name,
+            "ScatterAndGather keeps its round state only in private attributes; the subclass that "
+            "validates the final global model after the last round reads it.",
+            used_in=("fl/controllers.py",),
+        )
+        for name in ("_num_rounds", "_current_round", "_start_round", "_global_weights", "_min_clients",
+                     "_wait_time_after_min_received")
+    ),
+    *(
+        PrivateAttribute(
+            "nvflare", "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector", name,
+            "IntimeModelSelector has no public hook to score a model outside a round's aggregation; the "
+            "subclass that selects the best global model (final model included) calls its own steps.",
+            used_in=("fl/model_selection.py",),
+        )
+        for name in ("_reset_stats", "_before_aggregate")
     ),
 )
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from clara_fl.apps.simulate import run_simulator
 from clara_fl.fl.job import create_job
@@ -37,12 +38,19 @@ def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def simulate(
-    tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3, clients: int = 2, nproc_per_site: int | None = None
+    tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3, clients: int = 2, nproc_per_site: int | None = None,
+    steps_aggregation: int = 0,
 ):
     job = create_job(
         SPLEEN_MMAR, tmp / "job", template, num_rounds=rounds, local_epochs=local_epochs, min_clients=2, overrides=JOB_SETTINGS,
         nproc_per_site=nproc_per_site,
     )
+    if steps_aggregation:
+        client_config = job / "app" / "config" / "config_fed_client.json"
+        client = json.loads(client_config.read_text())
+        learner = next(c for c in client["components"] if c["id"] == "clara_learner")
+        learner["args"]["steps_aggregation"] = steps_aggregation
+        client_config.write_text(json.dumps(client, indent=2))
     workspace = tmp / "ws"
     with open(tmp / "simulator.log", "w") as log:
         code = run_simulator(str(job), str(workspace), clients, threads, str(site_file), stdout=log)
@@ -154,3 +162,20 @@ def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_
     for site in SITES:
         log_text = (tmp_path / "ws" / site / "log.txt").read_text()
         assert "train.loss.args.reduction: code refused by the site's restricted policy" in log_text
+
+
+def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_in_process_learner(tmp_path: Path, site_file: Path) -> None:
+    """3 steps per rank per round on site-1's 2-iteration epochs (per rank): round 0 stops mid-epoch 2, round 1
+    finishes it and epoch 3, whose EPOCH_COMPLETED handlers (validation every 3 epochs, model.pt) must run."""
+    from clara_fl.fl.local_state import LOCAL_STATE_FILE
+    from clara_fl.workflows.train import trainer_progress
+
+    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3)
+
+    assert set(results) == set(SITES)
+    site1 = workspace / "site-1" / "simulate_job" / "app_site-1"
+    site1_log = (tmp_path / "simulator.log").read_text() + (workspace / "site-1" / "log.txt").read_text()
+    assert "round 0: 6 iterations" in site1_log and "round 1: 6 iterations" in site1_log  # 2 ranks x 3 steps
+    epoch, iteration = trainer_progress(torch.load(site1 / "models" / LOCAL_STATE_FILE, weights_only=True))
+    assert (epoch, iteration) == (3, 6), "the round counted as whole epochs, per rank"
+    assert (site1 / "models" / "model.pt").is_file(), "epoch 3's validation (EPOCH_COMPLETED) never ran in the workers"

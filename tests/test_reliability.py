@@ -83,24 +83,21 @@ def test_resuming_a_finished_run_says_so_and_exits_0(spleen_mmar: Path, capsys: 
     assert "already finished" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("every", "written_after_epochs"), [("0", [1, 2]), ("3600", [2])])
-def test_the_resume_state_is_written_at_most_once_per_resume_state_every_and_always_at_the_end(
-    spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: str, written_after_epochs: list[int]
-) -> None:
-    from clara_fl.workflows.train import TrainWorkflow
+@pytest.mark.parametrize("every", [[], ["--resume_state_every", "3600"]], ids=["default", "old-flag-ignored"])
+def test_the_resume_state_is_written_after_every_epoch(spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: list[str]) -> None:
+    from clara_fl.runtime.checkpoint import BackgroundCheckpointWriter
 
     written: list[int] = []
-    real_save = TrainWorkflow.save_training_state
+    real_write = BackgroundCheckpointWriter._write
 
-    def save(self: TrainWorkflow, path: str) -> None:
-        written.append(int(self.trainer.state.epoch))
-        real_save(self, path)
+    def write(self: BackgroundCheckpointWriter, snapshot: dict) -> None:
+        written.append(snapshot["epoch"])
+        real_write(self, snapshot)
 
-    monkeypatch.setattr(TrainWorkflow, "save_training_state", save)
-    arguments = ["train", "-m", str(spleen_mmar), "--resume_state_every", every]
-    assert main([*arguments, "--set", *tiny_set(epochs=2)]) == 0
+    monkeypatch.setattr(BackgroundCheckpointWriter, "_write", write)
+    assert main(["train", "-m", str(spleen_mmar), *every, "--set", *tiny_set(epochs=2, num_interval_per_valid=2)]) == 0
 
-    assert written == written_after_epochs
+    assert written == [1, 2]
     assert torch.load(spleen_mmar / "models" / "train_state.pt", weights_only=True)["epoch"] == 2
 
 

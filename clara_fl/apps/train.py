@@ -21,8 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resume_state_every", type=non_negative_float, default=None, metavar="SECONDS",
-        help="write train_state.pt at validation intervals at most once per SECONDS, and at the end "
-        "(default 60; 0 writes it at every validation interval)",
+        help="accepted and ignored (kept for old scripts): train_state.pt is now written after every epoch",
     )
     parser.set_defaults(run=run)
 
@@ -30,16 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from clara_fl.runtime.distributed import is_main_process
     from clara_fl.runtime.startup import build_once
-    from clara_fl.workflows.train import RESUME_STATE_FILE, RESUME_STATE_MIN_SECONDS, TrainWorkflow
+    from clara_fl.workflows.train import RESUME_STATE_FILE, TrainWorkflow
 
     with build_once():
         workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
-    min_seconds = RESUME_STATE_MIN_SECONDS if args.resume_state_every is None else args.resume_state_every
-    workflow.save_state_every(workflow.loaded.variables.get("num_interval_per_valid") or 1, min_seconds)
+    workflow.save_state_every_epoch()
     if args.resume:
         epoch = workflow.resume()
-        if epoch is None:
-            logger.warning("--resume: no %s in %s yet; training from the start", RESUME_STATE_FILE, workflow.ckpt_dir)
+        if epoch is None:  # a run killed before its first epoch ended: start it over rather than refuse
+            logger.warning("--resume: nothing to resume in %s (no %s); starting from epoch 0", workflow.ckpt_dir, RESUME_STATE_FILE)
         elif workflow.finished:
             print(f"training already finished: epoch {epoch} of {workflow.trainer.state.max_epochs}; nothing to resume")
             return 0

@@ -11,6 +11,7 @@ from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 
 from clara_fl.components.signatures import with_base_signature
 from clara_fl.runtime.checkpoint import save_atomic
+from clara_fl.runtime.private_api import saver_checkpoints
 
 __all__ = ["CheckpointSaver", "AtomicDiskSaver"]
 
@@ -58,8 +59,7 @@ class CheckpointSaver(MonaiCheckpointSaver):
             key_metric_n_saved=key_metric_n_saved,
             **kwargs,
         )
-        fixed = {"_final_checkpoint": final_filename, "_key_metric_checkpoint": key_metric_filename, "_interval_checkpoint": None}
-        for attr, filename in fixed.items():
-            checkpoint = getattr(self, attr, None)
-            if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename)
+        fixed = {"final": final_filename, "key_metric": key_metric_filename, "interval": None}
+        for kind, checkpoint in saver_checkpoints(self).items():
+            if checkpoint is not None:  # MONAI builds these ignite Checkpoints and exposes none of them
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, fixed[kind])

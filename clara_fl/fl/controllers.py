@@ -3,7 +3,7 @@
 In FLARE 2.9, ``Controller.set_communicator`` sets ``communicator.task_check_period``, but
 ``WFCommServer`` polls with ``_task_check_period``, fixed at 0.2 s: the period a job configures
 never takes effect, and each round waits on two such polls. These subclasses pass the period
-through; the job templates use them.
+through; the job templates use them. (Both attributes are private: see ``clara_fl.runtime.private_api``.)
 
 ``ScatterAndGather`` also has the sites validate the final global model after the last round, so
 that the best global model is chosen among all of them (see :mod:`clara_fl.fl.model_selection`).
@@ -33,9 +33,10 @@ class _PollsAtItsTaskCheckPeriod:
     _task_check_period: float
 
     def set_communicator(self, communicator: Any) -> None:
+        from clara_fl.runtime.private_api import controller_task_check_period, set_task_check_period
+
         super().set_communicator(communicator)  # type: ignore[misc]
-        if hasattr(communicator, "_task_check_period"):
-            communicator._task_check_period = self._task_check_period
+        set_task_check_period(communicator, controller_task_check_period(self))
 
 
 class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):

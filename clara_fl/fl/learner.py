@@ -1,8 +1,12 @@
 """The FL Learner: a site trains from its MMAR's config_train.json, exactly as ``clara-fl train`` would.
 
-Per round: load the global weights, validate them on local data (the server's model selection
-needs this), train ``local_epochs`` epochs (or ``steps_aggregation`` iterations), and send back
-the weight difference with the real number of steps. Abort is polled after every iteration.
+A FLARE adapter in the manner of FLARE's LearnerExecutor/Learner and MONAI's MonaiAlgo: DXO in,
+one round, DXO out. Per round: load the global weights, validate them on local data (the server's
+model selection needs this), train one :class:`~clara_fl.workflows.round.RoundSpec` (``local_epochs``
+epochs or ``steps_aggregation`` iterations) through the same
+:class:`~clara_fl.workflows.round.RoundRunner` in this process or, with ``nproc_per_site`` > 1, in
+torchrun workers (:mod:`clara_fl.fl.site_worker`), and send back the weight difference with the
+real number of steps. Abort is polled after every iteration.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateTyp
 
 from clara_fl.config.errors import ConfigError, describe_failure
 from clara_fl.fl.local_state import LOCAL_STATE_FILE, LocalState
+from clara_fl.fl.site_worker import RoundRequest
+from clara_fl.workflows.round import RoundRunner, RoundSpec
 
 __all__ = ["ClaraLearner", "LOCAL_STATE_FILE"]
 
@@ -51,8 +57,7 @@ class ClaraLearner(Learner):
         nproc_per_site: int = 1,
     ) -> None:
         super().__init__()
-        if local_epochs < 1 and steps_aggregation < 1:
-            raise ValueError("local_epochs or steps_aggregation must be at least 1")
+        RoundSpec(local_epochs, steps_aggregation)  # refuses a round of nothing
         self.train_config = train_config
         self.environment = environment
         self.local_epochs = local_epochs
@@ -62,11 +67,9 @@ class ClaraLearner(Learner):
         self.overrides = dict(overrides or {})
         self.nproc_per_site = max(1, int(nproc_per_site))
         self.workflow: Any = None
+        self.rounds: RoundRunner | None = None
         self.local_state: LocalState | None = None
         self._init_error: str | None = None
-        self._abort_signal: Signal | None = None
-        self._steps_this_round = 0
-        self._stop_after_epoch = False
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -90,7 +93,7 @@ class ClaraLearner(Learner):
             self.log_error(fl_ctx, self._init_error)
             return
         self._disable_train_checkpoint_loaders(fl_ctx)
-        self._attach_round_handlers()
+        self.rounds = RoundRunner(self.workflow.trainer, self.workflow.evaluator)
         writer = parts.get(self.analytic_sender_id)
         if writer is not None:
             MetricsStreamer(writer).attach(self.workflow.trainer, self.workflow.evaluator)
@@ -110,31 +113,6 @@ class ClaraLearner(Learner):
             if engine is not None and "handlers" in resolver.sections.get(section, {}):
                 for path in detach_checkpoint_loaders(engine, resolver.get("handlers", section)):
                     self.log_info(fl_ctx, f"{section} CheckpointLoader ({path}) disabled: weights come from the server")
-
-    def _attach_round_handlers(self) -> None:
-        from ignite.engine import Events
-
-        def after_iteration(engine: Any) -> None:
-            if self._abort_signal is not None and self._abort_signal.triggered:
-                engine.terminate()  # the interrupted epoch is discarded (see _rewind_to_epoch_boundary)
-                return
-            if engine is self.workflow.trainer:
-                self._steps_this_round += 1
-                if self.steps_aggregation and self._steps_this_round >= self.steps_aggregation:
-                    if engine.state.iteration % engine.state.epoch_length:
-                        engine.interrupt()  # mid-epoch: the next round resumes this epoch where it stopped
-                    else:
-                        self._stop_after_epoch = True  # let the epoch's handlers (validation, checkpoints) run first
-
-        def after_epoch(engine: Any) -> None:
-            if self._stop_after_epoch:
-                self._stop_after_epoch = False
-                engine.interrupt()
-
-        self.workflow.trainer.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
-        self.workflow.trainer.add_event_handler(Events.EPOCH_COMPLETED, after_epoch)
-        if self.workflow.evaluator is not None:
-            self.workflow.evaluator.add_event_handler(Events.ITERATION_COMPLETED, after_iteration)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -161,16 +139,18 @@ class ClaraLearner(Learner):
             self.log_error(fl_ctx, f"global model does not fit this site's network: {e}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
-        self.log_info(fl_ctx, f"round {current_round}: training {self._round_length()}")
+        spec = self.round_spec()
+        self.log_info(fl_ctx, f"round {current_round}: training {spec.describe()}")
         try:
             if self.nproc_per_site > 1:
-                steps = self._run_distributed_round(global_weights, abort_signal, fl_ctx)
+                steps = self._run_distributed_round(spec, global_weights, abort_signal, fl_ctx)
             else:
-                steps = self._run_local_training(abort_signal)
+                result = self.rounds.run(spec, lambda: abort_signal.triggered)
+                steps = result.steps
         except Exception as e:  # the site's data or code failed mid-training: report it, keep the site alive
             return self._failed(fl_ctx, f"local training failed: {describe_failure(e)}")
         if abort_signal.triggered:
-            self._rewind_to_epoch_boundary()
+            self.rounds.rewind_to_epoch_boundary()
             self.log_info(fl_ctx, f"round {current_round} aborted after {steps} iterations")
             return make_reply(ReturnCode.TASK_ABORTED)
 
@@ -212,14 +192,13 @@ class ClaraLearner(Learner):
         network = unwrap(self.workflow.network)
         self.local_state.wait()
         keep = None if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE else {k: v.clone() for k, v in network.state_dict().items()}
-        self._abort_signal = abort_signal
         try:
             load_global_weights(network, weights)
-            metrics = self._evaluate_without_side_effects()
+            with self.rounds.abort_polling(lambda: abort_signal.triggered):
+                metrics = self._evaluate_without_side_effects()
         except Exception as e:
             return self._failed(fl_ctx, f"local validation failed: {describe_failure(e)}")
         finally:
-            self._abort_signal = None
             if keep is not None:
                 network.load_state_dict(keep)
         if abort_signal.triggered:
@@ -282,89 +261,36 @@ class ClaraLearner(Learner):
         self.log_error(fl_ctx, f"expected WEIGHTS or WEIGHT_DIFF, got {dxo.data_kind}")
         return None
 
-    def _round_length(self) -> str:
-        return f"{self.steps_aggregation} iterations" if self.steps_aggregation else f"{self.local_epochs} epoch(s)"
+    def round_spec(self) -> RoundSpec:
+        return RoundSpec(local_epochs=self.local_epochs, steps=self.steps_aggregation)
 
-    def _run_local_training(self, abort_signal: Signal) -> int:
-        trainer = self.workflow.trainer
-        self._steps_this_round = 0
-        self._abort_signal = abort_signal
-        epoch_length = trainer.state.epoch_length or len(trainer.data_loader)
-        if self.steps_aggregation:
-            extra_epochs = -(-self.steps_aggregation // epoch_length) + 1
-        else:
-            extra_epochs = self.local_epochs
-        trainer.state.max_epochs = trainer.state.epoch + extra_epochs
-        try:
-            trainer.run()
-        finally:
-            self._abort_signal = None
-        return self._steps_this_round
-
-    def _run_distributed_round(self, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext) -> int:
-        """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks.
+    def _run_distributed_round(self, spec: RoundSpec, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext) -> int:
+        """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks (0 when aborted).
 
         On abort the workers are stopped and the site's state stays at the last completed round.
         """
-        import json
-        import signal
-        import subprocess
-        import sys
+        from clara_fl.fl.site_worker import train_in_processes
 
-        import torch
-
-        from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
-
+        request = RoundRequest(
+            mmar_root=self.site.app_dir,
+            train_config=self.train_config,
+            environment=self.environment,
+            code_policy=self.site.code_policy,
+            local_epochs=spec.local_epochs,
+            steps_aggregation=spec.steps,
+            state_path=self.local_state.path,
+            new_state_path=self._round_state_path(),
+            overrides=self.overrides,
+            site_environment=self.site.variables(),
+            data_roots=list(self.site.policy.data_roots or ()),
+        )
         work = os.path.dirname(self._round_state_path())
-        os.makedirs(work, exist_ok=True)
-        request = {
-            "mmar_root": self.site.app_dir,
-            "train_config": self.train_config,
-            "environment": self.environment,
-            "overrides": self.overrides,
-            "site_environment": self.site.variables(),
-            "code_policy": self.site.code_policy,
-            "data_roots": list(self.site.policy.data_roots or ()),
-            "local_epochs": self.local_epochs,
-            "steps_aggregation": self.steps_aggregation,
-            "state_path": self.local_state.path,
-            "new_state_path": self._round_state_path(),
-            "weights_path": os.path.join(work, "global.pt"),
-            "result_path": os.path.join(work, "result.pt"),
-        }
-        save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request["weights_path"])
-        for stale in (request["result_path"], request["new_state_path"]):
-            if os.path.exists(stale):
-                os.remove(stale)
-        with open(os.path.join(work, "request.json"), "w", encoding="utf-8") as f:
-            json.dump(request, f)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_site}"]
-        command += ["-m", "clara_fl.fl.site_worker", os.path.join(work, "request.json")]
-        log_path = os.path.join(work, "workers.log")
-        self.log_info(fl_ctx, f"training in {self.nproc_per_site} processes (log: {log_path})")
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            while True:
-                try:
-                    process.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    if abort_signal.triggered:
-                        os.killpg(process.pid, signal.SIGTERM)
-                        process.wait(timeout=30)
-                        return 0
-        if process.returncode != 0:
-            raise RuntimeError(f"the {self.nproc_per_site} training processes exited with code {process.returncode}; see {log_path}")
-        result = load_checkpoint(request["result_path"])
-        self.workflow.load_training_state(request["new_state_path"])  # keep this process's copy in step
-        return int(result["steps"])
-
-    def _rewind_to_epoch_boundary(self) -> None:
-        """After an abort the next round starts a fresh epoch, not the rest of the interrupted one."""
-        state = self.workflow.trainer.state
-        epoch_length = state.epoch_length or len(self.workflow.trainer.data_loader)
-        state.epoch = state.iteration // epoch_length
-        state.iteration = state.epoch * epoch_length
+        self.log_info(fl_ctx, f"training in {self.nproc_per_site} processes (log: {os.path.join(work, 'workers.log')})")
+        steps = train_in_processes(request, global_weights, self.nproc_per_site, work, lambda: abort_signal.triggered)
+        if steps is None:
+            return 0
+        self.workflow.load_training_state(request.new_state_path)  # keep this process's copy in step
+        return steps
 
     def _evaluate_without_side_effects(self) -> dict[str, float]:
         """Run the evaluator on whatever the network holds, without touching local model selection or logs."""

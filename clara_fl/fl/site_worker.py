@@ -1,75 +1,150 @@
 """One FL round of a site's training in N DDP processes (``torchrun -m clara_fl.fl.site_worker``).
 
-The site's Learner launches it when ``nproc_per_site`` > 1: every rank builds the same
-TrainWorkflow as ``clara-fl train`` under torchrun, loads the global weights and the site's
-training state, trains the round, and rank 0 writes the new state (weights included) and the
-summed step count for the Learner to send.
+The site's Learner launches it when ``nproc_per_site`` > 1 through :func:`train_in_processes`
+and hands it a :class:`RoundRequest` (a JSON file): every rank builds the same TrainWorkflow as ``clara-fl train`` under torchrun, loads
+the site's training state and the global weights, trains the round through the same
+:class:`~clara_fl.workflows.round.RoundRunner` as the in-process Learner, and rank 0 writes the new
+state (weights included) and the step count summed over ranks for the Learner to send.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["run_round", "main"]
+__all__ = ["RoundRequest", "train_in_processes", "run_round", "main"]
 
 
-def run_round(request: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class RoundRequest:
+    """Everything a worker needs for one round; written by the Learner, read by every rank."""
+
+    mmar_root: str
+    train_config: str
+    environment: str
+    code_policy: str
+    local_epochs: int
+    steps_aggregation: int
+    state_path: str  # the site's accepted state, loaded before the round
+    new_state_path: str  # rank 0 writes the state after the round here
+    weights_path: str = ""  # the global weights (set by train_in_processes)
+    result_path: str = ""  # rank 0 writes {"steps": n} here (set by train_in_processes)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    site_environment: dict[str, Any] = field(default_factory=dict)
+    data_roots: list[str] = field(default_factory=list)  # the site's data folders (restricted policy)
+
+    def write(self, path: str) -> None:
+        from clara_fl.runtime.files import write_json_atomic
+
+        write_json_atomic(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: str) -> RoundRequest:
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+
+def train_in_processes(
+    request: RoundRequest, global_weights: Mapping[str, Any], nproc: int, work_dir: str, should_abort: Callable[[], bool]
+) -> int | None:
+    """The Learner's side: run one round in ``nproc`` workers (``torchrun --standalone``) and wait for them.
+
+    Returns the step count summed over ranks, or None when ``should_abort()`` turned true and the
+    workers were stopped (``request.new_state_path`` is then not to be used).
+
+    Raises:
+        RuntimeError: the workers failed (their log is ``work_dir/workers.log``).
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import torch
+
+    from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
+
+    os.makedirs(work_dir, exist_ok=True)
+    request = dataclasses.replace(
+        request, weights_path=os.path.join(work_dir, "global.pt"), result_path=os.path.join(work_dir, "result.pt")
+    )
+    save_atomic({k: torch.as_tensor(v) for k, v in global_weights.items()}, request.weights_path)
+    for stale in (request.result_path, request.new_state_path):
+        if os.path.exists(stale):
+            os.remove(stale)
+    request_path = os.path.join(work_dir, "request.json")
+    request.write(request_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "clara_fl.fl.site_worker", request_path]
+    log_path = os.path.join(work_dir, "workers.log")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while True:
+            try:
+                process.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if should_abort():
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(timeout=30)
+                    return None
+    if process.returncode != 0:
+        raise RuntimeError(f"the {nproc} training processes exited with code {process.returncode}; see {log_path}")
+    return int(load_checkpoint(request.result_path)["steps"])
+
+
+def run_round(request: RoundRequest) -> None:
+    """Train one round on this rank; rank 0 writes the new state and the summed step count.
+
+    Raises:
+        ConfigError: the MMAR does not build.
+        Exception: whatever training raised.
+    """
     import torch
     import torch.distributed as dist
 
     from clara_fl.config.mmar import load_config
     from clara_fl.config.restrictions import CodePolicy
-    from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
     from clara_fl.fl.weights import load_global_weights
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
     from clara_fl.runtime.startup import build_once
+    from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
+    from clara_fl.workflows.round import RoundRunner, RoundSpec
     from clara_fl.workflows.train import TrainWorkflow
 
-    overrides = {**request["overrides"], "multi_gpu": True}
-    loaded = load_config(request["mmar_root"], request["train_config"], request["environment"], overrides, request["site_environment"])
+    overrides = {**request.overrides, "multi_gpu": True}
+    loaded = load_config(request.mmar_root, request.train_config, request.environment, overrides, request.site_environment)
     with build_once():  # one round per process
-        policy = CodePolicy(request["code_policy"], tuple(request["data_roots"]))
-        workflow = TrainWorkflow.build(loaded, code_policy=policy)
-    detach_checkpoint_loaders(workflow.trainer, workflow.resolver.get("handlers", "train"))
-    workflow.load_training_state(request["state_path"])
-    load_global_weights(workflow.network, load_checkpoint(request["weights_path"]))
+        workflow = TrainWorkflow.build(loaded, code_policy=CodePolicy(request.code_policy, tuple(request.data_roots)))
+    for engine, section in ((workflow.trainer, "train"), (workflow.evaluator, "validate")):
+        if engine is not None and "handlers" in workflow.resolver.sections.get(section, {}):
+            detach_checkpoint_loaders(engine, workflow.resolver.get("handlers", section))
+    rounds = RoundRunner(workflow.trainer, workflow.evaluator)
+    workflow.load_training_state(request.state_path)
+    load_global_weights(workflow.network, load_checkpoint(request.weights_path))
 
-    trainer = workflow.trainer
-    steps = torch.zeros(1, dtype=torch.long)
+    result = rounds.run(RoundSpec(local_epochs=request.local_epochs, steps=request.steps_aggregation))
 
-    def count(_: Any) -> None:
-        steps.add_(1)
-        if request["steps_aggregation"] and int(steps) >= request["steps_aggregation"]:
-            trainer.terminate()
-
-    from ignite.engine import Events
-
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
-    epoch_length = trainer.state.epoch_length or len(trainer.data_loader)
-    extra = -(-request["steps_aggregation"] // epoch_length) + 1 if request["steps_aggregation"] else request["local_epochs"]
-    trainer.state.max_epochs = trainer.state.epoch + extra
-    trainer.run()
-
-    total = steps.clone()
+    total = torch.tensor([result.steps], dtype=torch.long)
     dist.all_reduce(total)  # the site's update stands for every rank's iterations
     if dist.get_rank() == 0:
         # the new weights travel in the state, which the Learner loads and adopts once the update is accepted
-        workflow.save_training_state(request["new_state_path"])
-        save_atomic({"steps": int(total)}, request["result_path"])
+        workflow.save_training_state(request.new_state_path)
+        save_atomic({"steps": int(total)}, request.result_path)
 
 
 def main() -> None:
     from clara_fl.runtime.distributed import shutdown_distributed
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("request", help="JSON file written by the Learner")
+    parser.add_argument("request", help="JSON file written by the Learner (a RoundRequest)")
     args = parser.parse_args()
-    with open(args.request, encoding="utf-8") as f:
-        request = json.load(f)
+    request = RoundRequest.read(args.request)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     succeeded = False

@@ -42,7 +42,9 @@ class MetricsStreamer:
         self._send(scalar_metrics(engine.state.metrics), engine.state.epoch)
 
     def _send(self, values: dict[str, float], step: int) -> None:
-        if getattr(self.writer, "sender", True) is None:
+        from clara_fl.runtime.private_api import analytics_sender
+
+        if analytics_sender(self.writer) is None:
             return  # the writer was built after the run started (simulator -t 1): nothing to send through
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, global_step=int(step))

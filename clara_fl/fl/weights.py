@@ -22,25 +22,27 @@ def network_weights(network: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_global_weights(network: torch.nn.Module, weights: Mapping[str, Any]) -> tuple[int, int, int]:
-    """Load the weights the network knows; returns (loaded, missing, extra) key counts.
+    """Load the weights the network knows (FLARE's ``feed_vars``); returns (loaded, missing, extra) key counts.
 
     Missing keys keep their local values and extra keys are ignored, so a server model with an
     extra buffer, or a site with an extra head, still trains; the counts are logged.
+
+    Raises:
+        ValueError: a weight's shape differs from the network's, or no key matches at all; nothing is loaded.
     """
-    local = unwrap(network).state_dict()
-    update = {}
-    for key, value in weights.items():
-        if key in local:
-            tensor = torch.as_tensor(value)
-            if tensor.shape != local[key].shape:
-                raise ValueError(f"global weight '{key}' has shape {tuple(tensor.shape)}, the site network {tuple(local[key].shape)}")
-            update[key] = tensor
-    missing = len(set(local) - set(update))
-    extra = len(set(weights) - set(local))
+    from nvflare.app_opt.pt.utils import feed_vars
+
+    model = unwrap(network)
+    try:
+        assigned, state = feed_vars(model, weights)
+    except RuntimeError as e:  # FLARE's report names the keys and shapes
+        raise ValueError(f"global weights do not fit the site network: {e}") from e
+    extra = len(set(weights) - set(state))
+    missing = len(state) - len(assigned)
     if missing or extra:
-        logger.warning("global weights: %d loaded, %d missing (kept local), %d extra (ignored)", len(update), missing, extra)
-    unwrap(network).load_state_dict(update, strict=False)
-    return len(update), missing, extra
+        logger.warning("global weights: %d loaded, %d missing (kept local), %d extra (ignored)", len(assigned), missing, extra)
+    model.load_state_dict(state)
+    return len(assigned), missing, extra
 
 
 def weight_diff(after: Mapping[str, np.ndarray], before: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.runtime.files import atomic_write
 
-__all__ = ["save_atomic", "load_checkpoint", "load_checkpoint_model", "load_torchscript_model", "model_state"]
+__all__ = [
+    "save_atomic", "load_checkpoint", "load_checkpoint_model", "load_torchscript_model", "model_state",
+    "cpu_snapshot", "BackgroundCheckpointWriter",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -97,3 +104,55 @@ def load_torchscript_model(path: str, device: Any) -> Any:
         return torch.jit.load(path, map_location=device).eval()
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"cannot load TorchScript model: {str(e).splitlines()[0]}", file=path) from e
+
+
+def cpu_snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` whose tensors are detached CPU copies and whose dicts/lists are new containers.
+
+    Taken on the training thread, it is a consistent picture that later training steps cannot change.
+    """
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: cpu_snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [cpu_snapshot(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(cpu_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundCheckpointWriter:
+    """Writes snapshots of a state to one file with :func:`save_atomic`, on a background thread.
+
+    :meth:`submit` copies the state to the CPU on the caller's thread, waits for the previous write if
+    it is still going (so at most one snapshot waits in memory besides the live state), and starts the
+    next write. A failed write is logged and the next snapshot tries again.
+
+    Args:
+        path: the file every snapshot replaces.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, state: Any) -> None:
+        snapshot = cpu_snapshot(state)
+        self.flush()
+        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="clara-fl-state-writer", daemon=True)
+        self._thread.start()
+
+    def flush(self) -> None:
+        """Wait until the last submitted snapshot is on disk (or its write failed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _write(self, snapshot: Any) -> None:
+        try:
+            save_atomic(snapshot, self.path)
+        except Exception as e:  # a full disk must not stop training; the previous file stays whole
+            logger.error("could not write %s (%s); the previous state stays in place", self.path, e)

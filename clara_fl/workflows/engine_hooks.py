@@ -29,13 +29,16 @@ def detach_checkpoint_loaders(engine: Any, handlers: Iterable[Any]) -> list[str]
 def handlers_muted(engine: Any, kinds: tuple[type, ...]) -> Iterator[None]:
     """Detach the handlers of the given kinds for the duration, then restore every handler in order.
 
-    ignite has no public way to list an engine's handlers, hence ``_event_handlers``.
+    ignite has no public way to list an engine's handlers (see ``clara_fl.runtime.private_api``).
     """
-    saved = {event: list(entries) for event, entries in engine._event_handlers.items()}
-    for entries in engine._event_handlers.values():
+    from clara_fl.runtime.private_api import event_handler_lists
+
+    handlers = event_handler_lists(engine)
+    saved = {event: list(entries) for event, entries in handlers.items()}
+    for entries in handlers.values():
         entries[:] = [e for e in entries if not isinstance(getattr(e[0], "__self__", None), kinds)]
     try:
         yield
     finally:
         for event, entries in saved.items():
-            engine._event_handlers[event][:] = entries
+            handlers[event][:] = entries

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,11 +14,10 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.runtime.files import remove_stale_temp_files, write_json_atomic
 from clara_fl.workflows.build import build_components, require
 
-__all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE", "RESUME_STATE_MIN_SECONDS"]
+__all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE", "TrainerProgress", "trainer_progress"]
 
-# Everything --resume needs, written atomically into MMAR_CKPT_DIR (see TrainWorkflow.save_state_every).
+# Everything --resume needs, written atomically into MMAR_CKPT_DIR after every epoch (TrainWorkflow.save_state_every_epoch).
 RESUME_STATE_FILE = "train_state.pt"
-RESUME_STATE_MIN_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class TrainWorkflow:
             self.trainer.network = wrap_for_training(self.network, context.device)
             sync_buffers_every_epoch(self.trainer, self.network)
         self._iterations_this_run = 0
+        self._state_writer: Any = None
         self._attach_stats()
 
     @classmethod
@@ -84,43 +85,48 @@ class TrainWorkflow:
         scheduler = self.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.resolver.sections["train"] else None
         return scheduler if hasattr(scheduler, "state_dict") else None
 
-    def training_state(self) -> dict[str, Any]:
-        """Network, optimizer, LR scheduler, epoch/iteration, best metric and best-model bookkeeping."""
-        from clara_fl.runtime.distributed import unwrap
+    def state_objects(self) -> dict[str, Any]:
+        """What the training state holds, by name: objects with ``state_dict()`` / ``load_state_dict()``.
 
-        trainer, evaluator = self.trainer, self.evaluator
-        state: dict[str, Any] = {
-            "model": unwrap(self.network).state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "epoch": int(trainer.state.epoch),
-            "iteration": int(trainer.state.iteration),
-            "max_epochs": int(trainer.state.max_epochs or 0),
+        This is the ``to_save`` / ``to_load`` mapping of ignite's :class:`~ignite.handlers.Checkpoint`: the
+        trainer's progress (``Engine.state_dict``), network, optimizer, LR scheduler, the evaluator's best
+        metric and each MONAI CheckpointSaver's key-metric bookkeeping (which file is the best model).
+        """
+        from clara_fl.runtime.distributed import unwrap
+        from clara_fl.runtime.private_api import key_metric_checkpoint
+
+        objects: dict[str, Any] = {
+            "trainer": TrainerProgress(self.trainer),
+            "model": unwrap(self.network),
+            "optimizer": self.trainer.optimizer,
         }
         scheduler = self._lr_scheduler()
         if scheduler is not None:
-            state["lr_scheduler"] = scheduler.state_dict()
-        if evaluator is not None:
-            state["best_metric"] = float(evaluator.state.best_metric)
-            state["best_metric_epoch"] = int(evaluator.state.best_metric_epoch)
-        state["savers"] = [s._key_metric_checkpoint.state_dict() if getattr(s, "_key_metric_checkpoint", None) else None for s in self._checkpoint_savers()]
+            objects["lr_scheduler"] = scheduler
+        if self.evaluator is not None:
+            objects["evaluator"] = BestMetric(self.evaluator)
+        for index, saver in enumerate(self._checkpoint_savers()):
+            if key_metric_checkpoint(saver) is not None:
+                objects[f"checkpoint_saver_{index}"] = KeyMetricSaverState(saver)
+        return objects
+
+    def training_state(self) -> dict[str, Any]:
+        """Every state object's ``state_dict()`` (live tensors, not copies), plus a summary for people and tools.
+
+        The summary (``epoch``, ``iteration``, ``best_metric``, ``best_metric_epoch``) is only read, never restored.
+        """
+        state = {name: obj.state_dict() for name, obj in self.state_objects().items()}
+        state["epoch"], state["iteration"] = int(self.trainer.state.epoch), int(self.trainer.state.iteration)
+        if "evaluator" in state:
+            state.update(state["evaluator"])
         return state
 
     def restore_training_state(self, state: dict[str, Any]) -> None:
-        from clara_fl.runtime.distributed import unwrap
+        """Load a :meth:`training_state` into the built objects with ignite's ``Checkpoint.load_objects``."""
+        from ignite.handlers import Checkpoint
 
-        trainer, evaluator = self.trainer, self.evaluator
-        if "model" in state:
-            unwrap(self.network).load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
-        scheduler = self._lr_scheduler()
-        if scheduler is not None and "lr_scheduler" in state:
-            scheduler.load_state_dict(state["lr_scheduler"])
-        if evaluator is not None and "best_metric" in state:
-            evaluator.state.best_metric, evaluator.state.best_metric_epoch = state["best_metric"], state["best_metric_epoch"]
-        for saver, saved in zip(self._checkpoint_savers(), state.get("savers", [])):
-            if saved is not None and getattr(saver, "_key_metric_checkpoint", None) is not None:
-                saver._key_metric_checkpoint.load_state_dict(saved)
+        objects = self.state_objects()
+        Checkpoint.load_objects({name: obj for name, obj in objects.items() if name in state}, _upgrade(state))
 
     def save_training_state(self, path: str) -> None:
         from clara_fl.runtime.checkpoint import save_atomic
@@ -138,27 +144,21 @@ class TrainWorkflow:
         self.restore_training_state(state)
         return state
 
-    def save_state_every(self, interval: int, min_seconds: float = RESUME_STATE_MIN_SECONDS) -> None:
-        """Write RESUME_STATE_FILE every ``interval`` epochs, at most once per ``min_seconds``, and at the end.
+    def save_state_every_epoch(self) -> None:
+        """Write RESUME_STATE_FILE after every epoch, once the epoch's own handlers (validation, checkpoints) ran.
 
-        The state (network, optimizer moments, scheduler) is several times the model's size; writing
-        it every epoch of a short epoch costs more than the epoch's checkpoints, while an interrupted
-        run loses at most ``min_seconds`` of training.
+        The state is copied to the CPU on the training thread at EPOCH_COMPLETED (a consistent snapshot)
+        and written crash-safely on a background thread; at most one write is pending, so a kill at any
+        moment loses at most the epoch in progress. The last write finishes before :meth:`run` returns.
         """
         from ignite.engine import Events
 
-        path = os.path.join(self.ckpt_dir, RESUME_STATE_FILE)
-        interval = max(1, int(interval))
-        last_write = time.monotonic()
+        from clara_fl.runtime.checkpoint import BackgroundCheckpointWriter
 
-        def save(engine: Any) -> None:
-            nonlocal last_write
-            due = engine.state.epoch % interval == 0 and time.monotonic() - last_write >= min_seconds
-            if due or engine.state.epoch >= (engine.state.max_epochs or 0):
-                self.save_training_state(path)
-                last_write = time.monotonic()
-
-        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, save)
+        if self.context.rank != 0:
+            return
+        self._state_writer = BackgroundCheckpointWriter(os.path.join(self.ckpt_dir, RESUME_STATE_FILE))
+        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._state_writer.submit(self.training_state()))
 
     def resume(self) -> int | None:
         """Continue from MMAR_CKPT_DIR/train_state.pt; returns the epoch resumed from (None: nothing to resume).
@@ -172,7 +172,7 @@ class TrainWorkflow:
             return None
         if "handlers" in self.resolver.sections["train"]:
             detach_checkpoint_loaders(self.trainer, self.resolver.get("handlers", "train"))
-        self.stats.resumed_from_epoch = int(state["epoch"])
+        self.stats.resumed_from_epoch = int(self.trainer.state.epoch)
         return self.stats.resumed_from_epoch
 
     @property
@@ -195,7 +195,11 @@ class TrainWorkflow:
             for name in remove_stale_temp_files(self.ckpt_dir):
                 logger.info("removed %s, a partial write left by an interrupted run", name)
         start = time.perf_counter()
-        self.trainer.run()
+        try:
+            self.trainer.run()
+        finally:
+            if self._state_writer is not None:
+                self._state_writer.flush()
         self.stats.total_time_s = round(time.perf_counter() - start, 3)
         self.stats.epochs_completed = int(self.trainer.state.epoch)
         self.stats.total_iterations = self._iterations_this_run
@@ -207,6 +211,79 @@ class TrainWorkflow:
         if write_stats and self.context.rank == 0:
             write_json_atomic(os.path.join(self.ckpt_dir, "train_stats.json"), asdict(self.stats))
         return self.stats
+
+
+class TrainerProgress:
+    """The trainer's place in training through ignite's public ``Engine.state_dict()`` / ``load_state_dict()``.
+
+    Loading keeps this run's ``max_epochs`` (``--resume`` with more ``epochs`` trains on) and this run's
+    epoch length: a state saved by another number of DDP processes (an FL site's torchrun workers and its
+    in-process learner) has another epoch length, and then only its finished epochs carry over.
+    """
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.trainer.state_dict())
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        state = self.trainer.state
+        epoch_length = int(state.epoch_length or len(self.trainer.data_loader))
+        iteration, saved_length = int(saved["iteration"]), int(saved["epoch_length"] or epoch_length)
+        if saved_length != epoch_length:
+            iteration = iteration // saved_length * epoch_length
+        max_epochs = max(int(state.max_epochs or 1), -(-iteration // epoch_length))
+        self.trainer.load_state_dict({"iteration": iteration, "epoch_length": epoch_length, "max_epochs": max_epochs})
+
+
+def trainer_progress(state: Mapping[str, Any]) -> tuple[int, int]:
+    """(finished epochs, iterations) recorded in a saved training state."""
+    trainer = state["trainer"]
+    return int(trainer["iteration"]) // int(trainer["epoch_length"]), int(trainer["iteration"])
+
+
+class BestMetric:
+    """The evaluator's best key metric and its epoch (MONAI keeps them on ``engine.state``)."""
+
+    def __init__(self, evaluator: Any) -> None:
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": float(self.evaluator.state.best_metric), "best_metric_epoch": int(self.evaluator.state.best_metric_epoch)}
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = saved["best_metric"], saved["best_metric_epoch"]
+
+
+class KeyMetricSaverState:
+    """A MONAI CheckpointSaver's best-model bookkeeping: MONAI loads it publicly but has no ``state_dict()``."""
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        from clara_fl.runtime.private_api import key_metric_checkpoint
+
+        return key_metric_checkpoint(self.saver).state_dict()
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        self.saver.load_state_dict(saved)
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A state written before the trainer's progress was an ``Engine.state_dict()`` (flat epoch/iteration keys)."""
+    if "trainer" in state or "iteration" not in state:
+        return state
+    upgraded = dict(state)
+    iteration = int(state["iteration"])
+    upgraded["trainer"] = {"iteration": iteration, "epoch_length": None, "max_epochs": state.get("max_epochs")}  # this run's length
+    if "best_metric" in state:
+        upgraded["evaluator"] = {"best_metric": state["best_metric"], "best_metric_epoch": state["best_metric_epoch"]}
+    for index, saved in enumerate(state.get("savers", [])):
+        if saved is not None:
+            upgraded[f"checkpoint_saver_{index}"] = saved
+    return upgraded
 
 
 def _interactive() -> bool:

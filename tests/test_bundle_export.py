@@ -1,0 +1,266 @@
+"""``clara-fl bundle export``: an MMAR becomes a MONAI bundle that MONAI's own tools run, with clara-fl's results.
+
+Every bundle command runs as ``python -m monai.bundle ...`` in a subprocess whose path puts a fake
+``clara_fl`` package first, one that fails on import: the bundle must not need clara-fl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clara_fl.cli import main
+from tests.conftest import REFERENCE, SPLEEN_MMAR, copy_mmar, tiny_set
+
+BYOC = Path(__file__).parent / "reference_byoc"
+GETTING_STARTED = REFERENCE / "GettingStarted" / "config"
+SITES = ["site-1", "site-2"]
+
+
+@pytest.fixture(scope="module")
+def no_clara_fl(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which importing clara_fl fails."""
+    shadow = tmp_path_factory.mktemp("shadow")
+    (shadow / "clara_fl").mkdir()
+    (shadow / "clara_fl" / "__init__.py").write_text("raise ImportError('a bundle must run without clara_fl')\n")
+    return {**os.environ, "PYTHONPATH": str(shadow)}
+
+
+def monai_bundle(bundle: Path, env: dict[str, str], *args: str) -> str:
+    """``python -m monai.bundle ARGS`` in ``bundle``; returns its output, failing the test with it on a non-zero exit."""
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    return output
+
+
+def export(mmar: Path, out: Path, *extra: str) -> Path:
+    assert main(["bundle", "export", "-m", str(mmar), "-o", str(out), *extra]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def spleen_bundle(trained_spleen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-epoch trained spleen MMAR as a bundle, with the tiny run settings baked in (read-only for tests)."""
+    return export(trained_spleen, tmp_path_factory.mktemp("bundle") / "spleen_bundle", "--set", *tiny_set())
+
+
+def fresh_copy(bundle: Path, destination: Path, with_model: bool = True) -> Path:
+    shutil.copytree(bundle, destination, ignore=None if with_model else shutil.ignore_patterns("*.pt"))
+    return destination
+
+
+def scalars(log_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: list[float] = []
+    for events in sorted(log_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values += [e.value for e in accumulator.Scalars(tag)]
+    return values
+
+
+def _rows(path: Path) -> dict[str, float]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.replace("\t", ",").partition(",")
+        rows[name] = float(value)
+    return rows
+
+
+# -- the exported folder ---------------------------------------------------------------------------------
+
+
+def test_export_writes_configs_metadata_weights_and_docs_without_clara_fl(spleen_bundle: Path, trained_spleen: Path) -> None:
+    for name in ("metadata.json", "train.json", "evaluate.json", "inference.json"):
+        text = (spleen_bundle / "configs" / name).read_text()
+        assert "clara_fl" not in text, name
+        json.loads(text)
+    weights = torch.load(spleen_bundle / "models" / "model.pt", weights_only=True)
+    trained = torch.load(trained_spleen / "models" / "model.pt", weights_only=True)["model"]
+    assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in weights)
+    metadata = json.loads((spleen_bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
+    assert metadata["monai_version"] and metadata["pytorch_version"] and metadata["task"].startswith("segmentation")
+    assert "python -m monai.bundle run --config_file configs/train.json" in (spleen_bundle / "docs" / "README.md").read_text()
+
+
+def test_train_config_keeps_the_mmar_variables_and_reads_the_datalist_with_monai(spleen_bundle: Path) -> None:
+    train = json.loads((spleen_bundle / "configs" / "train.json").read_text())
+    assert train["epochs"] == 1 and train["roi_size"] == [16, 16, 16]
+    assert train["optimizer"]["lr"] == "@learning_rate"
+    assert train["train"]["dataset"]["data"] == (
+        "$monai.data.load_decathlon_datalist(@DATASET_JSON, True, @TRAIN_DATALIST_KEY, @DATA_ROOT)"
+    )
+    # Clara's 'ref' transforms are the train transforms themselves.
+    assert train["validate"]["pre_transforms"][0] == "@train#pre_transforms#0"
+
+
+# -- MONAI's own commands on the bundle ------------------------------------------------------------------
+
+
+def test_bundle_training_repeats_clara_fl_train_loss_curve_and_weights(
+    spleen_bundle: Path, trained_spleen: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    bundle = fresh_copy(spleen_bundle, tmp_path / "b", with_model=False)
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/train.json")
+
+    clara_losses = scalars(trained_spleen / "models", "train_loss")
+    bundle_losses = scalars(bundle / "models", "train_loss")
+    assert len(bundle_losses) == len(clara_losses) > 0
+    assert bundle_losses == pytest.approx(clara_losses, rel=1e-5, abs=1e-6)
+    clara = torch.load(trained_spleen / "models" / "final_model.pt", weights_only=True)["model"]
+    final = torch.load(bundle / "models" / "final_model.pt", weights_only=True)
+    final = final.get("model", final)
+    assert final.keys() == clara.keys()
+    for key in clara:
+        torch.testing.assert_close(final[key].float(), clara[key].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_bundle_evaluation_gives_clara_fl_key_metric_on_the_same_model(
+    spleen_bundle: Path, trained_spleen: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    bundle = fresh_copy(spleen_bundle, tmp_path / "b")
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/evaluate.json")
+    mmar = copy_mmar(trained_spleen, tmp_path / "mmar", Path(json.loads((trained_spleen / "config" / "environment.json").read_text())["DATA_ROOT"]))
+    shutil.copytree(trained_spleen / "models", mmar / "models")
+    assert main(["validate", "-m", str(mmar), "--set", "dont_load_ts_model=True", "dont_load_ckpt_model=False", *tiny_set()]) == 0
+
+    bundle_metrics, clara_metrics = _rows(bundle / "eval" / "metrics.csv"), _rows(mmar / "eval" / "metrics.csv")
+    assert bundle_metrics["val_mean_dice"] == pytest.approx(clara_metrics["val_mean_dice"], rel=1e-6)
+    assert (bundle / "eval" / "val_mean_dice_raw.csv").read_text().count(".nii.gz") == 2  # per case, named
+
+
+def test_bundle_inference_writes_a_mask_per_test_case(spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]) -> None:
+    bundle = fresh_copy(spleen_bundle, tmp_path / "b")
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/inference.json")
+    masks = list((bundle / "eval").glob("*/*_seg.nii.gz"))
+    assert len(masks) == 1
+
+
+def test_ckpt_export_turns_the_bundle_weights_into_torchscript(spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]) -> None:
+    bundle = fresh_copy(spleen_bundle, tmp_path / "b")
+    monai_bundle(bundle, no_clara_fl, "ckpt_export", "--config_file", "configs/train.json", "--filepath", "models/model.ts")
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
+    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+# -- BYOC -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def byoc_mmar(tmp_path: Path, synthetic_data) -> Path:
+    """The reference GettingStarted MMAR with trn_BYOC_Arch_loss.json and its custom/ code; 16^3 crops, a narrow network."""
+    if not GETTING_STARTED.is_dir():
+        pytest.skip("shared/reference is not checked out beside the repo")
+    mmar = tmp_path / "byoc"
+    shutil.copytree(GETTING_STARTED, mmar / "config")
+    shutil.copytree(BYOC, mmar / "custom")
+    config_file = mmar / "config" / "trn_BYOC_Arch_loss.json"
+    config = json.loads(config_file.read_text())
+    for transform in config["train"]["pre_transforms"]:
+        if transform["name"] == "RandCropByPosNegLabeld":
+            transform["args"]["spatial_size"] = [16, 16, 16]
+    config["validate"]["inferer"]["args"]["roi_size"] = [16, 16, 16]
+    config["train"]["model"]["args"]["features"] = [4, 4, 8, 8, 16, 4]
+    config_file.write_text(json.dumps(config, indent=2))
+    environment = json.loads((mmar / "config" / "environment.json").read_text())
+    environment.update(DATA_ROOT=str(synthetic_data.root), DATASET_JSON=str(synthetic_data.dataset_json))
+    (mmar / "config" / "environment.json").write_text(json.dumps(environment))
+    return mmar
+
+
+def test_byoc_code_goes_to_scripts_and_the_bundle_trains_as_clara_fl_does(
+    byoc_mmar: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    settings = ["epochs=1", "num_interval_per_valid=2"]  # one epoch, no validation
+    bundle = export(byoc_mmar, tmp_path / "bundle", "--train-config", "config/trn_BYOC_Arch_loss.json", "--set", *settings)
+    assert (bundle / "scripts" / "myLoss.py").read_bytes() == (BYOC / "myLoss.py").read_bytes()
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    assert train["network_def"]["_target_"] == "myNetworkArch.MyBasicUNet"
+    assert train["loss"]["_target_"] == "myLoss.MyDiceLoss"
+    assert "n_classes" not in json.dumps(train)  # MONAI 1.6 removed it; to_onehot carries the class count
+
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/train.json")
+    assert main(["train", "-m", str(byoc_mmar), "-c", "config/trn_BYOC_Arch_loss.json", "--set", *settings]) == 0
+
+    clara_losses = scalars(byoc_mmar / "models", "train_loss")
+    assert len(clara_losses) > 0
+    assert scalars(bundle / "models", "train_loss") == pytest.approx(clara_losses, rel=1e-5, abs=1e-6)
+
+
+# -- what a bundle cannot say ---------------------------------------------------------------------------
+
+
+def test_a_construct_without_bundle_equivalent_is_a_one_line_error_and_nothing_is_written(
+    spleen_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config_file = spleen_mmar / "config" / "config_train.json"
+    config = json.loads(config_file.read_text())
+    config["train"]["handlers"][4]["args"]["output_transform"] = "#lambda x: x['loss'] if '#' else None"
+    config_file.write_text(json.dumps(config))
+
+    code = main(["bundle", "export", "-m", str(spleen_mmar), "-o", str(tmp_path / "bundle")])
+
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.count("\n") == 0
+    assert "config/config_train.json: train.handlers[4].args.output_transform:" in error and "'#'" in error
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle-")]
+
+
+# -- MONAI's FL client in FLARE's simulator ------------------------------------------------------------
+
+
+def test_the_bundle_federates_through_monai_algo_in_the_flare_simulator(
+    spleen_bundle: Path, synthetic_data, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    from monai.bundle import ConfigParser
+    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+
+    bundle = fresh_copy(spleen_bundle, tmp_path / "bundle", with_model=False)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    network = {k: parser.get_parsed_content(f"network_def#{k}") for k in parser["network_def"] if k != "_target_"}
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "bench" / "monai_fl" / "client.py", staging)
+    cwd = os.getcwd()
+    os.chdir(staging)  # the recipe records the script path as given: relative to the app's custom/
+    try:
+        recipe = FedAvgRecipe(
+            name="bundle_fedavg",
+            min_clients=2,
+            num_rounds=1,
+            model={"class_path": parser["network_def"]["_target_"], "args": network},
+            train_script="client.py",
+            train_args=f"--local_epochs 1 --data_root {synthetic_data.root} "
+            f"--datalist_pattern {synthetic_data.root}/dataset_{{SITE_NAME}}.json",
+            key_metric="val_mean_dice",
+        )
+        recipe.export(str(tmp_path / "jobs"))
+    finally:
+        os.chdir(cwd)
+    job = tmp_path / "jobs" / "bundle_fedavg"
+    shutil.copytree(bundle, job / "app" / "custom" / "bundle")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(tmp_path / "ws"), "-n", "2", "-t", "2"],
+        env=no_clara_fl, capture_output=True, text=True, timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    for site in SITES:
+        assert f"Start {site} training" in output or (tmp_path / "ws" / site).is_dir()
+    assert "Round 0 finished" in output or "round 0 finished" in output.lower(), output[-4000:]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from clara_fl.cli import main
-from tests.conftest import REFERENCE, SPLEEN_MMAR, copy_mmar, tiny_set
+from tests.conftest import REFERENCE, copy_mmar, tiny_set
 
 BYOC = Path(__file__).parent / "reference_byoc"
 GETTING_STARTED = REFERENCE / "GettingStarted" / "config"
@@ -34,8 +34,10 @@ def no_clara_fl(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def monai_bundle(bundle: Path, env: dict[str, str], *args: str) -> str:
-    """``python -m monai.bundle ARGS`` in ``bundle``; returns its output, failing the test with it on a non-zero exit."""
-    done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    """``python -m monai.bundle ARGS`` in ``bundle``; returns its output (a non-zero exit fails the test with it)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=bundle, env=env, capture_output=True, text=True, timeout=300
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output
@@ -80,7 +82,9 @@ def _rows(path: Path) -> dict[str, float]:
 # -- the exported folder ---------------------------------------------------------------------------------
 
 
-def test_export_writes_configs_metadata_weights_and_docs_without_clara_fl(spleen_bundle: Path, trained_spleen: Path) -> None:
+def test_export_writes_configs_metadata_weights_and_docs_without_clara_fl(
+    spleen_bundle: Path, trained_spleen: Path
+) -> None:
     for name in ("metadata.json", "train.json", "evaluate.json", "inference.json"):
         text = (spleen_bundle / "configs" / name).read_text()
         assert "clara_fl" not in text, name
@@ -92,7 +96,10 @@ def test_export_writes_configs_metadata_weights_and_docs_without_clara_fl(spleen
     assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 1
     assert metadata["network_data_format"]["outputs"]["pred"]["num_channels"] == 2
     assert metadata["monai_version"] and metadata["pytorch_version"] and metadata["task"].startswith("segmentation")
-    assert "python -m monai.bundle run --config_file configs/train.json" in (spleen_bundle / "docs" / "README.md").read_text()
+    assert (
+        "python -m monai.bundle run --config_file configs/train.json"
+        in (spleen_bundle / "docs" / "README.md").read_text()
+    )
 
 
 def test_train_config_keeps_the_mmar_variables_and_reads_the_datalist_with_monai(spleen_bundle: Path) -> None:
@@ -132,25 +139,40 @@ def test_bundle_evaluation_gives_clara_fl_key_metric_on_the_same_model(
 ) -> None:
     bundle = fresh_copy(spleen_bundle, tmp_path / "b")
     monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/evaluate.json")
-    mmar = copy_mmar(trained_spleen, tmp_path / "mmar", Path(json.loads((trained_spleen / "config" / "environment.json").read_text())["DATA_ROOT"]))
+    mmar = copy_mmar(
+        trained_spleen,
+        tmp_path / "mmar",
+        Path(json.loads((trained_spleen / "config" / "environment.json").read_text())["DATA_ROOT"]),
+    )
     shutil.copytree(trained_spleen / "models", mmar / "models")
-    assert main(["validate", "-m", str(mmar), "--set", "dont_load_ts_model=True", "dont_load_ckpt_model=False", *tiny_set()]) == 0
+    assert (
+        main(
+            ["validate", "-m", str(mmar), "--set", "dont_load_ts_model=True", "dont_load_ckpt_model=False", *tiny_set()]
+        )
+        == 0
+    )
 
     bundle_metrics, clara_metrics = _rows(bundle / "eval" / "metrics.csv"), _rows(mmar / "eval" / "metrics.csv")
     assert bundle_metrics["val_mean_dice"] == pytest.approx(clara_metrics["val_mean_dice"], rel=1e-6)
     assert (bundle / "eval" / "val_mean_dice_raw.csv").read_text().count(".nii.gz") == 2  # per case, named
 
 
-def test_bundle_inference_writes_a_mask_per_test_case(spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]) -> None:
+def test_bundle_inference_writes_a_mask_per_test_case(
+    spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
     bundle = fresh_copy(spleen_bundle, tmp_path / "b")
     monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/inference.json")
     masks = list((bundle / "eval").glob("*/*_seg.nii.gz"))
     assert len(masks) == 1
 
 
-def test_ckpt_export_turns_the_bundle_weights_into_torchscript(spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]) -> None:
+def test_ckpt_export_turns_the_bundle_weights_into_torchscript(
+    spleen_bundle: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
     bundle = fresh_copy(spleen_bundle, tmp_path / "b")
-    monai_bundle(bundle, no_clara_fl, "ckpt_export", "--config_file", "configs/train.json", "--filepath", "models/model.ts")
+    monai_bundle(
+        bundle, no_clara_fl, "ckpt_export", "--config_file", "configs/train.json", "--filepath", "models/model.ts"
+    )
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
     assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
 
@@ -160,7 +182,9 @@ def test_ckpt_export_turns_the_bundle_weights_into_torchscript(spleen_bundle: Pa
 
 @pytest.fixture
 def byoc_mmar(tmp_path: Path, synthetic_data) -> Path:
-    """The reference GettingStarted MMAR with trn_BYOC_Arch_loss.json and its custom/ code; 16^3 crops, a narrow network."""
+    """The reference GettingStarted MMAR with trn_BYOC_Arch_loss.json and its custom/ code.
+
+    Crops are 16^3 and the network narrow, so it trains in seconds."""
     if not GETTING_STARTED.is_dir():
         pytest.skip("shared/reference is not checked out beside the repo")
     mmar = tmp_path / "byoc"
@@ -184,7 +208,9 @@ def test_byoc_code_goes_to_scripts_and_the_bundle_trains_as_clara_fl_does(
     byoc_mmar: Path, tmp_path: Path, no_clara_fl: dict[str, str]
 ) -> None:
     settings = ["epochs=1", "num_interval_per_valid=2"]  # one epoch, no validation
-    bundle = export(byoc_mmar, tmp_path / "bundle", "--train-config", "config/trn_BYOC_Arch_loss.json", "--set", *settings)
+    bundle = export(
+        byoc_mmar, tmp_path / "bundle", "--train-config", "config/trn_BYOC_Arch_loss.json", "--set", *settings
+    )
     assert (bundle / "scripts" / "myLoss.py").read_bytes() == (BYOC / "myLoss.py").read_bytes()
     train = json.loads((bundle / "configs" / "train.json").read_text())
     assert train["network_def"]["_target_"] == "myNetworkArch.MyBasicUNet"
@@ -258,7 +284,10 @@ def test_the_bundle_federates_through_monai_algo_in_the_flare_simulator(
 
     done = subprocess.run(
         [sys.executable, "-m", "nvflare.cli", "simulator", str(job), "-w", str(tmp_path / "ws"), "-n", "2", "-t", "2"],
-        env=no_clara_fl, capture_output=True, text=True, timeout=300,
+        env=no_clara_fl,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]

@@ -9,15 +9,27 @@ import os
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bundle", help="MONAI bundles from MMARs")
     commands = parser.add_subparsers(dest="bundle_command", metavar="BUNDLE_COMMAND", required=True)
-    export = commands.add_parser("export", help="write a MONAI bundle that trains, evaluates and infers as the MMAR does")
+    export = commands.add_parser(
+        "export", help="write a MONAI bundle that trains, evaluates and infers as the MMAR does"
+    )
     export.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
     export.add_argument("-o", "--output", required=True, help="bundle folder to write (must not exist or be empty)")
     export.add_argument("--train-config", default="config/config_train.json", help="train config, relative to the MMAR")
-    export.add_argument("--validation-config", help="validation config (default: config/config_validation.json if present)")
-    export.add_argument("--inference-config", help="inference config (default: config/config_inference.json if present)")
+    export.add_argument(
+        "--validation-config", help="validation config (default: config/config_validation.json if present)"
+    )
+    export.add_argument(
+        "--inference-config", help="inference config (default: config/config_inference.json if present)"
+    )
     export.add_argument("-e", "--environment", default="config/environment.json", help="environment file")
-    export.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
-                        help="variables to bake into the bundle, e.g. epochs=2")
+    export.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="variables to bake into the bundle, e.g. epochs=2",
+    )
     export.set_defaults(run=run)
 
 
@@ -35,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         overrides=parse_set_args(args.set),
     )
     exported = export_bundle(request)
-    print(f"wrote the bundle {exported.root}: {', '.join(os.path.basename(c) for c in exported.configs)}"
-          + (", models/model.pt" if exported.model else "") + (f", {len(exported.scripts)} script file(s)" if exported.scripts else ""))
+    print(
+        f"wrote the bundle {exported.root}: {', '.join(os.path.basename(c) for c in exported.configs)}"
+        + (", models/model.pt" if exported.model else "")
+        + (f", {len(exported.scripts)} script file(s)" if exported.scripts else "")
+    )
     return 0

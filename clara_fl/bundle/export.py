@@ -113,8 +113,14 @@ def _versions() -> dict[str, str]:
 
     from clara_fl import __version__
 
-    return {"monai": monai.__version__, "torch": torch.__version__.split("+")[0], "numpy": numpy.__version__,
-            "nibabel": nibabel.__version__, "ignite": ignite.__version__, "clara_fl": __version__}
+    return {
+        "monai": monai.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "numpy": numpy.__version__,
+        "nibabel": nibabel.__version__,
+        "ignite": ignite.__version__,
+        "clara_fl": __version__,
+    }
 
 
 def export_bundle(request: ExportRequest) -> ExportedBundle:
@@ -181,11 +187,21 @@ def _copy_scripts(mmar_root: str, staging: str) -> list[str]:
     if not os.path.isdir(custom):
         return []
     shutil.copytree(custom, os.path.join(staging, "scripts"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return sorted(os.path.relpath(os.path.join(d, f), staging) for d, _, files in os.walk(os.path.join(staging, "scripts")) for f in files)
+    return sorted(
+        os.path.relpath(os.path.join(d, f), staging)
+        for d, _, files in os.walk(os.path.join(staging, "scripts"))
+        for f in files
+    )
 
 
 def _write_readme(
-    staging: str, name: str, mmar_root: str, request: ExportRequest, configs: list[str], has_model: bool, scripts: list[str]
+    staging: str,
+    name: str,
+    mmar_root: str,
+    request: ExportRequest,
+    configs: list[str],
+    has_model: bool,
+    scripts: list[str],
 ) -> None:
     lines = [
         f"# {name}",
@@ -197,10 +213,13 @@ def _write_readme(
         "## Run it (from this folder)",
         "",
         "```bash",
-        "python -m monai.bundle run --config_file configs/train.json --dataset_dir /data --dataset_json /data/dataset.json",
+        "python -m monai.bundle run --config_file configs/train.json \\",
+        "    --dataset_dir /data --dataset_json /data/dataset.json",
     ]
     if "evaluate.json" in configs:
-        lines.append("python -m monai.bundle run --config_file configs/evaluate.json     # on models/model.pt, metrics to eval/")
+        lines.append(
+            "python -m monai.bundle run --config_file configs/evaluate.json     # on models/model.pt, metrics to eval/"
+        )
     if "inference.json" in configs:
         lines.append("python -m monai.bundle run --config_file configs/inference.json    # predictions to eval/")
     lines += [
@@ -209,7 +228,7 @@ def _write_readme(
         "```",
         "",
         "Every Clara variable of the MMAR (config globals and environment.json) is a bundle variable of the same",
-        "name that `--NAME value` overrides (`--epochs 2`, `--learning_rate 0.001`, `--roi_size \"[96,96,96]\"`);",
+        'name that `--NAME value` overrides (`--epochs 2`, `--learning_rate 0.001`, `--roi_size "[96,96,96]"`);',
         "`DATA_ROOT` and `DATASET_JSON` are also MONAI's `dataset_dir` and `dataset_json`. `MMAR_*` paths are under",
         "`bundle_root` (default: the current folder; pass `--bundle_root` to run from elsewhere).",
         "",
@@ -219,7 +238,7 @@ def _write_readme(
         + (" (the MMAR's trained model)." if has_model else "; training writes it (best key metric)."),
         "- The evaluate and inference configs load `models/model.pt`; Clara's TorchScript `model` entry is not used.",
         "- Handlers Clara built only on rank 0 run in the bundle's single process; checkpoints hold no `train_conf`.",
-        "- `\"device\": \"cuda\"` and `amp` fall back to the CPU without CUDA, as clara-fl did.",
+        '- `"device": "cuda"` and `amp` fall back to the CPU without CUDA, as clara-fl did.',
     ]
     if scripts:
         lines += ["- The MMAR's `custom/` code is in `scripts/`; components that use it put that folder on `sys.path`."]

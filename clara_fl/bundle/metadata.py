@@ -1,4 +1,4 @@
-"""``configs/metadata.json``: versions, task, description and the network's input/output for a bundle made from an MMAR."""
+"""``configs/metadata.json`` of a bundle made from an MMAR: versions, task, description, network input/output."""
 
 from __future__ import annotations
 
@@ -62,18 +62,33 @@ def bundle_metadata(
     task = str(variables.get("PROCESSING_TASK") or "")
     spatial = _spatial_shape(train, variables)
     tensor = {"type": "image", "dtype": "float32", "is_patch_data": True}
-    inputs = {**tensor, "format": "magnitude", "num_channels": channels("in_channels", "INPUT_CHANNELS"), "value_range": []}
-    outputs = {**tensor, "format": task or "unknown", "num_channels": channels("out_channels", "OUTPUT_CHANNELS"), "value_range": []}
+    inputs = {
+        **tensor,
+        "format": "magnitude",
+        "num_channels": channels("in_channels", "INPUT_CHANNELS"),
+        "value_range": [],
+    }
+    outputs = {
+        **tensor,
+        "format": task or "unknown",
+        "num_channels": channels("out_channels", "OUTPUT_CHANNELS"),
+        "value_range": [],
+    }
     if spatial:
         inputs["spatial_shape"] = outputs["spatial_shape"] = spatial
     return {
         "schema": SCHEMA,
         "version": "0.1.0",
-        "changelog": {"0.1.0": f"exported from the Clara MMAR '{name}' by clara-fl {versions.get('clara_fl', '')}".rstrip()},
+        "changelog": {
+            "0.1.0": f"exported from the Clara MMAR '{name}' by clara-fl {versions.get('clara_fl', '')}".rstrip()
+        },
         "monai_version": versions["monai"],
         "pytorch_version": versions["torch"],
         "numpy_version": versions["numpy"],
-        "required_packages_version": {"nibabel": versions.get("nibabel", ""), "pytorch-ignite": versions.get("ignite", "")},
+        "required_packages_version": {
+            "nibabel": versions.get("nibabel", ""),
+            "pytorch-ignite": versions.get("ignite", ""),
+        },
         "name": name,
         "task": f"{task} ({name})" if task else name,
         "description": description or f"Clara MMAR '{name}' as a MONAI bundle.",

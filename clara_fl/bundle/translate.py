@@ -35,7 +35,18 @@ from clara_fl.config.variables import PLACEHOLDER, as_bool, config_globals, is_c
 __all__ = ["ClaraConfig", "translate_train", "translate_evaluate", "translate_inference", "RESERVED_IDS"]
 
 COMPONENT_KEYS = frozenset(
-    {"name", "path", "args", "disabled", "rank", "log_label", "ref", "data_list_file_path", "data_file_base_dir", "data_list_key"}
+    {
+        "name",
+        "path",
+        "args",
+        "disabled",
+        "rank",
+        "log_label",
+        "ref",
+        "data_list_file_path",
+        "data_file_base_dir",
+        "data_list_key",
+    }
 )
 DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
 MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
@@ -43,11 +54,34 @@ MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
 ROOT_ITEMS = {"model": "network", "loss": "loss", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
 TRANSFORM_LISTS = {"pre_transforms": "preprocessing", "post_transforms": "postprocessing"}
 SKIPPED_ROOT_ITEMS = ("network_summary", "determinism")  # metadata and initialize carry these
-IMPORTS = ["$import os", "$import sys", "$import torch", "$import numpy", "$import numpy as np", "$import monai", "$import ignite"]
+IMPORTS = [
+    "$import os",
+    "$import sys",
+    "$import torch",
+    "$import numpy",
+    "$import numpy as np",
+    "$import monai",
+    "$import ignite",
+]
 DEVICE = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
 RESERVED_IDS = frozenset(
-    {"imports", "bundle_root", "device", "network_def", "network", "loss", "optimizer", "lr_scheduler", "train", "validate",
-     "initialize", "run", "finalize", "scripts_dir", "MMAR_ROOT"}
+    {
+        "imports",
+        "bundle_root",
+        "device",
+        "network_def",
+        "network",
+        "loss",
+        "optimizer",
+        "lr_scheduler",
+        "train",
+        "validate",
+        "initialize",
+        "run",
+        "finalize",
+        "scripts_dir",
+        "MMAR_ROOT",
+    }
 )
 _REFERENCE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 _META_FROM_ENGINE = re.compile(r"(?:monai\.handlers\.)?from_engine\(\s*\[\s*['\"](\w+)_meta_dict['\"]\s*\]\s*\)")
@@ -75,7 +109,8 @@ def _is_component(value: Any) -> bool:
 def _is_model_entry(value: Any) -> bool:
     entries = value if isinstance(value, list) else [value]
     return bool(entries) and all(
-        isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and bool(e.keys() & {"ts_path", "ckpt_path"}) for e in entries
+        isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and bool(e.keys() & {"ts_path", "ckpt_path"})
+        for e in entries
     )
 
 
@@ -95,7 +130,9 @@ def _set_nested(tree: dict[str, Any], item_id: str, value: Any) -> None:
 class _Translator:
     """Translates the components of one config; ``sections`` maps a Clara section to its bundle prefix."""
 
-    def __init__(self, source: ClaraConfig, sections: Mapping[str, Mapping[str, Any]], prefixes: Mapping[str, str]) -> None:
+    def __init__(
+        self, source: ClaraConfig, sections: Mapping[str, Mapping[str, Any]], prefixes: Mapping[str, str]
+    ) -> None:
         self.source = source
         self.sections = sections
         self.prefixes = prefixes
@@ -142,14 +179,17 @@ class _Translator:
                 return self.plain_dict(value, path, section)
             return value
         except ConfigError as e:
-            raise e.located(self.source.file, path)
+            e.located(self.source.file, path)
+            raise
 
     def plain_dict(self, value: Mapping[str, Any], path: str, section: str) -> dict[str, Any]:
         out = {}
         for key, item in value.items():
             if "#" in str(key):
-                raise ConfigError(f"key '{key}' contains '#', which MONAI's ConfigParser reads as an id separator",
-                                  path=json_path(path, key))
+                raise ConfigError(
+                    f"key '{key}' contains '#', which MONAI's ConfigParser reads as an id separator",
+                    path=json_path(path, key),
+                )
             if item == "@conf":
                 continue  # Clara saved the config beside the weights ("train_conf"); bundle checkpoints hold weights
             out[key] = self.value(item, json_path(path, key), section)
@@ -173,7 +213,9 @@ class _Translator:
         if meta:
             return f"$lambda x: [xx[{meta.group(1)!r}].meta for xx in x]"
         if "_meta_dict" in source:
-            raise ConfigError(f"'{value}' reads '*_meta_dict' keys, which MONAI 1.6 no longer has (metadata lives on MetaTensors)")
+            raise ConfigError(
+                f"'{value}' reads '*_meta_dict' keys, which MONAI 1.6 no longer has (metadata lives on MetaTensors)"
+            )
         if "#" in source:
             raise ConfigError(f"'{value}' contains '#', which MONAI's ConfigParser turns into '::' in every string")
         return "$" + _REFERENCE.sub(lambda m: "@" + self.reference(m.group(1), section, path), source)
@@ -188,11 +230,14 @@ class _Translator:
         try:
             target = resolve_target(spec, self.source.custom_modules)
         except ConfigError as e:
-            raise e.located(self.source.file, json_path(path, "path" if "path" in spec else "name"))
+            e.located(self.source.file, json_path(path, "path" if "path" in spec else "name"))
+            raise
         raw_args = spec.get("args", {})
         if not isinstance(raw_args, dict):
-            raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
-                              path=json_path(path, "args"))
+            raise ConfigError(
+                f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
+                path=json_path(path, "args"),
+            )
         args = compat.translate_args(target.short_name, target.callable, raw_args)
         out: dict[str, Any] = {"_target_": target.dotted}
         if target.byoc:
@@ -255,23 +300,33 @@ class _Translator:
     def transform_ref(self, value: Mapping[str, Any], path: str, section: str) -> str:
         ref = value["ref"]
         if not isinstance(ref, str) or not ref:
-            raise ConfigError(f"'ref' must name a train transform by class name or alias, got {ref!r}", path=json_path(path, "ref"))
+            raise ConfigError(
+                f"'ref' must name a train transform by class name or alias, got {ref!r}", path=json_path(path, "ref")
+            )
         extra = set(value) - {"ref", "disabled", "rank"}
         if extra:
             raise ConfigError(f"a 'ref' item takes no other keys, found {sorted(extra)}")
         train = self.sections.get("train")
         if train is None or section == "train":
-            raise ConfigError(f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')")
+            raise ConfigError(
+                f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')"
+            )
         candidates = []
         for list_name in TRANSFORM_LISTS:
             for index, spec in enumerate(train.get(list_name) or []):
                 if _is_component(spec):
                     name, _, alias = str(spec.get("name") or spec.get("path")).partition("#")
-                    candidates.append((bundle_id(self.prefixes["train"], list_name, str(index)), name.split(".")[-1], alias))
-        match = next((i for i, _, alias in candidates if alias == ref), None) or next((i for i, n, _ in candidates if n == ref), None)
+                    candidates.append(
+                        (bundle_id(self.prefixes["train"], list_name, str(index)), name.split(".")[-1], alias)
+                    )
+        match = next((i for i, _, alias in candidates if alias == ref), None) or next(
+            (i for i, n, _ in candidates if n == ref), None
+        )
         if match is None:
             known = [a for _, _, a in candidates if a] + [n for _, n, _ in candidates]
-            raise ConfigError(f"ref '{ref}' matches no transform name or alias in the train transforms{did_you_mean(ref, known)}")
+            raise ConfigError(
+                f"ref '{ref}' matches no transform name or alias in the train transforms{did_you_mean(ref, known)}"
+            )
         return "@" + match
 
     # -- sections --------------------------------------------------------------------------------------
@@ -299,7 +354,9 @@ class _Translator:
         for index, spec in enumerate(specs):
             spec_path = json_path(path, index) if isinstance(value, list) else path
             if not _is_component(spec):
-                raise ConfigError("a metric must be a component with 'name' or 'path'", file=self.source.file, path=spec_path)
+                raise ConfigError(
+                    "a metric must be a component with 'name' or 'path'", file=self.source.file, path=spec_path
+                )
             label = spec.get("log_label") or str(spec.get("name") or spec.get("path")).split("#")[0].split(".")[-1]
             metrics[str(label)] = self.value(spec, spec_path, section)
         return metrics
@@ -340,8 +397,12 @@ def _flat_sections(content: Mapping[str, Any]) -> dict[str, Any]:
 
 def _base(source: ClaraConfig, run: list[str], reserved: set[str]) -> dict[str, Any]:
     variables = source.variables.values
-    base: dict[str, Any] = {"imports": list(IMPORTS), "bundle_root": ".", "scripts_dir": "$os.path.join(@bundle_root, 'scripts')",
-                            "device": DEVICE}
+    base: dict[str, Any] = {
+        "imports": list(IMPORTS),
+        "bundle_root": ".",
+        "scripts_dir": "$os.path.join(@bundle_root, 'scripts')",
+        "device": DEVICE,
+    }
     base.update(source.variables.items(set(RESERVED_IDS) | reserved))
     initialize = []
     determinism = variables.get("determinism")
@@ -360,7 +421,11 @@ def _network_items(train: ClaraConfig) -> dict[str, Any]:
     """``network_def`` and ``network`` from a train config (validation and inference configs name no network)."""
     section = train.content.get("train")
     if not isinstance(section, dict) or not _is_component(section.get("model")):
-        raise ConfigError("the train config has no 'train.model' component to take the network from", file=train.file, path="train.model")
+        raise ConfigError(
+            "the train config has no 'train.model' component to take the network from",
+            file=train.file,
+            path="train.model",
+        )
     translator = _Translator(train, {"train": section}, {"train": "train"})
     translator.section_item("train", "model", section["model"])
     return {"network_def": translator.items["network_def"], "network": translator.items["network"]}
@@ -387,7 +452,9 @@ def translate_train(train: ClaraConfig) -> dict[str, Any]:
     sections: dict[str, Mapping[str, Any]] = {"train": content["train"]}
     if isinstance(content.get("validate"), dict):
         sections["validate"] = content["validate"]
-    extras = {k: v for k, v in content.items() if k not in ("train", "validate", *SKIPPED_ROOT_ITEMS) and isinstance(v, dict)}
+    extras = {
+        k: v for k, v in content.items() if k not in ("train", "validate", *SKIPPED_ROOT_ITEMS) and isinstance(v, dict)
+    }
     if extras:
         sections[""] = extras
     prefixes = {"train": "train", "validate": "validate", "": ""}

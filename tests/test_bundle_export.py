@@ -79,6 +79,41 @@ def _rows(path: Path) -> dict[str, float]:
     return rows
 
 
+# -- values ConfigParser must read back as Clara meant them ---------------------------------------------
+
+
+def test_literal_strings_with_hash_or_reference_marks_read_back_unchanged() -> None:
+    from monai.bundle import ConfigParser
+
+    from clara_fl.bundle.syntax import literal
+
+    texts = ["model#best.pt", "@not_a_reference", "$5", "%macro", "plain"]
+    parser = ConfigParser({f"v{i}": literal(text) for i, text in enumerate(texts)})
+    assert [parser.get_parsed_content(f"v{i}") for i in range(len(texts))] == texts
+
+
+def test_text_around_a_variable_follows_the_variable_when_it_is_overridden() -> None:
+    from monai.bundle import ConfigParser
+
+    from clara_fl.bundle.variables import BundleVariables
+
+    variables = BundleVariables({"DATA_ROOT": "/data"}, "/mmar", "config/config_train.json")
+    items = {**variables.items(set()), "bundle_root": ".", "list": variables.text("{DATA_ROOT}/lists/#1.json", "x")}
+    parser = ConfigParser(items)
+    parser["dataset_dir"] = "/elsewhere"  # what `--dataset_dir` does (MONAI's name for Clara's DATA_ROOT)
+    assert parser.get_parsed_content("list") == "/elsewhere/lists/#1.json"
+
+
+def test_a_variable_named_like_an_item_every_bundle_has_is_an_error() -> None:
+    from clara_fl.bundle.translate import RESERVED_IDS
+    from clara_fl.bundle.variables import BundleVariables
+    from clara_fl.config.errors import ConfigError
+
+    variables = BundleVariables({"device": "cuda"}, "/mmar", "config/config_train.json")
+    with pytest.raises(ConfigError, match="config/config_train.json: device: variable 'device'"):
+        variables.items(set(RESERVED_IDS))
+
+
 # -- the exported folder ---------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ Clara semantics carried over: ``@name`` looks in the current section first, then
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -371,7 +372,10 @@ class _Translator:
 def _fill_known(code: str, values: Mapping[str, Any]) -> str:
     def replace(match: re.Match) -> str:
         name = match.group(1)
-        return str(values[name]) if name in values else match.group(0)
+        if name not in values:
+            return match.group(0)  # code keeps braces that are not variables (dict and set literals)
+        value = values[name]
+        return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
     return PLACEHOLDER.sub(replace, code)
 

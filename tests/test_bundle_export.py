@@ -260,6 +260,36 @@ def test_byoc_code_goes_to_scripts_and_the_bundle_trains_as_clara_fl_does(
     assert scalars(bundle / "models", "train_loss") == pytest.approx(clara_losses, rel=1e-5, abs=1e-6)
 
 
+def test_byoc_network_exports_to_torchscript_from_outside_the_bundle_folder(
+    byoc_mmar: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    bundle = export(byoc_mmar, tmp_path / "bundle", "--train-config", "config/trn_BYOC_Arch_loss.json")
+    from monai.networks.nets import BasicUNet
+
+    # MyBasicUNet is a BasicUNet with Clara 4.0's argument names: the same weights.
+    network = BasicUNet(spatial_dims=3, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4), norm="batch")
+    (bundle / "models").mkdir()
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monai_bundle(
+        elsewhere,
+        no_clara_fl,
+        "ckpt_export",
+        "--config_file",
+        str(bundle / "configs" / "train.json"),
+        "--bundle_root",
+        str(bundle),
+        "--ckpt_file",
+        str(bundle / "models" / "model.pt"),
+        "--filepath",
+        str(bundle / "models" / "model.ts"),
+    )
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
+    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
 # -- what a bundle cannot say ---------------------------------------------------------------------------
 
 

@@ -71,7 +71,8 @@ def scalars(log_dir: Path, tag: str) -> list[float]:
     return values
 
 
-def _rows(path: Path) -> dict[str, float]:
+def metric_rows(path: Path) -> dict[str, float]:
+    """MetricsSaver's metrics.csv: ``{metric name: value}``."""
     rows = {}
     for line in path.read_text().splitlines():
         name, _, value = line.replace("\t", ",").partition(",")
@@ -170,24 +171,17 @@ def test_bundle_training_repeats_clara_fl_train_loss_curve_and_weights(
 
 
 def test_bundle_evaluation_gives_clara_fl_key_metric_on_the_same_model(
-    spleen_bundle: Path, trained_spleen: Path, tmp_path: Path, no_clara_fl: dict[str, str]
+    spleen_bundle: Path, trained_spleen: Path, synthetic_data, tmp_path: Path, no_clara_fl: dict[str, str]
 ) -> None:
     bundle = fresh_copy(spleen_bundle, tmp_path / "b")
     monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/evaluate.json")
-    mmar = copy_mmar(
-        trained_spleen,
-        tmp_path / "mmar",
-        Path(json.loads((trained_spleen / "config" / "environment.json").read_text())["DATA_ROOT"]),
-    )
+    mmar = copy_mmar(trained_spleen, tmp_path / "mmar", synthetic_data.root)
     shutil.copytree(trained_spleen / "models", mmar / "models")
-    assert (
-        main(
-            ["validate", "-m", str(mmar), "--set", "dont_load_ts_model=True", "dont_load_ckpt_model=False", *tiny_set()]
-        )
-        == 0
-    )
+    from_checkpoint = ["dont_load_ts_model=True", "dont_load_ckpt_model=False"]
+    assert main(["validate", "-m", str(mmar), "--set", *from_checkpoint, *tiny_set()]) == 0
 
-    bundle_metrics, clara_metrics = _rows(bundle / "eval" / "metrics.csv"), _rows(mmar / "eval" / "metrics.csv")
+    bundle_metrics = metric_rows(bundle / "eval" / "metrics.csv")
+    clara_metrics = metric_rows(mmar / "eval" / "metrics.csv")
     assert bundle_metrics["val_mean_dice"] == pytest.approx(clara_metrics["val_mean_dice"], rel=1e-6)
     assert (bundle / "eval" / "val_mean_dice_raw.csv").read_text().count(".nii.gz") == 2  # per case, named
 

@@ -287,12 +287,27 @@ def test_byoc_network_exports_to_torchscript_from_outside_the_bundle_folder(
 # -- what a bundle cannot say ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("section", "index", "arg", "value", "named"),
+    [
+        ("handlers", 4, "output_transform", "#lambda x: x['loss'] if '#' else None", "'#'"),  # ConfigParser's separator
+        ("handlers", 1, "lr_scheduler", "@conf", "'@conf'"),  # the whole Clara config as an object
+        ("post_transforms", 0, "keys", "#monai.handlers.from_engine(['pred_meta_dict'], first=True)", "_meta_dict"),
+    ],
+)
 def test_a_construct_without_bundle_equivalent_is_a_one_line_error_and_nothing_is_written(
-    spleen_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    spleen_mmar: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    section: str,
+    index: int,
+    arg: str,
+    value: str,
+    named: str,
 ) -> None:
     config_file = spleen_mmar / "config" / "config_train.json"
     config = json.loads(config_file.read_text())
-    config["train"]["handlers"][4]["args"]["output_transform"] = "#lambda x: x['loss'] if '#' else None"
+    config["train"][section][index]["args"][arg] = value
     config_file.write_text(json.dumps(config))
 
     code = main(["bundle", "export", "-m", str(spleen_mmar), "-o", str(tmp_path / "bundle")])
@@ -300,7 +315,7 @@ def test_a_construct_without_bundle_equivalent_is_a_one_line_error_and_nothing_i
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert error.count("\n") == 0
-    assert "config/config_train.json: train.handlers[4].args.output_transform:" in error and "'#'" in error
+    assert f"config/config_train.json: train.{section}[{index}].args.{arg}:" in error and named in error
     assert not (tmp_path / "bundle").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle-")]
 

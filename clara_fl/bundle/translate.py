@@ -459,12 +459,17 @@ def translate_train(train: ClaraConfig) -> dict[str, Any]:
     extras = {
         k: v for k, v in content.items() if k not in ("train", "validate", *SKIPPED_ROOT_ITEMS) and isinstance(v, dict)
     }
+    clash = sorted(set(extras) & RESERVED_IDS)
+    if clash:
+        raise ConfigError(f"'{clash[0]}' is the name of an item every bundle defines", file=train.file, path=clash[0])
     if extras:
         sections[""] = extras
+    for required in ("model", "trainer"):
+        if not _is_component(content["train"].get(required)):
+            where = f"train.{required}"
+            raise ConfigError(f"the train config has no '{where}' component", file=train.file, path=where)
     prefixes = {"train": "train", "validate": "validate", "": ""}
     items = _Translator(train, sections, prefixes).translate()
-    if "network_def" not in items:
-        raise ConfigError("the train config has no 'train.model' component", file=train.file, path="train.model")
     return _assemble(_base(train, ["$@train#trainer.run()"], set(extras)), items)
 
 

@@ -105,6 +105,21 @@ def test_text_around_a_variable_follows_the_variable_when_it_is_overridden() -> 
     assert parser.get_parsed_content("list") == "/elsewhere/lists/#1.json"
 
 
+@pytest.mark.parametrize(("word", "disabled"), [("yes", True), ("On", True), ("no", False), (False, False)])
+def test_disabled_by_a_variable_follows_clara_boolean_words(word: object, disabled: bool) -> None:
+    from monai.bundle import ConfigParser
+
+    from clara_fl.bundle.translate import ClaraConfig, _Translator
+    from clara_fl.bundle.variables import BundleVariables
+
+    variables = BundleVariables({"skip": word}, "/mmar", "config/config_train.json")
+    source = ClaraConfig({}, variables, "config/config_train.json")
+    spec = {"name": "Identityd", "disabled": "{skip}", "args": {"keys": "image"}}
+    handlers = [_Translator(source, {"": {}}, {"": ""}).component(spec, "handlers[0]", "")]
+    parser = ConfigParser({**variables.items(set()), "bundle_root": ".", "handlers": handlers})
+    assert len(parser.get_parsed_content("handlers")) == (0 if disabled else 1)
+
+
 def test_a_variable_named_like_an_item_every_bundle_has_is_an_error() -> None:
     from clara_fl.bundle.translate import RESERVED_IDS
     from clara_fl.bundle.variables import BundleVariables

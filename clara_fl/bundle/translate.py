@@ -272,7 +272,9 @@ class _Translator:
 
     def disabled(self, value: Any, path: str) -> Any:
         if isinstance(value, str) and PLACEHOLDER.fullmatch(value):
-            return self.source.variables.text(value, path)
+            # Clara's boolean words (yes/on/True); MONAI's _disabled_ alone would take only true/"true".
+            reference = self.source.variables.text(value, path)
+            return f"$str({reference}).strip().lower() in ('true', 'yes', 'on')"
         flag = as_bool(value)
         if flag is None:
             raise ConfigError(f"'disabled' must be true or false, got {value!r}", path=path)

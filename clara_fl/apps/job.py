@@ -30,5 +30,5 @@ def run_create(args: argparse.Namespace) -> int:
         nproc_per_site=args.nproc_per_site,
     )
     print(f"wrote FLARE job {job}")
-    print(f"  run it: nvflare simulator {job} -w WORKSPACE -n 2 -t 2   (or: clara-fl simulate {job})")
+    print(f"  run it: clara-fl simulate {job} -w WORKSPACE -n 2 -t 2   (or: nvflare job submit -j {job})")
     return 0

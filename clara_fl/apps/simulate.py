@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 SIMULATOR_OUTPUT = "simulator_output.txt"
+SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_simulator(
     job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
 ) -> int:
-    """``nvflare simulator`` in a child process; returns its exit code.
+    """FLARE's simulator (the runner SimEnv uses) in a child process; returns its exit code.
 
     Args:
         stdout: an open file for the simulator's output; None writes it to WORKSPACE/simulator_output.txt
@@ -41,7 +42,8 @@ def run_simulator(
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, threads))))
     if site_config:
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
-    command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]
+    # the runner FLARE's SimEnv starts (FedJobConfig.simulator_run); `nvflare simulator` is deprecated in FLARE 2.9
+    command = [sys.executable, "-m", SIMULATOR_MODULE, os.path.abspath(job), "-w", os.path.abspath(workspace)]
     command += ["-n", str(n_clients), "-t", str(threads)]
     if stdout is not None:
         return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT)

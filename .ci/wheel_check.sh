@@ -14,14 +14,15 @@ start=$SECONDS
 step() { echo "wheel check [$((SECONDS - start)) s]: $*"; }
 
 step "building the wheel"
-"$BUILD_PY" -m pip wheel -q --no-deps -w "$WORK/dist" "$REPO"
+"$BUILD_PY" -m pip wheel -q --no-deps -w "$WORK/dist" "$REPO" > "$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log"; exit 1; }
 WHEEL=$(ls "$WORK"/dist/clara_fl-*.whl)
 
 step "installing $(basename "$WHEEL") into a fresh venv"
 "$PYTHON" -m venv "$WORK/venv"
 VPY=$WORK/venv/bin/python
-"$VPY" -m pip install -q torch=="$TORCH_VERSION"
-"$VPY" -m pip install -q "$WHEEL"
+quietly() { "$@" > "$WORK/pip.log" 2>&1 || { tail -n 40 "$WORK/pip.log"; exit 1; }; }
+quietly "$VPY" -m pip install -q torch=="$TORCH_VERSION"
+quietly "$VPY" -m pip install -q "$WHEEL"
 
 cd "$WORK"  # nothing from the checkout on the path from here on
 MMAR=$("$VPY" -c "from clara_fl.resources import mmar_path; print(mmar_path('spleen_ct_seg'))")
@@ -33,6 +34,11 @@ echo "{\"environment\": {\"DATA_ROOT\": \"$WORK/data\", \"DATASET_JSON\": \"$WOR
 "$WORK/venv/bin/clara-fl" job create -m "$MMAR" -o job --num-rounds 1 --local-epochs 1 --min-clients 2 \
     --set 'roi_size=[16,16,16]' num_workers=0 num_interval_per_valid=1
 test -f job/app/config/config_train.json -a -f job/app/config/config_fed_server.json
+
+step "python job.py --export (the shipped recipe example)"
+EXAMPLES=$("$VPY" -c "from clara_fl.resources import examples_dir; print(examples_dir())")
+"$VPY" "$EXAMPLES/spleen_ct_seg/job.py" --export --export-dir exported > export.log 2>&1 || { cat export.log; exit 1; }
+test -f exported/spleen_ct_seg/app/config/config_fed_client.json
 
 step "clara-fl simulate: 1 round, 2 sites"
 if ! "$WORK/venv/bin/clara-fl" simulate job -w ws -n 2 -t 2 --site-config site.json > simulate.log 2>&1; then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, SPLEEN_MMAR
+from tests.conftest import REFERENCE, REPO, SPLEEN_MMAR
 
 PERCENTILE = {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}}
 TINY_JOB = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
@@ -145,7 +146,10 @@ def test_example_job_py_exports_a_job_for_nvflare_job_submit(tmp_path: Path) -> 
     assert (tmp_path / "spleen_ct_seg" / "meta.json").is_file()
 
 
-def test_recipe_trains_in_sim_env_with_cross_site_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.skipif(not (REFERENCE / "FL").is_dir(), reason="reference Clara FL configs not here")
+def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_site_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nvflare.recipe import SimEnv
 
     from clara_fl.data.synthetic import make_synthetic_dataset
@@ -159,7 +163,13 @@ def test_recipe_trains_in_sim_env_with_cross_site_results(tmp_path: Path, monkey
                                                      "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}}))
     monkeypatch.setenv(SITE_CONFIG_ENV, str(site_file))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, name="spleen_sim", num_rounds=1, min_clients=2, local_epochs=1, overrides=TINY_JOB)
+    mmar = tmp_path / "mmar"  # the reference server config and its privacy (PercentilePrivacy) client config
+    shutil.copytree(SPLEEN_MMAR, mmar)
+    shutil.copy(REFERENCE / "FL/adminMMAR/config/config_fed_server.json", mmar / "config" / "config_fed_server.json")
+    shutil.copy(REFERENCE / "FL/adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json",
+                mmar / "config" / "config_fed_client.json")
+    recipe = ClaraFedAvgRecipe(mmar, name="spleen_sim", num_rounds=1, local_epochs=1, overrides=TINY_JOB)
+    assert recipe.settings.result_filters and recipe.settings.min_clients == 2
 
     run = recipe.run(SimEnv(num_clients=2, workspace_root=str(tmp_path / "sim")))
 

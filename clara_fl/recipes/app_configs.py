@@ -44,7 +44,7 @@ class FedAvgSettings:
     nproc_per_site: int | None = None
     cross_site_eval: bool = True
     start_round: int | None = None
-    wait_after_min_clients: float | None = None
+    wait_after_min_clients: int | None = None
     heart_beat_timeout: int | None = None
     aggregation_weights: dict[str, float] | None = None
     exclude_vars: str | None = None

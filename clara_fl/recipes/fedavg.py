@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +25,7 @@ from nvflare.recipe.spec import ExecEnv, Recipe
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.app_configs import DEFAULT_TEMPLATE, AppConfigs, FedAvgSettings, build_app_configs, merged_environment
+from clara_fl.recipes.clara_configs import read_fl_configs
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate"]
 
@@ -39,9 +41,15 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     FedJob writes an object's constructor arguments back from its attributes and leaves out values equal to
     the defaults; ``_always_serialize_args`` (read by FedJob's exporter) keeps the ones the template states.
     """
+    from nvflare.fuel.utils.class_utils import get_component_init_parameters
+
     module, _, name = str(spec["path"]).rpartition(".")
     args = dict(spec.get("args", {}))
     obj = getattr(importlib.import_module(module), name)(**args)
+    parameters, attributes = get_component_init_parameters(obj), vars(obj)
+    lost = [k for k in args if k not in parameters or (k not in attributes and f"_{k}" not in attributes)]
+    if lost:  # FedJob would export the job without them
+        raise ConfigError(f"{spec['path']}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
     obj._always_serialize_args = tuple(args)
     return obj
 
@@ -63,7 +71,8 @@ class ClaraFedAvgRecipe(Recipe):
         overrides: values for the job's environment.json (the MMAR's variables).
         template: the job template the configs come from (clara_fedavg_cse: ScatterAndGather;
             clara_fedavg_cse_mc: FLARE's FedAvg ModelController).
-        settings: all of the above at once, as parsed from an MMAR's Clara FL configs (explicit arguments win).
+        settings: all of the above at once (explicit arguments win); None reads them from the MMAR's own Clara FL
+            configs (config/config_fed_server.json, config_fed_client.json) when it has them.
 
     Raises:
         ConfigError: the folder is not an MMAR, the template is unknown, or a component cannot be built.
@@ -87,6 +96,9 @@ class ClaraFedAvgRecipe(Recipe):
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
             raise ConfigError("not an MMAR: config/config_train.json is missing", file=str(self.mmar))
+        self.fl_configs = read_fl_configs(self.mmar) if settings is None else None
+        if self.fl_configs is not None:
+            settings = self.fl_configs.settings
         self.settings = _merge_settings(
             settings or FedAvgSettings(), num_rounds=num_rounds, min_clients=min_clients, local_epochs=local_epochs,
             steps_aggregation=steps_aggregation, nproc_per_site=nproc_per_site, cross_site_eval=cross_site_eval,
@@ -124,6 +136,9 @@ def _merge_settings(base: FedAvgSettings, privacy_filters: list[dict[str, Any]] 
 
 def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
     server, client = configs.server, configs.client
+    flare_log = logging.getLogger("nvflare")
+    level = flare_log.level
+    flare_log.setLevel(logging.WARNING)  # components log their settings when built; here they are only described
     try:
         for workflow in server.get("workflows", []):
             job.to_server(instantiate(workflow), id=workflow["id"])
@@ -143,6 +158,8 @@ def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
                     job.to_clients(instantiate(spec), filter_type=kind, tasks=group["tasks"])
     except (ImportError, AttributeError, TypeError, ValueError) as e:
         raise ConfigError(f"cannot build the job's FLARE components: {e}") from e
+    finally:
+        flare_log.setLevel(level)
     top_level = {k: v for k, v in server.items() if k not in ("format_version", "workflows", "components",
                                                                "task_data_filters", "task_result_filters")}
     if top_level:  # e.g. "server": {"heart_beat_timeout": ..., "task_request_interval": ...}

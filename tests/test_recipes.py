@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import REFERENCE, REPO, SPLEEN_MMAR
 
-PERCENTILE = {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}}
+PERCENTILE = {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
+              "args": {"percentile": 10, "gamma": 0.01}}
 TINY_JOB = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
 
 
@@ -54,7 +55,8 @@ def exported(tmp_path: Path, recipe: Any) -> tuple[dict[str, Any], dict[str, Any
 
 
 @pytest.mark.parametrize(("template", "workflow", "clients_arg"),
-                         [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")])
+                         [("clara_fedavg_cse", "scatter_and_gather", "min_clients"),
+                          ("clara_fedavg_cse_mc", "fedavg", "num_clients")])
 def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settings(
     tmp_path: Path, template: str, workflow: str, clients_arg: str
 ) -> None:
@@ -75,7 +77,7 @@ def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settin
             assert have[key][0] == path, key
             assert {k: v for k, v in have[key][1].items() if k in args} == args, key
             extra = {k: v for k, v in have[key][1].items() if k not in args}
-            assert all(v in ({}, [], None) for v in extra.values()), f"{key}: arguments the template does not set: {extra}"
+            assert all(v in ({}, [], None) for v in extra.values()), f"{key}: arguments not in the template: {extra}"
     assert server["server"] == server_template["server"]
     assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.app_configs import DEFAULT_TEMPLATE, FedAvgSettings, find_template, read_conf, validation_key_metric
+from clara_fl.recipes.app_configs import (
+    DEFAULT_TEMPLATE,
+    FedAvgSettings,
+    find_template,
+    read_conf,
+    validation_key_metric,
+)
 from clara_fl.resources import templates_dir
 
 __all__ = ["TEMPLATES_DIR", "create_job", "find_template", "validation_key_metric"]

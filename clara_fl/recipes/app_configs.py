@@ -77,7 +77,8 @@ def find_template(template: str) -> Path:
         candidate = shipped / template
     if not (candidate / "config_fed_client.conf").is_file() or not (candidate / "config_fed_server.conf").is_file():
         known = sorted(p.name for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []
-        raise ConfigError(f"job template '{template}' not found (known: {', '.join(known) or 'none'})", path="--template")
+        known_names = ", ".join(known) or "none"
+        raise ConfigError(f"job template '{template}' not found (known: {known_names})", path="--template")
     return candidate
 
 

@@ -49,6 +49,9 @@ IGNORED_TRAINER_ARGS = {
     "model_name": "the model comes from config_train.json",
 }
 EPOCH_ARGS = ("local_epochs", "aggregation_epochs", "epochs")
+SCATTER_AND_GATHER_ARGS = (("num_rounds", "num_rounds"), ("min_clients", "min_clients"), ("start_round", "start_round"),
+                           ("wait_time_after_min_received", "wait_after_min_clients"))
+UNKNOWN_SERVER_KEY = "not a Clara FL server setting clara-fl knows; remove it or set it in a job template"
 
 
 @dataclass
@@ -134,13 +137,14 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
             elif key == "start_round":
                 s.start_round = r.take(path, r.count(value, path), "ScatterAndGather start_round")
             elif key == "wait_after_min_clients":
-                s.wait_after_min_clients = r.take(path, r.count(value, path), "ScatterAndGather wait_time_after_min_received")
+                s.wait_after_min_clients = r.take(path, r.count(value, path),
+                                                  "ScatterAndGather wait_time_after_min_received")
             elif key == "heart_beat_timeout":
                 s.heart_beat_timeout = r.take(path, r.count(value, path, 1), "server.heart_beat_timeout")
             elif key in IGNORED_SERVER_KEYS:
                 r.ignore(path, IGNORED_SERVER_KEYS[key])
             else:
-                raise r.fail(path, "not a Clara FL server setting clara-fl knows; remove it or set it in a job template")
+                raise r.fail(path, UNKNOWN_SERVER_KEY)
     for i in range(1, len(servers)):
         r.ignore(f"servers[{i}]", "one server per job in FLARE 2.9; the first entry is used")
     for key, value in config.items():
@@ -161,13 +165,13 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
                                   "task_result_filters of config_fed_server.conf)")
             r.ignore(key, "empty")
         else:
-            raise r.fail(key, "not a Clara FL server setting clara-fl knows; remove it or set it in a job template")
+            raise r.fail(key, UNKNOWN_SERVER_KEY)
 
 
 def _read_aggregator(r: _Reader, path: str, entry: dict[str, Any]) -> None:
     if _class_name(entry) != AGGREGATOR:
-        raise r.fail(path, f"aggregator '{_class_name(entry)}' cannot run on FLARE 2.9 as written for Clara; port it to "
-                           "an nvflare Aggregator and name it in a job template (clara-fl job create --template)")
+        raise r.fail(path, f"aggregator '{_class_name(entry)}' cannot run on FLARE 2.9 as written for Clara; port it "
+                           "to an nvflare Aggregator and name it in a job template (clara-fl job create --template)")
     for key, value in r.expect(entry.get("args", {}), dict, f"{path}.args", "an object").items():
         arg = f"{path}.args.{key}"
         if key == "aggregation_weights":
@@ -228,8 +232,7 @@ def _read_server_v2(r: _Reader, config: dict[str, Any]) -> None:
         name, args = _class_name(workflow), workflow.get("args", {})
         path = f"workflows[{i}]"
         if name == "ScatterAndGather":
-            for key, setting in (("num_rounds", "num_rounds"), ("min_clients", "min_clients"),
-                                 ("start_round", "start_round"), ("wait_time_after_min_received", "wait_after_min_clients")):
+            for key, setting in SCATTER_AND_GATHER_ARGS:
                 if key in args:
                     value = r.count(value_of(args[key]), f"{path}.args.{key}")
                     setattr(s, setting, r.take(f"{path}.args.{key}", value, setting))

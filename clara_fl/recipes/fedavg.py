@@ -24,7 +24,13 @@ from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.app_configs import DEFAULT_TEMPLATE, AppConfigs, FedAvgSettings, build_app_configs, merged_environment
+from clara_fl.recipes.app_configs import (
+    DEFAULT_TEMPLATE,
+    AppConfigs,
+    FedAvgSettings,
+    build_app_configs,
+    merged_environment,
+)
 from clara_fl.recipes.clara_configs import read_fl_configs
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate"]
@@ -109,7 +115,8 @@ class ClaraFedAvgRecipe(Recipe):
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")
         _add_app_configs(job, self.app_configs)
-        _add_mmar_files(job, self.mmar, merged_environment(self.mmar, self.app_configs.overrides), Path(self._staging.name))
+        environment = merged_environment(self.mmar, self.app_configs.overrides)
+        _add_mmar_files(job, self.mmar, environment, Path(self._staging.name))
         super().__init__(job)
 
     def process_env(self, env: ExecEnv) -> None:

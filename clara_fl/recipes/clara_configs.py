@@ -10,26 +10,19 @@ and the JSON path. docs/clara_fl_configs.md has the full table.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.fl.privacy import privacy_filter
 from clara_fl.recipes.app_configs import FedAvgSettings
 
 __all__ = ["FLConfigImport", "read_fl_configs"]
 
 SERVER_FILE = "config/config_fed_server.json"
 CLIENT_FILE = "config/config_fed_client.json"
-FILTERS = "nvflare.app_common.filters"
-# Clara's privacy and variable filters by short name -> FLARE 2.9's classes
-FILTER_CLASSES = {
-    "PercentilePrivacy": f"{FILTERS}.percentile_privacy.PercentilePrivacy",
-    "SVTPrivacy": f"{FILTERS}.svt_privacy.SVTPrivacy",
-    "ExcludeVars": f"{FILTERS}.exclude_vars.ExcludeVars",
-}
 AGGREGATOR = "InTimeAccumulateWeightedAggregator"
 PERSISTORS = ("PTFileModelPersistor",)
 SHAREABLE_GENERATORS = ("FullModelShareableGenerator",)
@@ -329,26 +322,13 @@ def _read_cross_site(r: _Reader, path: str, section: dict[str, Any]) -> None:
 
 
 def _filters(r: _Reader, path: str, filters: Any) -> list[dict[str, Any]]:
-    import importlib
-
     carried = []
     for i, entry in enumerate(r.expect(filters, list, path, "a list of filters")):
         where = f"{path}[{i}]"
         r.expect(entry, dict, where, "an object with name or path")
-        name = _class_name(entry)
-        if name not in FILTER_CLASSES:
-            raise r.fail(where, f"filter '{name}' is not carried; FLARE 2.9 has {', '.join(FILTER_CLASSES)} "
-                                "(add others to a job template)")
-        target = FILTER_CLASSES[name]
-        module, _, cls = target.rpartition(".")
-        accepted = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
         args = r.expect(entry.get("args", {}), dict, f"{where}.args", "an object")
-        for key in args:
-            if key not in accepted:
-                raise r.fail(f"{where}.args.{key}", f"not an argument of FLARE 2.9's {name} "
-                                                    f"(it takes {', '.join(accepted)})")
-        carried.append({"path": target, "args": dict(args)})
-        r.take(where, name, f"client filter {target} on the train task")
+        carried.append(privacy_filter(_class_name(entry), args, str(r.mmar / r.file), where))
+        r.take(where, _class_name(entry), f"client filter {carried[-1]['path']} on the train task")
     return carried
 
 

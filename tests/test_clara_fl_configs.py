@@ -119,3 +119,13 @@ def test_a_setting_that_cannot_be_carried_is_a_one_line_error_naming_file_and_pa
     assert error.value.file.endswith("config_fed_server.json" if server else "config_fed_client.json")
     assert "\n" not in str(error.value)
     assert not (tmp_path / "job").exists(), "nothing is written before the inputs are checked"
+
+
+@needs_reference
+def test_settings_the_chosen_template_cannot_take_are_an_error_not_dropped(tmp_path: Path) -> None:
+    from clara_fl.fl.job import create_job
+
+    mmar = mmar_with(tmp_path, CLARA_FL / "adminMMAR/config/config_fed_server.json", None)
+
+    with pytest.raises(ConfigError, match="no component that takes"):
+        create_job(mmar, tmp_path / "job", "clara_fedavg_cse_mc")

@@ -106,10 +106,14 @@ def components_by_id(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _set_args(config: dict[str, Any], component_id: str, **values: Any) -> None:
+def _set_args(config: dict[str, Any], component_id: str, **values: Any) -> set[str]:
+    """Set the given (non-None) arguments of a component; returns the names set."""
     component = components_by_id(config).get(component_id)
-    if component is not None:
-        component.setdefault("args", {}).update({k: v for k, v in values.items() if v is not None})
+    given = {k: v for k, v in values.items() if v is not None}
+    if component is None:
+        return set()
+    component.setdefault("args", {}).update(given)
+    return set(given)
 
 
 def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMPLATE) -> AppConfigs:
@@ -124,10 +128,16 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     meta = read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}
 
     s = settings
-    _set_args(server, "scatter_and_gather", num_rounds=s.num_rounds, min_clients=s.min_clients,
-              start_round=s.start_round, wait_time_after_min_received=s.wait_after_min_clients)
-    _set_args(server, "fedavg", num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round)
-    _set_args(server, "aggregator", aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
+    taken = _set_args(server, "scatter_and_gather", num_rounds=s.num_rounds, min_clients=s.min_clients,
+                      start_round=s.start_round, wait_time_after_min_received=s.wait_after_min_clients)
+    taken |= _set_args(server, "fedavg", num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round)
+    taken |= _set_args(server, "aggregator", aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
+    wanted = {"wait_time_after_min_received": s.wait_after_min_clients, "aggregation_weights": s.aggregation_weights,
+              "exclude_vars": s.exclude_vars}
+    for name, value in wanted.items():
+        if value is not None and name not in taken:
+            raise ConfigError(f"template '{template}' has no component that takes {name}; use {DEFAULT_TEMPLATE}",
+                              path="--template")
     _set_args(client, "clara_learner", local_epochs=s.local_epochs, steps_aggregation=s.steps_aggregation,
               nproc_per_site=s.nproc_per_site)
     if s.heart_beat_timeout is not None:

@@ -179,3 +179,17 @@ def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_
     assert results is not None
     table = load_cross_site_results(results)
     assert {"site-1", "site-2"} <= set(table)
+
+
+def test_recipe_exported_for_a_poc_env_is_byoc_so_fresh_poc_sites_build_it(tmp_path: Path) -> None:
+    from nvflare.recipe import PocEnv
+
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, name="spleen")
+    recipe.export(str(tmp_path / "plain"))
+    recipe.export(str(tmp_path / "poc"), env=PocEnv(num_clients=2))
+
+    assert not (tmp_path / "plain" / "spleen" / "app" / "custom").exists()
+    custom = tmp_path / "poc" / "spleen" / "app" / "custom"
+    assert [p.name for p in custom.iterdir()] == ["README.md"]

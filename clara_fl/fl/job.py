@@ -7,7 +7,6 @@ configs come from a job template with the round, epoch and client counts asked f
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -50,13 +49,13 @@ def create_job(
     Raises:
         ConfigError: not an MMAR, an unknown template, or ``output`` holds something and ``force`` is not set.
     """
-    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe, job_name
 
     output = Path(output).resolve()
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
     recipe = ClaraFedAvgRecipe(
-        mmar, name=_job_name(output.name), num_rounds=num_rounds, min_clients=min_clients, local_epochs=local_epochs,
+        mmar, name=job_name(output.name), num_rounds=num_rounds, min_clients=min_clients, local_epochs=local_epochs,
         nproc_per_site=nproc_per_site, overrides=overrides, template=template, settings=settings,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -66,9 +65,3 @@ def create_job(
             shutil.rmtree(output)
         os.replace(Path(staging) / recipe.name, output)
     return output
-
-
-def _job_name(folder: str) -> str:
-    """FLARE's job-name grammar: a letter or digit, then letters, digits, '.', '_' and '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", folder).lstrip("._-")
-    return name or "clara_fl_job"

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -33,9 +34,13 @@ from clara_fl.recipes.app_configs import (
 )
 from clara_fl.recipes.clara_configs import read_fl_configs
 
-__all__ = ["ClaraFedAvgRecipe", "instantiate"]
+__all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
 MMAR_FOLDERS = ("config", "custom", "docs")
+POC_CUSTOM_NOTE = """This folder holds no code. It makes the job BYOC, so the freshly provisioned POC sites of a
+PocEnv (whose class allow-list is FLARE's default, without clara-fl's classes) build its components.
+Real sites allow clara-fl's classes through `clara-fl site setup` and need no such folder.
+"""
 IGNORED_FILES = shutil.ignore_patterns("__pycache__", "*.pyc")
 # an MMAR's own Clara FL configs are read into the settings; the job's are generated
 IGNORED_CONFIGS = shutil.ignore_patterns("__pycache__", "*.pyc", "config_fed_server.json", "config_fed_client.json")
@@ -111,22 +116,40 @@ class ClaraFedAvgRecipe(Recipe):
             privacy_filters=privacy_filters, overrides=overrides,
         )
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
-        job = FedJob(name=name or self.mmar.name, min_clients=self.app_configs.min_clients)
+        job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")
         _add_app_configs(job, self.app_configs)
         environment = merged_environment(self.mmar, self.app_configs.overrides)
         _add_mmar_files(job, self.mmar, environment, Path(self._staging.name))
         super().__init__(job)
+        self._byoc_marked = False
 
     def process_env(self, env: ExecEnv) -> None:
-        """A simulation's sites get clara-fl's class allow-list (FLARE's default list lacks the Learner)."""
+        """Sites that an environment makes afresh get to build clara-fl's classes (FLARE's default allow-list
+        lacks the Learner): a simulation workspace gets clara-fl's allow-list; a PocEnv's freshly provisioned
+        sites get the job as BYOC (an app/custom/ folder, which the POC admin may submit). A ProdEnv's sites
+        are set up by their own staff (``clara-fl site setup``)."""
+        from nvflare.recipe.poc_env import PocEnv
         from nvflare.recipe.sim_env import SimEnv
 
         if isinstance(env, SimEnv):
             from clara_fl.fl.policy import write_simulator_policy
 
             write_simulator_policy(os.path.join(env.workspace_root, self.name))
+        elif isinstance(env, PocEnv) and not self._byoc_marked:
+            note = Path(self._staging.name) / "poc_custom" / "README.md"
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(POC_CUSTOM_NOTE)
+            self._job.add_file_to_server(str(note.parent), app_folder_type="custom")
+            self._job.add_file_to_clients(str(note.parent), app_folder_type="custom")
+            self._byoc_marked = True
+
+
+def job_name(text: str) -> str:
+    """``text`` in FLARE's job-name grammar: a letter or digit, then letters, digits, '.', '_' and '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")
+    return name or "clara_fl_job"
 
 
 def _merge_settings(base: FedAvgSettings, privacy_filters: list[dict[str, Any]] | None,

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_simulator(
     job: str, workspace: str, n_clients: int, threads: int, site_config: str | None = None, stdout: Any = None
 ) -> int:
-    """FLARE's simulator (the runner SimEnv uses) in a child process; returns its exit code.
+    """``nvflare simulator`` in a child process; returns its exit code.
 
     Args:
         stdout: an open file for the simulator's output; None writes it to WORKSPACE/simulator_output.txt

@@ -660,7 +660,7 @@ def test_validator_refuses_anything_but_weights(site: Site) -> None:
 def fed_component(config: dict[str, Any], component_id: str) -> dict[str, Any]:
     found = {c["id"]: c for c in config.get("components", [])}
     found.update({w["id"]: w for w in config.get("workflows", [])})
-    found.update({e["executor"]["id"]: e["executor"] for e in config.get("executors", [])})
+    found.update({e["executor"]["id"]: e["executor"] for e in config.get("executors", []) if "id" in e["executor"]})
     return found[component_id]
 
 

@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_JOB = REPO / "simulator_configs" / "spleen_fedavg"
+from clara_fl.resources import simulator_configs_dir
+
+DEMO_JOB = simulator_configs_dir() / "spleen_fedavg"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

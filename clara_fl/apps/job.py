@@ -40,5 +40,20 @@ def run_create(args: argparse.Namespace) -> int:
         nproc_per_site=args.nproc_per_site,
     )
     print(f"wrote FLARE job {job}")
-    print(f"  run it: nvflare simulator {job} -w WORKSPACE -n 2 -t 2   (or: clara-fl simulate {job})")
+    _print_fl_configs_taken(args.mmar)
+    print(f"  run it: clara-fl simulate {job} -w WORKSPACE -n 2 -t 2   (or: nvflare job submit -j {job})")
     return 0
+
+
+def _print_fl_configs_taken(mmar: str) -> None:
+    """What the job took from the MMAR's own Clara FL configs (command-line values went on top)."""
+    from clara_fl.recipes.clara_configs import read_fl_configs
+
+    imported = read_fl_configs(mmar)
+    if imported is None:
+        return
+    print(f"  from the MMAR's {' and '.join(imported.files)} (command-line values on top):")
+    for line in imported.taken:
+        print(f"    took    {line}")
+    for line in imported.ignored:
+        print(f"    ignored {line}")

@@ -11,6 +11,7 @@ from typing import Any
 from clara_fl.apps.common import check_simulation, positive_int
 
 SIMULATOR_OUTPUT = "simulator_output.txt"
+SIMULATOR_MODULE = "nvflare.private.fed.app.simulator.simulator"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,8 @@ def run_simulator(
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, threads))))
     if site_config:
         env[SITE_CONFIG_ENV] = os.path.abspath(site_config)
-    command = [sys.executable, "-m", "nvflare.cli", "simulator", os.path.abspath(job), "-w", os.path.abspath(workspace)]
+    # the runner FLARE's SimEnv starts (FedJobConfig.simulator_run); `nvflare simulator` is deprecated in FLARE 2.9
+    command = [sys.executable, "-m", SIMULATOR_MODULE, os.path.abspath(job), "-w", os.path.abspath(workspace)]
     command += ["-n", str(n_clients), "-t", str(threads)]
     if stdout is not None:
         return subprocess.call(command, env=env, stdout=stdout, stderr=subprocess.STDOUT)

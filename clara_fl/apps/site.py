@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +27,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="let jobs' config #expressions and lambdas run as full Python here (code_policy 'full'); "
         "without it the site records code_policy 'restricted'",
     )
+    setup.add_argument(
+        "--privacy", action="append", default=None, metavar="FILTER[:KEY=VALUE,...]",
+        help="filters this site applies to everything it sends, whatever the job says (a FLARE privacy scope, the "
+        "site's default, in local/privacy.json): PercentilePrivacy, SVTPrivacy or ExcludeVars, e.g. "
+        "'PercentilePrivacy:percentile=10,gamma=0.01'; repeat for several; --privacy none removes it",
+    )
     setup.set_defaults(run=run_setup)
 
 
 def run_setup(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
+    from clara_fl.fl.privacy import parse_privacy_option, write_site_privacy
     from clara_fl.fl.site_setup import setup_site
 
+    privacy = None if args.privacy is None else [parse_privacy_option(p) for p in args.privacy if p != "none"]
     result = setup_site(args.site_dir, parse_set_args(args.set), allow_code=args.allow_code)
     print(f"clara-fl site setup: {result.summary()}")
+    if privacy is not None:
+        path, changed = write_site_privacy(result.kit.local_dir, privacy)
+        names = ", ".join(f["path"].rpartition(".")[2] for f in privacy) or "none"
+        print(f"  {os.path.relpath(path, result.kit.root)}: site privacy filters: {names}"
+              f"{'' if changed else ' (unchanged)'}")
     return 0

@@ -1,0 +1,99 @@
+"""Privacy filters: FLARE 2.9's classes by Clara's names, and a site's own privacy policy (local/privacy.json).
+
+A site policy is a FLARE privacy scope that is the site's default: FLARE applies its filters to every job's
+results at that site, whatever the job says (a job may only name another scope the site defines).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
+from clara_fl.runtime.files import write_json_atomic
+
+__all__ = [
+    "PRIVACY_FILE", "PRIVACY_FILTERS", "SITE_SCOPE", "parse_privacy_option", "privacy_filter", "write_site_privacy",
+]
+
+_FILTERS = "nvflare.app_common.filters"
+PRIVACY_FILTERS = {
+    "PercentilePrivacy": f"{_FILTERS}.percentile_privacy.PercentilePrivacy",
+    "SVTPrivacy": f"{_FILTERS}.svt_privacy.SVTPrivacy",
+    "ExcludeVars": f"{_FILTERS}.exclude_vars.ExcludeVars",
+}
+PRIVACY_FILE = "privacy.json"
+SITE_SCOPE = "clara_fl_site"
+# clara-fl's learner sends its train update as WEIGHT_DIFF; submitted models (WEIGHTS, for cross-site
+# evaluation) pass untouched unless the site names data_kinds itself
+SITE_DEFAULT_DATA_KINDS = ["WEIGHT_DIFF"]
+
+
+def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: str) -> dict[str, Any]:
+    """A FLARE config entry ``{"path", "args"}`` for a privacy filter named as Clara named it.
+
+    Raises:
+        ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take (naming file and path).
+    """
+    if name not in PRIVACY_FILTERS:
+        raise ConfigError(f"filter '{name}' is not carried; FLARE 2.9 has {', '.join(PRIVACY_FILTERS)} "
+                          "(add others to a job template)", file=file, path=path)
+    target = PRIVACY_FILTERS[name]
+    module, _, cls = target.rpartition(".")
+    accepted = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
+    for key in args:
+        if key not in accepted:
+            raise ConfigError(f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})",
+                              file=file, path=f"{path}.args.{key}")
+    return {"path": target, "args": dict(args)}
+
+
+def parse_privacy_option(option: str) -> dict[str, Any]:
+    """``NAME[:K=V,K=V]`` (``PercentilePrivacy:percentile=10,gamma=0.01``) as a FLARE filter entry.
+
+    Raises:
+        ConfigError: the option is malformed or names something FLARE 2.9 does not have.
+    """
+    from clara_fl.config.variables import parse_set_args
+
+    name, _, rest = option.partition(":")
+    pairs = [p.strip() for p in rest.split(",") if p.strip()] if rest else []
+    try:
+        args = parse_set_args(pairs)
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"expected NAME[:KEY=VALUE,...], got {option!r} ({e})", path="--privacy") from None
+    entry = privacy_filter(name.strip(), args, None, "--privacy")
+    if name.strip() != "ExcludeVars":
+        entry["args"].setdefault("data_kinds", list(SITE_DEFAULT_DATA_KINDS))
+    return entry
+
+
+def write_site_privacy(local_dir: str, filters: list[dict[str, Any]]) -> tuple[str, bool]:
+    """Write the site's privacy policy: one scope, the site's default, filtering what the site sends.
+
+    No filters removes clara-fl's scope. Returns the file and whether it changed.
+
+    Raises:
+        ConfigError: an existing privacy.json is not a JSON object.
+    """
+    path = os.path.join(local_dir, PRIVACY_FILE)
+    policy = load_json(path, what="site privacy file") if os.path.isfile(path) else {}
+    if not isinstance(policy, dict):
+        raise ConfigError("a privacy file must be a JSON object", file=path)
+    scopes = [s for s in policy.get("scopes", []) if not (isinstance(s, dict) and s.get("name") == SITE_SCOPE)]
+    updated = dict(policy)
+    if filters:
+        scopes.append({"name": SITE_SCOPE, "properties": {"set_by": "clara-fl site setup --privacy"},
+                       "task_result_filters": filters, "task_data_filters": []})
+        updated["default_scope"] = SITE_SCOPE
+    elif updated.get("default_scope") == SITE_SCOPE:
+        del updated["default_scope"]
+    updated["scopes"] = scopes
+    if updated == policy or (not filters and not os.path.isfile(path)):
+        return path, False
+    write_json_atomic(path, updated)
+    return path, True

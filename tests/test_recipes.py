@@ -1,0 +1,196 @@
+"""ClaraFedAvgRecipe: FLARE 2.9 Job Recipes over an MMAR, the shipped job templates kept in step with them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REFERENCE, REPO, SPLEEN_MMAR
+
+PERCENTILE = {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
+              "args": {"percentile": 10, "gamma": 0.01}}
+TINY_JOB = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
+
+
+def read_template(template: str, name: str) -> dict[str, Any]:
+    from pyhocon import ConfigFactory, HOCONConverter
+
+    return json.loads(HOCONConverter.to_json(ConfigFactory.parse_file(str(REPO / "job_templates" / template / name))))
+
+
+def entries(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every component, workflow, executor and filter of an app config: path and args by a stable key."""
+    found = {}
+    for key in ("workflows", "components"):
+        found.update({c["id"]: (c["path"], c.get("args", {})) for c in config.get(key, [])})
+    for e in config.get("executors", []):
+        found[f"executor:{','.join(e['tasks'])}"] = (e["executor"]["path"], e["executor"].get("args", {}))
+    for key in ("task_data_filters", "task_result_filters"):
+        for group in config.get(key, []):
+            for f in group["filters"]:
+                found[f"{key}:{','.join(group['tasks'])}:{f['path']}"] = (f["path"], f.get("args", {}))
+    return found
+
+
+def set_template_args(config: dict[str, Any], component_id: str, **values: Any) -> None:
+    for key in ("workflows", "components"):
+        for c in config.get(key, []):
+            if c["id"] == component_id:
+                c.setdefault("args", {}).update(values)
+
+
+def exported(tmp_path: Path, recipe: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    recipe.export(str(tmp_path / "export"))
+    job = tmp_path / "export" / recipe.name
+    config = job / "app" / "config"
+    return (json.loads((config / "config_fed_server.json").read_text()),
+            json.loads((config / "config_fed_client.json").read_text()), json.loads((job / "meta.json").read_text()))
+
+
+@pytest.mark.parametrize(("template", "workflow", "clients_arg"),
+                         [("clara_fedavg_cse", "scatter_and_gather", "min_clients"),
+                          ("clara_fedavg_cse_mc", "fedavg", "num_clients")])
+def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settings(
+    tmp_path: Path, template: str, workflow: str, clients_arg: str
+) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    server_template = read_template(template, "config_fed_server.conf")
+    client_template = read_template(template, "config_fed_client.conf")
+    set_template_args(server_template, workflow, num_rounds=4, **{clients_arg: 3})
+    set_template_args(client_template, "clara_learner", local_epochs=2)
+
+    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, num_rounds=4, min_clients=3, local_epochs=2, template=template)
+    server, client, meta = exported(tmp_path, recipe)
+
+    for expected, got in ((server_template, server), (client_template, client)):
+        want, have = entries(expected), entries(got)
+        assert set(want) == set(have)
+        for key, (path, args) in want.items():
+            assert have[key][0] == path, key
+            assert {k: v for k, v in have[key][1].items() if k in args} == args, key
+            extra = {k: v for k, v in have[key][1].items() if k not in args}
+            assert all(v in ({}, [], None) for v in extra.values()), f"{key}: arguments not in the template: {extra}"
+    assert server["server"] == server_template["server"]
+    assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
+
+
+def test_recipe_without_cross_site_eval_has_no_validation_workflow_or_executor(tmp_path: Path) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    server, client, _ = exported(tmp_path, ClaraFedAvgRecipe(SPLEEN_MMAR, cross_site_eval=False))
+
+    assert [w["id"] for w in server["workflows"]] == ["scatter_and_gather"]
+    assert {c["id"] for c in server["components"]}.isdisjoint({"model_locator", "json_generator"})
+    [learner] = client["executors"]
+    assert "train" in learner["tasks"] and "validate" not in learner["tasks"]
+
+
+def test_recipe_privacy_filters_filter_what_sites_send(tmp_path: Path) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    _, client, _ = exported(tmp_path, ClaraFedAvgRecipe(SPLEEN_MMAR, privacy_filters=[PERCENTILE]))
+
+    [group] = client["task_result_filters"]
+    [privacy] = group["filters"]
+    assert group["tasks"] == ["train"] and privacy["path"] == PERCENTILE["path"]
+    assert {k: privacy["args"][k] for k in PERCENTILE["args"]} == PERCENTILE["args"]
+
+
+def test_recipe_app_is_the_mmar_with_overrides_in_its_environment(tmp_path: Path) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, name="spleen", overrides={"num_workers": 0}, nproc_per_site=2)
+    recipe.export(str(tmp_path))
+
+    app = tmp_path / "spleen" / "app"
+    assert sorted(p.name for p in app.iterdir()) == ["config", "docs"]
+    environment = json.loads((app / "config" / "environment.json").read_text())
+    mmar_environment = json.loads((SPLEEN_MMAR / "config" / "environment.json").read_text())
+    assert environment == {**mmar_environment, "num_workers": 0, "multi_gpu": True}
+    learner = next(c for c in json.loads((app / "config" / "config_fed_client.json").read_text())["components"]
+                   if c["id"] == "clara_learner")
+    assert learner["args"]["nproc_per_site"] == 2
+
+
+def test_recipe_refuses_a_folder_that_is_not_an_mmar(tmp_path: Path) -> None:
+    from clara_fl.config.errors import ConfigError
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    with pytest.raises(ConfigError, match="not an MMAR"):
+        ClaraFedAvgRecipe(tmp_path)
+
+
+def test_shipped_files_are_found_through_the_package() -> None:
+    from clara_fl.resources import examples_dir, mmar_path, shipped_mmars, templates_dir
+
+    assert mmar_path("spleen_ct_seg").resolve() == SPLEEN_MMAR.resolve()
+    assert {"clara_fedavg_cse", "clara_fedavg_cse_mc"} <= {p.name for p in templates_dir().iterdir()}
+    for name in shipped_mmars():
+        assert (examples_dir() / name / "job.py").is_file(), f"no recipe example for the shipped MMAR {name}"
+
+
+def test_example_job_py_exports_a_job_for_nvflare_job_submit(tmp_path: Path) -> None:
+    example = REPO / "examples" / "spleen_ct_seg" / "job.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    done = subprocess.run([sys.executable, str(example), "--export", "--export-dir", str(tmp_path)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "spleen_ct_seg" / "app" / "config" / "config_train.json").is_file()
+    assert (tmp_path / "spleen_ct_seg" / "meta.json").is_file()
+
+
+@pytest.mark.skipif(not (REFERENCE / "FL").is_dir(), reason="reference Clara FL configs not here")
+def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_site_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nvflare.recipe import SimEnv
+
+    from clara_fl.data.synthetic import make_synthetic_dataset
+    from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
+    from clara_fl.fl.site import SITE_CONFIG_ENV
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    data = make_synthetic_dataset(tmp_path / "data", cases=8, sites=2, shape=(32, 32, 32))
+    site_file = tmp_path / "site.json"
+    site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data.root),
+                                                     "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}}))
+    monkeypatch.setenv(SITE_CONFIG_ENV, str(site_file))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    mmar = tmp_path / "mmar"  # the reference server config and its privacy (PercentilePrivacy) client config
+    shutil.copytree(SPLEEN_MMAR, mmar)
+    shutil.copy(REFERENCE / "FL/adminMMAR/config/config_fed_server.json", mmar / "config" / "config_fed_server.json")
+    shutil.copy(REFERENCE / "FL/adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json",
+                mmar / "config" / "config_fed_client.json")
+    recipe = ClaraFedAvgRecipe(mmar, name="spleen_sim", num_rounds=1, local_epochs=1, overrides=TINY_JOB)
+    assert recipe.settings.result_filters and recipe.settings.min_clients == 2
+
+    run = recipe.run(SimEnv(num_clients=2, workspace_root=str(tmp_path / "sim")))
+
+    results = find_cross_site_results(run.get_result())
+    assert results is not None
+    table = load_cross_site_results(results)
+    assert {"site-1", "site-2"} <= set(table)
+
+
+def test_recipe_exported_for_a_poc_env_is_byoc_so_fresh_poc_sites_build_it(tmp_path: Path) -> None:
+    from nvflare.recipe import PocEnv
+
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, name="spleen")
+    recipe.export(str(tmp_path / "plain"))
+    recipe.export(str(tmp_path / "poc"), env=PocEnv(num_clients=2))
+
+    assert not (tmp_path / "plain" / "spleen" / "app" / "custom").exists()
+    custom = tmp_path / "poc" / "spleen" / "app" / "custom"
+    assert [p.name for p in custom.iterdir()] == ["README.md"]

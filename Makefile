@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-e2e lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m clara_fl demo --workspace demo_workspace
 
+# The test suite without the end-to-end FLARE runs (under 20 minutes on 2 cores).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not e2e" tests
+
+# End-to-end: FLARE simulations and a POC deployment on loopback (.ci/run runs both targets).
+test-e2e: setup
+	$(PY) -m pytest -q -m e2e tests
+
+lint: setup
+	$(PY) -m ruff check clara_fl tests bench
+	$(PY) -m ruff format --check clara_fl tests bench
+	$(PY) -m mypy
 
 clean:
 	rm -rf demo_workspace .pytest_cache

@@ -338,6 +338,7 @@ def test_a_construct_without_bundle_equivalent_is_a_one_line_error_and_nothing_i
 # -- MONAI's FL client in FLARE's simulator ------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_bundle_federates_through_monai_algo_in_the_flare_simulator(
     spleen_bundle: Path, synthetic_data, tmp_path: Path, no_clara_fl: dict[str, str]
 ) -> None:

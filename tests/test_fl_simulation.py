@@ -17,6 +17,8 @@ from clara_fl.fl.job import create_job
 from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
 from tests.conftest import SPLEEN_MMAR
 
+pytestmark = pytest.mark.e2e
+
 SITES = ["site-1", "site-2"]
 # Small enough for 2 cores, large enough to learn: 32^3 volumes, 16^3 crops, lr 1e-3.
 JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}

@@ -274,6 +274,7 @@ def test_a_final_global_model_worse_than_the_best_leaves_the_best_as_it_is() -> 
     assert selector.best_raw_val_metric == 0.5
 
 
+@pytest.mark.e2e
 def test_the_best_global_model_scores_at_least_the_last_global_model(
     tmp_path: Path, site_file: Path  # noqa: F811
 ) -> None:

@@ -33,7 +33,10 @@ ADMIN = "admin@nvidia.com"
 JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}
 MODELS = {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POC start scripts and /proc are Linux")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POC start scripts and /proc are Linux"),
+]
 
 
 def free_port() -> int:

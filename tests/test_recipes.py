@@ -150,6 +150,7 @@ def test_example_job_py_exports_a_job_for_nvflare_job_submit(tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(not (REFERENCE / "FL").is_dir(), reason="reference Clara FL configs not here")
+@pytest.mark.e2e
 def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_site_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -311,6 +311,7 @@ def section(html: str, name: str) -> str:
     return html.split(f'id="{name}"')[1].split("</section>")[0]
 
 
+@pytest.mark.e2e
 def test_simulate_prints_progress_instead_of_the_simulator_output_and_ends_with_the_report(simulate_command) -> None:
     workspace, printed = simulate_command
 
@@ -322,6 +323,7 @@ def test_simulate_prints_progress_instead_of_the_simulator_output_and_ends_with_
     assert (workspace / "report" / "report.html").is_file()
 
 
+@pytest.mark.e2e
 def test_simulation_report_has_every_section_with_the_site_and_model_names(simulation_report) -> None:
     html = simulation_report.html.read_text()
 
@@ -338,6 +340,7 @@ def test_simulation_report_has_every_section_with_the_site_and_model_names(simul
     assert "failed" not in section(html, "cross-site").split("</p>")[1]
 
 
+@pytest.mark.e2e
 def test_simulation_report_pictures_are_valid_pngs_of_the_stated_size(simulation_report) -> None:
     names = {p.name for p in simulation_report.pictures}
 
@@ -345,10 +348,12 @@ def test_simulation_report_pictures_are_valid_pngs_of_the_stated_size(simulation
     assert_pictures_are_the_stated_pngs(simulation_report)
 
 
+@pytest.mark.e2e
 def test_simulation_report_is_one_self_contained_file(simulation_report) -> None:
     assert_self_contained(simulation_report.html.read_text())
 
 
+@pytest.mark.e2e
 def test_simulation_round_timeline_has_every_round_and_site(simulation_report) -> None:
     timeline = section(simulation_report.html.read_text(), "round-timeline")
 
@@ -357,6 +362,7 @@ def test_simulation_round_timeline_has_every_round_and_site(simulation_report) -
     assert sorted(rows) == [(str(r), s) for r in range(3) for s in SITES]
 
 
+@pytest.mark.e2e
 def test_a_downloaded_job_result_gives_the_same_sections_from_the_server_workspace_alone(
     simulation: Path, tmp_path: Path
 ) -> None:

@@ -250,7 +250,7 @@ def test_arguments_that_unpickle_are_refused(tmp_path: Path, transform: dict, ke
 
 
 def fl_learner_error(app: Path, workspace: Path) -> str | None:
-    from clara_fl.fl.learner import ClaraLearner
+    from clara_fl.fl.site.learner import ClaraLearner
 
     learner = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     learner.initialize({}, site_ctx(app, workspace))
@@ -414,13 +414,13 @@ def test_an_fl_site_with_the_shipped_mmar_builds_under_the_default_policy(fl_sit
 def test_the_server_persistor_refuses_job_arguments_that_write_outside_or_unpickle(
     tmp_path: Path, arguments: dict, key: str
 ) -> None:
-    from clara_fl.fl.persistor import check_persistor_arguments
+    from clara_fl.fl.server.persistor import check_persistor_arguments
 
     with pytest.raises(ConfigError, match=f"config/config_fed_server.json: components\\[persistor\\].args.{key}: "):
         check_persistor_arguments(arguments, str(tmp_path))
 
 
 def test_the_server_persistor_accepts_the_shipped_arguments(tmp_path: Path) -> None:
-    from clara_fl.fl.persistor import check_persistor_arguments
+    from clara_fl.fl.server.persistor import check_persistor_arguments
 
     check_persistor_arguments({"global_model_file_name": "FL_global_model.pt", "exclude_vars": None}, str(tmp_path))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from nvflare.apis.impl.wf_comm_server import WFCommServer
 
-from clara_fl.fl.controllers import CrossSiteEval, CrossSiteModelEval, FedAvg, ScatterAndGather
-from clara_fl.fl.job import _read_conf
+from clara_fl.fl.server.controllers import CrossSiteEval, CrossSiteModelEval, FedAvg, ScatterAndGather
+from clara_fl.fl.jobs.create import _read_conf
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "job_templates"
 
@@ -27,5 +27,5 @@ def test_every_template_workflow_polls_at_a_short_period(template: str) -> None:
     server = _read_conf(TEMPLATES / template / "config_fed_server.conf")
 
     for workflow in server["workflows"]:
-        assert workflow["path"].startswith("clara_fl.fl.controllers."), workflow["id"]
+        assert workflow["path"].startswith("clara_fl.fl.server.controllers."), workflow["id"]
         assert workflow["args"]["task_check_period"] <= 0.1, workflow["id"]

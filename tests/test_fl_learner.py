@@ -31,9 +31,9 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
-from clara_fl.fl.learner import LOCAL_STATE_FILE, ClaraLearner
-from clara_fl.fl.site import CODE_POLICY_ENV, SITE_CONFIG_ENV
-from clara_fl.fl.weights import network_weights, unwrap
+from clara_fl.fl.site.learner import LOCAL_STATE_FILE, ClaraLearner
+from clara_fl.fl.site.context import CODE_POLICY_ENV, SITE_CONFIG_ENV
+from clara_fl.fl.site.weights import network_weights, unwrap
 from clara_fl.workflows.network import build_train_network
 from tests.conftest import SPLEEN_MMAR, copy_mmar
 
@@ -598,7 +598,7 @@ def test_a_rebuilt_learner_resumes_the_local_state_from_disk(site: Site) -> None
 
 
 def test_validator_scores_a_model_by_its_owner_from_header_or_meta(site: Site) -> None:
-    from clara_fl.fl.validator import ClaraValidator
+    from clara_fl.fl.site.validator import ClaraValidator
 
     validator = ClaraValidator(overrides=OVERRIDES)
     weights = site.global_weights()
@@ -624,7 +624,7 @@ def test_validator_scores_a_model_by_its_owner_from_header_or_meta(site: Site) -
 
 
 def test_validator_without_a_cross_validation_config_derives_one(site: Site) -> None:
-    from clara_fl.fl.validator import ClaraValidator
+    from clara_fl.fl.site.validator import ClaraValidator
 
     (site.app / "config" / "config_cross_validation.json").unlink()
     task = DXO(data_kind=DataKind.WEIGHTS, data=site.global_weights()).to_shareable()
@@ -639,7 +639,7 @@ def test_validator_without_a_cross_validation_config_derives_one(site: Site) -> 
 
 
 def test_validator_refuses_anything_but_weights(site: Site) -> None:
-    from clara_fl.fl.validator import ClaraValidator
+    from clara_fl.fl.site.validator import ClaraValidator
 
     validator = ClaraValidator(overrides=OVERRIDES)
     weights = site.global_weights()
@@ -669,7 +669,7 @@ def fed_component(config: dict[str, Any], component_id: str) -> dict[str, Any]:
     [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
 )
 def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template: str, workflow: str, clients_arg: str) -> None:
-    from clara_fl.fl.job import create_job
+    from clara_fl.fl.jobs.create import create_job
 
     overrides = {"roi_size": [16, 16, 16], "num_workers": 0}
     job = create_job(SPLEEN_MMAR, tmp_path / "job", template, num_rounds=7, local_epochs=4, min_clients=3, overrides=overrides)
@@ -695,7 +695,7 @@ def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template
 
 
 def test_create_job_ships_custom_code_only_when_the_mmar_has_some(tmp_path: Path) -> None:
-    from clara_fl.fl.job import create_job
+    from clara_fl.fl.jobs.create import create_job
 
     mmar = tmp_path / "mmar"
     shutil.copytree(SPLEEN_MMAR / "config", mmar / "config")

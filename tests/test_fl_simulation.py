@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from clara_fl.apps.simulate import run_simulator
-from clara_fl.fl.job import create_job
-from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
+from clara_fl.fl.jobs.create import create_job
+from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
 from tests.conftest import SPLEEN_MMAR
 
 pytestmark = pytest.mark.e2e
@@ -65,8 +65,8 @@ def simulate(
 def untrained_dice(job: Path, site_file: Path, site: str) -> float:
     """val_mean_dice of the server's initial model (built exactly as ClaraModelPersistor builds it) at ``site``."""
     from clara_fl.config.mmar import load_config
-    from clara_fl.fl.site import read_site_file
-    from clara_fl.fl.weights import load_global_weights, network_weights
+    from clara_fl.fl.site.context import read_site_file
+    from clara_fl.fl.site.weights import load_global_weights, network_weights
     from clara_fl.workflows.evaluate import EvaluateWorkflow
     from clara_fl.workflows.network import build_train_network
 
@@ -169,7 +169,7 @@ def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_
 def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_in_process_learner(tmp_path: Path, site_file: Path) -> None:
     """3 steps per rank per round on site-1's 2-iteration epochs (per rank): round 0 stops mid-epoch 2, round 1
     finishes it and epoch 3, whose EPOCH_COMPLETED handlers (validation every 3 epochs, model.pt) must run."""
-    from clara_fl.fl.local_state import LOCAL_STATE_FILE
+    from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
     from clara_fl.workflows.train import trainer_progress
 
     _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3)

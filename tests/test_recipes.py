@@ -157,8 +157,8 @@ def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_
     from nvflare.recipe import SimEnv
 
     from clara_fl.data.synthetic import make_synthetic_dataset
-    from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
-    from clara_fl.fl.site import SITE_CONFIG_ENV
+    from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+    from clara_fl.fl.site.context import SITE_CONFIG_ENV
     from clara_fl.recipes import ClaraFedAvgRecipe
 
     data = make_synthetic_dataset(tmp_path / "data", cases=8, sites=2, shape=(32, 32, 32))

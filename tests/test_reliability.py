@@ -197,7 +197,7 @@ def test_an_fl_site_refuses_job_code_by_default_and_every_task_fails_cleanly(fl_
     from nvflare.apis.shareable import Shareable
     from nvflare.apis.signal import Signal
 
-    from clara_fl.fl.learner import ClaraLearner
+    from clara_fl.fl.site.learner import ClaraLearner
 
     app, workspace = fl_site
     marker = tmp_path / "code_ran"
@@ -211,7 +211,7 @@ def test_an_fl_site_refuses_job_code_by_default_and_every_task_fails_cleanly(fl_
 
 
 def test_a_site_opts_in_to_full_python_in_its_local_policy(fl_site, monkeypatch) -> None:
-    from clara_fl.fl.learner import ClaraLearner
+    from clara_fl.fl.site.learner import ClaraLearner
 
     app, workspace = fl_site
     with_expression(app, "#list(__import__('itertools').chain(@model.parameters()))")
@@ -285,7 +285,7 @@ def test_the_server_rejects_an_update_holding_nan() -> None:
     from nvflare.apis.fl_constant import ReturnCode
     from nvflare.apis.fl_context import FLContext
 
-    from clara_fl.fl.filters import RejectNonFiniteUpdates
+    from clara_fl.fl.server.filters import RejectNonFiniteUpdates
 
     good = DXO(DataKind.WEIGHT_DIFF, {"w": np.ones(3, dtype=np.float32), "n": np.array([3])}).to_shareable()
     bad = DXO(DataKind.WEIGHT_DIFF, {"w": np.array([1.0, np.nan], dtype=np.float32)}).to_shareable()

@@ -15,9 +15,9 @@ import pytest
 
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
-from clara_fl.fl.policy import CLARA_ALLOW_LIST
-from clara_fl.fl.site import code_policy, read_site_file
-from clara_fl.fl.site_setup import find_startup_kit, setup_site
+from clara_fl.fl.jobs.allow_list import CLARA_ALLOW_LIST
+from clara_fl.fl.site.context import code_policy, read_site_file
+from clara_fl.fl.jobs.site_setup import find_startup_kit, setup_site
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESOURCES = {
@@ -236,7 +236,7 @@ def test_every_class_our_templates_use_is_allowed_after_setup(tmp_path: Path) ->
     assert len(configs) >= 6
     for config in configs:
         collect(ConfigFactory.parse_file(str(config)).as_plain_ordered_dict())
-    assert "clara_fl.fl.learner.ClaraLearner" in paths and "nvflare.app_common.executors.learner_executor.LearnerExecutor" in paths
+    assert "clara_fl.fl.site.learner.ClaraLearner" in paths and "nvflare.app_common.executors.learner_executor.LearnerExecutor" in paths
 
     authorizer, workspace = ComponentPathAuthorizer(), Workspace(str(kit))
     refused = []
@@ -245,7 +245,7 @@ def test_every_class_our_templates_use_is_allowed_after_setup(tmp_path: Path) ->
             authorizer.authorize_component_config({"path": path}, workspace=workspace)
         except Exception:
             refused.append(path)
-    assert "clara_fl.fl.learner.ClaraLearner" in refused, "FLARE's default list alone must refuse clara-fl's classes"
+    assert "clara_fl.fl.site.learner.ClaraLearner" in refused, "FLARE's default list alone must refuse clara-fl's classes"
 
     setup_site(kit)
     authorizer = ComponentPathAuthorizer()

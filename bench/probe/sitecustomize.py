@@ -24,7 +24,7 @@ _DIR = os.environ.get("CLARA_FL_BENCH_PROBE")
 # module -> [(class, method, kind)]
 TARGETS = {
     "ignite.engine.engine": [("Engine", "run", "engine")],
-    "clara_fl.fl.learner": [("ClaraLearner", "train", "wrapper"), ("ClaraLearner", "validate", "wrapper")],
+    "clara_fl.fl.site.learner": [("ClaraLearner", "train", "wrapper"), ("ClaraLearner", "validate", "wrapper")],
     "monai.fl.client.monai_algo": [
         ("MonaiAlgo", "train", "wrapper"),
         ("MonaiAlgo", "evaluate", "wrapper"),

@@ -151,7 +151,7 @@ def check_simulation(job: str, n_clients: int, threads: int, site_config: str | 
         ConfigError: no FLARE job at ``job``; counts below 1; more threads than sites; fewer sites than
             the job needs; a site file that is missing or not a site file.
     """
-    from clara_fl.fl.site import read_site_file
+    from clara_fl.fl.site.context import read_site_file
 
     for value, option in ((n_clients, "-n"), (threads, "-t")):
         if value < 1:

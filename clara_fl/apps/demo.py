@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from clara_fl.apps.common import check_simulation
     from clara_fl.apps.simulate import SIMULATOR_OUTPUT, report, run_simulator, write_html_report
     from clara_fl.data.synthetic import make_synthetic_dataset
-    from clara_fl.fl.site import SITE_FILE_NAME
+    from clara_fl.fl.site.context import SITE_FILE_NAME
     from clara_fl.runtime.files import write_json_atomic
 
     check_simulation(args.job, 2, 2)

@@ -38,8 +38,8 @@ def run_simulator(
         ConfigError: the job, the counts or the site file would fail in FLARE (see ``check_simulation``).
     """
     check_simulation(job, n_clients, threads, site_config)
-    from clara_fl.fl.policy import write_simulator_policy
-    from clara_fl.fl.site import SITE_CONFIG_ENV
+    from clara_fl.fl.jobs.allow_list import write_simulator_policy
+    from clara_fl.fl.site.context import SITE_CONFIG_ENV
 
     write_simulator_policy(workspace)  # the simulator copies WORKSPACE/local to every site
     env = dict(os.environ)
@@ -113,7 +113,7 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
 
 
 def report(workspace: str, metric: str) -> int:
-    from clara_fl.fl.results import find_cross_site_results, format_cross_site_table, load_cross_site_results
+    from clara_fl.fl.jobs.results import find_cross_site_results, format_cross_site_table, load_cross_site_results
 
     results = find_cross_site_results(workspace)
     if results is None:

@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_setup(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
-    from clara_fl.fl.privacy import parse_privacy_option, write_site_privacy
-    from clara_fl.fl.site_setup import setup_site
+    from clara_fl.fl.jobs.privacy import parse_privacy_option, write_site_privacy
+    from clara_fl.fl.jobs.site_setup import setup_site
 
     privacy = None if args.privacy is None else [parse_privacy_option(p) for p in args.privacy if p != "none"]
     result = setup_site(args.site_dir, parse_set_args(args.set), allow_code=args.allow_code)

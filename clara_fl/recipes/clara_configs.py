@@ -16,7 +16,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
-from clara_fl.fl.privacy import privacy_filter
+from clara_fl.fl.jobs.privacy import privacy_filter
 from clara_fl.recipes.app_configs import FedAvgSettings
 
 __all__ = ["FLConfigImport", "read_fl_configs"]

@@ -134,7 +134,7 @@ class ClaraFedAvgRecipe(Recipe):
         from nvflare.recipe.sim_env import SimEnv
 
         if isinstance(env, SimEnv):
-            from clara_fl.fl.policy import write_simulator_policy
+            from clara_fl.fl.jobs.allow_list import write_simulator_policy
 
             write_simulator_policy(os.path.join(env.workspace_root, self.name))
         elif isinstance(env, PocEnv) and not self._byoc_marked:

@@ -60,7 +60,7 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "nvflare", "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor", "_initialize",
         "the persistor builds its model in _initialize (on START_RUN); the MMAR's network can only be "
         "built then (the app folder is known from the FLContext), so ClaraModelPersistor overrides it.",
-        used_in=("fl/persistor.py",),
+        used_in=("fl/server/persistor.py",),
     ),
     PrivateAttribute(
         "nvflare", "nvflare.app_common.tracking.log_writer.LogWriter", "sender",
@@ -84,7 +84,7 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
             "nvflare", "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather", name,
             "ScatterAndGather keeps its round state only in private attributes; the subclass that "
             "validates the final global model after the last round reads it.",
-            used_in=("fl/controllers.py",),
+            used_in=("fl/server/controllers.py",),
         )
         for name in ("_num_rounds", "_current_round", "_start_round", "_global_weights", "_min_clients",
                      "_wait_time_after_min_received")
@@ -94,7 +94,7 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
             "nvflare", "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector", name,
             "IntimeModelSelector has no public hook to score a model outside a round's aggregation; the "
             "subclass that selects the best global model (final model included) calls its own steps.",
-            used_in=("fl/model_selection.py",),
+            used_in=("fl/server/model_selection.py",),
         )
         for name in ("_reset_stats", "_before_aggregate")
     ),

@@ -1,6 +1,6 @@
 """One FL round of local training on a built trainer: the single definition both FL paths use.
 
-The in-process Learner (``fl/learner.py``) and the torchrun site worker (``fl/site_worker.py``)
+The in-process Learner (``fl/site/learner.py``) and the torchrun site worker (``fl/site/worker.py``)
 both train a round through :meth:`RoundRunner.run`, so the two cannot diverge.
 
 A round is either ``local_epochs`` whole epochs or ``steps`` iterations. How a steps round ends

@@ -31,7 +31,7 @@ recipe = ClaraFedAvgRecipe(
 )
 run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.workspace))
 
-from clara_fl.fl.results import find_cross_site_results, format_cross_site_table, load_cross_site_results  # noqa: E402
+from clara_fl.fl.jobs.results import find_cross_site_results, format_cross_site_table, load_cross_site_results  # noqa: E402
 
 results = find_cross_site_results(run.get_result())
 if results is not None:

@@ -85,8 +85,8 @@ class ClaraValidator(Executor):
 
         from clara_fl.config.mmar import load_config
         from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
-        from clara_fl.fl.site import site_context
-        from clara_fl.fl.weights import load_global_weights
+        from clara_fl.fl.site.context import site_context
+        from clara_fl.fl.site.weights import load_global_weights
         from clara_fl.workflows.evaluate import EvaluateWorkflow
 
         site = site_context(fl_ctx, self.train_config)

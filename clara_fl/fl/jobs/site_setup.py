@@ -3,9 +3,9 @@
 Three things change, all in the kit's ``local/`` folder and nowhere else:
 
 * ``local/resources.json`` (created from ``resources.json.default`` if absent; the ``.default`` file is
-  left as it is): :data:`~clara_fl.fl.policy.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
+  left as it is): :data:`~clara_fl.fl.jobs.allow_list.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
   jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use.
-* ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site`): the site's environment
+* ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site.context`): the site's environment
   values (``DATA_ROOT``, ``DATASET_JSON``, ...), merged with the values already there.
 * the same site file's ``code_policy``: ``"restricted"`` (default) or ``"full"`` (``allow_code=True``).
 
@@ -23,8 +23,8 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
-from clara_fl.fl.policy import resources_with_allow_list
-from clara_fl.fl.site import SITE_FILE_NAME, read_site_file
+from clara_fl.fl.jobs.allow_list import resources_with_allow_list
+from clara_fl.fl.site.context import SITE_FILE_NAME, read_site_file
 from clara_fl.runtime.files import write_json_atomic
 
 __all__ = ["StartupKit", "SiteSetupResult", "find_startup_kit", "setup_site"]

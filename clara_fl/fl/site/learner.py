@@ -5,7 +5,7 @@ one round, DXO out. Per round: load the global weights, validate them on local d
 model selection needs this), train one :class:`~clara_fl.workflows.round.RoundSpec` (``local_epochs``
 epochs or ``steps_aggregation`` iterations) through the same
 :class:`~clara_fl.workflows.round.RoundRunner` in this process or, with ``nproc_per_site`` > 1, in
-torchrun workers (:mod:`clara_fl.fl.site_worker`), and send back the weight difference with the
+torchrun workers (:mod:`clara_fl.fl.site.worker`), and send back the weight difference with the
 real number of steps. Abort is polled after every iteration.
 """
 
@@ -23,8 +23,8 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from clara_fl.config.errors import ConfigError, describe_failure
-from clara_fl.fl.local_state import LOCAL_STATE_FILE, LocalState
-from clara_fl.fl.site_worker import RoundRequest
+from clara_fl.fl.site.local_state import LOCAL_STATE_FILE, LocalState
+from clara_fl.fl.site.worker import RoundRequest
 from clara_fl.workflows.round import RoundRunner, RoundSpec
 
 __all__ = ["ClaraLearner", "LOCAL_STATE_FILE"]
@@ -75,8 +75,8 @@ class ClaraLearner(Learner):
 
     def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
         from clara_fl.config.mmar import load_config
-        from clara_fl.fl.site import site_context
-        from clara_fl.fl.streaming import MetricsStreamer
+        from clara_fl.fl.site.context import site_context
+        from clara_fl.fl.site.streaming import MetricsStreamer
         from clara_fl.workflows.train import TrainWorkflow
 
         try:
@@ -117,7 +117,7 @@ class ClaraLearner(Learner):
     # -- tasks -----------------------------------------------------------------------------------
 
     def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        from clara_fl.fl.weights import load_global_weights, network_weights, non_finite_keys, weight_diff
+        from clara_fl.fl.site.weights import load_global_weights, network_weights, non_finite_keys, weight_diff
 
         if self._init_error:
             return self._failed(fl_ctx, self._init_error)
@@ -175,7 +175,7 @@ class ClaraLearner(Learner):
         return DXO(data_kind=kind, data=payload, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable()
 
     def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        from clara_fl.fl.weights import load_global_weights, unwrap
+        from clara_fl.fl.site.weights import load_global_weights, unwrap
 
         if self._init_error:
             return self._failed(fl_ctx, self._init_error)
@@ -212,7 +212,7 @@ class ClaraLearner(Learner):
 
     def get_model_for_validation(self, model_name: str | None, fl_ctx: FLContext) -> Shareable:
         """The site's best local model (model.pt by key metric); ``final_model`` gives the last one."""
-        from clara_fl.fl.weights import network_weights, non_finite_keys
+        from clara_fl.fl.site.weights import network_weights, non_finite_keys
         from clara_fl.runtime.checkpoint import load_checkpoint, model_state
 
         if self._init_error:
@@ -251,7 +251,7 @@ class ClaraLearner(Learner):
     # -- training rounds -------------------------------------------------------------------------
 
     def _received_weights(self, dxo: DXO, fl_ctx: FLContext) -> dict[str, Any] | None:
-        from clara_fl.fl.weights import network_weights
+        from clara_fl.fl.site.weights import network_weights
 
         if dxo.data_kind == DataKind.WEIGHTS:
             return dxo.data
@@ -269,7 +269,7 @@ class ClaraLearner(Learner):
 
         On abort the workers are stopped and the site's state stays at the last completed round.
         """
-        from clara_fl.fl.site_worker import train_in_processes
+        from clara_fl.fl.site.worker import train_in_processes
 
         request = RoundRequest(
             mmar_root=self.site.app_dir,
@@ -297,7 +297,7 @@ class ClaraLearner(Learner):
         from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardStatsHandler
 
         from clara_fl.workflows.engine_hooks import handlers_muted
-        from clara_fl.fl.streaming import MetricsStreamer
+        from clara_fl.fl.site.streaming import MetricsStreamer
         from clara_fl.workflows.evaluate import scalar_metrics
 
         evaluator = self.workflow.evaluator

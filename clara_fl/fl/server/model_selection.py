@@ -4,7 +4,7 @@ FLARE's :class:`IntimeModelSelector` scores a global model by the validation the
 start of the next round (``initial_metrics`` in their train results), so the model the last round
 produces is never scored and can never become the best (the lag FLARE PR 5244 describes).
 :class:`GlobalModelSelector` is that selector plus one more candidate: after the last round,
-``clara_fl.fl.controllers.ScatterAndGather`` has the sites validate the final global model the same
+``clara_fl.fl.server.controllers.ScatterAndGather`` has the sites validate the final global model the same
 way (the Learner's evaluator, the MMAR's key metric) and fires :data:`FINAL_GLOBAL_MODEL_VALIDATED`
 with their metrics; the selector weighs them as it weighs every round's, and if the final model
 is the best, fires FLARE's ``GLOBAL_BEST_MODEL_AVAILABLE`` so the persistor saves it as

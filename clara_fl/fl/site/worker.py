@@ -1,4 +1,4 @@
-"""One FL round of a site's training in N DDP processes (``torchrun -m clara_fl.fl.site_worker``).
+"""One FL round of a site's training in N DDP processes (``torchrun -m clara_fl.fl.site.worker``).
 
 The site's Learner launches it when ``nproc_per_site`` > 1 through :func:`train_in_processes`
 and hands it a :class:`RoundRequest` (a JSON file): every rank builds the same TrainWorkflow as ``clara-fl train`` under torchrun, loads
@@ -80,7 +80,7 @@ def train_in_processes(
     request_path = os.path.join(work_dir, "request.json")
     request.write(request_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command += ["-m", "clara_fl.fl.site_worker", request_path]
+    command += ["-m", "clara_fl.fl.site.worker", request_path]
     log_path = os.path.join(work_dir, "workers.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -110,7 +110,7 @@ def run_round(request: RoundRequest) -> None:
 
     from clara_fl.config.mmar import load_config
     from clara_fl.config.restrictions import CodePolicy
-    from clara_fl.fl.weights import load_global_weights
+    from clara_fl.fl.site.weights import load_global_weights
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders

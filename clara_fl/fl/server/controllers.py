@@ -6,7 +6,7 @@ never takes effect, and each round waits on two such polls. These subclasses pas
 through; the job templates use them. (Both attributes are private: see ``clara_fl.runtime.private_api``.)
 
 ``ScatterAndGather`` also has the sites validate the final global model after the last round, so
-that the best global model is chosen among all of them (see :mod:`clara_fl.fl.model_selection`).
+that the best global model is chosen among all of them (see :mod:`clara_fl.fl.server.model_selection`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEva
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as _ScatterAndGather
 
-from clara_fl.fl.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
+from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
 
 __all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval"]
 
@@ -46,7 +46,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
     every site in a task of that name (the job's client config gives it to the LearnerExecutor as
     its ``validate_task``, so the Learner validates it exactly as it validates each round's global
     model before training); the sites' metrics are fired with
-    :data:`~clara_fl.fl.model_selection.FINAL_GLOBAL_MODEL_VALIDATED` for the model selector.
+    :data:`~clara_fl.fl.server.model_selection.FINAL_GLOBAL_MODEL_VALIDATED` for the model selector.
 
     Args:
         final_validation_task_name: the sites' task that validates a global model; empty: none.

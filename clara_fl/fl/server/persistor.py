@@ -66,7 +66,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         from clara_fl.config.errors import ConfigError
-        from clara_fl.fl.site import code_policy, find_mmar_root, find_site_file, read_site_file
+        from clara_fl.fl.site.context import code_policy, find_mmar_root, find_site_file, read_site_file
         from clara_fl.workflows.network import build_train_network
 
         if self.model is None:

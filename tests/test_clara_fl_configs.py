@@ -56,7 +56,7 @@ def test_clara_4_server_and_client_configs_become_recipe_settings(tmp_path: Path
 
 @needs_reference
 def test_job_from_an_mmar_with_clara_fl_configs_matches_them_with_command_line_values_on_top(tmp_path: Path) -> None:
-    from clara_fl.fl.jobs.create import create_job
+    from clara_fl.recipes.job_folder import create_job
 
     mmar = mmar_with(tmp_path, CLARA_FL / "adminMMAR/config/config_fed_server.json",
                      CLARA_FL / "adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json")
@@ -108,7 +108,7 @@ def test_an_mmar_without_fl_configs_gives_none(tmp_path: Path) -> None:
 def test_a_setting_that_cannot_be_carried_is_a_one_line_error_naming_file_and_path(
     tmp_path: Path, server: dict | None, client: dict | None, path: str, message: str
 ) -> None:
-    from clara_fl.fl.jobs.create import create_job
+    from clara_fl.recipes.job_folder import create_job
 
     mmar = mmar_with(tmp_path, server, client)
 
@@ -123,7 +123,7 @@ def test_a_setting_that_cannot_be_carried_is_a_one_line_error_naming_file_and_pa
 
 @needs_reference
 def test_settings_the_chosen_template_cannot_take_are_an_error_not_dropped(tmp_path: Path) -> None:
-    from clara_fl.fl.jobs.create import create_job
+    from clara_fl.recipes.job_folder import create_job
 
     mmar = mmar_with(tmp_path, CLARA_FL / "adminMMAR/config/config_fed_server.json", None)
 

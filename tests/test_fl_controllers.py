@@ -8,7 +8,7 @@ import pytest
 from nvflare.apis.impl.wf_comm_server import WFCommServer
 
 from clara_fl.fl.server.controllers import CrossSiteEval, CrossSiteModelEval, FedAvg, ScatterAndGather
-from clara_fl.fl.jobs.create import _read_conf
+from clara_fl.recipes.job_folder import _read_conf
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "job_templates"
 

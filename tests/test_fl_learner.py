@@ -669,7 +669,7 @@ def fed_component(config: dict[str, Any], component_id: str) -> dict[str, Any]:
     [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
 )
 def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template: str, workflow: str, clients_arg: str) -> None:
-    from clara_fl.fl.jobs.create import create_job
+    from clara_fl.recipes.job_folder import create_job
 
     overrides = {"roi_size": [16, 16, 16], "num_workers": 0}
     job = create_job(SPLEEN_MMAR, tmp_path / "job", template, num_rounds=7, local_epochs=4, min_clients=3, overrides=overrides)
@@ -695,7 +695,7 @@ def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template
 
 
 def test_create_job_ships_custom_code_only_when_the_mmar_has_some(tmp_path: Path) -> None:
-    from clara_fl.fl.jobs.create import create_job
+    from clara_fl.recipes.job_folder import create_job
 
     mmar = tmp_path / "mmar"
     shutil.copytree(SPLEEN_MMAR / "config", mmar / "config")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clara_fl.apps.simulate import run_simulator
-from clara_fl.fl.jobs.create import create_job
+from clara_fl.recipes.job_folder import create_job
 from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
 from tests.conftest import SPLEEN_MMAR
 

@@ -15,7 +15,7 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from clara_fl.cli import main
 from clara_fl.config.model_hints import final_model_hint
-from clara_fl.fl.jobs.create import create_job
+from clara_fl.recipes.job_folder import create_job
 from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED, GlobalModelSelector
 from tests.conftest import SPLEEN_MMAR, copy_mmar, tiny_set
 from tests.test_fl_simulation import SITES, fl_data, simulate, site_file  # noqa: F401  (fixtures)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_fl.fl.jobs.create import create_job
+from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR
 
 BIN = Path(sys.executable).parent  # the venv running the tests: nvflare, clara-fl, and clara_fl for the sites

@@ -15,7 +15,7 @@ import pytest
 
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
-from clara_fl.fl.jobs.create import create_job
+from clara_fl.recipes.job_folder import create_job
 from clara_fl.report.build import write_report
 from clara_fl.report.readers import (
     read_case_scores,

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
-    from clara_fl.fl.jobs.create import create_job, find_template
+    from clara_fl.recipes.job_folder import create_job, find_template
 
     require_mmar(args.mmar)
     find_template(args.template)  # before --force removes an existing job

@@ -5,8 +5,8 @@
   site context (its MMAR, site file and code policy).
 * :mod:`clara_fl.fl.server` runs at the server: the model persistor, the server workflows, the best
   global model selection and the update filter.
-* :mod:`clara_fl.fl.jobs` runs where jobs are made and deployed: job folders, the class allow-list,
-  site set-up, privacy scopes and reading results.
+* :mod:`clara_fl.fl.jobs` runs where jobs are made and deployed: the class allow-list, site set-up,
+  privacy scopes and reading results (job folders come from :mod:`clara_fl.recipes`).
 
 Components are named by full path (``clara_fl.fl.site.learner.ClaraLearner``) in job configs; the
 site's class allow-list needs the prefix ``clara_fl.`` (see docs/fl.md).

@@ -1,1 +1,1 @@
-"""Making and deploying FL jobs: job folders, the class allow-list, site set-up, privacy scopes, results."""
+"""Deploying FL jobs and reading their results: the class allow-list, site set-up, privacy scopes, results."""

@@ -108,48 +108,146 @@ def main() -> int:
     train_values = sets(**SETTINGS, epochs=args.epochs, amp=True, tf32=True, cudnn_benchmark=True, use_gpu=True)
 
     print("gpu-check: 1/5 train with AMP, TF32, cuDNN benchmark", flush=True)
-    step = run("train-amp", [PY, "-m", "clara_fl", "train", "-m", str(mmar), "--write_train_stats", "--set", *train_values],
-               work / "train.log", 180)
+    step = run(
+        "train-amp",
+        [PY, "-m", "clara_fl", "train", "-m", str(mmar), "--write_train_stats", "--set", *train_values],
+        work / "train.log",
+        180,
+    )
     step["iterations_per_s"] = iterations_per_s(mmar / "models" / "train_stats.json")
     step["amp_switched_off"] = "running without AMP" in (work / "train.log").read_text(errors="replace")
     steps["train-amp"] = step
 
     print("gpu-check: 2/5 hand-written baseline on the same GPU", flush=True)
     roi = [str(v) for v in SETTINGS["roi_size"]]
-    baseline = run("baseline", [PY, str(ROOT / "bench" / "handwritten_train.py"), "--data-root", str(data), "--datalist",
-                                str(data / "dataset.json"), "--out", str(work / "handwritten"), "--epochs", str(args.epochs),
-                                "--roi", *roi, "--num-workers", "2"], work / "baseline.log", 180)
+    baseline = run(
+        "baseline",
+        [
+            PY,
+            str(ROOT / "bench" / "handwritten_train.py"),
+            "--data-root",
+            str(data),
+            "--datalist",
+            str(data / "dataset.json"),
+            "--out",
+            str(work / "handwritten"),
+            "--epochs",
+            str(args.epochs),
+            "--roi",
+            *roi,
+            "--num-workers",
+            "2",
+        ],
+        work / "baseline.log",
+        180,
+    )
     steps["baseline"] = baseline
     result["figure_7"] = {
         "measure": "clara-fl train wall time / hand-written wall time, same GPU, same epochs (lower is better)",
-        "value": round(step["wall_s"] / baseline["wall_s"], 3) if not step["exit_code"] and not baseline["exit_code"] else None,
+        "value": round(step["wall_s"] / baseline["wall_s"], 3)
+        if not step["exit_code"] and not baseline["exit_code"]
+        else None,
         "clara_fl_iterations_per_s": step["iterations_per_s"],
     }
 
     print("gpu-check: 3/5 validate on the GPU with AMP", flush=True)
-    steps["validate"] = run("validate", [PY, "-m", "clara_fl", "validate", "-m", str(mmar), "--set",
-                                         *sets(roi_size=SETTINGS["roi_size"], dont_load_ts_model=True,
-                                               dont_load_ckpt_model=False, amp=True, num_workers=2)],
-                            work / "validate.log", 90)
+    steps["validate"] = run(
+        "validate",
+        [
+            PY,
+            "-m",
+            "clara_fl",
+            "validate",
+            "-m",
+            str(mmar),
+            "--set",
+            *sets(
+                roi_size=SETTINGS["roi_size"],
+                dont_load_ts_model=True,
+                dont_load_ckpt_model=False,
+                amp=True,
+                num_workers=2,
+            ),
+        ],
+        work / "validate.log",
+        90,
+    )
 
     print("gpu-check: 4/5 DDP over NCCL", flush=True)
     nproc = min(2, facts["count"])
     ddp = copy_mmar(work / "spleen_ddp", data)
-    steps["ddp-nccl"] = run("ddp-nccl", [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "clara_fl",
-                                         "train", "-m", str(ddp), "--write_train_stats", "--set",
-                                         *sets(**SETTINGS, epochs=2, amp=True, multi_gpu=True)], work / "ddp.log", 150)
+    steps["ddp-nccl"] = run(
+        "ddp-nccl",
+        [
+            PY,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "clara_fl",
+            "train",
+            "-m",
+            str(ddp),
+            "--write_train_stats",
+            "--set",
+            *sets(**SETTINGS, epochs=2, amp=True, multi_gpu=True),
+        ],
+        work / "ddp.log",
+        150,
+    )
     steps["ddp-nccl"]["processes"] = nproc
     steps["ddp-nccl"]["nccl_in_log"] = "nccl" in (work / "ddp.log").read_text(errors="replace").lower()
 
     print("gpu-check: 5/5 one FL round on the GPU", flush=True)
     job, site_file = work / "job", work / "site.json"
-    site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}}))
-    created = run("job-create", [PY, "-m", "clara_fl", "job", "create", "-m", str(MMAR), "-o", str(job), "--num-rounds", "1",
-                                 "--local-epochs", "1", "--min-clients", "2", "--set", *sets(**SETTINGS, amp=True)],
-                  work / "job.log", 60)
+    site_file.write_text(
+        json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}})
+    )
+    created = run(
+        "job-create",
+        [
+            PY,
+            "-m",
+            "clara_fl",
+            "job",
+            "create",
+            "-m",
+            str(MMAR),
+            "-o",
+            str(job),
+            "--num-rounds",
+            "1",
+            "--local-epochs",
+            "1",
+            "--min-clients",
+            "2",
+            "--set",
+            *sets(**SETTINGS, amp=True),
+        ],
+        work / "job.log",
+        60,
+    )
     if created["exit_code"] == 0:
-        steps["fl-round"] = run("fl-round", [PY, "-m", "clara_fl", "simulate", str(job), "-w", str(work / "ws"), "-n", "2",
-                                             "-t", "2", "--site-config", str(site_file)], work / "fl.log", 180)
+        steps["fl-round"] = run(
+            "fl-round",
+            [
+                PY,
+                "-m",
+                "clara_fl",
+                "simulate",
+                str(job),
+                "-w",
+                str(work / "ws"),
+                "-n",
+                "2",
+                "-t",
+                "2",
+                "--site-config",
+                str(site_file),
+            ],
+            work / "fl.log",
+            180,
+        )
     else:
         steps["fl-round"] = created
 

@@ -30,7 +30,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--eval-weights", metavar="CHECKPOINT",
+        "--eval-weights",
+        metavar="CHECKPOINT",
         help="do not train: load these weights ({'model': state_dict} or a state_dict) and print the validation metrics",
     )
     return parser.parse_args()
@@ -38,7 +39,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     import torch
     from ignite.metrics import Accuracy
@@ -89,7 +92,14 @@ def main() -> None:
         crop_fg,
         SpatialPadd(keys=keys, spatial_size=roi),
         RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=4, image_key="image", image_threshold=0
+            keys=keys,
+            label_key="label",
+            spatial_size=roi,
+            pos=1,
+            neg=1,
+            num_samples=4,
+            image_key="image",
+            image_threshold=0,
         ),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         to_tensor,
@@ -97,7 +107,13 @@ def main() -> None:
     val_transforms = [load, channel, scale, crop_fg, to_tensor]  # Clara's "ref": the same instances
 
     network = UNet(
-        spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=(16, 32, 64, 128, 256),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        norm="batch",
     ).to(device)
     loss = DiceLoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
@@ -105,12 +121,21 @@ def main() -> None:
 
     train_files = load_decathlon_datalist(args.datalist, True, "training", args.data_root)
     val_files = load_decathlon_datalist(args.datalist, True, "validation", args.data_root)
-    train_ds = CacheDataset(train_files, transform=train_transforms, cache_num=32, cache_rate=1.0, num_workers=args.num_workers)
-    val_ds = CacheDataset(val_files, transform=val_transforms, cache_num=9, cache_rate=1.0, num_workers=args.num_workers)
+    train_ds = CacheDataset(
+        train_files, transform=train_transforms, cache_num=32, cache_rate=1.0, num_workers=args.num_workers
+    )
+    val_ds = CacheDataset(
+        val_files, transform=val_transforms, cache_num=9, cache_rate=1.0, num_workers=args.num_workers
+    )
     train_loader = DataLoader(train_ds, batch_size=2, shuffle=True, num_workers=args.num_workers)
     val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, num_workers=args.num_workers)
 
-    post = Compose([Activationsd(keys="pred", softmax=True), AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=2)])
+    post = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=2),
+        ]
+    )
     pred_label = from_engine(["pred", "label"])
     first_loss = from_engine(["loss"], first=True)
 
@@ -122,10 +147,14 @@ def main() -> None:
         postprocessing=post,
         key_val_metric={"val_mean_dice": MeanDice(include_background=False, output_transform=pred_label)},
         additional_metrics={"val_acc": Accuracy(output_transform=pred_label)},
-        val_handlers=[] if args.eval_weights else [
+        val_handlers=[]
+        if args.eval_weights
+        else [
             StatsHandler(output_transform=lambda x: None),
             TensorBoardStatsHandler(log_dir=args.out, output_transform=lambda x: None),
-            CheckpointSaver(save_dir=args.out, save_dict={"model": network}, save_key_metric=True, key_metric_filename="model.pt"),
+            CheckpointSaver(
+                save_dir=args.out, save_dict={"model": network}, save_key_metric=True, key_metric_filename="model.pt"
+            ),
         ],
         amp=amp,
     )
@@ -165,7 +194,9 @@ def main() -> None:
     trainer.run()
     logging.getLogger("handwritten").info(
         "training done: %d epochs; best val_mean_dice %.4f (epoch %d)",
-        trainer.state.epoch, evaluator.state.best_metric, evaluator.state.best_metric_epoch,
+        trainer.state.epoch,
+        evaluator.state.best_metric,
+        evaluator.state.best_metric_epoch,
     )
 
 

@@ -91,7 +91,17 @@ class Settings:
         return "quick" if self == QUICK else "full" if self == Settings() else "custom"
 
 
-QUICK = Settings(pairs=1, epochs=2, fl_pairs=1, rounds=4, warmup_rounds=1, memory_warmup_rounds=1, quality_rounds=2, quality_local_epochs=1, quality_seeds=(0,))
+QUICK = Settings(
+    pairs=1,
+    epochs=2,
+    fl_pairs=1,
+    rounds=4,
+    warmup_rounds=1,
+    memory_warmup_rounds=1,
+    quality_rounds=2,
+    quality_local_epochs=1,
+    quality_seeds=(0,),
+)
 
 
 @dataclasses.dataclass
@@ -152,7 +162,9 @@ def base_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_process(name: str, command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, timeout_s: int = 900) -> Run:
+def run_process(
+    name: str, command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, timeout_s: int = 900
+) -> Run:
     """Run ``command`` to completion; wall time from just before the spawn to the exit, and the arrival
     time of the first training iteration's log line (StatsHandler's ``Epoch: 1/N, Iter: 1/M``)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +174,9 @@ def run_process(name: str, command: list[str], env: dict[str, str], log: Path, c
     deadline = time.monotonic() + timeout_s
     with open(log, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             now = time.perf_counter()
@@ -239,23 +253,62 @@ def standalone_commands(settings: Settings, data: Path, work: Path) -> dict[str,
     def clara(out: Path) -> list[str]:
         mmar = copy_mmar(out / "mmar")
         return [
-            PY, "-m", "clara_fl", "train", "-m", str(mmar), "--set",
-            *mmar_settings(settings, settings.epochs, 1), f"DATA_ROOT={data}", f"DATASET_JSON={data / 'dataset.json'}",
+            PY,
+            "-m",
+            "clara_fl",
+            "train",
+            "-m",
+            str(mmar),
+            "--set",
+            *mmar_settings(settings, settings.epochs, 1),
+            f"DATA_ROOT={data}",
+            f"DATASET_JSON={data / 'dataset.json'}",
         ]
 
     def hand(out: Path) -> list[str]:
         return [
-            PY, str(BENCH / "handwritten_train.py"), "--data-root", str(data), "--datalist", str(data / "dataset.json"),
-            "--out", str(out / "models"), "--epochs", str(settings.epochs), "--roi", *roi, "--lr", str(settings.lr),
-            "--val-interval", "1", "--num-workers", "0",
+            PY,
+            str(BENCH / "handwritten_train.py"),
+            "--data-root",
+            str(data),
+            "--datalist",
+            str(data / "dataset.json"),
+            "--out",
+            str(out / "models"),
+            "--epochs",
+            str(settings.epochs),
+            "--roi",
+            *roi,
+            "--lr",
+            str(settings.lr),
+            "--val-interval",
+            "1",
+            "--num-workers",
+            "0",
         ]
 
     def bundle(out: Path) -> list[str]:
         return [
-            *bundle_cli, "run", "--config_file", str(BENCH / "bundle" / "configs" / "train.json"),
-            "--meta_file", str(BENCH / "bundle" / "configs" / "metadata.json"), "--bundle_root", str(out),
-            "--dataset_dir", str(data), "--epochs", str(settings.epochs), "--roi_size", json.dumps([settings.roi] * 3).replace(" ", ""),
-            "--learning_rate", str(settings.lr), "--val_interval", "1", "--num_workers", "0",
+            *bundle_cli,
+            "run",
+            "--config_file",
+            str(BENCH / "bundle" / "configs" / "train.json"),
+            "--meta_file",
+            str(BENCH / "bundle" / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(out),
+            "--dataset_dir",
+            str(data),
+            "--epochs",
+            str(settings.epochs),
+            "--roi_size",
+            json.dumps([settings.roi] * 3).replace(" ", ""),
+            "--learning_rate",
+            str(settings.lr),
+            "--val_interval",
+            "1",
+            "--num_workers",
+            "0",
         ]
 
     return {"clara-fl": clara, "hand-written": hand, "monai-bundle": bundle}
@@ -267,16 +320,21 @@ def run_standalone(settings: Settings, data: Path, work: Path, log: Callable[[st
     env = base_env(settings.standalone_threads)
     pairs: list[dict[str, Run]] = []
     for i in range(settings.pairs):
-        order = names[i % len(names):] + names[: i % len(names)]  # rotate: every side goes first in turn
+        order = names[i % len(names) :] + names[: i % len(names)]  # rotate: every side goes first in turn
         runs: dict[str, Run] = {}
         for name in order:
             out = work / "standalone" / f"{i}-{name}"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            runs[name] = check(run_process(name, commands[name](out), env, out / "output.log", cwd=out, timeout_s=settings.timeout_s))
+            runs[name] = check(
+                run_process(name, commands[name](out), env, out / "output.log", cwd=out, timeout_s=settings.timeout_s)
+            )
         log(
             f"  pair {i + 1}/{settings.pairs} ({' -> '.join(order)}): "
-            + ", ".join(f"{n} {runs[n].wall_s:.2f} s (1st iter {runs[n].first_iteration_s or float('nan'):.2f} s)" for n in names)
+            + ", ".join(
+                f"{n} {runs[n].wall_s:.2f} s (1st iter {runs[n].first_iteration_s or float('nan'):.2f} s)"
+                for n in names
+            )
         )
         pairs.append(runs)
     return pairs
@@ -294,7 +352,11 @@ def figure_standalone(pairs: list[dict[str, Run]]) -> Record:
         figure="1 standalone overhead",
         measure="wall time, whole process (clara-fl train / hand-written MONAI script)",
         baseline="bench/handwritten_train.py",
-        kind="ratio", value=value, unit="x", goal="<= 1.05", met=value is not None and value <= 1.05,
+        kind="ratio",
+        value=value,
+        unit="x",
+        goal="<= 1.05",
+        met=value is not None and value <= 1.05,
         samples=[round(r, 4) for r in ratios],
         detail={
             "clara_wall_s": [round(p["clara-fl"].wall_s, 3) for p in pairs],
@@ -313,9 +375,16 @@ def figure_standalone_cpu(pairs: list[dict[str, Run]]) -> Record:
         figure="1 standalone overhead (CPU)",
         measure="CPU time (user+sys), whole process (clara-fl train / hand-written MONAI script)",
         baseline="bench/handwritten_train.py",
-        kind="ratio", value=median(ratios), unit="x", goal="(reported)", met=None,
+        kind="ratio",
+        value=median(ratios),
+        unit="x",
+        goal="(reported)",
+        met=None,
         samples=[round(r, 4) for r in ratios],
-        detail={"clara_cpu_s": [round(p["clara-fl"].cpu_s, 3) for p in pairs], "hand_cpu_s": [round(p["hand-written"].cpu_s, 3) for p in pairs]},
+        detail={
+            "clara_cpu_s": [round(p["clara-fl"].cpu_s, 3) for p in pairs],
+            "hand_cpu_s": [round(p["hand-written"].cpu_s, 3) for p in pairs],
+        },
     )
 
 
@@ -330,7 +399,11 @@ def figure_startup(pairs: list[dict[str, Run]]) -> Record:
         figure="2 start-up",
         measure="process start -> first training iteration, clara-fl minus hand-written",
         baseline="bench/handwritten_train.py",
-        kind="delta", value=value, unit="s", goal="<= +0.30 s", met=value is not None and value <= 0.3,
+        kind="delta",
+        value=value,
+        unit="s",
+        goal="<= +0.30 s",
+        met=value is not None and value <= 0.3,
         samples=[round(d, 3) for d in deltas],
         detail={
             "clara_first_iteration_s": [p["clara-fl"].first_iteration_s for p in pairs],
@@ -343,12 +416,20 @@ def figure_startup(pairs: list[dict[str, Run]]) -> Record:
 def figure_bundle(pairs: list[dict[str, Run]]) -> Record:
     ratios = [p["clara-fl"].wall_s / p["monai-bundle"].wall_s for p in pairs]
     value = median(ratios)
-    cli = "python -m monai.bundle run" if importlib.util.find_spec("fire") else "monai.bundle.scripts.run (bench/bundle_run.py: fire not installed)"
+    cli = (
+        "python -m monai.bundle run"
+        if importlib.util.find_spec("fire")
+        else "monai.bundle.scripts.run (bench/bundle_run.py: fire not installed)"
+    )
     return Record(
         figure="3 bundle peer",
         measure="wall time, whole process (clara-fl train / MONAI bundle run)",
         baseline=f"{cli} on bench/bundle",
-        kind="ratio", value=value, unit="x", goal="<= 1.00", met=value is not None and value <= 1.0,
+        kind="ratio",
+        value=value,
+        unit="x",
+        goal="<= 1.00",
+        met=value is not None and value <= 1.0,
         samples=[round(r, 4) for r in ratios],
         detail={
             "bundle_wall_s": [round(p["monai-bundle"].wall_s, 3) for p in pairs],
@@ -370,18 +451,28 @@ def figure_imports(work: Path, repeats: int) -> Record:
         walls[label] = []
         for i in range(repeats):
             start = time.perf_counter()
-            proc = subprocess.run([PY, "-X", "importtime", "-m", "clara_fl", *args(i)], env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                [PY, "-X", "importtime", "-m", "clara_fl", *args(i)], env=env, capture_output=True, text=True
+            )
             walls[label].append(time.perf_counter() - start)
             if proc.returncode != 0:
                 raise RuntimeError(f"clara-fl {label} failed: {proc.stderr[-2000:]}")
-            imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
+            imported = {
+                line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in proc.stderr.splitlines()
+                if line.startswith("import time:")
+            }
             found[label] = sorted(set(HEAVY_MODULES) & imported)
     heavy = {k: v for k, v in found.items() if v}
     return Record(
         figure="2 start-up (CLI)",
         measure="heavy packages imported by `clara-fl --help` / `clara-fl job create`",
         baseline=f"none of {', '.join(HEAVY_MODULES)}",
-        kind="value", value=None, unit="", goal="none imported", met=not heavy,
+        kind="value",
+        value=None,
+        unit="",
+        goal="none imported",
+        met=not heavy,
         note="none" if not heavy else "; ".join(f"{k}: {', '.join(v)}" for k, v in heavy.items()),
         detail={"imported_heavy": found, "median_wall_s": {k: round(median(v) or 0, 3) for k, v in walls.items()}},
     )
@@ -429,16 +520,22 @@ def analyse_fl(server_log: Path, probe: list[dict[str, Any]], warmup: int, memor
             continue
         lo, hi = starts[r], starts[r + 1]
 
-        def total(records: list[dict[str, Any]], site: str) -> float:
+        def total(records: list[dict[str, Any]], site: str, lo: float = lo, hi: float = hi) -> float:
             return sum(rec["end"] - rec["start"] for rec in records if rec["site"] == site and lo <= rec["start"] < hi)
 
         local = {site: total(engines, site) for site in sites}
         glue = {site: max(0.0, total(wrappers, site) - local[site]) for site in sites} if wrappers else {}
         slowest = max(local.values()) if local else 0.0
-        rounds.append({
-            "round": r, "wall_s": hi - lo, "local_s": slowest, "overhead_s": hi - lo - slowest,
-            "wrapper_glue_s": max(glue.values()) if glue else None, "per_site_local_s": local,
-        })
+        rounds.append(
+            {
+                "round": r,
+                "wall_s": hi - lo,
+                "local_s": slowest,
+                "overhead_s": hi - lo - slowest,
+                "wrapper_glue_s": max(glue.values()) if glue else None,
+                "per_site_local_s": local,
+            }
+        )
     memory = {}
     for site in sites:
         trains = [rec for rec in engines if rec["site"] == site and rec["engine"].endswith("Trainer")]
@@ -479,22 +576,71 @@ def fl_env(settings: Settings, probe_dir: Path) -> dict[str, str]:
 
 
 def run_clara_fl(
-    settings: Settings, data: Path, out: Path, rounds: int, val_interval: int, local_epochs: int | None = None, extra_set: Sequence[str] = ()
+    settings: Settings,
+    data: Path,
+    out: Path,
+    rounds: int,
+    val_interval: int,
+    local_epochs: int | None = None,
+    extra_set: Sequence[str] = (),
 ) -> tuple[Run, Path]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     mmar = copy_mmar(out / "mmar")
     job = out / "job"
     subprocess.run(
-        [PY, "-m", "clara_fl", "job", "create", "-m", str(mmar), "-o", str(job), "--num-rounds", str(rounds),
-         "--local-epochs", str(local_epochs or settings.local_epochs), "--min-clients", "2",
-         "--set", *mmar_settings(settings, 1, val_interval)[1:], *extra_set],
-        check=True, env=base_env(1), capture_output=True,
+        [
+            PY,
+            "-m",
+            "clara_fl",
+            "job",
+            "create",
+            "-m",
+            str(mmar),
+            "-o",
+            str(job),
+            "--num-rounds",
+            str(rounds),
+            "--local-epochs",
+            str(local_epochs or settings.local_epochs),
+            "--min-clients",
+            "2",
+            "--set",
+            *mmar_settings(settings, 1, val_interval)[1:],
+            *extra_set,
+        ],
+        check=True,
+        env=base_env(1),
+        capture_output=True,
     )
     site_file = out / "clara_fl_site.json"
-    site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}}))
-    command = [PY, "-m", "clara_fl", "simulate", str(job), "-w", str(out / "ws"), "-n", "2", "-t", "2", "--site-config", str(site_file)]
-    run = check(run_process("clara-fl simulate", command, fl_env(settings, out / "probe"), out / "output.log", timeout_s=settings.timeout_s))
+    site_file.write_text(
+        json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}})
+    )
+    command = [
+        PY,
+        "-m",
+        "clara_fl",
+        "simulate",
+        str(job),
+        "-w",
+        str(out / "ws"),
+        "-n",
+        "2",
+        "-t",
+        "2",
+        "--site-config",
+        str(site_file),
+    ]
+    run = check(
+        run_process(
+            "clara-fl simulate",
+            command,
+            fl_env(settings, out / "probe"),
+            out / "output.log",
+            timeout_s=settings.timeout_s,
+        )
+    )
     return run, out / "ws"
 
 
@@ -502,16 +648,43 @@ def run_monai_fl(settings: Settings, data: Path, out: Path, rounds: int, val_int
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     roi = settings.roi
-    overrides = [f"roi_size=[{roi},{roi},{roi}]", f"learning_rate={settings.lr}", "num_workers=0", f"val_interval={val_interval}"]
+    overrides = [
+        f"roi_size=[{roi},{roi},{roi}]",
+        f"learning_rate={settings.lr}",
+        "num_workers=0",
+        f"val_interval={val_interval}",
+    ]
     made = subprocess.run(
-        [PY, str(BENCH / "monai_fl" / "make_job.py"), str(out / "job" / "monai_spleen"), "--rounds", str(rounds),
-         "--local-epochs", str(settings.local_epochs), "--data-root", str(data),
-         "--datalist-pattern", str(data / "dataset_{SITE_NAME}.json"), *[a for o in overrides for a in ("--set", o)]],
-        check=True, env=base_env(1), capture_output=True, text=True,
+        [
+            PY,
+            str(BENCH / "monai_fl" / "make_job.py"),
+            str(out / "job" / "monai_spleen"),
+            "--rounds",
+            str(rounds),
+            "--local-epochs",
+            str(settings.local_epochs),
+            "--data-root",
+            str(data),
+            "--datalist-pattern",
+            str(data / "dataset_{SITE_NAME}.json"),
+            *[a for o in overrides for a in ("--set", o)],
+        ],
+        check=True,
+        env=base_env(1),
+        capture_output=True,
+        text=True,
     )
     job = Path(made.stdout.strip().splitlines()[-1])
     command = [PY, "-m", "nvflare.cli", "simulator", str(job), "-w", str(out / "ws"), "-n", "2", "-t", "2"]
-    run = check(run_process("MONAI FL (MonaiAlgo)", command, fl_env(settings, out / "probe"), out / "output.log", timeout_s=settings.timeout_s))
+    run = check(
+        run_process(
+            "MONAI FL (MonaiAlgo)",
+            command,
+            fl_env(settings, out / "probe"),
+            out / "output.log",
+            timeout_s=settings.timeout_s,
+        )
+    )
     return run, out / "ws"
 
 
@@ -526,9 +699,16 @@ def run_fl(settings: Settings, data: Path, work: Path, log: Callable[[str], None
         for name in order:
             out = work / "fl" / f"{i}-{name}"
             run, workspace = sides[name](settings, data, out, settings.rounds, val_interval)
-            analysis = analyse_fl(workspace / "server" / "log.txt", read_probe(out / "probe"), settings.warmup_rounds, settings.memory_warmup_rounds)
+            analysis = analyse_fl(
+                workspace / "server" / "log.txt",
+                read_probe(out / "probe"),
+                settings.warmup_rounds,
+                settings.memory_warmup_rounds,
+            )
             if analysis["rounds_started"] < settings.rounds:
-                raise RuntimeError(f"{name}: only {analysis['rounds_started']} of {settings.rounds} rounds started (log {run.log})")
+                raise RuntimeError(
+                    f"{name}: only {analysis['rounds_started']} of {settings.rounds} rounds started (log {run.log})"
+                )
             analysis["process_wall_s"] = run.wall_s
             analysis["workspace"] = str(workspace)
             result[name] = analysis
@@ -547,7 +727,7 @@ def run_fl(settings: Settings, data: Path, work: Path, log: Callable[[str], None
 def figure_fl_overhead(pairs: list[dict[str, Any]], settings: Settings) -> list[Record]:
     clara = [p["clara-fl"]["median_overhead_s"] for p in pairs]
     monai = [p["monai"]["median_overhead_s"] for p in pairs]
-    ratios = [c / m for c, m in zip(clara, monai) if m]
+    ratios = [c / m for c, m in zip(clara, monai, strict=True) if m]
     value, ratio = median(clara), median(ratios)
     detail = {
         "rounds": settings.rounds,
@@ -567,15 +747,25 @@ def figure_fl_overhead(pairs: list[dict[str, Any]], settings: Settings) -> list[
             figure="4 FL round overhead",
             measure="per round: wall minus the sites' local train+validate (clara-fl, simulator, 2 sites)",
             baseline="absolute (median of per-round medians)",
-            kind="value", value=value, unit="s", goal="<= 0.50 s", met=value is not None and value <= 0.5,
-            samples=[round(c, 3) for c in clara], detail=detail,
+            kind="value",
+            value=value,
+            unit="s",
+            goal="<= 0.50 s",
+            met=value is not None and value <= 0.5,
+            samples=[round(c, 3) for c in clara],
+            detail=detail,
         ),
         Record(
             figure="4 FL round overhead vs MONAI",
             measure="clara-fl overhead / MONAI path overhead, per pair",
             baseline="NVFlare Client API + monai.fl.client.MonaiAlgo on bench/bundle (FedAvgRecipe defaults)",
-            kind="ratio", value=ratio, unit="x", goal="<= 0.50", met=ratio is not None and ratio <= 0.5,
-            samples=[round(r, 3) for r in ratios], detail={"monai_overhead_s": [round(m, 3) for m in monai]},
+            kind="ratio",
+            value=ratio,
+            unit="x",
+            goal="<= 0.50",
+            met=ratio is not None and ratio <= 0.5,
+            samples=[round(r, 3) for r in ratios],
+            detail={"monai_overhead_s": [round(m, 3) for m in monai]},
         ),
     ]
 
@@ -592,22 +782,42 @@ def figure_memory(pairs: list[dict[str, Any]], settings: Settings) -> list[Recor
             figure="5 memory: peak RSS",
             measure="peak RSS of a site process (the larger site), clara-fl / MONAI path",
             baseline="MONAI path site process",
-            kind="ratio", value=median([a / b for a, b in zip(peak, peak_monai)]), unit="x", goal="(reported)", met=None,
+            kind="ratio",
+            value=median([a / b for a, b in zip(peak, peak_monai, strict=True)]),
+            unit="x",
+            goal="(reported)",
+            met=None,
             samples=[round(v, 1) for v in peak],
-            note="", detail={"clara_peak_rss_mb": [round(v, 1) for v in peak], "monai_peak_rss_mb": [round(v, 1) for v in peak_monai]},
+            note="",
+            detail={
+                "clara_peak_rss_mb": [round(v, 1) for v in peak],
+                "monai_peak_rss_mb": [round(v, 1) for v in peak_monai],
+            },
         ),
         Record(
             figure="5 memory: RSS growth",
             measure=f"RSS growth per round after warm-up (least-squares slope over rounds {settings.memory_warmup_rounds}..{settings.rounds - 1}, larger site)",
             baseline=f"MONAI path: {', '.join(f'{g:.2f}' for g in growth_monai)} MB/round",
-            kind="value", value=value, unit="MB/round", goal="<= 1.0 MB/round", met=value is not None and value <= 1.0,
+            kind="value",
+            value=value,
+            unit="MB/round",
+            goal="<= 1.0 MB/round",
+            met=value is not None and value <= 1.0,
             samples=[round(g, 3) for g in growth],
             detail={
                 "monai_growth_mb_per_round": [round(g, 3) for g in growth_monai],
-                "clara_rss_after_round_mb": {s: m["rss_after_round_mb"] for s, m in pairs[0]["clara-fl"]["memory"].items()},
-                "clara_threads_after_round": {s: m["threads_after_round"] for s, m in pairs[0]["clara-fl"]["memory"].items()},
-                "monai_threads_after_round": {s: m["threads_after_round"] for s, m in pairs[0]["monai"]["memory"].items()},
-                "monai_rss_after_round_mb": {s: m["rss_after_round_mb"] for s, m in pairs[0]["monai"]["memory"].items()},
+                "clara_rss_after_round_mb": {
+                    s: m["rss_after_round_mb"] for s, m in pairs[0]["clara-fl"]["memory"].items()
+                },
+                "clara_threads_after_round": {
+                    s: m["threads_after_round"] for s, m in pairs[0]["clara-fl"]["memory"].items()
+                },
+                "monai_threads_after_round": {
+                    s: m["threads_after_round"] for s, m in pairs[0]["monai"]["memory"].items()
+                },
+                "monai_rss_after_round_mb": {
+                    s: m["rss_after_round_mb"] for s, m in pairs[0]["monai"]["memory"].items()
+                },
             },
         ),
     ]
@@ -617,8 +827,20 @@ def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path) -
     """val_mean_dice of saved weights on the union validation set, by one neutral evaluator (the hand-written one)."""
     roi = [str(settings.roi)] * 3
     command = [
-        PY, str(BENCH / "handwritten_train.py"), "--data-root", str(data), "--datalist", str(data / "dataset.json"),
-        "--out", str(out), "--roi", *roi, "--num-workers", "0", "--eval-weights", str(weights),
+        PY,
+        str(BENCH / "handwritten_train.py"),
+        "--data-root",
+        str(data),
+        "--datalist",
+        str(data / "dataset.json"),
+        "--out",
+        str(out),
+        "--roi",
+        *roi,
+        "--num-workers",
+        "0",
+        "--eval-weights",
+        str(weights),
     ]
     proc = subprocess.run(command, env=base_env(settings.standalone_threads), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -632,16 +854,37 @@ def quality_pair(settings: Settings, data: Path, out: Path, seed: int) -> dict[s
     both final models measured by one neutral evaluator on the union validation set."""
     rounds, local = settings.quality_rounds, settings.quality_local_epochs
     seed_set = [f"determinism.random_seed={seed}"]
-    fl_run, workspace = run_clara_fl(settings, data, out / "fedavg", rounds, 1000, local_epochs=local, extra_set=seed_set)
+    fl_run, workspace = run_clara_fl(
+        settings, data, out / "fedavg", rounds, 1000, local_epochs=local, extra_set=seed_set
+    )
     mmar = copy_mmar(out / "central" / "mmar")
     command = [
-        PY, "-m", "clara_fl", "train", "-m", str(mmar), "--set", *mmar_settings(settings, rounds * local, 1000), *seed_set,
-        f"DATA_ROOT={data}", f"DATASET_JSON={data / 'dataset.json'}",
+        PY,
+        "-m",
+        "clara_fl",
+        "train",
+        "-m",
+        str(mmar),
+        "--set",
+        *mmar_settings(settings, rounds * local, 1000),
+        *seed_set,
+        f"DATA_ROOT={data}",
+        f"DATASET_JSON={data / 'dataset.json'}",
     ]
-    central_run = check(run_process("central clara-fl train", command, base_env(settings.standalone_threads), out / "central" / "output.log", timeout_s=settings.timeout_s))
+    central_run = check(
+        run_process(
+            "central clara-fl train",
+            command,
+            base_env(settings.standalone_threads),
+            out / "central" / "output.log",
+            timeout_s=settings.timeout_s,
+        )
+    )
     return {
         "seed": seed,
-        "fedavg": evaluate_weights(settings, data, workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", out / "eval"),
+        "fedavg": evaluate_weights(
+            settings, data, workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", out / "eval"
+        ),
         "central": evaluate_weights(settings, data, mmar / "models" / "final_model.pt", out / "eval"),
         "fedavg_wall_s": round(fl_run.wall_s, 1),
         "central_wall_s": round(central_run.wall_s, 1),
@@ -655,7 +898,9 @@ def figure_quality(settings: Settings, data: Path, work: Path, log: Callable[[st
     pairs = []
     for seed in settings.quality_seeds:
         pair = quality_pair(settings, data, work / "quality" / f"seed-{seed}", seed)
-        log(f"  seed {seed}: FedAvg {rounds} rounds x {local} epochs: val_mean_dice {pair['fedavg']:.4f}; centralized {epochs} epochs: {pair['central']:.4f}")
+        log(
+            f"  seed {seed}: FedAvg {rounds} rounds x {local} epochs: val_mean_dice {pair['fedavg']:.4f}; centralized {epochs} epochs: {pair['central']:.4f}"
+        )
         pairs.append(pair)
     ratios = [p["fedavg"] / p["central"] for p in pairs if p["central"] > 0]
     value = median(ratios)
@@ -663,7 +908,11 @@ def figure_quality(settings: Settings, data: Path, work: Path, log: Callable[[st
         figure="6 FL quality",
         measure=f"final val_mean_dice, FedAvg 2 sites ({rounds} rounds x {local} epochs) / centralized ({epochs} epochs), union val set",
         baseline=f"clara-fl train on the union of the sites' data, same seed (seeds {', '.join(map(str, settings.quality_seeds))})",
-        kind="ratio", value=value, unit="x", goal=">= 0.97", met=value is not None and value >= 0.97,
+        kind="ratio",
+        value=value,
+        unit="x",
+        goal=">= 0.97",
+        met=value is not None and value >= 0.97,
         samples=[round(r, 4) for r in ratios],
         detail={
             "pairs": pairs,
@@ -673,12 +922,25 @@ def figure_quality(settings: Settings, data: Path, work: Path, log: Callable[[st
 
 
 def figure_gpu() -> Record:
-    probe = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True, env=base_env(1))
+    probe = subprocess.run(
+        [PY, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True, env=base_env(1)
+    )
     has_gpu = probe.stdout.strip() == "True"
-    note = "skipped: no GPU lent" if not has_gpu else "skipped: GPU present, throughput figure not implemented in this suite"
+    note = (
+        "skipped: no GPU lent"
+        if not has_gpu
+        else "skipped: GPU present, throughput figure not implemented in this suite"
+    )
     return Record(
-        figure="7 GPU throughput", measure="training iterations/s on a GPU", baseline="hand-written script",
-        kind="skipped", value=None, unit="", goal="(GPU only)", met=None, note=note,
+        figure="7 GPU throughput",
+        measure="training iterations/s on a GPU",
+        baseline="hand-written script",
+        kind="skipped",
+        value=None,
+        unit="",
+        goal="(GPU only)",
+        met=None,
+        note=note,
     )
 
 
@@ -702,25 +964,40 @@ def table(records: list[Record]) -> str:
 
 def machine() -> dict[str, Any]:
     return {
-        "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(), "gpu": "none lent",
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "gpu": "none lent",
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, one pair of each (the smoke test's mode)")
-    parser.add_argument("--figures", default="1,2,3,4,5,6,7", help="comma-separated figure numbers to run (default: all)")
+    parser.add_argument(
+        "--figures", default="1,2,3,4,5,6,7", help="comma-separated figure numbers to run (default: all)"
+    )
     parser.add_argument("--pairs", type=int, help="standalone A/B pairs (default 5, quick 1)")
     parser.add_argument("--fl-pairs", type=int, help="FL A/B pairs (default 3, quick 1)")
     parser.add_argument("--rounds", type=int, help="FL rounds (default 20, quick 4)")
-    parser.add_argument("--output", default=str(RESULTS / "latest.json"), help="JSON results file (default bench/results/latest.json)")
-    parser.add_argument("--work", default=str(CACHE / "work"), help="scratch folder for runs (default bench/.cache/work)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder (logs, workspaces, checkpoints: GBs)")
+    parser.add_argument(
+        "--output", default=str(RESULTS / "latest.json"), help="JSON results file (default bench/results/latest.json)"
+    )
+    parser.add_argument(
+        "--work", default=str(CACHE / "work"), help="scratch folder for runs (default bench/.cache/work)"
+    )
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the scratch folder (logs, workspaces, checkpoints: GBs)"
+    )
     args = parser.parse_args(argv)
 
     settings = QUICK if args.quick else Settings()
-    changes = {k: v for k, v in {"pairs": args.pairs, "fl_pairs": args.fl_pairs, "rounds": args.rounds}.items() if v is not None}
+    changes = {
+        k: v
+        for k, v in {"pairs": args.pairs, "fl_pairs": args.fl_pairs, "rounds": args.rounds}.items()
+        if v is not None
+    }
     settings = dataclasses.replace(settings, **changes)
     least_rounds = max(settings.warmup_rounds, settings.memory_warmup_rounds) + 2
     if settings.pairs < 1 or settings.fl_pairs < 1 or settings.rounds < least_rounds:
@@ -739,7 +1016,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = prepare_data(settings)
     records: list[Record] = []
     if wanted & {"1", "2", "3"}:
-        log(f"figures 1-3: clara-fl train / hand-written / MONAI bundle, {settings.pairs} rotations, {settings.epochs} epochs")
+        log(
+            f"figures 1-3: clara-fl train / hand-written / MONAI bundle, {settings.pairs} rotations, {settings.epochs} epochs"
+        )
         pairs = run_standalone(settings, data, work, log)
         if "1" in wanted:
             records.append(figure_standalone(pairs))
@@ -750,14 +1029,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "3" in wanted:
             records.append(figure_bundle(pairs))
     if wanted & {"4", "5"}:
-        log(f"figures 4-5: FedAvg, 2 sites, {settings.rounds} rounds: clara-fl vs MONAI path, {settings.fl_pairs} pairs")
+        log(
+            f"figures 4-5: FedAvg, 2 sites, {settings.rounds} rounds: clara-fl vs MONAI path, {settings.fl_pairs} pairs"
+        )
         fl_pairs = run_fl(settings, data, work, log)
         if "4" in wanted:
             records += figure_fl_overhead(fl_pairs, settings)
         if "5" in wanted:
             records += figure_memory(fl_pairs, settings)
     if "6" in wanted:
-        log(f"figure 6: FedAvg {settings.quality_rounds} x {settings.quality_local_epochs} epochs vs centralized training on the union")
+        log(
+            f"figure 6: FedAvg {settings.quality_rounds} x {settings.quality_local_epochs} epochs vs centralized training on the union"
+        )
         records.append(figure_quality(settings, data, work, log))
     if "7" in wanted:
         records.append(figure_gpu())
@@ -765,7 +1048,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.time() - started
     print()
     print(table(records))
-    print(f"\n{sum(r.met is True for r in records)} of {sum(r.met is not None for r in records)} goals met; {elapsed / 60:.1f} min")
+    print(
+        f"\n{sum(r.met is True for r in records)} of {sum(r.met is not None for r in records)} goals met; {elapsed / 60:.1f} min"
+    )
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(PY).name, "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -773,7 +1058,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": dataclasses.asdict(settings),
         "machine": machine(),
         "elapsed_s": round(elapsed, 1),
-        "load_average_1_5_15": {"start": [round(v, 2) for v in load_before], "end": [round(v, 2) for v in os.getloadavg()]},
+        "load_average_1_5_15": {
+            "start": [round(v, 2) for v in load_before],
+            "end": [round(v, 2) for v in os.getloadavg()],
+        },
         "records": [dataclasses.asdict(r) for r in records],
     }
     output = Path(args.output)

@@ -29,8 +29,20 @@ RECORD_KEYS = {"figure", "measure", "baseline", "kind", "value", "unit", "goal",
 def run_quick(tmp_path: Path, figures: str) -> dict:
     output = tmp_path / "latest.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--figures", figures, "--output", str(output), "--work", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--figures",
+            figures,
+            "--output",
+            str(output),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "goal" in proc.stdout and "met" in proc.stdout  # the table
@@ -43,7 +55,14 @@ def run_quick(tmp_path: Path, figures: str) -> dict:
 def test_quick_standalone_figures_compare_the_same_training(tmp_path: Path) -> None:
     result = run_quick(tmp_path, "1,2,3,7")
     records = {r["figure"]: r for r in result["records"]}
-    assert set(records) == {"1 standalone overhead", "1 standalone overhead (CPU)", "2 start-up", "2 start-up (CLI)", "3 bundle peer", "7 GPU throughput"}
+    assert set(records) == {
+        "1 standalone overhead",
+        "1 standalone overhead (CPU)",
+        "2 start-up",
+        "2 start-up (CLI)",
+        "3 bundle peer",
+        "7 GPU throughput",
+    }
     assert records["1 standalone overhead"]["detail"]["same_training"] is True
     assert records["3 bundle peer"]["detail"]["same_training"] is True
     assert records["1 standalone overhead"]["value"] > 0 and records["2 start-up"]["value"] is not None
@@ -51,11 +70,19 @@ def test_quick_standalone_figures_compare_the_same_training(tmp_path: Path) -> N
     assert records["7 GPU throughput"]["kind"] == "skipped"
 
 
-@pytest.mark.skipif(not os.environ.get("BENCH_SMOKE_FL"), reason="set BENCH_SMOKE_FL=1 to run the FL figures end to end")
+@pytest.mark.skipif(
+    not os.environ.get("BENCH_SMOKE_FL"), reason="set BENCH_SMOKE_FL=1 to run the FL figures end to end"
+)
 def test_quick_fl_figures(tmp_path: Path) -> None:
     result = run_quick(tmp_path, "4,5,6")
     figures = [r["figure"] for r in result["records"]]
-    assert figures == ["4 FL round overhead", "4 FL round overhead vs MONAI", "5 memory: peak RSS", "5 memory: RSS growth", "6 FL quality"]
+    assert figures == [
+        "4 FL round overhead",
+        "4 FL round overhead vs MONAI",
+        "5 memory: peak RSS",
+        "5 memory: RSS growth",
+        "6 FL quality",
+    ]
     assert all(r["value"] is not None for r in result["records"])
 
 
@@ -78,8 +105,15 @@ def test_round_overhead_is_wall_minus_the_slower_sites_engine_time(tmp_path: Pat
     assert starts[2] - starts[1] == pytest.approx(1.5, abs=1e-3)
 
     def rec(site: str, kind: str, engine: str, t0: float, t1: float, rss_mb: float) -> dict:
-        return {"site": site, "kind": kind, "engine": engine, "start": starts[0] + t0, "end": starts[0] + t1,
-                "rss": rss_mb * 2**20, "peak_rss": (rss_mb + 10) * 2**20}
+        return {
+            "site": site,
+            "kind": kind,
+            "engine": engine,
+            "start": starts[0] + t0,
+            "end": starts[0] + t1,
+            "rss": rss_mb * 2**20,
+            "peak_rss": (rss_mb + 10) * 2**20,
+        }
 
     probe = []
     for r, base in ((0, 0.0), (1, 2.0), (2, 3.5)):
@@ -104,7 +138,19 @@ def test_round_overhead_is_wall_minus_the_slower_sites_engine_time(tmp_path: Pat
 def test_slope_and_table() -> None:
     assert bench.slope([1.0, 2.0, 3.0]) == pytest.approx(1.0)
     assert bench.slope([5.0]) is None
-    record = bench.Record(figure="x", measure="m", baseline="b", kind="ratio", value=1.01, unit="x", goal="<= 1.05", met=True)
-    skipped = bench.Record(figure="7 GPU", measure="m", baseline="b", kind="skipped", value=None, unit="", goal="(GPU only)", met=None, note="skipped: no GPU lent")
+    record = bench.Record(
+        figure="x", measure="m", baseline="b", kind="ratio", value=1.01, unit="x", goal="<= 1.05", met=True
+    )
+    skipped = bench.Record(
+        figure="7 GPU",
+        measure="m",
+        baseline="b",
+        kind="skipped",
+        value=None,
+        unit="",
+        goal="(GPU only)",
+        met=None,
+        note="skipped: no GPU lent",
+    )
     text = bench.table([record, skipped])
     assert "1.010" in text and "skipped: no GPU lent" in text and "n/a" in text

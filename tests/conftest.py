@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -55,3 +56,29 @@ def trained_spleen(tmp_path_factory: pytest.TempPathFactory, synthetic_data) -> 
     mmar = copy_mmar(SPLEEN_MMAR, tmp_path_factory.mktemp("trained") / "spleen_ct_seg", synthetic_data.root)
     assert main(["train", "-m", str(mmar), "--write_train_stats", "--set", *tiny_set()]) == 0
     return mmar
+
+
+def site_ctx(app_dir: Path, workspace: Path, name: str = "site-1"):
+    """The few FLContext methods a Learner uses, backed by a real FLContext."""
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+
+    workspace_obj = SimpleNamespace(get_app_dir=lambda job_id: str(app_dir), get_root_dir=lambda: str(workspace))
+    ctx = FLContext()
+    engine = SimpleNamespace(get_workspace=lambda: workspace_obj, fire_event=lambda *args, **kwargs: None)
+    ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+    ctx.set_prop(ReservedKey.RUN_NUM, "job", private=True, sticky=False)
+    ctx.set_prop(ReservedKey.IDENTITY_NAME, name, private=True, sticky=False)
+    return ctx
+
+
+@pytest.fixture
+def fl_site(tmp_path: Path, synthetic_data):
+    """A site workspace whose app folder is the spleen MMAR and whose local/ names the data."""
+    workspace = tmp_path / "site-1"
+    app = copy_mmar(SPLEEN_MMAR, workspace / "job" / "app_site-1", synthetic_data.root)
+    (workspace / "local").mkdir(parents=True)
+    (workspace / "local" / "clara_fl_site.json").write_text(
+        json.dumps({"environment": {"DATA_ROOT": str(synthetic_data.root)}})
+    )
+    return app, workspace

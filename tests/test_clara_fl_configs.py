@@ -40,8 +40,11 @@ def by_id(config: dict[str, Any], component_id: str) -> dict[str, Any]:
 def test_clara_4_server_and_client_configs_become_recipe_settings(tmp_path: Path) -> None:
     from clara_fl.recipes.clara_configs import read_fl_configs
 
-    mmar = mmar_with(tmp_path, CLARA_FL / "adminMMAR/config/config_fed_server.json",
-                     CLARA_FL / "adminMMAR/config/config_fed_client.json")
+    mmar = mmar_with(
+        tmp_path,
+        CLARA_FL / "adminMMAR/config/config_fed_server.json",
+        CLARA_FL / "adminMMAR/config/config_fed_client.json",
+    )
 
     imported = read_fl_configs(mmar)
 
@@ -58,8 +61,11 @@ def test_clara_4_server_and_client_configs_become_recipe_settings(tmp_path: Path
 def test_job_from_an_mmar_with_clara_fl_configs_matches_them_with_command_line_values_on_top(tmp_path: Path) -> None:
     from clara_fl.recipes.job_folder import create_job
 
-    mmar = mmar_with(tmp_path, CLARA_FL / "adminMMAR/config/config_fed_server.json",
-                     CLARA_FL / "adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json")
+    mmar = mmar_with(
+        tmp_path,
+        CLARA_FL / "adminMMAR/config/config_fed_server.json",
+        CLARA_FL / "adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json",
+    )
 
     job = create_job(mmar, tmp_path / "job", num_rounds=5)
 
@@ -96,13 +102,25 @@ def test_an_mmar_without_fl_configs_gives_none(tmp_path: Path) -> None:
     ("server", "client", "path", "message"),
     [
         ({"aggregator": {"path": "my_aggregators.MedianAggregator", "args": {}}}, None, "aggregator", "port it"),
-        (None, {"client": {"outbound_filters": [{"name": "GaussianNoise"}]}}, "client.outbound_filters[0]",
-         "not carried"),
-        (None, {"client": {"outbound_filters": [{"name": "PercentilePrivacy", "args": {"percent": 5}}]}},
-         "client.outbound_filters[0].args.percent", "not an argument"),
+        (
+            None,
+            {"client": {"outbound_filters": [{"name": "GaussianNoise"}]}},
+            "client.outbound_filters[0]",
+            "not carried",
+        ),
+        (
+            None,
+            {"client": {"outbound_filters": [{"name": "PercentilePrivacy", "args": {"percent": 5}}]}},
+            "client.outbound_filters[0].args.percent",
+            "not an argument",
+        ),
         ({"servers": [{"num_rounds": "ten"}]}, None, "servers[0].num_rounds", "whole number"),
-        (None, {"cross_site_validation": {"is_participating": False}}, "cross_site_validation.is_participating",
-         "sits out"),
+        (
+            None,
+            {"cross_site_validation": {"is_participating": False}},
+            "cross_site_validation.is_participating",
+            "sits out",
+        ),
     ],
 )
 def test_a_setting_that_cannot_be_carried_is_a_one_line_error_naming_file_and_path(

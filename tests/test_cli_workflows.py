@@ -74,7 +74,9 @@ def test_train_writes_final_checkpoint_with_optimizer_and_scheduler_state(traine
     final = torch.load(trained_spleen / "models" / "final_model.pt", map_location="cpu", weights_only=True)
 
     assert {"model", "optimizer", "lr_scheduler", "train_conf"} <= set(final)
-    assert final["model"].keys() == torch.load(trained_spleen / "models" / "model.pt", weights_only=True)["model"].keys()
+    assert (
+        final["model"].keys() == torch.load(trained_spleen / "models" / "model.pt", weights_only=True)["model"].keys()
+    )
 
 
 def test_train_writes_tensorboard_event_files_next_to_the_checkpoints(trained_spleen):
@@ -140,7 +142,12 @@ def test_validation_from_torchscript_and_from_checkpoint_give_the_same_dice(expo
 
     assert main(["validate", "-m", str(mmar), "--set", *tiny_set()]) == 0
     from_torchscript = printed_metric(capsys.readouterr().out, "val_mean_dice")
-    assert main(["validate", "-m", str(mmar), "--set", *tiny_set(), "dont_load_ts_model=True", "dont_load_ckpt_model=False"]) == 0
+    assert (
+        main(
+            ["validate", "-m", str(mmar), "--set", *tiny_set(), "dont_load_ts_model=True", "dont_load_ckpt_model=False"]
+        )
+        == 0
+    )
     from_checkpoint = printed_metric(capsys.readouterr().out, "val_mean_dice")
 
     assert from_checkpoint == from_torchscript
@@ -176,12 +183,23 @@ def test_finetune_starts_from_the_trained_checkpoint(trained_spleen, tmp_path, c
     caplog.set_level(logging.INFO)
 
     code = main(
-        ["train", "-m", str(mmar), "-c", "config/config_finetune.json", "--set", *tiny_set(learning_rate=0), "dont_load_ckpt_model=False"]
+        [
+            "train",
+            "-m",
+            str(mmar),
+            "-c",
+            "config/config_finetune.json",
+            "--set",
+            *tiny_set(learning_rate=0),
+            "dont_load_ckpt_model=False",
+        ]
     )
 
     assert code == 0
     assert any(f"Restored all variables from {checkpoint}" in r.getMessage() for r in caplog.records)
-    final = parameters_only(torch.load(mmar / "models" / "final_model.pt", map_location="cpu", weights_only=True)["model"])
+    final = parameters_only(
+        torch.load(mmar / "models" / "final_model.pt", map_location="cpu", weights_only=True)["model"]
+    )
     assert final.keys() == trained.keys()
     # learning_rate 0: the weights after fine-tuning are exactly the loaded ones, not a fresh initialisation.
     assert all(torch.equal(final[k], trained[k]) for k in trained)

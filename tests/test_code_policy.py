@@ -15,8 +15,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.expressions import RestrictedEvaluator
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import Restrictions
-from tests.conftest import REFERENCE, SPLEEN_MMAR, tiny_set
-from tests.test_reliability import fl_site, site_ctx  # noqa: F401  (fl_site is a fixture used here)
+from tests.conftest import REFERENCE, SPLEEN_MMAR, site_ctx, tiny_set
 
 REPO = Path(__file__).resolve().parents[1]
 ISSUE_EXAMPLE = "#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
@@ -57,7 +56,9 @@ def test_a_hostile_lambda_that_would_run_during_training_is_refused_before_train
     marker = tmp_path / "owned"
     path = spleen_mmar / "config" / "config_train.json"
     config = json.loads(path.read_text())
-    config["validate"]["handlers"][0]["args"]["output_transform"] = f"lambda x: x.__class__.__init__.__globals__['os'].system('touch {marker}')"
+    config["validate"]["handlers"][0]["args"]["output_transform"] = (
+        f"lambda x: x.__class__.__init__.__globals__['os'].system('touch {marker}')"
+    )
     path.write_text(json.dumps(config))
 
     assert main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()]) == 2
@@ -199,7 +200,9 @@ def test_lambdas_and_helpers_of_real_configs_give_working_functions() -> None:
     ],
     ids=lambda c: c["path"],
 )
-def test_a_component_outside_the_allowed_libraries_is_refused(spleen_mmar: Path, tmp_path: Path, capsys, component: dict) -> None:
+def test_a_component_outside_the_allowed_libraries_is_refused(
+    spleen_mmar: Path, tmp_path: Path, capsys, component: dict
+) -> None:
     marker = tmp_path / "owned"
     component = json.loads(json.dumps(component).replace("{marker}", str(marker)))
     set_component(spleen_mmar, "loss", component)
@@ -223,8 +226,12 @@ def test_byoc_classes_from_the_mmar_custom_folder_are_allowed(tmp_path: Path) ->
     (tmp_path / "custom" / "site_net_for_policy.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
     sys.path.insert(0, str(tmp_path / "custom"))
     try:
-        context = BuildContext(mmar_root=str(tmp_path), evaluator=RestrictedEvaluator(), restrictions=Restrictions(str(tmp_path)))
-        config = {"train": {"model": {"path": "site_net_for_policy.Net", "args": {"in_features": 2, "out_features": 1}}}}
+        context = BuildContext(
+            mmar_root=str(tmp_path), evaluator=RestrictedEvaluator(), restrictions=Restrictions(str(tmp_path))
+        )
+        config = {
+            "train": {"model": {"path": "site_net_for_policy.Net", "args": {"in_features": 2, "out_features": 1}}}
+        }
 
         built = ConfigResolver(config, context=context).get("model", "train")
     finally:
@@ -235,12 +242,17 @@ def test_byoc_classes_from_the_mmar_custom_folder_are_allowed(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("transform", "key"),
     [
-        ({"name": "LoadImaged", "args": {"keys": ["image"], "reader": "NumpyReader", "allow_pickle": True}}, "allow_pickle"),
+        (
+            {"name": "LoadImaged", "args": {"keys": ["image"], "reader": "NumpyReader", "allow_pickle": True}},
+            "allow_pickle",
+        ),
         ({"name": "PersistentDataset", "args": {"data": [], "weights_only": False}}, "weights_only"),
     ],
 )
 def test_arguments_that_unpickle_are_refused(tmp_path: Path, transform: dict, key: str) -> None:
-    context = BuildContext(mmar_root=str(tmp_path), evaluator=RestrictedEvaluator(), restrictions=Restrictions(str(tmp_path)))
+    context = BuildContext(
+        mmar_root=str(tmp_path), evaluator=RestrictedEvaluator(), restrictions=Restrictions(str(tmp_path))
+    )
 
     with pytest.raises(ConfigError, match=f"x.args.{key}: '{key}"):
         ConfigResolver({"x": transform}, context=context, dry_run=True).get("x")
@@ -348,7 +360,9 @@ def all_configs() -> list[Path]:
     configs = sorted((REPO / "mmars").glob("*/config/config_*.json"))
     configs += sorted((REPO / "simulator_configs").glob("*/app/config/config_[!f]*.json"))
     if REFERENCE.is_dir():
-        configs += [p for p in sorted(REFERENCE.rglob("config*.json")) if "fed" not in p.name] + sorted(REFERENCE.rglob("trn_*.json"))
+        configs += [p for p in sorted(REFERENCE.rglob("config*.json")) if "fed" not in p.name] + sorted(
+            REFERENCE.rglob("trn_*.json")
+        )
     return configs
 
 

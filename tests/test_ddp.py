@@ -30,7 +30,14 @@ def free_port() -> int:
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        *args,
+    ]
     return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,7 +47,9 @@ def single_process_iterations(mmar: Path) -> int:
 
 
 def test_two_rank_training_splits_the_data_syncs_the_weights_and_writes_once(spleen_mmar: Path, tmp_path: Path) -> None:
-    done = torchrun(str(REPO / "tests" / "ddp_worker.py"), str(spleen_mmar), str(tmp_path), "multi_gpu=True", *tiny_set(epochs=2))
+    done = torchrun(
+        str(REPO / "tests" / "ddp_worker.py"), str(spleen_mmar), str(tmp_path), "multi_gpu=True", *tiny_set(epochs=2)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -55,7 +64,10 @@ def test_two_rank_training_splits_the_data_syncs_the_weights_and_writes_once(spl
     models = spleen_mmar / "models"
     checkpoint = torch.load(models / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in checkpoint["model"])
-    assert all(torch.equal(checkpoint["model"][k], weights[0][k]) for k in checkpoint["model"]) or (models / "final_model.pt").is_file()
+    assert (
+        all(torch.equal(checkpoint["model"][k], weights[0][k]) for k in checkpoint["model"])
+        or (models / "final_model.pt").is_file()
+    )
     assert len({p.name.split(".")[-2] for p in models.glob("events.out.tfevents.*")}) == 1  # one writer process
     stats = json.loads((models / "train_stats.json").read_text())
     assert stats["world_size"] == 2 and stats["total_iterations"] == ranks[0]["iterations"]
@@ -94,9 +106,21 @@ def test_torchrun_without_multi_gpu_is_refused_before_anything_runs(spleen_mmar:
 
 
 def test_the_clara_era_launcher_form_works(spleen_mmar: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "clara_fl"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.launch",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "clara_fl",
+    ]
     done = subprocess.run(
-        [*command, "train", "-m", str(spleen_mmar), "--set", "multi_gpu=True", *tiny_set()], env=ENV, capture_output=True, text=True, timeout=240
+        [*command, "train", "-m", str(spleen_mmar), "--set", "multi_gpu=True", *tiny_set()],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (spleen_mmar / "models" / "final_model.pt").is_file()

@@ -123,7 +123,11 @@ BROKEN_CONFIGS = {
     ),
     "bad-ref-name": (
         lambda c: set_path(c, "validate.pre_transforms.3", {"ref": "CropForeground"}),
-        ["config/config_train.json: validate.pre_transforms[3]: ", "ref 'CropForeground'", "(did you mean 'CropForegroundd'?)"],
+        [
+            "config/config_train.json: validate.pre_transforms[3]: ",
+            "ref 'CropForeground'",
+            "(did you mean 'CropForegroundd'?)",
+        ],
     ),
     "unknown-component-key": (
         lambda c: rename_key(c, "train.loss.args", "argz"),

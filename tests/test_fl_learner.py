@@ -31,8 +31,8 @@ from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
-from clara_fl.fl.site.learner import LOCAL_STATE_FILE, ClaraLearner
 from clara_fl.fl.site.context import CODE_POLICY_ENV, SITE_CONFIG_ENV
+from clara_fl.fl.site.learner import LOCAL_STATE_FILE, ClaraLearner
 from clara_fl.fl.site.weights import network_weights, unwrap
 from clara_fl.workflows.network import build_train_network
 from tests.conftest import SPLEEN_MMAR, copy_mmar
@@ -181,7 +181,9 @@ def test_site_data_comes_from_the_site_file_with_the_site_name_filled_in(site: S
     assert len(learner.workflow.evaluator.data_loader.dataset) == len(datalist["validation"])
 
 
-def test_clara_fl_site_config_variable_wins_over_the_local_site_file(site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clara_fl_site_config_variable_wins_over_the_local_site_file(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The workspace's own site file now names data that does not exist: the learner cannot build ...
     write_site_file(site.root / "local" / "clara_fl_site.json", tmp_path / "wrong_data")
     broken = ClaraLearner(overrides=OVERRIDES)
@@ -265,7 +267,9 @@ def test_steps_aggregation_smaller_than_an_epoch_still_completes_epochs(site: Si
 
     state = learner.workflow.trainer.state
     assert state.iteration == epoch_length
-    assert state.epoch == 1, f"{state.iteration} iterations of a {epoch_length}-iteration epoch counted as {state.epoch} epochs"
+    assert state.epoch == 1, (
+        f"{state.iteration} iterations of a {epoch_length}-iteration epoch counted as {state.epoch} epochs"
+    )
     assert (site.app / "models" / "model.pt").is_file(), "the epoch-end validation never ran"
 
 
@@ -400,7 +404,9 @@ def test_a_local_divergence_is_refused(site: Site, monkeypatch: pytest.MonkeyPat
         from_shareable(reply)
 
 
-def test_after_a_refused_nan_round_the_next_round_with_good_weights_trains(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_after_a_refused_nan_round_the_next_round_with_good_weights_trains(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     learner = site.learner()
     weights = site.global_weights()
     poison_one_optimizer_step(learner, monkeypatch)
@@ -411,7 +417,9 @@ def test_after_a_refused_nan_round_the_next_round_with_good_weights_trains(site:
     assert reply.get_return_code() == ReturnCode.OK
 
 
-def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepted_round(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepted_round(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     learner = site.learner()
     weights = site.global_weights()
     assert learner.train(train_task(weights), site.ctx, Signal()).get_return_code() == ReturnCode.OK
@@ -420,7 +428,10 @@ def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepte
     best = learner.workflow.evaluator.state.best_metric
 
     poison_one_optimizer_step(learner, monkeypatch)
-    assert learner.train(train_task(weights, current_round=1), site.ctx, Signal()).get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert (
+        learner.train(train_task(weights, current_round=1), site.ctx, Signal()).get_return_code()
+        == ReturnCode.EXECUTION_EXCEPTION
+    )
 
     assert (trainer.state.epoch, trainer.state.iteration) == (1, site.epoch_length())
     steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()]
@@ -431,10 +442,15 @@ def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepte
     assert learner.workflow.evaluator.state.best_metric == best
 
 
-def test_submit_model_never_hands_out_the_weights_of_a_refused_nan_round(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submit_model_never_hands_out_the_weights_of_a_refused_nan_round(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
     learner = site.learner()
     poison_one_optimizer_step(learner, monkeypatch)
-    assert learner.train(train_task(site.global_weights()), site.ctx, Signal()).get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert (
+        learner.train(train_task(site.global_weights()), site.ctx, Signal()).get_return_code()
+        == ReturnCode.EXECUTION_EXCEPTION
+    )
 
     reply = learner.get_model_for_validation(ModelName.BEST_MODEL, site.ctx)
 
@@ -455,7 +471,9 @@ def validate_task(weights: dict[str, Any], validate_type: str) -> Shareable:
 def test_before_train_validate_returns_a_dict_of_metrics_and_leaves_local_model_selection_alone(site: Site) -> None:
     learner = site.learner()
 
-    reply = learner.validate(validate_task(site.global_weights(), ValidateType.BEFORE_TRAIN_VALIDATE), site.ctx, Signal())
+    reply = learner.validate(
+        validate_task(site.global_weights(), ValidateType.BEFORE_TRAIN_VALIDATE), site.ctx, Signal()
+    )
 
     assert reply.get_return_code() == ReturnCode.OK
     dxo = from_shareable(reply)
@@ -498,7 +516,9 @@ def test_learner_executor_puts_the_before_train_metrics_dict_into_the_train_resu
 
     # the validate task (model_validate): plain metrics, and the site's trained weights are restored
     trained = network_weights(learner.workflow.network)
-    reply = executor.execute("validate", DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable(), site.ctx, Signal())
+    reply = executor.execute(
+        "validate", DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable(), site.ctx, Signal()
+    )
     assert reply.get_return_code() == ReturnCode.OK
     metrics = from_shareable(reply)
     assert metrics.data_kind == DataKind.METRICS and set(metrics.data) == METRIC_NAMES
@@ -549,7 +569,10 @@ def test_a_train_checkpoint_loader_never_overwrites_the_global_weights(site: Sit
     overrides = {"dont_load_ckpt_model": False, "learning_rate": 0}
     weights = site.global_weights(**overrides)
     (site.app / "models").mkdir()
-    torch.save({"model": {k: torch.zeros_like(torch.as_tensor(v)) for k, v in weights.items()}}, site.app / "models" / "model.pt")
+    torch.save(
+        {"model": {k: torch.zeros_like(torch.as_tensor(v)) for k, v in weights.items()}},
+        site.app / "models" / "model.pt",
+    )
     learner = site.learner(overrides=overrides, send_weight_diff=False)
     trainer = learner.workflow.trainer
     loaders = [h for h in learner.workflow.resolver.get("handlers", "train") if isinstance(h, CheckpointLoader)]
@@ -579,7 +602,9 @@ def test_a_rebuilt_learner_resumes_the_local_state_from_disk(site: Site) -> None
 
     second = site.learner()  # a new learner on the same app folder, as FLARE builds for the next task
     trainer = second.workflow.trainer
-    assert (trainer.state.epoch, trainer.state.iteration) == (state_a.epoch, state_a.iteration) == (1, site.epoch_length())
+    assert (
+        (trainer.state.epoch, trainer.state.iteration) == (state_a.epoch, state_a.iteration) == (1, site.epoch_length())
+    )
     assert second.workflow.evaluator.state.best_metric == pytest.approx(best_a)
     steps = [s["step"] for s in trainer.optimizer.state_dict()["state"].values()]
     assert steps and all(int(s) == site.epoch_length() for s in steps), "the optimizer state was resumed"
@@ -590,7 +615,9 @@ def test_a_rebuilt_learner_resumes_the_local_state_from_disk(site: Site) -> None
     reply_b = from_shareable(reply)
     assert reply_b.data_kind == reply_a.data_kind == DataKind.WEIGHT_DIFF
     assert {k: v.shape for k, v in reply_b.data.items()} == {k: v.shape for k, v in reply_a.data.items()}
-    assert reply_b.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == reply_a.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
+    assert reply_b.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == reply_a.get_meta_prop(
+        MetaKey.NUM_STEPS_CURRENT_ROUND
+    )
     assert (trainer.state.epoch, trainer.state.iteration) == (2, 2 * site.epoch_length())
 
 
@@ -648,7 +675,10 @@ def test_validator_refuses_anything_but_weights(site: Site) -> None:
         DXO(data_kind=DataKind.METRICS, data={"val_mean_dice": 0.5}).to_shareable(),
         Shareable(),
     ):
-        assert validator.execute(AppConstants.TASK_VALIDATION, task, site.ctx, Signal()).get_return_code() == ReturnCode.BAD_TASK_DATA
+        assert (
+            validator.execute(AppConstants.TASK_VALIDATION, task, site.ctx, Signal()).get_return_code()
+            == ReturnCode.BAD_TASK_DATA
+        )
     reply = validator.execute("train", DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable(), site.ctx, Signal())
     assert reply.get_return_code() == ReturnCode.TASK_UNKNOWN
     assert not (site.app / "eval").exists()
@@ -668,11 +698,15 @@ def fed_component(config: dict[str, Any], component_id: str) -> dict[str, Any]:
     ("template", "workflow", "clients_arg"),
     [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
 )
-def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template: str, workflow: str, clients_arg: str) -> None:
+def test_create_job_writes_a_complete_job_from_the_mmar(
+    tmp_path: Path, template: str, workflow: str, clients_arg: str
+) -> None:
     from clara_fl.recipes.job_folder import create_job
 
     overrides = {"roi_size": [16, 16, 16], "num_workers": 0}
-    job = create_job(SPLEEN_MMAR, tmp_path / "job", template, num_rounds=7, local_epochs=4, min_clients=3, overrides=overrides)
+    job = create_job(
+        SPLEEN_MMAR, tmp_path / "job", template, num_rounds=7, local_epochs=4, min_clients=3, overrides=overrides
+    )
 
     meta = json.loads((job / "meta.json").read_text())
     assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
@@ -685,7 +719,10 @@ def test_create_job_writes_a_complete_job_from_the_mmar(tmp_path: Path, template
     assert fed_component(server, workflow)["args"][clients_arg] == 3
 
     mmar_configs = {p.name for p in (SPLEEN_MMAR / "config").iterdir()}
-    assert {p.name for p in (app / "config").iterdir()} == mmar_configs | {"config_fed_client.json", "config_fed_server.json"}
+    assert {p.name for p in (app / "config").iterdir()} == mmar_configs | {
+        "config_fed_client.json",
+        "config_fed_server.json",
+    }
     for name in mmar_configs - {"environment.json"}:
         assert (app / "config" / name).read_bytes() == (SPLEEN_MMAR / "config" / name).read_bytes(), name
     environment = json.loads((app / "config" / "environment.json").read_text())
@@ -720,4 +757,3 @@ def test_create_job_ships_custom_code_only_when_the_mmar_has_some(tmp_path: Path
     assert (custom / "net" / "myNetworkArch.py").read_bytes() == (REFERENCE_BYOC / "myNetworkArch.py").read_bytes()
     assert (custom / "README.md").is_file()
     assert not list(custom.rglob("__pycache__")) and not list(custom.rglob("*.pyc"))
-

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from clara_fl.apps.simulate import run_simulator
-from clara_fl.recipes.job_folder import create_job
 from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR
 
 pytestmark = pytest.mark.e2e
@@ -35,16 +35,38 @@ def fl_data(tmp_path_factory: pytest.TempPathFactory):
 def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One site file for all simulated sites: the job names no data, {SITE_NAME} picks each site's datalist."""
     path = tmp_path_factory.mktemp("sites") / "clara_fl_site.json"
-    path.write_text(json.dumps({"environment": {"DATA_ROOT": str(fl_data.root), "DATASET_JSON": str(fl_data.root / "dataset_{SITE_NAME}.json")}}))
+    path.write_text(
+        json.dumps(
+            {
+                "environment": {
+                    "DATA_ROOT": str(fl_data.root),
+                    "DATASET_JSON": str(fl_data.root / "dataset_{SITE_NAME}.json"),
+                }
+            }
+        )
+    )
     return path
 
 
 def simulate(
-    tmp: Path, site_file: Path, template: str, rounds: int = 3, threads: int = 2, local_epochs: int = 3, clients: int = 2, nproc_per_site: int | None = None,
+    tmp: Path,
+    site_file: Path,
+    template: str,
+    rounds: int = 3,
+    threads: int = 2,
+    local_epochs: int = 3,
+    clients: int = 2,
+    nproc_per_site: int | None = None,
     steps_aggregation: int = 0,
 ):
     job = create_job(
-        SPLEEN_MMAR, tmp / "job", template, num_rounds=rounds, local_epochs=local_epochs, min_clients=2, overrides=JOB_SETTINGS,
+        SPLEEN_MMAR,
+        tmp / "job",
+        template,
+        num_rounds=rounds,
+        local_epochs=local_epochs,
+        min_clients=2,
+        overrides=JOB_SETTINGS,
         nproc_per_site=nproc_per_site,
     )
     if steps_aggregation:
@@ -73,7 +95,12 @@ def untrained_dice(job: Path, site_file: Path, site: str) -> float:
     app = str(job / "app")
     initial = network_weights(build_train_network(app, extra_environment={"SITE_NAME": "server"}))
     site_env = {**read_site_file(str(site_file))["environment"], "SITE_NAME": site}
-    loaded = load_config(app, "config/config_cross_validation.json", extra_environment=site_env, overrides={"MMAR_EVAL_OUTPUT_PATH": str(job / "baseline" / site)})
+    loaded = load_config(
+        app,
+        "config/config_cross_validation.json",
+        extra_environment=site_env,
+        overrides={"MMAR_EVAL_OUTPUT_PATH": str(job / "baseline" / site)},
+    )
     workflow = EvaluateWorkflow.build(loaded)
     load_global_weights(workflow.network, initial)
     return workflow.run(progress=False)["val_mean_dice"]
@@ -112,7 +139,9 @@ def test_model_controller_fedavg_with_cross_site_eval(tmp_path: Path, site_file:
         assert all("val_mean_dice" in metrics for metrics in results[site].values())
 
 
-def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(tmp_path: Path, site_file: Path) -> None:
+def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(
+    tmp_path: Path, site_file: Path
+) -> None:
     _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=1, local_epochs=1)
 
     assert set(results) == set(SITES)
@@ -123,7 +152,9 @@ def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shap
 
 def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_path: Path, site_file: Path) -> None:
     """site-3 has no datalist: it reports one clear error per task, the other two carry the job."""
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=3, local_epochs=1, clients=3)
+    _, workspace, results = simulate(
+        tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=3, local_epochs=1, clients=3
+    )
 
     for site in SITES:
         assert {"SRV_FL_global_model.pt", *SITES} <= set(results[site])
@@ -134,26 +165,42 @@ def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_
 
 
 def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Path) -> None:
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2)
+    _, workspace, results = simulate(
+        tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2
+    )
 
     assert set(results) == set(SITES)
     for site in SITES:
         assert {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES} <= set(results[site])
-        workers_log = (workspace / site / "simulate_job" / f"app_{site}" / "models" / ".fl_round" / "workers.log").read_text()
+        workers_log = (
+            workspace / site / "simulate_job" / f"app_{site}" / "models" / ".fl_round" / "workers.log"
+        ).read_text()
         assert "rank 1 of 2 joined" in workers_log
     # one update per site per round, counting both processes' iterations: site-1 has 5 training cases,
     # so 2 ranks x 2 iterations (3 cases each at batch size 2, padded to equal shards) = 4
     output = (tmp_path / "simulator.log").read_text()
-    assert "round 0: 4 iterations" in output or "round 0: 4 iterations" in (workspace / "site-1" / "log.txt").read_text()
+    assert (
+        "round 0: 4 iterations" in output or "round 0: 4 iterations" in (workspace / "site-1" / "log.txt").read_text()
+    )
 
 
 def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_path: Path, site_file: Path) -> None:
     """The reported escape, as a loss argument of the job's config_train.json, under the sites' default policy."""
     marker = tmp_path / "owned"
-    job = create_job(SPLEEN_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
+    job = create_job(
+        SPLEEN_MMAR,
+        tmp_path / "job",
+        "clara_fedavg_cse",
+        num_rounds=1,
+        local_epochs=1,
+        min_clients=2,
+        overrides=JOB_SETTINGS,
+    )
     config_file = job / "app" / "config" / "config_train.json"
     config = json.loads(config_file.read_text())
-    config["train"]["loss"]["args"]["reduction"] = f"#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
+    config["train"]["loss"]["args"]["reduction"] = (
+        f"#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
+    )
     config_file.write_text(json.dumps(config))
 
     with open(tmp_path / "simulator.log", "w") as log:
@@ -166,13 +213,17 @@ def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_
         assert "train.loss.args.reduction: code refused by the site's restricted policy" in log_text
 
 
-def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_in_process_learner(tmp_path: Path, site_file: Path) -> None:
+def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_in_process_learner(
+    tmp_path: Path, site_file: Path
+) -> None:
     """3 steps per rank per round on site-1's 2-iteration epochs (per rank): round 0 stops mid-epoch 2, round 1
     finishes it and epoch 3, whose EPOCH_COMPLETED handlers (validation every 3 epochs, model.pt) must run."""
     from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
     from clara_fl.workflows.train import trainer_progress
 
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3)
+    _, workspace, results = simulate(
+        tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3
+    )
 
     assert set(results) == set(SITES)
     site1 = workspace / "site-1" / "simulate_job" / "app_site-1"

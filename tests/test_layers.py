@@ -1,4 +1,6 @@
-"""The package's layers: imports only point down (apps -> recipes -> fl -> workflows -> components, runtime, data -> config).
+"""The package's layers: imports only point down.
+
+apps -> recipes -> fl, report, bundle -> workflows -> components, runtime, data -> config, resources.
 
 Every import counts, including those inside functions (heavy imports are deferred, not exempt).
 """

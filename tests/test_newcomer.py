@@ -15,8 +15,12 @@ from nvflare.app_common.app_event_type import AppEventType
 
 from clara_fl.cli import main
 from clara_fl.config.model_hints import final_model_hint
+from clara_fl.fl.server.model_selection import (
+    FINAL_GLOBAL_MODEL_METRICS,
+    FINAL_GLOBAL_MODEL_VALIDATED,
+    GlobalModelSelector,
+)
 from clara_fl.recipes.job_folder import create_job
-from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED, GlobalModelSelector
 from tests.conftest import SPLEEN_MMAR, copy_mmar, tiny_set
 from tests.test_fl_simulation import SITES, fl_data, simulate, site_file  # noqa: F401  (fixtures)
 
@@ -276,7 +280,8 @@ def test_a_final_global_model_worse_than_the_best_leaves_the_best_as_it_is() -> 
 
 @pytest.mark.e2e
 def test_the_best_global_model_scores_at_least_the_last_global_model(
-    tmp_path: Path, site_file: Path  # noqa: F811
+    tmp_path: Path,
+    site_file: Path,  # noqa: F811
 ) -> None:
     _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=3, local_epochs=1)
 

@@ -76,15 +76,19 @@ builders:
 """
 
 
-def run(command: list[str | Path], env: dict[str, str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run(
+    command: list[str | Path], env: dict[str, str], timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def flare(env: dict[str, str], *args: str | Path, timeout: float) -> dict:
     """``nvflare --format json ARGS``: the ``data`` of its JSON envelope; a failure shows its output."""
     proc = run([NVFLARE, "--format", "json", *args], env, timeout)
-    assert proc.returncode == 0, f"nvflare {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    envelope = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert proc.returncode == 0, (
+        f"nvflare {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    envelope = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert envelope["status"] == "ok", envelope
     return envelope.get("data", {})
 
@@ -179,8 +183,12 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
 
     # Each hospital's data, which never leaves the hospital; the job names none of it.
     data = make_synthetic_dataset(tmp_path / "data", cases=12, sites=2, shape=(32, 32, 32))
-    job = create_job(SPLEEN_MMAR, tmp_path / "jobs" / "spleen", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
-    assert not (job / "app" / "custom").exists(), "an MMAR without BYOC code must give a job without custom/ (the allow-list applies)"
+    job = create_job(
+        SPLEEN_MMAR, tmp_path / "jobs" / "spleen", num_rounds=2, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS
+    )
+    assert not (job / "app" / "custom").exists(), (
+        "an MMAR without BYOC code must give a job without custom/ (the allow-list applies)"
+    )
     lap("data and job")
 
     port = free_port()
@@ -202,8 +210,17 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
     assert setup.returncode == 0, setup.stderr
     for site in SITES:
         setup = run(
-            [CLARA_FL, "site", "setup", prod / site, "--set", f"DATA_ROOT={data.root}", f"DATASET_JSON={data.root}/dataset_{{SITE_NAME}}.json"],
-            env, 60,
+            [
+                CLARA_FL,
+                "site",
+                "setup",
+                prod / site,
+                "--set",
+                f"DATA_ROOT={data.root}",
+                f"DATASET_JSON={data.root}/dataset_{{SITE_NAME}}.json",
+            ],
+            env,
+            60,
         )
         assert setup.returncode == 0, setup.stderr
         assert "changed the files above" in setup.stdout
@@ -225,14 +242,32 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
         submitted = flare(env, "job", "submit", "-j", job, "--startup-kit", admin_kit, timeout=120)
         job_id = submitted["job_id"]
         waited = run(
-            [NVFLARE, "--format", "json", "job", "wait", job_id, "--timeout", "200", "--interval", "2", "--startup-kit", admin_kit],
-            env, 240,
+            [
+                NVFLARE,
+                "--format",
+                "json",
+                "job",
+                "wait",
+                job_id,
+                "--timeout",
+                "200",
+                "--interval",
+                "2",
+                "--startup-kit",
+                admin_kit,
+            ],
+            env,
+            240,
         )
         lap("job submit + wait")
-        assert waited.returncode == 0, f"job {job_id} did not complete:\n{waited.stdout[-2000:]}\n{site_logs(prod, job_id)}"
-        assert json.loads(waited.stdout[waited.stdout.index("{"):])["data"]["status"] == "FINISHED:COMPLETED"
+        assert waited.returncode == 0, (
+            f"job {job_id} did not complete:\n{waited.stdout[-2000:]}\n{site_logs(prod, job_id)}"
+        )
+        assert json.loads(waited.stdout[waited.stdout.index("{") :])["data"]["status"] == "FINISHED:COMPLETED"
 
-        downloaded = flare(env, "job", "download", job_id, "-o", tmp_path / "out", "--force", "--startup-kit", admin_kit, timeout=120)
+        downloaded = flare(
+            env, "job", "download", job_id, "-o", tmp_path / "out", "--force", "--startup-kit", admin_kit, timeout=120
+        )
         lap("job download")
         results_file = Path(downloaded["path"]) / "workspace" / "cross_site_val" / "cross_val_results.json"
         results = json.loads(results_file.read_text())

@@ -78,7 +78,9 @@ def entry_id(entry: PrivateAttribute) -> str:
 
 
 @pytest.mark.parametrize("entry", PRIVATE_ATTRIBUTES, ids=entry_id)
-def test_each_listed_private_attribute_still_exists_in_the_installed_library(entry: PrivateAttribute, tmp_path: Path) -> None:
+def test_each_listed_private_attribute_still_exists_in_the_installed_library(
+    entry: PrivateAttribute, tmp_path: Path
+) -> None:
     module, _, name = entry.owner.rpartition(".")
     owner = getattr(importlib.import_module(module), name)
     holder = HOLDERS[entry.owner](tmp_path)

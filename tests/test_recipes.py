@@ -14,8 +14,10 @@ import pytest
 
 from tests.conftest import REFERENCE, REPO, SPLEEN_MMAR
 
-PERCENTILE = {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
-              "args": {"percentile": 10, "gamma": 0.01}}
+PERCENTILE = {
+    "path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
+    "args": {"percentile": 10, "gamma": 0.01},
+}
 TINY_JOB = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
 
 
@@ -50,13 +52,17 @@ def exported(tmp_path: Path, recipe: Any) -> tuple[dict[str, Any], dict[str, Any
     recipe.export(str(tmp_path / "export"))
     job = tmp_path / "export" / recipe.name
     config = job / "app" / "config"
-    return (json.loads((config / "config_fed_server.json").read_text()),
-            json.loads((config / "config_fed_client.json").read_text()), json.loads((job / "meta.json").read_text()))
+    return (
+        json.loads((config / "config_fed_server.json").read_text()),
+        json.loads((config / "config_fed_client.json").read_text()),
+        json.loads((job / "meta.json").read_text()),
+    )
 
 
-@pytest.mark.parametrize(("template", "workflow", "clients_arg"),
-                         [("clara_fedavg_cse", "scatter_and_gather", "min_clients"),
-                          ("clara_fedavg_cse_mc", "fedavg", "num_clients")])
+@pytest.mark.parametrize(
+    ("template", "workflow", "clients_arg"),
+    [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
+)
 def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settings(
     tmp_path: Path, template: str, workflow: str, clients_arg: str
 ) -> None:
@@ -115,8 +121,11 @@ def test_recipe_app_is_the_mmar_with_overrides_in_its_environment(tmp_path: Path
     environment = json.loads((app / "config" / "environment.json").read_text())
     mmar_environment = json.loads((SPLEEN_MMAR / "config" / "environment.json").read_text())
     assert environment == {**mmar_environment, "num_workers": 0, "multi_gpu": True}
-    learner = next(c for c in json.loads((app / "config" / "config_fed_client.json").read_text())["components"]
-                   if c["id"] == "clara_learner")
+    learner = next(
+        c
+        for c in json.loads((app / "config" / "config_fed_client.json").read_text())["components"]
+        if c["id"] == "clara_learner"
+    )
     assert learner["args"]["nproc_per_site"] == 2
 
 
@@ -141,8 +150,14 @@ def test_example_job_py_exports_a_job_for_nvflare_job_submit(tmp_path: Path) -> 
     example = REPO / "examples" / "spleen_ct_seg" / "job.py"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
-    done = subprocess.run([sys.executable, str(example), "--export", "--export-dir", str(tmp_path)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(example), "--export", "--export-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "spleen_ct_seg" / "app" / "config" / "config_train.json").is_file()
@@ -163,15 +178,20 @@ def test_recipe_from_an_mmar_with_clara_fl_configs_trains_in_sim_env_with_cross_
 
     data = make_synthetic_dataset(tmp_path / "data", cases=8, sites=2, shape=(32, 32, 32))
     site_file = tmp_path / "site.json"
-    site_file.write_text(json.dumps({"environment": {"DATA_ROOT": str(data.root),
-                                                     "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}}))
+    site_file.write_text(
+        json.dumps(
+            {"environment": {"DATA_ROOT": str(data.root), "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}}
+        )
+    )
     monkeypatch.setenv(SITE_CONFIG_ENV, str(site_file))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     mmar = tmp_path / "mmar"  # the reference server config and its privacy (PercentilePrivacy) client config
     shutil.copytree(SPLEEN_MMAR, mmar)
     shutil.copy(REFERENCE / "FL/adminMMAR/config/config_fed_server.json", mmar / "config" / "config_fed_server.json")
-    shutil.copy(REFERENCE / "FL/adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json",
-                mmar / "config" / "config_fed_client.json")
+    shutil.copy(
+        REFERENCE / "FL/adminMMAR_privacy/config/config_fed_client_w_PercentileProtocol.json",
+        mmar / "config" / "config_fed_client.json",
+    )
     recipe = ClaraFedAvgRecipe(mmar, name="spleen_sim", num_rounds=1, local_epochs=1, overrides=TINY_JOB)
     assert recipe.settings.result_filters and recipe.settings.min_clients == 2
 

@@ -21,7 +21,9 @@ from tests.conftest import REFERENCE
 GETTING_STARTED = REFERENCE / "GettingStarted" / "config"
 BYOC = Path(__file__).parent / "reference_byoc"
 
-pytestmark = pytest.mark.skipif(not GETTING_STARTED.is_dir(), reason="shared/reference is not checked out beside the repo")
+pytestmark = pytest.mark.skipif(
+    not GETTING_STARTED.is_dir(), reason="shared/reference is not checked out beside the repo"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,9 @@ def reference_mmar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("reference")
-    data = make_synthetic_dataset(root / "data", cases=3, sites=1, shape=(100, 100, 52), val_fraction=0.34, test_cases=1)
+    data = make_synthetic_dataset(
+        root / "data", cases=3, sites=1, shape=(100, 100, 52), val_fraction=0.34, test_cases=1
+    )
     mmar = root / "mmar"
     shutil.copytree(GETTING_STARTED, mmar / "config")
     shutil.copytree(BYOC, mmar / "custom")
@@ -61,7 +65,12 @@ def test_unet_config_trains_exports_validates_and_infers(reference_mmar: Path, c
 
 
 def test_byoc_config_uses_the_mmar_custom_network_and_loss(reference_mmar: Path) -> None:
-    assert main(["train", "-m", str(reference_mmar), "-c", "config/trn_BYOC_Arch_loss.json", "--safe", "--set", "epochs=1"]) == 0
+    assert (
+        main(
+            ["train", "-m", str(reference_mmar), "-c", "config/trn_BYOC_Arch_loss.json", "--safe", "--set", "epochs=1"]
+        )
+        == 0
+    )
     assert sys.modules["myLoss"].MyDiceLoss.calls > 0
     checkpoint = torch.load(reference_mmar / "models" / "model.pt", weights_only=True)
     assert checkpoint["train_conf"]["train"]["model"]["path"] == "myNetworkArch.MyBasicUNet"

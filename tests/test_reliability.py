@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ import torch
 
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
-from tests.conftest import REFERENCE, SPLEEN_MMAR, tiny_set
+from tests.conftest import REFERENCE, site_ctx, tiny_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,20 +42,38 @@ def loads_everything(folder: Path) -> list[str]:
 
 def test_kill_9_at_random_moments_leaves_only_loadable_files_and_resume_reaches_the_epochs(spleen_mmar: Path) -> None:
     epochs = 6
-    command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--write_train_stats", "--resume_state_every", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "clara_fl",
+        "train",
+        "-m",
+        str(spleen_mmar),
+        "--write_train_stats",
+        "--resume_state_every",
+        "0",
+    ]
     command += ["--set", *tiny_set(epochs=epochs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     models = spleen_mmar / "models"
     rng = random.Random(0)
     for attempt in range(3):
-        process = subprocess.Popen([*command, *(["--resume"] if attempt else [])], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [*command, *(["--resume"] if attempt else [])],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(5.0, 9.0))  # past start-up, somewhere inside training and its checkpoint writes
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         if models.is_dir():
             loads_everything(models)
 
-    assert main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=epochs)]) == 0
+    assert (
+        main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=epochs)])
+        == 0
+    )
     stats = json.loads((models / "train_stats.json").read_text())
     assert stats["epochs_completed"] == epochs
     assert "resumed_from_epoch" in stats
@@ -84,7 +101,9 @@ def test_resuming_a_finished_run_says_so_and_exits_0(spleen_mmar: Path, capsys: 
 
 
 @pytest.mark.parametrize("every", [[], ["--resume_state_every", "3600"]], ids=["default", "old-flag-ignored"])
-def test_the_resume_state_is_written_after_every_epoch(spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: list[str]) -> None:
+def test_the_resume_state_is_written_after_every_epoch(
+    spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: list[str]
+) -> None:
     from clara_fl.runtime.checkpoint import BackgroundCheckpointWriter
 
     written: list[int] = []
@@ -122,17 +141,42 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_pickle_payload_checkpoint_is_refused_and_nothing_of_it_runs(trained_spleen: Path, tmp_path: Path, capsys) -> None:
+def test_a_pickle_payload_checkpoint_is_refused_and_nothing_of_it_runs(
+    trained_spleen: Path, tmp_path: Path, capsys
+) -> None:
     marker = tmp_path / "payload_ran"
     hostile = tmp_path / "model.pt"
     with open(hostile, "wb") as f:
         pickle.dump({"model": {}, "train_conf": Payload(marker)}, f)
 
-    code = main(["validate", "-m", str(trained_spleen), "--set", *tiny_set(), "dont_load_ts_model=True", "dont_load_ckpt_model=False", f"MMAR_CKPT={hostile}"])
+    code = main(
+        [
+            "validate",
+            "-m",
+            str(trained_spleen),
+            "--set",
+            *tiny_set(),
+            "dont_load_ts_model=True",
+            "dont_load_ckpt_model=False",
+            f"MMAR_CKPT={hostile}",
+        ]
+    )
     error = capsys.readouterr().err
     assert code == 2 and "refusing to load this checkpoint" in error and str(hostile) in error
 
-    code = main(["export", "-m", str(trained_spleen), "--model_path", str(hostile), "--output_path", str(tmp_path / "m.ts"), "--input_shape", "[1, 1, 16, 16, 16]"])
+    code = main(
+        [
+            "export",
+            "-m",
+            str(trained_spleen),
+            "--model_path",
+            str(hostile),
+            "--output_path",
+            str(tmp_path / "m.ts"),
+            "--input_shape",
+            "[1, 1, 16, 16, 16]",
+        ]
+    )
     assert code == 2 and not (tmp_path / "m.ts").exists()
     assert not marker.exists()
 
@@ -150,13 +194,17 @@ def with_expression(mmar: Path, expression: str) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_safe_standalone_refuses_imports_with_the_config_path_and_runs_nothing(spleen_mmar: Path, tmp_path: Path, capsys) -> None:
+def test_safe_standalone_refuses_imports_with_the_config_path_and_runs_nothing(
+    spleen_mmar: Path, tmp_path: Path, capsys
+) -> None:
     marker = tmp_path / "code_ran"
     with_expression(spleen_mmar, HOSTILE_EXPRESSION.format(marker=marker))
 
     assert main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()]) == 2
     error = capsys.readouterr().err
-    assert "config/config_train.json: train.optimizer.args.params: code refused by the site's restricted policy" in error
+    assert (
+        "config/config_train.json: train.optimizer.args.params: code refused by the site's restricted policy" in error
+    )
     assert not marker.exists() and not (spleen_mmar / "models").exists()
 
 
@@ -164,32 +212,6 @@ def test_standalone_without_safe_runs_full_python(spleen_mmar: Path) -> None:
     with_expression(spleen_mmar, "#list(__import__('itertools').chain(@model.parameters()))")
 
     assert main(["train", "-m", str(spleen_mmar), "--set", *tiny_set()]) == 0
-
-
-def site_ctx(app_dir: Path, workspace: Path, name: str = "site-1"):
-    """The few FLContext methods a Learner uses, backed by a real FLContext."""
-    from nvflare.apis.fl_constant import ReservedKey
-    from nvflare.apis.fl_context import FLContext
-
-    workspace_obj = SimpleNamespace(get_app_dir=lambda job_id: str(app_dir), get_root_dir=lambda: str(workspace))
-    ctx = FLContext()
-    engine = SimpleNamespace(get_workspace=lambda: workspace_obj, fire_event=lambda *args, **kwargs: None)
-    ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
-    ctx.set_prop(ReservedKey.RUN_NUM, "job", private=True, sticky=False)
-    ctx.set_prop(ReservedKey.IDENTITY_NAME, name, private=True, sticky=False)
-    return ctx
-
-
-@pytest.fixture
-def fl_site(tmp_path: Path, synthetic_data):
-    """A site workspace whose app folder is the spleen MMAR and whose local/ names the data."""
-    from tests.conftest import copy_mmar
-
-    workspace = tmp_path / "site-1"
-    app = copy_mmar(SPLEEN_MMAR, workspace / "job" / "app_site-1", synthetic_data.root)
-    (workspace / "local").mkdir(parents=True)
-    (workspace / "local" / "clara_fl_site.json").write_text(json.dumps({"environment": {"DATA_ROOT": str(synthetic_data.root)}}))
-    return app, workspace
 
 
 def test_an_fl_site_refuses_job_code_by_default_and_every_task_fails_cleanly(fl_site, tmp_path: Path) -> None:
@@ -206,7 +228,10 @@ def test_an_fl_site_refuses_job_code_by_default_and_every_task_fails_cleanly(fl_
     learner.initialize({}, site_ctx(app, workspace))
 
     assert "train.optimizer.args.params: code refused by the site's restricted policy" in learner._init_error
-    assert learner.train(Shareable(), site_ctx(app, workspace), Signal()).get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert (
+        learner.train(Shareable(), site_ctx(app, workspace), Signal()).get_return_code()
+        == ReturnCode.EXECUTION_EXCEPTION
+    )
     assert not marker.exists() and not (app / "models").exists()
 
 
@@ -232,7 +257,9 @@ def all_configs() -> list[Path]:
     configs = sorted((REPO / "mmars").glob("*/config/config_*.json"))
     configs += sorted((REPO / "simulator_configs").glob("*/app/config/config_[!f]*.json"))
     if REFERENCE.is_dir():
-        configs += [p for p in sorted(REFERENCE.rglob("config*.json")) if "fed" not in p.name] + sorted(REFERENCE.rglob("trn_*.json"))
+        configs += [p for p in sorted(REFERENCE.rglob("config*.json")) if "fed" not in p.name] + sorted(
+            REFERENCE.rglob("trn_*.json")
+        )
     return configs
 
 

@@ -17,13 +17,13 @@ from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.job_folder import create_job
 from clara_fl.report.build import write_report
+from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
 from clara_fl.report.readers import (
     read_case_scores,
     read_cross_site_matrix,
     read_global_model_metrics,
     read_round_timeline,
 )
-from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
 from tests.conftest import SPLEEN_MMAR, tiny_set
 from tests.test_fl_simulation import JOB_SETTINGS, SITES, fl_data, site_file  # noqa: F401 (module fixtures)
 

@@ -22,7 +22,14 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver, TrainConf
 from clara_fl.config.variables import Variables
 from clara_fl.workflows.runtime import with_runtime
 
-TINY_UNET_ARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0}
+TINY_UNET_ARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8],
+    "strides": [2],
+    "num_res_units": 0,
+}
 LINEAR = {"name": "Linear", "args": {"in_features": 4, "out_features": 2}}
 
 
@@ -88,7 +95,15 @@ def test_clara_checkpoint_saver_short_name_is_the_clara_component(tmp_path):
     from clara_fl.components import CheckpointSaver
 
     resolver = build(
-        {"train": {"model": LINEAR, "saver": {"name": "CheckpointSaver", "args": {"save_dir": str(tmp_path), "save_dict": {"model": "@model"}}}}}
+        {
+            "train": {
+                "model": LINEAR,
+                "saver": {
+                    "name": "CheckpointSaver",
+                    "args": {"save_dir": str(tmp_path), "save_dict": {"model": "@model"}},
+                },
+            }
+        }
     )
 
     assert type(resolver.get("saver")) is CheckpointSaver
@@ -223,7 +238,9 @@ def test_a_sections_own_key_wins_over_the_other_sections_key():
 
 
 def test_unknown_reference_names_the_json_path_and_suggests_the_close_name():
-    config = {"train": {"model": LINEAR, "optimizer": {"name": "SGD", "args": {"params": "#@modle.parameters()", "lr": 0.1}}}}
+    config = {
+        "train": {"model": LINEAR, "optimizer": {"name": "SGD", "args": {"params": "#@modle.parameters()", "lr": 0.1}}}
+    }
 
     error = error_of(config, dry_run=True)
 
@@ -320,7 +337,9 @@ def test_disabled_removes_an_item_from_its_list(disabled, kept):
 
 @pytest.mark.parametrize(("flag", "kept"), [(True, ["second"]), (False, ["first", "second"])])
 def test_disabled_through_a_variable_removes_an_item(flag, kept):
-    config = Variables({"dont_load_ckpt_model": flag}).substitute(handlers_config(first={"disabled": "{dont_load_ckpt_model}"}))
+    config = Variables({"dont_load_ckpt_model": flag}).substitute(
+        handlers_config(first={"disabled": "{dont_load_ckpt_model}"})
+    )
 
     assert handler_names(build(config)) == kept
 
@@ -393,7 +412,10 @@ def ref_config(*validate_refs: str) -> dict[str, Any]:
             ],
             "post_transforms": [{"name": "Activationsd", "args": {"keys": "pred", "softmax": True}}],
         },
-        "validate": {"pre_transforms": [{"ref": ref} for ref in validate_refs], "post_transforms": [{"ref": "Activationsd"}]},
+        "validate": {
+            "pre_transforms": [{"ref": ref} for ref in validate_refs],
+            "post_transforms": [{"ref": "Activationsd"}],
+        },
     }
 
 
@@ -403,7 +425,10 @@ def test_ref_by_class_name_returns_the_same_instance_as_the_train_transform():
     train_pre = resolver.get("pre_transforms", "train").transforms
     validate_pre = resolver.get("pre_transforms", "validate").transforms
     assert validate_pre[0] is train_pre[3]
-    assert resolver.get("post_transforms", "validate").transforms[0] is resolver.get("post_transforms", "train").transforms[0]
+    assert (
+        resolver.get("post_transforms", "validate").transforms[0]
+        is resolver.get("post_transforms", "train").transforms[0]
+    )
 
 
 def test_ref_by_alias_returns_the_aliased_train_transform():
@@ -435,7 +460,9 @@ def datalist_mmar(tmp_path) -> Path:
     for name in ("a.nii.gz", "b.nii.gz"):
         (data / "imagesTr" / name).write_bytes(b"")
     (data / "dataset.json").write_text(
-        json.dumps({"training": [{"image": "imagesTr/a.nii.gz"}], "validation": [{"image": "imagesTr/b.nii.gz", "label": 1}]})
+        json.dumps(
+            {"training": [{"image": "imagesTr/a.nii.gz"}], "validation": [{"image": "imagesTr/b.nii.gz", "label": 1}]}
+        )
     )
     return tmp_path / "mmar"
 
@@ -461,7 +488,11 @@ def test_dataset_keys_give_the_dataset_its_data_with_absolute_paths(datalist_mma
 
 def test_dataset_with_a_missing_data_file_names_the_file(datalist_mmar):
     (datalist_mmar / "data" / "imagesTr" / "a.nii.gz").unlink()
-    config = {"train": {"dataset": {"name": "Dataset", "data_list_file_path": "data/dataset.json", "data_list_key": "training"}}}
+    config = {
+        "train": {
+            "dataset": {"name": "Dataset", "data_list_file_path": "data/dataset.json", "data_list_key": "training"}
+        }
+    }
 
     error = error_of(config, context=BuildContext(mmar_root=str(datalist_mmar)), dry_run=True)
 
@@ -483,7 +514,9 @@ def test_unet_dimensions_becomes_spatial_dims():
 
 
 def test_asdiscreted_n_classes_with_to_onehot_true_one_hot_encodes_to_n_classes():
-    transform = build({"t": {"name": "AsDiscreted", "args": {"keys": "label", "to_onehot": True, "n_classes": 3}}}).get("t")
+    transform = build({"t": {"name": "AsDiscreted", "args": {"keys": "label", "to_onehot": True, "n_classes": 3}}}).get(
+        "t"
+    )
 
     out = transform({"label": torch.tensor([[[0, 2]]])})["label"]
 

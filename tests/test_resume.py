@@ -27,8 +27,20 @@ def test_kill_9_after_an_epoch_then_resume_continues_from_the_last_finished_epoc
     epochs = 4
     models = spleen_mmar / "models"
     state_file = models / "train_state.pt"
-    command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--write_train_stats", "--set", *tiny_set(epochs=epochs)]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "clara_fl",
+        "train",
+        "-m",
+        str(spleen_mmar),
+        "--write_train_stats",
+        "--set",
+        *tiny_set(epochs=epochs),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 240
         while (saved_epoch(state_file) or 0) < 1:  # wait for the event: epoch 1's state on disk
@@ -41,7 +53,10 @@ def test_kill_9_after_an_epoch_then_resume_continues_from_the_last_finished_epoc
     killed_at = saved_epoch(state_file)
     assert killed_at is not None and 1 <= killed_at < epochs, f"killed after epoch {killed_at} of {epochs}"
 
-    assert main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=epochs)]) == 0
+    assert (
+        main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=epochs)])
+        == 0
+    )
 
     stats = json.loads((models / "train_stats.json").read_text())
     state = torch.load(state_file, weights_only=True)
@@ -58,7 +73,9 @@ def test_resume_with_nothing_to_resume_says_so_in_one_line_and_trains_from_epoch
     assert main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=1)]) == 0
 
     said = [r.getMessage() for r in caplog.records if "nothing to resume" in r.getMessage()]
-    assert said == [f"--resume: nothing to resume in {spleen_mmar / 'models'} (no train_state.pt); starting from epoch 0"]
+    assert said == [
+        f"--resume: nothing to resume in {spleen_mmar / 'models'} (no train_state.pt); starting from epoch 0"
+    ]
     stats = json.loads((spleen_mmar / "models" / "train_stats.json").read_text())
     assert stats["resumed_from_epoch"] is None and stats["epochs_completed"] == 1
 

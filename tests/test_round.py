@@ -50,7 +50,12 @@ def test_an_epochs_round_trains_whole_epochs_and_runs_every_epoch_handler() -> N
 
     result = rounds.run(RoundSpec(local_epochs=2))
 
-    assert (result.steps, result.epoch, result.iteration, result.aborted) == (2 * EPOCH_LENGTH, 2, 2 * EPOCH_LENGTH, False)
+    assert (result.steps, result.epoch, result.iteration, result.aborted) == (
+        2 * EPOCH_LENGTH,
+        2,
+        2 * EPOCH_LENGTH,
+        False,
+    )
     assert log.named("EPOCH_COMPLETED") == [("EPOCH_COMPLETED", 1, 4), ("EPOCH_COMPLETED", 2, 8)]
     assert log.named("COMPLETED") == [("COMPLETED", 2, 8)]  # the run reached its max_epochs
 
@@ -74,7 +79,9 @@ def test_a_steps_round_ending_mid_epoch_defers_the_epoch_handlers_to_the_round_t
     first = rounds.run(RoundSpec(steps=EPOCH_LENGTH + 1))  # one epoch and one batch of the next
 
     assert (first.steps, first.iteration) == (EPOCH_LENGTH + 1, EPOCH_LENGTH + 1)
-    assert log.events == [("EPOCH_COMPLETED", 1, EPOCH_LENGTH)], "the second epoch has not ended: none of its handlers ran"
+    assert log.events == [("EPOCH_COMPLETED", 1, EPOCH_LENGTH)], (
+        "the second epoch has not ended: none of its handlers ran"
+    )
 
     second = rounds.run(RoundSpec(steps=EPOCH_LENGTH - 1))  # the rest of epoch 2
 

@@ -63,7 +63,9 @@ def test_the_program_exits_quickly_with_every_tensorboard_scalar_and_checkpoint_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     command = [sys.executable, "-m", "clara_fl", "train", "-m", str(spleen_mmar), "--set", *tiny_set(epochs=2)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
     models = spleen_mmar / "models"

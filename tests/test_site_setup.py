@@ -16,24 +16,34 @@ import pytest
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.jobs.allow_list import CLARA_ALLOW_LIST
-from clara_fl.fl.site.context import code_policy, read_site_file
 from clara_fl.fl.jobs.site_setup import find_startup_kit, setup_site
+from clara_fl.fl.site.context import code_policy, read_site_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESOURCES = {
     "format_version": 2,
     "class_list_enforcement_mode": "enforce",
     "class_allow_list": ["nvflare.app_common.np.np_trainer.NPTrainer", "nvflare.app_common.workflows.fedavg.FedAvg"],
-    "components": [{"id": "resource_manager", "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager", "args": {}}],
+    "components": [
+        {
+            "id": "resource_manager",
+            "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager",
+            "args": {},
+        }
+    ],
 }
 
 
-def make_kit(root: Path, kind: str = "client", name: str = "site-1", resources: dict | None = DEFAULT_RESOURCES) -> Path:
+def make_kit(
+    root: Path, kind: str = "client", name: str = "site-1", resources: dict | None = DEFAULT_RESOURCES
+) -> Path:
     """A minimal startup kit as FLARE's provisioning lays it out."""
     (root / "startup").mkdir(parents=True)
     (root / "local").mkdir()
     if kind == "server":
-        (root / "startup" / "fed_server.json").write_text(json.dumps({"format_version": 2, "servers": [{"name": "project"}]}))
+        (root / "startup" / "fed_server.json").write_text(
+            json.dumps({"format_version": 2, "servers": [{"name": "project"}]})
+        )
     else:
         (root / "startup" / "fed_client.json").write_text(json.dumps({"format_version": 2, "client": {"fqsn": name}}))
     if resources is not None:
@@ -47,7 +57,9 @@ def setup(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_creates_resources_json_from_the_default_and_keeps_the_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_creates_resources_json_from_the_default_and_keeps_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     kit = make_kit(tmp_path / "site-1")
     default_text = (kit / "local" / "resources.json.default").read_text()
 
@@ -57,7 +69,9 @@ def test_creates_resources_json_from_the_default_and_keeps_the_default(tmp_path:
     assert (kit / "local" / "resources.json.default").read_text() == default_text
     resources = json.loads((kit / "local" / "resources.json").read_text())
     assert resources["class_allow_list"] == DEFAULT_RESOURCES["class_allow_list"] + list(CLARA_ALLOW_LIST)
-    assert {k: v for k, v in resources.items() if k != "class_allow_list"} == {k: v for k, v in DEFAULT_RESOURCES.items() if k != "class_allow_list"}
+    assert {k: v for k, v in resources.items() if k != "class_allow_list"} == {
+        k: v for k, v in DEFAULT_RESOURCES.items() if k != "class_allow_list"
+    }
     assert "created local/resources.json from local/resources.json.default" in out
     for entry in CLARA_ALLOW_LIST:
         assert entry in out
@@ -81,20 +95,33 @@ def test_second_run_changes_nothing_and_says_so(tmp_path: Path, capsys: pytest.C
     assert not sorted((kit / "local").glob(".*")), "no temporary files are left behind"
 
 
-def test_set_values_parse_like_clara_set_and_merge_with_the_site_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_set_values_parse_like_clara_set_and_merge_with_the_site_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     kit = make_kit(tmp_path / "site-1")
     site_file = kit / "local" / "clara_fl_site.json"
     site_file.write_text(json.dumps({"environment": {"DATA_ROOT": "/old", "KEEP": "me"}, "comment": "hospital IT"}))
 
     code, out, _ = setup(
-        str(kit), "--set", "DATA_ROOT=/data/spleen", "num_workers=0", "learning_rate=1e-4", "amp=off", "roi_size=[16,16,16]",
+        str(kit),
+        "--set",
+        "DATA_ROOT=/data/spleen",
+        "num_workers=0",
+        "learning_rate=1e-4",
+        "amp=off",
+        "roi_size=[16,16,16]",
         capsys=capsys,
     )
 
     assert code == 0
     content = json.loads(site_file.read_text())
     assert content["environment"] == {
-        "DATA_ROOT": "/data/spleen", "KEEP": "me", "num_workers": 0, "learning_rate": 1e-4, "amp": False, "roi_size": [16, 16, 16],
+        "DATA_ROOT": "/data/spleen",
+        "KEEP": "me",
+        "num_workers": 0,
+        "learning_rate": 1e-4,
+        "amp": False,
+        "roi_size": [16, 16, 16],
     }
     assert content["comment"] == "hospital IT"  # whatever else the site keeps there stays
     assert content["code_policy"] == "restricted"
@@ -103,13 +130,17 @@ def test_set_values_parse_like_clara_set_and_merge_with_the_site_file(tmp_path: 
     assert "unchanged: KEEP" in out
 
 
-def test_site_name_is_kept_verbatim_and_read_back_by_the_learner_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_site_name_is_kept_verbatim_and_read_back_by_the_learner_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     kit = make_kit(tmp_path / "hospital-a", name="hospital-a")
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset_hospital-a.json").write_text("{}")
 
-    code, out, _ = setup(str(kit), "--set", f"DATA_ROOT={data}", f"DATASET_JSON={data}/dataset_{{SITE_NAME}}.json", capsys=capsys)
+    code, out, _ = setup(
+        str(kit), "--set", f"DATA_ROOT={data}", f"DATASET_JSON={data}/dataset_{{SITE_NAME}}.json", capsys=capsys
+    )
 
     assert code == 0
     content = read_site_file(str(kit / "local" / "clara_fl_site.json"))
@@ -126,7 +157,9 @@ def test_missing_data_paths_are_noted_not_refused(tmp_path: Path) -> None:
     assert "note: DATASET_JSON /nowhere/dataset_site-2.json" in result.summary()
 
 
-def test_allow_code_records_full_and_switching_back_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+def test_allow_code_records_full_and_switching_back_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     monkeypatch.delenv("CLARA_FL_CODE_POLICY", raising=False)
     kit = make_kit(tmp_path / "site-1")
     site_file = kit / "local" / "clara_fl_site.json"
@@ -157,7 +190,10 @@ def test_server_kit_with_an_existing_resources_json(tmp_path: Path, capsys: pyte
     assert resources["class_allow_list"] == existing["class_allow_list"] + list(CLARA_ALLOW_LIST)
     assert "created" not in out
     assert "server kit 'server'" in out
-    assert json.loads((kit / "local" / "clara_fl_site.json").read_text()) == {"environment": {}, "code_policy": "restricted"}
+    assert json.loads((kit / "local" / "clara_fl_site.json").read_text()) == {
+        "environment": {},
+        "code_policy": "restricted",
+    }
 
 
 def test_allow_all_and_missing_allow_list(tmp_path: Path) -> None:
@@ -169,7 +205,10 @@ def test_allow_all_and_missing_allow_list(tmp_path: Path) -> None:
 
     bare_kit = make_kit(tmp_path / "bare", resources={"format_version": 2})
     result = setup_site(bare_kit)
-    assert json.loads((bare_kit / "local" / "resources.json").read_text())["class_allow_list"] == [*DEFAULT_CLASS_ALLOW_LIST, *CLARA_ALLOW_LIST]
+    assert json.loads((bare_kit / "local" / "resources.json").read_text())["class_allow_list"] == [
+        *DEFAULT_CLASS_ALLOW_LIST,
+        *CLARA_ALLOW_LIST,
+    ]
     assert any("no class_allow_list" in note for note in result.notes)
 
 
@@ -182,7 +221,9 @@ def test_allow_all_and_missing_allow_list(tmp_path: Path) -> None:
         ("no_resources", "neither local/resources.json nor local/resources.json.default"),
     ],
 )
-def test_clear_error_for_a_folder_that_is_not_a_site_kit(tmp_path: Path, capsys: pytest.CaptureFixture, layout: str, message: str) -> None:
+def test_clear_error_for_a_folder_that_is_not_a_site_kit(
+    tmp_path: Path, capsys: pytest.CaptureFixture, layout: str, message: str
+) -> None:
     folder = tmp_path / "kit"
     if layout == "empty":
         folder.mkdir()
@@ -213,13 +254,14 @@ def test_bad_set_and_bad_site_file_are_config_errors(tmp_path: Path, capsys: pyt
 def test_every_class_our_templates_use_is_allowed_after_setup(tmp_path: Path) -> None:
     """FLARE's own authorizer, on a kit set up by clara-fl, admits every component of every template and shipped job."""
     from nvflare.apis.workspace import Workspace
+    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
     from nvflare.app_common.widgets.component_path_authorizer import ComponentPathAuthorizer
     from pyhocon import ConfigFactory
 
-    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-
     kit = make_kit(tmp_path / "site-1", resources=None)
-    (kit / "local" / "resources.json.default").write_text(json.dumps({"format_version": 2, "class_allow_list": list(DEFAULT_CLASS_ALLOW_LIST)}))
+    (kit / "local" / "resources.json.default").write_text(
+        json.dumps({"format_version": 2, "class_allow_list": list(DEFAULT_CLASS_ALLOW_LIST)})
+    )
     paths: set[str] = set()
 
     def collect(node: object) -> None:
@@ -232,11 +274,17 @@ def test_every_class_our_templates_use_is_allowed_after_setup(tmp_path: Path) ->
             for value in node:
                 collect(value)
 
-    configs = [*REPO.glob("job_templates/*/config_fed_*.conf"), *REPO.glob("simulator_configs/*/app/config/config_fed_*.json")]
+    configs = [
+        *REPO.glob("job_templates/*/config_fed_*.conf"),
+        *REPO.glob("simulator_configs/*/app/config/config_fed_*.json"),
+    ]
     assert len(configs) >= 6
     for config in configs:
         collect(ConfigFactory.parse_file(str(config)).as_plain_ordered_dict())
-    assert "clara_fl.fl.site.learner.ClaraLearner" in paths and "nvflare.app_common.executors.learner_executor.LearnerExecutor" in paths
+    assert (
+        "clara_fl.fl.site.learner.ClaraLearner" in paths
+        and "nvflare.app_common.executors.learner_executor.LearnerExecutor" in paths
+    )
 
     authorizer, workspace = ComponentPathAuthorizer(), Workspace(str(kit))
     refused = []
@@ -245,7 +293,9 @@ def test_every_class_our_templates_use_is_allowed_after_setup(tmp_path: Path) ->
             authorizer.authorize_component_config({"path": path}, workspace=workspace)
         except Exception:
             refused.append(path)
-    assert "clara_fl.fl.site.learner.ClaraLearner" in refused, "FLARE's default list alone must refuse clara-fl's classes"
+    assert "clara_fl.fl.site.learner.ClaraLearner" in refused, (
+        "FLARE's default list alone must refuse clara-fl's classes"
+    )
 
     setup_site(kit)
     authorizer = ComponentPathAuthorizer()
@@ -272,7 +322,12 @@ def provisioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "HOME": str(root / "home")}
     nvflare = Path(sys.executable).parent / "nvflare"
     proc = subprocess.run(
-        [str(nvflare), "provision", "-p", "project.yml", "-w", "workspace", "--force"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        [str(nvflare), "provision", "-p", "project.yml", "-w", "workspace", "--force"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root / "workspace" / "hospitals" / "prod_00"

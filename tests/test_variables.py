@@ -110,7 +110,9 @@ def test_variable_precedence_is_config_then_environment_then_command_line(tmp_pa
 
 
 def test_command_line_value_parsed_from_text_keeps_its_type_in_the_config(tmp_path):
-    mmar = make_mmar(tmp_path / "mmar", {"amp": True, "roi_size": [96, 96, 96], "train": {"a": "{amp}", "r": "{roi_size}"}})
+    mmar = make_mmar(
+        tmp_path / "mmar", {"amp": True, "roi_size": [96, 96, 96], "train": {"a": "{amp}", "r": "{roi_size}"}}
+    )
 
     loaded = load_config(mmar, CONFIG, overrides=parse_set_args(["amp=False", "roi_size=[16,16,16]"]))
 
@@ -174,7 +176,12 @@ def test_mmar_paths_and_relative_data_root_resolve_against_the_mmar_root(tmp_pat
     mmar = make_mmar(
         tmp_path / "mmar",
         {"train": {}},
-        {"MMAR_CKPT_DIR": "models", "MMAR_CKPT": "models/model.pt", "MMAR_EVAL_OUTPUT_PATH": "eval", "DATA_ROOT": "../data"},
+        {
+            "MMAR_CKPT_DIR": "models",
+            "MMAR_CKPT": "models/model.pt",
+            "MMAR_EVAL_OUTPUT_PATH": "eval",
+            "DATA_ROOT": "../data",
+        },
     )
 
     variables = load_config(mmar, CONFIG).variables
@@ -199,7 +206,9 @@ def test_absolute_mmar_paths_and_data_root_stay_as_given(tmp_path):
 
 
 def test_other_relative_variables_are_left_alone(tmp_path):
-    mmar = make_mmar(tmp_path / "mmar", {"train": {}}, {"TRAIN_DATALIST_KEY": "training", "PROCESSING_TASK": "segmentation"})
+    mmar = make_mmar(
+        tmp_path / "mmar", {"train": {}}, {"TRAIN_DATALIST_KEY": "training", "PROCESSING_TASK": "segmentation"}
+    )
 
     variables = load_config(mmar, CONFIG).variables
 
@@ -275,7 +284,9 @@ def test_undefined_variable_is_a_config_error_naming_file_json_path_and_close_na
 
 
 def test_undefined_variable_inside_a_list_names_the_list_index(tmp_path):
-    mmar = make_mmar(tmp_path / "mmar", {"train": {"handlers": [{"name": "A"}, {"name": "B", "args": {"x": "a {NOPE} b"}}]}})
+    mmar = make_mmar(
+        tmp_path / "mmar", {"train": {"handlers": [{"name": "A"}, {"name": "B", "args": {"x": "a {NOPE} b"}}]}}
+    )
 
     with pytest.raises(ConfigError) as raised:
         load_config(mmar, CONFIG)
@@ -284,7 +295,9 @@ def test_undefined_variable_inside_a_list_names_the_list_index(tmp_path):
 
 
 def test_undefined_variable_used_in_environment_json_names_the_variable_and_close_name(tmp_path):
-    mmar = make_mmar(tmp_path / "mmar", {"train": {}}, {"DATA_ROOT": "/data", "DATASET_JSON": "{DATA_RUT}/dataset.json"})
+    mmar = make_mmar(
+        tmp_path / "mmar", {"train": {}}, {"DATA_ROOT": "/data", "DATASET_JSON": "{DATA_RUT}/dataset.json"}
+    )
 
     with pytest.raises(ConfigError) as raised:
         load_config(mmar, CONFIG)
@@ -321,7 +334,10 @@ def test_code_strings_still_receive_known_variables():
     variables = Variables({"learning_rate": 0.5, "keys": ["pred", "label"]})
 
     assert variables.substitute("#{learning_rate} * 10") == "#0.5 * 10"
-    assert variables.substitute('lambda x: [x[k] for k in {keys}] + [{x}]') == 'lambda x: [x[k] for k in ["pred", "label"]] + [{x}]'
+    assert (
+        variables.substitute("lambda x: [x[k] for k in {keys}] + [{x}]")
+        == 'lambda x: [x[k] for k in ["pred", "label"]] + [{x}]'
+    )
 
 
 def test_the_same_unknown_brace_outside_code_is_an_undefined_variable():
@@ -358,9 +374,10 @@ def test_saved_config_globals_are_the_effective_overridden_values(tmp_path):
     assert loaded.config["train"]["trainer"]["max_epochs"] == 2
 
 
-
 def test_set_with_a_dotted_name_changes_one_key_of_a_dict_global(tmp_path):
-    mmar = make_mmar(tmp_path / "mmar", {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}}, {})
+    mmar = make_mmar(
+        tmp_path / "mmar", {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}}, {}
+    )
 
     loaded = load_config(mmar, CONFIG, overrides={"determinism.random_seed": 3})
 
@@ -370,7 +387,11 @@ def test_set_with_a_dotted_name_changes_one_key_of_a_dict_global(tmp_path):
 
 def test_a_dotted_name_in_environment_json_changes_one_key_of_a_dict_global(tmp_path):
     # clara-fl job create --set determinism.random_seed=3 writes it into the job's environment.json
-    mmar = make_mmar(tmp_path / "mmar", {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}}, {"determinism.random_seed": 3})
+    mmar = make_mmar(
+        tmp_path / "mmar",
+        {"determinism": {"random_seed": 0}, "train": {"seed": "{determinism.random_seed}"}},
+        {"determinism.random_seed": 3},
+    )
 
     loaded = load_config(mmar, CONFIG)
 

@@ -20,7 +20,9 @@ def main() -> None:
     parser.add_argument("--send_weight_diff", action="store_true")
     parser.add_argument("--data_root", required=True)
     parser.add_argument("--datalist_pattern", required=True, help="datalist path with {SITE_NAME}")
-    parser.add_argument("--set", action="append", default=[], metavar="ID=JSON", help="bundle id to override, e.g. roi_size=[16,16,16]")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="ID=JSON", help="bundle id to override, e.g. roi_size=[16,16,16]"
+    )
     args = parser.parse_args()
 
     import nvflare.client as flare

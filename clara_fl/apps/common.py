@@ -15,8 +15,16 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "add_mmar_arguments", "load_from_args", "code_policy", "positive_int", "non_negative_float",
-    "require_folder", "require_file", "require_mmar", "require_flare_job", "FlareJob",
+    "add_mmar_arguments",
+    "load_from_args",
+    "code_policy",
+    "positive_int",
+    "non_negative_float",
+    "require_folder",
+    "require_file",
+    "require_mmar",
+    "require_flare_job",
+    "FlareJob",
 ]
 
 
@@ -107,8 +115,15 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
         raise ConfigError(problem, file=meta_file, path="deploy_map")
     apps = [os.path.join(folder, app, "config") for app in meta["deploy_map"]]
     found = {
-        side: next((os.path.join(a, f"config_fed_{side}.{ext}") for a in apps for ext in ("json", "conf")
-                    if os.path.isfile(os.path.join(a, f"config_fed_{side}.{ext}"))), None)
+        side: next(
+            (
+                os.path.join(a, f"config_fed_{side}.{ext}")
+                for a in apps
+                for ext in ("json", "conf")
+                if os.path.isfile(os.path.join(a, f"config_fed_{side}.{ext}"))
+            ),
+            None,
+        )
         for side in ("client", "server")
     }
     for side, path in found.items():
@@ -124,12 +139,28 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
 
 def add_mmar_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
     parser.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
-    parser.add_argument("-c", "--config", default=default_config, help=f"config file, relative to the MMAR (default: {default_config})")
-    parser.add_argument("-e", "--environment", default="config/environment.json", help="environment file (default: config/environment.json)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help="override variables, e.g. epochs=2 amp=False")
     parser.add_argument(
-        "--safe", action="store_true",
-        help="run the config's #expressions and lambdas under the restricted policy FL sites use (for configs you did not write)",
+        "-c", "--config", default=default_config, help=f"config file, relative to the MMAR (default: {default_config})"
+    )
+    parser.add_argument(
+        "-e",
+        "--environment",
+        default="config/environment.json",
+        help="environment file (default: config/environment.json)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override variables, e.g. epochs=2 amp=False",
+    )
+    parser.add_argument(
+        "--safe",
+        action="store_true",
+        help="run the config under the restricted policy FL sites use (for configs you did not write): "
+        "closed code grammar, library classes only, outputs inside the MMAR",
     )
 
 
@@ -165,7 +196,8 @@ def check_simulation(job: str, n_clients: int, threads: int, site_config: str | 
     if needed and needed[0] > n_clients:
         raise ConfigError(
             f"the job needs {needed[0]} sites ({needed[1]}) but the simulation has {n_clients}: use -n {needed[0]}",
-            file=job, path="-n",
+            file=job,
+            path="-n",
         )
     if site_config is not None:
         read_site_file(require_file(site_config, "--site-config", "site file"))

@@ -12,9 +12,13 @@ DEMO_JOB = simulator_configs_dir() / "spleen_fedavg"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="federated spleen segmentation on synthetic data, with cross-site validation")
+    parser = subparsers.add_parser(
+        "demo", help="federated spleen segmentation on synthetic data, with cross-site validation"
+    )
     parser.add_argument("--workspace", default="demo_workspace", help="folder for data, simulation and results")
-    parser.add_argument("--job", default=str(DEMO_JOB), help="FLARE job to simulate (default simulator_configs/spleen_fedavg)")
+    parser.add_argument(
+        "--job", default=str(DEMO_JOB), help="FLARE job to simulate (default simulator_configs/spleen_fedavg)"
+    )
     parser.set_defaults(run=run)
 
 

@@ -13,7 +13,9 @@ from clara_fl.config.model_hints import final_model_hint
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a checkpoint to TorchScript")
-    parser.add_argument("-m", "--mmar", default=".", help="MMAR root; relative paths and custom/ code are taken from it")
+    parser.add_argument(
+        "-m", "--mmar", default=".", help="MMAR root; relative paths and custom/ code are taken from it"
+    )
     parser.add_argument("--model_path", default="models/model.pt", help="checkpoint with model weights and train_conf")
     parser.add_argument("--output_path", default="models/model.ts", help="TorchScript file to write")
     parser.add_argument("--input_shape", required=True, help='example input shape, e.g. "[1, 1, 96, 96, 96]"')
@@ -25,8 +27,15 @@ def parse_shape(text: str) -> list[int]:
         shape = json.loads(text)
     except json.JSONDecodeError:
         shape = None
-    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
-        raise ConfigError(f"expected a JSON list of positive integers such as \"[1, 1, 96, 96, 96]\", got '{text}'", path="--input_shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise ConfigError(
+            f"expected a JSON list of positive integers such as \"[1, 1, 96, 96, 96]\", got '{text}'",
+            path="--input_shape",
+        )
     return shape
 
 

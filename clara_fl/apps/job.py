@@ -15,14 +15,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="write a FLARE job folder for an MMAR")
     create.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
     create.add_argument("-o", "--output", required=True, help="job folder to write")
-    create.add_argument("--template", default="clara_fedavg_cse", help="job template name or folder (default clara_fedavg_cse)")
+    create.add_argument(
+        "--template", default="clara_fedavg_cse", help="job template name or folder (default clara_fedavg_cse)"
+    )
     create.add_argument("--num-rounds", type=positive_int, help="FL rounds")
     create.add_argument("--local-epochs", type=positive_int, help="local epochs per round at each site")
     create.add_argument("--min-clients", type=positive_int, help="sites needed per round")
     create.add_argument(
         "--nproc-per-site", type=positive_int, help="DDP processes each site trains with (sets multi_gpu=True)"
     )
-    create.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help="values for the job's environment.json")
+    create.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
+        help="values for the job's environment.json",
+    )
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)
 
@@ -36,7 +45,14 @@ def run_create(args: argparse.Namespace) -> int:
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError("the job folder to write is a file", file=args.output, path="--output")
     job = create_job(
-        args.mmar, args.output, args.template, args.num_rounds, args.local_epochs, args.min_clients, parse_set_args(args.set), args.force,
+        args.mmar,
+        args.output,
+        args.template,
+        args.num_rounds,
+        args.local_epochs,
+        args.min_clients,
+        parse_set_args(args.set),
+        args.force,
         nproc_per_site=args.nproc_per_site,
     )
     print(f"wrote FLARE job {job}")

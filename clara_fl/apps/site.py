@@ -16,19 +16,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and writes the site's environment values and code policy to SITE_DIR/local/clara_fl_site.json. "
         "Safe to run again: only what differs is changed.",
     )
-    setup.add_argument("site_dir", metavar="SITE_DIR", help="the site's startup kit folder (holding startup/ and local/)")
     setup.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+        "site_dir", metavar="SITE_DIR", help="the site's startup kit folder (holding startup/ and local/)"
+    )
+    setup.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME=VALUE",
         help="site values above the job's environment.json, e.g. DATA_ROOT=/data/spleen "
         "'DATASET_JSON=/data/spleen/dataset_{SITE_NAME}.json'; merged with the values already set",
     )
     setup.add_argument(
-        "--allow-code", action="store_true",
+        "--allow-code",
+        action="store_true",
         help="let jobs' config #expressions and lambdas run as full Python here (code_policy 'full'); "
         "without it the site records code_policy 'restricted'",
     )
     setup.add_argument(
-        "--privacy", action="append", default=None, metavar="FILTER[:KEY=VALUE,...]",
+        "--privacy",
+        action="append",
+        default=None,
+        metavar="FILTER[:KEY=VALUE,...]",
         help="filters this site applies to everything it sends, whatever the job says (a FLARE privacy scope, the "
         "site's default, in local/privacy.json): PercentilePrivacy, SVTPrivacy or ExcludeVars, e.g. "
         "'PercentilePrivacy:percentile=10,gamma=0.01'; repeat for several; --privacy none removes it",
@@ -47,6 +57,8 @@ def run_setup(args: argparse.Namespace) -> int:
     if privacy is not None:
         path, changed = write_site_privacy(result.kit.local_dir, privacy)
         names = ", ".join(f["path"].rpartition(".")[2] for f in privacy) or "none"
-        print(f"  {os.path.relpath(path, result.kit.root)}: site privacy filters: {names}"
-              f"{'' if changed else ' (unchanged)'}")
+        print(
+            f"  {os.path.relpath(path, result.kit.root)}: site privacy filters: {names}"
+            f"{'' if changed else ' (unchanged)'}"
+        )
     return 0

@@ -20,8 +20,6 @@ def load_json(path: str | os.PathLike, what: str = "config file") -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ConfigError(
-            f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=path
-        ) from e
+        raise ConfigError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", file=path) from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"not a UTF-8 text file ({e.reason})", file=path) from e

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from clara_fl.config.errors import ConfigError, did_you_mean
@@ -29,7 +29,7 @@ SEARCH_MODULES: tuple[str, ...] = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(name: str) -> Any:
     return importlib.import_module(name)
 
@@ -42,7 +42,7 @@ def _public_names(first: tuple[str, ...] = ()) -> set[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def _locate(name: str, first: tuple[str, ...] = ()) -> Any:
     for module_name in first + SEARCH_MODULES:
         found = getattr(_module(module_name), name, None)
@@ -79,7 +79,8 @@ def locate_path(path: str) -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ConfigError(
-            f"cannot import module '{module_name}' for path '{path}' ({e}); BYOC modules belong in the MMAR's custom/ folder"
+            f"cannot import module '{module_name}' for path '{path}' ({e}); "
+            "BYOC modules belong in the MMAR's custom/ folder"
         ) from e
     except Exception as e:  # the user's module failed while importing
         raise ConfigError(f"importing module '{module_name}' failed: {type(e).__name__}: {e}") from e

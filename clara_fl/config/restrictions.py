@@ -30,21 +30,57 @@ __all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS"]
 
 ALLOWED_ROOTS = ("monai", "torch", "ignite")
 REFUSED_MODULES = (
-    "monai.bundle", "monai.apps.utils", "monai.apps.datasets", "monai.apps.mmars", "monai.apps.auto3dseg",
-    "monai.auto3dseg", "monai.utils", "monai.config", "torch.hub", "torch.package", "torch.utils.cpp_extension",
-    "torch.jit", "torch.onnx", "torch.distributed", "torch.multiprocessing", "torch.serialization", "torch.testing",
-    "torch.utils.benchmark", "torch.utils.bottleneck", "torch.utils.data.datapipes", "torch.export", "torch.compiler",
-    "torch._", "ignite.contrib", "ignite.distributed",
+    "monai.bundle",
+    "monai.apps.utils",
+    "monai.apps.datasets",
+    "monai.apps.mmars",
+    "monai.apps.auto3dseg",
+    "monai.auto3dseg",
+    "monai.utils",
+    "monai.config",
+    "torch.hub",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.jit",
+    "torch.onnx",
+    "torch.distributed",
+    "torch.multiprocessing",
+    "torch.serialization",
+    "torch.testing",
+    "torch.utils.benchmark",
+    "torch.utils.bottleneck",
+    "torch.utils.data.datapipes",
+    "torch.export",
+    "torch.compiler",
+    "torch._",
+    "ignite.contrib",
+    "ignite.distributed",
 )
 # Arguments whose value is an output location, checked even when relative (libraries resolve those
 # against the working directory, which at an FL site is the site workspace, not the job).
 WRITE_PATH_ARGS = frozenset(
-    {"save_dir", "output_dir", "log_dir", "cache_dir", "root_dir", "dirname", "output_path", "save_path",
-     "ckpt_dir", "out_dir", "output_file", "logdir", "filename_or_obj"}
+    {
+        "save_dir",
+        "output_dir",
+        "log_dir",
+        "cache_dir",
+        "root_dir",
+        "dirname",
+        "output_path",
+        "save_path",
+        "ckpt_dir",
+        "out_dir",
+        "output_file",
+        "logdir",
+        "filename_or_obj",
+    }
 )
 # (argument, value that is refused): unpickling, downloads, remote code.
 DANGEROUS_ARGS: dict[str, Any] = {
-    "allow_pickle": True, "weights_only": False, "download": True, "trust_remote_code": True,
+    "allow_pickle": True,
+    "weights_only": False,
+    "download": True,
+    "trust_remote_code": True,
 }
 ANY_VALUE = object()
 REFUSED_ARGS: dict[str, Any] = {**DANGEROUS_ARGS, "pickle_module": ANY_VALUE}
@@ -193,4 +229,5 @@ class Restrictions:
                 try:
                     self.check_write(value, name)
                 except ConfigError as e:
-                    raise e.located(file, name)
+                    e.located(file, name)
+                    raise

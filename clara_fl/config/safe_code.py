@@ -35,7 +35,7 @@ import builtins
 import inspect
 import types
 from collections.abc import Callable, Mapping
-from functools import lru_cache, partial
+from functools import cache, partial
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
@@ -58,25 +58,93 @@ DTYPES = frozenset(
     {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "bool", "long", "float"}
 )
 BUILTINS = frozenset(
-    {"len", "min", "max", "sum", "abs", "round", "list", "tuple", "dict", "set", "float", "int", "bool", "str",
-     "sorted", "any", "all"}
+    {
+        "len",
+        "min",
+        "max",
+        "sum",
+        "abs",
+        "round",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "float",
+        "int",
+        "bool",
+        "str",
+        "sorted",
+        "any",
+        "all",
+    }
 )
 MODULE_METHODS = frozenset(
-    {"parameters", "named_parameters", "buffers", "named_buffers", "children", "named_children", "modules",
-     "named_modules"}
+    {
+        "parameters",
+        "named_parameters",
+        "buffers",
+        "named_buffers",
+        "children",
+        "named_children",
+        "modules",
+        "named_modules",
+    }
 )
 ARRAY_METHODS = frozenset(
-    {"item", "tolist", "float", "int", "long", "bool", "half", "double", "cpu", "detach", "clone", "numel", "size",
-     "dim", "mean", "sum", "max", "min", "argmax", "argmin", "softmax", "sigmoid", "squeeze", "unsqueeze", "flatten",
-     "view", "reshape", "permute", "transpose", "any", "all", "round", "abs", "astype", "copy"}
+    {
+        "item",
+        "tolist",
+        "float",
+        "int",
+        "long",
+        "bool",
+        "half",
+        "double",
+        "cpu",
+        "detach",
+        "clone",
+        "numel",
+        "size",
+        "dim",
+        "mean",
+        "sum",
+        "max",
+        "min",
+        "argmax",
+        "argmin",
+        "softmax",
+        "sigmoid",
+        "squeeze",
+        "unsqueeze",
+        "flatten",
+        "view",
+        "reshape",
+        "permute",
+        "transpose",
+        "any",
+        "all",
+        "round",
+        "abs",
+        "astype",
+        "copy",
+    }
 )
 MAPPING_METHODS = frozenset({"get", "keys", "values", "items"})
 
 MAX_REPEAT = 1_000_000  # 'x' * n and [0] * n beyond this are refused (memory)
 MAX_EXPONENT = 256
 
-_NOT_DATA = (types.ModuleType, type, types.CodeType, types.FrameType, types.TracebackType, property,
-             staticmethod, classmethod, partial)
+_NOT_DATA = (
+    types.ModuleType,
+    type,
+    types.CodeType,
+    types.FrameType,
+    types.TracebackType,
+    property,
+    staticmethod,
+    classmethod,
+    partial,
+)
 _BINARY: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
@@ -118,7 +186,7 @@ def _refuse(why: str, code: str) -> Refused:
     return Refused(f"code refused by the site's restricted policy: {why} in '{code}'; {RESTRICTED_ADVICE}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _helper(dotted: str) -> Callable:
     import importlib
 
@@ -182,7 +250,7 @@ class _Compiler:
         def function(*values: Any) -> Any:
             if len(values) != len(params):
                 raise TypeError(f"config lambda takes {len(params)} argument(s), got {len(values)}")
-            return body(dict(zip(params, values)))
+            return body(dict(zip(params, values, strict=True)))
 
         return lambda scope: function
 
@@ -227,7 +295,7 @@ class _Compiler:
             raise self.refuse("unpacking with **")
         keys = self.nodes([k for k in node.keys if k is not None], params)
         values = self.nodes(node.values, params)
-        return lambda scope: {self.data(k(scope)): self.data(v(scope)) for k, v in zip(keys, values)}
+        return lambda scope: {self.data(k(scope)): self.data(v(scope)) for k, v in zip(keys, values, strict=True)}
 
     def n_BinOp(self, node: ast.BinOp, params: frozenset[str]) -> Node:
         op = _BINARY.get(type(node.op))
@@ -273,7 +341,7 @@ class _Compiler:
 
         def run(scope: Scope) -> Any:
             a = self.data(left(scope))
-            for op, right in zip(ops, rights):
+            for op, right in zip(ops, rights, strict=True):
                 b = self.data(right(scope))
                 if not op(a, b):
                     return False
@@ -344,7 +412,9 @@ class _Compiler:
                 raise self.refuse(f"keyword arguments to '{func.id}'")
             builtin = getattr(builtins, func.id)
             return lambda scope: self.data(builtin(*arguments(scope)[0]))
-        if isinstance(func, ast.Attribute) and not (dotted and dotted.split(".")[0] in ("torch", "monai", "numpy", "np")):
+        if isinstance(func, ast.Attribute) and not (
+            dotted and dotted.split(".")[0] in ("torch", "monai", "numpy", "np")
+        ):
             return self.method_call(func, params, arguments)
         raise self.refuse(f"calling '{dotted or ast.unparse(func)}'")
 

@@ -33,7 +33,9 @@ def load_datalist(path: str, key: str, base_dir: str | None = None, check_files:
     for index, entry in enumerate(entries):
         item = {"image": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else None
         if item is None:
-            raise ConfigError(f"item must be a path or an object, got {type(entry).__name__}", file=path, path=f"{key}[{index}]")
+            raise ConfigError(
+                f"item must be a path or an object, got {type(entry).__name__}", file=path, path=f"{key}[{index}]"
+            )
         for k in PATH_KEYS:
             value = item.get(k)
             if isinstance(value, str):

@@ -25,7 +25,6 @@ in a few epochs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field

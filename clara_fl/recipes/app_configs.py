@@ -128,18 +128,33 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     meta = read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}
 
     s = settings
-    taken = _set_args(server, "scatter_and_gather", num_rounds=s.num_rounds, min_clients=s.min_clients,
-                      start_round=s.start_round, wait_time_after_min_received=s.wait_after_min_clients)
+    taken = _set_args(
+        server,
+        "scatter_and_gather",
+        num_rounds=s.num_rounds,
+        min_clients=s.min_clients,
+        start_round=s.start_round,
+        wait_time_after_min_received=s.wait_after_min_clients,
+    )
     taken |= _set_args(server, "fedavg", num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round)
     taken |= _set_args(server, "aggregator", aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
-    wanted = {"wait_time_after_min_received": s.wait_after_min_clients, "aggregation_weights": s.aggregation_weights,
-              "exclude_vars": s.exclude_vars}
+    wanted = {
+        "wait_time_after_min_received": s.wait_after_min_clients,
+        "aggregation_weights": s.aggregation_weights,
+        "exclude_vars": s.exclude_vars,
+    }
     for name, value in wanted.items():
         if value is not None and name not in taken:
-            raise ConfigError(f"template '{template}' has no component that takes {name}; use {DEFAULT_TEMPLATE}",
-                              path="--template")
-    _set_args(client, "clara_learner", local_epochs=s.local_epochs, steps_aggregation=s.steps_aggregation,
-              nproc_per_site=s.nproc_per_site)
+            raise ConfigError(
+                f"template '{template}' has no component that takes {name}; use {DEFAULT_TEMPLATE}", path="--template"
+            )
+    _set_args(
+        client,
+        "clara_learner",
+        local_epochs=s.local_epochs,
+        steps_aggregation=s.steps_aggregation,
+        nproc_per_site=s.nproc_per_site,
+    )
     if s.heart_beat_timeout is not None:
         server.setdefault("server", {})["heart_beat_timeout"] = s.heart_beat_timeout
     key_metric = validation_key_metric(mmar)
@@ -150,11 +165,15 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
         client["executors"] = [e for e in client["executors"] if e["tasks"] != [VALIDATE_TASK]]
     if s.result_filters:
-        client["task_result_filters"] = [*client.get("task_result_filters", []),
-                                         {"tasks": ["train"], "filters": copy.deepcopy(s.result_filters)}]
+        client["task_result_filters"] = [
+            *client.get("task_result_filters", []),
+            {"tasks": ["train"], "filters": copy.deepcopy(s.result_filters)},
+        ]
     if s.data_filters:
-        client["task_data_filters"] = [*client.get("task_data_filters", []),
-                                       {"tasks": ["train"], "filters": copy.deepcopy(s.data_filters)}]
+        client["task_data_filters"] = [
+            *client.get("task_data_filters", []),
+            {"tasks": ["train"], "filters": copy.deepcopy(s.data_filters)},
+        ]
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

@@ -32,9 +32,13 @@ IGNORED_SERVER_KEYS = {
     "name": "the job is named by clara-fl job create / the recipe",
     "max_num_clients": "FLARE 2.9 has no client ceiling per job",
     "service": "the server address comes from provisioning (fed_server.json in startup/)",
-    "admin_host": "from provisioning", "admin_port": "from provisioning",
-    "ssl_private_key": "from provisioning", "ssl_cert": "from provisioning", "ssl_root_cert": "from provisioning",
-    "compression": "FLARE 2.9 picks the transport", "enable_byoc": "a job with custom/ is BYOC",
+    "admin_host": "from provisioning",
+    "admin_port": "from provisioning",
+    "ssl_private_key": "from provisioning",
+    "ssl_cert": "from provisioning",
+    "ssl_root_cert": "from provisioning",
+    "compression": "FLARE 2.9 picks the transport",
+    "enable_byoc": "a job with custom/ is BYOC",
 }
 IGNORED_TRAINER_ARGS = {
     "model_reader_writer": "FLARE 2.9 exchanges numpy state_dicts (PTModelReaderWriter's job)",
@@ -42,8 +46,12 @@ IGNORED_TRAINER_ARGS = {
     "model_name": "the model comes from config_train.json",
 }
 EPOCH_ARGS = ("local_epochs", "aggregation_epochs", "epochs")
-SCATTER_AND_GATHER_ARGS = (("num_rounds", "num_rounds"), ("min_clients", "min_clients"), ("start_round", "start_round"),
-                           ("wait_time_after_min_received", "wait_after_min_clients"))
+SCATTER_AND_GATHER_ARGS = (
+    ("num_rounds", "num_rounds"),
+    ("min_clients", "min_clients"),
+    ("start_round", "start_round"),
+    ("wait_time_after_min_received", "wait_after_min_clients"),
+)
 UNKNOWN_SERVER_KEY = "not a Clara FL server setting clara-fl knows; remove it or set it in a job template"
 
 
@@ -113,6 +121,7 @@ def read_fl_configs(mmar: str | Path) -> FLConfigImport | None:
 
 # -- server ---------------------------------------------------------------------------------------------------------
 
+
 def _read_server(r: _Reader, config: dict[str, Any]) -> None:
     s = r.result.settings
     if config.get("format_version") == 2:
@@ -130,8 +139,9 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
             elif key == "start_round":
                 s.start_round = r.take(path, r.count(value, path), "ScatterAndGather start_round")
             elif key == "wait_after_min_clients":
-                s.wait_after_min_clients = r.take(path, r.count(value, path),
-                                                  "ScatterAndGather wait_time_after_min_received")
+                s.wait_after_min_clients = r.take(
+                    path, r.count(value, path), "ScatterAndGather wait_time_after_min_received"
+                )
             elif key == "heart_beat_timeout":
                 s.heart_beat_timeout = r.take(path, r.count(value, path, 1), "server.heart_beat_timeout")
             elif key in IGNORED_SERVER_KEYS:
@@ -154,8 +164,11 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
                 _expect_class(r, f"{key}[{j}]", handler, MODEL_SELECTORS, "the job's IntimeModelSelector")
         elif key in ("outbound_filters", "inbound_filters"):
             if r.expect(value, list, key, "a list"):
-                raise r.fail(key, "server filters are not carried; put them in a job template (task_data_filters/"
-                                  "task_result_filters of config_fed_server.conf)")
+                raise r.fail(
+                    key,
+                    "server filters are not carried; put them in a job template (task_data_filters/"
+                    "task_result_filters of config_fed_server.conf)",
+                )
             r.ignore(key, "empty")
         else:
             raise r.fail(key, UNKNOWN_SERVER_KEY)
@@ -163,8 +176,11 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
 
 def _read_aggregator(r: _Reader, path: str, entry: dict[str, Any]) -> None:
     if _class_name(entry) != AGGREGATOR:
-        raise r.fail(path, f"aggregator '{_class_name(entry)}' cannot run on FLARE 2.9 as written for Clara; port it "
-                           "to an nvflare Aggregator and name it in a job template (clara-fl job create --template)")
+        raise r.fail(
+            path,
+            f"aggregator '{_class_name(entry)}' cannot run on FLARE 2.9 as written for Clara; port it "
+            "to an nvflare Aggregator and name it in a job template (clara-fl job create --template)",
+        )
     for key, value in r.expect(entry.get("args", {}), dict, f"{path}.args", "an object").items():
         arg = f"{path}.args.{key}"
         if key == "aggregation_weights":
@@ -173,8 +189,9 @@ def _read_aggregator(r: _Reader, path: str, entry: dict[str, Any]) -> None:
                 r.expect(weight, (int, float), f"{arg}.{site}", "a number")
             r.result.settings.aggregation_weights = r.take(arg, dict(weights), "aggregator aggregation_weights")
         elif key == "exclude_vars":
-            r.result.settings.exclude_vars = r.take(arg, r.expect(value, str, arg, "a regular expression"),
-                                                    "aggregator exclude_vars")
+            r.result.settings.exclude_vars = r.take(
+                arg, r.expect(value, str, arg, "a regular expression"), "aggregator exclude_vars"
+            )
         elif key == "expected_data_kind":
             r.ignore(arg, "clara-fl's learner sends WEIGHT_DIFF and the job's aggregator expects it")
         else:
@@ -183,19 +200,26 @@ def _read_aggregator(r: _Reader, path: str, entry: dict[str, Any]) -> None:
 
 def _read_persistor(r: _Reader, path: str, entry: dict[str, Any]) -> None:
     if _class_name(entry) not in PERSISTORS:
-        raise r.fail(path, f"model persistor '{_class_name(entry)}' is not carried; the job's ClaraModelPersistor "
-                           "builds the model from config_train.json")
+        raise r.fail(
+            path,
+            f"model persistor '{_class_name(entry)}' is not carried; the job's ClaraModelPersistor "
+            "builds the model from config_train.json",
+        )
     for key, value in r.expect(entry.get("args", {}), dict, f"{path}.args", "an object").items():
         arg = f"{path}.args.{key}"
         if key == "model":
             r.ignore(arg, "the server builds config_train.json's train.model")
         elif key == "exclude_vars":
             # FLARE 2.9 keeps variables out of the global model at the aggregator
-            r.result.settings.exclude_vars = r.take(arg, r.expect(value, str, arg, "a regular expression"),
-                                                    "aggregator exclude_vars")
+            r.result.settings.exclude_vars = r.take(
+                arg, r.expect(value, str, arg, "a regular expression"), "aggregator exclude_vars"
+            )
         elif key in ("source_ckpt_filename", "ckpt_preload_path"):
-            raise r.fail(arg, "a starting checkpoint is not carried; set the MMAR's train config to load it "
-                              "(CheckpointLoader) instead")
+            raise r.fail(
+                arg,
+                "a starting checkpoint is not carried; set the MMAR's train config to load it "
+                "(CheckpointLoader) instead",
+            )
         else:
             r.ignore(arg, "no FLARE 2.9 equivalent")
 
@@ -203,8 +227,10 @@ def _read_persistor(r: _Reader, path: str, entry: dict[str, Any]) -> None:
 def _expect_class(r: _Reader, path: str, entry: Any, known: tuple[str, ...], replacement: str) -> None:
     r.expect(entry, dict, path, "an object with name or path")
     if _class_name(entry) not in known:
-        raise r.fail(path, f"'{_class_name(entry)}' is not carried into a FLARE 2.9 job; add its FLARE 2.9 port to "
-                           "a job template")
+        raise r.fail(
+            path,
+            f"'{_class_name(entry)}' is not carried into a FLARE 2.9 job; add its FLARE 2.9 port to a job template",
+        )
     r.ignore(path, f"{_class_name(entry)}: {replacement} does this")
 
 
@@ -241,8 +267,13 @@ def _read_server_v2(r: _Reader, config: dict[str, Any]) -> None:
             _read_aggregator(r, path, component)
         elif name in PERSISTORS:
             _read_persistor(r, path, component)
-        elif name in (*SHAREABLE_GENERATORS, *MODEL_SELECTORS, "PTFileModelLocator", "PTFormatter",
-                      "ValidationJsonGenerator"):
+        elif name in (
+            *SHAREABLE_GENERATORS,
+            *MODEL_SELECTORS,
+            "PTFileModelLocator",
+            "PTFormatter",
+            "ValidationJsonGenerator",
+        ):
             r.ignore(path, f"{name}: the job has its own")
         else:
             raise r.fail(path, f"component '{name}' is not carried; name a job template with its FLARE 2.9 port")
@@ -252,6 +283,7 @@ def _read_server_v2(r: _Reader, config: dict[str, Any]) -> None:
 
 
 # -- client ---------------------------------------------------------------------------------------------------------
+
 
 def _read_client(r: _Reader, config: dict[str, Any]) -> None:
     s = r.result.settings
@@ -307,12 +339,14 @@ def _read_cross_site(r: _Reader, path: str, section: dict[str, Any]) -> None:
         sub = f"{path}.{key}"
         if key == "is_participating":
             if value is not True:
-                raise r.fail(sub, "a site that sits out cross-site validation is not carried; every site of a FLARE "
-                                  "2.9 job validates (cross_site_eval=False switches it off for all)")
+                raise r.fail(
+                    sub,
+                    "a site that sits out cross-site validation is not carried; every site of a FLARE "
+                    "2.9 job validates (cross_site_eval=False switches it off for all)",
+                )
             r.ignore(sub, "every site takes part")
         elif key == "model_validator":
-            r.ignore(sub, f"{_class_name(value)}: the job validates with ClaraValidator "
-                          "(config_cross_validation.json)")
+            r.ignore(sub, f"{_class_name(value)}: the job validates with ClaraValidator (config_cross_validation.json)")
         elif key in ("inbound_filters", "outbound_filters"):
             if r.expect(value, list, sub, "a list"):
                 raise r.fail(sub, "cross-site validation filters are not carried; add them to a job template")

@@ -111,9 +111,15 @@ class ClaraFedAvgRecipe(Recipe):
         if self.fl_configs is not None:
             settings = self.fl_configs.settings
         self.settings = _merge_settings(
-            settings or FedAvgSettings(), num_rounds=num_rounds, min_clients=min_clients, local_epochs=local_epochs,
-            steps_aggregation=steps_aggregation, nproc_per_site=nproc_per_site, cross_site_eval=cross_site_eval,
-            privacy_filters=privacy_filters, overrides=overrides,
+            settings or FedAvgSettings(),
+            num_rounds=num_rounds,
+            min_clients=min_clients,
+            local_epochs=local_epochs,
+            steps_aggregation=steps_aggregation,
+            nproc_per_site=nproc_per_site,
+            cross_site_eval=cross_site_eval,
+            privacy_filters=privacy_filters,
+            overrides=overrides,
         )
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
@@ -152,8 +158,12 @@ def job_name(text: str) -> str:
     return name or "clara_fl_job"
 
 
-def _merge_settings(base: FedAvgSettings, privacy_filters: list[dict[str, Any]] | None,
-                    overrides: Mapping[str, Any] | None, **values: Any) -> FedAvgSettings:
+def _merge_settings(
+    base: FedAvgSettings,
+    privacy_filters: list[dict[str, Any]] | None,
+    overrides: Mapping[str, Any] | None,
+    **values: Any,
+) -> FedAvgSettings:
     from dataclasses import replace
 
     merged = replace(base, **{k: v for k, v in values.items() if v is not None})
@@ -190,8 +200,11 @@ def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
         raise ConfigError(f"cannot build the job's FLARE components: {e}") from e
     finally:
         flare_log.setLevel(level)
-    top_level = {k: v for k, v in server.items() if k not in ("format_version", "workflows", "components",
-                                                               "task_data_filters", "task_result_filters")}
+    top_level = {
+        k: v
+        for k, v in server.items()
+        if k not in ("format_version", "workflows", "components", "task_data_filters", "task_result_filters")
+    }
     if top_level:  # e.g. "server": {"heart_beat_timeout": ..., "task_request_interval": ...}
         job.to_server(top_level)
 

@@ -55,8 +55,15 @@ def create_job(
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
     recipe = ClaraFedAvgRecipe(
-        mmar, name=job_name(output.name), num_rounds=num_rounds, min_clients=min_clients, local_epochs=local_epochs,
-        nproc_per_site=nproc_per_site, overrides=overrides, template=template, settings=settings,
+        mmar,
+        name=job_name(output.name),
+        num_rounds=num_rounds,
+        min_clients=min_clients,
+        local_epochs=local_epochs,
+        nproc_per_site=nproc_per_site,
+        overrides=overrides,
+        template=template,
+        settings=settings,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_job_", dir=output.parent) as staging:

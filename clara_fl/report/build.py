@@ -79,8 +79,11 @@ def draw(results: RunResults) -> tuple[dict[str, Picture | None], list[CasePictu
         else:
             best = run.facts.get("best_key_metric_epoch")
             pictures["curves"] = curves_figure(
-                results.curves, "training_curves", "training curves",
-                best_epoch=int(best) if best and best.isdigit() else None, key_metric=key_metric,
+                results.curves,
+                "training_curves",
+                "training curves",
+                best_epoch=int(best) if best and best.isdigit() else None,
+                key_metric=key_metric,
             )
     else:
         missing.append("training curves: no TensorBoard events")

@@ -59,7 +59,7 @@ def _find_layout(path: Path) -> _Layout | None:
     site_logs: dict[str, Path] = {}
     root = path if (path / "server").is_dir() else server_job.parent
     for app in sorted(root.glob(f"*/{server_job.name}/app_*")):
-        site = app.name[len("app_"):]
+        site = app.name[len("app_") :]
         if site == "server" or app.parent.parent.name == "server":
             continue
         site_apps[site] = app

@@ -71,18 +71,27 @@ def cross_site_figure(matrix: CrossSiteMatrix, metric: str, lower_is_better: boo
     cmap = plt.get_cmap("viridis_r" if lower_is_better else "viridis").with_extremes(bad="#EEEEEE")
     finite = values[np.isfinite(values)]
     image = axes.imshow(
-        np.ma.masked_invalid(values), cmap=cmap, aspect="auto",
-        vmin=float(finite.min()) if finite.size else 0.0, vmax=float(finite.max()) if finite.size else 1.0,
+        np.ma.masked_invalid(values),
+        cmap=cmap,
+        aspect="auto",
+        vmin=float(finite.min()) if finite.size else 0.0,
+        vmax=float(finite.max()) if finite.size else 1.0,
     )
     middle = float(finite.mean()) if finite.size else 0.0
-    for row, site in enumerate(matrix.sites):
-        for column, owner in enumerate(matrix.owners):
+    for row in range(len(matrix.sites)):
+        for column in range(len(matrix.owners)):
             value = values[row, column]
             if math.isnan(value):
                 cell = plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="#B03030")
                 axes.add_patch(cell)
                 axes.text(
-                    column, row, "failed", ha="center", va="center", color="#B03030", fontweight="bold",
+                    column,
+                    row,
+                    "failed",
+                    ha="center",
+                    va="center",
+                    color="#B03030",
+                    fontweight="bold",
                     bbox={"facecolor": "white", "edgecolor": "none", "pad": 2},
                 )
             else:

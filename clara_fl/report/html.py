@@ -9,8 +9,8 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from clara_fl.report.records import CaseScores, RunResults
 from clara_fl.report.figures import Picture
+from clara_fl.report.records import CaseScores, RunResults
 
 __all__ = ["CasePicture", "GroupSummary", "WorstCase", "group_summaries", "render_html", "worst_cases"]
 

@@ -14,8 +14,13 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.runtime.files import atomic_write
 
 __all__ = [
-    "save_atomic", "load_checkpoint", "load_checkpoint_model", "load_torchscript_model", "model_state",
-    "cpu_snapshot", "BackgroundCheckpointWriter",
+    "save_atomic",
+    "load_checkpoint",
+    "load_checkpoint_model",
+    "load_torchscript_model",
+    "model_state",
+    "cpu_snapshot",
+    "BackgroundCheckpointWriter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,10 +73,14 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
 
     checkpoint = load_checkpoint(path)
     train_conf = checkpoint.get("train_conf") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(train_conf, Mapping) or not isinstance(train_conf.get("train"), Mapping) or "model" not in train_conf["train"]:
+    if (
+        not isinstance(train_conf, Mapping)
+        or not isinstance(train_conf.get("train"), Mapping)
+        or "model" not in train_conf["train"]
+    ):
         raise ConfigError(
             "checkpoint has no 'train_conf' with a train.model to rebuild the network from; "
-            "save it with \"train_conf\": \"@conf\" in the CheckpointSaver's save_dict, or give a model component",
+            'save it with "train_conf": "@conf" in the CheckpointSaver\'s save_dict, or give a model component',
             file=path,
         )
     # A checkpoint may come from anywhere: its train_conf is built only under the restricted policy.
@@ -82,7 +91,8 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
     try:
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
     except ConfigError as e:
-        raise e.located(file=f"{path}#train_conf")
+        e.located(file=f"{path}#train_conf")
+        raise
     load_weights(model, model_state(checkpoint, path), path, strict=True)
     return model.eval()
 

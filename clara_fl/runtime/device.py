@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.resolver import BuildContext
@@ -46,7 +45,9 @@ class RuntimeSettings:
     def from_variables(cls, variables: Variables) -> RuntimeSettings:
         seed = variables.get("determinism.random_seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigError(f"expected an integer seed, got {seed!r}", file=variables.file, path="determinism.random_seed")
+            raise ConfigError(
+                f"expected an integer seed, got {seed!r}", file=variables.file, path="determinism.random_seed"
+            )
         return cls(
             use_gpu=bool(_flag(variables, "use_gpu", True)),
             amp=bool(_flag(variables, "amp", False)),
@@ -84,12 +85,21 @@ def prepare_runtime(settings: RuntimeSettings, mmar_root: str | None = None) -> 
         torch.backends.cudnn.allow_tf32 = settings.tf32
     world_size = init_distributed(settings.multi_gpu, device)
     context = BuildContext(
-        device=device, cuda_available=cuda, amp=settings.amp and device.type == "cuda", rank=rank, world_size=world_size, mmar_root=mmar_root
+        device=device,
+        cuda_available=cuda,
+        amp=settings.amp and device.type == "cuda",
+        rank=rank,
+        world_size=world_size,
+        mmar_root=mmar_root,
     )
     if settings.amp and device.type != "cuda":
         context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
     if settings.multi_gpu and world_size == 1:
-        context.say_once("multi-gpu", "multi_gpu is true but this is a single process: launch with torchrun --nproc_per_node=N -m clara_fl train ... for DDP")
+        context.say_once(
+            "multi-gpu",
+            "multi_gpu is true but this is a single process: "
+            "launch with torchrun --nproc_per_node=N -m clara_fl train ... for DDP",
+        )
     if settings.use_gpu and not cuda:
         logger.debug("use_gpu is true but CUDA is not available: using the CPU")
     return context

@@ -14,7 +14,12 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "launched_world_size", "init_distributed", "shutdown_distributed", "wrap_for_training", "sync_buffers_every_epoch", "unwrap",
+    "launched_world_size",
+    "init_distributed",
+    "shutdown_distributed",
+    "wrap_for_training",
+    "sync_buffers_every_epoch",
+    "unwrap",
     "is_main_process",
 ]
 

@@ -38,42 +38,58 @@ class PrivateAttribute:
 
 PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
     PrivateAttribute(
-        "pytorch-ignite", "ignite.engine.Engine", "_event_handlers",
+        "pytorch-ignite",
+        "ignite.engine.Engine",
+        "_event_handlers",
         "ignite has no public way to list an engine's handlers; FL validation mutes the evaluator's "
         "CheckpointSaver/TensorBoard/MetricsSaver handlers for one run and restores them in order.",
     ),
     PrivateAttribute(
-        "monai", "monai.handlers.CheckpointSaver", "_key_metric_checkpoint",
+        "monai",
+        "monai.handlers.CheckpointSaver",
+        "_key_metric_checkpoint",
         "MONAI's CheckpointSaver has load_state_dict() but no state_dict(): the best-model bookkeeping "
         "(which model.pt is best) is saved for --resume and FL local state from this ignite Checkpoint.",
     ),
     PrivateAttribute(
-        "monai", "monai.handlers.CheckpointSaver", "_final_checkpoint",
+        "monai",
+        "monai.handlers.CheckpointSaver",
+        "_final_checkpoint",
         "Clara's fixed file names (final_model.pt) and crash-safe writes need the ignite Checkpoint's "
         "save_handler replaced; MONAI builds the Checkpoint objects itself and exposes none of them.",
     ),
     PrivateAttribute(
-        "monai", "monai.handlers.CheckpointSaver", "_interval_checkpoint",
+        "monai",
+        "monai.handlers.CheckpointSaver",
+        "_interval_checkpoint",
         "as _final_checkpoint, for interval checkpoints.",
     ),
     PrivateAttribute(
-        "nvflare", "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor", "_initialize",
+        "nvflare",
+        "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor",
+        "_initialize",
         "the persistor builds its model in _initialize (on START_RUN); the MMAR's network can only be "
         "built then (the app folder is known from the FLContext), so ClaraModelPersistor overrides it.",
         used_in=("fl/server/persistor.py",),
     ),
     PrivateAttribute(
-        "nvflare", "nvflare.app_common.tracking.log_writer.LogWriter", "sender",
+        "nvflare",
+        "nvflare.app_common.tracking.log_writer.LogWriter",
+        "sender",
         "a LogWriter built after the run started (simulator -t 1) has no sender and raises on every "
         "add_scalar; its absence is the only sign (no public 'is ready').",
     ),
     PrivateAttribute(
-        "nvflare", "nvflare.apis.impl.wf_comm_server.WFCommServer", "_task_check_period",
+        "nvflare",
+        "nvflare.apis.impl.wf_comm_server.WFCommServer",
+        "_task_check_period",
         "FLARE 2.9 sets communicator.task_check_period but WFCommServer polls _task_check_period "
         "(fixed 0.2 s), so a job's configured period never takes effect.",
     ),
     PrivateAttribute(
-        "nvflare", "nvflare.apis.impl.controller.Controller", "_task_check_period",
+        "nvflare",
+        "nvflare.apis.impl.controller.Controller",
+        "_task_check_period",
         "the period the job configured (a controller keeps its constructor argument only there); "
         "read to pass it on to the communicator.",
     ),
@@ -81,17 +97,27 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
     # sites for validation after the last round (issue 18: the best global model among all rounds).
     *(
         PrivateAttribute(
-            "nvflare", "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather", name,
+            "nvflare",
+            "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
+            name,
             "ScatterAndGather keeps its round state only in private attributes; the subclass that "
             "validates the final global model after the last round reads it.",
             used_in=("fl/server/controllers.py",),
         )
-        for name in ("_num_rounds", "_current_round", "_start_round", "_global_weights", "_min_clients",
-                     "_wait_time_after_min_received")
+        for name in (
+            "_num_rounds",
+            "_current_round",
+            "_start_round",
+            "_global_weights",
+            "_min_clients",
+            "_wait_time_after_min_received",
+        )
     ),
     *(
         PrivateAttribute(
-            "nvflare", "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector", name,
+            "nvflare",
+            "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector",
+            name,
             "IntimeModelSelector has no public hook to score a model outside a round's aggregation; the "
             "subclass that selects the best global model (final model included) calls its own steps.",
             used_in=("fl/server/model_selection.py",),
@@ -112,7 +138,9 @@ def key_metric_checkpoint(saver: Any) -> Any:
 
 
 def saver_checkpoints(saver: Any) -> dict[str, Any]:
-    """MONAI CheckpointSaver's ignite Checkpoints by kind ("final", "key_metric", "interval"); None when not configured."""
+    """MONAI CheckpointSaver's ignite Checkpoints by kind ("final", "key_metric", "interval").
+
+    A kind the saver was not configured for is None."""
     return {
         "final": getattr(saver, "_final_checkpoint", None),
         "key_metric": getattr(saver, "_key_metric_checkpoint", None),

@@ -6,8 +6,8 @@ import numbers
 from typing import Any
 
 from clara_fl.config.mmar import LoadedConfig
-from clara_fl.config.restrictions import CodePolicy
 from clara_fl.config.resolver import BuildContext, ConfigResolver
+from clara_fl.config.restrictions import CodePolicy
 from clara_fl.workflows.build import build_components, require
 from clara_fl.workflows.train import _attach_progress_bar, _interactive
 
@@ -25,7 +25,9 @@ class EvaluateWorkflow:
         self.network = self.evaluator.network
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full") -> EvaluateWorkflow:
+    def build(
+        cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
+    ) -> EvaluateWorkflow:
         resolver, context = build_components(loaded, context, code_policy)
         return cls(loaded, resolver, context)
 

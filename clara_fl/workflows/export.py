@@ -17,7 +17,9 @@ __all__ = ["export_torchscript"]
 logger = logging.getLogger(__name__)
 
 
-def export_torchscript(model_path: str, output_path: str, input_shape: Sequence[int], mmar_root: str | None = None) -> str:
+def export_torchscript(
+    model_path: str, output_path: str, input_shape: Sequence[int], mmar_root: str | None = None
+) -> str:
     """Rebuild the network from ``model_path``'s train_conf, script it (trace if scripting fails), verify, save.
 
     Returns ``"script"`` or ``"trace"``: how the model was converted.
@@ -28,20 +30,28 @@ def export_torchscript(model_path: str, output_path: str, input_shape: Sequence[
 
     if mmar_root:
         add_custom_to_path(mmar_root)
-    model = load_checkpoint_model(model_path, with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root)))
+    model = load_checkpoint_model(
+        model_path, with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root))
+    )
     example = torch.rand(*input_shape)
     with torch.no_grad():
         try:
             expected = model(example)
         except Exception as e:
-            raise ConfigError(f"the network rejects input shape {list(input_shape)}: {type(e).__name__}: {e}", path="--input_shape") from e
+            raise ConfigError(
+                f"the network rejects input shape {list(input_shape)}: {type(e).__name__}: {e}", path="--input_shape"
+            ) from e
         try:
             exported, how = torch.jit.script(model), "script"
         except Exception as e:  # scripting fails on dynamic Python; tracing records one path instead
-            logger.info("torch.jit.script failed (%s); tracing with input shape %s", type(e).__name__, list(input_shape))
+            logger.info(
+                "torch.jit.script failed (%s); tracing with input shape %s", type(e).__name__, list(input_shape)
+            )
             exported, how = torch.jit.trace(model, example), "trace"
         if not torch.allclose(exported(example), expected, atol=1e-5, rtol=1e-4):
-            raise ConfigError("the exported TorchScript model does not reproduce the checkpoint's output", file=output_path)
+            raise ConfigError(
+                "the exported TorchScript model does not reproduce the checkpoint's output", file=output_path
+            )
     atomic_write(output_path, lambda f: torch.jit.save(exported, f))
     logger.info("exported %s to %s (%s)", model_path, os.path.abspath(output_path), how)
     return how

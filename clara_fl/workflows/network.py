@@ -48,7 +48,9 @@ def build_train_network(
     if settings.random_seed is not None:
         torch.manual_seed(settings.random_seed)
     policy = CodePolicy.of(code_policy)
-    context = with_runtime(BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name)))
+    context = with_runtime(
+        BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name))
+    )
     if policy.name == "restricted":
         context.restrictions = Restrictions(mmar_root, policy.data_roots, context.runtime.search_modules)
     return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")

@@ -93,7 +93,10 @@ class RoundRunner:
             evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._after_iteration)
 
     def epoch_length(self) -> int:
-        return int(self.trainer.state.epoch_length or len(self.trainer.data_loader))
+        loader: Any = (
+            getattr(self.trainer, "data_loader", None) or self.trainer.state.dataloader
+        )  # MONAI's, else ignite's
+        return int(self.trainer.state.epoch_length or len(loader))
 
     def run(self, spec: RoundSpec, should_abort: Callable[[], bool] = _never) -> RoundResult:
         """Train one round as ``spec`` says (see the module docstring for how it stops).
@@ -125,7 +128,9 @@ class RoundRunner:
         aborted = self._aborted or should_abort()
         if aborted:
             self.rewind_to_epoch_boundary()
-        return RoundResult(steps=steps, aborted=aborted, epoch=int(trainer.state.epoch), iteration=int(trainer.state.iteration))
+        return RoundResult(
+            steps=steps, aborted=aborted, epoch=int(trainer.state.epoch), iteration=int(trainer.state.iteration)
+        )
 
     @contextlib.contextmanager
     def abort_polling(self, should_abort: Callable[[], bool]) -> Iterator[None]:

@@ -29,7 +29,7 @@ class ClaraRuntime:
         """Fit device and AMP arguments to the machine, as Clara did for configs written for GPUs."""
         device = args.get("device")
         if isinstance(device, str) and device.startswith("cuda") and not context.cuda_available:
-            context.say_once("cuda-fallback", f"{path}: \"device\": \"{device}\" but CUDA is not available; running on CPU")
+            context.say_once("cuda-fallback", f'{path}: "device": "{device}" but CUDA is not available; running on CPU')
             args["device"] = "cpu"
         if context.world_size > 1 and _is_data_loader(target) and args.get("sampler") is None and not dry_run:
             # Each rank loads its share. Training shards are padded to equal length (DDP needs the same
@@ -38,11 +38,15 @@ class ClaraRuntime:
 
             # A validation set smaller than the world is padded too: no rank may be left without data.
             even = path.startswith("train.") or len(args["dataset"]) < context.world_size
-            args["sampler"] = DistributedSampler(args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even)
+            args["sampler"] = DistributedSampler(
+                args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even
+            )
         if _is_engine(target):
             args.setdefault("device", context.device)
             if args.get("amp") and not context.amp:
-                context.say_once("amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO)
+                context.say_once(
+                    "amp-off", "amp is true but there is no CUDA device: running without AMP", logging.INFO
+                )
                 args["amp"] = False
         return args
 

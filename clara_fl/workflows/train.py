@@ -11,12 +11,14 @@ from typing import Any
 
 from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
+from clara_fl.config.restrictions import CodePolicy
 from clara_fl.runtime.files import remove_stale_temp_files, write_json_atomic
 from clara_fl.workflows.build import build_components, require
 
 __all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE", "TrainerProgress", "trainer_progress"]
 
-# Everything --resume needs, written atomically into MMAR_CKPT_DIR after every epoch (TrainWorkflow.save_state_every_epoch).
+# Everything --resume needs, written atomically into MMAR_CKPT_DIR after every epoch
+# (TrainWorkflow.save_state_every_epoch).
 RESUME_STATE_FILE = "train_state.pt"
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,9 @@ class TrainWorkflow:
         self.context = context
         self.trainer = require(resolver, "trainer", "train")
         self.network = require(resolver, "model", "train")
-        self.evaluator = resolver.get("evaluator", "validate") if "evaluator" in resolver.sections.get("validate", {}) else None
+        self.evaluator = (
+            resolver.get("evaluator", "validate") if "evaluator" in resolver.sections.get("validate", {}) else None
+        )
         self.stats = TrainStats(world_size=context.world_size)
         if context.world_size > 1:
             from clara_fl.runtime.distributed import sync_buffers_every_epoch, wrap_for_training
@@ -57,7 +61,9 @@ class TrainWorkflow:
         self._attach_stats()
 
     @classmethod
-    def build(cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str = "full") -> TrainWorkflow:
+    def build(
+        cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
+    ) -> TrainWorkflow:
         resolver, context = build_components(loaded, context, code_policy)
         return cls(loaded, resolver, context)
 
@@ -82,7 +88,9 @@ class TrainWorkflow:
         return found
 
     def _lr_scheduler(self) -> Any:
-        scheduler = self.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.resolver.sections["train"] else None
+        scheduler = (
+            self.resolver.get("lr_scheduler", "train") if "lr_scheduler" in self.resolver.sections["train"] else None
+        )
         return scheduler if hasattr(scheduler, "state_dict") else None
 
     def state_objects(self) -> dict[str, Any]:
@@ -158,7 +166,9 @@ class TrainWorkflow:
         if self.context.rank != 0:
             return
         self._state_writer = BackgroundCheckpointWriter(os.path.join(self.ckpt_dir, RESUME_STATE_FILE))
-        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self._state_writer.submit(self.training_state()))
+        self.trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, lambda _: self._state_writer.submit(self.training_state())
+        )
 
     def resume(self) -> int | None:
         """Continue from MMAR_CKPT_DIR/train_state.pt; returns the epoch resumed from (None: nothing to resume).
@@ -203,7 +213,11 @@ class TrainWorkflow:
         self.stats.total_time_s = round(time.perf_counter() - start, 3)
         self.stats.epochs_completed = int(self.trainer.state.epoch)
         self.stats.total_iterations = self._iterations_this_run
-        engine = self.evaluator if self.evaluator is not None and self.evaluator.state.best_metric_epoch >= 0 else self.trainer
+        engine = (
+            self.evaluator
+            if self.evaluator is not None and self.evaluator.state.best_metric_epoch >= 0
+            else self.trainer
+        )
         self.stats.key_metric_name = getattr(engine.state, "key_metric_name", None)
         if engine.state.best_metric_epoch >= 0:
             self.stats.best_key_metric = float(engine.state.best_metric)
@@ -250,10 +264,16 @@ class BestMetric:
         self.evaluator = evaluator
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": float(self.evaluator.state.best_metric), "best_metric_epoch": int(self.evaluator.state.best_metric_epoch)}
+        return {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+        }
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-        self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = saved["best_metric"], saved["best_metric_epoch"]
+        self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = (
+            saved["best_metric"],
+            saved["best_metric_epoch"],
+        )
 
 
 class KeyMetricSaverState:
@@ -277,7 +297,11 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
         return state
     upgraded = dict(state)
     iteration = int(state["iteration"])
-    upgraded["trainer"] = {"iteration": iteration, "epoch_length": None, "max_epochs": state.get("max_epochs")}  # this run's length
+    upgraded["trainer"] = {
+        "iteration": iteration,
+        "epoch_length": None,
+        "max_epochs": state.get("max_epochs"),
+    }  # this run's length
     if "best_metric" in state:
         upgraded["evaluator"] = {"best_metric": state["best_metric"], "best_metric_epoch": state["best_metric_epoch"]}
     for index, saved in enumerate(state.get("savers", [])):

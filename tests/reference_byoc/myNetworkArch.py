@@ -16,5 +16,10 @@ class MyBasicUNet(BasicUNet):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(
-            spatial_dims=dimensions, in_channels=in_channels, out_channels=out_channels, features=features, norm=norm, dropout=dropout
+            spatial_dims=dimensions,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            features=features,
+            norm=norm,
+            dropout=dropout,
         )

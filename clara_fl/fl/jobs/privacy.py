@@ -17,7 +17,12 @@ from clara_fl.config.jsonio import load_json
 from clara_fl.runtime.files import write_json_atomic
 
 __all__ = [
-    "PRIVACY_FILE", "PRIVACY_FILTERS", "SITE_SCOPE", "parse_privacy_option", "privacy_filter", "write_site_privacy",
+    "PRIVACY_FILE",
+    "PRIVACY_FILTERS",
+    "SITE_SCOPE",
+    "parse_privacy_option",
+    "privacy_filter",
+    "write_site_privacy",
 ]
 
 _FILTERS = "nvflare.app_common.filters"
@@ -40,15 +45,22 @@ def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: s
         ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take (naming file and path).
     """
     if name not in PRIVACY_FILTERS:
-        raise ConfigError(f"filter '{name}' is not carried; FLARE 2.9 has {', '.join(PRIVACY_FILTERS)} "
-                          "(add others to a job template)", file=file, path=path)
+        raise ConfigError(
+            f"filter '{name}' is not carried; FLARE 2.9 has {', '.join(PRIVACY_FILTERS)} "
+            "(add others to a job template)",
+            file=file,
+            path=path,
+        )
     target = PRIVACY_FILTERS[name]
     module, _, cls = target.rpartition(".")
     accepted = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
     for key in args:
         if key not in accepted:
-            raise ConfigError(f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})",
-                              file=file, path=f"{path}.args.{key}")
+            raise ConfigError(
+                f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})",
+                file=file,
+                path=f"{path}.args.{key}",
+            )
     return {"path": target, "args": dict(args)}
 
 
@@ -87,8 +99,14 @@ def write_site_privacy(local_dir: str, filters: list[dict[str, Any]]) -> tuple[s
     scopes = [s for s in policy.get("scopes", []) if not (isinstance(s, dict) and s.get("name") == SITE_SCOPE)]
     updated = dict(policy)
     if filters:
-        scopes.append({"name": SITE_SCOPE, "properties": {"set_by": "clara-fl site setup --privacy"},
-                       "task_result_filters": filters, "task_data_filters": []})
+        scopes.append(
+            {
+                "name": SITE_SCOPE,
+                "properties": {"set_by": "clara-fl site setup --privacy"},
+                "task_result_filters": filters,
+                "task_data_filters": [],
+            }
+        )
         updated["default_scope"] = SITE_SCOPE
     elif updated.get("default_scope") == SITE_SCOPE:
         del updated["default_scope"]

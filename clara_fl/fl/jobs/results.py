@@ -31,7 +31,9 @@ def _owner_order(owner: str) -> tuple[int, str]:
     return (0 if owner.startswith("SRV_") or owner.endswith(".pt") else 1, owner)
 
 
-def format_cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: str = "val_mean_dice") -> str:
+def format_cross_site_table(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: str = "val_mean_dice"
+) -> str:
     """Rows: data site; columns: model owner (server models first); cells: ``metric``."""
     owners = sorted({owner for row in results.values() for owner in row}, key=_owner_order)
     headers = ["data site \\ model"] + [o.replace(".pt", "") for o in owners]
@@ -43,5 +45,7 @@ def format_cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, Any]
             cells.append(f"{value:.4f}" if isinstance(value, (int, float)) else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([f"{metric} (cross-site validation)", line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join(
+        [f"{metric} (cross-site validation)", line(headers), line(["-" * w for w in widths]), *map(line, rows)]
+    )

@@ -72,7 +72,10 @@ class SiteSetupResult:
     @property
     def changed(self) -> bool:
         return bool(
-            self.resources_created or self.allow_list_added or self.environment_changes or self.code_policy_before != self.code_policy
+            self.resources_created
+            or self.allow_list_added
+            or self.environment_changes
+            or self.code_policy_before != self.code_policy
         )
 
     def summary(self) -> str:
@@ -99,7 +102,9 @@ class SiteSetupResult:
             lines.append(f"  {site_file}: code_policy stays {self.code_policy}")
         lines.append(f"    {self.code_policy}: {CODE_POLICY_MEANING[self.code_policy]}")
         lines += [f"  note: {note}" for note in self.notes]
-        lines.append("  changed the files above" if self.changed else "  nothing to change: this kit was already set up this way")
+        lines.append(
+            "  changed the files above" if self.changed else "  nothing to change: this kit was already set up this way"
+        )
         return "\n".join(lines)
 
 
@@ -111,7 +116,9 @@ def find_startup_kit(site_dir: str | os.PathLike) -> StartupKit:
     """The kit at ``site_dir``: ``startup/fed_server.json`` makes it a server, ``startup/fed_client.json`` a client."""
     root = os.path.abspath(os.fspath(site_dir))
     if not os.path.isdir(root):
-        raise ConfigError("no such folder: give the folder of a FLARE startup kit (the one holding startup/ and local/)", file=root)
+        raise ConfigError(
+            "no such folder: give the folder of a FLARE startup kit (the one holding startup/ and local/)", file=root
+        )
     startup = os.path.join(root, "startup")
     server_file, client_file = os.path.join(startup, "fed_server.json"), os.path.join(startup, "fed_client.json")
     if os.path.isfile(server_file):
@@ -124,7 +131,8 @@ def find_startup_kit(site_dir: str | os.PathLike) -> StartupKit:
         raise ConfigError("this is an admin kit: site setup is for the server's and the clients' kits", file=root)
     else:
         raise ConfigError(
-            "not a FLARE startup kit: neither startup/fed_server.json nor startup/fed_client.json is in this folder", file=root
+            "not a FLARE startup kit: neither startup/fed_server.json nor startup/fed_client.json is in this folder",
+            file=root,
         )
     if not os.path.isdir(os.path.join(root, "local")):
         raise ConfigError("the startup kit has no local/ folder", file=root)
@@ -149,12 +157,16 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
         result.allow_list_added = [entry for entry in updated["class_allow_list"] if entry not in before]
     else:
         result.allow_list_added = list(updated["class_allow_list"])
-        result.notes.append(f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries")
+        result.notes.append(
+            f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries"
+        )
     if result.resources_created or result.allow_list_added:
         write_json_atomic(path, updated)
 
 
-def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_policy: str, result: SiteSetupResult) -> None:
+def _update_site_file(
+    kit: StartupKit, environment: Mapping[str, Any], code_policy: str, result: SiteSetupResult
+) -> None:
     path = result.site_file
     content = read_site_file(path) if os.path.isfile(path) else {}
     current = dict(content.get("environment", {}))
@@ -176,7 +188,9 @@ def _update_site_file(kit: StartupKit, environment: Mapping[str, Any], code_poli
         write_json_atomic(path, {**content, "environment": current, "code_policy": code_policy})
 
 
-def setup_site(site_dir: str | os.PathLike, environment: Mapping[str, Any] | None = None, allow_code: bool = False) -> SiteSetupResult:
+def setup_site(
+    site_dir: str | os.PathLike, environment: Mapping[str, Any] | None = None, allow_code: bool = False
+) -> SiteSetupResult:
     """Set up the startup kit at ``site_dir`` for clara-fl jobs and return what changed.
 
     Args:

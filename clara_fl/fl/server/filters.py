@@ -26,7 +26,11 @@ class RejectNonFiniteUpdates(Filter):
             return shareable
         if dxo.data_kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF) or not isinstance(dxo.data, dict):
             return shareable
-        bad = [k for k, v in dxo.data.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()]
+        bad = [
+            k
+            for k, v in dxo.data.items()
+            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()
+        ]
         if not bad:
             return shareable
         peer = fl_ctx.get_peer_context()

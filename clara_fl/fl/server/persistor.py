@@ -34,7 +34,9 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
     for name in FILE_NAME_ARGS:
         value = arguments.get(name)
         if isinstance(value, str) and (os.path.isabs(value) or ".." in value.replace("\\", "/").split("/")):
-            raise ConfigError(f"'{value}' must be a file name inside the job's app folder", file=file, path=f"{where}.{name}")
+            raise ConfigError(
+                f"'{value}' must be a file name inside the job's app folder", file=file, path=f"{where}.{name}"
+            )
     source = arguments.get("source_ckpt_file_full_name")
     if isinstance(source, str):
         try:
@@ -50,6 +52,8 @@ class ClaraModelPersistor(PTFileModelPersistor):
     networks come from the app's custom/ folder. The server's own site file (``local/``) applies
     as at any site: its environment values and its code policy.
     """
+
+    model: Any  # the network, built by _initialize from the MMAR (PTFileModelPersistor's attribute)
 
     def __init__(
         self,
@@ -81,7 +85,10 @@ class ClaraModelPersistor(PTFileModelPersistor):
                     self.train_config,
                     self.environment,
                     self.overrides,
-                    extra_environment={**content.get("environment", {}), "SITE_NAME": fl_ctx.get_identity_name() or "server"},
+                    extra_environment={
+                        **content.get("environment", {}),
+                        "SITE_NAME": fl_ctx.get_identity_name() or "server",
+                    },
                     code_policy=code_policy(content, site_file),
                 )
             except ConfigError as e:

@@ -17,7 +17,17 @@ from clara_fl.config.jsonio import load_json
 from clara_fl.config.restrictions import CodePolicy
 from clara_fl.config.variables import PLACEHOLDER
 
-__all__ = ["SITE_FILE_NAME", "SITE_CONFIG_ENV", "CODE_POLICY_ENV", "SiteContext", "site_context", "read_site_file", "find_mmar_root", "code_policy", "data_roots"]
+__all__ = [
+    "SITE_FILE_NAME",
+    "SITE_CONFIG_ENV",
+    "CODE_POLICY_ENV",
+    "SiteContext",
+    "site_context",
+    "read_site_file",
+    "find_mmar_root",
+    "code_policy",
+    "data_roots",
+]
 
 SITE_FILE_NAME = "clara_fl_site.json"
 SITE_CONFIG_ENV = "CLARA_FL_SITE_CONFIG"
@@ -66,7 +76,9 @@ def find_mmar_root(app_dir: str, config_file: str = "config/config_train.json") 
     for root in (app_dir, os.path.join(app_dir, "custom")):
         if os.path.isfile(os.path.join(root, config_file)):
             return root
-    raise ConfigError(f"the job's app folder holds no MMAR: {config_file} is neither in it nor in its custom/ folder", file=app_dir)
+    raise ConfigError(
+        f"the job's app folder holds no MMAR: {config_file} is neither in it nor in its custom/ folder", file=app_dir
+    )
 
 
 def read_site_file(path: str) -> dict[str, Any]:
@@ -113,5 +125,7 @@ def code_policy(site_content: dict[str, Any], site_file: str | None = None) -> s
     ``code_policy``, else ``"restricted"`` (a job's config comes from outside the site)."""
     policy = os.environ.get(CODE_POLICY_ENV) or site_content.get("code_policy") or DEFAULT_CODE_POLICY
     if policy not in ("full", "restricted"):
-        raise ConfigError(f"code_policy must be 'full' or 'restricted', got '{policy}'", file=site_file or f"${CODE_POLICY_ENV}")
+        raise ConfigError(
+            f"code_policy must be 'full' or 'restricted', got '{policy}'", file=site_file or f"${CODE_POLICY_ENV}"
+        )
     return policy

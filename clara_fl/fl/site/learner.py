@@ -67,9 +67,23 @@ class ClaraLearner(Learner):
         self.overrides = dict(overrides or {})
         self.nproc_per_site = max(1, int(nproc_per_site))
         self.workflow: Any = None
-        self.rounds: RoundRunner | None = None
-        self.local_state: LocalState | None = None
+        self._rounds: RoundRunner | None = None
+        self._local_state: LocalState | None = None
         self._init_error: str | None = None
+
+    @property
+    def rounds(self) -> RoundRunner:
+        """The round runner (built by :meth:`initialize`)."""
+        if self._rounds is None:
+            raise RuntimeError("the Learner has no trainer: initialize() did not succeed")
+        return self._rounds
+
+    @property
+    def local_state(self) -> LocalState:
+        """The site's accepted state on disk (set up by :meth:`initialize`)."""
+        if self._local_state is None:
+            raise RuntimeError("the Learner has no trainer: initialize() did not succeed")
+        return self._local_state
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -81,10 +95,20 @@ class ClaraLearner(Learner):
 
         try:
             self.site = site_context(fl_ctx, self.train_config)
-            self.log_info(fl_ctx, f"building the trainer from {self.train_config} in {self.site.app_dir} (code policy: {self.site.code_policy})")
+            self.log_info(
+                fl_ctx,
+                f"building the trainer from {self.train_config} in {self.site.app_dir} "
+                f"(code policy: {self.site.code_policy})",
+            )
             if self.site.site_file:
                 self.log_info(fl_ctx, f"site values from {self.site.site_file}: {sorted(self.site.environment)}")
-            loaded = load_config(self.site.app_dir, self.train_config, self.environment, self.overrides, extra_environment=self.site.variables())
+            loaded = load_config(
+                self.site.app_dir,
+                self.train_config,
+                self.environment,
+                self.overrides,
+                extra_environment=self.site.variables(),
+            )
             self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.policy)
         except ConfigError as e:
             # One clear line in the site log; every task then fails with an error code (the job goes on
@@ -93,13 +117,15 @@ class ClaraLearner(Learner):
             self.log_error(fl_ctx, self._init_error)
             return
         self._disable_train_checkpoint_loaders(fl_ctx)
-        self.rounds = RoundRunner(self.workflow.trainer, self.workflow.evaluator)
+        self._rounds = RoundRunner(self.workflow.trainer, self.workflow.evaluator)
         writer = parts.get(self.analytic_sender_id)
         if writer is not None:
             MetricsStreamer(writer).attach(self.workflow.trainer, self.workflow.evaluator)
-        self.local_state = LocalState(self.workflow, os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE))
+        self._local_state = LocalState(self.workflow, os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE))
         if self.local_state.restore():
-            self.log_info(fl_ctx, f"resumed local state from {self.local_state.path} (epoch {self.workflow.trainer.state.epoch})")
+            self.log_info(
+                fl_ctx, f"resumed local state from {self.local_state.path} (epoch {self.workflow.trainer.state.epoch})"
+            )
         else:
             self.local_state.save()  # the point a refused first round rolls back to
 
@@ -191,7 +217,11 @@ class ClaraLearner(Learner):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         network = unwrap(self.workflow.network)
         self.local_state.wait()
-        keep = None if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE else {k: v.clone() for k, v in network.state_dict().items()}
+        keep = (
+            None
+            if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE
+            else {k: v.clone() for k, v in network.state_dict().items()}
+        )
         try:
             load_global_weights(network, weights)
             with self.rounds.abort_polling(lambda: abort_signal.triggered):
@@ -244,8 +274,8 @@ class ClaraLearner(Learner):
             self.workflow.trainer.terminate()  # stops after the current iteration
 
     def finalize(self, fl_ctx: FLContext) -> None:
-        if self.local_state is not None:
-            self.local_state.wait()
+        if self._local_state is not None:
+            self._local_state.wait()
         self.workflow = None
 
     # -- training rounds -------------------------------------------------------------------------
@@ -264,7 +294,9 @@ class ClaraLearner(Learner):
     def round_spec(self) -> RoundSpec:
         return RoundSpec(local_epochs=self.local_epochs, steps=self.steps_aggregation)
 
-    def _run_distributed_round(self, spec: RoundSpec, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext) -> int:
+    def _run_distributed_round(
+        self, spec: RoundSpec, global_weights: dict[str, Any], abort_signal: Signal, fl_ctx: FLContext
+    ) -> int:
         """Train the round in ``nproc_per_site`` DDP processes; returns the steps summed over ranks (0 when aborted).
 
         On abort the workers are stopped and the site's state stays at the last completed round.
@@ -296,8 +328,8 @@ class ClaraLearner(Learner):
         """Run the evaluator on whatever the network holds, without touching local model selection or logs."""
         from monai.handlers import CheckpointSaver, MetricsSaver, TensorBoardStatsHandler
 
-        from clara_fl.workflows.engine_hooks import handlers_muted
         from clara_fl.fl.site.streaming import MetricsStreamer
+        from clara_fl.workflows.engine_hooks import handlers_muted
         from clara_fl.workflows.evaluate import scalar_metrics
 
         evaluator = self.workflow.evaluator

@@ -73,4 +73,3 @@ class LocalState:
             save_atomic(state, self.path)
         except Exception as e:  # reported by wait(), on the learner's thread
             self._write_error = e
-

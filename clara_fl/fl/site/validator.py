@@ -34,7 +34,9 @@ def derive_cross_validation_config(mmar_root: str, validation_config: str, train
     if not isinstance(config, dict):
         raise ConfigError("a config must be a JSON object", file=validation_config)
     config["model"] = train_model_spec(mmar_root, train_config)
-    config["handlers"] = [h for h in config.get("handlers", []) if not (isinstance(h, dict) and h.get("name") == "CheckpointLoader")]
+    config["handlers"] = [
+        h for h in config.get("handlers", []) if not (isinstance(h, dict) and h.get("name") == "CheckpointLoader")
+    ]
     return config
 
 
@@ -69,7 +71,11 @@ class ClaraValidator(Executor):
         if dxo.data_kind != DataKind.WEIGHTS:
             self.log_error(fl_ctx, f"cross-site validation expects WEIGHTS, got {dxo.data_kind}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
-        owner = shareable.get_header(AppConstants.MODEL_OWNER) or dxo.get_meta_prop(AppConstants.MODEL_OWNER) or "unknown_model"
+        owner = (
+            shareable.get_header(AppConstants.MODEL_OWNER)
+            or dxo.get_meta_prop(AppConstants.MODEL_OWNER)
+            or "unknown_model"
+        )
         try:
             metrics = self._validate(owner, dxo.data, fl_ctx, abort_signal)
         except Exception as e:  # bad config or data at this site: one clear line, an error code, the job goes on
@@ -80,13 +86,15 @@ class ClaraValidator(Executor):
         self.log_info(fl_ctx, f"validated model '{owner}' on local data: {metrics}")
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
 
-    def _validate(self, owner: str, weights: dict[str, Any], fl_ctx: FLContext, abort_signal: Signal) -> dict[str, float]:
+    def _validate(
+        self, owner: str, weights: dict[str, Any], fl_ctx: FLContext, abort_signal: Signal
+    ) -> dict[str, float]:
         from ignite.engine import Events
 
         from clara_fl.config.mmar import load_config
-        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
         from clara_fl.fl.site.context import site_context
         from clara_fl.fl.site.weights import load_global_weights
+        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
         from clara_fl.workflows.evaluate import EvaluateWorkflow
 
         site = site_context(fl_ctx, self.train_config)
@@ -100,10 +108,18 @@ class ClaraValidator(Executor):
             config = derive_cross_validation_config(site.app_dir, self.fallback_validation_config, self.train_config)
         # Each model's per-case metrics go to their own folder: eval/cross_site_val/<model owner>/.
         safe_owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
-        overrides = {**self.overrides, "MMAR_EVAL_OUTPUT_PATH": os.path.join(site.app_dir, "eval", "cross_site_val", safe_owner)}
-        loaded = load_config(site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config)
+        overrides = {
+            **self.overrides,
+            "MMAR_EVAL_OUTPUT_PATH": os.path.join(site.app_dir, "eval", "cross_site_val", safe_owner),
+        }
+        loaded = load_config(
+            site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config
+        )
         workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
-        detach_checkpoint_loaders(workflow.evaluator, workflow.resolver.get("handlers", "") if "handlers" in workflow.resolver.sections[""] else [])
+        detach_checkpoint_loaders(
+            workflow.evaluator,
+            workflow.resolver.get("handlers", "") if "handlers" in workflow.resolver.sections[""] else [],
+        )
         load_global_weights(workflow.network, weights)
 
         def poll_abort(engine: Any) -> None:

@@ -40,7 +40,9 @@ def load_global_weights(network: torch.nn.Module, weights: Mapping[str, Any]) ->
     extra = len(set(weights) - set(state))
     missing = len(state) - len(assigned)
     if missing or extra:
-        logger.warning("global weights: %d loaded, %d missing (kept local), %d extra (ignored)", len(assigned), missing, extra)
+        logger.warning(
+            "global weights: %d loaded, %d missing (kept local), %d extra (ignored)", len(assigned), missing, extra
+        )
     model.load_state_dict(state)
     return len(assigned), missing, extra
 

@@ -1,10 +1,11 @@
 """One FL round of a site's training in N DDP processes (``torchrun -m clara_fl.fl.site.worker``).
 
 The site's Learner launches it when ``nproc_per_site`` > 1 through :func:`train_in_processes`
-and hands it a :class:`RoundRequest` (a JSON file): every rank builds the same TrainWorkflow as ``clara-fl train`` under torchrun, loads
-the site's training state and the global weights, trains the round through the same
-:class:`~clara_fl.workflows.round.RoundRunner` as the in-process Learner, and rank 0 writes the new
-state (weights included) and the step count summed over ranks for the Learner to send.
+and hands it a :class:`RoundRequest` (a JSON file): every rank builds the same TrainWorkflow as
+``clara-fl train`` under torchrun, loads the site's training state and the global weights, trains
+the round through the same :class:`~clara_fl.workflows.round.RoundRunner` as the in-process
+Learner, and rank 0 writes the new state (weights included) and the step count summed over ranks
+for the Learner to send.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class RoundRequest:
 
 
 def train_in_processes(
-    request: RoundRequest, global_weights: Mapping[str, Any], nproc: int, work_dir: str, should_abort: Callable[[], bool]
+    request: RoundRequest,
+    global_weights: Mapping[str, Any],
+    nproc: int,
+    work_dir: str,
+    should_abort: Callable[[], bool],
 ) -> int | None:
     """The Learner's side: run one round in ``nproc`` workers (``torchrun --standalone``) and wait for them.
 
@@ -118,7 +123,9 @@ def run_round(request: RoundRequest) -> None:
     from clara_fl.workflows.train import TrainWorkflow
 
     overrides = {**request.overrides, "multi_gpu": True}
-    loaded = load_config(request.mmar_root, request.train_config, request.environment, overrides, request.site_environment)
+    loaded = load_config(
+        request.mmar_root, request.train_config, request.environment, overrides, request.site_environment
+    )
     with build_once():  # one round per process
         workflow = TrainWorkflow.build(loaded, code_policy=CodePolicy(request.code_policy, tuple(request.data_roots)))
     for engine, section in ((workflow.trainer, "train"), (workflow.evaluator, "validate")):

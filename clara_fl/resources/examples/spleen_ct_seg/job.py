@@ -26,7 +26,10 @@ args = parser.parse_args()
 from clara_fl.config.variables import parse_set_args  # noqa: E402
 
 recipe = ClaraFedAvgRecipe(
-    args.mmar, num_rounds=args.num_rounds, local_epochs=args.local_epochs, min_clients=args.n_clients,
+    args.mmar,
+    num_rounds=args.num_rounds,
+    local_epochs=args.local_epochs,
+    min_clients=args.n_clients,
     overrides=parse_set_args(args.set),
 )
 run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.workspace))

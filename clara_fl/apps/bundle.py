@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from clara_fl.apps.common import add_set_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bundle", help="MONAI bundles from MMARs")
@@ -22,14 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--inference-config", help="inference config (default: config/config_inference.json if present)"
     )
     export.add_argument("-e", "--environment", default="config/environment.json", help="environment file")
-    export.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="variables to bake into the bundle, e.g. epochs=2",
-    )
+    add_set_argument(export, "variables to bake into the bundle, e.g. epochs=2")
     export.set_defaults(run=run)
 
 

@@ -137,6 +137,11 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
     return FlareJob(folder, meta, server_config)
 
 
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """Clara's ``--set NAME=VALUE ...``, repeatable; :func:`clara_fl.config.variables.parse_set_args` parses it."""
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="NAME=VALUE", help=help)
+
+
 def add_mmar_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
     parser.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
     parser.add_argument(
@@ -148,14 +153,7 @@ def add_mmar_arguments(parser: argparse.ArgumentParser, default_config: str) -> 
         default="config/environment.json",
         help="environment file (default: config/environment.json)",
     )
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override variables, e.g. epochs=2 amp=False",
-    )
+    add_set_argument(parser, "override variables, e.g. epochs=2 amp=False")
     parser.add_argument(
         "--safe",
         action="store_true",

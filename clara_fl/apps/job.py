@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from clara_fl.apps.common import positive_int, require_mmar
+from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
 from clara_fl.config.errors import ConfigError
 
 
@@ -24,14 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--nproc-per-site", type=positive_int, help="DDP processes each site trains with (sets multi_gpu=True)"
     )
-    create.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="values for the job's environment.json",
-    )
+    add_set_argument(create, "values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from clara_fl.apps.common import add_set_argument
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     site = subparsers.add_parser("site", help="set up a FLARE site (startup kit) for clara-fl jobs")
@@ -19,13 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     setup.add_argument(
         "site_dir", metavar="SITE_DIR", help="the site's startup kit folder (holding startup/ and local/)"
     )
-    setup.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="NAME=VALUE",
-        help="site values above the job's environment.json, e.g. DATA_ROOT=/data/spleen "
+    add_set_argument(
+        setup,
+        "site values above the job's environment.json, e.g. DATA_ROOT=/data/spleen "
         "'DATASET_JSON=/data/spleen/dataset_{SITE_NAME}.json'; merged with the values already set",
     )
     setup.add_argument(

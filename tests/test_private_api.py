@@ -60,9 +60,16 @@ def _flare_model_selector(_: Path) -> Any:
     return IntimeModelSelector()
 
 
+def _flare_job_config(_: Path) -> Any:
+    from nvflare.job_config.fed_job_config import FedJobConfig
+
+    return FedJobConfig  # a method: the class is enough
+
+
 # owner -> something that holds the attribute (an instance for attributes set in __init__)
 HOLDERS: dict[str, Callable[[Path], Any]] = {
     "ignite.engine.Engine": _ignite_engine,
+    "nvflare.job_config.fed_job_config.FedJobConfig": _flare_job_config,
     "monai.handlers.CheckpointSaver": _monai_checkpoint_saver,
     "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor": _flare_persistor,
     "nvflare.app_common.tracking.log_writer.LogWriter": _flare_log_writer,
@@ -110,3 +117,14 @@ def test_no_module_but_private_api_reaches_into_a_listed_attribute() -> None:
             if re.search(rf"[.\"']{re.escape(entry.attribute)}\b", text):
                 offenders.append(f"{relative}: {entry.attribute}")
     assert not offenders, f"use clara_fl.runtime.private_api instead: {offenders}"
+
+
+def test_fedjob_export_still_reads_the_hook_that_keeps_every_given_argument() -> None:
+    import inspect
+
+    from nvflare.job_config.fed_job_config import FedJobConfig
+
+    assert "_always_serialize_args" in inspect.getsource(FedJobConfig._get_args), (
+        "FLARE's FedJobConfig._get_args no longer reads _always_serialize_args: recipe-built jobs may lose "
+        "arguments equal to their defaults (clara_fl.runtime.private_api.export_every_given_arg)"
+    )

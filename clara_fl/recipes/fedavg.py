@@ -33,6 +33,7 @@ from clara_fl.recipes.app_configs import (
     merged_environment,
 )
 from clara_fl.recipes.clara_configs import read_fl_configs
+from clara_fl.runtime.private_api import export_every_given_arg
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
@@ -50,7 +51,7 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     """The object a FLARE config entry ``{"path": ..., "args": {...}}`` describes, set to export every given arg.
 
     FedJob writes an object's constructor arguments back from its attributes and leaves out values equal to
-    the defaults; ``_always_serialize_args`` (read by FedJob's exporter) keeps the ones the template states.
+    the defaults; :func:`~clara_fl.runtime.private_api.export_every_given_arg` keeps the ones the template states.
     """
     from nvflare.fuel.utils.class_utils import get_component_init_parameters
 
@@ -61,7 +62,7 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     lost = [k for k in args if k not in parameters or (k not in attributes and f"_{k}" not in attributes)]
     if lost:  # FedJob would export the job without them
         raise ConfigError(f"{spec['path']}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
-    obj._always_serialize_args = tuple(args)
+    export_every_given_arg(obj, tuple(args))
     return obj
 
 

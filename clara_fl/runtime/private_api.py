@@ -20,6 +20,7 @@ __all__ = [
     "analytics_sender",
     "controller_task_check_period",
     "set_task_check_period",
+    "export_every_given_arg",
 ]
 
 
@@ -37,6 +38,14 @@ class PrivateAttribute:
 
 
 PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
+    PrivateAttribute(
+        "nvflare",
+        "nvflare.job_config.fed_job_config.FedJobConfig",
+        "_get_args",
+        "FedJob's exporter writes a component's arguments back from its attributes and drops those equal to "
+        "the defaults; the recipe keeps every argument its template states through the _always_serialize_args "
+        "hook that this private method reads (set by export_every_given_arg).",
+    ),
     PrivateAttribute(
         "pytorch-ignite",
         "ignite.engine.Engine",
@@ -162,3 +171,9 @@ def set_task_check_period(communicator: Any, seconds: float) -> None:
 def controller_task_check_period(controller: Any) -> float:
     """FLARE ``Controller._task_check_period``: the polling period the job configured."""
     return controller._task_check_period
+
+
+def export_every_given_arg(component: Any, names: tuple[str, ...]) -> None:
+    """FLARE's ``_always_serialize_args`` hook, read by ``FedJobConfig._get_args``: FedJob exports these
+    constructor arguments even where they equal the defaults."""
+    component._always_serialize_args = tuple(names)

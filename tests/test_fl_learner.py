@@ -563,7 +563,6 @@ def test_submit_model_without_any_checkpoint_sends_the_network_weights(site: Sit
 
 
 def test_a_train_checkpoint_loader_never_overwrites_the_global_weights(site: Site) -> None:
-    from ignite.engine import Events
     from monai.handlers import CheckpointLoader
 
     overrides = {"dont_load_ckpt_model": False, "learning_rate": 0}
@@ -574,10 +573,10 @@ def test_a_train_checkpoint_loader_never_overwrites_the_global_weights(site: Sit
         site.app / "models" / "model.pt",
     )
     learner = site.learner(overrides=overrides, send_weight_diff=False)
-    trainer = learner.workflow.trainer
+    # the override enables the config's CheckpointLoader; the Learner switches it off before building, as MONAI's
+    # FL client does, so no loader exists to fire
     loaders = [h for h in learner.workflow.resolver.get("handlers", "train") if isinstance(h, CheckpointLoader)]
-    assert len(loaders) == 1, "the override enables the config's CheckpointLoader"
-    assert not trainer.has_event_handler(loaders[0], Events.STARTED)
+    assert loaders == []
 
     reply = learner.train(train_task(weights), site.ctx, Signal())
 

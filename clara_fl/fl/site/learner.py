@@ -11,6 +11,7 @@ real number of steps. Abort is polled after every iteration.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from clara_fl.config.errors import ConfigError, describe_failure
+from clara_fl.config.mmar import LoadedConfig
 from clara_fl.fl.site.local_state import LOCAL_STATE_FILE, LocalState
 from clara_fl.fl.site.worker import RoundRequest
 from clara_fl.workflows.round import RoundRunner, RoundSpec
@@ -109,6 +111,7 @@ class ClaraLearner(Learner):
                 self.overrides,
                 extra_environment=self.site.variables(),
             )
+            loaded = self._without_checkpoint_loaders(loaded, fl_ctx)
             self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.policy)
         except ConfigError as e:
             # One clear line in the site log; every task then fails with an error code (the job goes on
@@ -116,7 +119,6 @@ class ClaraLearner(Learner):
             self._init_error = f"cannot build this site's trainer: {e}"
             self.log_error(fl_ctx, self._init_error)
             return
-        self._disable_train_checkpoint_loaders(fl_ctx)
         self._rounds = RoundRunner(self.workflow.trainer, self.workflow.evaluator)
         writer = parts.get(self.analytic_sender_id)
         if writer is not None:
@@ -129,16 +131,15 @@ class ClaraLearner(Learner):
         else:
             self.local_state.save()  # the point a refused first round rolls back to
 
-    def _disable_train_checkpoint_loaders(self, fl_ctx: FLContext) -> None:
-        """A train-section CheckpointLoader would overwrite the global weights at every round start."""
-        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
+    def _without_checkpoint_loaders(self, loaded: LoadedConfig, fl_ctx: FLContext) -> LoadedConfig:
+        """A CheckpointLoader would overwrite the global weights at every round start: switched off in the
+        config before it is built, as MONAI's FL client does."""
+        from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
 
-        resolver = self.workflow.resolver
-        engines = [("train", self.workflow.trainer), ("validate", self.workflow.evaluator)]
-        for section, engine in engines:
-            if engine is not None and "handlers" in resolver.sections.get(section, {}):
-                for path in detach_checkpoint_loaders(engine, resolver.get("handlers", section)):
-                    self.log_info(fl_ctx, f"{section} CheckpointLoader ({path}) disabled: weights come from the server")
+        config, disabled = without_checkpoint_loaders(loaded.config, ("train", "validate"))
+        for path, load_path in disabled:
+            self.log_info(fl_ctx, f"{path} CheckpointLoader ({load_path}) disabled: weights come from the server")
+        return dataclasses.replace(loaded, config=config)
 
     # -- tasks -----------------------------------------------------------------------------------
 

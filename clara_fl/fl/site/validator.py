@@ -7,6 +7,7 @@ and with the newer CrossSiteEval (model owner in the DXO meta).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -91,10 +92,10 @@ class ClaraValidator(Executor):
     ) -> dict[str, float]:
         from ignite.engine import Events
 
+        from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
         from clara_fl.config.mmar import load_config
         from clara_fl.fl.site.context import site_context
         from clara_fl.fl.site.weights import load_global_weights
-        from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
         from clara_fl.workflows.evaluate import EvaluateWorkflow
 
         site = site_context(fl_ctx, self.train_config)
@@ -115,11 +116,9 @@ class ClaraValidator(Executor):
         loaded = load_config(
             site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config
         )
+        # the weights come from the server: a CheckpointLoader in the config would overwrite them
+        loaded = dataclasses.replace(loaded, config=without_checkpoint_loaders(loaded.config, ("",))[0])
         workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
-        detach_checkpoint_loaders(
-            workflow.evaluator,
-            workflow.resolver.get("handlers", "") if "handlers" in workflow.resolver.sections[""] else [],
-        )
         load_global_weights(workflow.network, weights)
 
         def poll_abort(engine: Any) -> None:

@@ -113,12 +113,12 @@ def run_round(request: RoundRequest) -> None:
     import torch
     import torch.distributed as dist
 
+    from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
     from clara_fl.config.mmar import load_config
     from clara_fl.config.restrictions import CodePolicy
     from clara_fl.fl.site.weights import load_global_weights
     from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
     from clara_fl.runtime.startup import build_once
-    from clara_fl.workflows.engine_hooks import detach_checkpoint_loaders
     from clara_fl.workflows.round import RoundRunner, RoundSpec
     from clara_fl.workflows.train import TrainWorkflow
 
@@ -127,10 +127,8 @@ def run_round(request: RoundRequest) -> None:
         request.mmar_root, request.train_config, request.environment, overrides, request.site_environment
     )
     with build_once():  # one round per process
+        loaded = dataclasses.replace(loaded, config=without_checkpoint_loaders(loaded.config, ("train", "validate"))[0])
         workflow = TrainWorkflow.build(loaded, code_policy=CodePolicy(request.code_policy, tuple(request.data_roots)))
-    for engine, section in ((workflow.trainer, "train"), (workflow.evaluator, "validate")):
-        if engine is not None and "handlers" in workflow.resolver.sections.get(section, {}):
-            detach_checkpoint_loaders(engine, workflow.resolver.get("handlers", section))
     rounds = RoundRunner(workflow.trainer, workflow.evaluator)
     workflow.load_training_state(request.state_path)
     load_global_weights(workflow.network, load_checkpoint(request.weights_path))

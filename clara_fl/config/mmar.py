@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clara_fl.config.clara40 import log_changes, translate_clara40
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.variables import Variables, config_globals
@@ -97,6 +98,9 @@ def read_config(
         raise
     if not isinstance(content, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(content).__name__}", file=config_path)
+    add_custom_to_path(mmar_root)  # before the translation, which looks up BYOC engine classes
+    content, changes = translate_clara40(content, display)  # a Clara 4.0 config, wired as 4.1 (docs/clara40.md)
+    log_changes(changes, display)
     environment: dict[str, Any] = {}
     env_path = None
     if environment_file:
@@ -108,7 +112,6 @@ def read_config(
     variables = Variables.collect(
         content, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
     )
-    add_custom_to_path(mmar_root)
     return RawConfig(content, variables, config_path, display, mmar_root)
 
 

@@ -1,0 +1,62 @@
+"""Telling a Clara 4.0 config (implicit wiring) from a Clara 4.1 one (explicit ``@`` references).
+
+The rule: a config is Clara 4.0 when it refers to no component anywhere (no ``"@name"`` value and no
+``@name`` inside a ``#`` expression or lambda) and has a ``trainer`` or ``evaluator`` component or a
+``metrics`` list. A 4.1 config cannot wire its trainer or evaluator without ``@`` references, so it is
+never taken for 4.0 and never rewritten.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["is_clara40", "sections_of"]
+
+_REFERENCE = re.compile(r"@[A-Za-z_]\w*")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _refers_to_components(config: Mapping[str, Any]) -> bool:
+    for text in _strings(config):
+        stripped = text.lstrip()
+        if stripped.startswith("@") or ((stripped.startswith("#") or stripped.startswith("lambda")) and _REFERENCE.search(text)):
+            return True
+    return False
+
+
+def sections_of(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{"train": ..., "validate": ...}`` of a train config, ``{"": config}`` of a flat one."""
+    if isinstance(config.get("train"), Mapping):
+        found = {"train": config["train"]}
+        if isinstance(config.get("validate"), Mapping):
+            found["validate"] = config["validate"]
+        return found
+    return {"": config}
+
+
+def _is_component(value: Any) -> bool:
+    return isinstance(value, Mapping) and ("name" in value or "path" in value)
+
+
+def is_clara40(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` is written in Clara 4.0's implicit style (see the module docstring for the rule)."""
+    if _refers_to_components(config):
+        return False
+    for section in sections_of(config).values():
+        if _is_component(section.get("trainer")) or _is_component(section.get("evaluator")):
+            return True
+        if isinstance(section.get("metrics"), list):
+            return True
+    return False

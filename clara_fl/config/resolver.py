@@ -74,9 +74,14 @@ def _is_component(value: Any) -> bool:
     return isinstance(value, dict) and ("name" in value or "path" in value)
 
 
+def _is_file_entry(value: Any) -> bool:
+    return isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+
+
 def _is_model_entry(value: Any) -> bool:
+    """A ts_path/ckpt_path entry, or a list of them that may also hold network definitions (Clara 4.0)."""
     entries = value if isinstance(value, list) else [value]
-    return bool(entries) and all(isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and e.keys() & {"ts_path", "ckpt_path"} for e in entries)
+    return any(_is_file_entry(e) for e in entries) and all(_is_file_entry(e) or _is_component(e) for e in entries)
 
 
 class ConfigResolver:
@@ -397,6 +402,9 @@ class ConfigResolver:
             entry_path = json_path(path, index) if isinstance(value, list) else path
             if self._disabled(entry, entry_path):
                 continue
+            if _is_component(entry):  # a network definition; its weights come from a CheckpointLoader handler
+                built = self._resolve(entry, entry_path, "")
+                return built if self.dry_run else self.context.runtime.place("model", built, self.context)
             kind = "ts_path" if "ts_path" in entry else "ckpt_path"
             file = str(entry[kind])
             if not os.path.isabs(file) and self.context.mmar_root:

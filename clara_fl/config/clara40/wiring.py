@@ -46,6 +46,7 @@ HANDLER_TARGETS: dict[str, tuple[str, str]] = {
     "SmartCacheHandler": ("smartcacher", "dataset"),
 }
 CHECKPOINT_DICTS = ("save_dict", "load_dict")
+ENGINE_DATA_LAMBDAS = ("output_transform", "batch_transform")
 _CONF_NAMES = frozenset({"train_conf", "conf"})
 
 
@@ -90,13 +91,16 @@ def _one_component(spec: dict[str, Any], path: str, changes: list[Change]) -> No
 
 
 def _rewrite_output_transforms(spec: dict[str, Any], path: str, changes: list[Change]) -> None:
+    """Engines decollate both ``state.output`` and ``state.batch`` since MONAI 0.6: both lambdas are rewritten."""
     args = spec.get("args")
-    code = args.get("output_transform") if isinstance(args, dict) else None
-    if isinstance(code, str):
-        rewritten = rewrite_batched_lambda(code)
+    if not isinstance(args, dict):
+        return
+    for arg in ENGINE_DATA_LAMBDAS:
+        code = args.get(arg)
+        rewritten = rewrite_batched_lambda(code) if isinstance(code, str) else None
         if rewritten is not None:
-            args["output_transform"] = rewritten
-            changes.append(Change(json_path(path, "args", "output_transform"), f"{code!r} -> {rewritten!r} (batched output)"))
+            args[arg] = rewritten
+            changes.append(Change(json_path(path, "args", arg), f"{code!r} -> {rewritten!r} (batched engine data)"))
 
 
 def _components(section: dict[str, Any], prefix: str) -> list[tuple[dict[str, Any], str]]:

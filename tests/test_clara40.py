@@ -279,3 +279,190 @@ def _restricted_context(mmar: Path, data_root: Path):
     context.evaluator = evaluator_for("restricted")
     context.restrictions = Restrictions(str(mmar), [str(data_root)], context.runtime.search_modules)
     return context
+
+
+# -- what MONAI renamed or removed ------------------------------------------------------------------
+
+
+def _flat_validation(**items: object) -> dict:
+    """A minimal Clara 4.1 validation config (explicit references) with ``items`` added."""
+    config = {
+        "pre_transforms": [{"name": "LoadImaged", "args": {"keys": "image"}}],
+        "handlers": [],
+        "evaluator": {"name": "SupervisedEvaluator", "args": {"val_data_loader": "@dataloader", "network": "@model"}},
+    }
+    config.update(items)
+    return config
+
+
+def test_transform_inverter_handler_becomes_invertd_in_post_transforms() -> None:
+    from clara_fl.config.legacy import translate_legacy
+
+    inverter = {"name": "TransformInverter", "args": {"transform": "@pre_transforms", "loader": "@dataloader", "output_keys": "pred", "batch_keys": "image", "nearest_interp": False}}
+
+    translated, changes = translate_legacy(_flat_validation(handlers=[inverter]))
+
+    assert translated["handlers"] == []
+    assert translated["post_transforms"] == [
+        {"name": "Invertd", "args": {"keys": "pred", "orig_keys": "image", "transform": "@pre_transforms", "nearest_interp": False}}
+    ]
+    assert translated["evaluator"]["args"]["postprocessing"] == "@post_transforms"
+    assert any(c.path == "handlers[0]" and "Invertd at post_transforms[0]" in c.what for c in changes)
+
+
+def test_monai06_inverter_postfix_keeps_the_original_beside_the_inverse() -> None:
+    from clara_fl.config.legacy import translate_legacy
+
+    inverter = {"name": "TransformInverter", "args": {"transform": "@pre_transforms", "output_keys": ["pred"], "postfix": "inverted"}}
+
+    translated, _ = translate_legacy(_flat_validation(handlers=[inverter], post_transforms=[{"name": "Activationsd", "args": {"keys": "pred"}}]))
+
+    copy_items, invert = translated["post_transforms"][1:]
+    assert copy_items == {"name": "CopyItemsd", "args": {"keys": ["pred"], "times": 1, "names": ["pred_inverted"]}}
+    assert invert["args"]["keys"] == ["pred_inverted"]
+
+
+def test_segmentation_saver_handler_becomes_save_imaged() -> None:
+    from clara_fl.config.legacy import translate_legacy
+
+    saver = {
+        "name": "SegmentationSaver",
+        "disabled": "{dont_save_segmentation}",
+        "args": {"output_dir": "eval", "output_postfix": "seg", "batch_transform": "lambda x: x['image_meta_dict']", "output_transform": "lambda x: x['pred']"},
+    }
+
+    translated, _ = translate_legacy(_flat_validation(handlers=[saver]))
+
+    assert translated["post_transforms"] == [
+        {"name": "SaveImaged", "args": {"keys": "pred", "output_dir": "eval", "output_postfix": "seg"}, "disabled": "{dont_save_segmentation}"}
+    ]
+
+
+def test_torchvision_fully_conv_model_maps_to_torchvision_fc_model_arguments() -> None:
+    from monai.networks.nets import TorchVisionFCModel
+
+    from clara_fl.config.compat import LEGACY_NAMES, translate_args
+
+    args = translate_args("TorchVisionFullyConvModel", TorchVisionFCModel, {"model_name": "resnet18", "n_classes": 1, "pool_size": [7, 7]})
+
+    assert LEGACY_NAMES["TorchVisionFullyConvModel"].replacement == "TorchVisionFCModel"
+    assert LEGACY_NAMES["TorchVisionFullyConvModel"].defaults == {"use_conv": True}
+    assert args == {"model_name": "resnet18", "num_classes": 1, "pool": ["avg", {"kernel_size": [7, 7], "stride": 1}]}
+
+
+def test_persistent_dataset_without_cache_dir_gets_no_cache_as_before() -> None:
+    from monai.data import PersistentDataset
+
+    from clara_fl.config.compat import translate_args
+
+    assert translate_args("PersistentDataset", PersistentDataset, {"transform": None}) == {"transform": None, "cache_dir": None}
+
+
+def test_deepgrow_batched_argument_is_dropped() -> None:
+    from monai.apps.deepgrow.transforms import AddRandomGuidanced
+
+    from clara_fl.config.compat import translate_args
+
+    args = translate_args("AddRandomGuidanced", AddRandomGuidanced, {"guidance": "guidance", "discrepancy": "discrepancy", "probability": "probability", "batched": True})
+
+    assert "batched" not in args
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("#monai.transforms.AsDiscrete(threshold_values=True)", "#monai.transforms.AsDiscrete(threshold=0.5)"),
+        ("#monai.transforms.AsDiscrete(threshold_values=True, logit_thresh=0.3)", "#monai.transforms.AsDiscrete(threshold=0.3)"),
+        ("#monai.transforms.AsDiscrete(threshold_values=True, to_onehot=None)", "#monai.transforms.AsDiscrete(threshold=0.5, to_onehot=None)"),
+    ],
+)
+def test_threshold_values_inside_expressions_becomes_threshold(code: str, expected: str) -> None:
+    from clara_fl.config.compat import translate_expression
+
+    assert translate_expression(code) == expected
+
+
+def test_a_class_whose_package_is_missing_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    from clara_fl.cli import main
+
+    mmar = tmp_path / "dp"
+    shutil.copytree(REFERENCE / "DomainExamples" / "DigitalPathology" / "MMAR_DP" / "config", mmar / "config")
+    shutil.copy(CLARA40_MMAR / "config" / "environment.json", mmar / "config")
+    if _installed("torchvision"):
+        pytest.skip("torchvision is installed here; the slide reader is checked instead by the next test")
+
+    code, err = _run_cli(main, ["train", "-m", str(mmar)])
+
+    assert code == 2
+    assert err.strip().endswith("train.model: TorchVisionFCModel needs the package torchvision, which is not installed here")
+    assert sorted(p.name for p in mmar.iterdir()) == ["config"]
+
+
+def test_a_whole_slide_reader_that_is_not_installed_is_named() -> None:
+    from clara_fl.config.compat import missing_requirement
+
+    if _installed("cucim"):
+        pytest.skip("cucim is installed here")
+
+    error = missing_requirement("PatchWSIDataset", {"image_reader_name": "cuCIM"})
+
+    assert error is not None and "cucim" in str(error)
+
+
+def test_automl_search_annotations_are_ignored_outside_automl(caplog: pytest.LogCaptureFixture) -> None:
+    from clara_fl.config.legacy import translate_legacy
+
+    caplog.set_level(logging.INFO, logger="clara_fl.config.automl")
+    model = {"name": "UNet", "args": {}, "search": [{"args": ["channels"], "domain": "net", "type": "enum", "targets": [[[4, 8]]]}]}
+
+    translated, _ = translate_legacy(train_config(model=model), "automl_search.json")
+
+    assert "search" not in translated["train"]["model"]
+    assert [r.getMessage() for r in caplog.records] == ["automl_search.json: AutoML 'search' annotations ignored outside AutoML (train.model.search)"]
+
+
+def test_automl_apply_alternatives_are_a_clear_error() -> None:
+    from clara_fl.config.legacy import translate_legacy
+
+    loss = {"name": "DiceLoss", "apply": ["DiceLoss", "FocalLoss"]}
+
+    with pytest.raises(ConfigError) as info:
+        translate_legacy(train_config(loss=loss), "config/config_train.json")
+
+    assert str(info.value).startswith("config/config_train.json: train.loss.apply: 'apply' (a choice between alternative components) is an AutoML-only")
+
+
+def test_variables_inside_a_disabled_component_are_not_required() -> None:
+    from clara_fl.config.variables import Variables
+
+    variables = Variables({"dont_save": True})
+    config = {"handlers": [{"name": "SegmentationSaver", "disabled": "{dont_save}", "args": {"output_dir": "{UNDEFINED_DIR}"}}]}
+
+    substituted = variables.substitute(config)
+
+    assert substituted["handlers"][0]["disabled"] is True
+
+
+def test_variables_inside_an_enabled_component_are_still_required() -> None:
+    from clara_fl.config.variables import Variables
+
+    config = {"handlers": [{"name": "StatsHandler", "disabled": False, "args": {"tag_name": "{UNDEFINED}"}}]}
+
+    with pytest.raises(ConfigError, match="undefined variable '{UNDEFINED}'"):
+        Variables({}).substitute(config)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _run_cli(main, argv: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()

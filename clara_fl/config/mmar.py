@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clara_fl.config.clara40 import log_changes, translate_clara40
+from clara_fl.config.clara40.changes import log_changes
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.config.legacy import translate_legacy
 from clara_fl.config.variables import Variables, config_globals
 
 __all__ = ["LoadedConfig", "RawConfig", "load_config", "read_config", "resolve_in_mmar"]
@@ -99,8 +100,8 @@ def read_config(
     if not isinstance(content, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(content).__name__}", file=config_path)
     add_custom_to_path(mmar_root)  # before the translation, which looks up BYOC engine classes
-    content, changes = translate_clara40(content, display)  # a Clara 4.0 config, wired as 4.1 (docs/clara40.md)
-    log_changes(changes, display)
+    content, changes = translate_legacy(content, display)  # Clara 4.0 wiring, removed handlers (docs/clara40.md)
+    log_changes([c for c in changes if "AutoML" not in c.what], display)
     environment: dict[str, Any] = {}
     env_path = None
     if environment_file:

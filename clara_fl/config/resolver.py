@@ -294,6 +294,9 @@ class ConfigResolver:
         raw_args = spec.get("args", {})
         if not isinstance(raw_args, dict):
             raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
+        missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
+        if missing:
+            raise missing.located(self.file, path)
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         args = {k: self._resolve(v, json_path(path, "args", k), section) for k, v in args.items()}
         if self.context.restrictions is not None:

@@ -16,7 +16,8 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "LEGACY_NAMES", "REMOVED_NAMES", "translate_args", "translate_expression", "from_engine", "missing_requirement",
+    "LEGACY_NAMES", "REMOVED_NAMES", "translate_args", "translate_expression", "translate_threshold_values",
+    "from_engine", "missing_requirement",
 ]
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,11 @@ def translate_expression(code: str) -> str:
     MetaTensors) and AsDiscrete's ``threshold_values=True, logit_thresh=t`` (now ``threshold=t``)."""
     if "from_engine" in code and _META_DICT_KEY.search(code):
         code = re.sub(r"(?:monai\.handlers\.)?from_engine\(", "_clara_from_engine(", code)
+    return translate_threshold_values(code)
+
+
+def translate_threshold_values(code: str) -> str:
+    """AsDiscrete's ``threshold_values=True, logit_thresh=t`` (MONAI < 0.8) as ``threshold=t`` in a code string."""
     if "threshold_values" in code:
         code = _THRESHOLD_VALUES.sub(_threshold, code)
         code = _DROPPED_THRESHOLD_ARGS.sub("", code)

@@ -466,3 +466,12 @@ def _run_cli(main, argv: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(err):
         code = main(argv)
     return code, err.getvalue()
+
+
+def test_a_config_mixing_40_constructs_with_references_is_read_as_41_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    config = train_config(metrics=[{"name": "Accuracy"}], optimizer={"name": "Adam", "args": {"params": "#@model.parameters()"}})
+
+    translated, changes = translate_clara40(config, "mixed.json")
+
+    assert translated == config and changes == []
+    assert "mixed.json: train.metrics, train.trainer, validate.evaluator look like Clara 4.0" in caplog.text

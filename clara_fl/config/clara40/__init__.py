@@ -9,15 +9,19 @@ for every construct and what it becomes.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.clara40.changes import Change, log_changes
-from clara_fl.config.clara40.detect import is_clara40, sections_of
+from clara_fl.config.clara40.detect import clara40_markers, is_clara40, sections_of
 from clara_fl.config.clara40.wiring import wire_section
 from clara_fl.config.errors import ConfigError
 
 __all__ = ["Change", "is_clara40", "translate_clara40", "log_changes"]
+
+logger = logging.getLogger(__name__)
+_warned: set[str | None] = set()
 
 
 def _locate(spec: Mapping[str, Any]) -> Any:
@@ -45,6 +49,13 @@ def translate_clara40(config: Mapping[str, Any], file: str | None = None) -> tup
         ConfigError: a 4.0 construct in a shape Clara 4.0 did not accept either.
     """
     if not is_clara40(config):
+        markers = clara40_markers(config)
+        if markers and file not in _warned:
+            _warned.add(file)
+            logger.warning(
+                "%s: %s look like Clara 4.0 implicit wiring, but the config uses @ references, so it is read as "
+                "Clara 4.1 and nothing is wired implicitly (docs/clara40.md)", file or "config", ", ".join(markers)
+            )
         return dict(config), []
     translated = copy.deepcopy(dict(config))
     sections = sections_of(translated)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["is_clara40", "sections_of"]
+__all__ = ["is_clara40", "clara40_markers", "sections_of"]
 
 _REFERENCE = re.compile(r"@[A-Za-z_]\w*")
 
@@ -48,6 +48,20 @@ def sections_of(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 def _is_component(value: Any) -> bool:
     return isinstance(value, Mapping) and ("name" in value or "path" in value)
+
+
+def clara40_markers(config: Mapping[str, Any]) -> list[str]:
+    """JSON paths of constructs only Clara 4.0 wrote: a ``metrics`` list, an engine given none of its components."""
+    found = []
+    for prefix, section in sections_of(config).items():
+        if isinstance(section.get("metrics"), list):
+            found.append(f"{prefix}.metrics" if prefix else "metrics")
+        for key, network_arg in (("trainer", "network"), ("evaluator", "network")):
+            engine = section.get(key)
+            args = engine.get("args") if _is_component(engine) else None
+            if _is_component(engine) and not (isinstance(args, Mapping) and network_arg in args):
+                found.append(f"{prefix}.{key}" if prefix else key)
+    return found
 
 
 def is_clara40(config: Mapping[str, Any]) -> bool:

@@ -102,6 +102,8 @@ class ConfigResolver:
         self.sections = self._find_sections(config, variable_names)
         self._cache: dict[str, Any] = {}
         self._building: list[str] = []
+        # id(built object) -> (JSON path, class name): run-time failures name the config item (workflows/failures.py)
+        self.component_paths: dict[int, tuple[str, str]] = {}
 
     # -- sections and references -------------------------------------------------------------
 
@@ -175,7 +177,9 @@ class ConfigResolver:
         if name in TRANSFORM_LISTS and isinstance(built, list) and not self.dry_run:
             from monai.transforms import Compose
 
-            return Compose(built)
+            composed = Compose(built)
+            self.component_paths[id(composed)] = (path, "Compose")
+            return composed
         if not self.dry_run:
             built = self.context.runtime.place(name, built, self.context)
         return built
@@ -315,7 +319,9 @@ class ConfigResolver:
         if self.dry_run:
             return _Planned(target, path)
         try:
-            return target(**args)
+            built = target(**args)
+            self.component_paths[id(built)] = (path, name)
+            return built
         except ConfigError:
             raise
         except Exception as e:

@@ -12,6 +12,7 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import as_bool, config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
+from clara_fl.workflows import failures
 from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["build_components", "check_config", "require"]
@@ -48,6 +49,7 @@ def build_components(
     check_config(loaded, context)
     resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
     resolver.build_all()
+    failures.register(resolver)  # a component failing while running is named by its config path
     _log_network_summary(resolver)
     return resolver, context
 

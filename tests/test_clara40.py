@@ -23,7 +23,10 @@ def train_config(**train: object) -> dict:
         "epochs": 1,
         "amp": False,
         "train": {
-            "model": {"name": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}},
+            "model": {
+                "name": "UNet",
+                "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]},
+            },
             "loss": {"name": "DiceLoss"},
             "optimizer": {"name": "Adam", "args": {"lr": 0.001}},
             "lr_scheduler": {"name": "StepLR", "args": {"step_size": 1}},
@@ -96,7 +99,11 @@ def test_trainer_gets_every_component_of_its_section() -> None:
 def test_evaluator_uses_the_train_model_and_only_components_its_section_has() -> None:
     translated, _ = translate_clara40(train_config())
 
-    assert translated["validate"]["evaluator"]["args"] == {"val_data_loader": "@dataloader", "network": "@model", "amp": "{amp}"}
+    assert translated["validate"]["evaluator"]["args"] == {
+        "val_data_loader": "@dataloader",
+        "network": "@model",
+        "amp": "{amp}",
+    }
 
 
 def test_an_argument_the_config_gives_is_kept() -> None:
@@ -145,7 +152,9 @@ def test_without_is_key_metric_the_first_metric_is_the_key_metric() -> None:
 
 def test_is_key_metric_that_is_not_a_boolean_is_a_one_line_error_with_its_path() -> None:
     with pytest.raises(ConfigError) as info:
-        translate_clara40(train_config(metrics=[{"name": "Accuracy", "is_key_metric": "maybe"}]), "config/config_train.json")
+        translate_clara40(
+            train_config(metrics=[{"name": "Accuracy", "is_key_metric": "maybe"}]), "config/config_train.json"
+        )
 
     assert str(info.value).startswith("config/config_train.json: train.metrics[0].is_key_metric: ")
 
@@ -230,7 +239,9 @@ def clara40_mmar(tmp_path: Path, synthetic_data) -> Path:
     return copy_mmar(CLARA40_MMAR, tmp_path / "clara40", synthetic_data.root)
 
 
-def test_each_translation_is_logged_once_with_its_json_path(clara40_mmar: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_each_translation_is_logged_once_with_its_json_path(
+    clara40_mmar: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from clara_fl.config.mmar import load_config
 
     caplog.set_level(logging.INFO, logger="clara_fl.config.clara40")
@@ -238,7 +249,9 @@ def test_each_translation_is_logged_once_with_its_json_path(clara40_mmar: Path, 
     load_config(clara40_mmar, "config/config_train.json")
 
     lines = [r.getMessage() for r in caplog.records if "train.optimizer.args.params" in r.getMessage()]
-    assert lines == ["config/config_train.json: train.optimizer.args.params: added '#@model.parameters()' (implicit in Clara 4.0)"]
+    assert lines == [
+        "config/config_train.json: train.optimizer.args.params: added '#@model.parameters()' (implicit in Clara 4.0)"
+    ]
 
 
 def test_a_clara40_mmar_trains_and_validates_its_checkpoint(clara40_mmar: Path) -> None:
@@ -298,13 +311,25 @@ def _flat_validation(**items: object) -> dict:
 def test_transform_inverter_handler_becomes_invertd_in_post_transforms() -> None:
     from clara_fl.config.legacy import translate_legacy
 
-    inverter = {"name": "TransformInverter", "args": {"transform": "@pre_transforms", "loader": "@dataloader", "output_keys": "pred", "batch_keys": "image", "nearest_interp": False}}
+    inverter = {
+        "name": "TransformInverter",
+        "args": {
+            "transform": "@pre_transforms",
+            "loader": "@dataloader",
+            "output_keys": "pred",
+            "batch_keys": "image",
+            "nearest_interp": False,
+        },
+    }
 
     translated, changes = translate_legacy(_flat_validation(handlers=[inverter]))
 
     assert translated["handlers"] == []
     assert translated["post_transforms"] == [
-        {"name": "Invertd", "args": {"keys": "pred", "orig_keys": "image", "transform": "@pre_transforms", "nearest_interp": False}}
+        {
+            "name": "Invertd",
+            "args": {"keys": "pred", "orig_keys": "image", "transform": "@pre_transforms", "nearest_interp": False},
+        }
     ]
     assert translated["evaluator"]["args"]["postprocessing"] == "@post_transforms"
     assert any(c.path == "handlers[0]" and "Invertd at post_transforms[0]" in c.what for c in changes)
@@ -313,9 +338,14 @@ def test_transform_inverter_handler_becomes_invertd_in_post_transforms() -> None
 def test_monai06_inverter_postfix_keeps_the_original_beside_the_inverse() -> None:
     from clara_fl.config.legacy import translate_legacy
 
-    inverter = {"name": "TransformInverter", "args": {"transform": "@pre_transforms", "output_keys": ["pred"], "postfix": "inverted"}}
+    inverter = {
+        "name": "TransformInverter",
+        "args": {"transform": "@pre_transforms", "output_keys": ["pred"], "postfix": "inverted"},
+    }
 
-    translated, _ = translate_legacy(_flat_validation(handlers=[inverter], post_transforms=[{"name": "Activationsd", "args": {"keys": "pred"}}]))
+    translated, _ = translate_legacy(
+        _flat_validation(handlers=[inverter], post_transforms=[{"name": "Activationsd", "args": {"keys": "pred"}}])
+    )
 
     copy_items, invert = translated["post_transforms"][1:]
     assert copy_items == {"name": "CopyItemsd", "args": {"keys": ["pred"], "times": 1, "names": ["pred_inverted"]}}
@@ -328,13 +358,22 @@ def test_segmentation_saver_handler_becomes_save_imaged() -> None:
     saver = {
         "name": "SegmentationSaver",
         "disabled": "{dont_save_segmentation}",
-        "args": {"output_dir": "eval", "output_postfix": "seg", "batch_transform": "lambda x: x['image_meta_dict']", "output_transform": "lambda x: x['pred']"},
+        "args": {
+            "output_dir": "eval",
+            "output_postfix": "seg",
+            "batch_transform": "lambda x: x['image_meta_dict']",
+            "output_transform": "lambda x: x['pred']",
+        },
     }
 
     translated, _ = translate_legacy(_flat_validation(handlers=[saver]))
 
     assert translated["post_transforms"] == [
-        {"name": "SaveImaged", "args": {"keys": "pred", "output_dir": "eval", "output_postfix": "seg"}, "disabled": "{dont_save_segmentation}"}
+        {
+            "name": "SaveImaged",
+            "args": {"keys": "pred", "output_dir": "eval", "output_postfix": "seg"},
+            "disabled": "{dont_save_segmentation}",
+        }
     ]
 
 
@@ -343,7 +382,9 @@ def test_torchvision_fully_conv_model_maps_to_torchvision_fc_model_arguments() -
 
     from clara_fl.config.compat import LEGACY_NAMES, translate_args
 
-    args = translate_args("TorchVisionFullyConvModel", TorchVisionFCModel, {"model_name": "resnet18", "n_classes": 1, "pool_size": [7, 7]})
+    args = translate_args(
+        "TorchVisionFullyConvModel", TorchVisionFCModel, {"model_name": "resnet18", "n_classes": 1, "pool_size": [7, 7]}
+    )
 
     assert LEGACY_NAMES["TorchVisionFullyConvModel"].replacement == "TorchVisionFCModel"
     assert LEGACY_NAMES["TorchVisionFullyConvModel"].defaults == {"use_conv": True}
@@ -355,7 +396,10 @@ def test_persistent_dataset_without_cache_dir_gets_no_cache_as_before() -> None:
 
     from clara_fl.config.compat import translate_args
 
-    assert translate_args("PersistentDataset", PersistentDataset, {"transform": None}) == {"transform": None, "cache_dir": None}
+    assert translate_args("PersistentDataset", PersistentDataset, {"transform": None}) == {
+        "transform": None,
+        "cache_dir": None,
+    }
 
 
 def test_deepgrow_batched_argument_is_dropped() -> None:
@@ -363,7 +407,11 @@ def test_deepgrow_batched_argument_is_dropped() -> None:
 
     from clara_fl.config.compat import translate_args
 
-    args = translate_args("AddRandomGuidanced", AddRandomGuidanced, {"guidance": "guidance", "discrepancy": "discrepancy", "probability": "probability", "batched": True})
+    args = translate_args(
+        "AddRandomGuidanced",
+        AddRandomGuidanced,
+        {"guidance": "guidance", "discrepancy": "discrepancy", "probability": "probability", "batched": True},
+    )
 
     assert "batched" not in args
 
@@ -372,8 +420,14 @@ def test_deepgrow_batched_argument_is_dropped() -> None:
     ("code", "expected"),
     [
         ("#monai.transforms.AsDiscrete(threshold_values=True)", "#monai.transforms.AsDiscrete(threshold=0.5)"),
-        ("#monai.transforms.AsDiscrete(threshold_values=True, logit_thresh=0.3)", "#monai.transforms.AsDiscrete(threshold=0.3)"),
-        ("#monai.transforms.AsDiscrete(threshold_values=True, to_onehot=None)", "#monai.transforms.AsDiscrete(threshold=0.5, to_onehot=None)"),
+        (
+            "#monai.transforms.AsDiscrete(threshold_values=True, logit_thresh=0.3)",
+            "#monai.transforms.AsDiscrete(threshold=0.3)",
+        ),
+        (
+            "#monai.transforms.AsDiscrete(threshold_values=True, to_onehot=None)",
+            "#monai.transforms.AsDiscrete(threshold=0.5, to_onehot=None)",
+        ),
     ],
 )
 def test_threshold_values_inside_expressions_becomes_threshold(code: str, expected: str) -> None:
@@ -394,7 +448,9 @@ def test_a_class_whose_package_is_missing_is_a_one_line_error_naming_it(tmp_path
     code, err = _run_cli(main, ["train", "-m", str(mmar)])
 
     assert code == 2
-    assert err.strip().endswith("train.model: TorchVisionFCModel needs the package torchvision, which is not installed here")
+    assert err.strip().endswith(
+        "train.model: TorchVisionFCModel needs the package torchvision, which is not installed here"
+    )
     assert sorted(p.name for p in mmar.iterdir()) == ["config"]
 
 
@@ -413,12 +469,18 @@ def test_automl_search_annotations_are_ignored_outside_automl(caplog: pytest.Log
     from clara_fl.config.legacy import translate_legacy
 
     caplog.set_level(logging.INFO, logger="clara_fl.config.automl")
-    model = {"name": "UNet", "args": {}, "search": [{"args": ["channels"], "domain": "net", "type": "enum", "targets": [[[4, 8]]]}]}
+    model = {
+        "name": "UNet",
+        "args": {},
+        "search": [{"args": ["channels"], "domain": "net", "type": "enum", "targets": [[[4, 8]]]}],
+    }
 
     translated, _ = translate_legacy(train_config(model=model), "automl_search.json")
 
     assert "search" not in translated["train"]["model"]
-    assert [r.getMessage() for r in caplog.records] == ["automl_search.json: AutoML 'search' annotations ignored outside AutoML (train.model.search)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "automl_search.json: AutoML 'search' annotations ignored outside AutoML (train.model.search)"
+    ]
 
 
 def test_automl_apply_alternatives_are_a_clear_error() -> None:
@@ -429,14 +491,21 @@ def test_automl_apply_alternatives_are_a_clear_error() -> None:
     with pytest.raises(ConfigError) as info:
         translate_legacy(train_config(loss=loss), "config/config_train.json")
 
-    assert str(info.value).startswith("config/config_train.json: train.loss.apply: 'apply' (a choice between alternative components) is an AutoML-only")
+    assert str(info.value).startswith(
+        "config/config_train.json: train.loss.apply: 'apply' (a choice between alternative components) "
+        "is an AutoML-only"
+    )
 
 
 def test_variables_inside_a_disabled_component_are_not_required() -> None:
     from clara_fl.config.variables import Variables
 
     variables = Variables({"dont_save": True})
-    config = {"handlers": [{"name": "SegmentationSaver", "disabled": "{dont_save}", "args": {"output_dir": "{UNDEFINED_DIR}"}}]}
+    config = {
+        "handlers": [
+            {"name": "SegmentationSaver", "disabled": "{dont_save}", "args": {"output_dir": "{UNDEFINED_DIR}"}}
+        ]
+    }
 
     substituted = variables.substitute(config)
 
@@ -468,8 +537,12 @@ def _run_cli(main, argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def test_a_config_mixing_40_constructs_with_references_is_read_as_41_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    config = train_config(metrics=[{"name": "Accuracy"}], optimizer={"name": "Adam", "args": {"params": "#@model.parameters()"}})
+def test_a_config_mixing_40_constructs_with_references_is_read_as_41_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = train_config(
+        metrics=[{"name": "Accuracy"}], optimizer={"name": "Adam", "args": {"params": "#@model.parameters()"}}
+    )
 
     translated, changes = translate_clara40(config, "mixed.json")
 

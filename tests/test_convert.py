@@ -39,7 +39,9 @@ def test_convert_writes_explicit_clara41_configs_on_todays_names(clara40_mmar: P
         assert "lambda x: x[" not in json.dumps(converted)
 
 
-def test_convert_prints_every_change_with_its_json_path(clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_convert_prints_every_change_with_its_json_path(
+    clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     main(["convert", "-m", str(clara40_mmar), "-o", str(tmp_path / "out")])
 
     out = capsys.readouterr().out
@@ -57,7 +59,9 @@ def test_convert_leaves_the_original_mmar_unchanged(clara40_mmar: Path, tmp_path
     assert (clara40_mmar / "config" / "config_train.json").read_text() == before
 
 
-def test_convert_refuses_an_existing_output_folder_and_writes_nothing(clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_convert_refuses_an_existing_output_folder_and_writes_nothing(
+    clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
 
@@ -67,7 +71,9 @@ def test_convert_refuses_an_existing_output_folder_and_writes_nothing(clara40_mm
     assert list(out.iterdir()) == []
 
 
-def test_an_untranslatable_config_fails_before_anything_is_written(clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_untranslatable_config_fails_before_anything_is_written(
+    clara40_mmar: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config_file = clara40_mmar / "config" / "config_train.json"
     config = json.loads(config_file.read_text())
     config["train"]["loss"]["apply"] = ["DiceLoss", "FocalLoss"]

@@ -14,7 +14,7 @@ from clara_fl.config.errors import describe_failure
 from tests.conftest import copy_mmar
 
 CLARA40_MMAR = Path(__file__).parent / "clara40_mmar"
-FAILING_TRANSFORM = '''
+FAILING_TRANSFORM = """
 class FailOnCase:
     def __init__(self, keys, case):
         self.keys, self.case = keys, case
@@ -23,7 +23,7 @@ class FailOnCase:
         if self.case in str(data["image"].meta["filename_or_obj"]):
             raise ValueError("unexpected voxel spacing")
         return data
-'''
+"""
 
 
 @pytest.fixture
@@ -49,13 +49,20 @@ def _train(mmar: Path) -> tuple[int, str]:
 
 
 def _first_case(mmar: Path) -> str:
-    datalist = json.loads(Path(json.loads((mmar / "config" / "environment.json").read_text())["DATASET_JSON"]).read_text())
+    datalist = json.loads(
+        Path(json.loads((mmar / "config" / "environment.json").read_text())["DATASET_JSON"]).read_text()
+    )
     return Path(sorted(item["image"] for item in datalist["training"])[0]).name
 
 
 def test_a_transform_failing_on_a_case_names_its_config_path_class_and_case(mmar: Path) -> None:
     case = _first_case(mmar)
-    _edit(mmar, lambda train: train["pre_transforms"].insert(3, {"path": "failing_case.FailOnCase", "args": {"keys": "image", "case": case}}))
+    _edit(
+        mmar,
+        lambda train: train["pre_transforms"].insert(
+            3, {"path": "failing_case.FailOnCase", "args": {"keys": "image", "case": case}}
+        ),
+    )
 
     code, line = _train(mmar)
 
@@ -92,7 +99,9 @@ def test_a_handler_failing_names_its_config_path_and_class(mmar: Path) -> None:
 
 
 def test_a_metric_failing_names_its_config_path_and_class(mmar: Path) -> None:
-    _edit(mmar, lambda train: train["metrics"][0]["args"].update(output_transform="lambda x: (x['pred'], x['no_label'])"))
+    _edit(
+        mmar, lambda train: train["metrics"][0]["args"].update(output_transform="lambda x: (x['pred'], x['no_label'])")
+    )
 
     code, line = _train(mmar)
 

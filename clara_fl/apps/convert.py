@@ -21,10 +21,17 @@ NOT_WORKFLOW_CONFIGS = frozenset({"environment.json"})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="write an MMAR's Clara 4.0 configs as explicit Clara 4.1 for today's MONAI")
+    parser = subparsers.add_parser(
+        "convert", help="write an MMAR's Clara 4.0 configs as explicit Clara 4.1 for today's MONAI"
+    )
     parser.add_argument("-m", "--mmar", required=True, help="MMAR root to convert (left unchanged)")
-    parser.add_argument("-c", "--config", action="append", help="config file(s) to convert, relative to the MMAR "
-                        "(repeatable; default: every config/*.json except environment.json)")
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        help="config file(s) to convert, relative to the MMAR "
+        "(repeatable; default: every config/*.json except environment.json)",
+    )
     parser.add_argument("-o", "--output", required=True, help="folder to write the converted MMAR to (must not exist)")
     parser.set_defaults(run=run)
 

@@ -50,6 +50,9 @@ def drop_search_annotations(config: dict[str, Any], file: str | None = None) -> 
         raise e.located(file)
     if changes and (file or "config") not in _reported:
         _reported.add(file or "config")
-        logger.info("%s: AutoML 'search' annotations ignored outside AutoML (%s)", file or "config",
-                    ", ".join(c.path for c in changes))
+        logger.info(
+            "%s: AutoML 'search' annotations ignored outside AutoML (%s)",
+            file or "config",
+            ", ".join(c.path for c in changes),
+        )
     return changes

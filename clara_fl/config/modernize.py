@@ -77,7 +77,11 @@ def modernize_names(config: dict[str, Any]) -> list[Change]:
                 args = spec.setdefault("args", {})
                 for key, value in legacy.defaults.items():
                     args.setdefault(key, value)
-                changes.append(Change(json_path(path, "name"), f"{old!r} -> {spec['name']!r} {dict(legacy.defaults) or ''}".rstrip()))
+                changes.append(
+                    Change(
+                        json_path(path, "name"), f"{old!r} -> {spec['name']!r} {dict(legacy.defaults) or ''}".rstrip()
+                    )
+                )
         args = spec.get("args")
         if not isinstance(args, dict):
             continue
@@ -90,7 +94,9 @@ def modernize_names(config: dict[str, Any]) -> list[Change]:
             removed = sorted(set(args) - set(translated))
             added = {k: v for k, v in translated.items() if args.get(k, object()) != v}
             spec["args"] = translated
-            changes.append(Change(json_path(path, "args"), f"removed {removed}, set {added}" if removed else f"set {added}"))
+            changes.append(
+                Change(json_path(path, "args"), f"removed {removed}, set {added}" if removed else f"set {added}")
+            )
     for container, key, path in list(_code_strings(config, "")):
         rewritten = compat.translate_threshold_values(container[key])
         if rewritten != container[key]:

@@ -22,8 +22,19 @@ __all__ = ["move_removed_handlers"]
 _INVERTER_RENAMES = {"output_keys": "keys", "batch_keys": "orig_keys"}
 _INVERTER_KEPT = ("transform", "nearest_interp", "to_tensor", "device", "post_func")
 _SAVER_KEPT = (
-    "output_dir", "output_postfix", "output_ext", "resample", "mode", "padding_mode", "scale", "dtype",
-    "output_dtype", "squeeze_end_dims", "data_root_dir", "separate_folder", "print_log",
+    "output_dir",
+    "output_postfix",
+    "output_ext",
+    "resample",
+    "mode",
+    "padding_mode",
+    "scale",
+    "dtype",
+    "output_dtype",
+    "squeeze_end_dims",
+    "data_root_dir",
+    "separate_folder",
+    "print_log",
 )
 _QUOTED_KEY = re.compile(r"""\[\s*\[?\s*['"](\w+)['"]""")
 _ENGINE_ARG = {"trainer": "postprocessing", "evaluator": "postprocessing"}
@@ -47,7 +58,10 @@ def _inverter(args: dict[str, Any], path: str, changes: list[Change]) -> list[di
     names = [f"{k}_{postfix}" for k in keys]  # MONAI 0.6 wrote the inverse beside the original
     new["keys"] = names
     new["orig_keys"] = new["orig_keys"] if isinstance(new["orig_keys"], list) else [new["orig_keys"]] * len(keys)
-    return [{"name": "CopyItemsd", "args": {"keys": keys, "times": 1, "names": names}}, {"name": "Invertd", "args": new}]
+    return [
+        {"name": "CopyItemsd", "args": {"keys": keys, "times": 1, "names": names}},
+        {"name": "Invertd", "args": new},
+    ]
 
 
 def _saver(args: dict[str, Any], path: str, changes: list[Change]) -> list[dict[str, Any]]:
@@ -57,7 +71,9 @@ def _saver(args: dict[str, Any], path: str, changes: list[Change]) -> list[dict[
     new.update({k: args[k] for k in _SAVER_KEPT if k in args})
     dropped = sorted(set(args) - set(_SAVER_KEPT))
     if dropped:
-        changes.append(Change(json_path(path, "args"), f"dropped {dropped} (SaveImaged reads the image metadata itself)"))
+        changes.append(
+            Change(json_path(path, "args"), f"dropped {dropped} (SaveImaged reads the image metadata itself)")
+        )
     return [{"name": "SaveImaged", "args": new}]
 
 

@@ -94,7 +94,9 @@ def locate_failure(error: BaseException) -> str | None:
             data = frame.f_locals.get("data") if frame.f_code.co_name == "apply_transform" else None
             case = _case_name(data) or case
     named = None
-    for exception in chain:  # "applying transform <X at 0x..>"; from a data loader worker this is only text (fork: same addresses)
+    for (
+        exception
+    ) in chain:  # "applying transform <X at 0x..>"; from a data loader worker this is only text (fork: same addresses)
         for address in _ADDRESS.findall(str(exception)):
             known = _lookup(int(address, 16))
             if known is not None and (named is None or known[2] != "Compose"):

@@ -54,7 +54,9 @@ def translate_clara40(config: Mapping[str, Any], file: str | None = None) -> tup
             _warned.add(file)
             logger.warning(
                 "%s: %s look like Clara 4.0 implicit wiring, but the config uses @ references, so it is read as "
-                "Clara 4.1 and nothing is wired implicitly (docs/clara40.md)", file or "config", ", ".join(markers)
+                "Clara 4.1 and nothing is wired implicitly (docs/clara40.md)",
+                file or "config",
+                ", ".join(markers),
             )
         return dict(config), []
     translated = copy.deepcopy(dict(config))

@@ -31,7 +31,9 @@ def _strings(value: Any) -> Iterator[str]:
 def _refers_to_components(config: Mapping[str, Any]) -> bool:
     for text in _strings(config):
         stripped = text.lstrip()
-        if stripped.startswith("@") or ((stripped.startswith("#") or stripped.startswith("lambda")) and _REFERENCE.search(text)):
+        if stripped.startswith("@") or (
+            (stripped.startswith("#") or stripped.startswith("lambda")) and _REFERENCE.search(text)
+        ):
             return True
     return False
 

@@ -120,14 +120,23 @@ def _metrics_list(section: dict[str, Any], prefix: str, changes: list[Change]) -
     if not isinstance(metrics, list):
         return
     if "key_metric" in section or "additional_metrics" in section:
-        raise ConfigError("give either 'metrics' (Clara 4.0) or 'key_metric'/'additional_metrics', not both", path=json_path(prefix, "metrics"))
+        raise ConfigError(
+            "give either 'metrics' (Clara 4.0) or 'key_metric'/'additional_metrics', not both",
+            path=json_path(prefix, "metrics"),
+        )
     flagged = []
     for index, spec in enumerate(metrics):
         if not isinstance(spec, dict):
-            raise ConfigError(f"a metric must be a component object, got {type(spec).__name__}", path=json_path(prefix, "metrics", index))
+            raise ConfigError(
+                f"a metric must be a component object, got {type(spec).__name__}",
+                path=json_path(prefix, "metrics", index),
+            )
         flag = spec.pop("is_key_metric", False)
         if as_bool(flag) is None:
-            raise ConfigError(f"'is_key_metric' must be true or false, got {flag!r}", path=json_path(prefix, "metrics", index, "is_key_metric"))
+            raise ConfigError(
+                f"'is_key_metric' must be true or false, got {flag!r}",
+                path=json_path(prefix, "metrics", index, "is_key_metric"),
+            )
         if as_bool(flag):
             flagged.append(index)
     del section["metrics"]
@@ -141,7 +150,9 @@ def _metrics_list(section: dict[str, Any], prefix: str, changes: list[Change]) -
     others = [m for i, m in enumerate(metrics) if i != key_index]
     if others:
         section["additional_metrics"] = others
-        changes.append(Change(json_path(prefix, "metrics"), f"other metrics -> {json_path(prefix, 'additional_metrics')}"))
+        changes.append(
+            Change(json_path(prefix, "metrics"), f"other metrics -> {json_path(prefix, 'additional_metrics')}")
+        )
 
 
 def _data_pipeline(section: dict[str, Any], prefix: str, known: set[str], changes: list[Change]) -> None:
@@ -177,8 +188,12 @@ def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: li
 
 
 def _engine(
-    section: dict[str, Any], prefix: str, known: set[str], config_globals: Mapping[str, Any],
-    locate: Callable[[Mapping[str, Any]], Any], changes: list[Change],
+    section: dict[str, Any],
+    prefix: str,
+    known: set[str],
+    config_globals: Mapping[str, Any],
+    locate: Callable[[Mapping[str, Any]], Any],
+    changes: list[Change],
 ) -> None:
     for key, wiring in (("trainer", TRAINER_ARGS), ("evaluator", EVALUATOR_ARGS)):
         spec = section.get(key)

@@ -548,3 +548,71 @@ def test_a_config_mixing_40_constructs_with_references_is_read_as_41_with_a_warn
 
     assert translated == config and changes == []
     assert "mixed.json: train.metrics, train.trainer, validate.evaluator look like Clara 4.0" in caplog.text
+
+
+# -- custom code written for MONAI 0.5-0.8 ---------------------------------------------------------
+
+
+def test_custom_transforms_of_a_clara40_config_run_in_the_compatibility_layer() -> None:
+    transforms = [
+        {"path": "my_code.BeforeTensor", "args": {"keys": "image"}},
+        {"name": "ToTensord", "args": {"keys": "image"}},
+        {"path": "my_code.AfterTensor#late"},
+        {"path": "monai.transforms.Identityd", "args": {"keys": "image"}},
+    ]
+
+    translated, _ = translate_clara40(train_config(pre_transforms=transforms))
+
+    before, _, after, library = translated["train"]["pre_transforms"]
+    assert before == {
+        "path": "clara_fl.components.legacy_transform.LegacyTransform#BeforeTensor",
+        "args": {"transform": {"path": "my_code.BeforeTensor", "args": {"keys": "image"}}, "to_numpy": True},
+    }
+    assert after["path"].endswith("LegacyTransform#late") and after["args"]["to_numpy"] is False
+    assert library == transforms[3]
+
+
+def test_legacy_transform_hands_numpy_and_meta_dicts_and_returns_metatensors() -> None:
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    from clara_fl.components.legacy_transform import LegacyTransform
+
+    seen = {}
+
+    def old_style(data: dict) -> dict:
+        seen["types"] = type(data["image"]), data["image_meta_dict"]["filename_or_obj"]
+        data["image_meta_dict"]["spacing_checked"] = True
+        return {**data, "image": data["image"] * 2}
+
+    item = {"image": MetaTensor(torch.ones(1, 2, 2), meta={"filename_or_obj": "case_1.nii.gz"})}
+
+    out = LegacyTransform(old_style, to_numpy=True)(item)
+
+    assert seen["types"] == (np.ndarray, "case_1.nii.gz")
+    assert isinstance(out["image"], MetaTensor) and float(out["image"].sum()) == 8.0
+    assert out["image"].meta["filename_or_obj"] == "case_1.nii.gz" and out["image"].meta["spacing_checked"] is True
+    assert "image_meta_dict" not in out
+
+
+def test_names_monai_removed_are_added_back_only_where_missing() -> None:
+    import monai.metrics
+    import monai.transforms
+
+    from clara_fl.components.legacy_monai import install_legacy_names
+
+    ensure_typed = monai.transforms.EnsureTyped
+    install_legacy_names()
+
+    from monai.metrics import compute_meandice
+
+    assert compute_meandice is monai.metrics.compute_dice
+    assert monai.transforms.EnsureTyped is ensure_typed
+    assert monai.transforms.AddChanneld(keys="image")({"image": torch_ones()})["image"].shape == (1, 2, 2)
+
+
+def torch_ones():
+    import torch
+
+    return torch.ones(2, 2)

@@ -100,6 +100,8 @@ def mutated_configs(draw: st.DrawFn, base: dict = BASE, clara40: bool = False) -
             current = parent[key]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed this place
+        if not isinstance(parent, (dict, list)):
+            continue  # an earlier mutation turned this place into a string (indexable, not assignable)
         kind = draw(st.sampled_from(["replace", "delete", "rename", "reference", "variable", "name", "code"]))
         if kind == "replace":
             parent[key] = draw(JSON_VALUES)

@@ -98,3 +98,13 @@ def test_the_converted_mmar_trains_to_the_same_weights_as_the_original(clara40_m
     rewritten = torch.load(converted / "models" / "final_model.pt", weights_only=False)["model"]
     assert original.keys() == rewritten.keys()
     assert all(torch.equal(original[k], rewritten[k]) for k in original)
+
+
+def test_a_converted_mmar_keeps_the_compatibility_layer_for_its_clara40_custom_code(
+    clara40_mmar: Path, tmp_path: Path
+) -> None:
+    from clara_fl.config.mmar import load_config
+
+    main(["convert", "-m", str(clara40_mmar), "-o", str(tmp_path / "out")])
+
+    assert load_config(tmp_path / "out", "config/config_train.json").clara40

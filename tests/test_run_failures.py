@@ -14,13 +14,18 @@ from clara_fl.config.errors import describe_failure
 from tests.conftest import copy_mmar
 
 CLARA40_MMAR = Path(__file__).parent / "clara40_mmar"
+# Written for MONAI 0.5, as Clara 4.0 BYOC code was: numpy images, metadata in image_meta_dict.
 FAILING_TRANSFORM = """
+import numpy as np
+
+
 class FailOnCase:
     def __init__(self, keys, case):
         self.keys, self.case = keys, case
 
     def __call__(self, data):
-        if self.case in str(data["image"].meta["filename_or_obj"]):
+        assert isinstance(data["image"], np.ndarray)
+        if self.case in str(data["image_meta_dict"]["filename_or_obj"]):
             raise ValueError("unexpected voxel spacing")
         return data
 """
@@ -29,7 +34,7 @@ class FailOnCase:
 @pytest.fixture
 def mmar(tmp_path: Path, synthetic_data) -> Path:
     root = copy_mmar(CLARA40_MMAR, tmp_path / "mmar", synthetic_data.root)
-    (root / "custom").mkdir()
+    (root / "custom").mkdir(exist_ok=True)
     (root / "custom" / "failing_case.py").write_text(FAILING_TRANSFORM)
     return root
 

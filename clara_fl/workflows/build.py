@@ -59,6 +59,10 @@ def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
     variables, code (under ``context.evaluator``'s policy) and data files. Writes nothing."""
     RuntimeSettings.from_variables(loaded.variables)
     with_runtime(context)
+    if loaded.clara40:  # before the MMAR's custom/ code is imported: names it may import from MONAI 0.5-0.8
+        from clara_fl.components.legacy_monai import install_legacy_names
+
+        install_legacy_names()
     ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True).build_all()
 
 

@@ -28,6 +28,7 @@ __all__ = ["register", "locate_failure"]
 
 _ADDRESS = re.compile(r" at 0x([0-9a-fA-F]+)>")
 _CASE_KEYS = ("image", "label", "img", "seg")
+WRAPPED = ".args.transform"
 _resolvers: list[weakref.ReferenceType[ConfigResolver]] = []
 
 
@@ -76,6 +77,9 @@ def _lookup(object_id: int) -> tuple[str | None, str, str] | None:
         resolver = ref()
         if resolver is not None and object_id in resolver.component_paths:
             path, name = resolver.component_paths[object_id]
+            parent = path[: -len(WRAPPED)] if path.endswith(WRAPPED) else None
+            if parent and (parent, "LegacyTransform") in resolver.component_paths.values():
+                path = parent  # a Clara 4.0 custom transform: users know it by its own place in the config
             return resolver.file, path, name
     return None
 

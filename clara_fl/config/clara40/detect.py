@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["is_clara40", "clara40_markers", "sections_of"]
+__all__ = ["is_clara40", "clara40_markers", "sections_of", "needs_compat_layer"]
+
+LEGACY_TRANSFORM_CLASS = "clara_fl.components.legacy_transform.LegacyTransform"
 
 _REFERENCE = re.compile(r"@[A-Za-z_]\w*")
 
@@ -76,3 +78,9 @@ def is_clara40(config: Mapping[str, Any]) -> bool:
         if isinstance(section.get("metrics"), list):
             return True
     return False
+
+
+def needs_compat_layer(config: Mapping[str, Any]) -> bool:
+    """Whether the MMAR's custom code was written for Clara 4.0: a 4.0 config, or one ``clara-fl convert`` wrote
+    from it (its custom transforms run in LegacyTransform)."""
+    return is_clara40(config) or any(text.startswith(LEGACY_TRANSFORM_CLASS) for text in _strings(config))

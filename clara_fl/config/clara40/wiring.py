@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clara_fl.config.clara40.changes import Change
+from clara_fl.config.clara40.detect import LEGACY_TRANSFORM_CLASS
 from clara_fl.config.clara40.output_lambdas import rewrite_batched_lambda
 from clara_fl.config.errors import ConfigError, json_path
 from clara_fl.config.variables import as_bool
@@ -46,6 +47,12 @@ HANDLER_TARGETS: dict[str, tuple[str, str]] = {
     "SmartCacheHandler": ("smartcacher", "dataset"),
 }
 CHECKPOINT_DICTS = ("save_dict", "load_dict")
+LIBRARY_PREFIXES = ("monai.", "torch.", "ignite.", "clara_fl.", "numpy.")
+LEGACY_TRANSFORM = LEGACY_TRANSFORM_CLASS
+# After these, MONAI 0.5 items held tensors; before them, numpy arrays.
+TO_TENSOR = frozenset(
+    {"ToTensord", "ToTensorD", "ToTensorDict", "ToTensor", "EnsureTyped", "EnsureTypeD", "EnsureType"}
+)
 ENGINE_DATA_LAMBDAS = ("output_transform", "batch_transform")
 _CONF_NAMES = frozenset({"train_conf", "conf"})
 
@@ -210,6 +217,33 @@ def _engine(
             _add(spec, "amp", "{amp}", path, changes)
 
 
+def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
+    """BYOC transforms get items as MONAI 0.5 made them (numpy, ``*_meta_dict``): see LegacyTransform."""
+    for list_name in ("pre_transforms", "post_transforms"):
+        transforms = section.get(list_name)
+        if not isinstance(transforms, list):
+            continue
+        numpy_items = list_name == "pre_transforms"
+        for index, spec in enumerate(transforms):
+            if not _is_component(spec):
+                continue
+            if _class_name(spec) in TO_TENSOR:
+                numpy_items = False
+            dotted = spec.get("path")
+            if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+                continue
+            module_and_class, _, alias = dotted.partition("#")
+            inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
+            inner["path"] = module_and_class
+            wrapper = {"path": f"{LEGACY_TRANSFORM}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+            wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
+            wrapper["args"] = {"transform": inner, "to_numpy": numpy_items}
+            transforms[index] = wrapper
+            what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
+            where = json_path(prefix, list_name, index)
+            changes.append(Change(where, f"custom transform run as in MONAI 0.5 ({what})"))
+
+
 def wire_section(
     section: dict[str, Any],
     prefix: str,
@@ -234,6 +268,7 @@ def wire_section(
     for spec, path in _components(section, prefix):
         _one_component(spec, path, changes)
         _rewrite_output_transforms(spec, path, changes)
+    _wrap_custom_transforms(section, prefix, changes)
     _metrics_list(section, prefix, changes)
     known |= {"key_metric", "additional_metrics"} & set(section)
     _data_pipeline(section, prefix, known, changes)

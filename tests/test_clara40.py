@@ -616,3 +616,14 @@ def torch_ones():
     import torch
 
     return torch.ones(2, 2)
+
+
+def test_a_clara40_mmar_with_custom_code_passes_the_restricted_checks(clara40_mmar: Path, synthetic_data) -> None:
+    from clara_fl.config.mmar import load_config
+    from clara_fl.workflows.build import check_config
+
+    loaded = load_config(clara40_mmar, "config/config_train.json")
+
+    check_config(loaded, _restricted_context(clara40_mmar, synthetic_data.root))
+
+    assert loaded.config["train"]["pre_transforms"][3]["path"].endswith("LegacyTransform#ClipIntensityd")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["is_clara40", "clara40_markers", "sections_of", "needs_compat_layer"]
 
@@ -50,7 +50,7 @@ def sections_of(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {"": config}
 
 
-def _is_component(value: Any) -> bool:
+def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, Mapping) and ("name" in value or "path" in value)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from clara_fl.config.clara40.changes import Change
 from clara_fl.config.clara40.detect import LEGACY_TRANSFORM_CLASS
@@ -57,7 +57,7 @@ ENGINE_DATA_LAMBDAS = ("output_transform", "batch_transform")
 _CONF_NAMES = frozenset({"train_conf", "conf"})
 
 
-def _is_component(value: Any) -> bool:
+def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and ("name" in value or "path" in value)
 
 
@@ -187,8 +187,10 @@ def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: li
         if target and target[1] in known:
             _add(spec, target[0], f"@{target[1]}", path, changes)
         args = spec.get("args")
+        if not isinstance(args, dict):
+            continue
         for key in CHECKPOINT_DICTS:
-            names = args.get(key) if isinstance(args, dict) else None
+            names = args.get(key)
             if isinstance(names, list) and all(isinstance(n, str) for n in names):
                 args[key] = {n: "@conf" if n in _CONF_NAMES else f"@{n}" for n in names}
                 changes.append(Change(json_path(path, "args", key), f"{names!r} -> {args[key]!r}"))
@@ -235,7 +237,7 @@ def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[
             module_and_class, _, alias = dotted.partition("#")
             inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
             inner["path"] = module_and_class
-            wrapper = {"path": f"{LEGACY_TRANSFORM}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+            wrapper: dict[str, Any] = {"path": f"{LEGACY_TRANSFORM}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
             wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
             wrapper["args"] = {"transform": inner, "to_numpy": numpy_items}
             transforms[index] = wrapper

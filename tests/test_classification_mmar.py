@@ -18,7 +18,7 @@ CLS_MMAR = REPO / "mmars" / "chest_xray_cls"
 def cls_data(tmp_path_factory: pytest.TempPathFactory):
     from clara_fl.data.synthetic_classification import make_classification_dataset
 
-    return make_classification_dataset(tmp_path_factory.mktemp("cls"), cases=16, sites=2, size=32)
+    return make_classification_dataset(tmp_path_factory.mktemp("cls"), cases=12, sites=2, size=32)
 
 
 def _read(path: Path) -> np.ndarray:
@@ -64,11 +64,11 @@ def test_the_classification_mmar_trains_validates_and_infers(tmp_path: Path, cls
     metrics = dict(line.split(",")[:2] for line in (mmar / "eval" / "metrics.csv").read_text().split())
     assert {"val_auc", "val_accuracy"} <= set(metrics)
     rows = (mmar / "eval" / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 1 and rows[0].split(",")[0].endswith("case_016.png")
+    assert len(rows) == 1 and rows[0].split(",")[0].endswith("case_012.png")
 
 
 def test_synth_writes_classification_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["synth", "--task", "classification", str(tmp_path / "cxr"), "--size", "32"]) == 0
 
-    assert "wrote 16 images" in capsys.readouterr().out
-    assert len(list((tmp_path / "cxr" / "images").glob("*.png"))) == 17
+    assert "wrote 12 images" in capsys.readouterr().out
+    assert len(list((tmp_path / "cxr" / "images").glob("*.png"))) == 13

@@ -12,21 +12,21 @@ DEFAULT_CLASSIFICATION_DIR = "~/.clara-fl/data/chest_xray"
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("synth", help="write synthetic CT volumes with an organ label")
     parser.add_argument(
-        "--task", choices=["segmentation", "classification"], default="segmentation",
-        help="segmentation: 3D CT volumes with a spleen label (default); classification: 2D chest X-ray-like "
-        f"PNGs with one-hot labels for mmars/chest_xray_cls (default folder {DEFAULT_CLASSIFICATION_DIR})",
-    )
-    parser.add_argument(
-        "output_dir", nargs="?", default=None,
+        "output_dir", nargs="?", default=DEFAULT_DATA_DIR,
         help=f"folder for imagesTr/, labelsTr/, dataset.json, dataset_site-N.json (default {DEFAULT_DATA_DIR}, "
         "where the spleen MMAR and simulator_configs/spleen_fedavg look)",
     )
-    parser.add_argument("--cases", type=int, default=None, help="labelled cases (default 12; classification 16)")
-    parser.add_argument("--size", type=int, default=64, help="classification: image side in pixels (default 64)")
+    parser.add_argument("--cases", type=int, default=12, help="labelled cases (default 12)")
     parser.add_argument("--sites", type=int, default=2, help="sites to partition them across (default 2)")
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
+    parser.add_argument(
+        "--task", choices=["segmentation", "classification"], default="segmentation",
+        help="segmentation: 3D CT volumes with a spleen label (default); classification: 2D chest X-ray-like PNGs "
+        f"with one-hot labels for mmars/chest_xray_cls (default folder {DEFAULT_CLASSIFICATION_DIR})",
+    )
+    parser.add_argument("--size", type=int, default=64, help="classification: image side in pixels (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,9 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task == "classification":
         return _classification(args)
-    args.output_dir = args.output_dir or DEFAULT_DATA_DIR
-    args.cases = 12 if args.cases is None else args.cases
-
     try:
         data = make_synthetic_dataset(os.path.expanduser(args.output_dir), cases=args.cases, sites=args.sites, shape=tuple(args.shape), seed=args.seed)
     except ValueError as e:
@@ -51,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
 def _classification(args: argparse.Namespace) -> int:
     from clara_fl.data.synthetic_classification import make_classification_dataset
 
+    folder = DEFAULT_CLASSIFICATION_DIR if args.output_dir == DEFAULT_DATA_DIR else args.output_dir
     try:
         data = make_classification_dataset(
-            os.path.expanduser(args.output_dir or DEFAULT_CLASSIFICATION_DIR), cases=16 if args.cases is None else args.cases,
-            sites=args.sites, size=args.size, seed=args.seed,
+            os.path.expanduser(folder), cases=args.cases, sites=args.sites, size=args.size, seed=args.seed
         )
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None

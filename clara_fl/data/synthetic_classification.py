@@ -55,11 +55,11 @@ def make_classification_dataset(
 ) -> SyntheticClassificationDataset:
     """Write ``images/case_XXX.png`` and ``dataset.json`` plus ``dataset_site-<k>.json`` (training/validation/test).
 
-    Cases alternate between the two classes; every fourth pair of cases is for validation; one test image.
+    Cases alternate between the two classes; every third pair of cases is for validation; one test image.
 
     Args:
         output_dir: folder to write into (created if missing).
-        cases: labelled images; at least 8 per site.
+        cases: labelled images; at least 6 per site.
         sites: sites to deal them to, round-robin.
         size: image side in pixels, at least 32.
         seed: the same seed and arguments give the same images.
@@ -69,9 +69,9 @@ def make_classification_dataset(
     """
     from PIL import Image
 
-    if sites < 1 or cases < 8 * sites or size < 32:  # 8 per site: both classes in each site's validation share
+    if sites < 1 or cases < 6 * sites or size < 32:  # 6 per site: both classes in each site's validation share
         raise ValueError(
-            f"need sites >= 1, cases >= 8 * sites, size >= 32; got cases={cases}, sites={sites}, size={size}"
+            f"need sites >= 1, cases >= 6 * sites, size >= 32; got cases={cases}, sites={sites}, size={size}"
         )
     root = Path(output_dir).expanduser().resolve()
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -83,9 +83,9 @@ def make_classification_dataset(
         Image.fromarray(_image(rng, size, positive)).save(root / path)
         items.append({"image": path, "label": [0.0, 1.0] if positive else [1.0, 0.0]})
     test = [items.pop()["image"]]
-    in_validation = [(i // 2) % 4 == 3 for i in range(len(items))]  # pairs, so validation holds both classes
-    validation = [item for item, val in zip(items, in_validation) if val]
-    training = [item for item, val in zip(items, in_validation) if not val]
+    in_validation = [(i // 2) % 3 == 2 for i in range(len(items))]  # pairs, so validation holds both classes
+    validation = [item for item, val in zip(items, in_validation, strict=True) if val]
+    training = [item for item, val in zip(items, in_validation, strict=True) if not val]
     dataset_json = root / "dataset.json"
     dataset_json.write_text(
         json.dumps(

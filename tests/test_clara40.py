@@ -654,5 +654,5 @@ def test_a_clara40_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, s
     results = load_cross_site_results(find_cross_site_results(tmp_path / "ws"))
     assert set(results) == {"site-1", "site-2"}
     for site in results.values():
-        assert set(site) == {"SRV_FL_global_model.pt", "site-1", "site-2"}
+        assert {"SRV_FL_global_model.pt", "site-1", "site-2"} <= set(site)  # the global model and each site's
         assert all(set(metrics) == {"val_mean_dice"} for metrics in site.values())

@@ -634,25 +634,3 @@ def test_a_clara40_mmar_with_custom_code_passes_the_restricted_checks(
     check_config(loaded, _restricted_context(clara40_mmar, synthetic_data.root))
 
     assert loaded.config["train"]["pre_transforms"][3]["path"].endswith("LegacyTransform#ClipIntensityd")
-
-
-def test_a_clara40_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, synthetic_data) -> None:
-    from clara_fl.apps.simulate import run_simulator
-    from clara_fl.fl.job import create_job
-    from clara_fl.fl.results import find_cross_site_results, load_cross_site_results
-
-    site_file = tmp_path / "site.json"
-    root = synthetic_data.root
-    site_file.write_text(
-        json.dumps({"environment": {"DATA_ROOT": str(root), "DATASET_JSON": f"{root}/dataset_{{SITE_NAME}}.json"}})
-    )
-    job = create_job(CLARA40_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2)
-    with open(tmp_path / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
-
-    assert code == 0, (tmp_path / "simulator.log").read_text()[-3000:]
-    results = load_cross_site_results(find_cross_site_results(tmp_path / "ws"))
-    assert set(results) == {"site-1", "site-2"}
-    for site in results.values():
-        assert {"SRV_FL_global_model.pt", "site-1", "site-2"} <= set(site)  # the global model and each site's
-        assert all(set(metrics) == {"val_mean_dice"} for metrics in site.values())

@@ -1,4 +1,7 @@
-"""Clara 4.0 and classification MMARs federated in FLARE's simulator: 2 sites, 1 round, a cross-site table."""
+"""Clara 4.0 and classification MMARs federated in FLARE's simulator: 2 sites, 1 round, a cross-site table.
+
+Driven through the ``clara-fl job create`` and ``clara-fl simulate`` commands, as users run them.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from clara_fl.apps.simulate import run_simulator
+from clara_fl.cli import main
 from tests.conftest import REPO
-
-try:  # where main keeps FL job creation since fl/ was laid out by where code runs
-    from clara_fl.fl.jobs.create import create_job
-    from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
-except ImportError:  # this branch's older layout
-    from clara_fl.fl.job import create_job  # type: ignore[no-redef]
-    from clara_fl.fl.results import find_cross_site_results, load_cross_site_results  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +26,26 @@ def cls_data(tmp_path_factory: pytest.TempPathFactory):
     return make_classification_dataset(tmp_path_factory.mktemp("cls"), cases=12, sites=2, size=32)
 
 
-def test_a_clara40_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, synthetic_data) -> None:
-    site_file = tmp_path / "site.json"
-    root = synthetic_data.root
-    site_file.write_text(
-        json.dumps({"environment": {"DATA_ROOT": str(root), "DATASET_JSON": f"{root}/dataset_{{SITE_NAME}}.json"}})
-    )
-    job = create_job(CLARA40_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2)
-    with open(tmp_path / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
+def federate(tmp: Path, mmar: Path, data_root: Path, *settings: str) -> dict:
+    """One FedAvg round of ``mmar`` at 2 simulated sites; returns cross_val_results.json."""
+    site_file = tmp / "site.json"
+    environment = {"DATA_ROOT": str(data_root), "DATASET_JSON": f"{data_root}/dataset_{{SITE_NAME}}.json"}
+    site_file.write_text(json.dumps({"environment": environment}))
+    job = ["job", "create", "-m", str(mmar), "-o", str(tmp / "job"), "--num-rounds", "1", "--local-epochs", "1"]
+    assert main([*job, "--min-clients", "2", *(["--set", *settings] if settings else [])]) == 0
 
-    assert code == 0, (tmp_path / "simulator.log").read_text()[-3000:]
-    results = load_cross_site_results(find_cross_site_results(tmp_path / "ws"))
+    code = main(
+        ["simulate", str(tmp / "job"), "-w", str(tmp / "ws"), "-n", "2", "-t", "2", "--site-config", str(site_file)]
+    )
+
+    assert code == 0
+    [results] = list((tmp / "ws").rglob("cross_val_results.json"))
+    return json.loads(results.read_text())
+
+
+def test_a_clara40_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, synthetic_data) -> None:
+    results = federate(tmp_path, CLARA40_MMAR, synthetic_data.root)
+
     assert set(results) == {"site-1", "site-2"}
     for site in results.values():
         assert {"SRV_FL_global_model.pt", "site-1", "site-2"} <= set(site)  # the global model and each site's
@@ -49,18 +53,8 @@ def test_a_clara40_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, s
 
 
 def test_the_classification_mmar_runs_federated_with_a_cross_site_table(tmp_path: Path, cls_data) -> None:
-    site_file = tmp_path / "site.json"
-    environment = {"DATA_ROOT": str(cls_data.root), "DATASET_JSON": f"{cls_data.root}/dataset_{{SITE_NAME}}.json"}
-    site_file.write_text(json.dumps({"environment": environment}))
-    settings = {"num_workers": 0, "batch_size": 4}
-    job = create_job(
-        CLS_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2, overrides=settings
-    )
-    with open(tmp_path / "simulator.log", "w") as log:
-        code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
+    results = federate(tmp_path, CLS_MMAR, cls_data.root, "num_workers=0", "batch_size=4")
 
-    assert code == 0, (tmp_path / "simulator.log").read_text()[-3000:]
-    results = load_cross_site_results(find_cross_site_results(tmp_path / "ws"))
     assert set(results) == {"site-1", "site-2"}
     for site in results.values():
         assert {"SRV_FL_global_model.pt", "site-1", "site-2"} <= set(site)

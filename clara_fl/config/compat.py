@@ -65,8 +65,8 @@ REQUIRED_PACKAGES: dict[str, tuple[str, str]] = {
     "TorchVisionFullyConvModel": ("torchvision", "torchvision"),
     "TorchVisiond": ("torchvision", "torchvision"),
     "TorchVision": ("torchvision", "torchvision"),
-    "AddInitialSeedPointd": ("skimage", "scikit-image (pip install 'clara-fl[deepgrow]')"),
-    "FindAllValidSlicesd": ("skimage", "scikit-image (pip install 'clara-fl[deepgrow]')"),
+    "AddInitialSeedPointd": ("skimage", "scikit-image (pip install scikit-image)"),
+    "FindAllValidSlicesd": ("skimage", "scikit-image (pip install scikit-image)"),
 }
 # Whole-slide readers named by image_reader_name/reader: lower-case name -> (module, what to install).
 READER_PACKAGES: dict[str, tuple[str, str]] = {

@@ -46,7 +46,7 @@ LEGACY_NAMES: dict[str, LegacyName] = {
     "ToTensord": LegacyName("EnsureTyped", {"data_type": "tensor"}),
     "ToTensorD": LegacyName("EnsureTyped", {"data_type": "tensor"}),
     "ToTensorDict": LegacyName("EnsureTyped", {"data_type": "tensor"}),
-    # MONAI 0.8's fully convolutional torchvision wrapper is TorchVisionFCModel with use_conv (n_classes -> num_classes).
+    # MONAI 0.8's fully convolutional torchvision wrapper: TorchVisionFCModel with use_conv (n_classes -> num_classes).
     "TorchVisionFullyConvModel": LegacyName("TorchVisionFCModel", {"use_conv": True}),
 }
 
@@ -99,7 +99,8 @@ def translate_args(name: str, target: Callable, args: dict[str, Any]) -> dict[st
     if "as_tensor_output" in args and _accepts(target, "as_tensor_output") is False:
         args.pop("as_tensor_output")
     # Deepgrow transforms ran on batches inside the engine (batched=True); they now run on decollated items.
-    if "batched" in args and _accepts(target, "batched") is False and getattr(target, "__module__", "").startswith(_DEEPGROW_MODULE):
+    deepgrow = getattr(target, "__module__", "").startswith(_DEEPGROW_MODULE)
+    if "batched" in args and deepgrow and _accepts(target, "batched") is False:
         args.pop("batched")
     target_name = getattr(target, "__name__", "")
     if target_name == "TorchVisionFCModel":
@@ -107,7 +108,8 @@ def translate_args(name: str, target: Callable, args: dict[str, Any]) -> dict[st
             args.setdefault("num_classes", args.pop("n_classes"))
         pool_size, pool_stride = args.pop("pool_size", None), args.pop("pool_stride", None)
         if pool_size is not None or pool_stride is not None:
-            args.setdefault("pool", ["avg", {"kernel_size": pool_size or [7, 7], "stride": 1 if pool_stride is None else pool_stride}])
+            stride = 1 if pool_stride is None else pool_stride
+            args.setdefault("pool", ["avg", {"kernel_size": pool_size or [7, 7], "stride": stride}])
     if target_name == "PersistentDataset" and "cache_dir" not in args:
         args["cache_dir"] = None  # MONAI < 0.9 default: no persistent cache, transforms run every epoch
     if name in _ASDISCRETE or getattr(target, "__name__", "") in _ASDISCRETE:

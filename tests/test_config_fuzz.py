@@ -43,7 +43,11 @@ def paths(value: Any, prefix: tuple = ()) -> list[tuple]:
 ALL_PATHS = paths(BASE)
 ALL_PATHS40 = paths(BASE40)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=5,
 )
@@ -58,13 +62,29 @@ def parent_and_key(config: Any, path: tuple) -> tuple[Any, Any]:
 
 
 CLARA40_SHAPES = {
-    "metrics": st.sampled_from([[], {}, [1], [{"name": "Accuracy", "is_key_metric": "maybe"}], [{"name": "Accuracy"}, {"name": "MeanDice", "is_key_metric": True}]]),
+    "metrics": st.sampled_from(
+        [
+            [],
+            {},
+            [1],
+            [{"name": "Accuracy", "is_key_metric": "maybe"}],
+            [{"name": "Accuracy"}, {"name": "MeanDice", "is_key_metric": True}],
+        ]
+    ),
     "save_dict": st.sampled_from([["model", 3], ["nothing"], [], ["train_conf"], "model"]),
-    "output_transform": st.sampled_from(["lambda x: x['loss']", "lambda x: x[0]", "lambda: 1", "lambda x, y: x['a']", "lambda x: (x['a'], x)"]),
+    "output_transform": st.sampled_from(
+        ["lambda x: x['loss']", "lambda x: x[0]", "lambda: 1", "lambda x, y: x['a']", "lambda x: (x['a'], x)"]
+    ),
     "search": st.sampled_from([[{"args": ["lr"], "domain": "lr", "type": "float", "targets": [0.1, 1]}], 3]),
     "apply": st.sampled_from([["A", "B"], None]),
     "path": st.sampled_from(["monai.losses.DiceLoss", "no.such.Module", ""]),
-    "handlers": st.sampled_from([[{"name": "TransformInverter", "args": 3}], [{"name": "SegmentationSaver", "args": {"output_transform": 3}}], [{"name": "TransformInverter", "args": {"postfix": "inv", "output_keys": 3}}]]),
+    "handlers": st.sampled_from(
+        [
+            [{"name": "TransformInverter", "args": 3}],
+            [{"name": "SegmentationSaver", "args": {"output_transform": 3}}],
+            [{"name": "TransformInverter", "args": {"postfix": "inv", "output_keys": 3}}],
+        ]
+    ),
 }
 
 
@@ -116,7 +136,9 @@ def mutated_configs(draw: st.DrawFn, base: dict = BASE, clara40: bool = False) -
         elif kind == "name" and isinstance(current, dict):
             current["name"] = draw(WORDS)
         elif kind == "code":
-            parent[key] = draw(st.sampled_from(["#", "#@", "#1/", "lambda", "lambda x:", "#@model.", "#@" + draw(WORDS) + ".x()"]))
+            parent[key] = draw(
+                st.sampled_from(["#", "#@", "#1/", "lambda", "lambda x:", "#@model.", "#@" + draw(WORDS) + ".x()"])
+            )
     text = json.dumps(config, indent=1)
     if draw(st.integers(0, 9)) == 0:  # now and then, broken JSON text
         at = draw(st.integers(0, len(text) - 1))
@@ -140,7 +162,9 @@ def test_a_mutated_config_passes_or_fails_with_a_located_config_error(fuzz_mmar:
     (fuzz_mmar / CONFIG).write_text(text)
     before = sorted(p.name for p in fuzz_mmar.iterdir())
     try:
-        check_config(load_config(fuzz_mmar, CONFIG, overrides={"roi_size": [16, 16, 16]}), BuildContext(mmar_root=str(fuzz_mmar)))
+        check_config(
+            load_config(fuzz_mmar, CONFIG, overrides={"roi_size": [16, 16, 16]}), BuildContext(mmar_root=str(fuzz_mmar))
+        )
     except ConfigError as e:
         message = str(e)
         assert e.file, message

@@ -16,8 +16,13 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "LEGACY_NAMES", "REMOVED_NAMES", "translate_args", "translate_expression", "translate_threshold_values",
-    "from_engine", "missing_requirement",
+    "LEGACY_NAMES",
+    "REMOVED_NAMES",
+    "translate_args",
+    "translate_expression",
+    "translate_threshold_values",
+    "from_engine",
+    "missing_requirement",
 ]
 
 logger = logging.getLogger(__name__)

@@ -63,7 +63,9 @@ def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
         from clara_fl.components.legacy_monai import install_legacy_names
 
         install_legacy_names()
-    ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True).build_all()
+    ConfigResolver(
+        loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True
+    ).build_all()
 
 
 def require(resolver: ConfigResolver, name: str, section: str) -> Any:
@@ -88,5 +90,8 @@ def _log_network_summary(resolver: ConfigResolver) -> None:
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         logger.info(
             "network %s: %s parameters (%s trainable), input size %s",
-            type(network).__name__, f"{total:,}", f"{trainable:,}", built.get("input_size"),
+            type(network).__name__,
+            f"{total:,}",
+            f"{trainable:,}",
+            built.get("input_size"),
         )

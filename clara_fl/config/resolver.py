@@ -31,7 +31,18 @@ __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
 logger = logging.getLogger(__name__)
 
 COMPONENT_KEYS = frozenset(
-    {"name", "path", "args", "disabled", "rank", "log_label", "ref", "data_list_file_path", "data_file_base_dir", "data_list_key"}
+    {
+        "name",
+        "path",
+        "args",
+        "disabled",
+        "rank",
+        "log_label",
+        "ref",
+        "data_list_file_path",
+        "data_file_base_dir",
+        "data_list_key",
+    }
 )
 DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
 TRANSFORM_LISTS = ("pre_transforms", "post_transforms")
@@ -67,7 +78,9 @@ class _Planned:
 
 def component_label(spec: Mapping[str, Any]) -> str:
     """A metric's log label: ``log_label``, else its class name."""
-    return str(spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1])
+    return str(
+        spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1]
+    )
 
 
 def _is_component(value: Any) -> bool:
@@ -75,7 +88,9 @@ def _is_component(value: Any) -> bool:
 
 
 def _is_file_entry(value: Any) -> bool:
-    return isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+    return (
+        isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+    )
 
 
 def _is_model_entry(value: Any) -> bool:
@@ -114,7 +129,11 @@ class ConfigResolver:
             sections = {"train": config["train"]}
             if isinstance(config.get("validate"), dict):
                 sections["validate"] = config["validate"]
-            extras = {k: v for k, v in config.items() if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"}
+            extras = {
+                k: v
+                for k, v in config.items()
+                if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"
+            }
             if extras:
                 sections[""] = extras
             return sections
@@ -201,7 +220,9 @@ class ConfigResolver:
             raise e.located(self.file, path)
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
             # A value of a shape nothing here expects; say where, not how Python tripped over it.
-            raise ConfigError(f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path) from e
+            raise ConfigError(
+                f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path
+            ) from e
 
     def _resolve_string(self, value: str, path: str, section: str) -> Any:
         if value.startswith("@") and value[1:].isidentifier():
@@ -234,7 +255,9 @@ class ConfigResolver:
         value = spec.get("disabled", False)
         disabled = as_bool(value)
         if disabled is None:
-            raise ConfigError(f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled"))
+            raise ConfigError(
+                f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled")
+            )
         return disabled
 
     def _on_this_rank(self, spec: Mapping[str, Any], path: str) -> bool:
@@ -259,12 +282,19 @@ class ConfigResolver:
     def _resolve_ref(self, value: Mapping[str, Any], path: str, section: str) -> Any:
         ref = value["ref"]
         if not isinstance(ref, str) or not ref:
-            raise ConfigError(f"'ref' must name a train transform by class name or alias, got {_short(ref)}", path=json_path(path, "ref"))
+            raise ConfigError(
+                f"'ref' must name a train transform by class name or alias, got {_short(ref)}",
+                path=json_path(path, "ref"),
+            )
         extra = set(value) - {"ref", "disabled", "rank"}
         if extra:
-            raise ConfigError(f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is")
+            raise ConfigError(
+                f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is"
+            )
         if "train" not in self.sections or section == "train":
-            raise ConfigError(f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')")
+            raise ConfigError(
+                f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')"
+            )
         candidates = list(self._train_transforms())
         match = next((p for p, _, alias in candidates if alias == ref), None)
         match = match or next((p for p, name, _ in candidates if name == ref), None)
@@ -297,7 +327,10 @@ class ConfigResolver:
         name, target = self._target(spec, path)
         raw_args = spec.get("args", {})
         if not isinstance(raw_args, dict):
-            raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
+            raise ConfigError(
+                f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
+                path=json_path(path, "args"),
+            )
         missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
         if missing:
             raise missing.located(self.file, path)
@@ -336,7 +369,9 @@ class ConfigResolver:
             raise ConfigError("give either 'name' or 'path', not both")
         key = "path" if "path" in spec else "name"
         if not isinstance(spec[key], str) or not spec[key]:
-            raise ConfigError(f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key))
+            raise ConfigError(
+                f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key)
+            )
         restrictions = self.context.restrictions
         if "path" in spec:
             where = json_path(path, "path")
@@ -387,7 +422,9 @@ class ConfigResolver:
         if params is None:
             return
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = [p for p in params if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        named = [
+            p for p in params if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
         if not accepts_any:
             for arg in args:
                 if arg not in params:
@@ -396,11 +433,17 @@ class ConfigResolver:
                         path=json_path(path, "args", arg),
                     )
         missing = [
-            p for p in named
-            if params[p].default is inspect.Parameter.empty and params[p].kind is not inspect.Parameter.POSITIONAL_ONLY and p not in args
+            p
+            for p in named
+            if params[p].default is inspect.Parameter.empty
+            and params[p].kind is not inspect.Parameter.POSITIONAL_ONLY
+            and p not in args
         ]
         if missing:
-            raise ConfigError(f"{name} needs argument(s) {', '.join(repr(m) for m in missing)} in 'args'", path=json_path(path, "args"))
+            raise ConfigError(
+                f"{name} needs argument(s) {', '.join(repr(m) for m in missing)} in 'args'",
+                path=json_path(path, "args"),
+            )
 
     # -- validation/inference model entries ------------------------------------------------------
 

@@ -47,7 +47,7 @@ def drop_search_annotations(config: dict[str, Any], file: str | None = None) -> 
     try:
         _walk(config, "", changes)
     except ConfigError as e:
-        raise e.located(file)
+        raise e.located(file) from e.__cause__
     if changes and (file or "config") not in _reported:
         _reported.add(file or "config")
         logger.info(

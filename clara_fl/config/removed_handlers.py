@@ -124,5 +124,5 @@ def move_removed_handlers(config: dict[str, Any], file: str | None = None) -> li
         try:
             _move(section, prefix, changes)  # type: ignore[arg-type]
         except ConfigError as e:
-            raise e.located(file)
+            raise e.located(file) from e.__cause__
     return changes

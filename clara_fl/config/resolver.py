@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from clara_fl.config import compat
+from clara_fl.config.context import BuildContext
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
-from clara_fl.config.context import BuildContext
 from clara_fl.config.variables import as_bool, is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -217,7 +217,7 @@ class ConfigResolver:
                 return {k: self._resolve(v, json_path(path, k), section) for k, v in value.items()}
             return value
         except ConfigError as e:
-            raise e.located(self.file, path)
+            raise e.located(self.file, path) from e.__cause__
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
             # A value of a shape nothing here expects; say where, not how Python tripped over it.
             raise ConfigError(
@@ -384,7 +384,7 @@ class ConfigResolver:
                     restrictions.check_target(target, dotted)
                 return dotted.rsplit(".", 1)[-1], target
             except ConfigError as e:
-                raise e.located(self.file, where)
+                raise e.located(self.file, where) from e.__cause__
         where = json_path(path, "name")
         name = str(spec["name"]).split("#")[0]
         removed = compat.removed_name_error(name)
@@ -397,7 +397,7 @@ class ConfigResolver:
                 restrictions.check_target(target, name)
             return name, target
         except ConfigError as e:
-            raise e.located(self.file, where)
+            raise e.located(self.file, where) from e.__cause__
 
     def _datalist(self, spec: Mapping[str, Any], path: str) -> Any:
         if "data_list_file_path" not in spec:
@@ -429,7 +429,8 @@ class ConfigResolver:
             for arg in args:
                 if arg not in params:
                     raise ConfigError(
-                        f"unexpected argument '{arg}' for {name}{did_you_mean(arg, named)}; it accepts: {', '.join(named)}",
+                        f"unexpected argument '{arg}' for {name}{did_you_mean(arg, named)}; "
+                        f"it accepts: {', '.join(named)}",
                         path=json_path(path, "args", arg),
                     )
         missing = [
@@ -465,7 +466,7 @@ class ConfigResolver:
                 try:
                     self.context.restrictions.check_read(file, json_path(entry_path, kind), what="model file")
                 except ConfigError as e:
-                    raise e.located(self.file)
+                    raise e.located(self.file) from e.__cause__
             if not os.path.isfile(file):
                 raise ConfigError(f"model file not found: {file}", file=self.file, path=json_path(entry_path, kind))
             if self.dry_run:
@@ -473,9 +474,10 @@ class ConfigResolver:
             try:
                 return self.context.runtime.load_model(kind, file, self.context)
             except ConfigError as e:
-                raise e.located(self.file, json_path(entry_path, kind))
+                raise e.located(self.file, json_path(entry_path, kind)) from e.__cause__
         raise ConfigError(
-            "every model entry is disabled; enable one with --set dont_load_ts_model=False or dont_load_ckpt_model=False",
+            "every model entry is disabled; enable one with --set dont_load_ts_model=False or "
+            "dont_load_ckpt_model=False",
             file=self.file,
             path=path,
         )

@@ -68,5 +68,5 @@ def translate_clara40(config: Mapping[str, Any], file: str | None = None) -> tup
         try:
             wire_section(section, prefix, known, config_globals, _locate, changes)  # type: ignore[arg-type]
         except ConfigError as e:
-            raise e.located(file, prefix or None)
+            raise e.located(file, prefix or None) from e.__cause__
     return translated, changes

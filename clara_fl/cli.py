@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for app in (train, evaluate, export, synth, job, simulate, site, demo, report, bundle):
         app.add_parser(subparsers)
+    from clara_fl.apps import convert  # kept apart from the tuple above so branches adding apps merge cleanly
+
+    convert.add_parser(subparsers)
     return parser
 
 

@@ -24,6 +24,8 @@ from clara_fl.workflows.build import check_config
 from tests.conftest import SPLEEN_MMAR, copy_mmar
 
 BASE = json.loads((SPLEEN_MMAR / "config" / "config_train.json").read_text())
+CLARA40_MMAR = Path(__file__).parent / "clara40_mmar"
+BASE40 = json.loads((CLARA40_MMAR / "config" / "config_train.json").read_text())
 CONFIG = "config/config_train.json"
 
 
@@ -39,8 +41,13 @@ def paths(value: Any, prefix: tuple = ()) -> list[tuple]:
 
 
 ALL_PATHS = paths(BASE)
+ALL_PATHS40 = paths(BASE40)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=5,
 )
@@ -54,16 +61,67 @@ def parent_and_key(config: Any, path: tuple) -> tuple[Any, Any]:
     return node, path[-1]
 
 
+CLARA40_SHAPES = {
+    "metrics": st.sampled_from(
+        [
+            [],
+            {},
+            [1],
+            [{"name": "Accuracy", "is_key_metric": "maybe"}],
+            [{"name": "Accuracy"}, {"name": "MeanDice", "is_key_metric": True}],
+        ]
+    ),
+    "save_dict": st.sampled_from([["model", 3], ["nothing"], [], ["train_conf"], "model"]),
+    "output_transform": st.sampled_from(
+        ["lambda x: x['loss']", "lambda x: x[0]", "lambda: 1", "lambda x, y: x['a']", "lambda x: (x['a'], x)"]
+    ),
+    "search": st.sampled_from([[{"args": ["lr"], "domain": "lr", "type": "float", "targets": [0.1, 1]}], 3]),
+    "apply": st.sampled_from([["A", "B"], None]),
+    "path": st.sampled_from(["monai.losses.DiceLoss", "no.such.Module", ""]),
+    "handlers": st.sampled_from(
+        [
+            [{"name": "TransformInverter", "args": 3}],
+            [{"name": "SegmentationSaver", "args": {"output_transform": 3}}],
+            [{"name": "TransformInverter", "args": {"postfix": "inv", "output_keys": 3}}],
+        ]
+    ),
+}
+
+
 @st.composite
-def mutated_configs(draw: st.DrawFn) -> str:
-    config = copy.deepcopy(BASE)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(ALL_PATHS))
+def clara40_mutation(draw: st.DrawFn, config: dict) -> None:
+    """A Clara 4.0 construct given a shape it may or may not accept, somewhere in a section."""
+    section = config[draw(st.sampled_from(["train", "validate"]))]
+    key = draw(st.sampled_from(sorted(CLARA40_SHAPES)))
+    value = draw(CLARA40_SHAPES[key])
+    if key in ("metrics", "handlers"):
+        section[key] = value
+        return
+    components = [v for v in section.values() if isinstance(v, dict)] + [
+        item for v in section.values() if isinstance(v, list) for item in v if isinstance(item, dict)
+    ]
+    target = draw(st.sampled_from(components)) if components else section
+    if key in ("save_dict", "output_transform"):
+        target.setdefault("args", {})[key] = value
+    else:
+        target[key] = value
+
+
+@st.composite
+def mutated_configs(draw: st.DrawFn, base: dict = BASE, clara40: bool = False) -> str:
+    config = copy.deepcopy(base)
+    if clara40:
+        for _ in range(draw(st.integers(0, 2))):
+            draw(clara40_mutation(config))
+    for _ in range(draw(st.integers(0 if clara40 else 1, 3))):
+        path = draw(st.sampled_from(ALL_PATHS40 if clara40 else ALL_PATHS))
         try:
             parent, key = parent_and_key(config, path)
             current = parent[key]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed this place
+        if not isinstance(parent, (dict, list)):
+            continue  # an earlier mutation turned this place into a string (indexable, not assignable)
         kind = draw(st.sampled_from(["replace", "delete", "rename", "reference", "variable", "name", "code"]))
         if kind == "replace":
             parent[key] = draw(JSON_VALUES)
@@ -78,7 +136,9 @@ def mutated_configs(draw: st.DrawFn) -> str:
         elif kind == "name" and isinstance(current, dict):
             current["name"] = draw(WORDS)
         elif kind == "code":
-            parent[key] = draw(st.sampled_from(["#", "#@", "#1/", "lambda", "lambda x:", "#@model.", "#@" + draw(WORDS) + ".x()"]))
+            parent[key] = draw(
+                st.sampled_from(["#", "#@", "#1/", "lambda", "lambda x:", "#@model.", "#@" + draw(WORDS) + ".x()"])
+            )
     text = json.dumps(config, indent=1)
     if draw(st.integers(0, 9)) == 0:  # now and then, broken JSON text
         at = draw(st.integers(0, len(text) - 1))
@@ -102,9 +162,35 @@ def test_a_mutated_config_passes_or_fails_with_a_located_config_error(fuzz_mmar:
     (fuzz_mmar / CONFIG).write_text(text)
     before = sorted(p.name for p in fuzz_mmar.iterdir())
     try:
-        check_config(load_config(fuzz_mmar, CONFIG, overrides={"roi_size": [16, 16, 16]}), BuildContext(mmar_root=str(fuzz_mmar)))
+        check_config(
+            load_config(fuzz_mmar, CONFIG, overrides={"roi_size": [16, 16, 16]}), BuildContext(mmar_root=str(fuzz_mmar))
+        )
     except ConfigError as e:
         message = str(e)
         assert e.file, message
         assert e.path or "line" in message, message
     assert sorted(p.name for p in fuzz_mmar.iterdir()) == before  # nothing written
+
+
+@pytest.fixture(scope="module")
+def fuzz_mmar40(tmp_path_factory: pytest.TempPathFactory, synthetic_data) -> Path:
+    return copy_mmar(CLARA40_MMAR, tmp_path_factory.mktemp("fuzz40") / "mmar", synthetic_data.root)
+
+
+@settings(
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+@given(text=mutated_configs(BASE40, clara40=True))
+def test_a_mutated_clara40_config_passes_or_fails_with_a_located_config_error(fuzz_mmar40: Path, text: str) -> None:
+    (fuzz_mmar40 / CONFIG).write_text(text)
+    before = sorted(p.name for p in fuzz_mmar40.iterdir())
+    try:
+        check_config(load_config(fuzz_mmar40, CONFIG), BuildContext(mmar_root=str(fuzz_mmar40)))
+    except ConfigError as e:
+        message = str(e)
+        assert e.file, message
+        assert e.path or "line" in message, message
+    assert sorted(p.name for p in fuzz_mmar40.iterdir()) == before  # nothing written

@@ -8,6 +8,7 @@ import os
 from clara_fl.apps.common import positive_int
 
 DEFAULT_DATA_DIR = "~/.clara-fl/data/spleen"
+DEFAULT_CLASSIFICATION_DIR = "~/.clara-fl/data/chest_xray"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,16 +23,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shape", type=positive_int, nargs=3, default=[48, 48, 48], metavar=("X", "Y", "Z"))
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
+    parser.add_argument(
+        "--task", choices=["segmentation", "classification"], default="segmentation",
+        help="segmentation: 3D CT volumes with a spleen label (default); classification: 2D chest X-ray-like PNGs "
+        f"with one-hot labels for mmars/chest_xray_cls (default folder {DEFAULT_CLASSIFICATION_DIR})",
+    )
+    parser.add_argument("--size", type=int, default=64, help="classification: image side in pixels (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
+    if args.task == "classification":
+        return _classification(args)
     try:
         data = make_synthetic_dataset(os.path.expanduser(args.output_dir), cases=args.cases, sites=args.sites, shape=tuple(args.shape), seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None
     print(f"wrote {data.num_cases} cases to {data.root}")
+    print(f"  datalist: {data.dataset_json}")
+    for site, path in data.site_datalists.items():
+        print(f"  {site}: {path}")
+    return 0
+
+
+def _classification(args: argparse.Namespace) -> int:
+    from clara_fl.data.synthetic_classification import make_classification_dataset
+
+    folder = DEFAULT_CLASSIFICATION_DIR if args.output_dir == DEFAULT_DATA_DIR else args.output_dir
+    try:
+        data = make_classification_dataset(
+            os.path.expanduser(folder), cases=args.cases, sites=args.sites, size=args.size, seed=args.seed
+        )
+    except ValueError as e:
+        raise SystemExit(f"clara-fl synth: error: {e}") from None
+    print(f"wrote {data.num_cases} images to {data.root}")
     print(f"  datalist: {data.dataset_json}")
     for site, path in data.site_datalists.items():
         print(f"  {site}: {path}")

@@ -15,7 +15,15 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 
-__all__ = ["LEGACY_NAMES", "REMOVED_NAMES", "translate_args", "translate_expression", "from_engine"]
+__all__ = [
+    "LEGACY_NAMES",
+    "REMOVED_NAMES",
+    "translate_args",
+    "translate_expression",
+    "translate_threshold_values",
+    "from_engine",
+    "missing_requirement",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +51,35 @@ LEGACY_NAMES: dict[str, LegacyName] = {
     "ToTensord": LegacyName("EnsureTyped", {"data_type": "tensor"}),
     "ToTensorD": LegacyName("EnsureTyped", {"data_type": "tensor"}),
     "ToTensorDict": LegacyName("EnsureTyped", {"data_type": "tensor"}),
+    # MONAI 0.8's fully convolutional torchvision wrapper: TorchVisionFCModel with use_conv (n_classes -> num_classes).
+    "TorchVisionFullyConvModel": LegacyName("TorchVisionFCModel", {"use_conv": True}),
 }
 
+# Handlers in a handlers list are moved into post_transforms (clara_fl.config.removed_handlers); elsewhere:
 REMOVED_NAMES: dict[str, str] = {
     "SegmentationSaver": "use the SaveImaged transform in post_transforms instead",
     "TransformInverter": "use the Invertd transform in post_transforms instead",
+    "ClassificationSaverd": "use the ClassificationSaver handler instead",
+    "SplitChanneld": "use SplitDimd (dim=0) instead",
+    "SplitChannel": "use SplitDim (dim=0) instead",
 }
+
+# Optional packages some MONAI classes need: class -> (module to import, what to install).
+REQUIRED_PACKAGES: dict[str, tuple[str, str]] = {
+    "TorchVisionFCModel": ("torchvision", "torchvision"),
+    "TorchVisionFullyConvModel": ("torchvision", "torchvision"),
+    "TorchVisiond": ("torchvision", "torchvision"),
+    "TorchVision": ("torchvision", "torchvision"),
+    "AddInitialSeedPointd": ("skimage", "scikit-image (pip install scikit-image)"),
+    "FindAllValidSlicesd": ("skimage", "scikit-image (pip install scikit-image)"),
+}
+# Whole-slide readers named by image_reader_name/reader: lower-case name -> (module, what to install).
+READER_PACKAGES: dict[str, tuple[str, str]] = {
+    "cucim": ("cucim", "cucim (NVIDIA cuCIM, which also needs a CUDA GPU)"),
+    "openslide": ("openslide", "openslide-python and the OpenSlide library"),
+    "tifffile": ("tifffile", "tifffile"),
+}
+_DEEPGROW_MODULE = "monai.apps.deepgrow"
 
 _ASDISCRETE = {"AsDiscrete", "AsDiscreted", "AsDiscreteD", "AsDiscreteDict"}
 
@@ -65,10 +96,27 @@ def _accepts(target: Callable, arg: str) -> bool | None:
 
 
 def translate_args(name: str, target: Callable, args: dict[str, Any]) -> dict[str, Any]:
-    """Rename or merge arguments that MONAI renamed or removed since Clara 4.1; returns a new dict."""
+    """Rename or merge arguments that MONAI renamed or removed since Clara 4.0/4.1; returns a new dict."""
     args = dict(args)
     if "dimensions" in args and _accepts(target, "dimensions") is False and _accepts(target, "spatial_dims"):
         args.setdefault("spatial_dims", args.pop("dimensions"))
+    # Random transforms' as_tensor_output (MONAI < 0.9): outputs are tensors now.
+    if "as_tensor_output" in args and _accepts(target, "as_tensor_output") is False:
+        args.pop("as_tensor_output")
+    # Deepgrow transforms ran on batches inside the engine (batched=True); they now run on decollated items.
+    deepgrow = getattr(target, "__module__", "").startswith(_DEEPGROW_MODULE)
+    if "batched" in args and deepgrow and _accepts(target, "batched") is False:
+        args.pop("batched")
+    target_name = getattr(target, "__name__", "")
+    if target_name == "TorchVisionFCModel":
+        if "n_classes" in args:
+            args.setdefault("num_classes", args.pop("n_classes"))
+        pool_size, pool_stride = args.pop("pool_size", None), args.pop("pool_stride", None)
+        if pool_size is not None or pool_stride is not None:
+            stride = 1 if pool_stride is None else pool_stride
+            args.setdefault("pool", ["avg", {"kernel_size": pool_size or [7, 7], "stride": stride}])
+    if target_name == "PersistentDataset" and "cache_dir" not in args:
+        args["cache_dir"] = None  # MONAI < 0.9 default: no persistent cache, transforms run every epoch
     if name in _ASDISCRETE or getattr(target, "__name__", "") in _ASDISCRETE:
         n_classes = args.pop("n_classes", None)
         to_onehot = args.get("to_onehot")
@@ -86,12 +134,30 @@ def translate_args(name: str, target: Callable, args: dict[str, Any]) -> dict[st
 
 
 _META_DICT_KEY = re.compile(r"['\"]\w+_meta_dict['\"]")
+_THRESHOLD_VALUES = re.compile(
+    r"threshold_values\s*=\s*True(?P<sep>\s*,\s*)?(?:logit_thresh\s*=\s*(?P<thresh>[-+0-9.eE]+))?"
+)
+_DROPPED_THRESHOLD_ARGS = re.compile(r"(?:,\s*)?\b(?:threshold_values\s*=\s*False|logit_thresh\s*=\s*[-+0-9.eE]+)")
+
+
+def _threshold(match: re.Match) -> str:
+    text = f"threshold={match.group('thresh') or '0.5'}"
+    return text + (match.group("sep") or "") if match.group("thresh") is None else text
 
 
 def translate_expression(code: str) -> str:
-    """Rewrite ``from_engine([... '*_meta_dict' ...])``: metadata now lives on MetaTensors."""
+    """Rewrite code for today's MONAI: ``from_engine([... '*_meta_dict' ...])`` (metadata now lives on
+    MetaTensors) and AsDiscrete's ``threshold_values=True, logit_thresh=t`` (now ``threshold=t``)."""
     if "from_engine" in code and _META_DICT_KEY.search(code):
-        return re.sub(r"(?:monai\.handlers\.)?from_engine\(", "_clara_from_engine(", code)
+        code = re.sub(r"(?:monai\.handlers\.)?from_engine\(", "_clara_from_engine(", code)
+    return translate_threshold_values(code)
+
+
+def translate_threshold_values(code: str) -> str:
+    """AsDiscrete's ``threshold_values=True, logit_thresh=t`` (MONAI < 0.8) as ``threshold=t`` in a code string."""
+    if "threshold_values" in code:
+        code = _THRESHOLD_VALUES.sub(_threshold, code)
+        code = _DROPPED_THRESHOLD_ARGS.sub("", code)
     return code
 
 
@@ -119,6 +185,21 @@ def from_engine(keys: Any, first: bool = False) -> Callable:
         return inner(data)
 
     return _wrapper
+
+
+def missing_requirement(name: str, args: Mapping[str, Any]) -> ConfigError | None:
+    """A one-line error naming the package a class or its whole-slide reader needs, when it is not installed."""
+    import importlib.util
+
+    needs = [REQUIRED_PACKAGES[name]] if name in REQUIRED_PACKAGES else []
+    for key in ("image_reader_name", "reader"):
+        reader = args.get(key)
+        if isinstance(reader, str) and reader.lower() in READER_PACKAGES:
+            needs.append(READER_PACKAGES[reader.lower()])
+    for module, install in needs:
+        if importlib.util.find_spec(module) is None:
+            return ConfigError(f"{name} needs the package {install}, which is not installed here")
+    return None
 
 
 def removed_name_error(name: str) -> ConfigError | None:

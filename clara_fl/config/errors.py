@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-__all__ = ["ConfigError", "did_you_mean", "json_path", "describe_failure"]
+__all__ = ["ConfigError", "did_you_mean", "json_path", "describe_failure", "FAILURE_LOCATORS"]
 
 
 def json_path(*parts: str | int) -> str:
@@ -57,8 +57,18 @@ class ConfigError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
+# Callables that name the config item behind a run-time failure (registered by clara_fl.workflows.failures,
+# so every catch site that calls describe_failure gets them without this package importing upward).
+FAILURE_LOCATORS: list[Callable[[BaseException], str | None]] = []
+
+
 def describe_failure(error: BaseException | None) -> str:
-    """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``."""
+    """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``;
+    or, where a registered locator knows the config item that failed, one line naming it."""
+    for locate in FAILURE_LOCATORS if error is not None else ():
+        located = locate(error)
+        if located:
+            return located
     parts = []
     while error is not None:
         if isinstance(error, ConfigError):

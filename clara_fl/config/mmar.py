@@ -8,8 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clara_fl.config.clara40.changes import log_changes
+from clara_fl.config.clara40.detect import needs_compat_layer
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.config.legacy import translate_legacy
 from clara_fl.config.variables import Variables, config_globals
 
 __all__ = ["LoadedConfig", "RawConfig", "load_config", "read_config", "resolve_in_mmar"]
@@ -30,6 +33,7 @@ class LoadedConfig:
     variables: Variables
     file: str
     mmar_root: str
+    clara40: bool = False  # written for Clara 4.0: its custom code gets the compatibility layer (docs/clara40.md)
 
     @property
     def display_file(self) -> str:
@@ -59,7 +63,7 @@ def load_config(
     resolved = raw.variables.substitute(raw.config)
     for name in config_globals(raw.config):  # the effective value, so a saved train_conf tells the truth
         resolved[name] = raw.variables[name]
-    return LoadedConfig(resolved, raw.variables, raw.file, raw.mmar_root)
+    return LoadedConfig(resolved, raw.variables, raw.file, raw.mmar_root, raw.clara40)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class RawConfig:
     file: str
     display_file: str
     mmar_root: str
+    clara40: bool = False
 
 
 def read_config(
@@ -97,6 +102,10 @@ def read_config(
         raise
     if not isinstance(content, dict):
         raise ConfigError(f"a config must be a JSON object, got {type(content).__name__}", file=config_path)
+    add_custom_to_path(mmar_root)  # before the translation, which looks up BYOC engine classes
+    clara40 = needs_compat_layer(content)
+    content, changes = translate_legacy(content, display)  # Clara 4.0 wiring, removed handlers (docs/clara40.md)
+    log_changes([c for c in changes if "AutoML" not in c.what], display)
     environment: dict[str, Any] = {}
     env_path = None
     if environment_file:
@@ -108,8 +117,7 @@ def read_config(
     variables = Variables.collect(
         content, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
     )
-    add_custom_to_path(mmar_root)
-    return RawConfig(content, variables, config_path, display, mmar_root)
+    return RawConfig(content, variables, config_path, display, mmar_root, clara40)
 
 
 def add_custom_to_path(mmar_root: str) -> None:

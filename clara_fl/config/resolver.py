@@ -75,9 +75,14 @@ def _is_component(value: Any) -> bool:
     return isinstance(value, dict) and ("name" in value or "path" in value)
 
 
+def _is_file_entry(value: Any) -> bool:
+    return isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+
+
 def _is_model_entry(value: Any) -> bool:
+    """A ts_path/ckpt_path entry, or a list of them that may also hold network definitions (Clara 4.0)."""
     entries = value if isinstance(value, list) else [value]
-    return bool(entries) and all(isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and e.keys() & {"ts_path", "ckpt_path"} for e in entries)
+    return any(_is_file_entry(e) for e in entries) and all(_is_file_entry(e) or _is_component(e) for e in entries)
 
 
 class ConfigResolver:
@@ -98,6 +103,8 @@ class ConfigResolver:
         self.sections = self._find_sections(config, variable_names)
         self._cache: dict[str, Any] = {}
         self._building: list[str] = []
+        # id(built object) -> (JSON path, class name): run-time failures name the config item (workflows/failures.py)
+        self.component_paths: dict[int, tuple[str, str]] = {}
 
     # -- sections and references -------------------------------------------------------------
 
@@ -171,7 +178,9 @@ class ConfigResolver:
         if name in TRANSFORM_LISTS and isinstance(built, list) and not self.dry_run:
             from monai.transforms import Compose
 
-            return Compose(built)
+            composed = Compose(built)
+            self.component_paths[id(composed)] = (path, "Compose")
+            return composed
         if not self.dry_run:
             built = self.context.runtime.place(name, built, self.context)
         return built
@@ -290,6 +299,9 @@ class ConfigResolver:
         raw_args = spec.get("args", {})
         if not isinstance(raw_args, dict):
             raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
+        missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
+        if missing:
+            raise missing.located(self.file, path)
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         args = {k: self._resolve(v, json_path(path, "args", k), section) for k, v in args.items()}
         if self.context.restrictions is not None:
@@ -309,7 +321,9 @@ class ConfigResolver:
         if self.dry_run:
             return _Planned(target, path)
         try:
-            return target(**args)
+            built = target(**args)
+            self.component_paths[id(built)] = (path, name)
+            return built
         except ConfigError:
             raise
         except Exception as e:
@@ -399,6 +413,9 @@ class ConfigResolver:
             entry_path = json_path(path, index) if isinstance(value, list) else path
             if self._disabled(entry, entry_path):
                 continue
+            if _is_component(entry):  # a network definition; its weights come from a CheckpointLoader handler
+                built = self._resolve(entry, entry_path, "")
+                return built if self.dry_run else self.context.runtime.place("model", built, self.context)
             kind = "ts_path" if "ts_path" in entry else "ckpt_path"
             file = str(entry[kind])
             if not os.path.isabs(file) and self.context.mmar_root:

@@ -174,6 +174,11 @@ class Variables:
     def substitute(self, value: Any, path: str = "") -> Any:
         """Return ``value`` with every placeholder filled; containers are copied, never changed in place."""
         if isinstance(value, dict):
+            if "disabled" in value and as_bool(self.substitute(value["disabled"], json_path(path, "disabled"))):
+                return {
+                    **value,
+                    "disabled": True,
+                }  # nothing inside a disabled component is built: its variables may be undefined
             return {k: self.substitute(v, json_path(path, k)) for k, v in value.items()}
         if isinstance(value, list):
             return [self.substitute(v, json_path(path, i)) for i, v in enumerate(value)]

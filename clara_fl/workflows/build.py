@@ -12,6 +12,7 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import as_bool, config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
+from clara_fl.workflows import failures
 from clara_fl.workflows.runtime import with_runtime
 
 __all__ = ["build_components", "check_config", "require"]
@@ -48,6 +49,7 @@ def build_components(
     check_config(loaded, context)
     resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
     resolver.build_all()
+    failures.register(resolver)  # a component failing while running is named by its config path
     _log_network_summary(resolver)
     return resolver, context
 
@@ -57,7 +59,13 @@ def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
     variables, code (under ``context.evaluator``'s policy) and data files. Writes nothing."""
     RuntimeSettings.from_variables(loaded.variables)
     with_runtime(context)
-    ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True).build_all()
+    if loaded.clara40:  # before the MMAR's custom/ code is imported: names it may import from MONAI 0.5-0.8
+        from clara_fl.components.legacy_monai import install_legacy_names
+
+        install_legacy_names()
+    ConfigResolver(
+        loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True
+    ).build_all()
 
 
 def require(resolver: ConfigResolver, name: str, section: str) -> Any:
@@ -82,5 +90,8 @@ def _log_network_summary(resolver: ConfigResolver) -> None:
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         logger.info(
             "network %s: %s parameters (%s trainable), input size %s",
-            type(network).__name__, f"{total:,}", f"{trainable:,}", built.get("input_size"),
+            type(network).__name__,
+            f"{total:,}",
+            f"{trainable:,}",
+            built.get("input_size"),
         )

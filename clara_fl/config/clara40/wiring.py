@@ -1,0 +1,278 @@
+"""Clara 4.0's implicit wiring made explicit: the ``@`` references Clara 4.1 configs spell out.
+
+Clara 4.0 built each section's components by their role: the optimizer got the model's parameters, the
+dataset the section's ``pre_transforms``, the trainer or evaluator every component of its section, a
+``ValidationHandler`` the evaluator. Each function here adds one such reference where the config leaves
+it out, never overriding an argument the config gives, and records a :class:`Change` for it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeGuard
+
+from clara_fl.config.clara40.changes import Change
+from clara_fl.config.clara40.detect import LEGACY_TRANSFORM_CLASS
+from clara_fl.config.clara40.output_lambdas import rewrite_batched_lambda
+from clara_fl.config.errors import ConfigError, json_path
+from clara_fl.config.variables import as_bool
+
+__all__ = ["wire_section"]
+
+TRAINER_ARGS = (
+    ("train_data_loader", "dataloader"),
+    ("network", "model"),
+    ("loss_function", "loss"),
+    ("optimizer", "optimizer"),
+    ("inferer", "inferer"),
+    ("postprocessing", "post_transforms"),
+    ("key_train_metric", "key_metric"),
+    ("additional_metrics", "additional_metrics"),
+    ("train_handlers", "handlers"),
+)
+EVALUATOR_ARGS = (
+    ("val_data_loader", "dataloader"),
+    ("network", "model"),
+    ("inferer", "inferer"),
+    ("postprocessing", "post_transforms"),
+    ("key_val_metric", "key_metric"),
+    ("additional_metrics", "additional_metrics"),
+    ("val_handlers", "handlers"),
+)
+# Handler class -> (argument, component it names) that Clara 4.0 filled in.
+HANDLER_TARGETS: dict[str, tuple[str, str]] = {
+    "ValidationHandler": ("validator", "evaluator"),
+    "LrScheduleHandler": ("lr_scheduler", "lr_scheduler"),
+    "SmartCacheHandler": ("smartcacher", "dataset"),
+}
+CHECKPOINT_DICTS = ("save_dict", "load_dict")
+LIBRARY_PREFIXES = ("monai.", "torch.", "ignite.", "clara_fl.", "numpy.")
+LEGACY_TRANSFORM = LEGACY_TRANSFORM_CLASS
+# After these, MONAI 0.5 items held tensors; before them, numpy arrays.
+TO_TENSOR = frozenset(
+    {"ToTensord", "ToTensorD", "ToTensorDict", "ToTensor", "EnsureTyped", "EnsureTypeD", "EnsureType"}
+)
+ENGINE_DATA_LAMBDAS = ("output_transform", "batch_transform")
+_CONF_NAMES = frozenset({"train_conf", "conf"})
+
+
+def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
+    return isinstance(value, dict) and ("name" in value or "path" in value)
+
+
+def _class_name(spec: Mapping[str, Any]) -> str:
+    return str(spec.get("name") or spec.get("path") or "").split("#")[0].rsplit(".", 1)[-1]
+
+
+def _args(spec: dict[str, Any]) -> dict[str, Any]:
+    args = spec.setdefault("args", {})
+    if not isinstance(args, dict):
+        raise ConfigError(f"'args' must be an object of keyword arguments, got {type(args).__name__}")
+    return args
+
+
+def _accepted(spec: Mapping[str, Any], locate: Callable[[Mapping[str, Any]], Any]) -> Callable[[str], bool]:
+    """Which keyword arguments the component's class takes (all, when it cannot be told here)."""
+    try:
+        params = inspect.signature(locate(spec)).parameters
+    except Exception:  # an unknown class is reported, with its path, when the config is built
+        return lambda name: True
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return lambda name: True
+    return lambda name: name in params
+
+
+def _add(spec: dict[str, Any], arg: str, value: Any, path: str, changes: list[Change]) -> None:
+    args = _args(spec)
+    if arg not in args:
+        args[arg] = value
+        changes.append(Change(json_path(path, "args", arg), f"added {value!r} (implicit in Clara 4.0)"))
+
+
+def _one_component(spec: dict[str, Any], path: str, changes: list[Change]) -> None:
+    """``name`` and ``path`` together: the full ``path`` names the class; ``name`` is dropped."""
+    if "name" in spec and "path" in spec:
+        name = spec.pop("name")
+        changes.append(Change(json_path(path, "name"), f"removed {name!r}: 'path' {spec['path']!r} names the class"))
+
+
+def _rewrite_output_transforms(spec: dict[str, Any], path: str, changes: list[Change]) -> None:
+    """Engines decollate both ``state.output`` and ``state.batch`` since MONAI 0.6: both lambdas are rewritten."""
+    args = spec.get("args")
+    if not isinstance(args, dict):
+        return
+    for arg in ENGINE_DATA_LAMBDAS:
+        code = args.get(arg)
+        rewritten = rewrite_batched_lambda(code) if isinstance(code, str) else None
+        if rewritten is not None:
+            args[arg] = rewritten
+            changes.append(Change(json_path(path, "args", arg), f"{code!r} -> {rewritten!r} (batched engine data)"))
+
+
+def _components(section: dict[str, Any], prefix: str) -> list[tuple[dict[str, Any], str]]:
+    """Every component of a section with its JSON path: top-level ones and list items."""
+    found = []
+    for key, value in section.items():
+        if _is_component(value):
+            found.append((value, json_path(prefix, key)))
+        elif isinstance(value, list):
+            found.extend((item, json_path(prefix, key, i)) for i, item in enumerate(value) if _is_component(item))
+    return found
+
+
+def _metrics_list(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
+    """``metrics`` with ``is_key_metric`` -> ``key_metric`` plus ``additional_metrics``."""
+    metrics = section.get("metrics")
+    if not isinstance(metrics, list):
+        return
+    if "key_metric" in section or "additional_metrics" in section:
+        raise ConfigError(
+            "give either 'metrics' (Clara 4.0) or 'key_metric'/'additional_metrics', not both",
+            path=json_path(prefix, "metrics"),
+        )
+    flagged = []
+    for index, spec in enumerate(metrics):
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"a metric must be a component object, got {type(spec).__name__}",
+                path=json_path(prefix, "metrics", index),
+            )
+        flag = spec.pop("is_key_metric", False)
+        if as_bool(flag) is None:
+            raise ConfigError(
+                f"'is_key_metric' must be true or false, got {flag!r}",
+                path=json_path(prefix, "metrics", index, "is_key_metric"),
+            )
+        if as_bool(flag):
+            flagged.append(index)
+    del section["metrics"]
+    if not metrics:
+        changes.append(Change(json_path(prefix, "metrics"), "removed an empty metrics list"))
+        return
+    key_index = flagged[0] if flagged else 0
+    section["key_metric"] = metrics[key_index]
+    reason = "is_key_metric" if flagged else "the first metric (none has is_key_metric)"
+    changes.append(Change(json_path(prefix, "metrics", key_index), f"-> {json_path(prefix, 'key_metric')} ({reason})"))
+    others = [m for i, m in enumerate(metrics) if i != key_index]
+    if others:
+        section["additional_metrics"] = others
+        changes.append(
+            Change(json_path(prefix, "metrics"), f"other metrics -> {json_path(prefix, 'additional_metrics')}")
+        )
+
+
+def _data_pipeline(section: dict[str, Any], prefix: str, known: set[str], changes: list[Change]) -> None:
+    optimizer, scheduler = section.get("optimizer"), section.get("lr_scheduler")
+    if _is_component(optimizer) and "model" in known:
+        _add(optimizer, "params", "#@model.parameters()", json_path(prefix, "optimizer"), changes)
+    if _is_component(scheduler) and _is_component(optimizer):
+        _add(scheduler, "optimizer", "@optimizer", json_path(prefix, "lr_scheduler"), changes)
+    dataset, loader = section.get("dataset"), section.get("dataloader")
+    if _is_component(dataset) and isinstance(section.get("pre_transforms"), list):
+        _add(dataset, "transform", "@pre_transforms", json_path(prefix, "dataset"), changes)
+    if _is_component(loader) and _is_component(dataset):
+        _add(loader, "dataset", "@dataset", json_path(prefix, "dataloader"), changes)
+
+
+def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: list[Change]) -> None:
+    handlers = section.get("handlers")
+    if not isinstance(handlers, list):
+        return
+    for index, spec in enumerate(handlers):
+        if not _is_component(spec):
+            continue
+        path = json_path(prefix, "handlers", index)
+        target = HANDLER_TARGETS.get(_class_name(spec))
+        if target and target[1] in known:
+            _add(spec, target[0], f"@{target[1]}", path, changes)
+        args = spec.get("args")
+        if not isinstance(args, dict):
+            continue
+        for key in CHECKPOINT_DICTS:
+            names = args.get(key)
+            if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                args[key] = {n: "@conf" if n in _CONF_NAMES else f"@{n}" for n in names}
+                changes.append(Change(json_path(path, "args", key), f"{names!r} -> {args[key]!r}"))
+
+
+def _engine(
+    section: dict[str, Any],
+    prefix: str,
+    known: set[str],
+    config_globals: Mapping[str, Any],
+    locate: Callable[[Mapping[str, Any]], Any],
+    changes: list[Change],
+) -> None:
+    for key, wiring in (("trainer", TRAINER_ARGS), ("evaluator", EVALUATOR_ARGS)):
+        spec = section.get(key)
+        if not _is_component(spec):
+            continue
+        accepts = _accepted(spec, locate)
+        path = json_path(prefix, key)
+        for arg, component in wiring:
+            # The network may live in another section (a train config's validate uses train's model).
+            present = component in section or (component == "model" and "model" in known)
+            if present and accepts(arg):
+                _add(spec, arg, f"@{component}", path, changes)
+        if "amp" in config_globals and accepts("amp"):
+            _add(spec, "amp", "{amp}", path, changes)
+
+
+def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
+    """BYOC transforms get items as MONAI 0.5 made them (numpy, ``*_meta_dict``): see LegacyTransform."""
+    for list_name in ("pre_transforms", "post_transforms"):
+        transforms = section.get(list_name)
+        if not isinstance(transforms, list):
+            continue
+        numpy_items = list_name == "pre_transforms"
+        for index, spec in enumerate(transforms):
+            if not _is_component(spec):
+                continue
+            if _class_name(spec) in TO_TENSOR:
+                numpy_items = False
+            dotted = spec.get("path")
+            if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+                continue
+            module_and_class, _, alias = dotted.partition("#")
+            inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
+            inner["path"] = module_and_class
+            wrapper: dict[str, Any] = {"path": f"{LEGACY_TRANSFORM}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+            wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
+            wrapper["args"] = {"transform": inner, "to_numpy": numpy_items}
+            transforms[index] = wrapper
+            what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
+            where = json_path(prefix, list_name, index)
+            changes.append(Change(where, f"custom transform run as in MONAI 0.5 ({what})"))
+
+
+def wire_section(
+    section: dict[str, Any],
+    prefix: str,
+    known: set[str],
+    config_globals: Mapping[str, Any],
+    locate: Callable[[Mapping[str, Any]], Any],
+    changes: list[Change],
+) -> None:
+    """Make one section's implicit Clara 4.0 wiring explicit, in place.
+
+    Args:
+        section: the section's components (changed in place).
+        prefix: its JSON path (``"train"``, ``"validate"`` or ``""`` for a flat config).
+        known: component names of every section (``@name`` resolves across sections).
+        config_globals: the config's global variables (``amp`` is passed to the engines when defined).
+        locate: the class a component spec names (raises when it cannot be found).
+        changes: where each rewrite is recorded.
+
+    Raises:
+        ConfigError: a 4.0 construct with a shape Clara 4.0 did not accept either.
+    """
+    for spec, path in _components(section, prefix):
+        _one_component(spec, path, changes)
+        _rewrite_output_transforms(spec, path, changes)
+    _wrap_custom_transforms(section, prefix, changes)
+    _metrics_list(section, prefix, changes)
+    known |= {"key_metric", "additional_metrics"} & set(section)
+    _data_pipeline(section, prefix, known, changes)
+    _handlers(section, prefix, known, changes)
+    _engine(section, prefix, known, config_globals, locate, changes)

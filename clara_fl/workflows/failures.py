@@ -1,0 +1,129 @@
+"""Run-time failures named by the config item that failed: file, JSON path, class and data item.
+
+A transform that fails on a case, a handler, a metric or BYOC code raises deep inside MONAI or ignite;
+MONAI wraps transform failures as ``RuntimeError("applying transform <...object at 0x7f...>")``. Each
+built component's JSON path is recorded by the resolver (``ConfigResolver.component_paths``, keyed by
+``id``); this module finds the innermost component in the failure and says, in one line::
+
+    config/config_train.json: train.pre_transforms[3] (RandSpatialCropd) failed on case_003.nii.gz: ValueError: ...
+
+It looks in the traceback's frames (the component is ``self`` of a method that was running; the data
+item is the ``data`` argument of MONAI's ``apply_transform``) and, for failures re-raised from a data
+loader worker process (no frames), in the ``at 0x...`` object addresses in the messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from clara_fl.config import errors
+from clara_fl.config.resolver import ConfigResolver
+
+__all__ = ["register", "locate_failure"]
+
+_ADDRESS = re.compile(r" at 0x([0-9a-fA-F]+)>")
+_CASE_KEYS = ("image", "label", "img", "seg")
+WRAPPED = ".args.transform"
+_resolvers: list[weakref.ReferenceType[ConfigResolver]] = []
+
+
+def register(resolver: ConfigResolver) -> None:
+    """Let failures while running ``resolver``'s components be described by their config items."""
+    _resolvers[:] = [r for r in _resolvers if r() is not None]
+    _resolvers.append(weakref.ref(resolver))
+    if locate_failure not in errors.FAILURE_LOCATORS:
+        errors.FAILURE_LOCATORS.append(locate_failure)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def _frames(traceback: TracebackType | None) -> Iterator[Any]:
+    while traceback is not None:
+        yield traceback.tb_frame
+        traceback = traceback.tb_next
+
+
+def _case_name(data: Any) -> str | None:
+    """The file a data item came from: its image's MetaTensor filename, or the image path string."""
+    if isinstance(data, (list, tuple)) and data:
+        data = data[0]
+    if not isinstance(data, Mapping):
+        return None
+    for key in [k for k in _CASE_KEYS if k in data] + [k for k in data if k not in _CASE_KEYS]:
+        value = data[key]
+        meta = getattr(value, "meta", None)
+        name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+        if name is None and isinstance(value, str) and os.path.splitext(value)[1]:
+            name = value
+        if isinstance(name, str) and name:
+            return os.path.basename(name)
+    return None
+
+
+def _lookup(object_id: int) -> tuple[str | None, str, str] | None:
+    for ref in _resolvers:
+        resolver = ref()
+        if resolver is not None and object_id in resolver.component_paths:
+            path, name = resolver.component_paths[object_id]
+            parent = path[: -len(WRAPPED)] if path.endswith(WRAPPED) else None
+            if parent and (parent, "LegacyTransform") in resolver.component_paths.values():
+                path = parent  # a Clara 4.0 custom transform: users know it by its own place in the config
+            return resolver.file, path, name
+    return None
+
+
+def locate_failure(error: BaseException) -> str | None:
+    """One line naming the innermost config component in ``error`` and the data item, or None if none is known."""
+    chain = list(_chain(error))
+    found: tuple[str | None, str, str] | None = None
+    case: str | None = None
+    for exception in chain:  # outermost first; frames run from the catch point inwards
+        for frame in _frames(exception.__traceback__):
+            owner = frame.f_locals.get("self")
+            known = _lookup(id(owner)) if owner is not None else None
+            if known is not None and not (found and known[2] == "Compose" and found[2] != "Compose"):
+                found = known
+            data = frame.f_locals.get("data") if frame.f_code.co_name == "apply_transform" else None
+            case = _case_name(data) or case
+    named = None
+    for (
+        exception
+    ) in chain:  # "applying transform <X at 0x..>"; from a data loader worker this is only text (fork: same addresses)
+        for address in _ADDRESS.findall(str(exception)):
+            known = _lookup(int(address, 16))
+            if known is not None and (named is None or known[2] != "Compose"):
+                named = known
+    if named is not None and (found is None or found[2] == "Compose" or named[2] != "Compose"):
+        found = named
+    if found is None:
+        return None
+    file, path, name = found
+    where = ": ".join(p for p in (file, f"{path} ({name})") if p)
+    on_case = f" on {case}" if case else ""
+    return f"{where} failed{on_case}: {_root_cause(chain[-1])}"
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): ?(.*)$")
+
+
+def _root_cause(error: BaseException) -> str:
+    """``Type: message`` of the first cause; a worker's failure carries its original traceback as text."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        for line in text.splitlines():
+            match = _ERROR_LINE.match(line)
+            if match:
+                return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    return f"{type(error).__name__}: {(text.splitlines() or [''])[0]}"

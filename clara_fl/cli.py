@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from clara_fl.config.errors import ConfigError, describe_failure
 
     if args.local_rank is not None:
@@ -57,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a failure while running: one readable line, the traceback on --debug
         if args.debug:
             raise
-        print(f"clara-fl {args.command}: error: {describe_failure(e)} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"clara-fl {args.command}: error: {describe_failure(e)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"clara-fl {args.command}: interrupted", file=sys.stderr)

@@ -14,7 +14,9 @@ DEFAULT_CLASSIFICATION_DIR = "~/.clara-fl/data/chest_xray"
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("synth", help="write synthetic CT volumes with an organ label")
     parser.add_argument(
-        "output_dir", nargs="?", default=DEFAULT_DATA_DIR,
+        "output_dir",
+        nargs="?",
+        default=DEFAULT_DATA_DIR,
         help=f"folder for imagesTr/, labelsTr/, dataset.json, dataset_site-N.json (default {DEFAULT_DATA_DIR}, "
         "where the spleen MMAR and simulator_configs/spleen_fedavg look)",
     )
@@ -24,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
     parser.add_argument(
-        "--task", choices=["segmentation", "classification"], default="segmentation",
+        "--task",
+        choices=["segmentation", "classification"],
+        default="segmentation",
         help="segmentation: 3D CT volumes with a spleen label (default); classification: 2D chest X-ray-like PNGs "
         f"with one-hot labels for mmars/chest_xray_cls (default folder {DEFAULT_CLASSIFICATION_DIR})",
     )
@@ -37,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if args.task == "classification":
         return _classification(args)
     try:
-        data = make_synthetic_dataset(os.path.expanduser(args.output_dir), cases=args.cases, sites=args.sites, shape=tuple(args.shape), seed=args.seed)
+        data = make_synthetic_dataset(
+            os.path.expanduser(args.output_dir),
+            cases=args.cases,
+            sites=args.sites,
+            shape=tuple(args.shape),
+            seed=args.seed,
+        )
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None
     print(f"wrote {data.num_cases} cases to {data.root}")

@@ -65,10 +65,11 @@ FAILURE_LOCATORS: list[Callable[[BaseException], str | None]] = []
 def describe_failure(error: BaseException | None) -> str:
     """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``;
     or, where a registered locator knows the config item that failed, one line naming it."""
-    for locate in FAILURE_LOCATORS if error is not None else ():
-        located = locate(error)
-        if located:
-            return located
+    if error is not None:
+        for locate in FAILURE_LOCATORS:
+            located = locate(error)
+            if located:
+                return located
     parts = []
     while error is not None:
         if isinstance(error, ConfigError):

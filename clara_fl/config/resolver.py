@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from clara_fl.config import compat
+from clara_fl.config.context import BuildContext
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
-from clara_fl.config.context import BuildContext
 from clara_fl.config.model_hints import final_model_hint
 from clara_fl.config.variables import as_bool, is_code
 
@@ -32,7 +32,18 @@ __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
 logger = logging.getLogger(__name__)
 
 COMPONENT_KEYS = frozenset(
-    {"name", "path", "args", "disabled", "rank", "log_label", "ref", "data_list_file_path", "data_file_base_dir", "data_list_key"}
+    {
+        "name",
+        "path",
+        "args",
+        "disabled",
+        "rank",
+        "log_label",
+        "ref",
+        "data_list_file_path",
+        "data_file_base_dir",
+        "data_list_key",
+    }
 )
 DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
 TRANSFORM_LISTS = ("pre_transforms", "post_transforms")
@@ -68,7 +79,9 @@ class _Planned:
 
 def component_label(spec: Mapping[str, Any]) -> str:
     """A metric's log label: ``log_label``, else its class name."""
-    return str(spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1])
+    return str(
+        spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1]
+    )
 
 
 def _is_component(value: Any) -> bool:
@@ -76,7 +89,9 @@ def _is_component(value: Any) -> bool:
 
 
 def _is_file_entry(value: Any) -> bool:
-    return isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+    return (
+        isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
+    )
 
 
 def _is_model_entry(value: Any) -> bool:
@@ -115,7 +130,11 @@ class ConfigResolver:
             sections = {"train": config["train"]}
             if isinstance(config.get("validate"), dict):
                 sections["validate"] = config["validate"]
-            extras = {k: v for k, v in config.items() if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"}
+            extras = {
+                k: v
+                for k, v in config.items()
+                if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"
+            }
             if extras:
                 sections[""] = extras
             return sections
@@ -199,10 +218,13 @@ class ConfigResolver:
                 return {k: self._resolve(v, json_path(path, k), section) for k, v in value.items()}
             return value
         except ConfigError as e:
-            raise e.located(self.file, path)
+            e.located(self.file, path)
+            raise
         except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
             # A value of a shape nothing here expects; say where, not how Python tripped over it.
-            raise ConfigError(f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path) from e
+            raise ConfigError(
+                f"invalid value {_short(value)} ({type(e).__name__}: {e})", file=self.file, path=path
+            ) from e
 
     def _resolve_string(self, value: str, path: str, section: str) -> Any:
         if value.startswith("@") and value[1:].isidentifier():
@@ -235,7 +257,9 @@ class ConfigResolver:
         value = spec.get("disabled", False)
         disabled = as_bool(value)
         if disabled is None:
-            raise ConfigError(f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled"))
+            raise ConfigError(
+                f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled")
+            )
         return disabled
 
     def _on_this_rank(self, spec: Mapping[str, Any], path: str) -> bool:
@@ -260,12 +284,19 @@ class ConfigResolver:
     def _resolve_ref(self, value: Mapping[str, Any], path: str, section: str) -> Any:
         ref = value["ref"]
         if not isinstance(ref, str) or not ref:
-            raise ConfigError(f"'ref' must name a train transform by class name or alias, got {_short(ref)}", path=json_path(path, "ref"))
+            raise ConfigError(
+                f"'ref' must name a train transform by class name or alias, got {_short(ref)}",
+                path=json_path(path, "ref"),
+            )
         extra = set(value) - {"ref", "disabled", "rank"}
         if extra:
-            raise ConfigError(f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is")
+            raise ConfigError(
+                f"a 'ref' item takes no other keys, found {sorted(extra)}: it re-uses the train transform as is"
+            )
         if "train" not in self.sections or section == "train":
-            raise ConfigError(f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')")
+            raise ConfigError(
+                f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')"
+            )
         candidates = list(self._train_transforms())
         match = next((p for p, _, alias in candidates if alias == ref), None)
         match = match or next((p for p, name, _ in candidates if name == ref), None)
@@ -298,7 +329,10 @@ class ConfigResolver:
         name, target = self._target(spec, path)
         raw_args = spec.get("args", {})
         if not isinstance(raw_args, dict):
-            raise ConfigError(f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}", path=json_path(path, "args"))
+            raise ConfigError(
+                f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
+                path=json_path(path, "args"),
+            )
         missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
         if missing:
             raise missing.located(self.file, path)
@@ -338,7 +372,9 @@ class ConfigResolver:
             raise ConfigError("give either 'name' or 'path', not both")
         key = "path" if "path" in spec else "name"
         if not isinstance(spec[key], str) or not spec[key]:
-            raise ConfigError(f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key))
+            raise ConfigError(
+                f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key)
+            )
         restrictions = self.context.restrictions
         if "path" in spec:
             where = json_path(path, "path")
@@ -351,7 +387,8 @@ class ConfigResolver:
                     restrictions.check_target(target, dotted)
                 return dotted.rsplit(".", 1)[-1], target
             except ConfigError as e:
-                raise e.located(self.file, where)
+                e.located(self.file, where)
+                raise
         where = json_path(path, "name")
         name = str(spec["name"]).split("#")[0]
         removed = compat.removed_name_error(name)
@@ -364,7 +401,8 @@ class ConfigResolver:
                 restrictions.check_target(target, name)
             return name, target
         except ConfigError as e:
-            raise e.located(self.file, where)
+            e.located(self.file, where)
+            raise
 
     def _datalist(self, spec: Mapping[str, Any], path: str) -> Any:
         if "data_list_file_path" not in spec:
@@ -389,20 +427,29 @@ class ConfigResolver:
         if params is None:
             return
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        named = [p for p in params if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        named = [
+            p for p in params if params[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
         if not accepts_any:
             for arg in args:
                 if arg not in params:
                     raise ConfigError(
-                        f"unexpected argument '{arg}' for {name}{did_you_mean(arg, named)}; it accepts: {', '.join(named)}",
+                        f"unexpected argument '{arg}' for {name}{did_you_mean(arg, named)}; "
+                        f"it accepts: {', '.join(named)}",
                         path=json_path(path, "args", arg),
                     )
         missing = [
-            p for p in named
-            if params[p].default is inspect.Parameter.empty and params[p].kind is not inspect.Parameter.POSITIONAL_ONLY and p not in args
+            p
+            for p in named
+            if params[p].default is inspect.Parameter.empty
+            and params[p].kind is not inspect.Parameter.POSITIONAL_ONLY
+            and p not in args
         ]
         if missing:
-            raise ConfigError(f"{name} needs argument(s) {', '.join(repr(m) for m in missing)} in 'args'", path=json_path(path, "args"))
+            raise ConfigError(
+                f"{name} needs argument(s) {', '.join(repr(m) for m in missing)} in 'args'",
+                path=json_path(path, "args"),
+            )
 
     # -- validation/inference model entries ------------------------------------------------------
 
@@ -424,7 +471,8 @@ class ConfigResolver:
                 try:
                     self.context.restrictions.check_read(file, json_path(entry_path, kind), what="model file")
                 except ConfigError as e:
-                    raise e.located(self.file)
+                    e.located(self.file)
+                    raise
             if not os.path.isfile(file):
                 hint = final_model_hint(file, kind, self.context.mmar_root)
                 raise ConfigError(
@@ -435,9 +483,11 @@ class ConfigResolver:
             try:
                 return self.context.runtime.load_model(kind, file, self.context)
             except ConfigError as e:
-                raise e.located(self.file, json_path(entry_path, kind))
+                e.located(self.file, json_path(entry_path, kind))
+                raise
         raise ConfigError(
-            "every model entry is disabled; enable one with --set dont_load_ts_model=False or dont_load_ckpt_model=False",
+            "every model entry is disabled; "
+            "enable one with --set dont_load_ts_model=False or dont_load_ckpt_model=False",
             file=self.file,
             path=path,
         )

@@ -7,12 +7,13 @@ has one bright round opacity inside a lung field. Labels are one-hot lists (``[1
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from clara_fl.runtime.files import write_json_atomic
 
 __all__ = ["SyntheticClassificationDataset", "make_classification_dataset", "CLASSES"]
 
@@ -87,24 +88,22 @@ def make_classification_dataset(
     validation = [item for item, val in zip(items, in_validation, strict=True) if val]
     training = [item for item, val in zip(items, in_validation, strict=True) if not val]
     dataset_json = root / "dataset.json"
-    dataset_json.write_text(
-        json.dumps(
-            {
-                "name": "SyntheticChestXray",
-                "labels": dict(enumerate(CLASSES)),
-                "training": training,
-                "validation": validation,
-                "test": test,
-            },
-            indent=1,
-        )
+    write_json_atomic(
+        dataset_json,
+        {
+            "name": "SyntheticChestXray",
+            "labels": dict(enumerate(CLASSES)),
+            "training": training,
+            "validation": validation,
+            "test": test,
+        },
     )
-    site_datalists = {}
+    site_datalists: dict[str, Path] = {}
     for k in range(sites):
-        path = root / f"dataset_site-{k + 1}.json"
+        site_list = root / f"dataset_site-{k + 1}.json"
         share = {
             split: _deal(items_, k, sites) for split, items_ in (("training", training), ("validation", validation))
         }
-        path.write_text(json.dumps({**share, "test": test}, indent=1))
-        site_datalists[f"site-{k + 1}"] = path
+        write_json_atomic(site_list, {**share, "test": test})
+        site_datalists[f"site-{k + 1}"] = site_list
     return SyntheticClassificationDataset(root, dataset_json, site_datalists, cases)

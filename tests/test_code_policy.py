@@ -438,3 +438,38 @@ def test_the_server_persistor_accepts_the_shipped_arguments(tmp_path: Path) -> N
     from clara_fl.fl.server.persistor import check_persistor_arguments
 
     check_persistor_arguments({"global_model_file_name": "FL_global_model.pt", "exclude_vars": None}, str(tmp_path))
+
+
+def test_a_byoc_module_imported_earlier_from_another_app_folder_is_still_the_jobs_own_code(tmp_path: Path) -> None:
+    """A simulator runs several sites' app folders in one process: the module name is cached from the first."""
+    for site in ("app_site-1", "app_site-2"):
+        (tmp_path / site / "custom").mkdir(parents=True)
+        (tmp_path / site / "custom" / "shared_byoc_net.py").write_text("class Net:\n    pass\n")
+    sys.path.insert(0, str(tmp_path / "app_site-1" / "custom"))
+    try:
+        import shared_byoc_net  # noqa: F401  (imported from site-1's folder, as the first site would)
+
+        Restrictions(str(tmp_path / "app_site-2")).check_target(shared_byoc_net.Net, "shared_byoc_net.Net")
+    finally:
+        sys.path.remove(str(tmp_path / "app_site-1" / "custom"))
+        sys.modules.pop("shared_byoc_net", None)
+
+
+def test_a_jobs_custom_file_named_like_a_standard_module_does_not_admit_that_module(tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "subprocess.py").write_text("")
+
+    with pytest.raises(ConfigError, match="outside what the restricted policy builds"):
+        Restrictions(str(tmp_path)).check_target(subprocess.Popen, "subprocess.Popen")
+
+
+def test_a_jobs_custom_file_named_like_an_imported_package_does_not_admit_its_functions(tmp_path: Path) -> None:
+    from clara_fl.runtime.files import write_json_atomic
+
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "custom" / "clara_fl.py").write_text("")
+
+    with pytest.raises(ConfigError, match="not a class"):
+        Restrictions(str(tmp_path)).check_target(write_json_atomic, "clara_fl.runtime.files.write_json_atomic")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib.machinery
 import inspect
 import os
+import sys
+import sysconfig
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +118,21 @@ def _inside(path: str, roots: Iterable[str]) -> bool:
     return False
 
 
+def _from_a_custom_folder(file: str, module_name: str) -> bool:
+    """Whether module ``module_name`` was loaded from ``<app>/custom/`` (an MMAR's BYOC folder), and not
+    from the Python installation."""
+    parts = os.path.normpath(os.path.realpath(file)).split(os.sep)
+    names = module_name.split(".")
+    if parts[-1] == "__init__.py":
+        parts = parts[:-1]
+    else:
+        parts[-1] = os.path.splitext(parts[-1])[0]
+    inside_custom = parts[-len(names) :] == names and len(parts) > len(names) and parts[-len(names) - 1] == "custom"
+    paths = sysconfig.get_paths()
+    installed = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    return inside_custom and not _inside(file, installed | {sys.base_prefix})
+
+
 def _looks_like_escape(value: str) -> bool:
     return os.path.isabs(value) or value.startswith("~") or ".." in value.replace("\\", "/").split("/")
 
@@ -163,7 +180,10 @@ class Restrictions:
         module_name = getattr(target, "__module__", "") or ""
         if self._is_custom(module_name):
             file = getattr(inspect.getmodule(target), "__file__", None)
-            if file and _inside(file, [self._custom]):
+            # The job's own BYOC module; or the same module imported earlier from another app folder of
+            # this process (a simulator runs several sites' apps in one process) - user code either way,
+            # never the Python installation's (a job's custom/subprocess.py does not admit subprocess.Popen).
+            if file and (_inside(file, [self._custom]) or _from_a_custom_folder(file, module_name)):
                 return
         if not inspect.isclass(target):
             raise ConfigError(f"'{label}' is not a class: the restricted policy builds classes only")

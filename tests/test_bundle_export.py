@@ -388,3 +388,31 @@ def test_the_bundle_federates_through_monai_algo_in_the_flare_simulator(
     assert {s["name"]: s["weight"] > 0 for s in rounds[0]["sites"]} == {site: True for site in SITES}
     global_model = torch.load(server / "app_server" / "FL_global_model.pt", weights_only=True)
     assert set(global_model["model"]) == set(torch.load(bundle.parent / "b_weights.pt", weights_only=True))
+
+
+# -- the classification MMAR ------------------------------------------------------------------------------
+
+
+def test_the_classification_mmar_bundle_trains_evaluates_infers_and_exports_with_monai_alone(
+    tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    from clara_fl.data.synthetic_classification import make_classification_dataset
+    from tests.test_classification_mmar import CLS_MMAR
+
+    data = make_classification_dataset(tmp_path / "data", cases=12, sites=2, size=32)
+    mmar = copy_mmar(CLS_MMAR, tmp_path / "chest_xray_cls", data.root)
+    fast = ["epochs=1", "num_workers=0", "batch_size=4"]
+    assert main(["train", "-m", str(mmar), "--set", *fast]) == 0
+    bundle = export(mmar, tmp_path / "bundle", "--set", *fast)
+
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/train.json")
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/evaluate.json")
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/inference.json")
+    monai_bundle(
+        bundle, no_clara_fl, "ckpt_export", "--config_file", "configs/train.json", "--filepath", "models/model.ts"
+    )
+
+    assert {"val_auc", "val_accuracy"} <= set(metric_rows(bundle / "eval" / "metrics.csv"))
+    assert (bundle / "eval" / "predictions.csv").read_text().count(".png") == 1  # the one test case
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"))
+    assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 2)

@@ -394,3 +394,19 @@ def test_standalone_report_shows_curves_best_epoch_and_per_case_values(standalon
     assert re.search(r"<td>case_\d+</td>", section(html, "validation-details"))
     assert_pictures_are_the_stated_pngs(standalone_report)
     assert_self_contained(html)
+
+
+def test_standalone_training_writes_the_learning_rate_every_epoch_and_the_report_draws_it(
+    spleen_mmar: Path, tmp_path: Path
+) -> None:
+    from clara_fl.report.readers import read_tensorboard_curves
+
+    assert main(["train", "-m", str(spleen_mmar), "--set", *tiny_set(epochs=2)]) == 0
+
+    curves = read_tensorboard_curves(spleen_mmar / "models")
+    assert "learning_rate" in curves and list(curves["learning_rate"].steps) == [1, 2]
+    configured = json.loads((spleen_mmar / "config" / "config_train.json").read_text())["learning_rate"]
+    assert curves["learning_rate"].values[0] == pytest.approx(configured)  # StepLR steps every 5000 iterations
+    from clara_fl.report.collect import collect
+
+    assert "learning_rate" in collect(spleen_mmar).curves["local"]  # a panel of the standalone curves

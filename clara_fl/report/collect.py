@@ -263,7 +263,8 @@ def _key_metric(root: Path) -> str | None:
 
 
 def _learning_rates(models: Path) -> dict[str, str]:
-    """Start and end learning rate from the final checkpoint's optimizer state (TensorBoard has no lr tag)."""
+    """Start and end learning rate from the final checkpoint's optimizer state (the curve is the
+    ``learning_rate`` tag that clara-fl's TensorBoardStatsHandler writes on the trainer)."""
     for name in ("final_model.pt", "model.pt"):
         path = models / name
         if not path.is_file():

@@ -634,3 +634,62 @@ def test_a_clara40_mmar_with_custom_code_passes_the_restricted_checks(
     check_config(loaded, _restricted_context(clara40_mmar, synthetic_data.root))
 
     assert loaded.config["train"]["pre_transforms"][3]["path"].endswith("LegacyTransform#ClipIntensityd")
+
+
+def _with_legacy_handler_and_loss(mmar: Path) -> None:
+    path = mmar / "config" / "config_train.json"
+    config = json.loads(path.read_text())
+    config["train"]["loss"] = {
+        "path": "legacy_components.ConfiguredLoss",
+        "args": {"base": {"name": "DiceLoss", "args": {"to_onehot_y": True, "softmax": True}}},
+    }
+    config["train"]["handlers"].append(
+        {"path": "legacy_components.BatchRecorder", "args": {"output_file": "{MMAR_CKPT_DIR}/batches.json"}}
+    )
+    path.write_text(json.dumps(config))
+
+
+def test_a_clara40_custom_handler_sees_batched_engine_output_as_monai_05_gave_it(clara40_mmar: Path) -> None:
+    from clara_fl.cli import main
+
+    _with_legacy_handler_and_loss(clara40_mmar)
+
+    assert main(["train", "-m", str(clara40_mmar), "--safe"]) == 0
+
+    seen = json.loads((clara40_mmar / "models" / "batches.json").read_text())
+    assert seen and all(entry["batch"] == 2 for entry in seen[:-1])  # the config's batch_size; the last may be short
+    assert all(isinstance(entry["loss"], float) for entry in seen)
+
+
+def test_a_clara40_custom_component_gets_its_nested_component_config_as_a_plain_dict(clara40_mmar: Path) -> None:
+    from clara_fl.config.mmar import load_config
+    from clara_fl.workflows.train import TrainWorkflow
+
+    _with_legacy_handler_and_loss(clara40_mmar)
+
+    workflow = TrainWorkflow.build(load_config(clara40_mmar, "config/config_train.json"))
+
+    loss = workflow.resolver.get("loss", "train")
+    assert type(loss).__name__ == "ConfiguredLoss" and type(loss.base).__name__ == "DiceLoss"
+
+
+def test_a_clara41_config_builds_nested_component_configs_for_custom_components_as_before(
+    tmp_path: Path, synthetic_data
+) -> None:
+    from clara_fl.config.context import BuildContext
+    from clara_fl.config.mmar import load_config
+    from clara_fl.config.resolver import ConfigResolver
+    from clara_fl.workflows.runtime import with_runtime
+
+    mmar = copy_mmar(CLARA40_MMAR, tmp_path / "m41", synthetic_data.root)
+    config = {
+        "train": {
+            "loss": {"path": "legacy_components.ConfiguredLoss", "args": {"base": "@inner"}},
+            "inner": {"name": "DiceLoss"},
+        }
+    }
+    loaded = load_config(mmar, "config/config_train.json", config=config)
+
+    context = with_runtime(BuildContext(mmar_root=str(mmar)))
+    with pytest.raises(ConfigError, match="expected the nested component config as a dict, got DiceLoss"):
+        ConfigResolver(loaded.config, context=context).get("loss", "train")

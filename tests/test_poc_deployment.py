@@ -159,6 +159,10 @@ def site_logs(prod: Path, job_id: str | None) -> str:
     return "\n".join(text)
 
 
+PRIVATE_SITE = "site-1"
+PRIVACY = "PercentilePrivacy:percentile=10,gamma=0.01"
+
+
 def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tmp_path: Path) -> None:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
@@ -209,6 +213,8 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
     setup = run([CLARA_FL, "site", "setup", prod / "server"], env, 60)
     assert setup.returncode == 0, setup.stderr
     for site in SITES:
+        # site-1 also requires a privacy filter on everything it sends, whatever the job says
+        privacy = ["--privacy", PRIVACY] if site == PRIVATE_SITE else []
         setup = run(
             [
                 CLARA_FL,
@@ -218,6 +224,7 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
                 "--set",
                 f"DATA_ROOT={data.root}",
                 f"DATASET_JSON={data.root}/dataset_{{SITE_NAME}}.json",
+                *privacy,
             ],
             env,
             60,
@@ -282,6 +289,8 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
         for site in SITES:
             log = (prod / site / job_id / "log.txt").read_text(errors="replace")
             assert f"site values from {prod / site / 'local' / 'clara_fl_site.json'}" in log
+            # the site's own privacy policy filtered its updates (PercentilePrivacy logs its cutoff); the other's not
+            assert ("cutoff:" in log) == (site == PRIVATE_SITE), f"{site}: privacy filter applied as the site set it"
 
         pids = site_pids | deployment_pids(workspace)
         assert pids, "no process of the deployment was found while it ran"

@@ -81,6 +81,9 @@ class BuildContext:
     # The restricted policy's checks on classes, arguments and paths; None under the full policy.
     restrictions: Restrictions | None = None
     runtime: BuildRuntime = field(default_factory=NoRuntime)
+    # A Clara 4.0 config (or one converted from it): its custom components get nested component configs
+    # as plain dicts, as Clara 4.0 passed them (docs/clara40.md).
+    clara40: bool = False
     _said: set[str] = field(default_factory=set)
 
     def say_once(self, key: str, message: str, level: int = logging.WARNING) -> None:

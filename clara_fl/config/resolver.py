@@ -25,6 +25,7 @@ from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.model_hints import final_model_hint
+from clara_fl.config.restrictions import from_a_custom_folder
 from clara_fl.config.variables import as_bool, is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -337,7 +338,11 @@ class ConfigResolver:
         if missing:
             raise missing.located(self.file, path)
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
-        args = {k: self._resolve(v, json_path(path, "args", k), section) for k, v in args.items()}
+        plain = self._takes_plain_component_configs(target)
+        args = {
+            k: v if plain and _is_component(v) else self._resolve(v, json_path(path, "args", k), section)
+            for k, v in args.items()
+        }
         if self.context.restrictions is not None:
             self.context.restrictions.check_args(raw_args, path)
         if any(k in spec for k in DATASET_KEYS):
@@ -362,6 +367,14 @@ class ConfigResolver:
             raise
         except Exception as e:
             raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}") from e
+
+    def _takes_plain_component_configs(self, target: Any) -> bool:
+        """Clara 4.0 handed a custom component its nested component configs as plain dicts; a Clara 4.0
+        config's BYOC classes (from the MMAR's custom/ folder) still get them so."""
+        if not self.context.clara40:
+            return False
+        file = getattr(inspect.getmodule(target), "__file__", None)
+        return bool(file) and from_a_custom_folder(str(file), getattr(target, "__module__", ""))
 
     def _legacy_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         legacy = compat.LEGACY_NAMES.get(str(spec.get("name", "")).split("#")[0])

@@ -28,7 +28,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError, json_path
 
-__all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS"]
+__all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS", "from_a_custom_folder"]
 
 ALLOWED_ROOTS = ("monai", "torch", "ignite")
 REFUSED_MODULES = (
@@ -118,7 +118,7 @@ def _inside(path: str, roots: Iterable[str]) -> bool:
     return False
 
 
-def _from_a_custom_folder(file: str, module_name: str) -> bool:
+def from_a_custom_folder(file: str, module_name: str) -> bool:
     """Whether module ``module_name`` was loaded from ``<app>/custom/`` (an MMAR's BYOC folder), and not
     from the Python installation."""
     parts = os.path.normpath(os.path.realpath(file)).split(os.sep)
@@ -183,7 +183,7 @@ class Restrictions:
             # The job's own BYOC module; or the same module imported earlier from another app folder of
             # this process (a simulator runs several sites' apps in one process) - user code either way,
             # never the Python installation's (a job's custom/subprocess.py does not admit subprocess.Popen).
-            if file and (_inside(file, [self._custom]) or _from_a_custom_folder(file, module_name)):
+            if file and (_inside(file, [self._custom]) or from_a_custom_folder(file, module_name)):
                 return
         if not inspect.isclass(target):
             raise ConfigError(f"'{label}' is not a class: the restricted policy builds classes only")

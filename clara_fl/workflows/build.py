@@ -63,6 +63,7 @@ def check_config(loaded: LoadedConfig, context: BuildContext) -> None:
         from clara_fl.components.legacy_monai import install_legacy_names
 
         install_legacy_names()
+        context.clara40 = True
     ConfigResolver(
         loaded.config, loaded.display_file, context, set(config_globals(loaded.config)), dry_run=True
     ).build_all()

@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 __all__ = ["is_clara40", "clara40_markers", "sections_of", "needs_compat_layer"]
 
 LEGACY_TRANSFORM_CLASS = "clara_fl.components.legacy_transform.LegacyTransform"
+LEGACY_HANDLER_CLASS = "clara_fl.components.legacy_handler.LegacyHandler"
 
 _REFERENCE = re.compile(r"@[A-Za-z_]\w*")
 
@@ -83,4 +84,5 @@ def is_clara40(config: Mapping[str, Any]) -> bool:
 def needs_compat_layer(config: Mapping[str, Any]) -> bool:
     """Whether the MMAR's custom code was written for Clara 4.0: a 4.0 config, or one ``clara-fl convert`` wrote
     from it (its custom transforms run in LegacyTransform)."""
-    return is_clara40(config) or any(text.startswith(LEGACY_TRANSFORM_CLASS) for text in _strings(config))
+    legacy = (LEGACY_TRANSFORM_CLASS, LEGACY_HANDLER_CLASS)
+    return is_clara40(config) or any(text.startswith(legacy) for text in _strings(config))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 from clara_fl.config.clara40.changes import Change
-from clara_fl.config.clara40.detect import LEGACY_TRANSFORM_CLASS
+from clara_fl.config.clara40.detect import LEGACY_HANDLER_CLASS, LEGACY_TRANSFORM_CLASS
 from clara_fl.config.clara40.output_lambdas import rewrite_batched_lambda
 from clara_fl.config.errors import ConfigError, json_path
 from clara_fl.config.variables import as_bool
@@ -49,6 +49,7 @@ HANDLER_TARGETS: dict[str, tuple[str, str]] = {
 CHECKPOINT_DICTS = ("save_dict", "load_dict")
 LIBRARY_PREFIXES = ("monai.", "torch.", "ignite.", "clara_fl.", "numpy.")
 LEGACY_TRANSFORM = LEGACY_TRANSFORM_CLASS
+LEGACY_HANDLER = LEGACY_HANDLER_CLASS
 # After these, MONAI 0.5 items held tensors; before them, numpy arrays.
 TO_TENSOR = frozenset(
     {"ToTensord", "ToTensorD", "ToTensorDict", "ToTensor", "EnsureTyped", "EnsureTypeD", "EnsureType"}
@@ -246,6 +247,25 @@ def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[
             changes.append(Change(where, f"custom transform run as in MONAI 0.5 ({what})"))
 
 
+def _wrap_custom_handlers(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
+    """BYOC handlers see batched engine output, as MONAI 0.5 engines gave it: see LegacyHandler."""
+    handlers = section.get("handlers")
+    if not isinstance(handlers, list):
+        return
+    for index, spec in enumerate(handlers):
+        dotted = spec.get("path") if _is_component(spec) else None
+        if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+            continue
+        module_and_class, _, alias = dotted.partition("#")
+        inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
+        inner["path"] = module_and_class
+        wrapper: dict[str, Any] = {"path": f"{LEGACY_HANDLER}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+        wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
+        wrapper["args"] = {"handler": inner}
+        handlers[index] = wrapper
+        changes.append(Change(json_path(prefix, "handlers", index), "custom handler sees batched engine output"))
+
+
 def wire_section(
     section: dict[str, Any],
     prefix: str,
@@ -271,6 +291,7 @@ def wire_section(
         _one_component(spec, path, changes)
         _rewrite_output_transforms(spec, path, changes)
     _wrap_custom_transforms(section, prefix, changes)
+    _wrap_custom_handlers(section, prefix, changes)
     _metrics_list(section, prefix, changes)
     known |= {"key_metric", "additional_metrics"} & set(section)
     _data_pipeline(section, prefix, known, changes)

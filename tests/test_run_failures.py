@@ -78,7 +78,7 @@ def test_a_transform_failing_on_a_case_names_its_config_path_class_and_case(mmar
     )
 
 
-def test_a_transform_failing_in_a_loader_worker_names_its_config_path_and_class(mmar: Path) -> None:
+def test_a_transform_failing_in_a_loader_worker_names_its_config_path_class_and_case(mmar: Path) -> None:
     case = _first_case(mmar)
 
     def change(train: dict) -> None:
@@ -90,7 +90,7 @@ def test_a_transform_failing_in_a_loader_worker_names_its_config_path_and_class(
     code, line = _train(mmar)
 
     assert code == 1
-    assert "config/config_train.json: train.pre_transforms[3] (FailOnCase) failed" in line
+    assert f"config/config_train.json: train.pre_transforms[3] (FailOnCase) failed on {case}: " in line
     assert line.endswith("ValueError: unexpected voxel spacing (run with --debug for the traceback)")
 
 

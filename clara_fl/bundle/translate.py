@@ -31,25 +31,11 @@ from clara_fl.bundle.targets import IMAGE_META_BATCH_TRANSFORM, Target, resolve_
 from clara_fl.bundle.variables import BundleVariables
 from clara_fl.config import compat
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
+from clara_fl.config.resolver import COMPONENT_KEYS, DATASET_KEYS
 from clara_fl.config.variables import PLACEHOLDER, as_bool, config_globals, is_code
 
 __all__ = ["ClaraConfig", "translate_train", "translate_evaluate", "translate_inference", "RESERVED_IDS"]
 
-COMPONENT_KEYS = frozenset(
-    {
-        "name",
-        "path",
-        "args",
-        "disabled",
-        "rank",
-        "log_label",
-        "ref",
-        "data_list_file_path",
-        "data_file_base_dir",
-        "data_list_key",
-    }
-)
-DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
 MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
 # train-section items that MONAI bundles keep at the root.
 ROOT_ITEMS = {"model": "network", "loss": "loss", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}

@@ -109,10 +109,25 @@ def locate_failure(error: BaseException) -> str | None:
         found = named
     if found is None:
         return None
+    case = case or _noted_case(chain)
     file, path, name = found
     where = ": ".join(p for p in (file, f"{path} ({name})") if p)
     on_case = f" on {case}" if case else ""
     return f"{where} failed{on_case}: {_root_cause(chain[-1])}"
+
+
+_CASE_NOTE = re.compile(r"clara-fl case: (\S+)")
+
+
+def _noted_case(chain: list[BaseException]) -> str | None:
+    """The case a loader worker named in its exception note (clara_fl.workflows.runtime.CaseNamingDataset)."""
+    for exception in chain:
+        texts = [str(exception), *getattr(exception, "__notes__", [])]
+        for text in texts:
+            match = _CASE_NOTE.search(text)
+            if match:
+                return match.group(1)
+    return None
 
 
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): ?(.*)$")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from clara_fl.config.context import BuildContext, NoRuntime
 __all__ = ["ClaraRuntime", "with_runtime"]
 
 PLACED_ITEMS = ("model", "loss")
+CASE_NOTE = "clara-fl case: "
 
 
 class ClaraRuntime:
@@ -41,6 +43,8 @@ class ClaraRuntime:
             args["sampler"] = DistributedSampler(
                 args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even
             )
+        if _is_data_loader(target) and not dry_run and _is_map_style(args.get("dataset")):
+            args["dataset"] = CaseNamingDataset(args["dataset"])
         if _is_engine(target):
             args.setdefault("device", context.device)
             if args.get("amp") and not context.amp:
@@ -66,6 +70,50 @@ class ClaraRuntime:
         if kind == "ts_path":
             return load_torchscript_model(file, context.device)
         return load_checkpoint_model(file, context)
+
+
+class CaseNamingDataset:
+    """A map-style dataset that names the case an item failed on, also across a loader worker's process boundary.
+
+    A failure in a worker reaches the main process only as the text of its traceback; the case's file is added
+    to the exception as a note (``clara-fl case: NAME``), which that text carries, and
+    :mod:`clara_fl.workflows.failures` reads it back. Everything else is the wrapped dataset's.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as e:
+            name = case_file(self.dataset, index)
+            if name and hasattr(e, "add_note"):
+                e.add_note(f"{CASE_NOTE}{name}")
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.dataset, name)
+
+
+def case_file(dataset: Any, index: Any) -> str | None:
+    """The image file of item ``index`` of a MONAI dataset (its ``data`` list), or None."""
+    data = getattr(dataset, "data", None)
+    try:
+        item = data[index] if isinstance(data, (list, tuple)) else None
+    except (IndexError, TypeError):
+        return None
+    value = item.get("image") if isinstance(item, dict) else item
+    return os.path.basename(value) if isinstance(value, str) else None
+
+
+def _is_map_style(dataset: Any) -> bool:
+    import torch.utils.data
+
+    return isinstance(dataset, torch.utils.data.Dataset) and not isinstance(dataset, torch.utils.data.IterableDataset)
 
 
 def with_runtime(context: BuildContext) -> BuildContext:

@@ -220,6 +220,18 @@ def _engine(
             _add(spec, "amp", "{amp}", path, changes)
 
 
+def _wrapped(spec: dict[str, Any], dotted: str, wrapper_class: str, argument: str, **extra: Any) -> dict[str, Any]:
+    """``spec`` (a BYOC component) inside a compatibility wrapper component that keeps its alias, or its class
+    name as alias, so a ``ref`` still finds it."""
+    module_and_class, _, alias = dotted.partition("#")
+    inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
+    inner["path"] = module_and_class
+    wrapper: dict[str, Any] = {"path": f"{wrapper_class}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+    wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
+    wrapper["args"] = {argument: inner, **extra}
+    return wrapper
+
+
 def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
     """BYOC transforms get items as MONAI 0.5 made them (numpy, ``*_meta_dict``): see LegacyTransform."""
     for list_name in ("pre_transforms", "post_transforms"):
@@ -235,13 +247,7 @@ def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[
             dotted = spec.get("path")
             if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
                 continue
-            module_and_class, _, alias = dotted.partition("#")
-            inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
-            inner["path"] = module_and_class
-            wrapper: dict[str, Any] = {"path": f"{LEGACY_TRANSFORM}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
-            wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
-            wrapper["args"] = {"transform": inner, "to_numpy": numpy_items}
-            transforms[index] = wrapper
+            transforms[index] = _wrapped(spec, dotted, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
             what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
             where = json_path(prefix, list_name, index)
             changes.append(Change(where, f"custom transform run as in MONAI 0.5 ({what})"))
@@ -256,13 +262,7 @@ def _wrap_custom_handlers(section: dict[str, Any], prefix: str, changes: list[Ch
         dotted = spec.get("path") if _is_component(spec) else None
         if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
             continue
-        module_and_class, _, alias = dotted.partition("#")
-        inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
-        inner["path"] = module_and_class
-        wrapper: dict[str, Any] = {"path": f"{LEGACY_HANDLER}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
-        wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
-        wrapper["args"] = {"handler": inner}
-        handlers[index] = wrapper
+        handlers[index] = _wrapped(spec, dotted, LEGACY_HANDLER, "handler")
         changes.append(Change(json_path(prefix, "handlers", index), "custom handler sees batched engine output"))
 
 

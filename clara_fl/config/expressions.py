@@ -16,7 +16,7 @@ from typing import Any
 
 from clara_fl.config.compat import translate_expression
 from clara_fl.config.errors import ConfigError
-from clara_fl.config.safe_code import REF_PREFIX, RestrictedCode, compile_restricted
+from clara_fl.config.safe_code import REF_PREFIX, RestrictedCode
 
 __all__ = ["ExpressionEvaluator", "RestrictedEvaluator", "references_in", "evaluator_for"]
 
@@ -100,7 +100,7 @@ class RestrictedEvaluator(ExpressionEvaluator):
 
     @staticmethod
     def _compile_restricted(code: str) -> RestrictedCode:
-        return compile_restricted(code, REFERENCE.sub(rf"{REF_PREFIX}\1", _source(code)))
+        return RestrictedCode(code, REFERENCE.sub(rf"{REF_PREFIX}\1", _source(code)))
 
 
 def evaluator_for(policy: str) -> ExpressionEvaluator:

@@ -20,6 +20,12 @@ __all__ = ["LoadedConfig", "RawConfig", "load_config", "read_config", "resolve_i
 DEFAULT_ENVIRONMENT = "config/environment.json"
 
 
+def display_name(file: str, mmar_root: str) -> str:
+    """A config file as users name it: relative to the MMAR root where possible (as they wrote -c)."""
+    rel = os.path.relpath(file, mmar_root)
+    return file if rel.startswith("..") else rel
+
+
 def resolve_in_mmar(mmar_root: str, path: str) -> str:
     """Clara's rule for -c/-e: absolute paths stay, relative ones are under the MMAR root."""
     return path if os.path.isabs(path) else os.path.join(mmar_root, path)
@@ -38,8 +44,7 @@ class LoadedConfig:
     @property
     def display_file(self) -> str:
         """The file as users name it: relative to the MMAR root where possible."""
-        rel = os.path.relpath(self.file, self.mmar_root)
-        return self.file if rel.startswith("..") else rel
+        return display_name(self.file, self.mmar_root)
 
 
 def load_config(
@@ -73,9 +78,13 @@ class RawConfig:
     config: dict[str, Any]
     variables: Variables
     file: str
-    display_file: str
     mmar_root: str
     clara40: bool = False
+
+    @property
+    def display_file(self) -> str:
+        """The file as users name it: relative to the MMAR root where possible."""
+        return display_name(self.file, self.mmar_root)
 
 
 def read_config(
@@ -93,8 +102,7 @@ def read_config(
     if not os.path.isdir(mmar_root):
         raise ConfigError("MMAR folder not found (expected a folder with config/ inside)", file=mmar_root)
     config_path = resolve_in_mmar(mmar_root, config_file)
-    display = os.path.relpath(config_path, mmar_root)
-    display = config_path if display.startswith("..") else display
+    display = display_name(config_path, mmar_root)
     try:
         content = dict(config) if config is not None else load_json(config_path)
     except ConfigError as e:
@@ -117,7 +125,7 @@ def read_config(
     variables = Variables.collect(
         content, environment, overrides, mmar_root=mmar_root, file=display, environment_file=env_path
     )
-    return RawConfig(content, variables, config_path, display, mmar_root, clara40)
+    return RawConfig(content, variables, config_path, mmar_root, clara40)
 
 
 def add_custom_to_path(mmar_root: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError, json_path
 
-__all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS", "from_a_custom_folder"]
+__all__ = ["CodePolicy", "Restrictions", "WRITE_PATH_ARGS", "from_a_custom_folder", "looks_like_escape"]
 
 ALLOWED_ROOTS = ("monai", "torch", "ignite")
 REFUSED_MODULES = (
@@ -77,15 +77,15 @@ WRITE_PATH_ARGS = frozenset(
         "filename_or_obj",
     }
 )
+ANY_VALUE = object()
 # (argument, value that is refused): unpickling, downloads, remote code.
-DANGEROUS_ARGS: dict[str, Any] = {
+REFUSED_ARGS: dict[str, Any] = {
     "allow_pickle": True,
     "weights_only": False,
     "download": True,
     "trust_remote_code": True,
+    "pickle_module": ANY_VALUE,
 }
-ANY_VALUE = object()
-REFUSED_ARGS: dict[str, Any] = {**DANGEROUS_ARGS, "pickle_module": ANY_VALUE}
 WRITTEN_VARIABLE_PREFIX = "MMAR_"
 
 
@@ -133,7 +133,8 @@ def from_a_custom_folder(file: str, module_name: str) -> bool:
     return inside_custom and not _inside(file, installed | {sys.base_prefix})
 
 
-def _looks_like_escape(value: str) -> bool:
+def looks_like_escape(value: str) -> bool:
+    """Whether a path may lead out of the folder it is joined to: absolute, ``~`` or with a ``..`` part."""
     return os.path.isabs(value) or value.startswith("~") or ".." in value.replace("\\", "/").split("/")
 
 
@@ -211,7 +212,7 @@ class Restrictions:
         elif isinstance(value, str) and not value.startswith(("#", "@")) and not value.lstrip().startswith("lambda"):
             if key in WRITE_PATH_ARGS:
                 self.check_write(value, where)
-            elif _looks_like_escape(value):
+            elif looks_like_escape(value):
                 self.check_read(value, where)
 
     def check_write(self, value: str, where: str) -> None:
@@ -226,7 +227,7 @@ class Restrictions:
     def check_read(self, value: str, where: str, what: str = "path") -> None:
         """An input location: inside the MMAR folder or, when the site named them, its data folders."""
         roots = [self.mmar_root, *(self.data_roots or ())]
-        if self.data_roots is None and not _looks_like_escape(value):
+        if self.data_roots is None and not looks_like_escape(value):
             return
         if not _inside(os.path.join(os.getcwd(), os.path.expanduser(value)), roots):
             named = ", ".join(roots)

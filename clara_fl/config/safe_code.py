@@ -40,7 +40,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 
-__all__ = ["RESTRICTED_ADVICE", "compile_restricted", "RestrictedCode"]
+__all__ = ["RESTRICTED_ADVICE", "RestrictedCode"]
 
 RESTRICTED_ADVICE = (
     'a site that trusts this job can allow full Python in its local policy ("code_policy": "full", see docs/fl.md)'
@@ -474,8 +474,3 @@ class RestrictedCode:
     def run(self, refs: Mapping[str, Any]) -> Any:
         """Evaluate with ``refs`` (``_ref_<name>`` -> component) in scope."""
         return self._root(refs)
-
-
-def compile_restricted(code: str, text: str) -> RestrictedCode:
-    """Parse and compile ``text`` (``code`` with references renamed); raises ConfigError if refused."""
-    return RestrictedCode(code, text)

@@ -24,7 +24,7 @@ from typing import Any
 from clara_fl.config import errors
 from clara_fl.config.resolver import ConfigResolver
 
-__all__ = ["register", "locate_failure"]
+__all__ = ["register", "locate_failure", "case_name"]
 
 _ADDRESS = re.compile(r" at 0x([0-9a-fA-F]+)>")
 _CASE_KEYS = ("image", "label", "img", "seg")
@@ -55,7 +55,7 @@ def _frames(traceback: TracebackType | None) -> Iterator[Any]:
         traceback = traceback.tb_next
 
 
-def _case_name(data: Any) -> str | None:
+def case_name(data: Any) -> str | None:
     """The file a data item came from: its image's MetaTensor filename, or the image path string."""
     if isinstance(data, (list, tuple)) and data:
         data = data[0]
@@ -96,7 +96,7 @@ def locate_failure(error: BaseException) -> str | None:
             if known is not None and not (found and known[2] == "Compose" and found[2] != "Compose"):
                 found = known
             data = frame.f_locals.get("data") if frame.f_code.co_name == "apply_transform" else None
-            case = _case_name(data) or case
+            case = case_name(data) or case
     named = None
     for (
         exception

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 from clara_fl.config.context import BuildContext, NoRuntime
+from clara_fl.workflows.failures import case_name
 
 __all__ = ["ClaraRuntime", "with_runtime"]
 
@@ -90,7 +90,7 @@ class CaseNamingDataset:
         try:
             return self.dataset[index]
         except Exception as e:
-            name = case_file(self.dataset, index)
+            name = self._case_of(index)
             if name and hasattr(e, "add_note"):
                 e.add_note(f"{CASE_NOTE}{name}")
             raise
@@ -98,16 +98,13 @@ class CaseNamingDataset:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.dataset, name)
 
-
-def case_file(dataset: Any, index: Any) -> str | None:
-    """The image file of item ``index`` of a MONAI dataset (its ``data`` list), or None."""
-    data = getattr(dataset, "data", None)
-    try:
-        item = data[index] if isinstance(data, (list, tuple)) else None
-    except (IndexError, TypeError):
-        return None
-    value = item.get("image") if isinstance(item, dict) else item
-    return os.path.basename(value) if isinstance(value, str) else None
+    def _case_of(self, index: Any) -> str | None:
+        """The case file of item ``index`` of a MONAI dataset (its ``data`` list), or None."""
+        data = getattr(self.dataset, "data", None)
+        try:
+            return case_name(data[index]) if isinstance(data, (list, tuple)) else None
+        except (IndexError, TypeError):
+            return None
 
 
 def _is_map_style(dataset: Any) -> bool:

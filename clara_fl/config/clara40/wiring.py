@@ -220,6 +220,14 @@ def _engine(
             _add(spec, "amp", "{amp}", path, changes)
 
 
+def _custom_path(spec: Any) -> str | None:
+    """The dotted ``path`` of a BYOC component (not a library class), else None."""
+    dotted = spec.get("path") if _is_component(spec) else None
+    if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+        return None
+    return dotted
+
+
 def _wrapped(spec: dict[str, Any], dotted: str, wrapper_class: str, argument: str, **extra: Any) -> dict[str, Any]:
     """``spec`` (a BYOC component) inside a compatibility wrapper component that keeps its alias, or its class
     name as alias, so a ``ref`` still finds it."""
@@ -244,8 +252,8 @@ def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[
                 continue
             if _class_name(spec) in TO_TENSOR:
                 numpy_items = False
-            dotted = spec.get("path")
-            if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+            dotted = _custom_path(spec)
+            if dotted is None:
                 continue
             transforms[index] = _wrapped(spec, dotted, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
             what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
@@ -259,8 +267,8 @@ def _wrap_custom_handlers(section: dict[str, Any], prefix: str, changes: list[Ch
     if not isinstance(handlers, list):
         return
     for index, spec in enumerate(handlers):
-        dotted = spec.get("path") if _is_component(spec) else None
-        if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+        dotted = _custom_path(spec)
+        if dotted is None:
             continue
         handlers[index] = _wrapped(spec, dotted, LEGACY_HANDLER, "handler")
         changes.append(Change(json_path(prefix, "handlers", index), "custom handler sees batched engine output"))

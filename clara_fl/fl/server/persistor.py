@@ -22,7 +22,7 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
         ConfigError: naming the argument of ``config_fed_server.json`` that the policy refuses.
     """
     from clara_fl.config.errors import ConfigError
-    from clara_fl.config.restrictions import Restrictions
+    from clara_fl.config.restrictions import Restrictions, looks_like_escape
 
     file, where = "config/config_fed_server.json", "components[persistor].args"
     if arguments.get("load_weights_only") is False:
@@ -33,7 +33,7 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
         )
     for name in FILE_NAME_ARGS:
         value = arguments.get(name)
-        if isinstance(value, str) and (os.path.isabs(value) or ".." in value.replace("\\", "/").split("/")):
+        if isinstance(value, str) and looks_like_escape(value):
             raise ConfigError(
                 f"'{value}' must be a file name inside the job's app folder", file=file, path=f"{where}.{name}"
             )

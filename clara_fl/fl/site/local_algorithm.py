@@ -1,0 +1,55 @@
+"""What an FL algorithm does at a site around one round of local training.
+
+The Learner stays a thin FLARE adapter: it asks its :class:`LocalAlgorithm` which of the received weights to
+load, lets it prepare the trainer before the round, and asks it what to add to the result it sends. The base
+class is FedAvg: it loads everything, changes nothing and adds nothing. FedProx, SCAFFOLD, Ditto and FedBN
+override the steps they need, built on FLARE's own helpers (``nvflare.app_opt.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LocalAlgorithm"]
+
+
+class LocalAlgorithm:
+    """FedAvg at a site; subclasses add what their algorithm needs.
+
+    Args:
+        args: the algorithm's checked arguments (``algorithm_args`` of the Learner).
+    """
+
+    name = "fedavg"
+
+    def __init__(self, **args: Any) -> None:
+        self.args = dict(args)
+
+    def setup(self, workflow: Any) -> None:
+        """Once, after the site's TrainWorkflow is built: wrap the loss, attach engine event handlers, ..."""
+
+    def weights_to_load(self, global_weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Of the server's weights, those the site loads into its network (FedBN keeps its norm layers)."""
+        return global_weights
+
+    def before_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """After the global weights are loaded, before local training; ``meta`` is the received DXO's meta."""
+
+    def after_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], steps: int) -> dict[str, Any]:
+        """After local training (``steps`` iterations); returns what to add to the sent DXO's meta."""
+        return {}
+
+    def weights_to_send(self, weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """Of the site's weights (or weight difference), those it sends (FedBN keeps its norm layers)."""
+        return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the algorithm keeps between rounds (SCAFFOLD's control variate, Ditto's personal model), saved
+        with the site's local state so a restarted site resumes it."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""

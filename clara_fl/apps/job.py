@@ -7,6 +7,7 @@ import os
 
 from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
 from clara_fl.config.errors import ConfigError
+from clara_fl.recipes.algorithms import ALGORITHMS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +25,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--nproc-per-site", type=positive_int, help="DDP processes each site trains with (sets multi_gpu=True)"
     )
+    create.add_argument(
+        "--algorithm",
+        default="fedavg",
+        help="FL algorithm: " + ", ".join(sorted(ALGORITHMS)) + " (default fedavg)",
+    )
+    create.add_argument(
+        "--algorithm-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument of the algorithm, e.g. mu=0.01 for fedprox; repeat for several",
+    )
     add_set_argument(create, "values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)
@@ -31,10 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_create(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
+    from clara_fl.recipes.algorithms import parse_algorithm_args
     from clara_fl.recipes.job_folder import create_job, find_template
 
     require_mmar(args.mmar)
     find_template(args.template)  # before --force removes an existing job
+    algorithm_args = parse_algorithm_args(args.algorithm, args.algorithm_arg)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError("the job folder to write is a file", file=args.output, path="--output")
     job = create_job(
@@ -47,6 +62,8 @@ def run_create(args: argparse.Namespace) -> int:
         parse_set_args(args.set),
         args.force,
         nproc_per_site=args.nproc_per_site,
+        algorithm=args.algorithm,
+        algorithm_args=algorithm_args,
     )
     print(f"wrote FLARE job {job}")
     _print_fl_configs_taken(args.mmar)

@@ -1,6 +1,24 @@
-"""FLARE 2.9 Job Recipes for Clara MMARs: ``ClaraFedAvgRecipe(mmar, ...).execute(SimEnv(...))`` or ``.export(dir)``."""
+"""FLARE 2.9 Job Recipes for Clara MMARs: ``ClaraFedAvgRecipe(mmar, ...).execute(SimEnv(...))`` or ``.export(dir)``.
+
+The recipe class is imported on first use: ``clara-fl job create`` and ``--help`` read the settings and
+algorithm tables of this package without importing FLARE or torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from clara_fl.recipes.app_configs import FedAvgSettings
-from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+
+if TYPE_CHECKING:
+    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
 
 __all__ = ["ClaraFedAvgRecipe", "FedAvgSettings"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ClaraFedAvgRecipe":
+        from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+
+        return ClaraFedAvgRecipe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.recipes.algorithms import configure_algorithm
 from clara_fl.resources import templates_dir
 
 __all__ = [
@@ -53,6 +54,9 @@ class FedAvgSettings:
     data_filters: list[dict[str, Any]] = field(default_factory=list)
     # values for the job's environment.json (the MMAR's variables, e.g. roi_size)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # the FL algorithm (clara_fl.recipes.algorithms) and its arguments (--algorithm-arg)
+    algorithm: str = "fedavg"
+    algorithm_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +178,7 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
             *client.get("task_data_filters", []),
             {"tasks": ["train"], "filters": copy.deepcopy(s.data_filters)},
         ]
+    configure_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

@@ -81,13 +81,16 @@ class ClaraFedAvgRecipe(Recipe):
         privacy_filters: client filters on the train result, FLARE config entries
             (``{"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy", "args": {...}}``).
         overrides: values for the job's environment.json (the MMAR's variables).
+        algorithm: the FL algorithm (:data:`clara_fl.recipes.algorithms.ALGORITHMS`; default fedavg).
+        algorithm_args: its arguments by name (checked; the others keep their defaults).
         template: the job template the configs come from (clara_fedavg_cse: ScatterAndGather;
             clara_fedavg_cse_mc: FLARE's FedAvg ModelController).
         settings: all of the above at once (explicit arguments win); None reads them from the MMAR's own Clara FL
             configs (config/config_fed_server.json, config_fed_client.json) when it has them.
 
     Raises:
-        ConfigError: the folder is not an MMAR, the template is unknown, or a component cannot be built.
+        ConfigError: the folder is not an MMAR, the template is unknown, an algorithm or its arguments are
+            unknown, or a component cannot be built.
     """
 
     def __init__(
@@ -104,6 +107,8 @@ class ClaraFedAvgRecipe(Recipe):
         overrides: Mapping[str, Any] | None = None,
         template: str = DEFAULT_TEMPLATE,
         settings: FedAvgSettings | None = None,
+        algorithm: str | None = None,
+        algorithm_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
@@ -121,6 +126,8 @@ class ClaraFedAvgRecipe(Recipe):
             cross_site_eval=cross_site_eval,
             privacy_filters=privacy_filters,
             overrides=overrides,
+            algorithm=algorithm,
+            algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
         )
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)

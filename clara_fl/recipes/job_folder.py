@@ -40,11 +40,14 @@ def create_job(
     force: bool = False,
     nproc_per_site: int | None = None,
     settings: FedAvgSettings | None = None,
+    algorithm: str | None = None,
+    algorithm_args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the job folder ``output`` for ``mmar`` and return it.
 
     Args:
         settings: values read from the MMAR's own Clara FL configs; the explicit arguments win over them.
+        algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
 
     Raises:
         ConfigError: not an MMAR, an unknown template, or ``output`` holds something and ``force`` is not set.
@@ -64,6 +67,8 @@ def create_job(
         overrides=overrides,
         template=template,
         settings=settings,
+        algorithm=algorithm,
+        algorithm_args=algorithm_args,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_job_", dir=output.parent) as staging:

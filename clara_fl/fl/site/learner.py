@@ -25,6 +25,7 @@ from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateTyp
 
 from clara_fl.config.errors import ConfigError, describe_failure
 from clara_fl.config.mmar import LoadedConfig
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm
 from clara_fl.fl.site.local_state import LOCAL_STATE_FILE, LocalState
 from clara_fl.fl.site.worker import RoundRequest
 from clara_fl.workflows.round import RoundRunner, RoundSpec
@@ -45,6 +46,8 @@ class ClaraLearner(Learner):
         overrides: variables set by the job (``clara-fl job create --set``), above everything else.
         nproc_per_site: train each round in this many DDP processes (``torchrun --standalone``);
             validation and submit_model stay in this process.
+        algorithm: the FL algorithm's site side (:mod:`clara_fl.fl.site.algorithms`; default FedAvg).
+        algorithm_args: its arguments, as ``clara-fl job create --algorithm-arg`` checked them.
     """
 
     def __init__(
@@ -57,6 +60,8 @@ class ClaraLearner(Learner):
         analytic_sender_id: str = "analytic_sender",
         overrides: dict[str, Any] | None = None,
         nproc_per_site: int = 1,
+        algorithm: str = "fedavg",
+        algorithm_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         RoundSpec(local_epochs, steps_aggregation)  # refuses a round of nothing
@@ -68,6 +73,9 @@ class ClaraLearner(Learner):
         self.analytic_sender_id = analytic_sender_id
         self.overrides = dict(overrides or {})
         self.nproc_per_site = max(1, int(nproc_per_site))
+        self.algorithm = algorithm
+        self.algorithm_args = dict(algorithm_args or {})
+        self.site_algorithm = LocalAlgorithm()
         self.workflow: Any = None
         self._rounds: RoundRunner | None = None
         self._local_state: LocalState | None = None
@@ -91,6 +99,7 @@ class ClaraLearner(Learner):
 
     def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
         from clara_fl.config.mmar import load_config
+        from clara_fl.fl.site.algorithms import local_algorithm
         from clara_fl.fl.site.context import site_context
         from clara_fl.fl.site.streaming import MetricsStreamer
         from clara_fl.workflows.train import TrainWorkflow
@@ -113,6 +122,13 @@ class ClaraLearner(Learner):
             )
             loaded = self._without_checkpoint_loaders(loaded, fl_ctx)
             self.workflow = TrainWorkflow.build(loaded, code_policy=self.site.policy)
+            self.site_algorithm = local_algorithm(self.algorithm, self.algorithm_args)
+            if self.site_algorithm.modifies_training and self.nproc_per_site > 1:
+                raise ConfigError(
+                    f"{self.algorithm} cannot train in several processes per site",
+                    path="components[clara_learner].args.nproc_per_site",
+                )
+            self.site_algorithm.setup(self.workflow)
         except ConfigError as e:
             # One clear line in the site log; every task then fails with an error code (the job goes on
             # while enough other sites are healthy).
@@ -123,7 +139,9 @@ class ClaraLearner(Learner):
         writer = parts.get(self.analytic_sender_id)
         if writer is not None:
             MetricsStreamer(writer).attach(self.workflow.trainer, self.workflow.evaluator)
-        self._local_state = LocalState(self.workflow, os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE))
+        self._local_state = LocalState(
+            self.workflow, os.path.join(self.workflow.ckpt_dir, LOCAL_STATE_FILE), self.site_algorithm
+        )
         if self.local_state.restore():
             self.log_info(
                 fl_ctx, f"resumed local state from {self.local_state.path} (epoch {self.workflow.trainer.state.epoch})"
@@ -161,10 +179,11 @@ class ClaraLearner(Learner):
         network = self.workflow.network
         self.local_state.wait()  # the last round's state is on disk before the weights change
         try:
-            load_global_weights(network, global_weights)
+            load_global_weights(network, self.site_algorithm.weights_to_load(global_weights))
         except ValueError as e:
             self.log_error(fl_ctx, f"global model does not fit this site's network: {e}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
+        self.site_algorithm.before_round(self.workflow, global_weights, dxo.meta)
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         spec = self.round_spec()
         self.log_info(fl_ctx, f"round {current_round}: training {spec.describe()}")
@@ -192,14 +211,20 @@ class ClaraLearner(Learner):
                 "and going back to the state before this round",
             )
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        try:
+            meta = self.site_algorithm.after_round(self.workflow, global_weights, steps)
+        except Exception as e:
+            return self._failed(fl_ctx, f"{self.algorithm} after local training failed: {describe_failure(e)}")
         if self.nproc_per_site > 1:
             self.local_state.adopt(self._round_state_path())
         else:
             self.local_state.save()
         kind = DataKind.WEIGHT_DIFF if self.send_weight_diff else DataKind.WEIGHTS
         payload = weight_diff(local, global_weights) if self.send_weight_diff else local
+        payload = dict(self.site_algorithm.weights_to_send(payload))
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
-        return DXO(data_kind=kind, data=payload, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: steps}).to_shareable()
+        meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
+        return DXO(data_kind=kind, data=payload, meta=meta).to_shareable()
 
     def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         from clara_fl.fl.site.weights import load_global_weights, unwrap
@@ -224,7 +249,7 @@ class ClaraLearner(Learner):
             else {k: v.clone() for k, v in network.state_dict().items()}
         )
         try:
-            load_global_weights(network, weights)
+            load_global_weights(network, self.site_algorithm.weights_to_load(weights))
             with self.rounds.abort_polling(lambda: abort_signal.triggered):
                 metrics = self._evaluate_without_side_effects()
         except Exception as e:
@@ -248,6 +273,10 @@ class ClaraLearner(Learner):
 
         if self._init_error:
             return self._failed(fl_ctx, self._init_error)
+        own = self.site_algorithm.model_for_validation(self.workflow)
+        if own is not None:
+            self.log_info(fl_ctx, f"submitting the {self.algorithm} model for '{model_name or ModelName.BEST_MODEL}'")
+            return DXO(data_kind=DataKind.WEIGHTS, data=dict(own)).to_shareable()
         wanted = "final_model.pt" if model_name == ModelName.FINAL_MODEL else "model.pt"
         for candidate in dict.fromkeys([wanted, "model.pt", "final_model.pt"]):
             path = os.path.join(self.workflow.ckpt_dir, candidate)

@@ -24,6 +24,9 @@ class LocalAlgorithm:
     """
 
     name = "fedavg"
+    #: True when the algorithm changes local training itself (a loss term, a gradient correction, a second
+    #: model): it then needs the training in the Learner's process, not in ``nproc_per_site`` torchrun workers.
+    modifies_training = False
 
     def __init__(self, **args: Any) -> None:
         self.args = dict(args)
@@ -45,6 +48,11 @@ class LocalAlgorithm:
     def weights_to_send(self, weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Of the site's weights (or weight difference), those it sends (FedBN keeps its norm layers)."""
         return weights
+
+    def model_for_validation(self, workflow: Any) -> Mapping[str, np.ndarray] | None:
+        """The weights the site submits for cross-site validation instead of its best local model (Ditto's
+        personalized model); None keeps the default."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """What the algorithm keeps between rounds (SCAFFOLD's control variate, Ditto's personal model), saved

@@ -14,9 +14,12 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["LocalState", "LOCAL_STATE_FILE"]
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+
+__all__ = ["ALGORITHM_STATE_KEY", "LocalState", "LOCAL_STATE_FILE"]
 
 LOCAL_STATE_FILE = "fl_local_state.pt"
+ALGORITHM_STATE_KEY = "fl_algorithm"  # the site's LocalAlgorithm state, beside the workflow's
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +27,21 @@ logger = logging.getLogger(__name__)
 class LocalState:
     """Save, restore and roll back a :class:`~clara_fl.workflows.train.TrainWorkflow`'s state at ``path``."""
 
-    def __init__(self, workflow: Any, path: str) -> None:
+    def __init__(self, workflow: Any, path: str, algorithm: LocalAlgorithm | None = None) -> None:
         self.workflow = workflow
         self.path = path
+        self.algorithm = algorithm or LocalAlgorithm()
         self._writer: threading.Thread | None = None
         self._write_error: BaseException | None = None
 
     def restore(self) -> bool:
         """Load the saved state into the workflow; False when there is none yet."""
         self.wait()
-        return self.workflow.load_training_state(self.path) is not None
+        state = self.workflow.load_training_state(self.path)
+        if state is None:
+            return False
+        self.algorithm.load_state_dict(state.get(ALGORITHM_STATE_KEY, {}))
+        return True
 
     def save(self) -> None:
         """Write the state atomically on a background thread, straight from the live tensors.
@@ -44,6 +52,7 @@ class LocalState:
         """
         self.wait()
         state = self.workflow.training_state()
+        state[ALGORITHM_STATE_KEY] = self.algorithm.state_dict()
         self._writer = threading.Thread(target=self._write, args=(state,), name="clara-fl-local-state", daemon=True)
         self._writer.start()
 

@@ -1,0 +1,156 @@
+"""The FL algorithms a job can ask for (``clara-fl job create --algorithm NAME --algorithm-arg K=V``).
+
+Each :class:`~clara_fl.recipes.algorithm_spec.Algorithm` edits the job's FLARE app configs; the site side of
+the same name is a :class:`~clara_fl.fl.site.local_algorithm.LocalAlgorithm` the Learner builds from its
+``algorithm`` and ``algorithm_args``. Names and arguments are checked here, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.config.variables import as_bool
+from clara_fl.recipes.algorithm_spec import Algorithm, AlgorithmParameter
+
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
+    "LEARNER_ID",
+    "algorithm_named",
+    "check_algorithm_args",
+    "configure_algorithm",
+    "parse_algorithm_args",
+    "set_learner_algorithm",
+]
+
+DEFAULT_ALGORITHM = "fedavg"
+LEARNER_ID = "clara_learner"
+
+
+def set_learner_algorithm(client: dict[str, Any], name: str, args: Mapping[str, Any]) -> None:
+    """Tell the site Learner (component ``clara_learner``) which :class:`LocalAlgorithm` to run, with its arguments.
+
+    Raises:
+        ConfigError: the client config has no ``clara_learner`` component.
+    """
+    for component in client.get("components", []):
+        if component.get("id") == LEARNER_ID:
+            component.setdefault("args", {}).update(algorithm=name, algorithm_args=dict(args))
+            return
+    raise ConfigError(f"the job template has no '{LEARNER_ID}' component to run --algorithm {name} at the sites")
+
+
+def _fedavg(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """FedAvg is what the templates already describe."""
+
+
+FEDAVG = Algorithm(
+    name="fedavg",
+    summary="the sites' weight updates averaged, weighted by their training steps (FLARE's FedAvg)",
+    parameters=(),
+    configure=_fedavg,
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG,)}
+
+
+def _known() -> str:
+    return ", ".join(sorted(ALGORITHMS))
+
+
+def algorithm_named(name: str) -> Algorithm:
+    """The algorithm called ``name``.
+
+    Raises:
+        ConfigError: no algorithm has that name (the message lists the valid ones).
+    """
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ConfigError(f"unknown FL algorithm '{name}' (valid: {_known()})", path="--algorithm") from None
+
+
+def _valid_args(algorithm: Algorithm) -> str:
+    described = [f"{p.name} ({p.type.__name__}, default {p.default!r})" for p in algorithm.parameters]
+    return ", ".join(described) or "none"
+
+
+def _converted(algorithm: Algorithm, parameter: AlgorithmParameter, value: Any) -> Any:
+    where = f"--algorithm-arg {parameter.name}"
+    expected = parameter.type.__name__
+    converted: Any
+    if parameter.type is bool:
+        converted = as_bool(value)
+    elif parameter.type in (int, float) and not isinstance(value, bool):
+        try:
+            converted = parameter.type(value)
+        except (TypeError, ValueError):
+            converted = None
+        if parameter.type is int and isinstance(value, float) and not value.is_integer():
+            converted = None
+    elif parameter.type is str and isinstance(value, str):
+        converted = value
+    else:
+        converted = None
+    if converted is None:
+        raise ConfigError(f"{algorithm.name} expects {expected} for {parameter.name}, got {value!r}", path=where)
+    if parameter.choices is not None and converted not in parameter.choices:
+        valid = ", ".join(str(c) for c in parameter.choices)
+        raise ConfigError(f"{algorithm.name}: {parameter.name} must be one of {valid}, got {value!r}", path=where)
+    return converted
+
+
+def check_algorithm_args(name: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every argument of algorithm ``name``: the given ones converted to their types, the others at their defaults.
+
+    Raises:
+        ConfigError: an unknown algorithm, an argument it does not take, or a value of the wrong type.
+    """
+    algorithm = algorithm_named(name)
+    by_name = {p.name: p for p in algorithm.parameters}
+    given = dict(args or {})
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise ConfigError(
+            f"{algorithm.name} takes no argument {', '.join(unknown)} (valid: {_valid_args(algorithm)})",
+            path="--algorithm-arg",
+        )
+    return {
+        p.name: _converted(algorithm, p, given[p.name]) if p.name in given else p.default for p in algorithm.parameters
+    }
+
+
+def parse_algorithm_args(name: str, pairs: Iterable[str]) -> dict[str, Any]:
+    """``--algorithm-arg NAME=VALUE`` strings for algorithm ``name``, checked (see :func:`check_algorithm_args`).
+
+    Raises:
+        ConfigError: a pair without ``=``, an unknown algorithm or argument, or a value of the wrong type.
+    """
+    given: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected NAME=VALUE, got {pair!r}", path="--algorithm-arg")
+        given[key.strip()] = value.strip()
+    return check_algorithm_args(name, given)
+
+
+def configure_algorithm(
+    server: dict[str, Any],
+    client: dict[str, Any],
+    name: str,
+    args: Mapping[str, Any] | None,
+    nproc_per_site: int | None = None,
+) -> None:
+    """Apply algorithm ``name`` to a job's server and client app configs (in place).
+
+    Raises:
+        ConfigError: an unknown algorithm or argument, or one that cannot train in several processes per site.
+    """
+    algorithm = algorithm_named(name)
+    checked = check_algorithm_args(name, args)
+    if nproc_per_site and nproc_per_site > 1 and not algorithm.supports_nproc_per_site:
+        raise ConfigError(f"{algorithm.name} cannot train in several processes per site", path="--nproc-per-site")
+    algorithm.configure(server, client, checked)

@@ -88,6 +88,49 @@ def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settin
     assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
 
 
+def assert_same_job(rendered: Path, exported_job: Path) -> None:
+    """Two job folders hold the same files, meta and FLARE components; FedJob may add arguments at their defaults."""
+    files = sorted(str(p.relative_to(rendered)) for p in rendered.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(exported_job)) for p in exported_job.rglob("*") if p.is_file())
+    for name in files:
+        if name.endswith(("config_fed_server.json", "config_fed_client.json")):
+            want, have = (entries(json.loads((job / name).read_text())) for job in (rendered, exported_job))
+            assert set(want) == set(have), name
+            for key, (path, args) in want.items():
+                assert have[key][0] == path and {k: v for k, v in have[key][1].items() if k in args} == args, key
+                assert all(v in ({}, [], None) for k, v in have[key][1].items() if k not in args), key
+        elif name.endswith(".json"):
+            assert json.loads((rendered / name).read_text()) == json.loads((exported_job / name).read_text()), name
+        else:
+            assert (rendered / name).read_bytes() == (exported_job / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("mmar", [SPLEEN_MMAR, SPLEEN_MMAR.parent / "chest_xray_cls"], ids=["spleen", "chest_xray"])
+def test_job_create_renders_the_job_the_recipe_exports(tmp_path: Path, mmar: Path) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+    from clara_fl.recipes.job_folder import create_job
+
+    settings = {"num_rounds": 4, "min_clients": 3, "local_epochs": 2, "overrides": {"num_workers": 0}}
+    ClaraFedAvgRecipe(mmar, name="job", **settings).export(str(tmp_path / "export"))
+
+    rendered = create_job(mmar, tmp_path / "job", **settings)
+
+    assert_same_job(rendered, tmp_path / "export" / "job")
+
+
+def test_job_create_imports_neither_flare_nor_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys; from clara_fl.cli import main; "
+        f"main(['job', 'create', '-m', {str(SPLEEN_MMAR)!r}, '-o', {str(tmp_path / 'job')!r}]); "
+        "print(sorted(m for m in ('torch', 'nvflare', 'monai', 'ignite', 'numpy') if m in sys.modules))"
+    )
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "job" / "meta.json").is_file()
+
+
 def test_recipe_without_cross_site_eval_has_no_validation_workflow_or_executor(tmp_path: Path) -> None:
     from clara_fl.recipes import ClaraFedAvgRecipe
 

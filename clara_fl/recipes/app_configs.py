@@ -7,6 +7,7 @@ result into a FLARE FedJob, and the templates stay usable by ``nvflare job creat
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ __all__ = [
     "FedAvgSettings",
     "build_app_configs",
     "find_template",
+    "merge_settings",
+    "merged_environment",
     "read_conf",
     "validation_key_metric",
 ]
@@ -184,6 +187,21 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         overrides["multi_gpu"] = True
     min_clients = s.min_clients if s.min_clients is not None else int(meta.get("min_clients", 2))
     return AppConfigs(server=server, client=client, min_clients=min_clients, overrides=overrides)
+
+
+def merge_settings(
+    base: FedAvgSettings,
+    privacy_filters: list[dict[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **values: Any,
+) -> FedAvgSettings:
+    """``base`` with the given (non-None) ``values`` on top; privacy filters and overrides are added to its own."""
+    merged = dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
+    if privacy_filters:
+        merged.result_filters = [*merged.result_filters, *privacy_filters]
+    if overrides:
+        merged.overrides = {**merged.overrides, **overrides}
+    return merged
 
 
 def merged_environment(mmar: Path, overrides: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -10,11 +10,8 @@ The job's app folder is the MMAR (config/, custom/ with BYOC code, docs/), never
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
-import re
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,21 +27,20 @@ from clara_fl.recipes.app_configs import (
     AppConfigs,
     FedAvgSettings,
     build_app_configs,
+    merge_settings,
     merged_environment,
 )
+from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
+from clara_fl.recipes.job_folder import job_name
 from clara_fl.runtime.private_api import export_every_given_arg
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
-MMAR_FOLDERS = ("config", "custom", "docs")
 POC_CUSTOM_NOTE = """This folder holds no code. It makes the job BYOC, so the freshly provisioned POC sites of a
 PocEnv (whose class allow-list is FLARE's default, without clara-fl's classes) build its components.
 Real sites allow clara-fl's classes through `clara-fl site setup` and need no such folder.
 """
-IGNORED_FILES = shutil.ignore_patterns("__pycache__", "*.pyc")
-# an MMAR's own Clara FL configs are read into the settings; the job's are generated
-IGNORED_CONFIGS = shutil.ignore_patterns("__pycache__", "*.pyc", "config_fed_server.json", "config_fed_client.json")
 
 
 def instantiate(spec: Mapping[str, Any]) -> Any:
@@ -116,7 +112,7 @@ class ClaraFedAvgRecipe(Recipe):
         self.fl_configs = read_fl_configs(self.mmar) if settings is None else None
         if self.fl_configs is not None:
             settings = self.fl_configs.settings
-        self.settings = _merge_settings(
+        self.settings = merge_settings(
             settings or FedAvgSettings(),
             num_rounds=num_rounds,
             min_clients=min_clients,
@@ -160,28 +156,6 @@ class ClaraFedAvgRecipe(Recipe):
             self._byoc_marked = True
 
 
-def job_name(text: str) -> str:
-    """``text`` in FLARE's job-name grammar: a letter or digit, then letters, digits, '.', '_' and '-'."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")
-    return name or "clara_fl_job"
-
-
-def _merge_settings(
-    base: FedAvgSettings,
-    privacy_filters: list[dict[str, Any]] | None,
-    overrides: Mapping[str, Any] | None,
-    **values: Any,
-) -> FedAvgSettings:
-    from dataclasses import replace
-
-    merged = replace(base, **{k: v for k, v in values.items() if v is not None})
-    if privacy_filters:
-        merged.result_filters = [*merged.result_filters, *privacy_filters]
-    if overrides:
-        merged.overrides = {**merged.overrides, **overrides}
-    return merged
-
-
 def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
     server, client = configs.server, configs.client
     flare_log = logging.getLogger("nvflare")
@@ -219,19 +193,11 @@ def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
 
 def _add_mmar_files(job: FedJob, mmar: Path, environment: dict[str, Any] | None, staging: Path) -> None:
     """The MMAR's config/, docs/ and (when it holds code) custom/ go into the app, through a filtered copy."""
-    for folder in MMAR_FOLDERS:
-        source = mmar / folder
-        if not source.is_dir():
-            continue
-        if folder == "custom" and not any(source.rglob("*.py")):
-            continue  # no BYOC code, no custom/: the job stays under the sites' class allow-list
-        shutil.copytree(source, staging / folder, ignore=IGNORED_CONFIGS if folder == "config" else IGNORED_FILES)
-    if environment is not None:
-        (staging / "config" / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
+    copied = stage_mmar_files(mmar, environment, staging)
     for target in ("server", "clients"):
         add = job.add_file_to_server if target == "server" else job.add_file_to_clients
         add(str(staging / "config"), app_folder_type="config")
-        if (staging / "docs").is_dir():
+        if "docs" in copied:
             add(str(staging / "docs"), dest_dir=os.path.join(os.pardir, "docs"), app_folder_type="config")
-        if (staging / "custom").is_dir():
+        if "custom" in copied:
             add(str(staging / "custom"), app_folder_type="custom")

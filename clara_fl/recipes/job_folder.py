@@ -1,12 +1,16 @@
-"""``clara-fl job create``: an MMAR becomes a complete FLARE job folder, exported by ClaraFedAvgRecipe.
+"""``clara-fl job create``: an MMAR becomes a complete FLARE job folder, without importing FLARE or torch.
 
-The job's app folder is the MMAR (config/, custom/, docs/), never its data or trained models; the FLARE
-configs come from a job template with the round, epoch and client counts asked for (clara_fl.recipes).
+The folder is rendered from the same app configs :class:`~clara_fl.recipes.fedavg.ClaraFedAvgRecipe` builds
+its FedJob from (:func:`~clara_fl.recipes.app_configs.build_app_configs`), in the layout FedJob exports
+(meta.json, app/config, app/docs, app/custom): building FedJob's component objects would import torch and
+FLARE just to write JSON. tests/test_recipes.py checks both give the same job.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -16,17 +20,30 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.app_configs import (
     DEFAULT_TEMPLATE,
+    AppConfigs,
     FedAvgSettings,
+    build_app_configs,
     find_template,
+    merge_settings,
+    merged_environment,
     read_conf,
     validation_key_metric,
 )
+from clara_fl.recipes.app_folder import stage_mmar_files
+from clara_fl.recipes.clara_configs import read_fl_configs
 from clara_fl.resources import templates_dir
 
-__all__ = ["TEMPLATES_DIR", "create_job", "find_template", "validation_key_metric"]
+__all__ = ["TEMPLATES_DIR", "create_job", "find_template", "job_name", "validation_key_metric", "write_job_folder"]
 
 TEMPLATES_DIR = templates_dir()
 _read_conf = read_conf  # tests read templates through this name
+APP_NAME = "app"
+
+
+def job_name(text: str) -> str:
+    """``text`` in FLARE's job-name grammar: a letter or digit, then letters, digits, '.', '_' and '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")
+    return name or "clara_fl_job"
 
 
 def create_job(
@@ -46,34 +63,51 @@ def create_job(
     """Write the job folder ``output`` for ``mmar`` and return it.
 
     Args:
-        settings: values read from the MMAR's own Clara FL configs; the explicit arguments win over them.
+        settings: the job's settings; None reads them from the MMAR's own Clara FL configs (when it has
+            them). The explicit arguments win over them.
         algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
 
     Raises:
-        ConfigError: not an MMAR, an unknown template, or ``output`` holds something and ``force`` is not set.
+        ConfigError: not an MMAR, an unknown template or algorithm, a setting that cannot be carried into a
+            FLARE 2.9 job, or ``output`` holds something and ``force`` is not set. Nothing is written then.
     """
-    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe, job_name
-
+    mmar = Path(mmar).resolve()
     output = Path(output).resolve()
+    if not (mmar / "config" / "config_train.json").is_file():
+        raise ConfigError("not an MMAR: config/config_train.json is missing", file=str(mmar))
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
-    recipe = ClaraFedAvgRecipe(
-        mmar,
-        name=job_name(output.name),
+    if settings is None:
+        imported = read_fl_configs(mmar)
+        settings = imported.settings if imported is not None else FedAvgSettings()
+    settings = merge_settings(
+        settings,
         num_rounds=num_rounds,
-        min_clients=min_clients,
         local_epochs=local_epochs,
+        min_clients=min_clients,
         nproc_per_site=nproc_per_site,
         overrides=overrides,
-        template=template,
-        settings=settings,
         algorithm=algorithm,
-        algorithm_args=algorithm_args,
+        algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
     )
+    configs = build_app_configs(mmar, settings, template)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_job_", dir=output.parent) as staging:
-        recipe.export(staging)
+        job = Path(staging) / "job"
+        write_job_folder(job, job_name(output.name), mmar, configs)
         if output.exists():
             shutil.rmtree(output)
-        os.replace(Path(staging) / recipe.name, output)
+        os.replace(job, output)
     return output
+
+
+def write_job_folder(job: Path, name: str, mmar: Path, configs: AppConfigs) -> None:
+    """Write a FLARE job folder at ``job``: meta.json and one app deployed to every site and the server."""
+    app = job / APP_NAME
+    stage_mmar_files(mmar, merged_environment(mmar, configs.overrides), app)
+    for side, config in (("server", configs.server), ("client", configs.client)):
+        path = app / "config" / f"config_fed_{side}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=4) + "\n")
+    meta = {"name": name, "resource_spec": {}, "min_clients": configs.min_clients, "deploy_map": {APP_NAME: ["@ALL"]}}
+    (job / "meta.json").write_text(json.dumps(meta, indent=4) + "\n")

@@ -22,11 +22,12 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as _CrossSiteEval
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval as _CrossSiteModelEval
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
+from nvflare.app_common.workflows.scaffold import Scaffold as _Scaffold
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as _ScatterAndGather
 
 from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
 
-__all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval"]
+__all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval", "Scaffold"]
 
 
 class _PollsAtItsTaskCheckPeriod:
@@ -123,3 +124,7 @@ class FedAvg(_PollsAtItsTaskCheckPeriod, _FedAvg):
 
 class CrossSiteEval(_PollsAtItsTaskCheckPeriod, _CrossSiteEval):
     """FLARE's CrossSiteEval on the ModelController API, polling every ``task_check_period`` seconds."""
+
+
+class Scaffold(_PollsAtItsTaskCheckPeriod, _Scaffold):
+    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds."""

@@ -129,3 +129,19 @@ def test_a_template_without_a_model_controller_workflow_is_refused() -> None:
 def test_scaffold_refuses_several_processes_per_site() -> None:
     with pytest.raises(ConfigError, match="cannot train in several processes per site"):
         configure_algorithm({}, {}, "scaffold", {}, nproc_per_site=2)
+
+
+def test_the_server_saves_the_global_model_without_the_control_variates(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.workflows.base_model_controller import BaseModelController
+
+    from clara_fl.fl.server.controllers import Scaffold
+
+    saved: list[FLModel] = []
+    monkeypatch.setattr(BaseModelController, "save_model", lambda self, model: saved.append(model))
+    model = FLModel(params={"w": np.ones(2)}, meta={C_GLOBAL: {"w": np.ones(2)}, C_DIFF: {"w": np.ones(2)}, "round": 1})
+
+    Scaffold(num_clients=2, num_rounds=1).save_model(model)
+
+    assert saved[0].meta == {"round": 1} and saved[0].params is model.params
+    assert C_GLOBAL in model.meta  # the controller's own model still carries its controls

@@ -11,6 +11,7 @@ that the best global model is chosen among all of them (see :mod:`clara_fl.fl.se
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from nvflare.apis.controller_spec import ClientTask, Task
@@ -127,4 +128,17 @@ class CrossSiteEval(_PollsAtItsTaskCheckPeriod, _CrossSiteEval):
 
 
 class Scaffold(_PollsAtItsTaskCheckPeriod, _Scaffold):
-    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds."""
+    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds.
+
+    The global model is saved without the control variates FLARE's Scaffold keeps in its meta: numpy arrays in
+    the saved meta make the model file unreadable with ``torch.load(weights_only=True)``, so cross-site evaluation
+    could not load it.
+    """
+
+    def save_model(self, model: Any) -> None:
+        from nvflare.app_common.app_constant import AlgorithmConstants
+
+        controls = (AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL, AlgorithmConstants.SCAFFOLD_CTRL_DIFF)
+        saved = copy.copy(model)
+        saved.meta = {k: v for k, v in (model.meta or {}).items() if k not in controls}
+        super().save_model(saved)

@@ -62,3 +62,19 @@ def test_loading_keeps_this_runs_max_epochs_so_resume_with_more_epochs_trains_on
     longer.run()
 
     assert (longer.state.epoch, longer.state.iteration) == (5, 20)
+
+
+def test_a_numpy_key_metric_priority_is_saved_as_plain_data(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ignite.handlers import Checkpoint, DiskSaver
+
+    from clara_fl.workflows.train import KeyMetricSaverState
+
+    checkpoint = Checkpoint({"model": torch.nn.Linear(1, 1)}, DiskSaver(str(tmp_path), require_empty=False))
+    checkpoint.load_state_dict({"_saved": [(np.float64(0.9), "model.pt")]})  # ROCAUC's priority is numpy
+    saver = SimpleNamespace(_key_metric_checkpoint=checkpoint)
+    torch.save(KeyMetricSaverState(saver).state_dict(), tmp_path / "state.pt")
+
+    assert torch.load(tmp_path / "state.pt", weights_only=True) == {"_saved": [(0.9, "model.pt")]}

@@ -47,6 +47,8 @@ class Algorithm:
             arguments: the server's workflow/generator/aggregator, the site Learner's ``algorithm`` and
             ``algorithm_args``.
         supports_nproc_per_site: whether a site may train it in several DDP processes.
+        job_template: the job template it runs on when the job asks for the default one (SCAFFOLD needs FLARE's
+            ModelController template); None: any template.
     """
 
     name: str
@@ -54,3 +56,4 @@ class Algorithm:
     parameters: tuple[AlgorithmParameter, ...]
     configure: ConfigureFn
     supports_nproc_per_site: bool = True
+    job_template: str | None = None

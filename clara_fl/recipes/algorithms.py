@@ -23,6 +23,8 @@ __all__ = [
     "configure_algorithm",
     "parse_algorithm_args",
     "set_learner_algorithm",
+    "set_validator_algorithm",
+    "template_for",
 ]
 
 DEFAULT_ALGORITHM = "fedavg"
@@ -53,7 +55,70 @@ FEDAVG = Algorithm(
     configure=_fedavg,
 )
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG,)}
+# -- issue 14a: FedProx, FedBN, SCAFFOLD ---------------------------------------------------------------------
+
+VALIDATOR_ID = "clara_validator"
+MODEL_CONTROLLER_TEMPLATE = "clara_fedavg_cse_mc"
+
+
+def set_validator_algorithm(client: dict[str, Any], name: str, args: Mapping[str, Any]) -> None:
+    """Tell the cross-site validator (executor ``clara_validator``, when the job has one) the site's algorithm."""
+    for entry in client.get("executors", []):
+        executor = entry.get("executor", {})
+        if executor.get("id") == VALIDATOR_ID:
+            executor.setdefault("args", {}).update(algorithm=name, algorithm_args=dict(args))
+
+
+def _fedprox(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    if args["mu"] < 0:
+        raise ConfigError(f"fedprox: mu must be >= 0, got {args['mu']}", path="--algorithm-arg mu")
+    set_learner_algorithm(client, "fedprox", args)
+
+
+def _fedbn(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    set_learner_algorithm(client, "fedbn", args)
+    set_validator_algorithm(client, "fedbn", args)
+
+
+def _scaffold(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """FLARE's Scaffold controller (ModelController API) in place of its FedAvg: global control variate in the
+    task meta, the sites' control variate changes aggregated from the result meta."""
+    workflow = next((w for w in server.get("workflows", []) if w.get("id") == "fedavg"), None)
+    if workflow is None:
+        raise ConfigError(
+            f"scaffold runs on FLARE's Scaffold controller: use --template {MODEL_CONTROLLER_TEMPLATE} "
+            "(the job template has no 'fedavg' ModelController workflow)",
+            path="--template",
+        )
+    workflow.update(id="scaffold", path="clara_fl.fl.server.controllers.Scaffold")
+    set_learner_algorithm(client, "scaffold", args)
+
+
+FEDPROX = Algorithm(
+    name="fedprox",
+    summary="FedAvg with a proximal term mu/2*||w - w_global||^2 in each site's loss (FLARE's PTFedProxLoss)",
+    parameters=(AlgorithmParameter("mu", float, 0.01, "weight of the proximal term (>= 0)"),),
+    configure=_fedprox,
+    supports_nproc_per_site=False,
+)
+FEDBN = Algorithm(
+    name="fedbn",
+    summary="FedAvg whose normalization layers stay at each site: neither loaded from nor sent to the server",
+    parameters=(),
+    configure=_fedbn,
+)
+SCAFFOLD = Algorithm(
+    name="scaffold",
+    summary="control variates on server and sites correct the local drift (FLARE's Scaffold, PTScaffoldHelper)",
+    parameters=(),
+    configure=_scaffold,
+    supports_nproc_per_site=False,
+    job_template=MODEL_CONTROLLER_TEMPLATE,
+)
+
+# -- end of issue 14a --------------------------------------------------------------------------------------
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDPROX, FEDBN, SCAFFOLD)}
 
 
 def _known() -> str:
@@ -154,3 +219,13 @@ def configure_algorithm(
     if nproc_per_site and nproc_per_site > 1 and not algorithm.supports_nproc_per_site:
         raise ConfigError(f"{algorithm.name} cannot train in several processes per site", path="--nproc-per-site")
     algorithm.configure(server, client, checked)
+
+
+def template_for(name: str, template: str, default_template: str) -> str:
+    """The job template for algorithm ``name``: its own when the job asks for the default one.
+
+    Raises:
+        ConfigError: an unknown algorithm.
+    """
+    algorithm = algorithm_named(name)
+    return algorithm.job_template if algorithm.job_template and template == default_template else template

@@ -16,7 +16,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
-from clara_fl.recipes.algorithms import configure_algorithm
+from clara_fl.recipes.algorithms import configure_algorithm, template_for
 from clara_fl.resources import templates_dir
 
 __all__ = [
@@ -129,7 +129,7 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     Raises:
         ConfigError: the template is unknown.
     """
-    template_dir = find_template(template)
+    template_dir = find_template(template_for(settings.algorithm, template, DEFAULT_TEMPLATE))
     client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))
     server = copy.deepcopy(read_conf(template_dir / "config_fed_server.conf"))
     meta = read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}

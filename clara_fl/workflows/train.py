@@ -285,7 +285,12 @@ class KeyMetricSaverState:
     def state_dict(self) -> dict[str, Any]:
         from clara_fl.runtime.private_api import key_metric_checkpoint
 
-        return key_metric_checkpoint(self.saver).state_dict()
+        state = key_metric_checkpoint(self.saver).state_dict()
+        # a metric computed in numpy (ROCAUC) is a numpy scalar priority, which torch.load(weights_only=True) refuses
+        return {
+            key: [(p.item() if hasattr(p, "item") else p, name) for p, name in value] if key == "_saved" else value
+            for key, value in state.items()
+        }
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         self.saver.load_state_dict(saved)

@@ -11,6 +11,7 @@ that the best global model is chosen among all of them (see :mod:`clara_fl.fl.se
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from nvflare.apis.controller_spec import ClientTask, Task
@@ -22,11 +23,12 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as _CrossSiteEval
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval as _CrossSiteModelEval
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
+from nvflare.app_common.workflows.scaffold import Scaffold as _Scaffold
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as _ScatterAndGather
 
 from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
 
-__all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval"]
+__all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval", "Scaffold"]
 
 
 class _PollsAtItsTaskCheckPeriod:
@@ -123,3 +125,20 @@ class FedAvg(_PollsAtItsTaskCheckPeriod, _FedAvg):
 
 class CrossSiteEval(_PollsAtItsTaskCheckPeriod, _CrossSiteEval):
     """FLARE's CrossSiteEval on the ModelController API, polling every ``task_check_period`` seconds."""
+
+
+class Scaffold(_PollsAtItsTaskCheckPeriod, _Scaffold):
+    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds.
+
+    The global model is saved without the control variates FLARE's Scaffold keeps in its meta: numpy arrays in
+    the saved meta make the model file unreadable with ``torch.load(weights_only=True)``, so cross-site evaluation
+    could not load it.
+    """
+
+    def save_model(self, model: Any) -> None:
+        from nvflare.app_common.app_constant import AlgorithmConstants
+
+        controls = (AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL, AlgorithmConstants.SCAFFOLD_CTRL_DIFF)
+        saved = copy.copy(model)
+        saved.meta = {k: v for k, v in (model.meta or {}).items() if k not in controls}
+        super().save_model(saved)

@@ -6,11 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.fedbn import FedBN
+from clara_fl.fl.site.fedprox import FedProx
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+from clara_fl.fl.site.scaffold import Scaffold
 
 __all__ = ["LOCAL_ALGORITHMS", "local_algorithm"]
 
-LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {"fedavg": LocalAlgorithm}
+LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {
+    "fedavg": LocalAlgorithm,
+    # issue 14a: FedProx, FedBN, SCAFFOLD
+    "fedprox": FedProx,
+    "fedbn": FedBN,
+    "scaffold": Scaffold,
+}
 
 
 def local_algorithm(name: str, args: Mapping[str, Any] | None = None) -> LocalAlgorithm:

@@ -183,13 +183,17 @@ class ClaraLearner(Learner):
         except ValueError as e:
             self.log_error(fl_ctx, f"global model does not fit this site's network: {e}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
-        self.site_algorithm.before_round(self.workflow, global_weights, dxo.meta)
+        try:
+            self.site_algorithm.before_round(self.workflow, global_weights, dxo.meta)
+        except Exception as e:
+            return self._failed(fl_ctx, f"{self.algorithm} before local training failed: {describe_failure(e)}")
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         spec = self.round_spec()
         self.log_info(fl_ctx, f"round {current_round}: training {spec.describe()}")
         try:
             if self.nproc_per_site > 1:
-                steps = self._run_distributed_round(spec, global_weights, abort_signal, fl_ctx)
+                to_load = dict(self.site_algorithm.weights_to_load(global_weights))  # FedBN: not the norm layers
+                steps = self._run_distributed_round(spec, to_load, abort_signal, fl_ctx)
             else:
                 result = self.rounds.run(spec, lambda: abort_signal.triggered)
                 steps = result.steps

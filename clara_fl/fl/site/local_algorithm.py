@@ -34,6 +34,10 @@ class LocalAlgorithm:
     def setup(self, workflow: Any) -> None:
         """Once, after the site's TrainWorkflow is built: wrap the loss, attach engine event handlers, ..."""
 
+    def setup_network(self, network: Any) -> None:
+        """Where a site builds only a network, no trainer (the cross-site validator): learn what the algorithm
+        needs of it to choose :meth:`weights_to_load` (FedBN's norm layers)."""
+
     def weights_to_load(self, global_weights: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         """Of the server's weights, those the site loads into its network (FedBN keeps its norm layers)."""
         return global_weights

@@ -42,7 +42,14 @@ def derive_cross_validation_config(mmar_root: str, validation_config: str, train
 
 
 class ClaraValidator(Executor):
-    """Executor for the ``validate`` task: load the received weights, validate locally, return METRICS."""
+    """Executor for the ``validate`` task: load the received weights, validate locally, return METRICS.
+
+    With an FL algorithm that keeps layers local (FedBN's norm layers), every model is validated with this
+    site's own values of those layers, taken from the site's local state (``fl_local_state.pt``).
+
+    Args:
+        algorithm: the job's FL algorithm (the Learner's ``algorithm``), ``algorithm_args`` its arguments.
+    """
 
     def __init__(
         self,
@@ -52,8 +59,12 @@ class ClaraValidator(Executor):
         environment: str = "config/environment.json",
         validate_task_name: str = AppConstants.TASK_VALIDATION,
         overrides: dict[str, Any] | None = None,
+        algorithm: str = "fedavg",
+        algorithm_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.algorithm = algorithm
+        self.algorithm_args = dict(algorithm_args or {})
         self.validation_config = validation_config
         self.fallback_validation_config = fallback_validation_config
         self.train_config = train_config
@@ -95,7 +106,6 @@ class ClaraValidator(Executor):
         from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
         from clara_fl.config.mmar import load_config
         from clara_fl.fl.site.context import site_context
-        from clara_fl.fl.site.weights import load_global_weights
         from clara_fl.workflows.evaluate import EvaluateWorkflow
 
         site = site_context(fl_ctx, self.train_config)
@@ -119,7 +129,7 @@ class ClaraValidator(Executor):
         # the weights come from the server: a CheckpointLoader in the config would overwrite them
         loaded = dataclasses.replace(loaded, config=without_checkpoint_loaders(loaded.config, ("",))[0])
         workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
-        load_global_weights(workflow.network, weights)
+        self._load(workflow.network, weights, loaded, fl_ctx)
 
         def poll_abort(engine: Any) -> None:
             if abort_signal.triggered:
@@ -127,3 +137,26 @@ class ClaraValidator(Executor):
 
         workflow.evaluator.add_event_handler(Events.ITERATION_COMPLETED, poll_abort)
         return workflow.run(progress=False)
+
+    def _load(self, network: Any, weights: dict[str, Any], loaded: Any, fl_ctx: FLContext) -> None:
+        """Load ``weights``, except the layers the site's FL algorithm keeps local: those come from its local state."""
+        from clara_fl.fl.site.algorithms import local_algorithm
+        from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
+        from clara_fl.fl.site.weights import load_global_weights
+        from clara_fl.runtime.checkpoint import load_checkpoint, model_state
+
+        site_algorithm = local_algorithm(self.algorithm, self.algorithm_args)
+        site_algorithm.setup_network(network)
+        to_load = site_algorithm.weights_to_load(weights)
+        kept = [k for k in weights if k not in to_load]
+        if kept:
+            ckpt_dir = str(loaded.variables.get("MMAR_CKPT_DIR") or "models")
+            path = os.path.join(loaded.mmar_root, ckpt_dir, LOCAL_STATE_FILE)
+            if os.path.isfile(path):
+                own = model_state(load_checkpoint(path), path)
+                load_global_weights(network, {k: own[k] for k in kept if k in own})
+                self.log_info(fl_ctx, f"{self.algorithm}: {len(kept)} tensors from this site's {path}")
+            else:
+                self.log_warning(fl_ctx, f"{self.algorithm}: no {path} yet, validating the model's own local layers")
+                to_load = weights
+        load_global_weights(network, to_load)

@@ -1,0 +1,97 @@
+"""FedBN through a site's Learner and cross-site validator (in-process, the spleen MMAR's 3D UNet, no simulator).
+
+The site set-up is test_fl_learner.py's: a FLARE-like site workspace, data named only by the site file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants, ValidateType
+
+from clara_fl.fl.site.context import CODE_POLICY_ENV, SITE_CONFIG_ENV
+from clara_fl.fl.site.fedbn import norm_layer_keys
+from clara_fl.fl.site.learner import LOCAL_STATE_FILE
+from clara_fl.fl.site.validator import ClaraValidator
+from clara_fl.fl.site.weights import network_weights
+from tests.conftest import SPLEEN_MMAR, copy_mmar
+from tests.test_fl_learner import (
+    OVERRIDES,
+    SITE,
+    FakeEngine,
+    FakeWorkspace,
+    Site,
+    make_context,
+    train_task,
+    write_site_file,
+)
+
+
+@pytest.fixture
+def site(tmp_path: Path, synthetic_data, monkeypatch: pytest.MonkeyPatch) -> Site:
+    monkeypatch.delenv(SITE_CONFIG_ENV, raising=False)
+    monkeypatch.delenv(CODE_POLICY_ENV, raising=False)
+    root = tmp_path / "ws"
+    app = copy_mmar(SPLEEN_MMAR, root / f"app_{SITE}", tmp_path / "job_has_no_data")
+    write_site_file(root / "local" / "clara_fl_site.json", synthetic_data.root)
+    engine = FakeEngine(FakeWorkspace(root, app))
+    return Site(root=root, app=app, data=synthetic_data, engine=engine, ctx=make_context(engine))
+
+
+def with_other_norm_layers(weights: dict[str, np.ndarray], norm_keys: frozenset[str]) -> dict[str, np.ndarray]:
+    """The server's weights with every float norm tensor changed: what a site must not load."""
+    return {k: v + 3.0 if k in norm_keys and v.dtype == np.float32 else v for k, v in weights.items()}
+
+
+def validate_task(weights: dict[str, np.ndarray]) -> Shareable:
+    task = DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
+    task.set_header(AppConstants.MODEL_OWNER, "SRV_FL_global_model.pt")
+    return task
+
+
+def test_a_fedbn_site_neither_sends_nor_loads_its_norm_layers(site: Site) -> None:
+    learner = site.learner(algorithm="fedbn")
+    norm_keys = norm_layer_keys(learner.workflow.network)
+    sent = site.global_weights()
+
+    reply = learner.train(train_task(sent), site.ctx, Signal())
+    after_round = network_weights(learner.workflow.network)
+    before_train = DXO(data_kind=DataKind.WEIGHTS, data=with_other_norm_layers(sent, norm_keys)).to_shareable()
+    before_train.set_header(AppConstants.VALIDATE_TYPE, ValidateType.BEFORE_TRAIN_VALIDATE)
+    learner.validate(before_train, site.ctx, Signal())  # loads the next round's global weights
+
+    assert reply.get_return_code() == ReturnCode.OK
+    assert norm_keys and set(from_shareable(reply).data) == set(sent) - norm_keys
+    loaded = network_weights(learner.workflow.network)
+    for key in norm_keys:
+        np.testing.assert_array_equal(loaded[key], after_round[key], err_msg=key)
+
+
+def test_cross_site_validation_uses_the_sites_own_norm_layers(site: Site) -> None:
+    learner = site.learner(algorithm="fedbn")
+    learner.train(train_task(site.global_weights()), site.ctx, Signal())
+    learner.local_state.wait()
+    norm_keys = norm_layer_keys(learner.workflow.network)
+    own = torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["model"]
+    server = site.global_weights()
+    with_own_norms = {**server, **{k: own[k].numpy() for k in norm_keys}}
+
+    received = with_other_norm_layers(server, norm_keys)
+
+    fedbn = ClaraValidator(overrides=OVERRIDES, algorithm="fedbn").execute(
+        AppConstants.TASK_VALIDATION, validate_task(received), site.ctx, Signal()
+    )
+
+    assert fedbn.get_return_code() == ReturnCode.OK
+    plain = ClaraValidator(overrides=OVERRIDES)
+    as_sent = plain.execute(AppConstants.TASK_VALIDATION, validate_task(received), site.ctx, Signal())
+    as_site = plain.execute(AppConstants.TASK_VALIDATION, validate_task(with_own_norms), site.ctx, Signal())
+    assert from_shareable(fedbn).data == pytest.approx(from_shareable(as_site).data, rel=1e-5)
+    assert from_shareable(fedbn).data != pytest.approx(from_shareable(as_sent).data, rel=1e-5)

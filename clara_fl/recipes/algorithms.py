@@ -85,12 +85,13 @@ def _fedopt(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, A
     workflow_args = workflow.get("args", {})
     generator["path"] = FEDOPT_GENERATOR
     generator["args"] = {
-        "optimizer": args["optimizer"],
+        "server_optimizer": args["optimizer"],
         "lr": args["lr"],
         "momentum": args["momentum"],
-        "cosine_rounds": int(workflow_args.get("num_rounds", 1)) if args["lr_scheduler"] else None,
         "persistor_id": workflow_args.get("persistor_id", "persistor"),
     }
+    if args["lr_scheduler"]:
+        generator["args"]["cosine_rounds"] = int(workflow_args.get("num_rounds", 1))
 
 
 FEDOPT = Algorithm(
@@ -105,9 +106,31 @@ FEDOPT = Algorithm(
     configure=_fedopt,
     supports_nproc_per_site=True,
 )
+
+
+def _ditto(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """Ditto is a site-side algorithm: the server averages the global model as FedAvg does."""
+    if args["lambda"] < 0 or args["personal_epochs"] < 1:
+        raise ConfigError(
+            f"ditto needs lambda >= 0 and personal_epochs >= 1, got {args['lambda']}, {args['personal_epochs']}",
+            path="--algorithm-arg",
+        )
+    set_learner_algorithm(client, "ditto", {"ditto_lambda": args["lambda"], "personal_epochs": args["personal_epochs"]})
+
+
+DITTO = Algorithm(
+    name="ditto",
+    summary="a personalized model per site, pulled towards the global model (FLARE's Ditto helper)",
+    parameters=(
+        AlgorithmParameter("lambda", float, 0.1, "the weight of the personalized model's pull to the global model"),
+        AlgorithmParameter("personal_epochs", int, 1, "epochs of personalized training per round"),
+    ),
+    configure=_ditto,
+    supports_nproc_per_site=False,
+)
 # --- end fedopt and ditto ---
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDOPT)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDOPT, DITTO)}
 
 
 def _known() -> str:

@@ -6,11 +6,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.ditto import Ditto
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
 
 __all__ = ["LOCAL_ALGORITHMS", "local_algorithm"]
 
-LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {"fedavg": LocalAlgorithm}
+LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {
+    "fedavg": LocalAlgorithm,
+    # --- fedopt and ditto (issue 14, helper 14d); fedopt is server-side only ---
+    "ditto": Ditto,
+    # --- end fedopt and ditto ---
+}
 
 
 def local_algorithm(name: str, args: Mapping[str, Any] | None = None) -> LocalAlgorithm:

@@ -48,7 +48,7 @@ def test_fedopt_makes_the_server_generator_a_fedopt_step_with_the_given_optimize
     generator = generator_of(server)
     assert generator["path"] == "clara_fl.fl.server.fedopt.FedOptShareableGenerator"
     assert generator["args"] == {
-        "optimizer": "adam",
+        "server_optimizer": "adam",
         "lr": 0.01,
         "momentum": 0.6,
         "cosine_rounds": 7,
@@ -126,7 +126,9 @@ def test_batchnorm_buffers_are_averaged_and_the_step_counter_stays_an_integer() 
     global_weights["norm.num_batches_tracked"] = np.asarray(4, dtype=np.int64)
     diff = averaged_diff(network)
 
-    new = run_step(FedOptShareableGenerator(optimizer="sgd", lr=1.0, momentum=0.0), global_weights, diff, network)
+    new = run_step(
+        FedOptShareableGenerator(server_optimizer="sgd", lr=1.0, momentum=0.0), global_weights, diff, network
+    )
 
     np.testing.assert_allclose(new["norm.running_mean"], global_weights["norm.running_mean"] + 0.5)
     np.testing.assert_allclose(new["norm.running_var"], np.full(2, 3.5))
@@ -198,7 +200,9 @@ def test_adam_moves_every_parameter_against_the_averaged_update() -> None:
     network = TinyBN()
     global_weights = numpy_state(network)
 
-    new = run_step(FedOptShareableGenerator(optimizer="adam", lr=0.01), global_weights, averaged_diff(network), network)
+    new = run_step(
+        FedOptShareableGenerator(server_optimizer="adam", lr=0.01), global_weights, averaged_diff(network), network
+    )
 
     # Adam's first step is lr * sign(gradient); the gradient is minus the update
     np.testing.assert_allclose(new["linear.weight"], global_weights["linear.weight"] + 0.01, rtol=1e-4)

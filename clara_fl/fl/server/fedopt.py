@@ -41,7 +41,7 @@ class FedOptShareableGenerator(PTFedOptModelShareableGenerator):
     """The server's FedOpt step on the global model of the job's persistor.
 
     Args:
-        optimizer: ``sgd`` or ``adam``.
+        server_optimizer: ``sgd`` or ``adam``.
         lr: the server learning rate (1.0 with SGD and no momentum is FedAvg).
         momentum: SGD's momentum (unused by Adam).
         cosine_rounds: when set, a cosine LR schedule from ``lr`` to 0 over that many rounds.
@@ -49,32 +49,38 @@ class FedOptShareableGenerator(PTFedOptModelShareableGenerator):
         device: where the server step runs.
 
     Raises:
-        ValueError: an optimizer other than sgd or adam.
+        ValueError: a server_optimizer other than sgd or adam.
     """
 
     def __init__(
         self,
-        optimizer: str = "sgd",
+        server_optimizer: str = "sgd",
         lr: float = 1.0,
         momentum: float = 0.0,
         cosine_rounds: int | None = None,
         persistor_id: str = "persistor",
-        device: str = "cpu",
+        server_device: str = "cpu",
     ) -> None:
-        if optimizer not in FEDOPT_OPTIMIZERS:
-            raise ValueError(f"FedOpt optimizer must be one of {', '.join(FEDOPT_OPTIMIZERS)}, got {optimizer!r}")
+        if server_optimizer not in FEDOPT_OPTIMIZERS:
+            valid = ", ".join(FEDOPT_OPTIMIZERS)
+            raise ValueError(f"FedOpt server_optimizer must be one of {valid}, got {server_optimizer!r}")
         optimizer_args: dict[str, Any] = {"lr": float(lr)}
-        if optimizer == "sgd":
+        if server_optimizer == "sgd":
             optimizer_args["momentum"] = float(momentum)
         scheduler = {"path": COSINE_SCHEDULER, "args": {"T_max": int(cosine_rounds)}} if cosine_rounds else None
         super().__init__(
-            optimizer_args={"path": FEDOPT_OPTIMIZERS[optimizer], "args": optimizer_args},
+            optimizer_args={"path": FEDOPT_OPTIMIZERS[server_optimizer], "args": optimizer_args},
             lr_scheduler_args=scheduler,
             source_model=persistor_id,
-            device=device,
+            device=server_device,
         )
+        # FedJob exports a component's arguments from attributes of the same names
+        self.server_optimizer = server_optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.cosine_rounds = cosine_rounds
         self.persistor_id = persistor_id
-        self.server_device = device
+        self.server_device = server_device
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         # The persistor builds its network at START_RUN too, in an order we do not control: set up on first use.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,3 +150,38 @@ def test_a_trainer_without_a_loss_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="ditto needs a supervised trainer; SupervisedTrainer has no loss_function"):
         Ditto().setup(workflow)
+
+
+# --- the cross-site table of a Ditto run ---
+
+RESULTS = {
+    "site-1": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.5}, "site-1": {"val_mean_dice": 0.7}},
+    "site-2": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.4}, "site-1": {"val_mean_dice": 0.3}},
+}
+
+
+def write_client_config(run: Path, algorithm: str) -> None:
+    config = run / "site-1" / "simulate_job" / "app_site-1" / "config" / "config_fed_client.json"
+    config.parent.mkdir(parents=True)
+    client = client_config()
+    configure_algorithm({}, client, algorithm, {})
+    config.write_text(json.dumps(client))
+
+
+def test_a_ditto_runs_table_labels_the_sites_models_personalized(tmp_path: Path) -> None:
+    from clara_fl.fl.jobs.results import format_cross_site_table, site_model_label
+
+    write_client_config(tmp_path, "ditto")
+
+    table = format_cross_site_table(RESULTS, "val_mean_dice", site_model_label(tmp_path))
+
+    header = table.splitlines()[1].split()
+    assert header[-2:] == ["site-1", "(personalized)"] and "SRV_FL_global_model" in header
+
+
+def test_a_fedavg_runs_table_names_the_sites_models_plainly(tmp_path: Path) -> None:
+    from clara_fl.fl.jobs.results import site_model_label
+
+    write_client_config(tmp_path, "fedavg")
+
+    assert site_model_label(tmp_path) is None

@@ -11,6 +11,7 @@ personalized model.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
 
 __all__ = ["Ditto", "TrainerDittoHelper"]
+
+logger = logging.getLogger(__name__)
 
 TRAINER_PARTS = ("prepare_batch", "inferer", "loss_function", "data_loader", "optimizer")
 
@@ -134,6 +137,10 @@ class Ditto(LocalAlgorithm):
         assert self.helper is not None and self.reference is not None
         personal_steps = self.helper.local_train(self.helper.trainer.data_loader, self.reference, Signal(), None)
         self.helper.save_model()
+        logger.info(
+            f"ditto: personalized model trained {personal_steps} iterations (lambda {self.ditto_lambda}), "
+            f"saved to {self.helper.model_file_path}"
+        )
         return {"ditto_personal_steps": personal_steps}
 
     def model_for_validation(self, workflow: Any) -> Mapping[str, np.ndarray] | None:

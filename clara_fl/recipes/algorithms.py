@@ -55,7 +55,6 @@ FEDAVG = Algorithm(
     configure=_fedavg,
 )
 
-# -- issue 14a: FedProx, FedBN, SCAFFOLD ---------------------------------------------------------------------
 
 VALIDATOR_ID = "clara_validator"
 MODEL_CONTROLLER_TEMPLATE = "clara_fedavg_cse_mc"
@@ -116,9 +115,83 @@ SCAFFOLD = Algorithm(
     job_template=MODEL_CONTROLLER_TEMPLATE,
 )
 
-# -- end of issue 14a --------------------------------------------------------------------------------------
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDPROX, FEDBN, SCAFFOLD)}
+FEDOPT_GENERATOR = "clara_fl.fl.server.fedopt.FedOptShareableGenerator"
+SHAREABLE_GENERATOR_ID = "shareable_generator"
+
+
+def _component(config: dict[str, Any], component_id: str) -> dict[str, Any] | None:
+    found = [c for c in (*config.get("components", []), *config.get("workflows", [])) if c.get("id") == component_id]
+    return found[0] if found else None
+
+
+def _fedopt(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """FedOpt replaces the server's shareable generator: the averaged update becomes a server optimizer step."""
+    generator = _component(server, SHAREABLE_GENERATOR_ID)
+    workflow = _component(server, "scatter_and_gather")
+    if generator is None or workflow is None:
+        raise ConfigError(
+            "fedopt needs a template with ScatterAndGather and a shareable generator (clara_fedavg_cse)",
+            path="--template",
+        )
+    aggregator = _component(server, "aggregator")
+    learner = _component(client, LEARNER_ID)
+    sends_diff = (learner or {}).get("args", {}).get("send_weight_diff", True)
+    if aggregator is None or aggregator.get("args", {}).get("expected_data_kind") != "WEIGHT_DIFF" or not sends_diff:
+        raise ConfigError("fedopt needs the sites to send weight differences (WEIGHT_DIFF)", path="--algorithm")
+    if args["lr"] <= 0 or not 0 <= args["momentum"] < 1:
+        raise ConfigError(
+            f"fedopt needs lr > 0 and 0 <= momentum < 1, got lr={args['lr']}, momentum={args['momentum']}",
+            path="--algorithm-arg",
+        )
+    workflow_args = workflow.get("args", {})
+    generator["path"] = FEDOPT_GENERATOR
+    generator["args"] = {
+        "server_optimizer": args["optimizer"],
+        "lr": args["lr"],
+        "momentum": args["momentum"],
+        "persistor_id": workflow_args.get("persistor_id", "persistor"),
+    }
+    if args["lr_scheduler"]:
+        generator["args"]["cosine_rounds"] = int(workflow_args.get("num_rounds", 1))
+
+
+FEDOPT = Algorithm(
+    name="fedopt",
+    summary="the averaged update taken as a gradient by a server optimizer (FLARE's FedOpt generator)",
+    parameters=(
+        AlgorithmParameter("optimizer", str, "sgd", "the server optimizer", choices=("sgd", "adam")),
+        AlgorithmParameter("lr", float, 1.0, "the server learning rate (1.0 suits sgd; adam wants ~0.01)"),
+        AlgorithmParameter("momentum", float, 0.6, "the server SGD momentum (not used by adam)"),
+        AlgorithmParameter("lr_scheduler", bool, False, "a cosine decay of the server lr over the job's rounds"),
+    ),
+    configure=_fedopt,
+    supports_nproc_per_site=True,
+)
+
+
+def _ditto(server: dict[str, Any], client: dict[str, Any], args: Mapping[str, Any]) -> None:
+    """Ditto is a site-side algorithm: the server averages the global model as FedAvg does."""
+    if args["lambda"] < 0 or args["personal_epochs"] < 1:
+        raise ConfigError(
+            f"ditto needs lambda >= 0 and personal_epochs >= 1, got {args['lambda']}, {args['personal_epochs']}",
+            path="--algorithm-arg",
+        )
+    set_learner_algorithm(client, "ditto", {"ditto_lambda": args["lambda"], "personal_epochs": args["personal_epochs"]})
+
+
+DITTO = Algorithm(
+    name="ditto",
+    summary="a personalized model per site, pulled towards the global model (FLARE's Ditto helper)",
+    parameters=(
+        AlgorithmParameter("lambda", float, 0.1, "the weight of the personalized model's pull to the global model"),
+        AlgorithmParameter("personal_epochs", int, 1, "epochs of personalized training per round"),
+    ),
+    configure=_ditto,
+    supports_nproc_per_site=False,
+)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDPROX, FEDOPT, SCAFFOLD, DITTO, FEDBN)}
 
 
 def _known() -> str:

@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_cross_site_results", "load_cross_site_results", "format_cross_site_table"]
+__all__ = ["find_cross_site_results", "load_cross_site_results", "format_cross_site_table", "site_model_label"]
 
 RESULTS_NAME = "cross_val_results.json"
+CLIENT_CONFIG_NAME = "config_fed_client.json"
+# algorithms whose sites submit another model than their best local one for cross-site validation
+SITE_MODEL_LABELS = {"ditto": "personalized"}
 
 
 def find_cross_site_results(workspace: str | os.PathLike) -> Path | None:
@@ -26,17 +29,38 @@ def load_cross_site_results(path: str | os.PathLike) -> dict[str, dict[str, dict
         return json.load(f)
 
 
+def site_model_label(run: str | os.PathLike) -> str | None:
+    """What the sites' models in a run's cross-site table are ("personalized" for Ditto); None: their best
+    local models. Read from the site Learner's ``algorithm`` in the run's (or job's) config_fed_client.json."""
+    for config in sorted(Path(run).rglob(CLIENT_CONFIG_NAME)):
+        try:
+            client = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        for component in client.get("components", []) if isinstance(client, dict) else []:
+            algorithm = component.get("args", {}).get("algorithm") if isinstance(component, dict) else None
+            if algorithm:
+                return SITE_MODEL_LABELS.get(str(algorithm))
+    return None
+
+
 def _owner_order(owner: str) -> tuple[int, str]:
     """Server models ("SRV_FL_global_model.pt", or "FL_global_model.pt" under CrossSiteEval) first."""
     return (0 if owner.startswith("SRV_") or owner.endswith(".pt") else 1, owner)
 
 
 def format_cross_site_table(
-    results: Mapping[str, Mapping[str, Mapping[str, Any]]], metric: str = "val_mean_dice"
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    metric: str = "val_mean_dice",
+    site_label: str | None = None,
 ) -> str:
-    """Rows: data site; columns: model owner (server models first); cells: ``metric``."""
+    """Rows: data site; columns: model owner (server models first, sites' models named ``site (site_label)``
+    when given); cells: ``metric``."""
     owners = sorted({owner for row in results.values() for owner in row}, key=_owner_order)
-    headers = ["data site \\ model"] + [o.replace(".pt", "") for o in owners]
+    names = [
+        o.replace(".pt", "") if _owner_order(o)[0] == 0 or not site_label else f"{o} ({site_label})" for o in owners
+    ]
+    headers = ["data site \\ model", *names]
     rows = []
     for site in sorted(results):
         cells = [site]

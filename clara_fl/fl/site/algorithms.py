@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.ditto import Ditto
 from clara_fl.fl.site.fedbn import FedBN
 from clara_fl.fl.site.fedprox import FedProx
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
@@ -15,10 +16,10 @@ __all__ = ["LOCAL_ALGORITHMS", "local_algorithm"]
 
 LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {
     "fedavg": LocalAlgorithm,
-    # issue 14a: FedProx, FedBN, SCAFFOLD
     "fedprox": FedProx,
     "fedbn": FedBN,
     "scaffold": Scaffold,
+    "ditto": Ditto,
 }
 
 

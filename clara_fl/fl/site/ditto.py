@@ -1,0 +1,171 @@
+"""Ditto at a site: a personalized model, trained each round beside the global model with a pull towards it.
+
+After the site's usual round of the global model (what it sends), the personalized model trains on the same
+training data with the MMAR's own batch preparation, inferer and loss, plus FLARE's Ditto prox term
+``lambda/2 * ||w_personal - w_global||^2`` (:class:`nvflare.app_opt.pt.ditto.PTDittoHelper`). It is never
+sent: it lives in the site's local state (with its optimizer) and in ``models/personalized_model.pt``, and it
+is what the site submits for cross-site validation, so the table shows the global model and each site's
+personalized model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from nvflare.apis.signal import Signal
+from nvflare.app_opt.pt.ditto import PTDittoHelper
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+
+__all__ = ["Ditto", "TrainerDittoHelper"]
+
+logger = logging.getLogger(__name__)
+
+TRAINER_PARTS = ("prepare_batch", "inferer", "loss_function", "data_loader", "optimizer")
+
+
+class TrainerDittoHelper(PTDittoHelper):
+    """FLARE's Ditto helper whose personal training runs the MMAR trainer's own steps on the personal model.
+
+    Args:
+        trainer: the site's MONAI SupervisedTrainer (its data loader, batch preparation, inferer and loss).
+        model: the personalized network.
+        ditto_lambda: the weight of the prox term towards the global model.
+        model_epochs: epochs of personal training per round.
+        app_dir: the folder personalized_model.pt is written to (the MMAR's models folder).
+    """
+
+    def __init__(self, trainer: Any, model: torch.nn.Module, ditto_lambda: float, model_epochs: int, app_dir: str):
+        optimizer = trainer.optimizer
+        device = trainer.state.device or torch.device("cpu")
+        super().__init__(
+            criterion=trainer.loss_function,
+            model=model,
+            optimizer=type(optimizer)(model.parameters(), **optimizer.defaults),
+            device=torch.device(device),
+            app_dir=app_dir,
+            ditto_lambda=ditto_lambda,
+            model_epochs=model_epochs,
+        )
+        self.trainer = trainer
+
+    def local_train(self, train_loader: Any, model_global: torch.nn.Module, abort_signal: Signal, writer: Any) -> int:
+        """``model_epochs`` epochs of the personal model; returns the iterations run."""
+        trainer = self.trainer
+        self.model.train()
+        steps = 0
+        for _ in range(self.model_epochs):
+            for batch in train_loader:
+                if abort_signal.triggered:
+                    return steps
+                prepared = trainer.prepare_batch(batch, self.device, trainer.non_blocking, **trainer.to_kwargs)
+                inputs, targets = prepared[0], prepared[1]
+                args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
+                self.optimizer.zero_grad()
+                prediction = trainer.inferer(inputs, self.model, *args, **kwargs)
+                loss = self.criterion(prediction, targets).mean() + self.prox_criterion(self.model, model_global)
+                loss.backward()
+                self.optimizer.step()
+                steps += 1
+            self.epoch_global += 1
+        return steps
+
+
+class Ditto(LocalAlgorithm):
+    """Ditto's site side.
+
+    Args:
+        ditto_lambda: the weight of the prox term towards the global model (FLARE's ``ditto_lambda``).
+        personal_epochs: epochs of personal training per round.
+    """
+
+    name = "ditto"
+    modifies_training = True
+
+    def __init__(self, ditto_lambda: float = 0.1, personal_epochs: int = 1) -> None:
+        super().__init__(ditto_lambda=ditto_lambda, personal_epochs=personal_epochs)
+        self.ditto_lambda = float(ditto_lambda)
+        self.personal_epochs = int(personal_epochs)
+        self.helper: TrainerDittoHelper | None = None
+        self.reference: torch.nn.Module | None = None
+        self.started = False
+        self._pending: dict[str, Any] = {}
+
+    def setup(self, workflow: Any) -> None:
+        """Build the personal and reference networks beside the site's network.
+
+        Raises:
+            ConfigError: the MMAR's trainer lacks a data loader, batch preparation, inferer, loss or optimizer.
+        """
+        from clara_fl.fl.site.weights import unwrap
+
+        trainer = workflow.trainer
+        missing = [part for part in TRAINER_PARTS if getattr(trainer, part, None) is None]
+        if missing:
+            raise ConfigError(
+                f"ditto needs a supervised trainer; {type(trainer).__name__} has no {', '.join(missing)}",
+                path="train.trainer",
+            )
+        network = unwrap(workflow.network)
+        try:
+            self.helper = TrainerDittoHelper(
+                trainer, copy.deepcopy(network), self.ditto_lambda, self.personal_epochs, workflow.ckpt_dir
+            )
+        except ValueError as e:  # PTDittoHelper checks the loss and optimizer types
+            raise ConfigError(f"ditto: {e}", path="train") from e
+        self.reference = copy.deepcopy(network).requires_grad_(False)
+        if self._pending:
+            self.load_state_dict(self._pending)
+
+    def before_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        from clara_fl.fl.site.weights import load_global_weights
+
+        assert self.helper is not None and self.reference is not None
+        load_global_weights(self.reference, global_weights)
+        if not self.started:
+            # the first round: personalized_model.pt of an earlier run of this job, else the global model
+            self.helper.load_model(self.reference.state_dict())
+            self.started = True
+
+    def after_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], steps: int) -> dict[str, Any]:
+        assert self.helper is not None and self.reference is not None
+        personal_steps = self.helper.local_train(self.helper.trainer.data_loader, self.reference, Signal(), None)
+        self.helper.save_model()
+        logger.info(
+            f"ditto: personalized model trained {personal_steps} iterations (lambda {self.ditto_lambda}), "
+            f"saved to {self.helper.model_file_path}"
+        )
+        return {"ditto_personal_steps": personal_steps}
+
+    def model_for_validation(self, workflow: Any) -> Mapping[str, np.ndarray] | None:
+        """The personalized model, once it exists."""
+        if not self.started or self.helper is None:
+            return None
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.helper.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.started or self.helper is None:
+            return {}
+        return {
+            "personal_model": self.helper.model.state_dict(),
+            "personal_optimizer": self.helper.optimizer.state_dict(),
+            "personal_epochs_done": self.helper.epoch_global,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        if self.helper is None:  # restored before setup: applied by setup
+            self._pending = dict(state)
+            return
+        self.helper.model.load_state_dict(state["personal_model"])
+        self.helper.optimizer.load_state_dict(state["personal_optimizer"])
+        self.helper.epoch_global = int(state["personal_epochs_done"])
+        self.started = True
+        self._pending = {}

@@ -6,7 +6,7 @@ process). The server's persistor saved the global model, the rounds done and the
 
 * ``scatter_and_gather``: ``start_round`` = the rounds done and ``num_rounds`` = the rounds left,
 * ``persistor``: ``resume_from`` = the app's ``resume/`` folder, where the saved models and state are copied,
-* ``model_selector``: ``best_val_metric`` = the saved best, so a worse model does not replace the saved best.
+* ``model_selector``: ``saved_best_val_metric`` = the saved best, so a worse model does not replace the saved best.
 
 Nothing here imports FLARE or torch; nothing is written before every input is checked.
 """
@@ -52,7 +52,7 @@ class ResumePlan:
         if self.state.best_metric is not None:
             selector = _find(config, "components", SELECTOR)
             if selector is not None:
-                selector.setdefault("args", {})["best_val_metric"] = self.state.best_metric
+                selector.setdefault("args", {})["saved_best_val_metric"] = self.state.best_metric
         return config
 
 

@@ -1,0 +1,277 @@
+"""Surviving a server restart and a dead site (issue 15): the server's run state on disk, the
+continuation job ``clara-fl job resume`` writes from it, and the site's drop-out exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, FLMetaKey, ReservedKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from clara_fl.config.errors import ConfigError
+from clara_fl.fl.server.persistor import ClaraModelPersistor
+from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, read_run_state, write_run_state
+from clara_fl.fl.site.dropout import ABRUPT_EXIT_CODE, DropOutOnAbruptExit
+from clara_fl.recipes.resume import plan_resume, write_continuation_job
+from tests.conftest import SPLEEN_MMAR
+
+
+def context(app_root: Path, job_id: str = "job-1", **props: Any) -> FLContext:
+    fl_ctx = FLContext()
+    workspace = SimpleNamespace(get_run_dir=lambda job: os.path.join(app_root, job))
+    fl_ctx.put(ReservedKey.ENGINE, SimpleNamespace(get_workspace=lambda: workspace), private=True, sticky=False)
+    fl_ctx.put(ReservedKey.RUN_NUM, job_id, private=True, sticky=False)
+    fl_ctx.set_prop(FLContextKey.APP_ROOT, str(app_root), private=True, sticky=False)
+    for key, value in props.items():
+        fl_ctx.set_prop(key, value, private=True, sticky=False)
+    return fl_ctx
+
+
+def persistor_in(folder: Path, **kwargs: Any) -> ClaraModelPersistor:
+    """The persistor as _initialize leaves it: a network, and its model files in ``folder``."""
+    persistor = ClaraModelPersistor(**kwargs)
+    persistor.model = torch.nn.Linear(3, 1)
+    persistor._ckpt_save_path = str(folder / "FL_global_model.pt")
+    persistor._best_ckpt_save_path = str(folder / "best_FL_global_model.pt")
+    return persistor
+
+
+def save_round(persistor: ClaraModelPersistor, folder: Path, current_round: int, num_rounds: int = 4) -> None:
+    learnable = persistor.load(context(folder))
+    rounds = {
+        AppConstants.CURRENT_ROUND: current_round,
+        AppConstants.START_ROUND: 0,
+        AppConstants.NUM_ROUNDS: num_rounds,
+    }
+    persistor.save(learnable, context(folder, **rounds))
+
+
+def test_the_persistor_records_the_rounds_done_after_saving_each_global_model(tmp_path: Path) -> None:
+    persistor = persistor_in(tmp_path)
+
+    save_round(persistor, tmp_path, current_round=1)
+
+    state = read_run_state(tmp_path)
+    assert state == ServerRunState(job_id="job-1", rounds_done=2, total_rounds=4, global_model="FL_global_model.pt")
+    assert "model" in torch.load(tmp_path / state.global_model, weights_only=True)
+
+
+def test_the_run_state_never_names_a_round_whose_model_was_not_saved(tmp_path: Path, monkeypatch) -> None:
+    persistor = persistor_in(tmp_path)
+    save_round(persistor, tmp_path, current_round=0)
+
+    def killed_while_writing(path: str) -> None:
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(persistor, "save_model_file", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        save_round(persistor, tmp_path, current_round=1)
+
+    assert read_run_state(tmp_path).rounds_done == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_persistor_records_the_best_global_model_with_its_round_and_metric(tmp_path: Path) -> None:
+    persistor = persistor_in(tmp_path)
+    save_round(persistor, tmp_path, current_round=1)
+    best = {AppConstants.VALIDATION_RESULT: 0.62, AppConstants.CURRENT_ROUND: 2}
+
+    persistor.handle_event(AppEventType.GLOBAL_BEST_MODEL_AVAILABLE, context(tmp_path, **best))
+
+    state = read_run_state(tmp_path)
+    assert (state.best_model, state.best_metric, state.best_round) == ("best_FL_global_model.pt", 0.62, 2)
+    assert (tmp_path / "best_FL_global_model.pt").is_file()
+
+
+def test_a_resumed_persistor_starts_from_the_saved_global_model_and_keeps_the_saved_best(tmp_path: Path) -> None:
+    saved = tmp_path / "app" / "resume"
+    saved.mkdir(parents=True)
+    trained = torch.nn.Linear(3, 1)
+    torch.save({"model": trained.state_dict()}, saved / "FL_global_model.pt")
+    torch.save({"model": trained.state_dict()}, saved / "best_FL_global_model.pt")
+    write_run_state(saved, ServerRunState("job-1", 2, 4, "FL_global_model.pt", "best_FL_global_model.pt", 0.5, 1))
+    run = tmp_path / "run"
+    run.mkdir()
+    persistor = persistor_in(run, resume_from="resume")
+
+    persistor._resume(context(tmp_path / "app"))
+    learnable = persistor.load(context(tmp_path / "app"))
+
+    assert torch.equal(torch.as_tensor(learnable["weights"]["weight"]), trained.weight.detach())
+    assert (run / "best_FL_global_model.pt").is_file()
+    save_round(persistor, run, current_round=2)
+    assert (read_run_state(run).best_metric, read_run_state(run).best_round) == (0.5, 1)
+
+
+def test_the_model_selector_of_a_continuation_job_starts_from_the_saved_best() -> None:
+    from clara_fl.fl.server.model_selection import GlobalModelSelector
+
+    selector = GlobalModelSelector(key_metric="val_loss", negate_key_metric=True, saved_best_val_metric=-0.3)
+
+    assert (selector.best_val_metric, selector.best_raw_val_metric) == (-0.3, 0.3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rounds_done": "2"}, "rounds_done: expected int, got '2'"),
+        ({"rounds_done": 5}, "rounds_done: expected 0 <= rounds_done <= total_rounds (4)"),
+        ({"global_model": "../x.pt"}, "global_model: expected a file name beside the state file"),
+        ({"best_metric": float("nan")}, "best_metric: expected a finite number"),
+        ({"job_id": None}, "job_id: expected str, got None"),
+    ],
+)
+def test_a_bad_run_state_is_one_line_naming_the_field(tmp_path: Path, change: dict, message: str) -> None:
+    data = {"job_id": "j", "rounds_done": 2, "total_rounds": 4, "global_model": "FL_global_model.pt", **change}
+    (tmp_path / STATE_FILE).write_text(json.dumps(data))
+
+    with pytest.raises(ConfigError) as raised:
+        read_run_state(tmp_path)
+
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_site_records_the_drop_out_exit_code_for_the_run_and_removes_it_at_a_normal_end(tmp_path: Path) -> None:
+    (tmp_path / "job-1").mkdir()
+    component, fl_ctx = DropOutOnAbruptExit(), context(tmp_path)
+    rc_file = tmp_path / "job-1" / FLMetaKey.PROCESS_RC_FILE
+
+    component.handle_event(EventType.START_RUN, fl_ctx)
+    recorded = rc_file.read_text()
+    component.handle_event(EventType.END_RUN, fl_ctx)
+
+    assert recorded == str(ABRUPT_EXIT_CODE) and not rc_file.exists()
+
+
+# ---- clara-fl job resume -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clara_fl.recipes.job_folder import create_job
+
+    return create_job(SPLEEN_MMAR, tmp_path_factory.mktemp("jobs") / "spleen", num_rounds=4, min_clients=2)
+
+
+def stranded_run(folder: Path, rounds_done: int = 2, total_rounds: int = 4, best: bool = True) -> Path:
+    """A server's job folder as a killed server leaves it: app_server/ with the models and the run state."""
+    app = folder / "app_server"
+    app.mkdir(parents=True)
+    torch.save({"model": {"w": torch.ones(2)}}, app / "FL_global_model.pt")
+    if best:
+        torch.save({"model": {"w": torch.zeros(2)}}, app / "best_FL_global_model.pt")
+    best_fields = ("best_FL_global_model.pt", 0.7, 1) if best else (None, None, None)
+    write_run_state(app, ServerRunState("a1b2", rounds_done, total_rounds, "FL_global_model.pt", *best_fields))
+    return folder
+
+
+def server_config(job_folder: Path) -> dict[str, Any]:
+    return json.loads((job_folder / "app" / "config" / "config_fed_server.json").read_text())
+
+
+def component(config: dict[str, Any], section: str, component_id: str) -> dict[str, Any]:
+    return next(c for c in config[section] if c["id"] == component_id)
+
+
+def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(job: Path, tmp_path: Path) -> None:
+    run = stranded_run(tmp_path / "server" / "a1b2")
+
+    continuation = write_continuation_job(plan_resume(job, run), tmp_path / "continued")
+
+    config = server_config(continuation)
+    rounds = component(config, "workflows", "scatter_and_gather")["args"]
+    assert (rounds["start_round"], rounds["num_rounds"]) == (2, 2)
+    assert component(config, "components", "persistor")["args"]["resume_from"] == "resume"
+    assert component(config, "components", "model_selector")["args"]["saved_best_val_metric"] == 0.7
+    saved = continuation / "app" / "resume"
+    assert sorted(p.name for p in saved.iterdir()) == sorted(
+        [STATE_FILE, "FL_global_model.pt", "best_FL_global_model.pt"]
+    )
+    assert json.loads((continuation / "meta.json").read_text())["name"].endswith("_resumed_at_round_2")
+    # everything else is the original job
+    original = server_config(job)
+    assert [c["id"] for c in config["components"]] == [c["id"] for c in original["components"]]
+    assert (continuation / "app" / "config" / "config_fed_client.json").read_text() == (
+        job / "app" / "config" / "config_fed_client.json"
+    ).read_text()
+
+
+def test_a_run_without_a_best_model_yet_leaves_the_selector_as_the_job_has_it(job: Path, tmp_path: Path) -> None:
+    run = stranded_run(tmp_path / "run", best=False)
+
+    continuation = write_continuation_job(plan_resume(job, run / "app_server"), tmp_path / "continued")
+
+    assert "saved_best_val_metric" not in component(server_config(continuation), "components", "model_selector")["args"]
+
+
+@pytest.mark.parametrize(
+    ("make_run", "message"),
+    [
+        (lambda p: stranded_run(p, rounds_done=4), "all 4 rounds of job a1b2 are done: nothing to resume"),
+        (lambda p: stranded_run(p, total_rounds=6), "the job plans 4 rounds but the run planned 6: not this run's job"),
+        (lambda p: p.mkdir() or p, "no clara_fl_server_state.json here or in app_server/"),
+        (lambda p: p, "RUN: server run folder not found"),
+        (
+            lambda p: (stranded_run(p), (p / "app_server" / "best_FL_global_model.pt").unlink())[0],
+            "the saved model best_FL_global_model.pt is missing",
+        ),
+    ],
+)
+def test_a_bad_run_folder_is_one_line_and_nothing_is_written(
+    job: Path, tmp_path: Path, make_run: Any, message: str
+) -> None:
+    run = make_run(tmp_path / "run")
+
+    with pytest.raises(ConfigError) as raised:
+        plan_resume(job, run)
+
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_the_resume_command_refuses_a_folder_that_is_not_a_job_with_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from clara_fl.cli import main
+
+    run = stranded_run(tmp_path / "run")
+    (tmp_path / "not_a_job").mkdir()
+
+    code = main(["job", "resume", str(tmp_path / "not_a_job"), str(run), "-o", str(tmp_path / "out")])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.endswith("JOB: not a FLARE job folder (no meta.json)") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_resume_command_writes_the_job_and_says_how_to_end_the_stranded_one(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from clara_fl.cli import main
+
+    run = stranded_run(tmp_path / "run")
+
+    code = main(["job", "resume", str(job), str(run), "-o", str(tmp_path / "out")])
+
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "out" / "meta.json").is_file()
+    assert "rounds 2-3 of 4" in out and "nvflare job abort a1b2" in out
+
+
+def test_the_resume_command_does_not_replace_an_existing_folder_without_force(job: Path, tmp_path: Path) -> None:
+    run = stranded_run(tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+
+    with pytest.raises(ConfigError, match="use --force"):
+        write_continuation_job(plan_resume(job, run), tmp_path / "out")
+
+    assert (tmp_path / "out" / "keep.txt").is_file()

@@ -125,8 +125,12 @@ class Poc:
         )
         return status
 
-    def status(self, job_id: str) -> str:
-        return flare(self.env, "job", "meta", job_id, "--startup-kit", self.admin_kit, timeout=60)["status"]
+    def status(self, job_id: str) -> str | None:
+        """The job's status on the server; None while the server does not answer (restarting)."""
+        got = run([NVFLARE, "--format", "json", "job", "meta", job_id, "--startup-kit", self.admin_kit], self.env, 60)
+        if got.returncode != 0 or "{" not in got.stdout:
+            return None
+        return json.loads(got.stdout[got.stdout.index("{") :]).get("data", {}).get("status")
 
     def download(self, job_id: str, output: Path) -> Path:
         got = flare(

@@ -50,10 +50,12 @@ def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others
         poc.kill(killed)
 
         status = poc.wait(job_id, timeout=400)
-        server_log = poc.job_log("server", job_id)
         assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(job_id)[-6000:]}"
         assert "due to reported failure" not in (poc.prod / "server" / "log.txt").read_text(errors="replace")
+        downloaded = poc.download(job_id, tmp_path / "out") / "workspace"
+
         # the rounds after the kill went on without site-3, and the server says that it dropped out and why
+        server_log = (downloaded / "log.txt").read_text(errors="replace")
         assert "round 3 aggregated 2 sites without site-3" in server_log, server_log[-4000:]
         dropped = [line for line in server_log.splitlines() if "site-3 dropped out of the job" in line]
         assert len(dropped) == 1 and "its job process is gone" in dropped[0], server_log[-4000:]
@@ -66,9 +68,7 @@ def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others
                 assert isinstance(torch.load(models / name, map_location="cpu", weights_only=True), dict), name
 
         # the cross-site matrix has the two sites that finished the job
-        results_file = (
-            poc.download(job_id, tmp_path / "out") / "workspace" / "cross_site_val" / "cross_val_results.json"
-        )
-        assert set(json.loads(results_file.read_text())) == {"site-1", "site-2"}
+        results = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
+        assert set(results) == {"site-1", "site-2"}, results
     finally:
         poc.stop()

@@ -65,6 +65,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         self.final_validation_task_name = final_validation_task_name
         self.final_validation_timeout = final_validation_timeout
         self._round_contributors: set[str] = set()
+        self._dropped_sites: set[str] = set()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)
@@ -75,7 +76,11 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         elif event_type == AppEventType.ROUND_DONE:
             self._log_missing_contributions(fl_ctx)
         elif event_type == EventType.CLIENT_DISCONNECTED:
+            # each workflow's communicator watches the sites and fires this: say it once
             site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+            if site in self._dropped_sites:
+                return
+            self._dropped_sites.add(site)
             self.log_warning(
                 fl_ctx,
                 f"{site} dropped out of the job: its job process is gone (its client reported the job missing and "
@@ -84,6 +89,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
             )
         elif event_type == EventType.CLIENT_RECONNECTED:
             site = fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME)
+            self._dropped_sites.discard(site)
             self.log_info(fl_ctx, f"{site} is back in the job; it gets the current global model in the next round")
 
     def _log_missing_contributions(self, fl_ctx: FLContext) -> None:

@@ -176,7 +176,11 @@ class Poc:
                 pass
             wait_gone(pid_file_pids(self.prod) | deployment_pids(self.workspace), 30)
             self.started = False
-        kill_all(pid_file_pids(self.prod) | deployment_pids(self.workspace))
+        for _ in range(3):  # a process may be starting (FLARE's start script restarts what died) as we kill
+            left = alive(pid_file_pids(self.prod) | deployment_pids(self.workspace))
+            if not left:
+                break
+            kill_all(left)
         assert not alive(deployment_pids(self.workspace)), "processes of the deployment are left"
 
 

@@ -1,12 +1,12 @@
 """The server killed and restarted mid-job on a real POC deployment (issue 15, scenario 2): server + 3 sites.
 
 ``kill -9`` of the server (its parent process and the job's server process, as a machine crash leaves
-them) after a round was saved. FLARE's start script restarts the server, which leaves the job RUNNING with
-no process (FLARE 2.9 keeps no server snapshot). What an operator then does (docs/deployment.md): end the
-stranded job with ``nvflare job abort``, write the continuation job with ``clara-fl job resume`` from the
-run state the persistor saved, submit it. It runs the rounds left, from the saved global model, and ends
-with the complete cross-site matrix. Bounded: every command has a time limit; the ``finally`` leaves no
-process behind.
+them) after a round was saved. FLARE's start script restarts the server; FLARE alone then leaves the job
+RUNNING with no process (no server snapshot in 2.9; ``nvflare job abort`` answers "not running"). The
+server component that ``clara-fl site setup`` adds ends it at start-up, and the operator (docs/deployment.md)
+writes the continuation job with ``clara-fl job resume`` from the run state the persistor saved and
+submits it. It runs the rounds left, from the saved global model, and ends with the complete cross-site
+matrix. Bounded: every command has a time limit; the ``finally`` leaves no process behind.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from clara_fl.fl.server.run_state import STATE_FILE, read_run_state
 from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR
 from tests.poc import Poc, wait_for
-from tests.test_poc_deployment import CLARA_FL, NVFLARE, alive, run
+from tests.test_poc_deployment import CLARA_FL, alive, run
 
 SITES = ["site-1", "site-2", "site-3"]
 ROUNDS = 4
@@ -58,19 +58,14 @@ def test_a_killed_server_restarts_and_the_resumed_job_finishes_the_planned_round
         rounds_done = saved_round()
         assert 1 <= rounds_done < ROUNDS, rounds_done
 
-        # FLARE's start script brings the server back; the job it ran stays RUNNING with no process
-        wait_for(lambda: poc.status(job_id), 180, "the server to restart and answer")
-        assert poc.status(job_id) == "RUNNING"
-        assert not poc.job_pids("server", job_id)
+        # FLARE's start script brings the server back; clara-fl's server component (site setup) ends the job
+        # FLARE would leave RUNNING with no process, and the sites stop their processes of it
+        wait_for(lambda: poc.status(job_id) == "FINISHED:ABNORMAL", 180, "the restarted server to end the job")
+        server_log = (server / "log.txt").read_text(errors="replace")
+        assert f"job {job_id} was running when the server stopped" in server_log
+        wait_for(lambda: not any(poc.job_pids(site, job_id) for site in SITES), 90, "the sites to end the job")
 
-        # the operator's steps: end the stranded job, write the continuation job, submit it
-        aborted = run(
-            [NVFLARE, "--format", "json", "job", "abort", job_id, "--force", "--startup-kit", poc.admin_kit],
-            poc.env,
-            120,
-        )
-        assert aborted.returncode == 0, aborted.stdout + aborted.stderr
-        wait_for(lambda: (poc.status(job_id) or "").startswith("FINISHED"), 60, "the stranded job to end")
+        # the operator continues it: writes the continuation job and submits it
         resumed = run([CLARA_FL, "job", "resume", job, run_folder, "-o", tmp_path / "continued"], poc.env, 60)
         assert resumed.returncode == 0, resumed.stderr
         assert f"rounds {rounds_done}-{ROUNDS - 1} of {ROUNDS}" in resumed.stdout
@@ -78,15 +73,16 @@ def test_a_killed_server_restarts_and_the_resumed_job_finishes_the_planned_round
         status = poc.wait(continued_id, timeout=400)
         assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(continued_id)[-6000:]}"
 
+        downloaded = poc.download(continued_id, tmp_path / "out") / "workspace"
+
         # it ran the rounds left, starting from the saved global model, not from round 0
-        server_log = poc.job_log("server", continued_id)
+        server_log = (downloaded / "log.txt").read_text(errors="replace")
         assert f"resuming job {job_id} after round {rounds_done - 1} of {ROUNDS}" in server_log
         started = [r for r in range(ROUNDS) if f"Round {r} started." in server_log]
         assert started == list(range(rounds_done, ROUNDS)), started
 
         # and ends with the complete cross-site matrix
-        results = poc.download(continued_id, tmp_path / "out") / "workspace" / "cross_site_val"
-        matrix = json.loads((results / "cross_val_results.json").read_text())
+        matrix = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
         assert set(matrix) == set(SITES), matrix
         for site in SITES:
             assert set(matrix[site]) == MODELS, matrix[site]

@@ -275,3 +275,51 @@ def test_the_resume_command_does_not_replace_an_existing_folder_without_force(jo
         write_continuation_job(plan_resume(job, run), tmp_path / "out")
 
     assert (tmp_path / "out" / "keep.txt").is_file()
+
+
+# ---- jobs a server restart stranded --------------------------------------------------------------------------
+
+
+class _JobStore:
+    """FLARE's job manager as far as the server start needs it: jobs by status, and status changes."""
+
+    def __init__(self, statuses: dict[str, str]) -> None:
+        self.statuses = statuses
+
+    def get_jobs_by_status(self, wanted: list, fl_ctx: FLContext) -> list:
+        values = {getattr(w, "value", w) for w in wanted}
+        return [SimpleNamespace(job_id=j) for j, status in self.statuses.items() if status in values]
+
+    def set_status(self, job_id: str, status: Any, fl_ctx: FLContext) -> None:
+        self.statuses[job_id] = getattr(status, "value", status)
+
+
+def _started_server(tmp_path: Path, statuses: dict[str, str]) -> tuple[FLContext, _JobStore]:
+    from nvflare.apis.fl_constant import SystemComponents
+    from nvflare.private.fed.server.job_runner import JobRunner
+
+    store = _JobStore(statuses)
+    engine = SimpleNamespace(
+        get_component=lambda name: store if name == SystemComponents.JOB_MANAGER else None,
+        job_runner=JobRunner(str(tmp_path)),
+        run_processes={},
+        fire_event=lambda event_type, fl_ctx: None,
+        get_workspace=lambda: SimpleNamespace(get_run_dir=lambda job: str(tmp_path / job)),
+    )
+    fl_ctx = FLContext()
+    fl_ctx.put(ReservedKey.ENGINE, engine, private=True, sticky=False)
+    return fl_ctx, store
+
+
+def test_the_server_start_ends_the_jobs_a_restart_stranded_and_says_how_to_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from clara_fl.fl.server.stranded_jobs import EndStrandedJobs
+
+    fl_ctx, store = _started_server(tmp_path, {"a1": "RUNNING", "b2": "FINISHED:COMPLETED", "c3": "SUBMITTED"})
+
+    EndStrandedJobs().handle_event(EventType.SYSTEM_START, fl_ctx)
+
+    assert store.statuses == {"a1": "FINISHED:ABNORMAL", "b2": "FINISHED:COMPLETED", "c3": "SUBMITTED"}
+    assert "job a1 was running when the server stopped: ended as FINISHED:ABNORMAL" in caplog.text
+    assert f"clara-fl job resume JOB_FOLDER {tmp_path / 'a1'}" in caplog.text

@@ -93,23 +93,31 @@ def test_the_persistor_records_the_best_global_model_with_its_round_and_metric(t
 
 
 def test_a_resumed_persistor_starts_from_the_saved_global_model_and_keeps_the_saved_best(tmp_path: Path) -> None:
-    saved = tmp_path / "app" / "resume"
+    saved = tmp_path / "workspace" / "a1b2" / "app_server"  # the stranded job's app folder in the server workspace
     saved.mkdir(parents=True)
     trained = torch.nn.Linear(3, 1)
     torch.save({"model": trained.state_dict()}, saved / "FL_global_model.pt")
     torch.save({"model": trained.state_dict()}, saved / "best_FL_global_model.pt")
-    write_run_state(saved, ServerRunState("job-1", 2, 4, "FL_global_model.pt", "best_FL_global_model.pt", 0.5, 1))
-    run = tmp_path / "run"
-    run.mkdir()
-    persistor = persistor_in(run, resume_from="resume")
+    write_run_state(saved, ServerRunState("a1b2", 2, 4, "FL_global_model.pt", "best_FL_global_model.pt", 0.5, 1))
+    app = tmp_path / "workspace" / "c3d4" / "app_server"
+    app.mkdir(parents=True)
+    persistor = persistor_in(app, resume_from_job="a1b2")
 
-    persistor._resume(context(tmp_path / "app"))
-    learnable = persistor.load(context(tmp_path / "app"))
+    persistor._resume(context(app))
+    learnable = persistor.load(context(app))
 
     assert torch.equal(torch.as_tensor(learnable["weights"]["weight"]), trained.weight.detach())
-    assert (run / "best_FL_global_model.pt").is_file()
-    save_round(persistor, run, current_round=2)
-    assert (read_run_state(run).best_metric, read_run_state(run).best_round) == (0.5, 1)
+    assert (app / "best_FL_global_model.pt").is_file()
+    save_round(persistor, app, current_round=2)
+    assert (read_run_state(app).best_metric, read_run_state(app).best_round) == (0.5, 1)
+
+
+def test_the_restricted_policy_lets_a_job_resume_only_a_job_id_not_a_path(tmp_path: Path) -> None:
+    from clara_fl.fl.server.persistor import check_persistor_arguments
+
+    check_persistor_arguments({"resume_from_job": "6994695f-c696-464b-992b-eced4339e8b9"}, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"components\[persistor\].args.resume_from_job: '../x' must be a job id"):
+        check_persistor_arguments({"resume_from_job": "../x"}, str(tmp_path))
 
 
 def test_the_model_selector_of_a_continuation_job_starts_from_the_saved_best() -> None:
@@ -162,16 +170,17 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return create_job(SPLEEN_MMAR, tmp_path_factory.mktemp("jobs") / "spleen", num_rounds=4, min_clients=2)
 
 
-def stranded_run(folder: Path, rounds_done: int = 2, total_rounds: int = 4, best: bool = True) -> Path:
-    """A server's job folder as a killed server leaves it: app_server/ with the models and the run state."""
-    app = folder / "app_server"
+def stranded_run(workspace: Path, rounds_done: int = 2, total_rounds: int = 4, best: bool = True) -> Path:
+    """Job a1b2's folder in the server's workspace as a killed server leaves it: app_server/ with the models
+    and the run state."""
+    app = workspace / "a1b2" / "app_server"
     app.mkdir(parents=True)
     torch.save({"model": {"w": torch.ones(2)}}, app / "FL_global_model.pt")
     if best:
         torch.save({"model": {"w": torch.zeros(2)}}, app / "best_FL_global_model.pt")
     best_fields = ("best_FL_global_model.pt", 0.7, 1) if best else (None, None, None)
     write_run_state(app, ServerRunState("a1b2", rounds_done, total_rounds, "FL_global_model.pt", *best_fields))
-    return folder
+    return app.parent
 
 
 def server_config(job_folder: Path) -> dict[str, Any]:
@@ -183,19 +192,17 @@ def component(config: dict[str, Any], section: str, component_id: str) -> dict[s
 
 
 def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(job: Path, tmp_path: Path) -> None:
-    run = stranded_run(tmp_path / "server" / "a1b2")
+    run = stranded_run(tmp_path / "server")
 
     continuation = write_continuation_job(plan_resume(job, run), tmp_path / "continued")
 
     config = server_config(continuation)
     rounds = component(config, "workflows", "scatter_and_gather")["args"]
     assert (rounds["start_round"], rounds["num_rounds"]) == (2, 2)
-    assert component(config, "components", "persistor")["args"]["resume_from"] == "resume"
+    assert component(config, "components", "persistor")["args"]["resume_from_job"] == "a1b2"
     assert component(config, "components", "model_selector")["args"]["saved_best_val_metric"] == 0.7
-    saved = continuation / "app" / "resume"
-    assert sorted(p.name for p in saved.iterdir()) == sorted(
-        [STATE_FILE, "FL_global_model.pt", "best_FL_global_model.pt"]
-    )
+    # the models stay on the server: the job has the same files as the original
+    assert sorted(p.name for p in (continuation / "app").iterdir()) == sorted(p.name for p in (job / "app").iterdir())
     assert json.loads((continuation / "meta.json").read_text())["name"].endswith("_resumed_at_round_2")
     # everything else is the original job
     original = server_config(job)
@@ -206,7 +213,7 @@ def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(job: Pa
 
 
 def test_a_run_without_a_best_model_yet_leaves_the_selector_as_the_job_has_it(job: Path, tmp_path: Path) -> None:
-    run = stranded_run(tmp_path / "run", best=False)
+    run = stranded_run(tmp_path / "server", best=False)
 
     continuation = write_continuation_job(plan_resume(job, run / "app_server"), tmp_path / "continued")
 
@@ -221,7 +228,11 @@ def test_a_run_without_a_best_model_yet_leaves_the_selector_as_the_job_has_it(jo
         (lambda p: p.mkdir() or p, "no clara_fl_server_state.json here or in app_server/"),
         (lambda p: p, "RUN: server run folder not found"),
         (
-            lambda p: (stranded_run(p), (p / "app_server" / "best_FL_global_model.pt").unlink())[0],
+            lambda p: (stranded_run(p), (p / "a1b2").rename(p / "other"))[0].parent / "other",
+            "the run state is of job a1b2, not of the job folder it is in",
+        ),
+        (
+            lambda p: (stranded_run(p), (p / "a1b2" / "app_server" / "best_FL_global_model.pt").unlink())[0],
             "the saved model best_FL_global_model.pt is missing",
         ),
     ],

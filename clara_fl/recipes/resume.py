@@ -5,7 +5,9 @@ process). The server's persistor saved the global model, the rounds done and the
 (:mod:`clara_fl.fl.server.run_state`); the continuation job is the original job folder with
 
 * ``scatter_and_gather``: ``start_round`` = the rounds done and ``num_rounds`` = the rounds left,
-* ``persistor``: ``resume_from`` = the app's ``resume/`` folder, where the saved models and state are copied,
+* ``persistor``: ``resume_from_job`` = the stranded job's id: the server reads the saved models from that job's
+  folder in its workspace (so the command runs where that folder is, on the server; the models do not
+  travel in the job, and the sites get the same job as before),
 * ``model_selector``: ``saved_best_val_metric`` = the saved best, so a worse model does not replace the saved best.
 
 Nothing here imports FLARE or torch; nothing is written before every input is checked.
@@ -22,7 +24,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
-from clara_fl.fl.server.run_state import RESUME_FOLDER, STATE_FILE, ServerRunState, read_run_state
+from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, is_job_id, read_run_state
 
 __all__ = ["ResumePlan", "find_run_state", "plan_resume", "write_continuation_job"]
 
@@ -48,7 +50,7 @@ class ResumePlan:
         _args(config, "workflows", ROUNDS_WORKFLOW).update(
             start_round=self.state.rounds_done, num_rounds=self.state.rounds_left
         )
-        _args(config, "components", PERSISTOR)["resume_from"] = RESUME_FOLDER
+        _args(config, "components", PERSISTOR)["resume_from_job"] = self.state.job_id
         if self.state.best_metric is not None:
             selector = _find(config, "components", SELECTOR)
             if selector is not None:
@@ -150,6 +152,12 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
     for name in (state.global_model, state.best_model):
         if name is not None and not (run_folder / name).is_file():
             raise ConfigError(f"the saved model {name} is missing", file=str(run_folder))
+    if not is_job_id(state.job_id) or run_folder.resolve().parent.name != state.job_id:
+        raise ConfigError(
+            f"the run state is of job {state.job_id}, not of the job folder it is in: give the job's folder in the "
+            "server's workspace",
+            file=str(run_folder / STATE_FILE),
+        )
     return ResumePlan(job, app, run_folder, state, server_config)
 
 
@@ -172,11 +180,6 @@ def write_continuation_job(plan: ResumePlan, output: str | os.PathLike, force: b
         shutil.copytree(plan.job, staged, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         app = staged / plan.app.relative_to(plan.job)
         (app / SERVER_CONFIG).write_text(json.dumps(plan.continued_server_config(), indent=2) + "\n")
-        saved = app / RESUME_FOLDER
-        saved.mkdir(exist_ok=True)
-        for name in (STATE_FILE, plan.state.global_model, plan.state.best_model):
-            if name is not None:
-                shutil.copy2(plan.run_folder / name, saved / name)
         meta_file = staged / "meta.json"
         meta = json.loads(meta_file.read_text())
         meta["name"] = f"{meta.get('name', plan.job.name)}_resumed_at_round_{plan.state.rounds_done}"

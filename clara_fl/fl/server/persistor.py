@@ -13,7 +13,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from clara_fl.fl.server.run_state import ServerRunState, read_run_state, write_run_state
+from clara_fl.fl.server.run_state import ServerRunState, is_job_id, read_run_state, write_run_state
 
 __all__ = ["ClaraModelPersistor", "check_persistor_arguments"]
 
@@ -31,10 +31,10 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
     from clara_fl.config.restrictions import Restrictions, looks_like_escape
 
     file, where = "config/config_fed_server.json", "components[persistor].args"
-    resume_from = arguments.get("resume_from")
-    if isinstance(resume_from, str) and looks_like_escape(resume_from):
+    resume_from_job = arguments.get("resume_from_job")
+    if isinstance(resume_from_job, str) and (looks_like_escape(resume_from_job) or not is_job_id(resume_from_job)):
         raise ConfigError(
-            f"'{resume_from}' must be a folder inside the job's app folder", file=file, path=f"{where}.resume_from"
+            f"'{resume_from_job}' must be a job id (a name, not a path)", file=file, path=f"{where}.resume_from_job"
         )
     if arguments.get("load_weights_only") is False:
         raise ConfigError(
@@ -65,14 +65,14 @@ class ClaraModelPersistor(PTFileModelPersistor):
 
     After every saved global model it writes the run state (:mod:`clara_fl.fl.server.run_state`):
     the rounds done and the best model so far, so that ``clara-fl job resume`` can continue a job
-    whose server died. A continuation job names the folder of its app that holds the saved models
-    in ``resume_from``: its initial global model is the saved one, and the saved best global model
-    stays the best until a better one comes.
+    whose server died. A continuation job names the stranded job in ``resume_from_job``: its initial
+    global model is the one that job saved (read from that job's app folder in the same server
+    workspace), and the saved best global model stays the best until a better one comes.
 
     Args:
         train_config, environment: the MMAR's files the network is built from.
         overrides: values on top of the environment.
-        resume_from: a folder inside the app with the saved run (``clara-fl job resume`` writes it).
+        resume_from_job: the id of a job of this server whose saved run to continue (``clara-fl job resume``).
         **kwargs: PTFileModelPersistor's arguments.
     """
 
@@ -83,15 +83,15 @@ class ClaraModelPersistor(PTFileModelPersistor):
         train_config: str = "config/config_train.json",
         environment: str = "config/environment.json",
         overrides: dict[str, Any] | None = None,
-        resume_from: str = "",
+        resume_from_job: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(model=None, **kwargs)
-        self.job_arguments = {**kwargs, "resume_from": resume_from}
+        self.job_arguments = {**kwargs, "resume_from_job": resume_from_job}
         self.train_config = train_config
         self.environment = environment
         self.overrides = dict(overrides or {})
-        self.resume_from = resume_from
+        self.resume_from_job = resume_from_job
         self._rounds: tuple[int, int] | None = None  # (rounds done, total rounds) at the last save
         self._best: tuple[float, int] | None = None  # (selector value, round) of the best global model
 
@@ -123,18 +123,25 @@ class ClaraModelPersistor(PTFileModelPersistor):
                 return
             self.log_info(fl_ctx, f"global model {type(self.model).__name__} built from {self.train_config}")
         super()._initialize(fl_ctx)
-        if self.resume_from:
+        if self.resume_from_job:
             self._resume(fl_ctx)
 
     def _resume(self, fl_ctx: FLContext) -> None:
-        """Start from the saved run in the app's ``resume_from`` folder (written by ``clara-fl job resume``)."""
+        """Start from the run that job ``resume_from_job`` saved: its app folder beside this job's in the workspace."""
         from clara_fl.config.errors import ConfigError
 
-        folder = os.path.join(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.resume_from)
+        app_root = os.path.normpath(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+        workspace, app_name = os.path.dirname(os.path.dirname(app_root)), os.path.basename(app_root)
+        folder = os.path.join(workspace, self.resume_from_job, app_name)
         try:
+            if not is_job_id(self.resume_from_job):
+                raise ConfigError(f"'{self.resume_from_job}' is not a job id", path="resume_from_job")
             saved = read_run_state(folder)
+            for name in (saved.global_model, saved.best_model):
+                if name and not os.path.isfile(os.path.join(folder, name)):
+                    raise ConfigError(f"the saved model {name} is missing", file=folder)
         except ConfigError as e:
-            self.system_panic(reason=f"cannot resume: {e}", fl_ctx=fl_ctx)
+            self.system_panic(reason=f"cannot resume job {self.resume_from_job}: {e}", fl_ctx=fl_ctx)
             return
         self.ckpt_preload_path = os.path.join(folder, saved.global_model)
         if saved.best_model and saved.best_metric is not None and saved.best_round is not None:
@@ -143,7 +150,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         self.log_info(
             fl_ctx,
             f"resuming job {saved.job_id} after round {saved.rounds_done - 1} of {saved.total_rounds}: "
-            f"global model from {self.resume_from}/{saved.global_model}",
+            f"global model from {os.path.join(folder, saved.global_model)}",
         )
 
     def save_model(self, ml: ModelLearnable, fl_ctx: FLContext) -> None:

@@ -18,11 +18,9 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.runtime.files import write_json_atomic
 
-__all__ = ["STATE_FILE", "RESUME_FOLDER", "ServerRunState", "read_run_state", "write_run_state"]
+__all__ = ["STATE_FILE", "ServerRunState", "is_job_id", "read_run_state", "write_run_state"]
 
 STATE_FILE = "clara_fl_server_state.json"
-RESUME_FOLDER = "resume"
-"""The folder of a continuation job's app holding the saved global (and best) model and this state."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,11 @@ class ServerRunState:
     @property
     def rounds_left(self) -> int:
         return max(0, self.total_rounds - self.rounds_done)
+
+
+def is_job_id(name: str) -> bool:
+    """Whether ``name`` can only name a folder directly in the server's workspace (FLARE's ids are UUIDs)."""
+    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "-_" for c in name)
 
 
 def write_run_state(folder: str | os.PathLike, state: ServerRunState) -> None:

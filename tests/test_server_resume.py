@@ -115,6 +115,7 @@ def test_a_resumed_persistor_starts_from_the_saved_global_model_and_keeps_the_sa
 def test_the_restricted_policy_lets_a_job_resume_only_a_job_id_not_a_path(tmp_path: Path) -> None:
     from clara_fl.fl.server.persistor import check_persistor_arguments
 
+    check_persistor_arguments({"resume_from_job": ""}, str(tmp_path))  # the default: a job that does not resume
     check_persistor_arguments({"resume_from_job": "6994695f-c696-464b-992b-eced4339e8b9"}, str(tmp_path))
     with pytest.raises(ConfigError, match=r"components\[persistor\].args.resume_from_job: '../x' must be a job id"):
         check_persistor_arguments({"resume_from_job": "../x"}, str(tmp_path))

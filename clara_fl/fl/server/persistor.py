@@ -32,7 +32,7 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
 
     file, where = "config/config_fed_server.json", "components[persistor].args"
     resume_from_job = arguments.get("resume_from_job")
-    if isinstance(resume_from_job, str) and (looks_like_escape(resume_from_job) or not is_job_id(resume_from_job)):
+    if isinstance(resume_from_job, str) and resume_from_job and not is_job_id(resume_from_job):
         raise ConfigError(
             f"'{resume_from_job}' must be a job id (a name, not a path)", file=file, path=f"{where}.resume_from_job"
         )

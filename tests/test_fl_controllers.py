@@ -29,3 +29,46 @@ def test_every_template_workflow_polls_at_a_short_period(template: str) -> None:
     for workflow in server["workflows"]:
         assert workflow["path"].startswith("clara_fl.fl.server.controllers."), workflow["id"]
         assert workflow["args"]["task_check_period"] <= 0.1, workflow["id"]
+
+
+def _sag_with_sites(*sites: str) -> ScatterAndGather:
+    from types import SimpleNamespace
+
+    workflow = ScatterAndGather(min_clients=2, num_rounds=4)
+    workflow._engine = SimpleNamespace(get_clients=lambda: [SimpleNamespace(name=s) for s in sites])
+    workflow._current_round = 3
+    return workflow
+
+
+def test_the_server_names_the_sites_a_round_went_without(caplog: pytest.LogCaptureFixture) -> None:
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.app_event_type import AppEventType
+
+    workflow = _sag_with_sites("site-1", "site-2", "site-3")
+    workflow.handle_event(AppEventType.ROUND_STARTED, FLContext())
+    for site in ("site-1", "site-2"):
+        fl_ctx, peer = FLContext(), FLContext()
+        peer.put(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
+        fl_ctx.set_peer_context(peer)
+        workflow.handle_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, fl_ctx)
+
+    workflow.handle_event(AppEventType.ROUND_DONE, FLContext())
+
+    assert "round 3 aggregated 2 sites without site-3" in caplog.text
+
+
+def test_the_server_says_once_which_site_dropped_out_of_the_job_and_why(caplog: pytest.LogCaptureFixture) -> None:
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import FLContextKey
+    from nvflare.apis.fl_context import FLContext
+
+    workflow = _sag_with_sites("site-1", "site-2", "site-3")
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(FLContextKey.DISCONNECTED_CLIENT_NAME, "site-3", private=True, sticky=False)
+
+    for _ in range(2):  # every workflow's communicator fires it
+        workflow.handle_event(EventType.CLIENT_DISCONNECTED, fl_ctx)
+
+    dropped = [r.getMessage() for r in caplog.records if "site-3 dropped out of the job" in r.getMessage()]
+    assert len(dropped) == 1 and "its job process is gone" in dropped[0] and "at least 2" in dropped[0]

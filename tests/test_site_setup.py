@@ -196,6 +196,30 @@ def test_server_kit_with_an_existing_resources_json(tmp_path: Path, capsys: pyte
     }
 
 
+def test_a_server_kit_gets_the_component_that_ends_jobs_a_restart_stranded_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kit = make_kit(tmp_path / "server", kind="server")
+
+    first = setup(str(kit), capsys=capsys)[1]
+    second = setup(str(kit), capsys=capsys)[1]
+
+    components = json.loads((kit / "local" / "resources.json").read_text())["components"]
+    ours = [c for c in components if c["path"] == "clara_fl.fl.server.stranded_jobs.EndStrandedJobs"]
+    assert len(ours) == 1 and len(components) == len(DEFAULT_RESOURCES["components"]) + 1
+    assert "added component clara_fl.fl.server.stranded_jobs.EndStrandedJobs" in first
+    assert "nothing to change" in second
+
+
+def test_a_client_kit_gets_no_server_component(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    setup(str(kit), capsys=capsys)
+
+    components = json.loads((kit / "local" / "resources.json").read_text())["components"]
+    assert components == DEFAULT_RESOURCES["components"]
+
+
 def test_allow_all_and_missing_allow_list(tmp_path: Path) -> None:
     open_kit = make_kit(tmp_path / "open", resources={"format_version": 2, "class_allow_list": ["*"]})
     assert setup_site(open_kit).allow_list_added == []

@@ -40,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_set_argument(create, "values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
     create.set_defaults(run=run_create)
+    add_resume_parser(actions)
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -83,3 +84,37 @@ def _print_fl_configs_taken(mmar: str) -> None:
         print(f"    took    {line}")
     for line in imported.ignored:
         print(f"    ignored {line}")
+
+
+def add_resume_parser(actions: argparse._SubParsersAction) -> None:
+    resume = actions.add_parser(
+        "resume",
+        help="write a job that continues a job whose server died, from its last saved round",
+        description="After a server restart FLARE leaves the job RUNNING with no process: end it with "
+        "'nvflare job abort JOB_ID', then submit the job this writes. It starts at the round after the last "
+        "one the server saved, from the saved global model, and keeps the saved best global model.",
+    )
+    resume.add_argument("job", metavar="JOB", help="the job folder that was submitted")
+    resume.add_argument(
+        "run_folder", metavar="RUN", help="the job's folder in the server's workspace (SERVER_WORKSPACE/JOB_ID)"
+    )
+    resume.add_argument("-o", "--output", required=True, help="continuation job folder to write")
+    resume.add_argument("--force", action="store_true", help="replace an existing folder at --output")
+    resume.set_defaults(run=run_resume)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from clara_fl.recipes.resume import plan_resume, write_continuation_job
+
+    plan = plan_resume(args.job, args.run_folder)
+    job = write_continuation_job(plan, args.output, args.force)
+    state = plan.state
+    print(f"wrote FLARE job {job}")
+    print(
+        f"  continues job {state.job_id}: rounds {state.rounds_done}-{state.total_rounds - 1} of {state.total_rounds}"
+    )
+    if state.best_round is not None:
+        print(f"  best global model so far: chosen at round {state.best_round}")
+    print(f"  end the stranded job first: nvflare job abort {state.job_id}")
+    print(f"  then: nvflare job submit -j {job}")
+    return 0

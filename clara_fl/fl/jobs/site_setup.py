@@ -4,7 +4,9 @@ Three things change, all in the kit's ``local/`` folder and nowhere else:
 
 * ``local/resources.json`` (created from ``resources.json.default`` if absent; the ``.default`` file is
   left as it is): :data:`~clara_fl.fl.jobs.allow_list.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
-  jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use.
+  jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use. A server
+  kit also gets :data:`SERVER_COMPONENT`, which ends the jobs a server restart stranded
+  (:mod:`clara_fl.fl.server.stranded_jobs`).
 * ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site.context`): the site's environment
   values (``DATA_ROOT``, ``DATASET_JSON``, ...), merged with the values already there.
 * the same site file's ``code_policy``: ``"restricted"`` (default) or ``"full"`` (``allow_code=True``).
@@ -37,6 +39,8 @@ CODE_POLICY_MEANING = {
     "full": "config #expressions and lambdas from a job run as full Python with this site's rights; "
     "use only for jobs from submitters this site trusts",
 }
+# the server's system component that ends jobs a server restart left RUNNING with no process
+SERVER_COMPONENT = {"id": "clara_fl_end_stranded_jobs", "path": "clara_fl.fl.server.stranded_jobs.EndStrandedJobs"}
 # values of these keys name files or folders on the site; a missing one is worth a note, not an error
 PATH_KEYS = ("DATA_ROOT", "DATASET_JSON")
 
@@ -64,6 +68,7 @@ class SiteSetupResult:
     code_policy: str
     resources_created: bool = False
     allow_list_added: list[str] = field(default_factory=list)
+    components_added: list[str] = field(default_factory=list)
     environment_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     code_policy_before: str | None = None
@@ -74,6 +79,7 @@ class SiteSetupResult:
         return bool(
             self.resources_created
             or self.allow_list_added
+            or self.components_added
             or self.environment_changes
             or self.code_policy_before != self.code_policy
         )
@@ -88,6 +94,8 @@ class SiteSetupResult:
             lines.append(f"  {resources}: added to class_allow_list: {', '.join(self.allow_list_added)}")
         else:
             lines.append(f"  {resources}: class_allow_list already allows clara-fl jobs")
+        for component in self.components_added:
+            lines.append(f"  {resources}: added component {component} (ends jobs a server restart stranded)")
         site_file = os.path.relpath(self.site_file, kit.root)
         for name, (old, new) in self.environment_changes.items():
             change = f"{_show(old)} -> {_show(new)}" if old is not None else f"{_show(new)} (new)"
@@ -160,7 +168,14 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
         result.notes.append(
             f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries"
         )
-    if result.resources_created or result.allow_list_added:
+    if kit.kind == "server":
+        components = updated.setdefault("components", [])
+        if not isinstance(components, list):
+            raise ConfigError("expected a list of components", file=path, path="components")
+        if not any(isinstance(c, dict) and c.get("path") == SERVER_COMPONENT["path"] for c in components):
+            components.append({**SERVER_COMPONENT, "args": {}})
+            result.components_added.append(SERVER_COMPONENT["path"])
+    if result.resources_created or result.allow_list_added or result.components_added:
         write_json_atomic(path, updated)
 
 

@@ -6,7 +6,9 @@ never takes effect, and each round waits on two such polls. These subclasses pas
 through; the job templates use them. (Both attributes are private: see ``clara_fl.runtime.private_api``.)
 
 ``ScatterAndGather`` also has the sites validate the final global model after the last round, so
-that the best global model is chosen among all of them (see :mod:`clara_fl.fl.server.model_selection`).
+that the best global model is chosen among all of them (see :mod:`clara_fl.fl.server.model_selection`),
+and says in the server log which sites a round went without and which site dropped out of the job
+(see :mod:`clara_fl.fl.site.dropout`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DataKind, from_shareable
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as _CrossSiteEval
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval as _CrossSiteModelEval
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
@@ -62,6 +66,43 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         super().__init__(*args, **kwargs)
         self.final_validation_task_name = final_validation_task_name
         self.final_validation_timeout = final_validation_timeout
+        self._round_contributors: set[str] = set()
+        self._dropped_sites: set[str] = set()
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == AppEventType.ROUND_STARTED:
+            self._round_contributors = set()
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._round_contributors.add(fl_ctx.get_peer_context().get_identity_name(default="?"))
+        elif event_type == AppEventType.ROUND_DONE:
+            self._log_missing_contributions(fl_ctx)
+        elif event_type == EventType.CLIENT_DISCONNECTED:
+            # each workflow's communicator watches the sites and fires this: say it once
+            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+            if site in self._dropped_sites:
+                return
+            self._dropped_sites.add(site)
+            self.log_warning(
+                fl_ctx,
+                f"{site} dropped out of the job: its job process is gone (its client reported the job missing and "
+                f"the site sent nothing during FLARE's dead-client grace period); the rounds go on with the other "
+                f"sites while at least {self._min_clients} are left",
+            )
+        elif event_type == EventType.CLIENT_RECONNECTED:
+            site = fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME)
+            self._dropped_sites.discard(site)
+            self.log_info(fl_ctx, f"{site} is back in the job; it gets the current global model in the next round")
+
+    def _log_missing_contributions(self, fl_ctx: FLContext) -> None:
+        sites = {client.name for client in self._engine.get_clients()} if self._engine else set()
+        missing = sorted(sites - self._round_contributors)
+        if missing:
+            self.log_warning(
+                fl_ctx,
+                f"round {self._current_round} aggregated {len(self._round_contributors)} sites without "
+                f"{', '.join(missing)} (no result in time: dropped, or slower than the first {self._min_clients})",
+            )
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         super().control_flow(abort_signal, fl_ctx)

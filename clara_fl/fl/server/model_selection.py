@@ -36,11 +36,20 @@ class GlobalModelSelector(IntimeModelSelector):
 
     Arguments are IntimeModelSelector's. With ``weigh_by_local_iter``, a site's weight for the final
     model is the number of steps it ran in the last round it contributed to.
+
+    Args:
+        saved_best_val_metric: the best value so far (as the selector compares it: negated with
+            ``negate_key_metric``) when a job continues a saved run (``clara-fl job resume``); None: none yet.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, saved_best_val_metric: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._last_steps: dict[str, float] = {}
+        # FedJob exports the attribute named as the argument: keep it (the inherited best_val_metric is -inf)
+        self.saved_best_val_metric = saved_best_val_metric
+        if saved_best_val_metric is not None:
+            self.best_val_metric = float(saved_best_val_metric)
+            self.best_raw_val_metric = -self.best_val_metric if self.negate_key_metric else self.best_val_metric
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT and self.weigh_by_local_iter:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+
+from clara_fl.fl.server.run_state import ServerRunState, is_job_id, read_run_state, write_run_state
 
 __all__ = ["ClaraModelPersistor", "check_persistor_arguments"]
 
@@ -25,6 +31,11 @@ def check_persistor_arguments(arguments: dict[str, Any], app_root: str) -> None:
     from clara_fl.config.restrictions import Restrictions, looks_like_escape
 
     file, where = "config/config_fed_server.json", "components[persistor].args"
+    resume_from_job = arguments.get("resume_from_job")
+    if isinstance(resume_from_job, str) and resume_from_job and not is_job_id(resume_from_job):
+        raise ConfigError(
+            f"'{resume_from_job}' must be a job id (a name, not a path)", file=file, path=f"{where}.resume_from_job"
+        )
     if arguments.get("load_weights_only") is False:
         raise ConfigError(
             "'load_weights_only: false' is refused by the restricted policy (it unpickles)",
@@ -51,6 +62,18 @@ class ClaraModelPersistor(PTFileModelPersistor):
     The MMAR is the server app folder, so the server needs no model code of its own; BYOC
     networks come from the app's custom/ folder. The server's own site file (``local/``) applies
     as at any site: its environment values and its code policy.
+
+    After every saved global model it writes the run state (:mod:`clara_fl.fl.server.run_state`):
+    the rounds done and the best model so far, so that ``clara-fl job resume`` can continue a job
+    whose server died. A continuation job names the stranded job in ``resume_from_job``: its initial
+    global model is the one that job saved (read from that job's app folder in the same server
+    workspace), and the saved best global model stays the best until a better one comes.
+
+    Args:
+        train_config, environment: the MMAR's files the network is built from.
+        overrides: values on top of the environment.
+        resume_from_job: the id of a job of this server whose saved run to continue (``clara-fl job resume``).
+        **kwargs: PTFileModelPersistor's arguments.
     """
 
     model: Any  # the network, built by _initialize from the MMAR (PTFileModelPersistor's attribute)
@@ -60,13 +83,17 @@ class ClaraModelPersistor(PTFileModelPersistor):
         train_config: str = "config/config_train.json",
         environment: str = "config/environment.json",
         overrides: dict[str, Any] | None = None,
+        resume_from_job: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(model=None, **kwargs)
-        self.job_arguments = dict(kwargs)
+        self.job_arguments = {**kwargs, "resume_from_job": resume_from_job}
         self.train_config = train_config
         self.environment = environment
         self.overrides = dict(overrides or {})
+        self.resume_from_job = resume_from_job
+        self._rounds: tuple[int, int] | None = None  # (rounds done, total rounds) at the last save
+        self._best: tuple[float, int] | None = None  # (selector value, round) of the best global model
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         from clara_fl.config.errors import ConfigError
@@ -96,3 +123,66 @@ class ClaraModelPersistor(PTFileModelPersistor):
                 return
             self.log_info(fl_ctx, f"global model {type(self.model).__name__} built from {self.train_config}")
         super()._initialize(fl_ctx)
+        if self.resume_from_job:
+            self._resume(fl_ctx)
+
+    def _resume(self, fl_ctx: FLContext) -> None:
+        """Start from the run that job ``resume_from_job`` saved: its app folder beside this job's in the workspace."""
+        from clara_fl.config.errors import ConfigError
+
+        app_root = os.path.normpath(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+        workspace, app_name = os.path.dirname(os.path.dirname(app_root)), os.path.basename(app_root)
+        folder = os.path.join(workspace, self.resume_from_job, app_name)
+        try:
+            if not is_job_id(self.resume_from_job):
+                raise ConfigError(f"'{self.resume_from_job}' is not a job id", path="resume_from_job")
+            saved = read_run_state(folder)
+            for name in (saved.global_model, saved.best_model):
+                if name and not os.path.isfile(os.path.join(folder, name)):
+                    raise ConfigError(f"the saved model {name} is missing", file=folder)
+        except ConfigError as e:
+            self.system_panic(reason=f"cannot resume job {self.resume_from_job}: {e}", fl_ctx=fl_ctx)
+            return
+        self.ckpt_preload_path = os.path.join(folder, saved.global_model)
+        if saved.best_model and saved.best_metric is not None and saved.best_round is not None:
+            shutil.copyfile(os.path.join(folder, saved.best_model), self._best_ckpt_save_path)
+            self._best = (saved.best_metric, saved.best_round)
+        self.log_info(
+            fl_ctx,
+            f"resuming job {saved.job_id} after round {saved.rounds_done - 1} of {saved.total_rounds}: "
+            f"global model from {os.path.join(folder, saved.global_model)}",
+        )
+
+    def save_model(self, ml: ModelLearnable, fl_ctx: FLContext) -> None:
+        super().save_model(ml, fl_ctx)  # atomic: a temporary file, fsync, rename
+        current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        start_round = fl_ctx.get_prop(AppConstants.START_ROUND) or 0
+        num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)
+        if isinstance(current_round, int) and isinstance(num_rounds, int):
+            self._rounds = (current_round + 1, start_round + num_rounds)
+            self._write_run_state(fl_ctx)
+
+    def handle_event(self, event: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event, fl_ctx)
+        if event == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
+            value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
+            current_round = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+            if isinstance(value, (int, float)) and isinstance(current_round, int):
+                self._best = (float(value), current_round)
+                self._write_run_state(fl_ctx)
+
+    def _write_run_state(self, fl_ctx: FLContext) -> None:
+        """The run state beside the global model; written after the model, so it never names a round not saved."""
+        if self._rounds is None:
+            return
+        best = self._best
+        state = ServerRunState(
+            job_id=str(fl_ctx.get_job_id()),
+            rounds_done=self._rounds[0],
+            total_rounds=self._rounds[1],
+            global_model=os.path.basename(self._ckpt_save_path),
+            best_model=os.path.basename(self._best_ckpt_save_path) if best else None,
+            best_metric=best[0] if best else None,
+            best_round=best[1] if best else None,
+        )
+        write_run_state(os.path.dirname(self._ckpt_save_path), state)

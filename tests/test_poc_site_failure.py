@@ -1,0 +1,74 @@
+"""A site killed mid-round on a real POC deployment (issue 15, scenario 1): server + 3 sites, min_clients 2.
+
+``kill -9`` of site-3's job process while it trains round 1: the rounds complete with site-1 and site-2,
+the server log names site-3 as dropped and why, the job ends ``FINISHED:COMPLETED`` (FLARE alone fails the
+whole job: "Failing job ... due to reported failure from site-3"), and site-3's files still load.
+FLARE's dead-client grace period and check lead time are cut to seconds (``NVFLARE_DEAD_CLIENT_*``, the
+operator's ``local/application.conf`` values) so that the cross-site evaluation does not wait 90 s for the
+dead site. Bounded: every command has a time limit; the ``finally`` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from clara_fl.recipes.job_folder import create_job
+from tests.conftest import SPLEEN_MMAR
+from tests.poc import Poc, wait_for
+
+SITES = ["site-1", "site-2", "site-3"]
+KILLED = "site-3"
+JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
+FAST_DEAD_CLIENT_DETECTION = {"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": "10", "NVFLARE_DEAD_CLIENT_CHECK_LEAD_TIME": "5"}
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POC start scripts and /proc are Linux"),
+]
+
+
+def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others(tmp_path: Path) -> None:
+    import torch
+
+    from clara_fl.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", cases=18, sites=3, shape=(32, 32, 32))
+    job = create_job(SPLEEN_MMAR, tmp_path / "job", num_rounds=4, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
+    poc = Poc(tmp_path / "deployment", SITES, extra_env=FAST_DEAD_CLIENT_DETECTION)
+    poc.prepare(data.root)
+    try:
+        poc.start()
+        job_id = poc.submit(job)
+
+        wait_for(lambda: "round 1: training" in poc.job_log(KILLED, job_id), 300, f"{KILLED} training round 1")
+        killed = poc.job_pids(KILLED, job_id)
+        assert killed, f"no job process of {KILLED} found"
+        poc.kill(killed)
+
+        status = poc.wait(job_id, timeout=400)
+        assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(job_id)[-6000:]}"
+        assert "due to reported failure" not in (poc.prod / "server" / "log.txt").read_text(errors="replace")
+        downloaded = poc.download(job_id, tmp_path / "out") / "workspace"
+
+        # the rounds after the kill went on without site-3, and the server says that it dropped out and why
+        server_log = (downloaded / "log.txt").read_text(errors="replace")
+        assert "round 3 aggregated 2 sites without site-3" in server_log, server_log[-4000:]
+        dropped = [line for line in server_log.splitlines() if "site-3 dropped out of the job" in line]
+        assert len(dropped) == 1 and "its job process is gone" in dropped[0], server_log[-4000:]
+
+        # site-3's own files survive the kill and load (weights only: no pickled code)
+        models = poc.prod / KILLED / job_id / f"app_{KILLED}" / "models"
+        assert (models / "fl_local_state.pt").is_file(), sorted(p.name for p in models.iterdir())
+        for name in ("fl_local_state.pt", "model.pt"):
+            if (models / name).is_file():
+                assert isinstance(torch.load(models / name, map_location="cpu", weights_only=True), dict), name
+
+        # the cross-site matrix has the two sites that finished the job
+        results = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
+        assert set(results) == {"site-1", "site-2"}, results
+    finally:
+        poc.stop()

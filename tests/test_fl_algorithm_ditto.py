@@ -185,3 +185,21 @@ def test_a_fedavg_runs_table_names_the_sites_models_plainly(tmp_path: Path) -> N
     write_client_config(tmp_path, "fedavg")
 
     assert site_model_label(tmp_path) is None
+
+
+def test_a_ditto_runs_report_labels_the_sites_models_personalized(tmp_path: Path) -> None:
+    from clara_fl.report.build import write_report
+
+    workspace = tmp_path / "0a1b2c" / "workspace"
+    (workspace / "cross_site_val").mkdir(parents=True)
+    (workspace / "cross_site_val" / "cross_val_results.json").write_text(json.dumps(RESULTS))
+    client = client_config()
+    client["components"][0]["args"]["local_epochs"] = 1
+    configure_algorithm({}, client, "ditto", {})
+    (workspace / "app_server" / "config").mkdir(parents=True)
+    (workspace / "app_server" / "config" / "config_fed_client.json").write_text(json.dumps(client))
+
+    written = write_report(tmp_path / "0a1b2c", tmp_path / "out")
+
+    cross_site = written.html.read_text().split('id="cross-site"')[1].split("</section>")[0]
+    assert "<th>site-1 (personalized)</th>" in cross_site and "<th>SRV_FL_global_model.pt</th>" in cross_site

@@ -206,3 +206,17 @@ def test_adam_moves_every_parameter_against_the_averaged_update() -> None:
 
     # Adam's first step is lr * sign(gradient); the gradient is minus the update
     np.testing.assert_allclose(new["linear.weight"], global_weights["linear.weight"] + 0.01, rtol=1e-4)
+
+
+def test_the_cosine_schedule_lowers_the_server_lr_each_round() -> None:
+    from clara_fl.fl.server.fedopt import FedOptShareableGenerator
+
+    torch.manual_seed(0)
+    network = TinyBN()
+    generator = FedOptShareableGenerator(lr=1.0, momentum=0.0, cosine_rounds=2)
+    first = run_step(generator, numpy_state(network), averaged_diff(network), network)
+
+    second = run_step(generator, first, averaged_diff(network), network)
+
+    # round 0 at lr 1.0, round 1 at lr 0.5 (half way down the cosine over 2 rounds)
+    np.testing.assert_allclose(second["linear.bias"], first["linear.bias"] + 0.25, rtol=1e-6)

@@ -32,6 +32,8 @@ from clara_fl.report.records import Curve, RunDescription, RunResults
 __all__ = ["collect", "job_rounds"]
 
 CROSS_SITE_RESULTS = "cross_val_results.json"
+# algorithms whose sites submit another model than their best local one (as clara_fl.fl.jobs.results says)
+SITE_MODELS = {"ditto": "personalized"}
 
 
 # -- the run as a whole --------------------------------------------------------------------------
@@ -179,6 +181,8 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     learner = _learner_args(_client_config(layout))
     results_file = next(iter(sorted(layout.server_job.rglob(CROSS_SITE_RESULTS))), None)
     cross_site = read_cross_site_matrix(results_file) if results_file else None
+    if cross_site:
+        cross_site.site_models = SITE_MODELS.get(str(learner.get("algorithm")))
 
     curves: dict[str, dict[str, Curve]] = {}
     streamed = layout.server_job / "tb_events"

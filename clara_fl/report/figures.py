@@ -97,7 +97,9 @@ def cross_site_figure(matrix: CrossSiteMatrix, metric: str, lower_is_better: boo
             else:
                 dark = (value < middle) != lower_is_better
                 axes.text(column, row, f"{value:.3f}", ha="center", va="center", color="white" if dark else "black")
-    axes.set_xticks(range(len(matrix.owners)), [_short(o) for o in matrix.owners], rotation=20, ha="right")
+    axes.set_xticks(
+        range(len(matrix.owners)), [_short(matrix.owner_name(o)) for o in matrix.owners], rotation=20, ha="right"
+    )
     axes.set_yticks(range(len(matrix.sites)), matrix.sites)
     axes.set_xlabel("model (owner)")
     axes.set_ylabel("data site")

@@ -46,6 +46,13 @@ class CrossSiteMatrix:
     sites: list[str]
     owners: list[str]
     cells: dict[tuple[str, str], dict[str, float] | None]
+    # what the sites' own models are when not their best local ones ("personalized" for Ditto)
+    site_models: str | None = None
+
+    def owner_name(self, owner: str) -> str:
+        """A column's name: ``site-1 (personalized)`` for a site's personalized model, else the owner."""
+        server_model = owner.startswith("SRV_") or owner.endswith(".pt")
+        return f"{owner} ({self.site_models})" if self.site_models and not server_model else owner
 
     def value(self, site: str, owner: str, metric: str) -> float | None:
         metrics = self.cells.get((site, owner))

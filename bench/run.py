@@ -1340,6 +1340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fl-pairs", type=int, help="FL A/B pairs (default 3, quick 1)")
     parser.add_argument("--rounds", type=int, help="FL rounds (default 20, quick 4)")
     parser.add_argument(
+        "--algorithm-rounds",
+        type=int,
+        help="figure 8: rounds (x local epochs = every arm's epochs; default 10, quick 2)",
+    )
+    parser.add_argument(
+        "--algorithm-local-epochs", type=int, help="figure 8: local epochs per round (default 3, quick 1)"
+    )
+    parser.add_argument(
         "--output", default=str(RESULTS / "latest.json"), help="JSON results file (default bench/results/latest.json)"
     )
     parser.add_argument(
@@ -1353,7 +1361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = QUICK if args.quick else Settings()
     changes = {
         k: v
-        for k, v in {"pairs": args.pairs, "fl_pairs": args.fl_pairs, "rounds": args.rounds}.items()
+        for k, v in {
+            "pairs": args.pairs,
+            "fl_pairs": args.fl_pairs,
+            "rounds": args.rounds,
+            "algorithm_rounds": args.algorithm_rounds,
+            "algorithm_local_epochs": args.algorithm_local_epochs,
+        }.items()
         if v is not None
     }
     settings = dataclasses.replace(settings, **changes)

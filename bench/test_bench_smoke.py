@@ -257,3 +257,19 @@ def test_quick_algorithm_and_he_figures(tmp_path: Path) -> None:
     assert records["8 identical sites: FedAvg"]["value"] is not None
     he = [r for r in result["records"] if r["figure"].startswith("9 HE")]
     assert he and all(r["value"] is not None or r["note"].startswith("skipped: ") for r in he)
+
+
+def test_probe_counts_the_bytes_a_process_sends_and_receives_on_its_sockets(tmp_path: Path) -> None:
+    code = (
+        "import socket, sitecustomize as probe\n"
+        "a, b = socket.socketpair()\n"
+        "a.sendall(b'x' * 1000); a.send(b'y' * 24)\n"
+        "got = b.recv(4096); buf = bytearray(10); a.send(b'z' * 10); b.recv_into(buf)\n"
+        "print(probe._BYTES['sent'], probe._BYTES['received'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(BENCH / "probe"), "CLARA_FL_BENCH_PROBE": str(tmp_path / "probe")}
+
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1034", "1034"]

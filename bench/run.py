@@ -1013,6 +1013,8 @@ class Arm:
     skipped: str = ""  # why it did not run ("skipped: ...")
     note: str = ""
     wall_s: float | None = None
+    # FedAvg's global model also scored by the neutral evaluator that scores centralized and site-alone training
+    neutral_per_site: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def mean(self) -> float | None:
@@ -1077,7 +1079,14 @@ def run_algorithm(settings: Settings, data: Path, out: Path, name: str) -> Arm:
     except RuntimeError as failed:
         return Arm(name, skipped=f"failed: {str(failed).splitlines()[0]}")
     per_site = cross_site_dice(workspace, personalized=name == "ditto")
-    return Arm(name, per_site, note=note, wall_s=round(run.wall_s, 1))
+    neutral = {}
+    if name == "fedavg":  # the two evaluators should agree: the goals compare their figures
+        weights = workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+        neutral = {
+            site: evaluate_weights(settings, data, weights, out / "eval", data / f"dataset_{site}.json")
+            for site in SITES
+        }
+    return Arm(name, per_site, note=note, wall_s=round(run.wall_s, 1), neutral_per_site=neutral)
 
 
 def run_alone_and_central(settings: Settings, data: Path, out: Path) -> list[Arm]:

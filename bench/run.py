@@ -26,6 +26,19 @@ Figures (goals for a 2-core CPU machine):
                          their data (50 epochs), same seed: ratio of final val_mean_dice (one neutral
                          evaluator, bench/handwritten_train.py --eval-weights), median over seeds 0-2 >= 0.97
 7. GPU throughput        only where a GPU is present; otherwise "skipped: no GPU lent"
+8. algorithms, identical / differing sites
+                         the same compute budget (rounds x local epochs = epochs) for centralized ``clara-fl
+                         train`` on the union, each site alone, and FedAvg, FedProx, FedOpt, SCAFFOLD, Ditto,
+                         FedBN (``clara-fl job create --algorithm``, ``clara-fl simulate``, 2 sites), on
+                         ``clara-fl synth`` data with ``--heterogeneity none`` and ``strong``: mean and
+                         worst-site Dice on each site's validation data (FL: the cross-site table, global model;
+                         Ditto: each site's personalized model on its own data). Goals: FedAvg >= 0.97 of
+                         centralized on identical sites; on differing sites the best algorithm beats FedAvg and
+                         beats every site alone on that site's own validation data. An algorithm the CLI refuses
+                         (job create exits 2) is reported as skipped
+9. homomorphic encryption
+                         the same FedAvg job with ``--he`` and without: median round time ratio <= 2.0; bytes a
+                         site sends per round (its sockets, counted by bench/probe), with and without
 """
 
 from __future__ import annotations
@@ -85,6 +98,10 @@ class Settings:
     standalone_threads: int = 2  # OMP_NUM_THREADS for both sides of figures 1-3 (= the cores)
     fl_threads: int = 1  # per simulated site (cores / 2 sites), as clara-fl simulate sets it
     timeout_s: int = 900
+    algorithm_rounds: int = 10  # figure 8: rounds x local epochs = the epochs of centralized and site-alone training
+    algorithm_local_epochs: int = 3
+    algorithm_seed: int = 0
+    he_rounds: int = 6  # figure 9: rounds of each of the two jobs (round 0 and the last are not timed)
 
     @property
     def mode(self) -> str:
@@ -101,6 +118,9 @@ QUICK = Settings(
     quality_rounds=2,
     quality_local_epochs=1,
     quality_seeds=(0,),
+    algorithm_rounds=2,
+    algorithm_local_epochs=1,
+    he_rounds=3,
 )
 
 
@@ -121,7 +141,7 @@ class Record:
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def shown_value(self) -> str:
-        if self.value is None:
+        if self.value is None or self.kind == "dice":
             return self.note or "-"
         if self.kind == "delta":
             return f"{self.value:+.2f} {self.unit}".strip()
@@ -207,15 +227,18 @@ def check(run: Run) -> Run:
 # -- data and MMAR -------------------------------------------------------------------------------
 
 
-def prepare_data(settings: Settings) -> Path:
-    """Synthetic spleen-like CT (cached): ``dataset.json`` is the union of the two sites' datalists."""
-    root = CACHE / f"data-{settings.shape}-{settings.cases}"
+def prepare_data(settings: Settings, heterogeneity: str = "none") -> Path:
+    """Synthetic spleen-like CT (cached): ``dataset.json`` is the union of the two sites' datalists; with
+    ``heterogeneity`` mild or strong the two sites differ (``sites.json``, figure 8)."""
+    suffix = "" if heterogeneity == "none" else f"-{heterogeneity}"
+    root = CACHE / f"data-{settings.shape}-{settings.cases}{suffix}"
     stamp = root / ".complete"
     if not stamp.is_file():
         shutil.rmtree(root, ignore_errors=True)
         code = (
             "import sys; from clara_fl.data.synthetic import make_synthetic_dataset; "
-            f"make_synthetic_dataset(sys.argv[1], cases={settings.cases}, sites=2, shape=({settings.shape},) * 3)"
+            f"make_synthetic_dataset(sys.argv[1], cases={settings.cases}, sites=2, shape=({settings.shape},) * 3, "
+            f"heterogeneity={heterogeneity!r})"
         )
         subprocess.run([PY, "-c", code, str(root)], check=True, env=base_env(2))
         stamp.write_text("ok\n")
@@ -583,12 +606,18 @@ def run_clara_fl(
     val_interval: int,
     local_epochs: int | None = None,
     extra_set: Sequence[str] = (),
+    job_options: Sequence[str] = (),
 ) -> tuple[Run, Path]:
+    """``clara-fl job create`` (plus ``job_options``) and ``clara-fl simulate`` on 2 sites.
+
+    Raises:
+        JobRefused: job create exited 2 (an option or value it does not accept).
+    """
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     mmar = copy_mmar(out / "mmar")
     job = out / "job"
-    subprocess.run(
+    made = subprocess.run(
         [
             PY,
             "-m",
@@ -608,11 +637,18 @@ def run_clara_fl(
             "--set",
             *mmar_settings(settings, 1, val_interval)[1:],
             *extra_set,
+            *job_options,
         ],
-        check=True,
         env=base_env(1),
         capture_output=True,
+        text=True,
     )
+    if made.returncode == 2:
+        raise JobRefused((made.stderr.strip().splitlines() or ["exit code 2"])[-1])
+    if made.returncode != 0:
+        raise RuntimeError(
+            f"clara-fl job create failed ({made.returncode}):\n{made.stdout[-2000:]}{made.stderr[-2000:]}"
+        )
     site_file = out / "clara_fl_site.json"
     site_file.write_text(
         json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}})
@@ -642,6 +678,10 @@ def run_clara_fl(
         )
     )
     return run, out / "ws"
+
+
+class JobRefused(Exception):
+    """``clara-fl job create`` exited 2: it does not accept an option or its value (the message is its error)."""
 
 
 def run_monai_fl(settings: Settings, data: Path, out: Path, rounds: int, val_interval: int) -> tuple[Run, Path]:
@@ -823,8 +863,9 @@ def figure_memory(pairs: list[dict[str, Any]], settings: Settings) -> list[Recor
     ]
 
 
-def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path) -> float:
-    """val_mean_dice of saved weights on the union validation set, by one neutral evaluator (the hand-written one)."""
+def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path, datalist: Path | None = None) -> float:
+    """val_mean_dice of saved weights on a datalist's validation set (default the union, ``dataset.json``), by one
+    neutral evaluator (the hand-written one)."""
     roi = [str(settings.roi)] * 3
     command = [
         PY,
@@ -832,7 +873,7 @@ def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path) -
         "--data-root",
         str(data),
         "--datalist",
-        str(data / "dataset.json"),
+        str(datalist or data / "dataset.json"),
         "--out",
         str(out),
         "--roi",
@@ -849,15 +890,11 @@ def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path) -
     raise RuntimeError(f"evaluating {weights} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def quality_pair(settings: Settings, data: Path, out: Path, seed: int) -> dict[str, float]:
-    """FedAvg (clara-fl, simulator) and centralized ``clara-fl train`` on the union data, same epochs and seed;
-    both final models measured by one neutral evaluator on the union validation set."""
-    rounds, local = settings.quality_rounds, settings.quality_local_epochs
-    seed_set = [f"determinism.random_seed={seed}"]
-    fl_run, workspace = run_clara_fl(
-        settings, data, out / "fedavg", rounds, 1000, local_epochs=local, extra_set=seed_set
-    )
-    mmar = copy_mmar(out / "central" / "mmar")
+def train_clara(
+    settings: Settings, data: Path, datalist: Path, out: Path, epochs: int, extra_set: Sequence[str] = ()
+) -> tuple[Run, Path]:
+    """``clara-fl train`` on ``datalist`` for ``epochs`` (no validation), returning the run and its final model."""
+    mmar = copy_mmar(out / "mmar")
     command = [
         PY,
         "-m",
@@ -866,26 +903,40 @@ def quality_pair(settings: Settings, data: Path, out: Path, seed: int) -> dict[s
         "-m",
         str(mmar),
         "--set",
-        *mmar_settings(settings, rounds * local, 1000),
-        *seed_set,
+        *mmar_settings(settings, epochs, 1000),
+        *extra_set,
         f"DATA_ROOT={data}",
-        f"DATASET_JSON={data / 'dataset.json'}",
+        f"DATASET_JSON={datalist}",
     ]
-    central_run = check(
+    run = check(
         run_process(
-            "central clara-fl train",
+            f"clara-fl train on {datalist.name}",
             command,
             base_env(settings.standalone_threads),
-            out / "central" / "output.log",
+            out / "output.log",
             timeout_s=settings.timeout_s,
         )
+    )
+    return run, mmar / "models" / "final_model.pt"
+
+
+def quality_pair(settings: Settings, data: Path, out: Path, seed: int) -> dict[str, float]:
+    """FedAvg (clara-fl, simulator) and centralized ``clara-fl train`` on the union data, same epochs and seed;
+    both final models measured by one neutral evaluator on the union validation set."""
+    rounds, local = settings.quality_rounds, settings.quality_local_epochs
+    seed_set = [f"determinism.random_seed={seed}"]
+    fl_run, workspace = run_clara_fl(
+        settings, data, out / "fedavg", rounds, 1000, local_epochs=local, extra_set=seed_set
+    )
+    central_run, central_weights = train_clara(
+        settings, data, data / "dataset.json", out / "central", rounds * local, seed_set
     )
     return {
         "seed": seed,
         "fedavg": evaluate_weights(
             settings, data, workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt", out / "eval"
         ),
-        "central": evaluate_weights(settings, data, mmar / "models" / "final_model.pt", out / "eval"),
+        "central": evaluate_weights(settings, data, central_weights, out / "eval"),
         "fedavg_wall_s": round(fl_run.wall_s, 1),
         "central_wall_s": round(central_run.wall_s, 1),
     }
@@ -944,6 +995,322 @@ def figure_gpu() -> Record:
     )
 
 
+# -- figures 8-9: FL algorithms on identical and differing sites, homomorphic encryption -----------------
+
+ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "ditto", "fedbn")
+#: ``--algorithm-arg K=V`` per algorithm for figure 8 (none given: the CLI's defaults)
+ALGORITHM_ARGS: dict[str, tuple[str, ...]] = {}
+SITES = ("site-1", "site-2")
+HETEROGENEITY = {"identical": "none", "differing": "strong"}  # figure 8's two datasets (clara-fl synth levels)
+
+
+@dataclasses.dataclass
+class Arm:
+    """One way of training in figure 8 and its Dice on each site's validation data."""
+
+    name: str
+    per_site: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped: str = ""  # why it did not run ("skipped: ...")
+    note: str = ""
+    wall_s: float | None = None
+    # FedAvg's global model also scored by the neutral evaluator that scores centralized and site-alone training
+    neutral_per_site: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.per_site.values()) if self.per_site else None
+
+    @property
+    def worst(self) -> float | None:
+        return min(self.per_site.values()) if self.per_site else None
+
+    def shown(self) -> str:
+        if self.skipped:
+            return self.skipped
+        if self.mean is None or self.worst is None:
+            return "-"
+        return f"{self.mean:.3f}/{self.worst:.3f}"
+
+
+def algorithm_options(name: str) -> list[str]:
+    """The ``job create`` options that select ``name`` and its figure-8 arguments."""
+    return ["--algorithm", name, *[a for kv in ALGORITHM_ARGS.get(name, ()) for a in ("--algorithm-arg", kv)]]
+
+
+def cross_site_dice(workspace: Path, personalized: bool = False) -> dict[str, float]:
+    """Each site's val_mean_dice from the run's cross-site table: the global model's, or (``personalized``) the
+    site's own model on its own data (Ditto)."""
+    from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+
+    found = find_cross_site_results(workspace)
+    if found is None:
+        raise RuntimeError(f"no cross_val_results.json under {workspace}")
+    results = load_cross_site_results(found)
+    dice = {}
+    for site, row in results.items():
+        if personalized:
+            owner = site
+        else:
+            owners = [o for o in row if o.startswith("SRV_") or o.endswith(".pt")]
+            owner = next((o for o in owners if "global" in o), owners[0] if owners else "")
+        value = row.get(owner, {}).get("val_mean_dice") if isinstance(row.get(owner), dict) else None
+        if isinstance(value, (int, float)):
+            dice[site] = float(value)
+    return dice
+
+
+def run_algorithm(settings: Settings, data: Path, out: Path, name: str) -> Arm:
+    """One algorithm's job on 2 sites, scored from its cross-site table; skipped when job create refuses it."""
+    rounds, local = settings.algorithm_rounds, settings.algorithm_local_epochs
+    seed_set = [f"determinism.random_seed={settings.algorithm_seed}"]
+    note = ""
+    try:
+        try:
+            run, workspace = run_clara_fl(
+                settings, data, out, rounds, 1000, local, seed_set, job_options=algorithm_options(name)
+            )
+        except JobRefused as refused:
+            if name != "fedavg" or "--algorithm" not in str(refused):
+                raise
+            run, workspace = run_clara_fl(settings, data, out, rounds, 1000, local, seed_set)
+            note = "job create has no --algorithm: its default job, FedAvg"
+    except JobRefused as refused:
+        return Arm(name, skipped=f"skipped: {refused}")
+    except RuntimeError as failed:
+        return Arm(name, skipped=f"failed: {str(failed).splitlines()[0]}")
+    per_site = cross_site_dice(workspace, personalized=name == "ditto")
+    neutral = {}
+    if name == "fedavg":  # the two evaluators should agree: the goals compare their figures
+        weights = workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
+        neutral = {
+            site: evaluate_weights(settings, data, weights, out / "eval", data / f"dataset_{site}.json")
+            for site in SITES
+        }
+    return Arm(name, per_site, note=note, wall_s=round(run.wall_s, 1), neutral_per_site=neutral)
+
+
+def run_alone_and_central(settings: Settings, data: Path, out: Path) -> list[Arm]:
+    """Centralized training on the union and each site alone, same epochs as the FL runs, scored on every site."""
+    epochs = settings.algorithm_rounds * settings.algorithm_local_epochs
+    seed_set = [f"determinism.random_seed={settings.algorithm_seed}"]
+    trainings = {"centralized": data / "dataset.json"} | {f"{s} alone": data / f"dataset_{s}.json" for s in SITES}
+    arms = []
+    for name, datalist in trainings.items():
+        folder = out / name.replace(" ", "-")
+        run, weights = train_clara(settings, data, datalist, folder, epochs, seed_set)
+        per_site = {
+            site: evaluate_weights(settings, data, weights, folder / "eval", data / f"dataset_{site}.json")
+            for site in SITES
+        }
+        arms.append(Arm(name, per_site, wall_s=round(run.wall_s, 1)))
+    return arms
+
+
+def run_quality_on_sites(settings: Settings, work: Path, log: Callable[[str], None]) -> dict[str, list[Arm]]:
+    """Every arm of figure 8 on the identical and on the differing sites' data."""
+    arms: dict[str, list[Arm]] = {}
+    for label, level in HETEROGENEITY.items():
+        data = prepare_data(settings, level)
+        out = work / "algorithms" / label
+        arms[label] = run_alone_and_central(settings, data, out)
+        arms[label] += [run_algorithm(settings, data, out / name, name) for name in ALGORITHMS]
+        log(f"  {label} sites (--heterogeneity {level}): " + ", ".join(f"{a.name} {a.shown()}" for a in arms[label]))
+    return arms
+
+
+def figure_algorithms(arms: dict[str, list[Arm]], settings: Settings) -> list[Record]:
+    """One row per arm (mean/worst-site Dice on identical | differing sites) and the three goals."""
+    budget = f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs"
+    by_name = {label: {a.name: a for a in group} for label, group in arms.items()}
+    records = []
+    for name in by_name["identical"]:
+        pair = [by_name[label][name] for label in HETEROGENEITY]
+        records.append(
+            Record(
+                figure=f"8 quality: {name}",
+                measure=f"mean/worst-site Dice on each site's validation data, {budget} (or the same epochs)",
+                baseline="identical | differing sites (mean/worst)",
+                kind="dice",
+                value=_round(pair[1].mean),
+                unit="",
+                goal="(reported)",
+                met=None,
+                note=" | ".join(a.shown() for a in pair),
+                detail={label: dataclasses.asdict(a) for label, a in zip(HETEROGENEITY, pair, strict=True)},
+            )
+        )
+    same = by_name["identical"]
+    fedavg, central = same["fedavg"].mean, same["centralized"].mean
+    ratio = fedavg / central if fedavg is not None and central else None
+    records.append(
+        Record(
+            figure="8 identical sites: FedAvg",
+            measure="mean Dice over the sites, FedAvg / centralized, same epochs",
+            baseline="clara-fl train on the union of the sites' data",
+            kind="ratio",
+            value=ratio,
+            unit="x",
+            goal=">= 0.97",
+            met=ratio is not None and ratio >= 0.97,
+        )
+    )
+    differ = by_name["differing"]
+    federated = [differ[n] for n in ALGORITHMS if differ[n].mean is not None]
+    best = max(federated, key=lambda a: a.mean or 0.0) if federated else None
+    others = [a for a in federated if a.name != "fedavg"]
+    base = differ["fedavg"].mean
+    if best is None or base is None or not others:
+        ran = ", ".join(a.name for a in federated) or "none"
+        reason = f"skipped: only {ran} ran; the goal compares other algorithms with FedAvg"
+        beats_fedavg = Record(
+            "8 differing sites: best vs FedAvg",
+            "best algorithm's mean Dice / FedAvg's",
+            "FedAvg",
+            "skipped",
+            None,
+            "",
+            "> 1.00",
+            None,
+            note=reason,
+        )
+    else:
+        beats_fedavg = Record(
+            figure="8 differing sites: best vs FedAvg",
+            measure="mean Dice over the sites, best algorithm / FedAvg",
+            baseline=f"FedAvg (best: {best.name})",
+            kind="ratio",
+            value=(best.mean or 0.0) / base,
+            unit="x",
+            goal="> 1.00",
+            met=best.name != "fedavg" and (best.mean or 0.0) > base,
+        )
+    records.append(beats_fedavg)
+    if best is None:
+        margins: dict[str, float] = {}
+    else:
+        margins = {
+            s: best.per_site[s] - differ[f"{s} alone"].per_site[s]
+            for s in SITES
+            if s in best.per_site and s in differ[f"{s} alone"].per_site
+        }
+    records.append(
+        Record(
+            figure="8 differing sites: best vs each site alone",
+            measure="per site: best algorithm's Dice minus that site's own model's, on the site's validation data",
+            baseline=f"each site trained alone ({best.name if best else 'no algorithm ran'}; smallest margin)",
+            kind="delta",
+            value=min(margins.values()) if len(margins) == len(SITES) else None,
+            unit="",
+            goal="> 0 at every site",
+            met=len(margins) == len(SITES) and min(margins.values()) > 0,
+            samples=[round(m, 4) for m in margins.values()],
+            note="" if best else "skipped: no algorithm ran",
+        )
+    )
+    return records
+
+
+def round_durations(server_log: Path) -> list[float]:
+    """Seconds from each round's start to the next one's, round 0 left out (it also starts the sites) when
+    there are later rounds."""
+    starts = round_starts(server_log)
+    gaps = [starts[r + 1] - starts[r] for r in sorted(starts) if r + 1 in starts]
+    return gaps[1:] or gaps
+
+
+def bytes_sent_per_round(probe: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per site: median of the bytes its sockets sent between the ends of consecutive local trainings."""
+    sent: dict[str, float | None] = {}
+    for site in sorted({r["site"] for r in probe if r["site"] != "?"}):
+        trains = sorted(
+            (r for r in probe if r["site"] == site and r.get("kind") == "wrapper" and r.get("method") == "train"),
+            key=lambda r: r["end"],
+        )
+        counts = [r["bytes_sent"] for r in trains if "bytes_sent" in r]
+        sent[site] = median([b - a for a, b in zip(counts, counts[1:], strict=False)])
+    return sent
+
+
+def run_he_pair(settings: Settings, data: Path, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The same FedAvg job without and with ``--he`` (order alternates with ``algorithm_seed``)."""
+    sides = {"plain": [], "he": ["--he"]}
+    result: dict[str, Any] = {}
+    for name in sorted(sides, reverse=settings.algorithm_seed % 2 == 1):
+        out = work / "he" / name
+        run, workspace = run_clara_fl(settings, data, out, settings.he_rounds, 1000, job_options=sides[name])
+        rounds = round_durations(workspace / "server" / "log.txt")
+        per_site = bytes_sent_per_round(read_probe(out / "probe"))
+        known = [b for b in per_site.values() if b is not None]
+        result[name] = {
+            "round_s": [round(r, 3) for r in rounds],
+            "median_round_s": median(rounds),
+            "bytes_sent_per_round": per_site,
+            "max_site_bytes_sent_per_round": max(known) if known else None,
+            "process_wall_s": round(run.wall_s, 1),
+        }
+    log(
+        "  "
+        + ", ".join(
+            f"{n}: round {r['median_round_s'] or float('nan'):.2f} s, "
+            f"{(r['max_site_bytes_sent_per_round'] or float('nan')) / 1e6:.1f} MB sent per round by a site"
+            for n, r in result.items()
+        )
+    )
+    return result
+
+
+def figure_he(settings: Settings, data: Path, work: Path, log: Callable[[str], None]) -> list[Record]:
+    """HE round time / plain round time (goal <= 2.0) and the bytes a site sends per round with and without."""
+    try:
+        pair = run_he_pair(settings, data, work, log)
+    except JobRefused as refused:
+        return [
+            Record(
+                "9 HE round time",
+                "median round time, --he / without",
+                "same job without --he",
+                "skipped",
+                None,
+                "",
+                "<= 2.00",
+                None,
+                note=f"skipped: {refused}",
+            ),
+        ]
+    plain, he = pair["plain"], pair["he"]
+    time_ratio = (
+        he["median_round_s"] / plain["median_round_s"] if he["median_round_s"] and plain["median_round_s"] else None
+    )
+    sent_plain, sent_he = plain["max_site_bytes_sent_per_round"], he["max_site_bytes_sent_per_round"]
+    mb = lambda b: "n/a" if b is None else f"{b / 1e6:.1f} MB"  # noqa: E731
+    return [
+        Record(
+            figure="9 HE round time",
+            measure=f"median round time (rounds 1..{settings.he_rounds - 2}), FedAvg with --he / without, 2 sites",
+            baseline="the same job without --he",
+            kind="ratio",
+            value=time_ratio,
+            unit="x",
+            goal="<= 2.00",
+            met=time_ratio is not None and time_ratio <= 2.0,
+            samples=[he["median_round_s"], plain["median_round_s"]],
+            detail=pair,
+        ),
+        Record(
+            figure="9 HE bytes sent",
+            measure="bytes a site's sockets send per round (the larger site), --he / without",
+            baseline=f"without --he: {mb(sent_plain)}, with: {mb(sent_he)} per round",
+            kind="ratio",
+            value=sent_he / sent_plain if sent_he and sent_plain else None,
+            unit="x",
+            goal="(reported)",
+            met=None,
+            note="" if sent_he and sent_plain else "no socket bytes counted (bench/probe)",
+            detail={"plain": plain["bytes_sent_per_round"], "he": he["bytes_sent_per_round"]},
+        ),
+    ]
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -976,11 +1343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, one pair of each (the smoke test's mode)")
     parser.add_argument(
-        "--figures", default="1,2,3,4,5,6,7", help="comma-separated figure numbers to run (default: all)"
+        "--figures", default="1,2,3,4,5,6,7,8,9", help="comma-separated figure numbers to run (default: all)"
     )
     parser.add_argument("--pairs", type=int, help="standalone A/B pairs (default 5, quick 1)")
     parser.add_argument("--fl-pairs", type=int, help="FL A/B pairs (default 3, quick 1)")
     parser.add_argument("--rounds", type=int, help="FL rounds (default 20, quick 4)")
+    parser.add_argument(
+        "--algorithm-rounds",
+        type=int,
+        help="figure 8: rounds (x local epochs = every arm's epochs; default 10, quick 2)",
+    )
+    parser.add_argument(
+        "--algorithm-local-epochs", type=int, help="figure 8: local epochs per round (default 3, quick 1)"
+    )
     parser.add_argument(
         "--output", default=str(RESULTS / "latest.json"), help="JSON results file (default bench/results/latest.json)"
     )
@@ -995,7 +1370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = QUICK if args.quick else Settings()
     changes = {
         k: v
-        for k, v in {"pairs": args.pairs, "fl_pairs": args.fl_pairs, "rounds": args.rounds}.items()
+        for k, v in {
+            "pairs": args.pairs,
+            "fl_pairs": args.fl_pairs,
+            "rounds": args.rounds,
+            "algorithm_rounds": args.algorithm_rounds,
+            "algorithm_local_epochs": args.algorithm_local_epochs,
+        }.items()
         if v is not None
     }
     settings = dataclasses.replace(settings, **changes)
@@ -1044,6 +1425,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.append(figure_quality(settings, data, work, log))
     if "7" in wanted:
         records.append(figure_gpu())
+    if "8" in wanted:
+        log(
+            f"figure 8: centralized, each site alone and {', '.join(ALGORITHMS)} on identical and differing sites, "
+            f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs"
+        )
+        records += figure_algorithms(run_quality_on_sites(settings, work, log), settings)
+    if "9" in wanted:
+        log(f"figure 9: FedAvg with --he and without, {settings.he_rounds} rounds")
+        records += figure_he(settings, data, work, log)
 
     elapsed = time.time() - started
     print()

@@ -154,3 +154,122 @@ def test_slope_and_table() -> None:
     )
     text = bench.table([record, skipped])
     assert "1.010" in text and "skipped: no GPU lent" in text and "n/a" in text
+
+
+def _arm(name: str, site_1: float, site_2: float) -> bench.Arm:
+    return bench.Arm(name, {"site-1": site_1, "site-2": site_2})
+
+
+def _arms(differing: dict[str, tuple[float, float]], skipped: tuple[str, ...] = ()) -> dict:
+    identical = [_arm("centralized", 0.90, 0.90), _arm("site-1 alone", 0.85, 0.84), _arm("site-2 alone", 0.84, 0.85)]
+    identical += [
+        bench.Arm(n, skipped="skipped: refused") if n in skipped else _arm(n, 0.88, 0.89) for n in bench.ALGORITHMS
+    ]
+    other = [_arm(name, *differing[name]) for name in ("centralized", "site-1 alone", "site-2 alone")]
+    other += [
+        bench.Arm(n, skipped="skipped: refused") if n in skipped else _arm(n, *differing[n]) for n in bench.ALGORITHMS
+    ]
+    return {"identical": identical, "differing": other}
+
+
+DIFFERING = {
+    "centralized": (0.80, 0.78),
+    "site-1 alone": (0.75, 0.40),
+    "site-2 alone": (0.35, 0.70),
+    "fedavg": (0.70, 0.66),
+    "fedprox": (0.72, 0.67),
+    "fedopt": (0.69, 0.60),
+    "scaffold": (0.71, 0.68),
+    "ditto": (0.78, 0.74),
+    "fedbn": (0.74, 0.71),
+}
+
+
+def test_algorithm_goals_compare_fedavg_with_centralized_and_the_best_with_fedavg_and_each_site_alone() -> None:
+    records = {r.figure: r for r in bench.figure_algorithms(_arms(DIFFERING), bench.QUICK)}
+
+    assert records["8 identical sites: FedAvg"].value == pytest.approx(0.885 / 0.90)
+    assert records["8 identical sites: FedAvg"].met is True
+    best = records["8 differing sites: best vs FedAvg"]
+    assert "ditto" in best.baseline and best.value == pytest.approx(0.76 / 0.68) and best.met is True
+    alone = records["8 differing sites: best vs each site alone"]
+    assert alone.samples == [pytest.approx(0.03), pytest.approx(0.04)] and alone.met is True
+    assert records["8 quality: fedopt"].shown_value() == "0.885/0.880 | 0.645/0.600"
+
+
+def test_algorithm_goal_is_missed_when_a_site_alone_does_better_on_its_own_data() -> None:
+    differing = {**DIFFERING, "site-2 alone": (0.35, 0.80)}
+
+    records = {r.figure: r for r in bench.figure_algorithms(_arms(differing), bench.QUICK)}
+
+    assert records["8 differing sites: best vs each site alone"].met is False
+    assert records["8 differing sites: best vs each site alone"].value == pytest.approx(-0.06)
+
+
+def test_refused_algorithms_are_reported_skipped_and_fedavg_alone_cannot_meet_the_comparison() -> None:
+    others = tuple(n for n in bench.ALGORITHMS if n != "fedavg")
+
+    records = {r.figure: r for r in bench.figure_algorithms(_arms(DIFFERING, skipped=others), bench.QUICK)}
+
+    assert records["8 quality: scaffold"].shown_value() == "skipped: refused | skipped: refused"
+    assert records["8 differing sites: best vs FedAvg"].kind == "skipped"
+    assert records["8 differing sites: best vs FedAvg"].met is None
+    assert records["8 identical sites: FedAvg"].met is True
+
+
+def test_cross_site_dice_reads_the_global_model_or_each_sites_own_model(tmp_path: Path) -> None:
+    results = {
+        "site-1": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.8}, "site-1": {"val_mean_dice": 0.9}},
+        "site-2": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.7}, "site-1": {"val_mean_dice": 0.5}},
+    }
+    folder = tmp_path / "ws" / "server" / "simulate_job" / "cross_site_val"
+    folder.mkdir(parents=True)
+    (folder / "cross_val_results.json").write_text(json.dumps(results))
+
+    assert bench.cross_site_dice(tmp_path / "ws") == {"site-1": 0.8, "site-2": 0.7}
+    assert bench.cross_site_dice(tmp_path / "ws", personalized=True) == {"site-1": 0.9}
+
+
+def test_round_durations_leave_out_round_zero_and_bytes_per_round_come_from_consecutive_trainings(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text(SERVER_LOG)
+    probe = [
+        {"site": "site-1", "kind": "wrapper", "method": "train", "end": t, "bytes_sent": sent}
+        for t, sent in ((1.0, 100), (2.0, 1100), (3.0, 2300), (4.0, 3300))
+    ] + [{"site": "site-1", "kind": "wrapper", "method": "validate", "end": 2.5, "bytes_sent": 5000}]
+
+    assert bench.round_durations(log) == [pytest.approx(1.5, abs=1e-3), pytest.approx(1.5, abs=1e-3)]
+    assert bench.bytes_sent_per_round(probe) == {"site-1": 1000}
+
+
+@pytest.mark.skipif(
+    not os.environ.get("BENCH_SMOKE_FL"), reason="set BENCH_SMOKE_FL=1 to run the FL figures end to end"
+)
+def test_quick_algorithm_and_he_figures(tmp_path: Path) -> None:
+    result = run_quick(tmp_path, "8,9")
+    records = {r["figure"]: r for r in result["records"]}
+    fedavg = records["8 quality: fedavg"]["detail"]
+    for label in ("identical", "differing"):
+        assert set(fedavg[label]["per_site"]) == {"site-1", "site-2"}, fedavg[label]
+        assert set(records["8 quality: centralized"]["detail"][label]["per_site"]) == {"site-1", "site-2"}
+    assert records["8 identical sites: FedAvg"]["value"] is not None
+    he = [r for r in result["records"] if r["figure"].startswith("9 HE")]
+    assert he and all(r["value"] is not None or r["note"].startswith("skipped: ") for r in he)
+
+
+def test_probe_counts_the_bytes_a_process_sends_and_receives_on_its_sockets(tmp_path: Path) -> None:
+    code = (
+        "import socket, sitecustomize as probe\n"
+        "a, b = socket.socketpair()\n"
+        "a.sendall(b'x' * 1000); a.send(b'y' * 24)\n"
+        "got = b.recv(4096); buf = bytearray(10); a.send(b'z' * 10); b.recv_into(buf)\n"
+        "print(probe._BYTES['sent'], probe._BYTES['received'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(BENCH / "probe"), "CLARA_FL_BENCH_PROBE": str(tmp_path / "probe")}
+
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1034", "1034"]

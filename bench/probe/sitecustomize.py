@@ -9,7 +9,9 @@ their modules are imported:
 
 Each outermost call appends one JSON line to ``DIR/probe-<pid>.jsonl``: kind, class and method,
 wall-clock start/end (``time.time()``), the site named in the working directory, and the process's
-RSS after the call, its peak RSS so far and its thread count. Nothing else changes: the time outside the engine runs
+RSS after the call, its peak RSS so far, its thread count and the bytes its sockets have sent and
+received so far (``socket.socket`` send/sendall/recv/recv_into, which FLARE's TCP driver uses; figure 9
+reads the bytes a site sends per round from them). Nothing else changes: the time outside the engine runs
 is what the FL machinery (wrapper + FLARE) costs per round, and the wrapper records split it into
 the wrapper's own share and FLARE's.
 """
@@ -54,6 +56,39 @@ def _threads() -> int:
         return -1
 
 
+_BYTES = {"sent": 0, "received": 0}
+
+
+def _count_socket_bytes() -> None:
+    """Count what every plain socket of this process sends and receives (approximate under threads)."""
+    import socket
+
+    cls = socket.socket
+    send, sendall, recv, recv_into = cls.send, cls.sendall, cls.recv, cls.recv_into
+
+    def counted_send(self, data, *args):  # type: ignore[no-untyped-def]
+        sent = send(self, data, *args)
+        _BYTES["sent"] += sent
+        return sent
+
+    def counted_sendall(self, data, *args):  # type: ignore[no-untyped-def]
+        result = sendall(self, data, *args)
+        _BYTES["sent"] += memoryview(data).nbytes
+        return result
+
+    def counted_recv(self, *args):  # type: ignore[no-untyped-def]
+        data = recv(self, *args)
+        _BYTES["received"] += len(data)
+        return data
+
+    def counted_recv_into(self, buffer, *args):  # type: ignore[no-untyped-def]
+        received = recv_into(self, buffer, *args)
+        _BYTES["received"] += received
+        return received
+
+    cls.send, cls.sendall, cls.recv, cls.recv_into = counted_send, counted_sendall, counted_recv, counted_recv_into  # type: ignore[method-assign]
+
+
 def _site() -> str:
     import re
 
@@ -96,6 +131,8 @@ def _patch(module: object, targets: list) -> None:
                         "rss": _rss_bytes(),
                         "peak_rss": _peak_rss_bytes(),
                         "threads": _threads(),
+                        "bytes_sent": _BYTES["sent"],
+                        "bytes_received": _BYTES["received"],
                     }
                     with open(path, "a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -131,3 +168,4 @@ def _install() -> None:
 if _DIR:
     os.makedirs(_DIR, exist_ok=True)
     _install()
+    _count_socket_bytes()

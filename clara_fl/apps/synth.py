@@ -6,6 +6,7 @@ import argparse
 import os
 
 from clara_fl.apps.common import positive_int
+from clara_fl.data.heterogeneity import FACTORS, LEVELS
 
 DEFAULT_DATA_DIR = "~/.clara-fl/data/spleen"
 DEFAULT_CLASSIFICATION_DIR = "~/.clara-fl/data/chest_xray"
@@ -33,6 +34,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"with one-hot labels for mmars/chest_xray_cls (default folder {DEFAULT_CLASSIFICATION_DIR})",
     )
     parser.add_argument("--size", type=int, default=64, help="classification: image side in pixels (default 64)")
+    parser.add_argument(
+        "--heterogeneity",
+        choices=LEVELS,
+        default="none",
+        help="how much the sites differ: none (identical, the default), mild or strong per-site intensity scale and "
+        "offset, noise, voxel spacing, organ size and label frequency (seeded; written to sites.json)",
+    )
+    parser.add_argument(
+        "--vary",
+        type=_factor_list,
+        metavar="FACTOR[,FACTOR]",
+        help=f"only these differences vary with --heterogeneity (default all: {','.join(FACTORS)})",
+    )
+
+
+def _factor_list(text: str) -> list[str]:
+    factors = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in factors if f not in FACTORS]
+    if unknown or not factors:
+        raise argparse.ArgumentTypeError(
+            f"unknown factor(s) {', '.join(unknown) or text!r}; valid: {', '.join(FACTORS)}"
+        )
+    return factors
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,14 +71,22 @@ def run(args: argparse.Namespace) -> int:
             sites=args.sites,
             shape=tuple(args.shape),
             seed=args.seed,
+            heterogeneity=args.heterogeneity,
+            factors=args.vary,
         )
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None
     print(f"wrote {data.num_cases} cases to {data.root}")
-    print(f"  datalist: {data.dataset_json}")
-    for site, path in data.site_datalists.items():
-        print(f"  {site}: {path}")
+    _print_lists(data.dataset_json, data.site_datalists, data.sites_json)
     return 0
+
+
+def _print_lists(dataset_json: object, site_datalists: dict, sites_json: object) -> None:
+    print(f"  datalist: {dataset_json}")
+    for site, path in site_datalists.items():
+        print(f"  {site}: {path}")
+    if sites_json is not None:
+        print(f"  how the sites differ: {sites_json}")
 
 
 def _classification(args: argparse.Namespace) -> int:
@@ -63,12 +95,16 @@ def _classification(args: argparse.Namespace) -> int:
     folder = DEFAULT_CLASSIFICATION_DIR if args.output_dir == DEFAULT_DATA_DIR else args.output_dir
     try:
         data = make_classification_dataset(
-            os.path.expanduser(folder), cases=args.cases, sites=args.sites, size=args.size, seed=args.seed
+            os.path.expanduser(folder),
+            cases=args.cases,
+            sites=args.sites,
+            size=args.size,
+            seed=args.seed,
+            heterogeneity=args.heterogeneity,
+            factors=args.vary,
         )
     except ValueError as e:
         raise SystemExit(f"clara-fl synth: error: {e}") from None
     print(f"wrote {data.num_cases} images to {data.root}")
-    print(f"  datalist: {data.dataset_json}")
-    for site, path in data.site_datalists.items():
-        print(f"  {site}: {path}")
+    _print_lists(data.dataset_json, data.site_datalists, data.sites_json)
     return 0

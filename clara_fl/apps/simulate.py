@@ -113,14 +113,19 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
 
 
 def report(workspace: str, metric: str) -> int:
-    from clara_fl.fl.jobs.results import find_cross_site_results, format_cross_site_table, load_cross_site_results
+    from clara_fl.fl.jobs.results import (
+        find_cross_site_results,
+        format_cross_site_table,
+        load_cross_site_failures,
+        load_cross_site_results,
+    )
 
     results = find_cross_site_results(workspace)
     if results is None:
         print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
     print()
-    print(format_cross_site_table(load_cross_site_results(results), metric))
+    print(format_cross_site_table(load_cross_site_results(results), metric, load_cross_site_failures(results)))
     print(f"\nresults: {results}")
     return 0
 

@@ -308,3 +308,55 @@ def test_abort_during_local_training_stops_every_site_process_within_5_s_and_the
         next_id = deployment.submit(next_job)
         status = deployment.wait(next_id, 300)
         assert status == "FINISHED:COMPLETED", f"{status}\n{deployment.logs(next_id)}"
+
+
+# -- scenario 4: a broken site ---------------------------------------------------------------------------------------
+
+NAN_RATE = "1e300"  # the first optimizer step leaves Inf in the weights
+
+
+def test_broken_sites_report_one_line_to_the_server_and_the_job_finishes_marking_their_cells_failed(
+    tmp_path: Path,
+) -> None:
+    from clara_fl.fl.jobs.results import format_cross_site_table, load_cross_site_failures, load_cross_site_results
+
+    data = site_data(tmp_path)
+    # site-1 is healthy; site-2's own values set a learning rate that diverges; site-3's datalist does not exist
+    site_values = {
+        "site-1": healthy_site(data.root),
+        "site-2": {**healthy_site(data.root), "learning_rate": NAN_RATE},
+        "site-3": {**healthy_site(data.root), "DATASET_JSON": f"{data.root}/missing_{{SITE_NAME}}.json"},
+    }
+    job = create_job(
+        SPLEEN_MMAR,
+        tmp_path / "jobs" / "broken",
+        # a round waits for all three answers (or 120 s after the first); one good answer is enough
+        settings=FedAvgSettings(
+            num_rounds=2, local_epochs=1, min_clients=1, wait_after_min_clients=120, overrides=SMALL
+        ),
+    )
+
+    with poc_deployment(tmp_path, site_values) as deployment:
+        job_id = deployment.submit(job)
+        status = deployment.wait(job_id, 400)
+        assert status == "FINISHED:COMPLETED", f"{status}\n{deployment.logs(job_id)}"
+        result = deployment.download(job_id, tmp_path / "out")
+        server_log = (deployment.prod / "server" / job_id / "log.txt").read_text(errors="replace")
+
+    missing = f"{data.root}/missing_site-3.json"
+    site_3_lines = [line for line in server_log.splitlines() if "site-3 failed task 'train'" in line]
+    assert site_3_lines and all(missing in line for line in site_3_lines), server_log[-3000:]
+    assert "site-2 failed task 'train': EXECUTION_EXCEPTION: local training produced NaN/Inf" in server_log
+    # the best-model selector fired (its key metric passed job create's check and the healthy site returns it)
+    assert (result / "workspace" / "app_server" / "best_FL_global_model.pt").is_file()
+
+    results_file = result / "workspace" / "cross_site_val" / "cross_val_results.json"
+    failures = load_cross_site_failures(results_file)
+    assert set(failures.models) == {"site-3"} and missing in failures.models["site-3"]
+    assert set(failures.validations) == {"site-3"}
+    table = format_cross_site_table(load_cross_site_results(results_file), "val_mean_dice", failures)
+    print(table)
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:] if line.startswith("site-")}
+    assert rows["site-3"] == ["failed"] * len(rows["site-3"]), table
+    assert all(row[-1] == "failed" for row in rows.values()), f"site-3's model column is failed everywhere:\n{table}"
+    assert all(cell != "-" for row in rows.values() for cell in row), table

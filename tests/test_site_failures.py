@@ -144,3 +144,18 @@ def test_the_report_matrix_has_a_failed_cell_with_its_reason(tmp_path: Path) -> 
     assert matrix.cells[("site-2", "site-3")] is None
     assert matrix.reasons[("site-2", "site-3")] == "EXECUTION_EXCEPTION: no datalist"
     assert ("site-2", "site-1") not in matrix.reasons
+
+
+def test_the_report_shows_a_failed_sites_cells_as_failed_with_the_reason(tmp_path: Path) -> None:
+    from clara_fl.report.build import write_report
+
+    folder = tmp_path / "0a1b2c" / "workspace" / "cross_site_val"
+    folder.mkdir(parents=True)
+    (folder / "cross_val_results.json").write_text(json.dumps(RESULTS))
+    CrossSiteFailures(models={"site-3": "EXECUTION_EXCEPTION: no datalist"}).write(folder / "cross_val_failures.json")
+
+    written = write_report(tmp_path / "0a1b2c", tmp_path / "out")
+
+    cross_site = written.html.read_text().split('id="cross-site"')[1].split("</section>")[0]
+    assert "<th>site-3</th>" in cross_site
+    assert cross_site.count('<td class="failed" title="EXECUTION_EXCEPTION: no datalist">failed</td>') == 2

@@ -356,7 +356,7 @@ def test_broken_sites_report_one_line_to_the_server_and_the_job_finishes_marking
     failures = load_cross_site_failures(results_file)
     assert set(failures.models) == {"site-3"} and missing in failures.models["site-3"]
     assert set(failures.validations) == {"site-3"}
-    table = format_cross_site_table(load_cross_site_results(results_file), "val_mean_dice", failures)
+    table = format_cross_site_table(load_cross_site_results(results_file), "val_mean_dice", failures=failures)
     print(table)
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[3:] if line.startswith("site-")}
     assert rows["site-3"] == ["failed"] * len(rows["site-3"]), table

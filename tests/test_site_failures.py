@@ -112,7 +112,7 @@ def test_the_cross_site_table_marks_a_failed_sites_row_and_column_as_failed() ->
         models={"site-3": "EXECUTION_EXCEPTION: no datalist"},
     )
 
-    table = format_cross_site_table(RESULTS, "val_mean_dice", failures).splitlines()
+    table = format_cross_site_table(RESULTS, "val_mean_dice", failures=failures).splitlines()
 
     header = table[1].split()
     assert header[-3:] == ["SRV_FL_global_model", "site-1", "site-3"]

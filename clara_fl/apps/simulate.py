@@ -125,7 +125,7 @@ def report(workspace: str, metric: str) -> int:
         print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
     print()
-    print(format_cross_site_table(load_cross_site_results(results), metric, load_cross_site_failures(results)))
+    print(format_cross_site_table(load_cross_site_results(results), metric, failures=load_cross_site_failures(results)))
     print(f"\nresults: {results}")
     return 0
 

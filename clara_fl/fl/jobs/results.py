@@ -88,6 +88,7 @@ def _owner_order(owner: str) -> tuple[int, str]:
 def format_cross_site_table(
     results: Mapping[str, Mapping[str, Mapping[str, Any]]],
     metric: str = "val_mean_dice",
+    *,
     failures: CrossSiteFailures | None = None,
 ) -> str:
     """Rows: data site; columns: model owner (server models first); cells: ``metric``, ``failed`` where the

@@ -44,4 +44,4 @@ run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.work
 results = find_cross_site_results(run.get_result())
 if results is not None:
     metric = validation_key_metric(Path(args.mmar)) or "val_auc"
-    print(format_cross_site_table(load_cross_site_results(results), metric, load_cross_site_failures(results)))
+    print(format_cross_site_table(load_cross_site_results(results), metric, failures=load_cross_site_failures(results)))

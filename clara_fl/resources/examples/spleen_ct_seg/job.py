@@ -43,4 +43,8 @@ from clara_fl.fl.jobs.results import (  # noqa: E402
 
 results = find_cross_site_results(run.get_result())
 if results is not None:
-    print(format_cross_site_table(load_cross_site_results(results), "val_mean_dice", load_cross_site_failures(results)))
+    print(
+        format_cross_site_table(
+            load_cross_site_results(results), "val_mean_dice", failures=load_cross_site_failures(results)
+        )
+    )

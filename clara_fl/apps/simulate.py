@@ -116,6 +116,7 @@ def report(workspace: str, metric: str) -> int:
     from clara_fl.fl.jobs.results import (
         find_cross_site_results,
         format_cross_site_table,
+        load_cross_site_failures,
         load_cross_site_results,
         site_model_label,
     )
@@ -125,7 +126,14 @@ def report(workspace: str, metric: str) -> int:
         print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
     print()
-    print(format_cross_site_table(load_cross_site_results(results), metric, site_model_label(workspace)))
+    print(
+        format_cross_site_table(
+            load_cross_site_results(results),
+            metric,
+            site_model_label(workspace),
+            failures=load_cross_site_failures(results),
+        )
+    )
     print(f"\nresults: {results}")
     return 0
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.config.resolver import component_label
+from clara_fl.config.variables import as_bool
 from clara_fl.recipes.algorithms import configure_algorithm, template_for
 from clara_fl.resources import templates_dir
 
@@ -28,6 +30,7 @@ __all__ = [
     "merge_settings",
     "merged_environment",
     "read_conf",
+    "returned_metrics",
     "validation_key_metric",
 ]
 
@@ -35,6 +38,8 @@ DEFAULT_TEMPLATE = "clara_fedavg_cse"
 CROSS_SITE_WORKFLOWS = ("cross_site_model_eval", "cross_site_eval")
 CROSS_SITE_COMPONENTS = ("model_locator", "json_generator")
 VALIDATE_TASK = "validate"
+MODEL_SELECTOR_ID = "model_selector"
+MODEL_SELECTOR_CLASSES = ("IntimeModelSelector", "GlobalModelSelector")
 
 
 @dataclass
@@ -60,6 +65,10 @@ class FedAvgSettings:
     # the FL algorithm (clara_fl.recipes.algorithms) and its arguments (--algorithm-arg)
     algorithm: str = "fedavg"
     algorithm_args: dict[str, Any] = field(default_factory=dict)
+    # the best-model selector's key metric named by the MMAR's own config_fed_server.json, and where
+    # ("FILE: JSON path"); None: the MMAR's validation key metric
+    model_selector_key: str | None = None
+    model_selector_key_source: str | None = None
 
 
 @dataclass
@@ -96,13 +105,36 @@ def read_conf(path: Path) -> dict[str, Any]:
     return json.loads(HOCONConverter.to_json(ConfigFactory.parse_file(str(path))))
 
 
+def _validate_metrics(mmar: Path, train_config: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The validate section's key metric component and its other metric components: ``key_metric`` and
+    ``additional_metrics``, or Clara 4.0's ``metrics`` list (the one with ``is_key_metric``, else the first, is key).
+    """
+    config = load_json(mmar / train_config)
+    validate = config.get("validate") if isinstance(config, dict) else None
+    if not isinstance(validate, dict):
+        return None, []
+    if isinstance(validate.get("metrics"), list):
+        specs = [m for m in validate["metrics"] if isinstance(m, dict)]
+        flagged = [m for m in specs if as_bool(m.get("is_key_metric", False))]
+        key = flagged[0] if flagged else (specs[0] if specs else None)
+        return key, [m for m in specs if m is not key]
+    key = validate.get("key_metric")
+    additional = validate.get("additional_metrics")
+    others = [m for m in additional if isinstance(m, dict)] if isinstance(additional, list) else []
+    enabled = lambda spec: not as_bool(spec.get("disabled", False))  # noqa: E731
+    return (key if isinstance(key, dict) and enabled(key) else None), [m for m in others if enabled(m)]
+
+
 def validation_key_metric(mmar: Path, train_config: str = "config/config_train.json") -> str | None:
     """The log_label of the MMAR's validation key metric: what the server selects the best model by."""
-    config = load_json(mmar / train_config)
-    metric = config.get("validate", {}).get("key_metric") if isinstance(config, dict) else None
-    if isinstance(metric, dict):
-        return str(metric.get("log_label") or metric.get("name"))
-    return None
+    key, _ = _validate_metrics(mmar, train_config)
+    return component_label(key) if key is not None else None
+
+
+def returned_metrics(mmar: Path, train_config: str = "config/config_train.json") -> list[str]:
+    """The metric names the sites send back from validation: the validate section's key and additional metrics."""
+    key, others = _validate_metrics(mmar, train_config)
+    return list(dict.fromkeys(component_label(spec) for spec in ([key] if key else []) + others))
 
 
 def components_by_id(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -127,7 +159,8 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     """The server and client app configs for ``mmar`` from ``template`` with ``settings`` applied.
 
     Raises:
-        ConfigError: the template is unknown.
+        ConfigError: the template is unknown, a setting has no component to take it, or the best-model
+            selector's key metric is not one the sites return (config_train.json's validate metrics).
     """
     template_dir = find_template(template_for(settings.algorithm, template, DEFAULT_TEMPLATE))
     client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))
@@ -164,9 +197,10 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     )
     if s.heart_beat_timeout is not None:
         server.setdefault("server", {})["heart_beat_timeout"] = s.heart_beat_timeout
-    key_metric = validation_key_metric(mmar)
+    key_metric = s.model_selector_key or validation_key_metric(mmar)
     if key_metric:
-        _set_args(server, "model_selector", key_metric=key_metric)
+        _set_args(server, MODEL_SELECTOR_ID, key_metric=key_metric)
+    _check_selector_key(server, mmar, s, template_dir)
     if not s.cross_site_eval:
         server["workflows"] = [w for w in server["workflows"] if w["id"] not in CROSS_SITE_WORKFLOWS]
         server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
@@ -202,6 +236,30 @@ def merge_settings(
     if overrides:
         merged.overrides = {**merged.overrides, **overrides}
     return merged
+
+
+def _check_selector_key(server: dict[str, Any], mmar: Path, settings: FedAvgSettings, template_dir: Path) -> None:
+    """Refuse a best-model selector whose key metric the sites never send: FLARE's selector would only warn at
+    every round and never save a best global model."""
+    returned = returned_metrics(mmar)
+    for index, component in enumerate(server.get("components", [])):
+        name = str(component.get("path", component.get("name", ""))).rpartition(".")[2]
+        if component.get("id") != MODEL_SELECTOR_ID and name not in MODEL_SELECTOR_CLASSES:
+            continue
+        key = component.get("args", {}).get("key_metric")
+        if key is None or key in returned:
+            continue
+        if settings.model_selector_key is not None and settings.model_selector_key_source:
+            file, _, path = settings.model_selector_key_source.partition(": ")
+        else:
+            file, path = str(template_dir / "config_fed_server.conf"), f"components[{index}].args.key_metric"
+        sent = ", ".join(returned) if returned else "none: config/config_train.json has no validate metrics"
+        raise ConfigError(
+            f"the best-model selector's key metric '{key}' is not a metric the sites return ({sent}); "
+            "the best global model would never be chosen",
+            file=file,
+            path=path,
+        )
 
 
 def merged_environment(mmar: Path, overrides: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -162,6 +162,7 @@ def _read_server(r: _Reader, config: dict[str, Any]) -> None:
         elif key == "handlers":
             for j, handler in enumerate(r.expect(value, list, key, "a list")):
                 _expect_class(r, f"{key}[{j}]", handler, MODEL_SELECTORS, "the job's IntimeModelSelector")
+                _read_selector_key(r, f"{key}[{j}]", handler)
         elif key in ("outbound_filters", "inbound_filters"):
             if r.expect(value, list, key, "a list"):
                 raise r.fail(
@@ -234,6 +235,18 @@ def _expect_class(r: _Reader, path: str, entry: Any, known: tuple[str, ...], rep
     r.ignore(path, f"{_class_name(entry)}: {replacement} does this")
 
 
+def _read_selector_key(r: _Reader, path: str, entry: dict[str, Any]) -> None:
+    """A model selector's ``key_metric`` becomes the job's selector key (checked against the sites' metrics)."""
+    args = r.expect(entry.get("args", {}), dict, f"{path}.args", "an object")
+    if "key_metric" in args:
+        arg = f"{path}.args.key_metric"
+        s = r.result.settings
+        s.model_selector_key = r.take(
+            arg, r.expect(args["key_metric"], str, arg, "a metric name"), "model_selector key_metric"
+        )
+        s.model_selector_key_source = f"{r.mmar / r.file}: {arg}"
+
+
 def _read_server_v2(r: _Reader, config: dict[str, Any]) -> None:
     s = r.result.settings
     variables = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and k != "format_version"}
@@ -267,9 +280,11 @@ def _read_server_v2(r: _Reader, config: dict[str, Any]) -> None:
             _read_aggregator(r, path, component)
         elif name in PERSISTORS:
             _read_persistor(r, path, component)
+        elif name in MODEL_SELECTORS:
+            r.ignore(path, f"{name}: the job has its own")
+            _read_selector_key(r, path, component)
         elif name in (
             *SHAREABLE_GENERATORS,
-            *MODEL_SELECTORS,
             "PTFileModelLocator",
             "PTFormatter",
             "ValidationJsonGenerator",

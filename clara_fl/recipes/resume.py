@@ -149,9 +149,9 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
             f"all {state.total_rounds} rounds of job {state.job_id} are done: nothing to resume",
             file=str(run_folder / STATE_FILE),
         )
-    for name in (state.global_model, state.best_model):
-        if name is not None and not (run_folder / name).is_file():
-            raise ConfigError(f"the saved model {name} is missing", file=str(run_folder))
+    for saved in (state.global_model, state.best_model):
+        if saved is not None and not (run_folder / saved).is_file():
+            raise ConfigError(f"the saved model {saved} is missing", file=str(run_folder))
     if not is_job_id(state.job_id) or run_folder.resolve().parent.name != state.job_id:
         raise ConfigError(
             f"the run state is of job {state.job_id}, not of the job folder it is in: give the job's folder in the "

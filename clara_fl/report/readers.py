@@ -32,26 +32,34 @@ RAW_SUFFIX = "_raw.csv"
 
 
 def read_cross_site_matrix(path: str | os.PathLike) -> CrossSiteMatrix:
-    """Read ``cross_val_results.json``; every (site, owner) pair seen anywhere becomes a cell.
+    """Read ``cross_val_results.json``; every (site, owner) pair seen anywhere becomes a cell, and so does every
+    pair a site failed (``cross_val_failures.json`` beside it), with the site's reason.
 
     Raises:
         ConfigError: the file is not JSON or not ``{site: {owner: ...}}``.
     """
+    from clara_fl.fl.jobs.results import load_cross_site_failures
+
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
+        failures = load_cross_site_failures(path)
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read cross-site results: {e}", file=str(path)) from None
     if not isinstance(data, dict) or not all(isinstance(row, dict) for row in data.values()):
         raise ConfigError("expected {data site: {model owner: metrics}}", file=str(path))
-    sites = sorted(data)
-    owners = sorted({owner for row in data.values() for owner in row}, key=_owner_order)
+    sites = sorted(set(data) | failures.sites())
+    owners = sorted({owner for row in data.values() for owner in row} | failures.owners(), key=_owner_order)
     cells: dict[tuple[str, str], dict[str, float] | None] = {}
+    reasons: dict[tuple[str, str], str] = {}
     for site in sites:
         for owner in owners:
-            raw = data[site].get(owner)
+            raw = data.get(site, {}).get(owner)
             metrics = {k: float(v) for k, v in raw.items() if _is_number(v)} if isinstance(raw, dict) else {}
             cells[(site, owner)] = metrics or None
-    return CrossSiteMatrix(sites, owners, cells)
+            reason = failures.reason(site, owner)
+            if not metrics and reason:
+                reasons[(site, owner)] = reason
+    return CrossSiteMatrix(sites, owners, cells, reasons)
 
 
 def _owner_order(owner: str) -> tuple[int, str]:

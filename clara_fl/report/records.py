@@ -40,12 +40,13 @@ class CrossSiteMatrix:
     """``cross_val_results.json``: rows data sites, columns model owners, each cell a dict of metrics or None.
 
     A cell is None when the owner's model was not validated at that site (a failed or missing task),
-    or when FLARE recorded something other than metrics.
+    or when FLARE recorded something other than metrics; ``reasons`` holds why, where the site said.
     """
 
     sites: list[str]
     owners: list[str]
     cells: dict[tuple[str, str], dict[str, float] | None]
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)
     # what the sites' own models are when not their best local ones ("personalized" for Ditto)
     site_models: str | None = None
 

@@ -1,19 +1,65 @@
-"""Reading a run's cross-site validation results and printing them as a table."""
+"""Reading a run's cross-site validation results and printing them as a table.
+
+FLARE's ``cross_val_results.json`` holds the cells that succeeded; clara-fl's server
+(:class:`~clara_fl.fl.server.site_failures.SiteFailureReporter`) writes the ones that failed, with the
+site's reason, to ``cross_val_failures.json`` beside it (:class:`CrossSiteFailures`). The table shows both.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_cross_site_results", "load_cross_site_results", "format_cross_site_table", "site_model_label"]
+__all__ = [
+    "CrossSiteFailures",
+    "find_cross_site_results",
+    "format_cross_site_table",
+    "load_cross_site_failures",
+    "load_cross_site_results",
+    "site_model_label",
+]
 
+CROSS_SITE_DIR = "cross_site_val"
 RESULTS_NAME = "cross_val_results.json"
 CLIENT_CONFIG_NAME = "config_fed_client.json"
 # algorithms whose sites submit another model than their best local one for cross-site validation
 SITE_MODEL_LABELS = {"ditto": "personalized"}
+FAILURES_NAME = "cross_val_failures.json"
+FAILED = "failed"
+
+
+@dataclass
+class CrossSiteFailures:
+    """The cross-site cells that failed, with the site's reason: ``validations[data site][model owner]``, and
+    ``models[owner]`` for a site that could not submit its model (its whole column failed)."""
+
+    validations: dict[str, dict[str, str]] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def reason(self, site: str, owner: str) -> str | None:
+        """Why the cell (data ``site``, model ``owner``) has no result; None when it did not fail."""
+        return self.validations.get(site, {}).get(owner) or self.models.get(owner)
+
+    def sites(self) -> set[str]:
+        return set(self.validations)
+
+    def owners(self) -> set[str]:
+        return {owner for row in self.validations.values() for owner in row} | set(self.models)
+
+    def explained(self) -> list[str]:
+        """One ``site: reason`` line per site that failed and distinct reason."""
+        lines = {f"{site}: {reason}" for site, row in self.validations.items() for reason in row.values()}
+        return sorted(lines | {f"{owner}: {reason}" for owner, reason in self.models.items()})
+
+    def write(self, path: str | os.PathLike) -> None:
+        from clara_fl.runtime.files import write_json_atomic
+
+        os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+        write_json_atomic(path, {"validations": self.validations, "models": self.models})
 
 
 def find_cross_site_results(workspace: str | os.PathLike) -> Path | None:
@@ -44,6 +90,15 @@ def site_model_label(run: str | os.PathLike) -> str | None:
     return None
 
 
+def load_cross_site_failures(results_path: str | os.PathLike) -> CrossSiteFailures:
+    """The failed cells recorded beside ``results_path`` (cross_val_results.json); none when there is no record."""
+    path = Path(results_path).with_name(FAILURES_NAME)
+    if not path.is_file():
+        return CrossSiteFailures()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return CrossSiteFailures(validations=dict(data.get("validations", {})), models=dict(data.get("models", {})))
+
+
 def _owner_order(owner: str) -> tuple[int, str]:
     """Server models ("SRV_FL_global_model.pt", or "FL_global_model.pt" under CrossSiteEval) first."""
     return (0 if owner.startswith("SRV_") or owner.endswith(".pt") else 1, owner)
@@ -53,23 +108,32 @@ def format_cross_site_table(
     results: Mapping[str, Mapping[str, Mapping[str, Any]]],
     metric: str = "val_mean_dice",
     site_label: str | None = None,
+    *,
+    failures: CrossSiteFailures | None = None,
 ) -> str:
     """Rows: data site; columns: model owner (server models first, sites' models named ``site (site_label)``
-    when given); cells: ``metric``."""
-    owners = sorted({owner for row in results.values() for owner in row}, key=_owner_order)
+    when given); cells: ``metric``, ``failed`` where the site failed the cell (``failures``), ``-`` where
+    there is no result and no recorded failure."""
+    failures = failures or CrossSiteFailures()
+    sites = sorted(set(results) | failures.sites())
+    owners = sorted({owner for row in results.values() for owner in row} | failures.owners(), key=_owner_order)
     names = [
         o.replace(".pt", "") if _owner_order(o)[0] == 0 or not site_label else f"{o} ({site_label})" for o in owners
     ]
     headers = ["data site \\ model", *names]
     rows = []
-    for site in sorted(results):
+    for site in sites:
         cells = [site]
         for owner in owners:
-            value = results[site].get(owner, {}).get(metric) if isinstance(results[site].get(owner), Mapping) else None
-            cells.append(f"{value:.4f}" if isinstance(value, (int, float)) else "-")
+            cell = results.get(site, {}).get(owner)
+            value = cell.get(metric) if isinstance(cell, Mapping) else None
+            if isinstance(value, (int, float)):
+                cells.append(f"{value:.4f}")
+            else:
+                cells.append(FAILED if failures.reason(site, owner) else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join(
-        [f"{metric} (cross-site validation)", line(headers), line(["-" * w for w in widths]), *map(line, rows)]
-    )
+    lines = [f"{metric} (cross-site validation)", line(headers), line(["-" * w for w in widths]), *map(line, rows)]
+    lines += [f"{FAILED}: {reason}" for reason in failures.explained()]
+    return "\n".join(lines)

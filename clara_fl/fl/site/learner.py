@@ -18,7 +18,7 @@ from typing import Any
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
@@ -209,12 +209,11 @@ class ClaraLearner(Learner):
         if bad:
             # no trace of the refused round in the optimizer state or the local model selection
             self.local_state.roll_back()
-            self.log_error(
+            return self._failed(
                 fl_ctx,
                 f"local training produced NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); not sending them, "
                 "and going back to the state before this round",
             )
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         try:
             meta = self.site_algorithm.after_round(self.workflow, global_weights, steps)
         except Exception as e:
@@ -299,8 +298,9 @@ class ClaraLearner(Learner):
         return DXO(data_kind=DataKind.WEIGHTS, data=network_weights(self.workflow.network)).to_shareable()
 
     def _failed(self, fl_ctx: FLContext, message: str) -> Shareable:
+        """Log ``message`` here and send it to the server with the error reply (FLARE's ``__error__`` header)."""
         self.log_error(fl_ctx, message)
-        return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={ReservedHeaderKey.ERROR: message})
 
     def abort(self, fl_ctx: FLContext) -> None:
         """Best effort only: FLARE may not call it, which is why training polls the abort signal itself."""

@@ -16,7 +16,7 @@ from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
@@ -91,8 +91,9 @@ class ClaraValidator(Executor):
         try:
             metrics = self._validate(owner, dxo.data, fl_ctx, abort_signal)
         except Exception as e:  # bad config or data at this site: one clear line, an error code, the job goes on
-            self.log_error(fl_ctx, f"cross-site validation of '{owner}' failed: {describe_failure(e)}")
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            message = f"cross-site validation of '{owner}' failed: {describe_failure(e)}"
+            self.log_error(fl_ctx, message)
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={ReservedHeaderKey.ERROR: message})
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         self.log_info(fl_ctx, f"validated model '{owner}' on local data: {metrics}")

@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RoundRequest", "train_in_processes", "run_round", "main"]
+__all__ = ["RoundRequest", "train_in_processes", "run_round", "die_with_parent", "main"]
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -88,19 +90,36 @@ def train_in_processes(
     command += ["-m", "clara_fl.fl.site.worker", request_path]
     log_path = os.path.join(work_dir, "workers.log")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # torchrun and its workers form one process group, and torchrun dies with this process
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
         while True:
             try:
                 process.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
                 if should_abort():
-                    os.killpg(process.pid, signal.SIGTERM)
+                    # nothing of an aborted round is kept: no need to let torchrun wind its workers down
+                    os.killpg(process.pid, signal.SIGKILL)
                     process.wait(timeout=30)
                     return None
     if process.returncode != 0:
         raise RuntimeError(f"the {nproc} training processes exited with code {process.returncode}; see {log_path}")
     return int(load_checkpoint(request.result_path)["steps"])
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere
+    nothing): a site's job process killed by FLARE or by ``kill -9`` leaves no torchrun or worker running."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_round(request: RoundRequest) -> None:
@@ -149,6 +168,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("request", help="JSON file written by the Learner (a RoundRequest)")
     args = parser.parse_args()
+    parent = os.getppid()
+    die_with_parent()  # torchrun is the parent; it dies with the site's job process
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit("the training launcher is gone")
     request = RoundRequest.read(args.request)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

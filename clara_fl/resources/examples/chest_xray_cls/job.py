@@ -14,7 +14,12 @@ from pathlib import Path
 from nvflare.recipe import SimEnv
 
 from clara_fl.config.variables import parse_set_args
-from clara_fl.fl.jobs.results import find_cross_site_results, format_cross_site_table, load_cross_site_results
+from clara_fl.fl.jobs.results import (
+    find_cross_site_results,
+    format_cross_site_table,
+    load_cross_site_failures,
+    load_cross_site_results,
+)
 from clara_fl.recipes import ClaraFedAvgRecipe
 from clara_fl.recipes.app_configs import validation_key_metric
 from clara_fl.resources import mmar_path
@@ -39,4 +44,4 @@ run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.work
 results = find_cross_site_results(run.get_result())
 if results is not None:
     metric = validation_key_metric(Path(args.mmar)) or "val_auc"
-    print(format_cross_site_table(load_cross_site_results(results), metric))
+    print(format_cross_site_table(load_cross_site_results(results), metric, failures=load_cross_site_failures(results)))

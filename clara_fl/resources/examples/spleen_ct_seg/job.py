@@ -34,8 +34,17 @@ recipe = ClaraFedAvgRecipe(
 )
 run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.workspace))
 
-from clara_fl.fl.jobs.results import find_cross_site_results, format_cross_site_table, load_cross_site_results  # noqa: E402
+from clara_fl.fl.jobs.results import (  # noqa: E402
+    find_cross_site_results,
+    format_cross_site_table,
+    load_cross_site_failures,
+    load_cross_site_results,
+)
 
 results = find_cross_site_results(run.get_result())
 if results is not None:
-    print(format_cross_site_table(load_cross_site_results(results), "val_mean_dice"))
+    print(
+        format_cross_site_table(
+            load_cross_site_results(results), "val_mean_dice", failures=load_cross_site_failures(results)
+        )
+    )

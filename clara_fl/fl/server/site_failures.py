@@ -1,0 +1,76 @@
+"""One line at the server for every task a site failed, and a record of the cross-site cells that failed.
+
+FLARE's controllers log a failed result by its return code only ("Execution Exception in model validation",
+"Ignore the result from site-3"), and ``ValidationJsonGenerator`` leaves a failed cell out of
+``cross_val_results.json``, so a site whose data is broken vanishes from the cross-site table. clara-fl's
+Learner puts its reason in the reply's ``__error__`` header (:data:`ReservedHeaderKey.ERROR`, FLARE's own
+header for it); :class:`SiteFailureReporter` logs it with the site and task, and writes the failed cells to
+``cross_site_val/cross_val_failures.json`` beside FLARE's results (read by :mod:`clara_fl.fl.jobs.results`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import ReservedHeaderKey, Shareable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from clara_fl.fl.jobs.results import CROSS_SITE_DIR, FAILURES_NAME, CrossSiteFailures
+
+__all__ = ["SiteFailureReporter", "failure_reason"]
+
+
+def failure_reason(result: Shareable) -> str:
+    """The reason a site gave for a failed result, or its return code when it gave none."""
+    code = result.get_return_code(ReturnCode.OK)
+    reason = result.get_header(ReservedHeaderKey.ERROR)
+    return f"{code}: {reason}" if reason else str(code)
+
+
+class SiteFailureReporter(FLComponent):
+    """Logs ``site-3 failed task 'train' ...: <its reason>`` once per failed result, and records failed
+    cross-site cells (a model a site could not validate; a site that could not submit its model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = CrossSiteFailures()
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.START_RUN:
+            self.failures = CrossSiteFailures()
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            self._log_failure(fl_ctx)
+        elif event_type == AppEventType.VALIDATION_RESULT_RECEIVED:
+            result = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
+            if isinstance(result, Shareable) and _failed(result):
+                site, owner = fl_ctx.get_prop(AppConstants.DATA_CLIENT), fl_ctx.get_prop(AppConstants.MODEL_OWNER)
+                self.failures.validations.setdefault(str(site), {})[str(owner)] = failure_reason(result)
+                self._write(fl_ctx)
+        elif event_type == AppEventType.RECEIVE_BEST_MODEL:
+            result = fl_ctx.get_prop(AppConstants.RECEIVED_MODEL)
+            if isinstance(result, Shareable) and _failed(result):
+                owner = str(fl_ctx.get_prop(AppConstants.RECEIVED_MODEL_OWNER))
+                self.failures.models[owner] = failure_reason(result)
+                self._write(fl_ctx)
+
+    def _log_failure(self, fl_ctx: FLContext) -> None:
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        if not isinstance(result, Shareable) or not _failed(result):
+            return
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name() if peer else "a site"
+        task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
+        self.log_error(fl_ctx, f"{site} failed task '{task}': {failure_reason(result)}")
+
+    def _write(self, fl_ctx: FLContext) -> None:
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        self.failures.write(os.path.join(run_dir, CROSS_SITE_DIR, FAILURES_NAME))
+
+
+def _failed(result: Shareable) -> bool:
+    return result.get_return_code(ReturnCode.OK) != ReturnCode.OK

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-e2e lint clean
+.PHONY: setup demo test test-e2e test-poc lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -m "not e2e" tests
 
-# End-to-end: FLARE simulations and a POC deployment on loopback (.ci/run runs both targets).
+# End-to-end FLARE simulations: every algorithm, privacy filter and HE on two MMARs (.ci/run runs it).
 test-e2e: setup
-	$(PY) -m pytest -q -m e2e tests
+	$(PY) -m pytest -q -m e2e tests --ignore-glob='tests/test_poc_*.py'
+
+# POC deployments on loopback (server + sites as real processes): the happy path, HE, a site killed, the
+# server restarted, an abort, broken sites. The slowest target; .ci/run runs it too.
+test-poc: setup
+	$(PY) -m pytest -q -m e2e tests/test_poc_*.py
 
 lint: setup
 	$(PY) -m ruff check clara_fl tests bench

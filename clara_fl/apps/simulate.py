@@ -21,7 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-n", "--n-clients", type=positive_int, default=2, help="simulated sites (default 2)")
     parser.add_argument("-t", "--threads", type=positive_int, default=2, help="sites run at once, <= -n (default 2)")
     parser.add_argument("--site-config", help="site file with the sites' data locations (sets $CLARA_FL_SITE_CONFIG)")
-    parser.add_argument("--metric", default="val_mean_dice", help="metric shown in the table")
+    parser.add_argument(
+        "--metric", help="metric shown in the table (default: the job's best-model key metric, e.g. val_mean_dice)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -112,13 +114,14 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
         return False
 
 
-def report(workspace: str, metric: str) -> int:
+def report(workspace: str, metric: str | None) -> int:
     from clara_fl.fl.jobs.results import (
         find_cross_site_results,
         format_cross_site_table,
         load_cross_site_failures,
         load_cross_site_results,
         site_model_label,
+        table_metric,
     )
 
     results = find_cross_site_results(workspace)

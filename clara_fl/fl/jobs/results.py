@@ -21,11 +21,13 @@ __all__ = [
     "load_cross_site_failures",
     "load_cross_site_results",
     "site_model_label",
+    "table_metric",
 ]
 
 CROSS_SITE_DIR = "cross_site_val"
 RESULTS_NAME = "cross_val_results.json"
 CLIENT_CONFIG_NAME = "config_fed_client.json"
+SERVER_CONFIG_NAME = "config_fed_server.json"
 # algorithms whose sites submit another model than their best local one for cross-site validation
 SITE_MODEL_LABELS = {"ditto": "personalized"}
 FAILURES_NAME = "cross_val_failures.json"
@@ -88,6 +90,25 @@ def site_model_label(run: str | os.PathLike) -> str | None:
             if algorithm:
                 return SITE_MODEL_LABELS.get(str(algorithm))
     return None
+
+
+def table_metric(run: str | os.PathLike, results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The metric a run's cross-site table shows by default: the server's best-model selector key (the MMAR's
+    validation key metric) from the run's config_fed_server.json, else the first metric in the results."""
+    for config in sorted(Path(run).rglob(SERVER_CONFIG_NAME)):
+        try:
+            server = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        for component in server.get("components", []) if isinstance(server, dict) else []:
+            key = component.get("args", {}).get("key_metric") if isinstance(component, dict) else None
+            if isinstance(key, str) and key:
+                return key
+    for row in results.values():
+        for cell in row.values():
+            if isinstance(cell, Mapping) and cell:
+                return str(next(iter(cell)))
+    return "val_mean_dice"
 
 
 def load_cross_site_failures(results_path: str | os.PathLike) -> CrossSiteFailures:

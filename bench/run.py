@@ -1051,8 +1051,10 @@ def cross_site_dice(workspace: Path, personalized: bool = False) -> dict[str, fl
         if personalized:
             owner = site
         else:
-            owners = [o for o in row if o.startswith("SRV_") or o.endswith(".pt")]
-            owner = next((o for o in owners if "global" in o), owners[0] if owners else "")
+            # the final global model (not the best-by-validation one), as the centralized arm's final_model.pt
+            final = [o for o in ("SRV_FL_global_model.pt", "FL_global_model.pt") if o in row]
+            owners = final or [o for o in row if (o.startswith("SRV_") or o.endswith(".pt")) and "best" not in o]
+            owner = owners[0] if owners else ""
         value = row.get(owner, {}).get("val_mean_dice") if isinstance(row.get(owner), dict) else None
         if isinstance(value, (int, float)):
             dice[site] = float(value)

@@ -219,7 +219,11 @@ def test_refused_algorithms_are_reported_skipped_and_fedavg_alone_cannot_meet_th
 
 def test_cross_site_dice_reads_the_global_model_or_each_sites_own_model(tmp_path: Path) -> None:
     results = {
-        "site-1": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.8}, "site-1": {"val_mean_dice": 0.9}},
+        "site-1": {
+            "SRV_best_FL_global_model.pt": {"val_mean_dice": 0.95},
+            "SRV_FL_global_model.pt": {"val_mean_dice": 0.8},
+            "site-1": {"val_mean_dice": 0.9},
+        },
         "site-2": {"SRV_FL_global_model.pt": {"val_mean_dice": 0.7}, "site-1": {"val_mean_dice": 0.5}},
     }
     folder = tmp_path / "ws" / "server" / "simulate_job" / "cross_site_val"

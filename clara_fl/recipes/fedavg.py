@@ -33,6 +33,7 @@ from clara_fl.recipes.app_configs import (
     merged_environment,
 )
 from clara_fl.recipes.clara_configs import read_fl_configs
+from clara_fl.recipes.he import require_tenseal
 from clara_fl.runtime.private_api import export_every_given_arg
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
@@ -63,6 +64,13 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     if lost:  # FedJob would export the job without them
         raise ConfigError(f"{spec['path']}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
     export_every_given_arg(obj, tuple(args))
+    for key, value in args.items():
+        # FedJob exports the attribute, not the argument: one the constructor turned into an object (ExcludeVars
+        # compiles its exclude_vars string into a re.Pattern) would be written as {"path": "re.Pattern"}. The object
+        # only describes the job, so it keeps the value as the config gave it.
+        attribute = key if key in attributes else f"_{key}"
+        if not isinstance(attributes[attribute], (type(None), bool, int, float, str, list, dict, tuple)):
+            setattr(obj, attribute, value)
     return obj
 
 
@@ -81,13 +89,16 @@ class ClaraFedAvgRecipe(Recipe):
         privacy_filters: client filters on the train result, FLARE config entries
             (``{"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy", "args": {...}}``).
         overrides: values for the job's environment.json (the MMAR's variables).
+        he: homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs ``clara-fl[he]``); a SimEnv
+            gets the TenSEAL contexts written into its workspace.
         template: the job template the configs come from (clara_fedavg_cse: ScatterAndGather;
             clara_fedavg_cse_mc: FLARE's FedAvg ModelController).
         settings: all of the above at once (explicit arguments win); None reads them from the MMAR's own Clara FL
             configs (config/config_fed_server.json, config_fed_client.json) when it has them.
 
     Raises:
-        ConfigError: the folder is not an MMAR, the template is unknown, or a component cannot be built.
+        ConfigError: the folder is not an MMAR, the template is unknown, or a component cannot be built (an HE
+            job without TenSEAL installed: ``pip install clara-fl[he]``).
     """
 
     def __init__(
@@ -104,6 +115,7 @@ class ClaraFedAvgRecipe(Recipe):
         overrides: Mapping[str, Any] | None = None,
         template: str = DEFAULT_TEMPLATE,
         settings: FedAvgSettings | None = None,
+        he: bool | None = None,
     ) -> None:
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
@@ -121,7 +133,10 @@ class ClaraFedAvgRecipe(Recipe):
             cross_site_eval=cross_site_eval,
             privacy_filters=privacy_filters,
             overrides=overrides,
+            he=he,
         )
+        if self.settings.he:
+            require_tenseal()  # FLARE's HE components import it: one line, not an ImportError
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
@@ -144,6 +159,10 @@ class ClaraFedAvgRecipe(Recipe):
             from clara_fl.fl.jobs.allow_list import write_simulator_policy
 
             write_simulator_policy(os.path.join(env.workspace_root, self.name))
+            if self.settings.he:
+                from clara_fl.fl.jobs.he_context import write_simulator_he_contexts
+
+                write_simulator_he_contexts(os.path.join(env.workspace_root, self.name))
         elif isinstance(env, PocEnv) and not self._byoc_marked:
             note = Path(self._staging.name) / "poc_custom" / "README.md"
             note.parent.mkdir(parents=True, exist_ok=True)

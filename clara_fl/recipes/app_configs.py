@@ -15,6 +15,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.recipes.he import add_task_filters, apply_homomorphic_encryption
 from clara_fl.resources import templates_dir
 
 __all__ = [
@@ -53,6 +54,8 @@ class FedAvgSettings:
     data_filters: list[dict[str, Any]] = field(default_factory=list)
     # values for the job's environment.json (the MMAR's variables, e.g. roi_size)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs clara-fl[he] to run)
+    he: bool = False
 
 
 @dataclass
@@ -120,7 +123,7 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     """The server and client app configs for ``mmar`` from ``template`` with ``settings`` applied.
 
     Raises:
-        ConfigError: the template is unknown.
+        ConfigError: the template is unknown, or lacks what a setting needs.
     """
     template_dir = find_template(template)
     client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))
@@ -165,15 +168,11 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
         client["executors"] = [e for e in client["executors"] if e["tasks"] != [VALIDATE_TASK]]
     if s.result_filters:
-        client["task_result_filters"] = [
-            *client.get("task_result_filters", []),
-            {"tasks": ["train"], "filters": copy.deepcopy(s.result_filters)},
-        ]
+        add_task_filters(client, "task_result_filters", ["train"], copy.deepcopy(s.result_filters))
     if s.data_filters:
-        client["task_data_filters"] = [
-            *client.get("task_data_filters", []),
-            {"tasks": ["train"], "filters": copy.deepcopy(s.data_filters)},
-        ]
+        add_task_filters(client, "task_data_filters", ["train"], copy.deepcopy(s.data_filters))
+    if s.he:
+        apply_homomorphic_encryption(server, client, template)
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

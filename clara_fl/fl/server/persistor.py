@@ -60,9 +60,11 @@ class ClaraModelPersistor(PTFileModelPersistor):
         train_config: str = "config/config_train.json",
         environment: str = "config/environment.json",
         overrides: dict[str, Any] | None = None,
+        filter_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model=None, **kwargs)
+        # filter_id: a PersistorFilter component, e.g. FLARE's HEModelSerializeFilter for an encrypted global model
+        super().__init__(model=None, filter_id=filter_id, **kwargs)
         self.job_arguments = dict(kwargs)
         self.train_config = train_config
         self.environment = environment

@@ -208,3 +208,19 @@ def test_decrypted_flat_weights_take_the_networks_shapes_and_dtypes() -> None:
     assert shaped["w"].shape == (2, 3) and shaped["w"].dtype == np.float32
     assert shaped["steps"].dtype == np.int64 and shaped["steps"].tolist() == 3
     assert shaped["extra"] == [1.0], "keys the network does not have stay as they came"
+
+
+def test_the_recipe_provisions_he_contexts_for_a_sim_env_and_refuses_a_poc_env_without_them(tmp_path: Path) -> None:
+    pytest.importorskip("tenseal")
+    from nvflare.recipe.poc_env import PocEnv
+    from nvflare.recipe.sim_env import SimEnv
+
+    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+
+    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, name="he_job", he=True)
+    recipe.process_env(SimEnv(num_clients=2, workspace_root=str(tmp_path)))
+
+    startup = tmp_path / "he_job" / "startup"
+    assert (startup / "server_context.tenseal").is_file() and (startup / "client_context.tenseal").is_file()
+    with pytest.raises(ConfigError, match="use_he=True"):
+        recipe.process_env(PocEnv(num_clients=2))

@@ -43,20 +43,23 @@ def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def narrow_spleen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The spleen MMAR with a narrower UNet (same layers, fewer channels)."""
-    mmar = tmp_path_factory.mktemp("mmar") / "spleen_ct_seg"
-    shutil.copytree(SPLEEN_MMAR, mmar, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
+def make_narrow_spleen(destination: Path) -> Path:
+    """The spleen MMAR with a narrower UNet (same layers, fewer channels) at ``destination``."""
+    shutil.copytree(SPLEEN_MMAR, destination, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
     for name, keys in (("config_train.json", ("train", "model")), ("config_cross_validation.json", ("model",))):
-        path = mmar / "config" / name
+        path = destination / "config" / name
         config = json.loads(path.read_text())
         model = config
         for key in keys:
             model = model[key]
         model["args"]["channels"] = NARROW_CHANNELS
         path.write_text(json.dumps(config, indent=2))
-    return mmar
+    return destination
+
+
+@pytest.fixture(scope="module")
+def narrow_spleen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_narrow_spleen(tmp_path_factory.mktemp("mmar") / "spleen_ct_seg")
 
 
 def simulate(tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings) -> tuple[Path, dict, list[dict]]:

@@ -151,7 +151,12 @@ class ClaraFedAvgRecipe(Recipe):
         """Sites that an environment makes afresh get to build clara-fl's classes (FLARE's default allow-list
         lacks the Learner): a simulation workspace gets clara-fl's allow-list; a PocEnv's freshly provisioned
         sites get the job as BYOC (an app/custom/ folder, which the POC admin may submit). A ProdEnv's sites
-        are set up by their own staff (``clara-fl site setup``)."""
+        are set up by their own staff (``clara-fl site setup``). An HE job needs its TenSEAL contexts: written into a
+        SimEnv's workspace, provisioned by FLARE's HEBuilder for a PocEnv (``use_he=True``) or a real deployment.
+
+        Raises:
+            ConfigError: an HE job on a PocEnv that does not provision HE contexts.
+        """
         from nvflare.recipe.poc_env import PocEnv
         from nvflare.recipe.sim_env import SimEnv
 
@@ -163,7 +168,9 @@ class ClaraFedAvgRecipe(Recipe):
                 from clara_fl.fl.jobs.he_context import write_simulator_he_contexts
 
                 write_simulator_he_contexts(os.path.join(env.workspace_root, self.name))
-        elif isinstance(env, PocEnv) and not self._byoc_marked:
+        elif isinstance(env, PocEnv) and self.settings.he and not env.use_he:
+            raise ConfigError("an HE job needs its TenSEAL contexts provisioned: PocEnv(..., use_he=True)")
+        if isinstance(env, PocEnv) and not self._byoc_marked:
             note = Path(self._staging.name) / "poc_custom" / "README.md"
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(POC_CUSTOM_NOTE)

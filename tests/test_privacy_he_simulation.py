@@ -97,22 +97,24 @@ def global_dice(results: dict) -> dict[str, float]:
     return {site: results[site]["SRV_FL_global_model.pt"]["val_mean_dice"] for site in SITES}
 
 
+# Without a filter about 78 % of an update is exactly zero here: the 16^3 crops reach the UNet's deepest (and
+# largest) layers at 1x1x1, where batch norm of one value passes no gradient. The filters must zero far more.
 def test_a_percentile_privacy_job_sends_only_the_largest_changes(tmp_path: Path, site_file: Path) -> None:
-    privacy = parse_privacy_option("PercentilePrivacy:percentile=50,gamma=0.01")
+    privacy = parse_privacy_option("PercentilePrivacy:percentile=95,gamma=0.01")
 
     _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6, "3 rounds, 2 sites, then cross-site evaluation"
-    assert all(update["zero_fraction"] >= 0.45 for update in accepted), "the smaller half of each update is zeroed"
+    assert all(update["zero_fraction"] >= 0.94 for update in accepted), "all but the largest 5 % are zeroed"
 
 
 def test_an_svt_privacy_job_sends_a_noisy_fraction_of_the_changes(tmp_path: Path, site_file: Path) -> None:
-    privacy = parse_privacy_option("SVTPrivacy:fraction=0.2,epsilon=0.1,noise_var=0.1,gamma=0.00001,tau=0.000001")
+    privacy = parse_privacy_option("SVTPrivacy:fraction=0.01,epsilon=0.1,noise_var=0.1,gamma=0.00001,tau=0.000001")
 
     _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6
-    assert all(update["zero_fraction"] >= 0.75 for update in accepted), "at most a fifth of each update is released"
+    assert all(update["zero_fraction"] >= 0.98 for update in accepted), "at most 1 % of each update is released"
 
 
 def test_an_exclude_vars_job_never_sends_the_excluded_layers(tmp_path: Path, site_file: Path) -> None:

@@ -43,6 +43,7 @@ ts = pytest.importorskip("tenseal")
 
 HE_BUILDER = "  - path: nvflare.lighter.impl.he.HEBuilder\n"
 SIGNATURE_BUILDER = "  - path: nvflare.lighter.impl.signature.SignatureBuilder\n"
+SERVER = "localhost"
 
 
 def test_an_he_job_runs_on_a_poc_deployment_provisioned_with_flares_he_builder(tmp_path: Path) -> None:
@@ -73,18 +74,21 @@ def test_an_he_job_runs_on_a_poc_deployment_provisioned_with_flares_he_builder(t
     port = free_port()
     project_yml = tmp_path / "project.yml"
     project = PROJECT_YML.format(project=PROJECT, port=port, admin=ADMIN)
-    project_yml.write_text(project.replace(SIGNATURE_BUILDER, HE_BUILDER + SIGNATURE_BUILDER))
+    # HEBuilder goes before SignatureBuilder, which signs the contexts and the startup files: a signed fed_server.json
+    # may not be edited, so the server is named localhost to bind loopback only (its target is "NAME:PORT")
+    project = project.replace(SIGNATURE_BUILDER, HE_BUILDER + SIGNATURE_BUILDER).replace(
+        "name: server", f"name: {SERVER}"
+    )
+    project_yml.write_text(project)
     flare(env, "poc", "prepare", "-i", project_yml, "--force", timeout=120)
     prod = workspace / PROJECT / "prod_00"
+    server_config = json.loads((prod / SERVER / "startup" / "fed_server.json").read_text())
+    assert server_config["servers"][0]["service"]["target"] == f"localhost:{port}"
     # provisioning gave the server a public context and each site the secret one
-    assert not ts.context_from((prod / "server" / "startup" / "server_context.tenseal").read_bytes()).is_private()
+    assert not ts.context_from((prod / SERVER / "startup" / "server_context.tenseal").read_bytes()).is_private()
     for site in SITES:
         assert ts.context_from((prod / site / "startup" / "client_context.tenseal").read_bytes()).is_private()
-    fed_server = prod / "server" / "startup" / "fed_server.json"
-    server_config = json.loads(fed_server.read_text())
-    server_config["servers"][0]["service"]["target"] = f"localhost:{port}"
-    fed_server.write_text(json.dumps(server_config, indent=2))
-    assert run([CLARA_FL, "site", "setup", prod / "server"], env, 60).returncode == 0
+    assert run([CLARA_FL, "site", "setup", prod / SERVER], env, 60).returncode == 0
     for site in SITES:
         values = [f"DATA_ROOT={data.root}", f"DATASET_JSON={data.root}/dataset_{{SITE_NAME}}.json"]
         assert run([CLARA_FL, "site", "setup", prod / site, "--set", *values], env, 60).returncode == 0

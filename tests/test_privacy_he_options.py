@@ -224,3 +224,14 @@ def test_the_recipe_provisions_he_contexts_for_a_sim_env_and_refuses_a_poc_env_w
     assert (startup / "server_context.tenseal").is_file() and (startup / "client_context.tenseal").is_file()
     with pytest.raises(ConfigError, match="use_he=True"):
         recipe.process_env(PocEnv(num_clients=2))
+
+
+def test_filters_for_a_task_that_shares_a_chain_get_a_chain_of_its_own_that_keeps_the_shared_filters() -> None:
+    from clara_fl.recipes.he import add_task_filters
+
+    shared = {"path": "a.Shared", "args": {}}
+    config = {"task_result_filters": [{"tasks": ["train", "submit_model"], "filters": [shared]}]}
+
+    add_task_filters(config, "task_result_filters", ["train"], [{"path": "b.Added", "args": {}}])
+
+    assert chains(config, "task_result_filters") == {"submit_model": ["Shared"], "train": ["Shared", "Added"]}

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+from typing import TYPE_CHECKING
 
 from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.algorithms import ALGORITHMS
+
+if TYPE_CHECKING:
+    from clara_fl.recipes.app_configs import FedAvgSettings as FedAvgSettingsType
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +44,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_set_argument(create, "values for the job's environment.json")
     create.add_argument("--force", action="store_true", help="replace an existing job folder")
+    create.add_argument(
+        "--privacy",
+        action="append",
+        metavar="SPEC",
+        help="a FLARE privacy filter on what each site sends for training: PercentilePrivacy, SVTPrivacy or "
+        "ExcludeVars with its arguments, e.g. 'PercentilePrivacy:percentile=10,gamma=0.01'; repeat for several",
+    )
+    create.add_argument(
+        "--he",
+        action="store_true",
+        help="homomorphic encryption (FLARE's TenSEAL components): the server aggregates encrypted updates; "
+        "needs pip install clara-fl[he]",
+    )
     create.set_defaults(run=run_create)
     add_resume_parser(actions)
 
@@ -51,6 +69,7 @@ def run_create(args: argparse.Namespace) -> int:
     require_mmar(args.mmar)
     find_template(args.template)  # before --force removes an existing job
     algorithm_args = parse_algorithm_args(args.algorithm, args.algorithm_arg)
+    settings = _job_options(args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError("the job folder to write is a file", file=args.output, path="--output")
     job = create_job(
@@ -65,11 +84,36 @@ def run_create(args: argparse.Namespace) -> int:
         nproc_per_site=args.nproc_per_site,
         algorithm=args.algorithm,
         algorithm_args=algorithm_args,
+        settings=settings,
     )
     print(f"wrote FLARE job {job}")
     _print_fl_configs_taken(args.mmar)
     print(f"  run it: clara-fl simulate {job} -w WORKSPACE -n 2 -t 2   (or: nvflare job submit -j {job})")
     return 0
+
+
+def _job_options(args: argparse.Namespace) -> FedAvgSettingsType | None:
+    """The MMAR's own FL settings with --privacy and --he on top; None when neither is given (the recipe reads
+    the MMAR's settings itself).
+
+    Raises:
+        ConfigError: a bad privacy filter or argument, or --he without TenSEAL installed.
+    """
+    from clara_fl.fl.jobs.privacy import parse_privacy_option
+    from clara_fl.recipes.app_configs import FedAvgSettings
+    from clara_fl.recipes.clara_configs import read_fl_configs
+    from clara_fl.recipes.he import require_tenseal
+
+    filters = [parse_privacy_option(spec) for spec in args.privacy or []]
+    if args.he:
+        require_tenseal()
+    if not filters and not args.he:
+        return None
+    imported = read_fl_configs(args.mmar)
+    settings = copy.deepcopy(imported.settings) if imported is not None else FedAvgSettings()
+    settings.result_filters = [*settings.result_filters, *filters]
+    settings.he = settings.he or args.he
+    return settings
 
 
 def _print_fl_configs_taken(mmar: str) -> None:

@@ -37,13 +37,17 @@ def run_simulator(
             and shows one live progress line (round k of R, sites done, elapsed) on the terminal instead.
 
     Raises:
-        ConfigError: the job, the counts or the site file would fail in FLARE (see ``check_simulation``).
+        ConfigError: the job, the counts or the site file would fail in FLARE (see ``check_simulation``), or an
+            ``--he`` job finds no TenSEAL.
     """
     check_simulation(job, n_clients, threads, site_config)
     from clara_fl.fl.jobs.allow_list import write_simulator_policy
+    from clara_fl.fl.jobs.he_context import job_uses_he, write_simulator_he_contexts
     from clara_fl.fl.site.context import SITE_CONFIG_ENV
 
     write_simulator_policy(workspace)  # the simulator copies WORKSPACE/local to every site
+    if job_uses_he(job):  # what provisioning gives real sites; the simulator copies WORKSPACE/startup to each
+        write_simulator_he_contexts(workspace)
     env = dict(os.environ)
     # Simulated sites share this machine's cores; torch's default of one thread per core in every
     # site oversubscribes them several times over.
@@ -128,11 +132,12 @@ def report(workspace: str, metric: str | None) -> int:
     if results is None:
         print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
+    table = load_cross_site_results(results)
     print()
     print(
         format_cross_site_table(
-            load_cross_site_results(results),
-            metric,
+            table,
+            metric or table_metric(workspace, table),
             site_model_label(workspace),
             failures=load_cross_site_failures(results),
         )

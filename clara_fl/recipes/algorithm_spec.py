@@ -47,6 +47,8 @@ class Algorithm:
             arguments: the server's workflow/generator/aggregator, the site Learner's ``algorithm`` and
             ``algorithm_args``.
         supports_nproc_per_site: whether a site may train it in several DDP processes.
+        supports_he: whether it runs under ``--he``: FLARE's HE aggregator and model generator replace the
+            server's own, so an algorithm that replaces them, or sends only part of the model, does not.
         job_template: the job template it runs on when the job asks for the default one (SCAFFOLD needs FLARE's
             ModelController template); None: any template.
     """
@@ -56,4 +58,5 @@ class Algorithm:
     parameters: tuple[AlgorithmParameter, ...]
     configure: ConfigureFn
     supports_nproc_per_site: bool = True
+    supports_he: bool = True
     job_template: str | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "LEARNER_ID",
     "algorithm_named",
     "check_algorithm_args",
+    "check_algorithm_under_he",
     "configure_algorithm",
     "parse_algorithm_args",
     "set_learner_algorithm",
@@ -105,6 +106,7 @@ FEDBN = Algorithm(
     summary="FedAvg whose normalization layers stay at each site: neither loaded from nor sent to the server",
     parameters=(),
     configure=_fedbn,
+    supports_he=False,
 )
 SCAFFOLD = Algorithm(
     name="scaffold",
@@ -113,6 +115,7 @@ SCAFFOLD = Algorithm(
     configure=_scaffold,
     supports_nproc_per_site=False,
     job_template=MODEL_CONTROLLER_TEMPLATE,
+    supports_he=False,
 )
 
 
@@ -167,6 +170,7 @@ FEDOPT = Algorithm(
     ),
     configure=_fedopt,
     supports_nproc_per_site=True,
+    supports_he=False,
 )
 
 
@@ -273,6 +277,14 @@ def parse_algorithm_args(name: str, pairs: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(f"expected NAME=VALUE, got {pair!r}", path="--algorithm-arg")
         given[key.strip()] = value.strip()
     return check_algorithm_args(name, given)
+
+
+def check_algorithm_under_he(name: str) -> None:
+    """Raises ConfigError when algorithm ``name`` cannot run with homomorphic encryption (``--he``)."""
+    algorithm = algorithm_named(name)
+    if not algorithm.supports_he:
+        valid = ", ".join(sorted(a.name for a in ALGORITHMS.values() if a.supports_he))
+        raise ConfigError(f"{algorithm.name} cannot run with --he (with --he: {valid})", path="--he")
 
 
 def configure_algorithm(

@@ -18,7 +18,8 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.resolver import component_label
 from clara_fl.config.variables import as_bool
-from clara_fl.recipes.algorithms import configure_algorithm, template_for
+from clara_fl.recipes.algorithms import check_algorithm_under_he, configure_algorithm, template_for
+from clara_fl.recipes.he import add_task_filters, apply_homomorphic_encryption
 from clara_fl.resources import templates_dir
 
 __all__ = [
@@ -69,6 +70,8 @@ class FedAvgSettings:
     # ("FILE: JSON path"); None: the MMAR's validation key metric
     model_selector_key: str | None = None
     model_selector_key_source: str | None = None
+    # homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs clara-fl[he] to run)
+    he: bool = False
 
 
 @dataclass
@@ -159,8 +162,9 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     """The server and client app configs for ``mmar`` from ``template`` with ``settings`` applied.
 
     Raises:
-        ConfigError: the template is unknown, a setting has no component to take it, or the best-model
-            selector's key metric is not one the sites return (config_train.json's validate metrics).
+        ConfigError: the template is unknown or lacks what a setting needs, the algorithm cannot run under HE,
+            or the best-model selector's key metric is not one the sites return (config_train.json's validate
+            metrics).
     """
     template_dir = find_template(template_for(settings.algorithm, template, DEFAULT_TEMPLATE))
     client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))
@@ -206,16 +210,13 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
         client["executors"] = [e for e in client["executors"] if e["tasks"] != [VALIDATE_TASK]]
     if s.result_filters:
-        client["task_result_filters"] = [
-            *client.get("task_result_filters", []),
-            {"tasks": ["train"], "filters": copy.deepcopy(s.result_filters)},
-        ]
+        add_task_filters(client, "task_result_filters", ["train"], copy.deepcopy(s.result_filters))
     if s.data_filters:
-        client["task_data_filters"] = [
-            *client.get("task_data_filters", []),
-            {"tasks": ["train"], "filters": copy.deepcopy(s.data_filters)},
-        ]
+        add_task_filters(client, "task_data_filters", ["train"], copy.deepcopy(s.data_filters))
     configure_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
+    if s.he:
+        check_algorithm_under_he(s.algorithm)
+        apply_homomorphic_encryption(server, client, template_for(s.algorithm, template, DEFAULT_TEMPLATE))
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

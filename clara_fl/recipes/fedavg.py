@@ -32,6 +32,7 @@ from clara_fl.recipes.app_configs import (
 )
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
+from clara_fl.recipes.he import require_tenseal
 from clara_fl.recipes.job_folder import job_name
 from clara_fl.runtime.private_api import export_every_given_arg
 
@@ -59,6 +60,13 @@ def instantiate(spec: Mapping[str, Any]) -> Any:
     if lost:  # FedJob would export the job without them
         raise ConfigError(f"{spec['path']}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
     export_every_given_arg(obj, tuple(args))
+    for key, value in args.items():
+        # FedJob exports the attribute, not the argument: one the constructor turned into an object (ExcludeVars
+        # compiles its exclude_vars string into a re.Pattern) would be written as {"path": "re.Pattern"}. The object
+        # only describes the job, so it keeps the value as the config gave it.
+        attribute = key if key in attributes else f"_{key}"
+        if not isinstance(attributes[attribute], (type(None), bool, int, float, str, list, dict, tuple)):
+            setattr(obj, attribute, value)
     return obj
 
 
@@ -79,6 +87,8 @@ class ClaraFedAvgRecipe(Recipe):
         overrides: values for the job's environment.json (the MMAR's variables).
         algorithm: the FL algorithm (:data:`clara_fl.recipes.algorithms.ALGORITHMS`; default fedavg).
         algorithm_args: its arguments by name (checked; the others keep their defaults).
+        he: homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs ``clara-fl[he]``); a SimEnv
+            gets the TenSEAL contexts written into its workspace.
         template: the job template the configs come from (clara_fedavg_cse: ScatterAndGather;
             clara_fedavg_cse_mc: FLARE's FedAvg ModelController).
         settings: all of the above at once (explicit arguments win); None reads them from the MMAR's own Clara FL
@@ -86,7 +96,7 @@ class ClaraFedAvgRecipe(Recipe):
 
     Raises:
         ConfigError: the folder is not an MMAR, the template is unknown, an algorithm or its arguments are
-            unknown, or a component cannot be built.
+            unknown, or a component cannot be built (an HE job without TenSEAL installed: ``pip install clara-fl[he]``).
     """
 
     def __init__(
@@ -105,6 +115,7 @@ class ClaraFedAvgRecipe(Recipe):
         settings: FedAvgSettings | None = None,
         algorithm: str | None = None,
         algorithm_args: Mapping[str, Any] | None = None,
+        he: bool | None = None,
     ) -> None:
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
@@ -124,7 +135,10 @@ class ClaraFedAvgRecipe(Recipe):
             overrides=overrides,
             algorithm=algorithm,
             algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
+            he=he,
         )
+        if self.settings.he:
+            require_tenseal()  # FLARE's HE components import it: one line, not an ImportError
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
@@ -139,7 +153,12 @@ class ClaraFedAvgRecipe(Recipe):
         """Sites that an environment makes afresh get to build clara-fl's classes (FLARE's default allow-list
         lacks the Learner): a simulation workspace gets clara-fl's allow-list; a PocEnv's freshly provisioned
         sites get the job as BYOC (an app/custom/ folder, which the POC admin may submit). A ProdEnv's sites
-        are set up by their own staff (``clara-fl site setup``)."""
+        are set up by their own staff (``clara-fl site setup``). An HE job needs its TenSEAL contexts: written into a
+        SimEnv's workspace, provisioned by FLARE's HEBuilder for a PocEnv (``use_he=True``) or a real deployment.
+
+        Raises:
+            ConfigError: an HE job on a PocEnv that does not provision HE contexts.
+        """
         from nvflare.recipe.poc_env import PocEnv
         from nvflare.recipe.sim_env import SimEnv
 
@@ -147,7 +166,13 @@ class ClaraFedAvgRecipe(Recipe):
             from clara_fl.fl.jobs.allow_list import write_simulator_policy
 
             write_simulator_policy(os.path.join(env.workspace_root, self.name))
-        elif isinstance(env, PocEnv) and not self._byoc_marked:
+            if self.settings.he:
+                from clara_fl.fl.jobs.he_context import write_simulator_he_contexts
+
+                write_simulator_he_contexts(os.path.join(env.workspace_root, self.name))
+        elif isinstance(env, PocEnv) and self.settings.he and not env.use_he:
+            raise ConfigError("an HE job needs its TenSEAL contexts provisioned: PocEnv(..., use_he=True)")
+        if isinstance(env, PocEnv) and not self._byoc_marked:
             note = Path(self._staging.name) / "poc_custom" / "README.md"
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(POC_CUSTOM_NOTE)

@@ -6,8 +6,6 @@ results at that site, whatever the job says (a job may only name another scope t
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +17,7 @@ from clara_fl.runtime.files import write_json_atomic
 __all__ = [
     "PRIVACY_FILE",
     "PRIVACY_FILTERS",
+    "PRIVACY_FILTER_PARAMETERS",
     "SITE_SCOPE",
     "parse_privacy_option",
     "privacy_filter",
@@ -31,6 +30,27 @@ PRIVACY_FILTERS = {
     "SVTPrivacy": f"{_FILTERS}.svt_privacy.SVTPrivacy",
     "ExcludeVars": f"{_FILTERS}.exclude_vars.ExcludeVars",
 }
+# Each filter's constructor parameters and the value types accepted for them, as FLARE 2.9 declares them
+# (tests/test_privacy_option.py pins this table against the real signatures): checking them needs no nvflare.
+_NUMBER = (int, float)
+_KINDS = (list,)
+PRIVACY_FILTER_PARAMETERS: dict[str, dict[str, tuple[type, ...]]] = {
+    "PercentilePrivacy": {"percentile": _NUMBER, "gamma": _NUMBER, "data_kinds": _KINDS},
+    "SVTPrivacy": {
+        "fraction": _NUMBER,
+        "epsilon": _NUMBER,
+        "noise_var": _NUMBER,
+        "gamma": _NUMBER,
+        "tau": _NUMBER,
+        "data_kinds": _KINDS,
+        "replace": (bool,),
+        "epsilon_threshold": _NUMBER,
+        "epsilon_query": _NUMBER,
+        "epsilon_release": _NUMBER,
+    },
+    "ExcludeVars": {"exclude_vars": (str, list), "data_kinds": _KINDS},
+}
+_TYPE_NAMES = {int: "a number", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 PRIVACY_FILE = "privacy.json"
 SITE_SCOPE = "clara_fl_site"
 # clara-fl's learner sends its train update as WEIGHT_DIFF; submitted models (WEIGHTS, for cross-site
@@ -42,7 +62,8 @@ def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: s
     """A FLARE config entry ``{"path", "args"}`` for a privacy filter named as Clara named it.
 
     Raises:
-        ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take (naming file and path).
+        ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take or of the wrong type
+            (naming file and path).
     """
     if name not in PRIVACY_FILTERS:
         raise ConfigError(
@@ -52,15 +73,18 @@ def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: s
             path=path,
         )
     target = PRIVACY_FILTERS[name]
-    module, _, cls = target.rpartition(".")
-    accepted = inspect.signature(getattr(importlib.import_module(module), cls)).parameters
-    for key in args:
+    accepted = PRIVACY_FILTER_PARAMETERS[name]
+    for key, value in args.items():
         if key not in accepted:
             raise ConfigError(
                 f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})",
                 file=file,
                 path=f"{path}.args.{key}",
             )
+        types = accepted[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            raise ConfigError(f"{name}'s {key} must be {wanted}, got {value!r}", file=file, path=f"{path}.args.{key}")
     return {"path": target, "args": dict(args)}
 
 

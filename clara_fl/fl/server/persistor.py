@@ -84,9 +84,11 @@ class ClaraModelPersistor(PTFileModelPersistor):
         environment: str = "config/environment.json",
         overrides: dict[str, Any] | None = None,
         resume_from_job: str = "",
+        filter_id: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model=None, **kwargs)
+        # filter_id: a PersistorFilter component, e.g. FLARE's HEModelSerializeFilter for an encrypted global model
+        super().__init__(model=None, filter_id=filter_id, **kwargs)
         self.job_arguments = {**kwargs, "resume_from_job": resume_from_job}
         self.train_config = train_config
         self.environment = environment

@@ -315,13 +315,13 @@ class ClaraLearner(Learner):
     # -- training rounds -------------------------------------------------------------------------
 
     def _received_weights(self, dxo: DXO, fl_ctx: FLContext) -> dict[str, Any] | None:
-        from clara_fl.fl.site.weights import network_weights
+        from clara_fl.fl.site.weights import network_weights, shaped_like
 
         if dxo.data_kind == DataKind.WEIGHTS:
-            return dxo.data
+            return shaped_like(dxo.data, network_weights(self.workflow.network))
         if dxo.data_kind == DataKind.WEIGHT_DIFF:
             local = network_weights(self.workflow.network)
-            return {k: local[k] + v for k, v in dxo.data.items() if k in local}
+            return {k: local[k] + v for k, v in shaped_like(dxo.data, local).items() if k in local}
         self.log_error(fl_ctx, f"expected WEIGHTS or WEIGHT_DIFF, got {dxo.data_kind}")
         return None
 

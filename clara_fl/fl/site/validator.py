@@ -107,6 +107,7 @@ class ClaraValidator(Executor):
         from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
         from clara_fl.config.mmar import load_config
         from clara_fl.fl.site.context import site_context
+        from clara_fl.fl.site.weights import network_weights, shaped_like
         from clara_fl.workflows.evaluate import EvaluateWorkflow
 
         site = site_context(fl_ctx, self.train_config)
@@ -130,7 +131,7 @@ class ClaraValidator(Executor):
         # the weights come from the server: a CheckpointLoader in the config would overwrite them
         loaded = dataclasses.replace(loaded, config=without_checkpoint_loaders(loaded.config, ("",))[0])
         workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
-        self._load(workflow.network, weights, loaded, fl_ctx)
+        self._load(workflow.network, shaped_like(weights, network_weights(workflow.network)), loaded, fl_ctx)
 
         def poll_abort(engine: Any) -> None:
             if abort_signal.triggered:

@@ -11,7 +11,7 @@ import torch
 
 from clara_fl.runtime.distributed import unwrap
 
-__all__ = ["unwrap", "network_weights", "load_global_weights", "weight_diff", "non_finite_keys"]
+__all__ = ["unwrap", "network_weights", "load_global_weights", "weight_diff", "non_finite_keys", "shaped_like"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ def load_global_weights(network: torch.nn.Module, weights: Mapping[str, Any]) ->
         )
     model.load_state_dict(state)
     return len(assigned), missing, extra
+
+
+def shaped_like(weights: Mapping[str, Any], reference: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``weights`` with each flat value that has as many elements as the reference's tensor reshaped to it and cast
+    to its dtype: FLARE's HE decryption hands back every tensor as a flat list of floats."""
+    shaped: dict[str, Any] = {}
+    for key, value in weights.items():
+        target = reference.get(key)
+        if target is not None and np.ndim(value) == 1 and np.shape(target) != np.shape(value):
+            array = np.asarray(value)
+            if array.size == target.size:
+                if np.issubdtype(target.dtype, np.integer):
+                    array = np.rint(array)  # a step counter decrypts as 2.9999...
+                value = array.reshape(target.shape).astype(target.dtype)
+        shaped[key] = value
+    return shaped
 
 
 def weight_diff(after: Mapping[str, np.ndarray], before: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -1,0 +1,83 @@
+"""TenSEAL contexts for ``--he`` jobs where no provisioning made them: the simulator's workspace, POC kits.
+
+FLARE's provisioning (``nvflare.lighter.impl.he.HEBuilder``) writes ``server_context.tenseal`` (public: no secret
+key) into the server's startup kit and ``client_context.tenseal`` (with the secret key) into each site's; the HE
+components load them from their participant's startup folder. This module makes the same pair with HEBuilder's own
+parameters, for the places clara-fl sets up itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from clara_fl.recipes.he import require_tenseal
+
+__all__ = [
+    "CLIENT_CONTEXT",
+    "SERVER_CONTEXT",
+    "job_uses_he",
+    "tenseal_contexts",
+    "write_he_contexts",
+    "write_simulator_he_contexts",
+]
+
+SERVER_CONTEXT = "server_context.tenseal"
+CLIENT_CONTEXT = "client_context.tenseal"
+_HE_PACKAGE = "nvflare.app_opt.he."
+
+
+def job_uses_he(job: str | os.PathLike) -> bool:
+    """Whether any app config of the job folder names one of FLARE's HE components."""
+    for config in Path(job).glob("*/config/config_fed_*.json"):
+        try:
+            text = json.dumps(json.loads(config.read_text()))
+        except (OSError, ValueError):
+            continue
+        if _HE_PACKAGE in text:
+            return True
+    return False
+
+
+def tenseal_contexts() -> tuple[bytes, bytes]:
+    """A fresh CKKS context serialized as FLARE's HEBuilder does: (server's, without secret key; sites', with it).
+
+    Raises:
+        ConfigError: TenSEAL is not installed (the one-line ``pip install clara-fl[he]`` hint).
+    """
+    require_tenseal()
+    from nvflare.lighter.impl.he import HEBuilder
+
+    builder = HEBuilder()
+    builder.initialize(project=None, ctx=None)  # HEBuilder's defaults: CKKS, degree 8192, [60, 40, 40], 2**40
+    return builder.get_serialized_context(is_client=False), builder.get_serialized_context(is_client=True)
+
+
+def write_he_contexts(server_startup: str | None, client_startups: list[str]) -> None:
+    """Write one context pair: the server's into ``server_startup``, the sites' into each of ``client_startups``.
+
+    Raises:
+        ConfigError: TenSEAL is not installed.
+    """
+    server_context, client_context = tenseal_contexts()
+    if server_startup is not None:
+        os.makedirs(server_startup, exist_ok=True)
+        Path(server_startup, SERVER_CONTEXT).write_bytes(server_context)
+    for startup in client_startups:
+        os.makedirs(startup, exist_ok=True)
+        Path(startup, CLIENT_CONTEXT).write_bytes(client_context)
+
+
+def write_simulator_he_contexts(workspace: str | os.PathLike) -> str:
+    """Both contexts into the simulator's WORKSPACE/startup, which FLARE's simulator copies into every participant's
+    startup folder (so in a simulation the server's folder holds the sites' context too: one machine, one owner).
+
+    Returns the startup folder.
+
+    Raises:
+        ConfigError: TenSEAL is not installed.
+    """
+    startup = os.path.join(os.path.abspath(workspace), "startup")
+    write_he_contexts(startup, [startup])
+    return startup

@@ -1,0 +1,104 @@
+"""Homomorphic encryption (``--he``) as edits of a job's FLARE app configs: FLARE 2.9's HE components.
+
+The sites encrypt what they send with TenSEAL's CKKS scheme (``HEModelEncryptor``) and decrypt what they get
+(``HEModelDecryptor``); the server adds encrypted updates (``HEInTimeAccumulateWeightedAggregator``), applies
+them to the global model in encrypted space (``HEModelShareableGenerator``), stores that model through
+``HEModelSerializeFilter`` and runs cross-site evaluation on encrypted models (FLARE's ``HECrossSiteModelEval``,
+through :mod:`clara_fl.fl.server.he`).
+The server never holds the secret key: ``server_context.tenseal`` in its startup folder has none, the sites'
+``client_context.tenseal`` has it (see :mod:`clara_fl.fl.jobs.he_context`).
+
+Plain data only (no nvflare, no tenseal): ``clara-fl job create --he`` writes a job without the HE stack.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from clara_fl.config.errors import ConfigError
+
+__all__ = [
+    "HE_EXTRA_HINT",
+    "HE_TEMPLATE_WORKFLOW",
+    "add_task_filters",
+    "apply_homomorphic_encryption",
+    "require_tenseal",
+]
+
+_HE = "nvflare.app_opt.he"
+ENCRYPTOR = f"{_HE}.model_encryptor.HEModelEncryptor"
+DECRYPTOR = f"{_HE}.model_decryptor.HEModelDecryptor"
+AGGREGATOR = f"{_HE}.intime_accumulate_model_aggregator.HEInTimeAccumulateWeightedAggregator"
+SHAREABLE_GENERATOR = f"{_HE}.model_shareable_generator.HEModelShareableGenerator"
+SERIALIZE_FILTER = f"{_HE}.model_serialize_filter.HEModelSerializeFilter"
+# FLARE's HECrossSiteModelEval, made able to send encrypted models (see clara_fl.fl.server.he)
+CROSS_SITE_MODEL_EVAL = "clara_fl.fl.server.he.HECrossSiteModelEval"
+SERIALIZE_FILTER_ID = "he_serialize_filter"
+HE_TEMPLATE_WORKFLOW = "scatter_and_gather"
+HE_EXTRA_HINT = "homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
+# what the sites decrypt: every task that carries the (encrypted) global model or a server-held model
+DECRYPTED_TASKS = ("train", "validate_global_model", "validate")
+
+
+def require_tenseal(path: str = "--he") -> None:
+    """Raises ConfigError (one line, the install hint) when TenSEAL is not installed; imports nothing."""
+    if importlib.util.find_spec("tenseal") is None:
+        raise ConfigError(HE_EXTRA_HINT, path=path)
+
+
+def add_task_filters(config: dict[str, Any], key: str, tasks: list[str], filters: list[dict[str, Any]]) -> None:
+    """Append ``filters`` to the ``key`` chain ("task_data_filters"/"task_result_filters") of each task.
+
+    FLARE allows one chain per task and direction, so a task that already has a chain gets the filters at its
+    end (a task sharing a chain with others is split off with a copy of that chain).
+    """
+    groups: list[dict[str, Any]] = config.setdefault(key, [])
+    for task in tasks:
+        owner = next((g for g in groups if task in g["tasks"]), None)
+        if owner is not None and owner["tasks"] == [task]:
+            owner["filters"] = [*owner["filters"], *filters]
+            continue
+        existing: list[dict[str, Any]] = []
+        if owner is not None:
+            owner["tasks"] = [t for t in owner["tasks"] if t != task]
+            existing = list(owner["filters"])
+        groups.append({"tasks": [task], "filters": [*existing, *filters]})
+
+
+def apply_homomorphic_encryption(server: dict[str, Any], client: dict[str, Any], template: str) -> None:
+    """Switch a ScatterAndGather job's app configs (clara_fedavg_cse and its kind) to FLARE's HE components.
+
+    Raises:
+        ConfigError: the template's server workflow is not ScatterAndGather with the shipped component ids.
+    """
+    components = {c["id"]: c for c in server.get("components", [])}
+    workflows = {w["id"]: w for w in server.get("workflows", [])}
+    needed = ("persistor", "shareable_generator", "aggregator")
+    if HE_TEMPLATE_WORKFLOW not in workflows or any(n not in components for n in needed):
+        raise ConfigError(
+            f"--he needs a ScatterAndGather template with persistor, shareable_generator and aggregator "
+            f"(clara_fedavg_cse); '{template}' has none",
+            path="--template",
+        )
+    aggregator_args = components["aggregator"].get("args", {})
+    components["aggregator"]["path"] = AGGREGATOR
+    # the sites weigh by their steps before encrypting; the server only adds
+    components["aggregator"]["args"] = {**aggregator_args, "weigh_by_local_iter": False}
+    components["shareable_generator"]["path"] = SHAREABLE_GENERATOR
+    components["shareable_generator"]["args"] = {}
+    components["persistor"].setdefault("args", {})["filter_id"] = SERIALIZE_FILTER_ID
+    server["components"].insert(0, {"id": SERIALIZE_FILTER_ID, "path": SERIALIZE_FILTER, "args": {}})
+    cross_site = workflows.get("cross_site_model_eval")
+    if cross_site is not None:
+        cross_site["path"] = CROSS_SITE_MODEL_EVAL
+
+    add_task_filters(client, "task_data_filters", list(DECRYPTED_TASKS), [{"path": DECRYPTOR, "args": {}}])
+    # privacy filters (already in the train chain) see plain weights; encryption comes last
+    add_task_filters(
+        client, "task_result_filters", ["train"], [{"path": ENCRYPTOR, "args": {"weigh_by_local_iter": True}}]
+    )
+    # a site's best model is encrypted too: the server keeps it for cross-site evaluation and never reads it
+    add_task_filters(
+        client, "task_result_filters", ["submit_model"], [{"path": ENCRYPTOR, "args": {"weigh_by_local_iter": False}}]
+    )

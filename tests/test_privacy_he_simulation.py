@@ -1,0 +1,144 @@
+"""End to end in FLARE's simulator: ``--privacy`` filters and ``--he`` jobs from the spleen MMAR, 3 rounds, 2 sites.
+
+The HE jobs use the spleen MMAR with a narrower UNet (channels 4..64, ~0.3 M weights instead of 4.8 M): CKKS turns
+each 4096 weights into a ciphertext of ~0.3 MB, and the full network costs minutes per round on two shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clara_fl.apps.simulate import run_simulator
+from clara_fl.fl.jobs.privacy import parse_privacy_option
+from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+from clara_fl.recipes.app_configs import FedAvgSettings
+from clara_fl.recipes.job_folder import create_job
+from tests.conftest import SPLEEN_MMAR
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("tenseal")
+
+SITES = ["site-1", "site-2"]
+JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}
+NARROW_CHANNELS = [4, 8, 16, 32, 64]
+PROBE = Path(__file__).with_name("aggregator_probe.py")
+
+
+@pytest.fixture(scope="module")
+def fl_data(tmp_path_factory: pytest.TempPathFactory):
+    from clara_fl.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("fl_data"), cases=12, sites=2, shape=(32, 32, 32), seed=0)
+
+
+@pytest.fixture(scope="module")
+def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sites") / "clara_fl_site.json"
+    environment = {"DATA_ROOT": str(fl_data.root), "DATASET_JSON": str(fl_data.root / "dataset_{SITE_NAME}.json")}
+    path.write_text(json.dumps({"environment": environment}))
+    return path
+
+
+def make_narrow_spleen(destination: Path) -> Path:
+    """The spleen MMAR with a narrower UNet (same layers, fewer channels) at ``destination``."""
+    shutil.copytree(SPLEEN_MMAR, destination, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
+    for name, keys in (("config_train.json", ("train", "model")), ("config_cross_validation.json", ("model",))):
+        path = destination / "config" / name
+        config = json.loads(path.read_text())
+        model = config
+        for key in keys:
+            model = model[key]
+        model["args"]["channels"] = NARROW_CHANNELS
+        path.write_text(json.dumps(config, indent=2))
+    return destination
+
+
+@pytest.fixture(scope="module")
+def narrow_spleen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_narrow_spleen(tmp_path_factory.mktemp("mmar") / "spleen_ct_seg")
+
+
+def simulate(tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings) -> tuple[Path, dict, list[dict]]:
+    """Run the job with the probe as the server's aggregator; returns the workspace, the cross-site results and
+    what the aggregator accepted."""
+    job = create_job(
+        mmar, tmp / "job", num_rounds=3, local_epochs=3, min_clients=2, overrides=JOB_SETTINGS, settings=settings
+    )
+    record = tmp / "accepted.jsonl"
+    install_probe(job, record)
+    workspace = tmp / "ws"
+    with open(tmp / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(workspace), 2, 2, str(site_file), stdout=log)
+    assert code == 0, (tmp / "simulator.log").read_text()[-3000:]
+    results = find_cross_site_results(workspace)
+    assert results is not None, (tmp / "simulator.log").read_text()[-3000:]
+    accepted = [json.loads(line) for line in record.read_text().splitlines()]
+    return workspace, load_cross_site_results(results), accepted
+
+
+def install_probe(job: Path, record: Path) -> None:
+    """The job's aggregator becomes the probe subclass of the same FLARE class (BYOC, in the app's custom/)."""
+    (job / "app" / "custom").mkdir(exist_ok=True)
+    shutil.copy(PROBE, job / "app" / "custom" / PROBE.name)
+    server_config = job / "app" / "config" / "config_fed_server.json"
+    server = json.loads(server_config.read_text())
+    aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
+    encrypted = aggregator["path"].endswith("HEInTimeAccumulateWeightedAggregator")
+    aggregator["path"] = f"aggregator_probe.{'RecordingHEAggregator' if encrypted else 'RecordingAggregator'}"
+    aggregator["args"]["record_file"] = str(record)
+    server_config.write_text(json.dumps(server, indent=2))
+
+
+def global_dice(results: dict) -> dict[str, float]:
+    return {site: results[site]["SRV_FL_global_model.pt"]["val_mean_dice"] for site in SITES}
+
+
+# Without a filter about 78 % of an update is exactly zero here: the 16^3 crops reach the UNet's deepest (and
+# largest) layers at 1x1x1, where batch norm of one value passes no gradient. The filters must zero far more.
+def test_a_percentile_privacy_job_sends_only_the_largest_changes(tmp_path: Path, site_file: Path) -> None:
+    privacy = parse_privacy_option("PercentilePrivacy:percentile=95,gamma=0.01")
+
+    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+
+    assert set(results) == set(SITES) and len(accepted) == 6, "3 rounds, 2 sites, then cross-site evaluation"
+    assert all(update["zero_fraction"] >= 0.94 for update in accepted), "all but the largest 5 % are zeroed"
+
+
+def test_an_svt_privacy_job_sends_a_noisy_fraction_of_the_changes(tmp_path: Path, site_file: Path) -> None:
+    privacy = parse_privacy_option("SVTPrivacy:fraction=0.01,epsilon=0.1,noise_var=0.1,gamma=0.00001,tau=0.000001")
+
+    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+
+    assert set(results) == set(SITES) and len(accepted) == 6
+    assert all(update["zero_fraction"] >= 0.98 for update in accepted), "at most 1 % of each update is released"
+
+
+def test_an_exclude_vars_job_never_sends_the_excluded_layers(tmp_path: Path, site_file: Path) -> None:
+    privacy = parse_privacy_option("ExcludeVars:exclude_vars=model\\.2\\.")
+
+    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+
+    assert set(results) == set(SITES) and len(accepted) == 6
+    for update in accepted:
+        assert update["keys"] and not [k for k in update["keys"] if k.startswith("model.2.")]
+
+
+def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job_does(
+    tmp_path: Path, site_file: Path, narrow_spleen: Path
+) -> None:
+    _, plain, plain_accepted = simulate(tmp_path / "plain", site_file, narrow_spleen, FedAvgSettings())
+
+    _, encrypted, accepted = simulate(tmp_path / "he", site_file, narrow_spleen, FedAvgSettings(he=True))
+
+    assert len(accepted) == 6 and all(update["kinds"] == ["CKKSVector"] for update in accepted)
+    assert not any(update["decryptable"] for update in accepted), "the server holds no secret key"
+    assert all("CKKSVector" not in update["kinds"] for update in plain_accepted), "the plain job's updates are numpy"
+    assert set(encrypted) == set(SITES)
+    for site in SITES:
+        # cross-site evaluation ran on every (encrypted) model, the sites' own included
+        assert set(encrypted[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
+        assert global_dice(encrypted)[site] == pytest.approx(global_dice(plain)[site], abs=0.1)

@@ -95,3 +95,18 @@ def test_cross_site_validation_uses_the_sites_own_norm_layers(site: Site) -> Non
     as_site = plain.execute(AppConstants.TASK_VALIDATION, validate_task(with_own_norms), site.ctx, Signal())
     assert from_shareable(fedbn).data == pytest.approx(from_shareable(as_site).data, rel=1e-5)
     assert from_shareable(fedbn).data != pytest.approx(from_shareable(as_sent).data, rel=1e-5)
+
+
+def test_fedbn_training_in_several_processes_keeps_the_sites_norm_layers(site: Site) -> None:
+    learner = site.learner(algorithm="fedbn", nproc_per_site=2)
+    norm_keys = norm_layer_keys(learner.workflow.network)
+    norm_weights = [k for k in norm_keys if k.endswith(".weight")]
+    before = network_weights(learner.workflow.network)
+    sent = with_other_norm_layers(site.global_weights(), norm_keys)  # the server's norm weights are 3 higher
+
+    reply = learner.train(train_task(sent), site.ctx, Signal())
+
+    assert reply.get_return_code() == ReturnCode.OK
+    assert set(from_shareable(reply).data) == set(sent) - norm_keys
+    after = network_weights(learner.workflow.network)
+    assert norm_weights and all(np.abs(after[k] - before[k]).max() < 1.0 for k in norm_weights)

@@ -123,11 +123,8 @@ def _set_args(config: dict[str, Any], component_id: str, **values: Any) -> set[s
 def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMPLATE) -> AppConfigs:
     """The server and client app configs for ``mmar`` from ``template`` with ``settings`` applied.
 
-    An algorithm that runs on a template of its own (SCAFFOLD: FLARE's ModelController) uses it when
-    ``template`` is the default one.
-
     Raises:
-        ConfigError: the template is unknown, or the algorithm or its arguments do not fit it.
+        ConfigError: the template is unknown.
     """
     template_dir = find_template(template_for(settings.algorithm, template, DEFAULT_TEMPLATE))
     client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))

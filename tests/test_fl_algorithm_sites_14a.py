@@ -1,4 +1,5 @@
-"""FedBN through a site's Learner and cross-site validator (in-process, the spleen MMAR's 3D UNet, no simulator).
+"""FedBN and SCAFFOLD through a site's Learner and cross-site validator (in-process, the spleen MMAR's 3D UNet,
+no simulator).
 
 The site set-up is test_fl_learner.py's: a FLARE-like site workspace, data named only by the site file.
 """
@@ -95,3 +96,45 @@ def test_cross_site_validation_uses_the_sites_own_norm_layers(site: Site) -> Non
     as_site = plain.execute(AppConstants.TASK_VALIDATION, validate_task(with_own_norms), site.ctx, Signal())
     assert from_shareable(fedbn).data == pytest.approx(from_shareable(as_site).data, rel=1e-5)
     assert from_shareable(fedbn).data != pytest.approx(from_shareable(as_sent).data, rel=1e-5)
+
+
+def test_fedbn_training_in_several_processes_keeps_the_sites_norm_layers(site: Site) -> None:
+    learner = site.learner(algorithm="fedbn", nproc_per_site=2)
+    norm_keys = norm_layer_keys(learner.workflow.network)
+    norm_weights = [k for k in norm_keys if k.endswith(".weight")]
+    before = network_weights(learner.workflow.network)
+    sent = with_other_norm_layers(site.global_weights(), norm_keys)  # the server's norm weights are 3 higher
+
+    reply = learner.train(train_task(sent), site.ctx, Signal())
+
+    assert reply.get_return_code() == ReturnCode.OK
+    assert set(from_shareable(reply).data) == set(sent) - norm_keys
+    after = network_weights(learner.workflow.network)
+    assert norm_weights and all(np.abs(after[k] - before[k]).max() < 1.0 for k in norm_weights)
+
+
+def test_a_scaffold_round_returns_the_control_change_and_keeps_the_local_control(site: Site) -> None:
+    learner = site.learner(algorithm="scaffold")
+    sent = site.global_weights()
+    task = DXO(data_kind=DataKind.WEIGHTS, data=sent, meta={"scaffold_c_global": {k: v * 0 for k, v in sent.items()}})
+    task = task.to_shareable()
+    task.set_header(AppConstants.CURRENT_ROUND, 0)
+
+    reply = learner.train(task, site.ctx, Signal())
+
+    assert reply.get_return_code() == ReturnCode.OK
+    diff = from_shareable(reply).get_meta_prop("scaffold_c_diff")
+    parameters = dict(learner.workflow.network.named_parameters())
+    assert set(diff) == set(parameters)
+    learner.local_state.wait()
+    saved = torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["fl_algorithm"]["c_local"]
+    key = next(iter(parameters))
+    np.testing.assert_allclose(saved[key].numpy(), diff[key], rtol=1e-6)  # c_local started at 0
+
+
+def test_a_scaffold_site_refuses_a_task_without_the_global_control(site: Site) -> None:
+    learner = site.learner(algorithm="scaffold")
+
+    reply = learner.train(train_task(site.global_weights()), site.ctx, Signal())
+
+    assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION

@@ -97,6 +97,15 @@ def global_dice(results: dict) -> dict[str, float]:
     return {site: results[site]["SRV_FL_global_model.pt"]["val_mean_dice"] for site in SITES}
 
 
+def assert_beats_untrained(tmp: Path, site_file: Path, results: dict) -> None:
+    """The global model's Dice at every site is above the untrained model's, validated the same way."""
+    from tests.test_fl_algorithms_e2e_14a import untrained_metric
+
+    for site, trained in global_dice(results).items():
+        untrained = untrained_metric(tmp / "job", site_file, site, "val_mean_dice", tmp / "ws", "fedavg")
+        assert trained > untrained, f"{site}: global model {trained:.3f} vs untrained {untrained:.3f}"
+
+
 # Without a filter about 78 % of an update is exactly zero here: the 16^3 crops reach the UNet's deepest (and
 # largest) layers at 1x1x1, where batch norm of one value passes no gradient. The filters must zero far more.
 def test_a_percentile_privacy_job_sends_only_the_largest_changes(tmp_path: Path, site_file: Path) -> None:
@@ -106,6 +115,7 @@ def test_a_percentile_privacy_job_sends_only_the_largest_changes(tmp_path: Path,
 
     assert set(results) == set(SITES) and len(accepted) == 6, "3 rounds, 2 sites, then cross-site evaluation"
     assert all(update["zero_fraction"] >= 0.94 for update in accepted), "all but the largest 5 % are zeroed"
+    assert_beats_untrained(tmp_path, site_file, results)
 
 
 def test_an_svt_privacy_job_sends_a_noisy_fraction_of_the_changes(tmp_path: Path, site_file: Path) -> None:
@@ -115,6 +125,7 @@ def test_an_svt_privacy_job_sends_a_noisy_fraction_of_the_changes(tmp_path: Path
 
     assert set(results) == set(SITES) and len(accepted) == 6
     assert all(update["zero_fraction"] >= 0.98 for update in accepted), "at most 1 % of each update is released"
+    assert_beats_untrained(tmp_path, site_file, results)
 
 
 def test_an_exclude_vars_job_never_sends_the_excluded_layers(tmp_path: Path, site_file: Path) -> None:
@@ -125,6 +136,7 @@ def test_an_exclude_vars_job_never_sends_the_excluded_layers(tmp_path: Path, sit
     assert set(results) == set(SITES) and len(accepted) == 6
     for update in accepted:
         assert update["keys"] and not [k for k in update["keys"] if k.startswith("model.2.")]
+    assert_beats_untrained(tmp_path, site_file, results)
 
 
 def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job_does(
@@ -142,3 +154,4 @@ def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job
         # cross-site evaluation ran on every (encrypted) model, the sites' own included
         assert set(encrypted[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
         assert global_dice(encrypted)[site] == pytest.approx(global_dice(plain)[site], abs=0.1)
+    assert_beats_untrained(tmp_path / "he", site_file, encrypted)

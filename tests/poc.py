@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tests.test_poc_deployment import (
     ADMIN,
-    BIN,
     CLARA_FL,
     NVFLARE,
     alive,
@@ -26,6 +25,7 @@ from tests.test_poc_deployment import (
     free_port,
     kill_all,
     pid_file_pids,
+    poc_environment,
     run,
     site_logs,
     wait_gone,
@@ -67,19 +67,8 @@ class Poc:
 
     def __init__(self, root: Path, sites: list[str], extra_env: dict[str, str] | None = None) -> None:
         self.root, self.sites = root, sites
-        for folder in ("home", "tmp", "poc"):
-            (root / folder).mkdir(parents=True, exist_ok=True)
         self.workspace = root / "poc"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLARA_FL_") and k != "NVFLARE_POC_WORKSPACE"}
-        env.update(
-            HOME=str(root / "home"),
-            TMPDIR=str(root / "tmp"),
-            NVFLARE_POC_WORKSPACE=str(self.workspace),
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            OMP_NUM_THREADS="1",
-            **(extra_env or {}),
-        )
-        self.env = env
+        self.env = {**poc_environment(root), **(extra_env or {})}
         self.prod = self.workspace / PROJECT / "prod_00"
         self.admin_kit = self.prod / ADMIN
         self.started = False

@@ -76,6 +76,23 @@ builders:
 """
 
 
+def poc_environment(root: Path, folders: tuple[str, ...] = ("home", "tmp", "poc")) -> dict[str, str]:
+    """The environment of every command against a POC deployment in ``root``: its own HOME, TMPDIR and POC
+    workspace (``root/poc``), this venv's ``bin`` first on PATH (site processes run ``python3`` and import
+    clara_fl), one thread per process, no clara-fl variables of the caller's. Makes ``folders`` under ``root``."""
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARA_FL_") and k != "NVFLARE_POC_WORKSPACE"}
+    env.update(
+        HOME=str(root / "home"),
+        TMPDIR=str(root / "tmp"),
+        NVFLARE_POC_WORKSPACE=str(root / "poc"),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
 def run(
     command: list[str | Path], env: dict[str, str], timeout: float, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
@@ -173,17 +190,8 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
     def lap(step: str) -> None:
         timings[step] = round(time.monotonic() - started - sum(timings.values()), 1)
 
-    for folder in ("home", "tmp", "poc", "data", "out"):
-        (tmp_path / folder).mkdir()
+    env = poc_environment(tmp_path, ("home", "tmp", "poc", "data", "out"))
     workspace = tmp_path / "poc"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARA_FL_") and k != "NVFLARE_POC_WORKSPACE"}
-    env.update(
-        HOME=str(tmp_path / "home"),
-        TMPDIR=str(tmp_path / "tmp"),
-        NVFLARE_POC_WORKSPACE=str(workspace),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # site processes run `python3` from PATH and import clara_fl
-        OMP_NUM_THREADS="1",
-    )
 
     # Each hospital's data, which never leaves the hospital; the job names none of it.
     data = make_synthetic_dataset(tmp_path / "data", cases=12, sites=2, shape=(32, 32, 32))

@@ -25,6 +25,7 @@ import pytest
 from clara_fl.recipes.app_configs import FedAvgSettings
 from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR
+from tests.poc import PROJECT_YML
 from tests.test_poc_deployment import (
     ADMIN,
     CLARA_FL,
@@ -35,6 +36,7 @@ from tests.test_poc_deployment import (
     free_port,
     kill_all,
     pid_file_pids,
+    poc_environment,
     run,
     site_logs,
     wait_gone,
@@ -51,30 +53,6 @@ SMALL = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1
 # issue 15: every training process of every site is gone this long after the abort reached the site (the
 # admin command itself takes seconds to start and log in on a loaded machine; that is not counted)
 ABORT_LIMIT_S = 5.0
-
-PROJECT_YML = """\
-api_version: 3
-name: {project}
-description: clara-fl failure scenarios on a provisioned FLARE system
-participants:
-  - name: server
-    type: server
-    org: nvidia
-    fed_learn_port: {port}
-    admin_port: {port}
-    default_host: localhost
-{sites}  - name: {admin}
-    type: admin
-    org: nvidia
-    role: project_admin
-builders:
-  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
-  - path: nvflare.lighter.impl.static_file.StaticFileBuilder
-    args:
-      config_folder: config
-  - path: nvflare.lighter.impl.cert.CertBuilder
-  - path: nvflare.lighter.impl.signature.SignatureBuilder
-"""
 
 
 @dataclass
@@ -114,17 +92,8 @@ class Deployment:
 def poc_deployment(tmp_path: Path, site_values: dict[str, dict[str, str]]) -> Iterator[Deployment]:
     """Provision, set up (``clara-fl site setup --set`` with each site's values) and start server + 3 sites;
     afterwards stop them and kill whatever is left (the process group of ``poc start`` and this workspace's)."""
-    for folder in ("home", "tmp", "poc"):
-        (tmp_path / folder).mkdir()
+    env = poc_environment(tmp_path)
     workspace = tmp_path / "poc"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARA_FL_") and k != "NVFLARE_POC_WORKSPACE"}
-    env.update(
-        HOME=str(tmp_path / "home"),
-        TMPDIR=str(tmp_path / "tmp"),
-        NVFLARE_POC_WORKSPACE=str(workspace),
-        PATH=f"{NVFLARE.parent}{os.pathsep}{env.get('PATH', '')}",
-        OMP_NUM_THREADS="1",
-    )
     port = free_port()
     sites = "".join(f"  - name: {site}\n    type: client\n    org: nvidia\n" for site in SITES)
     project_yml = tmp_path / "project.yml"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from clara_fl.recipes.app_configs import FedAvgSettings
 from clara_fl.recipes.job_folder import create_job
 from tests.test_poc_deployment import (
     ADMIN,
-    BIN,
     CLARA_FL,
     JOB_SETTINGS,
     MODELS,
@@ -32,6 +30,7 @@ from tests.test_poc_deployment import (
     free_port,
     kill_all,
     pid_file_pids,
+    poc_environment,
     run,
     site_logs,
     wait_gone,
@@ -49,17 +48,8 @@ SERVER = "localhost"
 def test_an_he_job_runs_on_a_poc_deployment_provisioned_with_flares_he_builder(tmp_path: Path) -> None:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
-    for folder in ("home", "tmp", "poc", "data", "out"):
-        (tmp_path / folder).mkdir()
+    env = poc_environment(tmp_path, ("home", "tmp", "poc", "data", "out"))
     workspace = tmp_path / "poc"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARA_FL_") and k != "NVFLARE_POC_WORKSPACE"}
-    env.update(
-        HOME=str(tmp_path / "home"),
-        TMPDIR=str(tmp_path / "tmp"),
-        NVFLARE_POC_WORKSPACE=str(workspace),
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        OMP_NUM_THREADS="1",
-    )
     data = make_synthetic_dataset(tmp_path / "data", cases=12, sites=2, shape=(32, 32, 32))
     mmar = make_narrow_spleen(tmp_path / "spleen_ct_seg")
     job = create_job(

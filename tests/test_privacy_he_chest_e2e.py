@@ -8,13 +8,13 @@ and DenseNet121's 7 M weights would cost minutes per round on two shared cores.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from clara_fl.cli import main
 from tests.test_fl_algorithms_e2e_14a import CHEST, CLS_MMAR, SITES, chest_sites, untrained_metric
+from tests.test_privacy_he_simulation import narrowed_mmar
 
 pytestmark = pytest.mark.e2e
 __all__ = ["chest_sites"]  # the module-scoped data fixture, shared with the algorithm tests
@@ -25,20 +25,6 @@ PRIVACY = {
     "svt": "SVTPrivacy:fraction=0.1,epsilon=0.1,noise_var=0.1,gamma=0.00001,tau=0.000001",
     "exclude_vars": "ExcludeVars:exclude_vars=class_layers\\.",
 }
-
-
-def narrow_chest(destination: Path) -> Path:
-    """The chest X-ray MMAR with a narrower DenseNet121 (init_features 8, growth rate 8, 2 layers per block)."""
-    shutil.copytree(CLS_MMAR, destination, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
-    for name, keys in (("config_train.json", ("train", "model")), ("config_cross_validation.json", ("model",))):
-        path = destination / "config" / name
-        config = json.loads(path.read_text())
-        model = config
-        for key in keys:
-            model = model[key]
-        model["args"].update(NARROW_DENSENET)
-        path.write_text(json.dumps(config, indent=2))
-    return destination
 
 
 def federate(tmp: Path, mmar: Path, sites: Path, options: list[str]) -> tuple[Path, dict]:
@@ -77,7 +63,7 @@ def test_a_privacy_filtered_chest_job_beats_the_untrained_model_at_every_site(
 
 def test_an_he_chest_job_beats_the_untrained_model_at_every_site(tmp_path: Path, chest_sites: Path) -> None:
     pytest.importorskip("tenseal")
-    mmar = narrow_chest(tmp_path / "chest_xray_cls")
+    mmar = narrowed_mmar(CLS_MMAR, tmp_path / "chest_xray_cls", NARROW_DENSENET)
 
     job, results = federate(tmp_path, mmar, chest_sites, ["--he"])
 

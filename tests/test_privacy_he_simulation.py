@@ -43,18 +43,24 @@ def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_narrow_spleen(destination: Path) -> Path:
-    """The spleen MMAR with a narrower UNet (same layers, fewer channels) at ``destination``."""
-    shutil.copytree(SPLEEN_MMAR, destination, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
+def narrowed_mmar(source: Path, destination: Path, model_args: dict) -> Path:
+    """A copy of the MMAR ``source`` at ``destination`` whose network (train and cross-validation configs) takes
+    ``model_args`` on top of its own: the same layers, fewer channels."""
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
     for name, keys in (("config_train.json", ("train", "model")), ("config_cross_validation.json", ("model",))):
         path = destination / "config" / name
         config = json.loads(path.read_text())
         model = config
         for key in keys:
             model = model[key]
-        model["args"]["channels"] = NARROW_CHANNELS
+        model["args"].update(model_args)
         path.write_text(json.dumps(config, indent=2))
     return destination
+
+
+def make_narrow_spleen(destination: Path) -> Path:
+    """The spleen MMAR with a narrower UNet (same layers, fewer channels) at ``destination``."""
+    return narrowed_mmar(SPLEEN_MMAR, destination, {"channels": NARROW_CHANNELS})
 
 
 @pytest.fixture(scope="module")

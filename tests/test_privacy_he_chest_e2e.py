@@ -14,7 +14,7 @@ import pytest
 
 from clara_fl.cli import main
 from tests.test_fl_algorithms_e2e_14a import CHEST, CLS_MMAR, SITES, chest_sites, untrained_metric
-from tests.test_privacy_he_simulation import narrowed_mmar
+from tests.test_privacy_he_simulation import SVT_LEARNING, narrowed_mmar
 
 pytestmark = pytest.mark.e2e
 __all__ = ["chest_sites"]  # the module-scoped data fixture, shared with the algorithm tests
@@ -22,7 +22,7 @@ __all__ = ["chest_sites"]  # the module-scoped data fixture, shared with the alg
 NARROW_DENSENET = {"init_features": 8, "growth_rate": 8, "block_config": [2, 2, 2, 2]}
 PRIVACY = {
     "percentile": "PercentilePrivacy:percentile=10,gamma=0.01",
-    "svt": "SVTPrivacy:fraction=0.1,epsilon=0.1,noise_var=0.1,gamma=0.00001,tau=0.000001",
+    "svt": SVT_LEARNING.format(fraction=0.1),
     "exclude_vars": "ExcludeVars:exclude_vars=class_layers\\.",
 }
 

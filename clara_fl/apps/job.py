@@ -99,10 +99,10 @@ def _job_options(args: argparse.Namespace) -> FedAvgSettingsType | None:
     Raises:
         ConfigError: a bad privacy filter or argument, or --he without TenSEAL installed.
     """
+    from clara_fl.fl.jobs.he_context import require_tenseal
     from clara_fl.fl.jobs.privacy import parse_privacy_option
     from clara_fl.recipes.app_configs import FedAvgSettings
     from clara_fl.recipes.clara_configs import read_fl_configs
-    from clara_fl.recipes.he import require_tenseal
 
     filters = [parse_privacy_option(spec) for spec in args.privacy or []]
     if args.he:

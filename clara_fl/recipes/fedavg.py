@@ -22,6 +22,7 @@ from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.jobs.he_context import require_tenseal
 from clara_fl.recipes.app_configs import (
     DEFAULT_TEMPLATE,
     AppConfigs,
@@ -32,7 +33,6 @@ from clara_fl.recipes.app_configs import (
 )
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
-from clara_fl.recipes.he import require_tenseal
 from clara_fl.recipes.job_folder import job_name
 from clara_fl.runtime.private_api import export_every_given_arg
 

@@ -13,17 +13,14 @@ Plain data only (no nvflare, no tenseal): ``clara-fl job create --he`` writes a 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
 
 __all__ = [
-    "HE_EXTRA_HINT",
     "HE_TEMPLATE_WORKFLOW",
     "add_task_filters",
     "apply_homomorphic_encryption",
-    "require_tenseal",
 ]
 
 _HE = "nvflare.app_opt.he"
@@ -36,15 +33,8 @@ SERIALIZE_FILTER = f"{_HE}.model_serialize_filter.HEModelSerializeFilter"
 CROSS_SITE_MODEL_EVAL = "clara_fl.fl.server.he.HECrossSiteModelEval"
 SERIALIZE_FILTER_ID = "he_serialize_filter"
 HE_TEMPLATE_WORKFLOW = "scatter_and_gather"
-HE_EXTRA_HINT = "homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
 # what the sites decrypt: every task that carries the (encrypted) global model or a server-held model
 DECRYPTED_TASKS = ("train", "validate_global_model", "validate")
-
-
-def require_tenseal(path: str = "--he") -> None:
-    """Raises ConfigError (one line, the install hint) when TenSEAL is not installed; imports nothing."""
-    if importlib.util.find_spec("tenseal") is None:
-        raise ConfigError(HE_EXTRA_HINT, path=path)
 
 
 def add_task_filters(config: dict[str, Any], key: str, tasks: list[str], filters: list[dict[str, Any]]) -> None:

@@ -8,16 +8,19 @@ parameters, for the places clara-fl sets up itself.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 
-from clara_fl.recipes.he import require_tenseal
+from clara_fl.config.errors import ConfigError
 
 __all__ = [
     "CLIENT_CONTEXT",
+    "HE_EXTRA_HINT",
     "SERVER_CONTEXT",
     "job_uses_he",
+    "require_tenseal",
     "tenseal_contexts",
     "write_he_contexts",
     "write_simulator_he_contexts",
@@ -26,6 +29,15 @@ __all__ = [
 SERVER_CONTEXT = "server_context.tenseal"
 CLIENT_CONTEXT = "client_context.tenseal"
 _HE_PACKAGE = "nvflare.app_opt.he."
+
+
+HE_EXTRA_HINT = "homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
+
+
+def require_tenseal(path: str = "--he") -> None:
+    """Raises ConfigError (one line, the install hint) when TenSEAL is not installed; imports nothing."""
+    if importlib.util.find_spec("tenseal") is None:
+        raise ConfigError(HE_EXTRA_HINT, path=path)
 
 
 def job_uses_he(job: str | os.PathLike) -> bool:

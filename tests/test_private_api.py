@@ -66,6 +66,13 @@ def _flare_job_config(_: Path) -> Any:
     return FedJobConfig  # a method: the class is enough
 
 
+def _flare_he_cross_site_eval(_: Path) -> Any:
+    pytest.importorskip("tenseal")
+    from nvflare.app_opt.he.cross_site_model_eval import HECrossSiteModelEval
+
+    return HECrossSiteModelEval  # a method: the class is enough
+
+
 # owner -> something that holds the attribute (an instance for attributes set in __init__)
 HOLDERS: dict[str, Callable[[Path], Any]] = {
     "ignite.engine.Engine": _ignite_engine,
@@ -77,6 +84,7 @@ HOLDERS: dict[str, Callable[[Path], Any]] = {
     "nvflare.apis.impl.controller.Controller": _flare_controller,
     "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": _flare_controller,
     "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector": _flare_model_selector,
+    "nvflare.app_opt.he.cross_site_model_eval.HECrossSiteModelEval": _flare_he_cross_site_eval,
 }
 
 

@@ -102,6 +102,15 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "the period the job configured (a controller keeps its constructor argument only there); "
         "read to pass it on to the communicator.",
     ),
+    PrivateAttribute(
+        "nvflare",
+        "nvflare.app_opt.he.cross_site_model_eval.HECrossSiteModelEval",
+        "_load_validation_content",
+        "FLARE 2.9 deep-copies a broadcast task's data, which an encrypted model under the server's context "
+        "refuses, so its HE cross-site evaluation never sends a model; the override serializes the loaded "
+        "model, and this method is the only place a loaded model passes before it is sent.",
+        used_in=("fl/server/he.py",),
+    ),
     # ScatterAndGather's round state, read by clara_fl's subclass to send the final global model to the
     # sites for validation after the last round (issue 18: the best global model among all rounds).
     *(

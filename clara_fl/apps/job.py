@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import os
-from typing import TYPE_CHECKING
+from typing import Any
 
 from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.algorithms import ALGORITHMS
-
-if TYPE_CHECKING:
-    from clara_fl.recipes.app_configs import FedAvgSettings as FedAvgSettingsType
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +65,7 @@ def run_create(args: argparse.Namespace) -> int:
     require_mmar(args.mmar)
     find_template(args.template)  # before --force removes an existing job
     algorithm_args = parse_algorithm_args(args.algorithm, args.algorithm_arg)
-    settings = _job_options(args)
+    privacy_filters = _privacy_and_he_options(args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError("the job folder to write is a file", file=args.output, path="--output")
     job = create_job(
@@ -84,7 +80,8 @@ def run_create(args: argparse.Namespace) -> int:
         nproc_per_site=args.nproc_per_site,
         algorithm=args.algorithm,
         algorithm_args=algorithm_args,
-        settings=settings,
+        privacy_filters=privacy_filters,
+        he=args.he or None,
     )
     print(f"wrote FLARE job {job}")
     _print_fl_configs_taken(args.mmar)
@@ -92,28 +89,19 @@ def run_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _job_options(args: argparse.Namespace) -> FedAvgSettingsType | None:
-    """The MMAR's own FL settings with --privacy and --he on top; None when neither is given (the recipe reads
-    the MMAR's settings itself).
+def _privacy_and_he_options(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The --privacy filters, checked, and --he's TenSEAL checked, before anything is written.
 
     Raises:
         ConfigError: a bad privacy filter or argument, or --he without TenSEAL installed.
     """
     from clara_fl.fl.jobs.he_context import require_tenseal
     from clara_fl.fl.jobs.privacy import parse_privacy_option
-    from clara_fl.recipes.app_configs import FedAvgSettings
-    from clara_fl.recipes.clara_configs import read_fl_configs
 
     filters = [parse_privacy_option(spec) for spec in args.privacy or []]
     if args.he:
         require_tenseal()
-    if not filters and not args.he:
-        return None
-    imported = read_fl_configs(args.mmar)
-    settings = copy.deepcopy(imported.settings) if imported is not None else FedAvgSettings()
-    settings.result_filters = [*settings.result_filters, *filters]
-    settings.he = settings.he or args.he
-    return settings
+    return filters
 
 
 def _print_fl_configs_taken(mmar: str) -> None:

@@ -28,12 +28,10 @@ from clara_fl.recipes.app_configs import (
     AppConfigs,
     FedAvgSettings,
     build_app_configs,
-    merge_settings,
     merged_environment,
 )
 from clara_fl.recipes.app_folder import stage_mmar_files
-from clara_fl.recipes.clara_configs import read_fl_configs
-from clara_fl.recipes.job_folder import job_name
+from clara_fl.recipes.job_folder import job_name, job_settings
 from clara_fl.runtime.private_api import export_every_given_arg
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
@@ -120,11 +118,9 @@ class ClaraFedAvgRecipe(Recipe):
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
             raise ConfigError("not an MMAR: config/config_train.json is missing", file=str(self.mmar))
-        self.fl_configs = read_fl_configs(self.mmar) if settings is None else None
-        if self.fl_configs is not None:
-            settings = self.fl_configs.settings
-        self.settings = merge_settings(
-            settings or FedAvgSettings(),
+        self.settings = job_settings(
+            self.mmar,
+            settings,
             num_rounds=num_rounds,
             min_clients=min_clients,
             local_epochs=local_epochs,

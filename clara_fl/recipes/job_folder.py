@@ -33,7 +33,15 @@ from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
 from clara_fl.resources import templates_dir
 
-__all__ = ["TEMPLATES_DIR", "create_job", "find_template", "job_name", "validation_key_metric", "write_job_folder"]
+__all__ = [
+    "TEMPLATES_DIR",
+    "create_job",
+    "find_template",
+    "job_name",
+    "job_settings",
+    "validation_key_metric",
+    "write_job_folder",
+]
 
 TEMPLATES_DIR = templates_dir()
 _read_conf = read_conf  # tests read templates through this name
@@ -44,6 +52,20 @@ def job_name(text: str) -> str:
     """``text`` in FLARE's job-name grammar: a letter or digit, then letters, digits, '.', '_' and '-'."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")
     return name or "clara_fl_job"
+
+
+def job_settings(mmar: Path, settings: FedAvgSettings | None = None, **values: Any) -> FedAvgSettings:
+    """A job's settings: ``settings``, or (None) those the MMAR's own Clara FL configs ask for, with the given
+    non-None ``values`` on top (``privacy_filters`` and ``overrides`` add to the settings' own; see
+    :func:`~clara_fl.recipes.app_configs.merge_settings`).
+
+    Raises:
+        ConfigError: an MMAR's FL config that cannot be carried into a FLARE 2.9 job.
+    """
+    if settings is None:
+        imported = read_fl_configs(mmar)
+        settings = imported.settings if imported is not None else FedAvgSettings()
+    return merge_settings(settings, **values)
 
 
 def create_job(
@@ -59,6 +81,8 @@ def create_job(
     settings: FedAvgSettings | None = None,
     algorithm: str | None = None,
     algorithm_args: Mapping[str, Any] | None = None,
+    privacy_filters: list[dict[str, Any]] | None = None,
+    he: bool | None = None,
 ) -> Path:
     """Write the job folder ``output`` for ``mmar`` and return it.
 
@@ -66,6 +90,8 @@ def create_job(
         settings: the job's settings; None reads them from the MMAR's own Clara FL configs (when it has
             them). The explicit arguments win over them.
         algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
+        privacy_filters: client filters on the train result (``--privacy``), after the MMAR's own.
+        he: homomorphic encryption (``--he``).
 
     Raises:
         ConfigError: not an MMAR, an unknown template or algorithm, a setting that cannot be carried into a
@@ -77,10 +103,8 @@ def create_job(
         raise ConfigError("not an MMAR: config/config_train.json is missing", file=str(mmar))
     if output.exists() and any(output.iterdir()) and not force:
         raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
-    if settings is None:
-        imported = read_fl_configs(mmar)
-        settings = imported.settings if imported is not None else FedAvgSettings()
-    settings = merge_settings(
+    settings = job_settings(
+        mmar,
         settings,
         num_rounds=num_rounds,
         local_epochs=local_epochs,
@@ -89,6 +113,8 @@ def create_job(
         overrides=overrides,
         algorithm=algorithm,
         algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
+        privacy_filters=privacy_filters,
+        he=he,
     )
     configs = build_app_configs(mmar, settings, template)
     output.parent.mkdir(parents=True, exist_ok=True)

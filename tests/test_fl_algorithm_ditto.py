@@ -203,3 +203,29 @@ def test_a_ditto_runs_report_labels_the_sites_models_personalized(tmp_path: Path
 
     cross_site = written.html.read_text().split('id="cross-site"')[1].split("</section>")[0]
     assert "<th>site-1 (personalized)</th>" in cross_site and "<th>SRV_FL_global_model.pt</th>" in cross_site
+
+
+def test_a_runs_cross_site_table_shows_the_servers_key_metric_and_the_personalized_models(tmp_path: Path) -> None:
+    from clara_fl.fl.jobs.results import cross_site_table
+
+    write_client_config(tmp_path, "ditto")
+    server = tmp_path / "server" / "simulate_job" / "app_server" / "config" / "config_fed_server.json"
+    server.parent.mkdir(parents=True)
+    server.write_text(json.dumps({"components": [{"id": "model_selector", "args": {"key_metric": "val_acc"}}]}))
+    results = tmp_path / "server" / "simulate_job" / "cross_site_val" / "cross_val_results.json"
+    results.parent.mkdir(parents=True)
+    accuracy = {
+        site: {owner: {"val_acc": m["val_mean_dice"]} for owner, m in row.items()} for site, row in RESULTS.items()
+    }
+    results.write_text(json.dumps(accuracy))
+
+    table = cross_site_table(tmp_path)
+
+    assert table is not None and table.splitlines()[0] == "val_acc (cross-site validation)"
+    assert table.splitlines()[1].split()[-2:] == ["site-1", "(personalized)"] and "0.7000" in table
+
+
+def test_a_run_without_cross_site_results_has_no_table(tmp_path: Path) -> None:
+    from clara_fl.fl.jobs.results import cross_site_table
+
+    assert cross_site_table(tmp_path) is None

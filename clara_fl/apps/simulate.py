@@ -119,30 +119,15 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
 
 
 def report(workspace: str, metric: str | None) -> int:
-    from clara_fl.fl.jobs.results import (
-        find_cross_site_results,
-        format_cross_site_table,
-        load_cross_site_failures,
-        load_cross_site_results,
-        site_model_label,
-        table_metric,
-    )
+    from clara_fl.fl.jobs.results import cross_site_table, find_cross_site_results
 
-    results = find_cross_site_results(workspace)
-    if results is None:
+    table = cross_site_table(workspace, metric)
+    if table is None:
         print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
-    table = load_cross_site_results(results)
     print()
-    print(
-        format_cross_site_table(
-            table,
-            metric or table_metric(workspace, table),
-            site_model_label(workspace),
-            failures=load_cross_site_failures(results),
-        )
-    )
-    print(f"\nresults: {results}")
+    print(table)
+    print(f"\nresults: {find_cross_site_results(workspace)}")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "CrossSiteFailures",
+    "cross_site_table",
     "find_cross_site_results",
     "format_cross_site_table",
     "load_cross_site_failures",
@@ -90,6 +91,19 @@ def site_model_label(run: str | os.PathLike) -> str | None:
             if algorithm:
                 return SITE_MODEL_LABELS.get(str(algorithm))
     return None
+
+
+def cross_site_table(run: str | os.PathLike, metric: str | None = None) -> str | None:
+    """The cross-site table of a run (a simulator workspace or a downloaded job) as text: ``metric`` (default:
+    :func:`table_metric`), sites' models labelled as :func:`site_model_label` says, failed cells marked; None when
+    the run holds no cross_val_results.json."""
+    results = find_cross_site_results(run)
+    if results is None:
+        return None
+    table = load_cross_site_results(results)
+    return format_cross_site_table(
+        table, metric or table_metric(run, table), site_model_label(run), failures=load_cross_site_failures(results)
+    )
 
 
 def table_metric(run: str | os.PathLike, results: Mapping[str, Mapping[str, Any]]) -> str:

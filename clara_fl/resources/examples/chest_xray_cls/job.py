@@ -9,19 +9,12 @@ Each simulated site reads its data location from the site file in $CLARA_FL_SITE
 """
 
 import argparse
-from pathlib import Path
 
 from nvflare.recipe import SimEnv
 
 from clara_fl.config.variables import parse_set_args
-from clara_fl.fl.jobs.results import (
-    find_cross_site_results,
-    format_cross_site_table,
-    load_cross_site_failures,
-    load_cross_site_results,
-)
+from clara_fl.fl.jobs.results import cross_site_table
 from clara_fl.recipes import ClaraFedAvgRecipe
-from clara_fl.recipes.app_configs import validation_key_metric
 from clara_fl.resources import mmar_path
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +34,6 @@ recipe = ClaraFedAvgRecipe(
     overrides=parse_set_args(args.set),
 )
 run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.workspace))
-results = find_cross_site_results(run.get_result())
-if results is not None:
-    metric = validation_key_metric(Path(args.mmar)) or "val_auc"
-    print(format_cross_site_table(load_cross_site_results(results), metric, failures=load_cross_site_failures(results)))
+table = cross_site_table(run.get_result())  # the MMAR's key metric, val_auc
+if table is not None:
+    print(table)

@@ -34,17 +34,8 @@ recipe = ClaraFedAvgRecipe(
 )
 run = recipe.execute(SimEnv(num_clients=args.n_clients, workspace_root=args.workspace))
 
-from clara_fl.fl.jobs.results import (  # noqa: E402
-    find_cross_site_results,
-    format_cross_site_table,
-    load_cross_site_failures,
-    load_cross_site_results,
-)
+from clara_fl.fl.jobs.results import cross_site_table  # noqa: E402
 
-results = find_cross_site_results(run.get_result())
-if results is not None:
-    print(
-        format_cross_site_table(
-            load_cross_site_results(results), "val_mean_dice", failures=load_cross_site_failures(results)
-        )
-    )
+table = cross_site_table(run.get_result())  # the MMAR's key metric, val_mean_dice
+if table is not None:
+    print(table)

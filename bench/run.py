@@ -274,19 +274,7 @@ def standalone_commands(settings: Settings, data: Path, work: Path) -> dict[str,
     bundle_cli = [PY, "-m", "monai.bundle"] if importlib.util.find_spec("fire") else [PY, str(BENCH / "bundle_run.py")]
 
     def clara(out: Path) -> list[str]:
-        mmar = copy_mmar(out / "mmar")
-        return [
-            PY,
-            "-m",
-            "clara_fl",
-            "train",
-            "-m",
-            str(mmar),
-            "--set",
-            *mmar_settings(settings, settings.epochs, 1),
-            f"DATA_ROOT={data}",
-            f"DATASET_JSON={data / 'dataset.json'}",
-        ]
+        return clara_train_command(copy_mmar(out / "mmar"), settings, settings.epochs, 1, data, data / "dataset.json")
 
     def hand(out: Path) -> list[str]:
         return [
@@ -890,12 +878,17 @@ def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path, d
     raise RuntimeError(f"evaluating {weights} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def train_clara(
-    settings: Settings, data: Path, datalist: Path, out: Path, epochs: int, extra_set: Sequence[str] = ()
-) -> tuple[Run, Path]:
-    """``clara-fl train`` on ``datalist`` for ``epochs`` (no validation), returning the run and its final model."""
-    mmar = copy_mmar(out / "mmar")
-    command = [
+def clara_train_command(
+    mmar: Path,
+    settings: Settings,
+    epochs: int,
+    valid_interval: int,
+    data: Path,
+    datalist: Path,
+    extra_set: Sequence[str] = (),
+) -> list[str]:
+    """``clara-fl train`` of ``mmar`` on ``datalist`` under ``data`` with the bench's settings."""
+    return [
         PY,
         "-m",
         "clara_fl",
@@ -903,11 +896,19 @@ def train_clara(
         "-m",
         str(mmar),
         "--set",
-        *mmar_settings(settings, epochs, 1000),
+        *mmar_settings(settings, epochs, valid_interval),
         *extra_set,
         f"DATA_ROOT={data}",
         f"DATASET_JSON={datalist}",
     ]
+
+
+def train_clara(
+    settings: Settings, data: Path, datalist: Path, out: Path, epochs: int, extra_set: Sequence[str] = ()
+) -> tuple[Run, Path]:
+    """``clara-fl train`` on ``datalist`` for ``epochs`` (no validation), returning the run and its final model."""
+    mmar = copy_mmar(out / "mmar")
+    command = clara_train_command(mmar, settings, epochs, 1000, data, datalist, extra_set)
     run = check(
         run_process(
             f"clara-fl train on {datalist.name}",

@@ -1,9 +1,11 @@
 """A site killed mid-round on a real POC deployment (issue 15, scenario 1): server + 3 sites, min_clients 2.
 
 ``kill -9`` of site-3's job process while it trains round 1: the rounds complete with site-1 and site-2,
-the server log names site-3 as dropped and why, the job ends ``FINISHED:COMPLETED`` (FLARE alone fails the
-whole job: "Failing job ... due to reported failure from site-3"), and site-3's files still load.
-FLARE's dead-client grace period and check lead time are cut to seconds (``NVFLARE_DEAD_CLIENT_*``, the
+the server log names site-3 as dropped and why, and site-3's files still load. Then site-3's client is
+restarted (``kill -9`` of the client; FLARE's start script starts it again): site-3 rejoins the running
+job in a later round from the current global model, and the job ends ``FINISHED:COMPLETED`` (FLARE alone
+fails the whole job: "Failing job ... due to reported failure from site-3") with site-3 in the cross-site
+matrix. FLARE's dead-client grace period and check lead time are cut to seconds (``NVFLARE_DEAD_CLIENT_*``, the
 operator's ``local/application.conf`` values) so that the cross-site evaluation does not wait 90 s for the
 dead site. Bounded: every command has a time limit; the ``finally`` leaves no process behind.
 """
@@ -11,6 +13,7 @@ dead site. Bounded: every command has a time limit; the ``finally`` leaves no pr
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,9 +22,11 @@ import pytest
 from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR
 from tests.poc import Poc, wait_for
+from tests.test_poc_deployment import alive
 
 SITES = ["site-1", "site-2", "site-3"]
 KILLED = "site-3"
+ROUNDS = 16
 JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 1, "learning_rate": 0.001}
 FAST_DEAD_CLIENT_DETECTION = {"NVFLARE_DEAD_CLIENT_GRACE_PERIOD": "10", "NVFLARE_DEAD_CLIENT_CHECK_LEAD_TIME": "5"}
 
@@ -31,13 +36,15 @@ pytestmark = [
 ]
 
 
-def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others(tmp_path: Path) -> None:
+def test_a_site_killed_mid_round_drops_out_and_rejoins_when_its_client_restarts(tmp_path: Path) -> None:
     import torch
 
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "data", cases=18, sites=3, shape=(32, 32, 32))
-    job = create_job(SPLEEN_MMAR, tmp_path / "job", num_rounds=4, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS)
+    job = create_job(
+        SPLEEN_MMAR, tmp_path / "job", num_rounds=ROUNDS, local_epochs=1, min_clients=2, overrides=JOB_SETTINGS
+    )
     poc = Poc(tmp_path / "deployment", SITES, extra_env=FAST_DEAD_CLIENT_DETECTION)
     poc.prepare(data.root)
     try:
@@ -49,16 +56,11 @@ def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others
         assert killed, f"no job process of {KILLED} found"
         poc.kill(killed)
 
-        status = poc.wait(job_id, timeout=400)
-        assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(job_id)[-6000:]}"
-        assert "due to reported failure" not in (poc.prod / "server" / "log.txt").read_text(errors="replace")
-        downloaded = poc.download(job_id, tmp_path / "out") / "workspace"
-
-        # the rounds after the kill went on without site-3, and the server says that it dropped out and why
-        server_log = (downloaded / "log.txt").read_text(errors="replace")
-        assert "round 3 aggregated 2 sites without site-3" in server_log, server_log[-4000:]
-        dropped = [line for line in server_log.splitlines() if "site-3 dropped out of the job" in line]
-        assert len(dropped) == 1 and "its job process is gone" in dropped[0], server_log[-4000:]
+        # the rounds go on without site-3, and the server says that it dropped out and why
+        server_job_log = poc.prod / "server" / job_id / "log.txt"
+        dropped = wait_for(lambda: _lines(server_job_log, "site-3 dropped out of the job"), 180, "the drop-out line")
+        assert "its job process is gone" in dropped[0]
+        assert _lines(server_job_log, "aggregated 2 sites without site-3"), server_job_log.read_text()[-4000:]
 
         # site-3's own files survive the kill and load (weights only: no pickled code)
         models = poc.prod / KILLED / job_id / f"app_{KILLED}" / "models"
@@ -67,8 +69,37 @@ def test_a_site_killed_mid_round_drops_out_and_the_job_completes_with_the_others
             if (models / name).is_file():
                 assert isinstance(torch.load(models / name, map_location="cpu", weights_only=True), dict), name
 
-        # the cross-site matrix has the two sites that finished the job
+        # site-3's client restarts (FLARE's start script starts a killed client again) and rejoins the job
+        poc.kill(alive({int((poc.prod / KILLED / "pid.fl").read_text())}))
+        back = wait_for(lambda: _lines(server_job_log, "site-3 is back in the job"), 180, "site-3 to rejoin")
+        rejoined_in = _round_of(back[0], server_job_log)
+
+        status = poc.wait(job_id, timeout=400)
+        assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(job_id)[-6000:]}"
+        assert "due to reported failure" not in (poc.prod / "server" / "log.txt").read_text(errors="replace")
+        downloaded = poc.download(job_id, tmp_path / "out") / "workspace"
+        server_log = (downloaded / "log.txt").read_text(errors="replace")
+
+        # site-3 trained again from the current global model: a later round than the one it died in, and the
+        # last round aggregated all three sites
+        assert rejoined_in < ROUNDS - 1, server_log[-4000:]
+        assert f"round {ROUNDS - 1} aggregated 3 sites" in server_log, server_log[-4000:]
+        site_log = poc.job_log(KILLED, job_id)
+        assert f"round {ROUNDS - 1}: training" in site_log, site_log[-4000:]
+
+        # the cross-site matrix has every site
         results = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
-        assert set(results) == {"site-1", "site-2"}, results
+        assert set(results) == set(SITES), results
     finally:
         poc.stop()
+
+
+def _lines(log: Path, text: str) -> list[str]:
+    return [line for line in log.read_text(errors="replace").splitlines() if text in line] if log.is_file() else []
+
+
+def _round_of(line: str, log: Path) -> int:
+    """The round the server was in when it logged ``line``: the last "Round N started." before it."""
+    before = log.read_text(errors="replace").split(line, 1)[0]
+    started = re.findall(r"Round (\d+) started", before)
+    return int(started[-1]) if started else 0

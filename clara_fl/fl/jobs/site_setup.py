@@ -6,7 +6,9 @@ Three things change, all in the kit's ``local/`` folder and nowhere else:
   left as it is): :data:`~clara_fl.fl.jobs.allow_list.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
   jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use. A server
   kit also gets :data:`SERVER_COMPONENT`, which ends the jobs a server restart stranded
-  (:mod:`clara_fl.fl.server.stranded_jobs`).
+  (:mod:`clara_fl.fl.server.stranded_jobs`). A client kit's process launcher, if it is FLARE's
+  ``ClientProcessJobLauncher``, becomes :data:`CLIENT_LAUNCHER`, which lets a site whose job process died
+  rejoin the running job when its client restarts (:mod:`clara_fl.fl.site.rejoin`).
 * ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site.context`): the site's environment
   values (``DATA_ROOT``, ``DATASET_JSON``, ...), merged with the values already there.
 * the same site file's ``code_policy``: ``"restricted"`` (default) or ``"full"`` (``allow_code=True``).
@@ -41,6 +43,13 @@ CODE_POLICY_MEANING = {
 }
 # the server's system component that ends jobs a server restart left RUNNING with no process
 SERVER_COMPONENT = {"id": "clara_fl_end_stranded_jobs", "path": "clara_fl.fl.server.stranded_jobs.EndStrandedJobs"}
+# a client kit's job launcher: FLARE's, which it replaces, and clara-fl's, which rejoins running jobs
+FLARE_CLIENT_LAUNCHER = "nvflare.app_common.job_launcher.client_process_launcher.ClientProcessJobLauncher"
+CLIENT_LAUNCHER = "clara_fl.fl.site.rejoin.RejoiningJobLauncher"
+COMPONENT_PURPOSE = {
+    SERVER_COMPONENT["path"]: "ends jobs a server restart stranded",
+    CLIENT_LAUNCHER: "a site whose job process died rejoins the running job when its client restarts",
+}
 # values of these keys name files or folders on the site; a missing one is worth a note, not an error
 PATH_KEYS = ("DATA_ROOT", "DATASET_JSON")
 
@@ -95,7 +104,7 @@ class SiteSetupResult:
         else:
             lines.append(f"  {resources}: class_allow_list already allows clara-fl jobs")
         for component in self.components_added:
-            lines.append(f"  {resources}: added component {component} (ends jobs a server restart stranded)")
+            lines.append(f"  {resources}: added component {component} ({COMPONENT_PURPOSE[component]})")
         site_file = os.path.relpath(self.site_file, kit.root)
         for name, (old, new) in self.environment_changes.items():
             change = f"{_show(old)} -> {_show(new)}" if old is not None else f"{_show(new)} (new)"
@@ -168,15 +177,33 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
         result.notes.append(
             f"{RESOURCES} had no class_allow_list: FLARE's default list was written with clara-fl's entries"
         )
+    components = updated.setdefault("components", [])
+    if not isinstance(components, list):
+        raise ConfigError("expected a list of components", file=path, path="components")
     if kit.kind == "server":
-        components = updated.setdefault("components", [])
-        if not isinstance(components, list):
-            raise ConfigError("expected a list of components", file=path, path="components")
         if not any(isinstance(c, dict) and c.get("path") == SERVER_COMPONENT["path"] for c in components):
             components.append({**SERVER_COMPONENT, "args": {}})
             result.components_added.append(SERVER_COMPONENT["path"])
+    else:
+        _use_rejoining_launcher(components, result)
     if result.resources_created or result.allow_list_added or result.components_added:
         write_json_atomic(path, updated)
+
+
+def _use_rejoining_launcher(components: list[Any], result: SiteSetupResult) -> None:
+    """FLARE's client process launcher in ``components`` becomes :data:`CLIENT_LAUNCHER`, its id kept."""
+    paths = [c.get("path") for c in components if isinstance(c, dict)]
+    if CLIENT_LAUNCHER in paths:
+        return
+    for component in components:
+        if isinstance(component, dict) and component.get("path") == FLARE_CLIENT_LAUNCHER:
+            component["path"] = CLIENT_LAUNCHER
+            result.components_added.append(CLIENT_LAUNCHER)
+            return
+    result.notes.append(
+        f"{RESOURCES} has no {FLARE_CLIENT_LAUNCHER.rsplit('.', 1)[-1]} (another job launcher?): a site whose job "
+        "process dies does not rejoin the running job"
+    )
 
 
 def _update_site_file(

@@ -97,7 +97,12 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
     def _log_missing_contributions(self, fl_ctx: FLContext) -> None:
         sites = {client.name for client in self._engine.get_clients()} if self._engine else set()
         missing = sorted(sites - self._round_contributors)
-        if missing:
+        if not missing:
+            contributors = ", ".join(sorted(self._round_contributors))
+            self.log_info(
+                fl_ctx, f"round {self._current_round} aggregated {len(self._round_contributors)} sites: {contributors}"
+            )
+        else:
             self.log_warning(
                 fl_ctx,
                 f"round {self._current_round} aggregated {len(self._round_contributors)} sites without "

@@ -13,6 +13,9 @@ The server then handles the site as FLARE handles a site that disappears: its pa
 missing, the site goes on FLARE's dead-client watch list, rounds complete with ``min_clients`` results,
 and FLARE ends the job only when fewer than the job's ``min_clients`` sites (or a ``mandatory_clients``
 site) are left. (``clara_fl.fl.server.controllers.ScatterAndGather`` logs the site as dropped.)
+
+At the run's end the component also removes the launch record of :mod:`clara_fl.fl.site.rejoin`: a job
+whose process ended its run has nothing to rejoin when the site's client restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLMetaKey
 from nvflare.apis.fl_context import FLContext
+
+from clara_fl.fl.site.rejoin import forget_launch
 
 __all__ = ["ABRUPT_EXIT_CODE", "DropOutOnAbruptExit"]
 
@@ -40,10 +45,13 @@ class DropOutOnAbruptExit(FLComponent):
             self._remove(fl_ctx)
 
     @staticmethod
-    def rc_file(fl_ctx: FLContext) -> str:
+    def run_dir(fl_ctx: FLContext) -> str:
+        return fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+
+    @classmethod
+    def rc_file(cls, fl_ctx: FLContext) -> str:
         """The job's return-code file that FLARE's client parent reads when the job process has exited."""
-        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
-        return os.path.join(run_dir, FLMetaKey.PROCESS_RC_FILE)
+        return os.path.join(cls.run_dir(fl_ctx), FLMetaKey.PROCESS_RC_FILE)
 
     def _write(self, fl_ctx: FLContext) -> None:
         path = self.rc_file(fl_ctx)
@@ -62,3 +70,7 @@ class DropOutOnAbruptExit(FLComponent):
             pass
         except OSError as e:
             self.log_warning(fl_ctx, f"cannot remove the drop-out exit code: {e}; an error exit may be missed")
+        try:
+            forget_launch(self.run_dir(fl_ctx))
+        except OSError as e:
+            self.log_warning(fl_ctx, f"cannot remove the launch record: {e}; a client restart may start this job again")

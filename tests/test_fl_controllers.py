@@ -40,22 +40,37 @@ def _sag_with_sites(*sites: str) -> ScatterAndGather:
     return workflow
 
 
-def test_the_server_names_the_sites_a_round_went_without(caplog: pytest.LogCaptureFixture) -> None:
+def _round_with_results_from(workflow: ScatterAndGather, *sites: str) -> None:
     from nvflare.apis.fl_constant import ReservedKey
     from nvflare.apis.fl_context import FLContext
     from nvflare.app_common.app_event_type import AppEventType
 
-    workflow = _sag_with_sites("site-1", "site-2", "site-3")
     workflow.handle_event(AppEventType.ROUND_STARTED, FLContext())
-    for site in ("site-1", "site-2"):
+    for site in sites:
         fl_ctx, peer = FLContext(), FLContext()
         peer.put(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
         fl_ctx.set_peer_context(peer)
         workflow.handle_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, fl_ctx)
-
     workflow.handle_event(AppEventType.ROUND_DONE, FLContext())
 
+
+def test_the_server_names_the_sites_a_round_went_without(caplog: pytest.LogCaptureFixture) -> None:
+    workflow = _sag_with_sites("site-1", "site-2", "site-3")
+
+    _round_with_results_from(workflow, "site-1", "site-2")
+
     assert "round 3 aggregated 2 sites without site-3" in caplog.text
+
+
+def test_the_server_says_when_a_round_aggregated_every_site(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    workflow = _sag_with_sites("site-1", "site-2", "site-3")
+
+    _round_with_results_from(workflow, "site-3", "site-1", "site-2")
+
+    assert "round 3 aggregated 3 sites: site-1, site-2, site-3" in caplog.text and "without" not in caplog.text
 
 
 def test_the_server_says_once_which_site_dropped_out_of_the_job_and_why(caplog: pytest.LogCaptureFixture) -> None:

@@ -161,6 +161,21 @@ def test_the_site_records_the_drop_out_exit_code_for_the_run_and_removes_it_at_a
     assert recorded == str(ABRUPT_EXIT_CODE) and not rc_file.exists()
 
 
+def test_a_run_that_ends_removes_the_launch_record_so_a_client_restart_does_not_rejoin_it(tmp_path: Path) -> None:
+    from clara_fl.fl.site.rejoin import LaunchRecord, read_launch, record_launch
+
+    run_dir = tmp_path / "job-1"
+    run_dir.mkdir()
+    record_launch(str(run_dir), LaunchRecord("job-1", "token", "signature"))
+    component, fl_ctx = DropOutOnAbruptExit(), context(tmp_path)
+
+    component.handle_event(EventType.START_RUN, fl_ctx)
+    kept_while_running = read_launch(str(run_dir))
+    component.handle_event(EventType.END_RUN, fl_ctx)
+
+    assert kept_while_running is not None and read_launch(str(run_dir)) is None
+
+
 # ---- clara-fl job resume -------------------------------------------------------------------------------------
 
 

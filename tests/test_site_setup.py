@@ -20,6 +20,11 @@ from clara_fl.fl.jobs.site_setup import find_startup_kit, setup_site
 from clara_fl.fl.site.context import code_policy, read_site_file
 
 REPO = Path(__file__).resolve().parents[1]
+FLARE_LAUNCHER = {
+    "id": "process_launcher",
+    "path": "nvflare.app_common.job_launcher.client_process_launcher.ClientProcessJobLauncher",
+    "args": {},
+}
 DEFAULT_RESOURCES = {
     "format_version": 2,
     "class_list_enforcement_mode": "enforce",
@@ -29,9 +34,11 @@ DEFAULT_RESOURCES = {
             "id": "resource_manager",
             "path": "nvflare.app_common.resource_managers.gpu_resource_manager.GPUResourceManager",
             "args": {},
-        }
+        },
+        FLARE_LAUNCHER,
     ],
 }
+OUR_LAUNCHER = {**FLARE_LAUNCHER, "path": "clara_fl.fl.site.rejoin.RejoiningJobLauncher"}
 
 
 def make_kit(
@@ -69,8 +76,9 @@ def test_creates_resources_json_from_the_default_and_keeps_the_default(
     assert (kit / "local" / "resources.json.default").read_text() == default_text
     resources = json.loads((kit / "local" / "resources.json").read_text())
     assert resources["class_allow_list"] == DEFAULT_RESOURCES["class_allow_list"] + list(CLARA_ALLOW_LIST)
-    assert {k: v for k, v in resources.items() if k != "class_allow_list"} == {
-        k: v for k, v in DEFAULT_RESOURCES.items() if k != "class_allow_list"
+    assert resources["components"] == [DEFAULT_RESOURCES["components"][0], OUR_LAUNCHER]
+    assert {k: v for k, v in resources.items() if k not in ("class_allow_list", "components")} == {
+        k: v for k, v in DEFAULT_RESOURCES.items() if k not in ("class_allow_list", "components")
     }
     assert "created local/resources.json from local/resources.json.default" in out
     for entry in CLARA_ALLOW_LIST:
@@ -217,7 +225,32 @@ def test_a_client_kit_gets_no_server_component(tmp_path: Path, capsys: pytest.Ca
     setup(str(kit), capsys=capsys)
 
     components = json.loads((kit / "local" / "resources.json").read_text())["components"]
-    assert components == DEFAULT_RESOURCES["components"]
+    assert [c["id"] for c in components] == [c["id"] for c in DEFAULT_RESOURCES["components"]]
+
+
+def test_a_client_kit_launches_jobs_with_the_launcher_that_rejoins_them_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    first = setup(str(kit), capsys=capsys)[1]
+    second = setup(str(kit), capsys=capsys)[1]
+
+    components = json.loads((kit / "local" / "resources.json").read_text())["components"]
+    assert [c for c in components if c["id"] == "process_launcher"] == [OUR_LAUNCHER]
+    assert len(components) == len(DEFAULT_RESOURCES["components"])
+    assert "added component clara_fl.fl.site.rejoin.RejoiningJobLauncher (a site whose job process died" in first
+    assert "nothing to change" in second
+
+
+def test_a_client_kit_with_another_job_launcher_keeps_it_and_is_told_it_does_not_rejoin(tmp_path: Path) -> None:
+    other = {"id": "k8s_launcher", "path": "nvflare.app_opt.job_launcher.k8s_launcher.ClientK8sJobLauncher", "args": {}}
+    kit = make_kit(tmp_path / "site-1", resources={**DEFAULT_RESOURCES, "components": [other]})
+
+    result = setup_site(kit)
+
+    assert json.loads((kit / "local" / "resources.json").read_text())["components"] == [other]
+    assert any("does not rejoin the running job" in note for note in result.notes)
 
 
 def test_allow_all_and_missing_allow_list(tmp_path: Path) -> None:

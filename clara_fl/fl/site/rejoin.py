@@ -130,10 +130,15 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
             self.log_warning(fl_ctx, f"cannot look for jobs to rejoin: {e}")
             return []
         rejoined = []
-        for job_id in sorted(os.listdir(workspace.get_root_dir())):
+        root = workspace.get_root_dir()
+        for job_id in sorted(os.listdir(root)):
+            if not os.path.isfile(os.path.join(root, job_id, RECORD_NAME)):
+                continue
             run_dir = workspace.get_run_dir(job_id)
-            record = read_launch(run_dir) if os.path.isdir(run_dir) else None
+            record = read_launch(run_dir)
             if record is None or record.job_id != job_id:
+                forget_launch(run_dir)
+                self.log_warning(fl_ctx, f"job {job_id}: not rejoining, its launch record is unreadable")
                 continue
             if record.rejoins >= self.max_rejoins:
                 forget_launch(run_dir)

@@ -142,3 +142,16 @@ def test_a_job_the_client_cannot_start_is_one_line_and_not_retried(
     assert rejoined == [] and read_launch(str(run_dir)) is None
     warning = [r.getMessage() for r in caplog.records if "not rejoining" in r.getMessage()]
     assert len(warning) == 1 and warning[0].endswith(f"job job-1: not rejoining: {site.reply}")
+
+
+def test_flare_client_engine_still_starts_a_deployed_job_from_its_id_and_meta() -> None:
+    """The rejoin starts the job through the client engine's ``start_app(job_id, job_meta=...)``, the call
+    FLARE's START_JOB handler makes; an upgrade that changes it fails here rather than at a site."""
+    import inspect
+
+    from nvflare.private.fed.client.client_engine import ClientEngine
+
+    parameters = list(inspect.signature(ClientEngine.start_app).parameters.values())
+
+    assert [p.name for p in parameters[:3]] == ["self", "job_id", "job_meta"]
+    assert all(p.default is not inspect.Parameter.empty for p in parameters[3:])

@@ -5,9 +5,11 @@ the server log names site-3 as dropped and why, and site-3's files still load. T
 restarted (``kill -9`` of the client; FLARE's start script starts it again): site-3 rejoins the running
 job in a later round from the current global model, and the job ends ``FINISHED:COMPLETED`` (FLARE alone
 fails the whole job: "Failing job ... due to reported failure from site-3") with site-3 in the cross-site
-matrix. FLARE's dead-client grace period and check lead time are cut to seconds (``NVFLARE_DEAD_CLIENT_*``, the
-operator's ``local/application.conf`` values) so that the cross-site evaluation does not wait 90 s for the
-dead site. Bounded: every command has a time limit; the ``finally`` leaves no process behind.
+matrix. The same when site-3's client crashes mid-round (``kill -9`` of the client only): its job process
+stops by itself, and the restarted client rejoins the job. FLARE's dead-client grace period and check
+lead time are cut to seconds (``NVFLARE_DEAD_CLIENT_*``, the operator's ``local/application.conf``
+values) so that the rounds do not wait 90 s for the dead site. Bounded: every command has a time limit;
+the ``finally`` leaves no process behind.
 """
 
 from __future__ import annotations
@@ -36,9 +38,7 @@ pytestmark = [
 ]
 
 
-def test_a_site_killed_mid_round_drops_out_and_rejoins_when_its_client_restarts(tmp_path: Path) -> None:
-    import torch
-
+def deployment_and_job(tmp_path: Path) -> tuple[Poc, Path]:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "data", cases=18, sites=3, shape=(32, 32, 32))
@@ -47,14 +47,27 @@ def test_a_site_killed_mid_round_drops_out_and_rejoins_when_its_client_restarts(
     )
     poc = Poc(tmp_path / "deployment", SITES, extra_env=FAST_DEAD_CLIENT_DETECTION)
     poc.prepare(data.root)
-    try:
-        poc.start()
-        job_id = poc.submit(job)
+    return poc, job
 
-        wait_for(lambda: "round 1: training" in poc.job_log(KILLED, job_id), 300, f"{KILLED} training round 1")
-        killed = poc.job_pids(KILLED, job_id)
-        assert killed, f"no job process of {KILLED} found"
-        poc.kill(killed)
+
+def submit_and_wait_for_round_1(poc: Poc, job: Path) -> tuple[str, set[int]]:
+    """Start the deployment, submit the job, and wait for site-3 to train round 1: the job id and the pids of
+    site-3's job process."""
+    poc.start()
+    job_id = poc.submit(job)
+    wait_for(lambda: "round 1: training" in poc.job_log(KILLED, job_id), 300, f"{KILLED} training round 1")
+    job_process = poc.job_pids(KILLED, job_id)
+    assert job_process, f"no job process of {KILLED} found"
+    return job_id, job_process
+
+
+def test_a_site_killed_mid_round_drops_out_and_rejoins_when_its_client_restarts(tmp_path: Path) -> None:
+    import torch
+
+    poc, job = deployment_and_job(tmp_path)
+    try:
+        job_id, job_process = submit_and_wait_for_round_1(poc, job)
+        poc.kill(job_process)
 
         # the rounds go on without site-3, and the server says that it dropped out and why
         server_job_log = poc.prod / "server" / job_id / "log.txt"
@@ -88,6 +101,30 @@ def test_a_site_killed_mid_round_drops_out_and_rejoins_when_its_client_restarts(
         assert f"round {ROUNDS - 1}: training" in site_log, site_log[-4000:]
 
         # the cross-site matrix has every site
+        results = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
+        assert set(results) == set(SITES), results
+    finally:
+        poc.stop()
+
+
+def test_a_site_whose_client_crashes_mid_round_rejoins_when_the_client_is_back(tmp_path: Path) -> None:
+    poc, job = deployment_and_job(tmp_path)
+    try:
+        job_id, job_process = submit_and_wait_for_round_1(poc, job)
+
+        # the client dies; its job process stops by itself (FLARE watches the parent); the start script
+        # starts the client again, which starts the job's process again once the old one is gone
+        poc.kill(alive({int((poc.prod / KILLED / "pid.fl").read_text())}))
+        client_log = poc.prod / KILLED / "log.txt"
+        wait_for(lambda: _lines(client_log, "started it again to rejoin the job"), 180, "site-3's client to rejoin")
+        assert not alive(job_process), "the job process of the crashed client is still running"
+
+        status = poc.wait(job_id, timeout=400)
+        assert status == "FINISHED:COMPLETED", f"{status}\n{poc.logs(job_id)[-6000:]}"
+        downloaded = poc.download(job_id, tmp_path / "out") / "workspace"
+        server_log = (downloaded / "log.txt").read_text(errors="replace")
+        assert f"round {ROUNDS - 1} aggregated 3 sites" in server_log, server_log[-4000:]
+        assert f"round {ROUNDS - 1}: training" in poc.job_log(KILLED, job_id)
         results = json.loads((downloaded / "cross_site_val" / "cross_val_results.json").read_text())
         assert set(results) == set(SITES), results
     finally:

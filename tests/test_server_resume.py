@@ -28,7 +28,8 @@ from tests.conftest import SPLEEN_MMAR
 def context(app_root: Path, job_id: str = "job-1", **props: Any) -> FLContext:
     fl_ctx = FLContext()
     workspace = SimpleNamespace(get_run_dir=lambda job: os.path.join(app_root, job))
-    fl_ctx.put(ReservedKey.ENGINE, SimpleNamespace(get_workspace=lambda: workspace), private=True, sticky=False)
+    engine = SimpleNamespace(get_workspace=lambda: workspace, fire_event=lambda *args: None)
+    fl_ctx.put(ReservedKey.ENGINE, engine, private=True, sticky=False)
     fl_ctx.put(ReservedKey.RUN_NUM, job_id, private=True, sticky=False)
     fl_ctx.set_prop(FLContextKey.APP_ROOT, str(app_root), private=True, sticky=False)
     for key, value in props.items():
@@ -174,6 +175,23 @@ def test_a_run_that_ends_removes_the_launch_record_so_a_client_restart_does_not_
     component.handle_event(EventType.END_RUN, fl_ctx)
 
     assert kept_while_running is not None and read_launch(str(run_dir)) is None
+
+
+def test_a_run_stopped_because_the_client_died_keeps_the_launch_record_for_the_rejoin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clara_fl.fl.site.rejoin import LaunchRecord, read_launch, record_launch
+
+    run_dir = tmp_path / "job-1"
+    run_dir.mkdir()
+    record_launch(str(run_dir), LaunchRecord("job-1", "token", "signature"))
+    component, fl_ctx = DropOutOnAbruptExit(), context(tmp_path)
+    component.handle_event(EventType.START_RUN, fl_ctx)
+
+    monkeypatch.setattr(os, "getppid", lambda: 1)  # the client died: the job process was re-parented
+    component.handle_event(EventType.END_RUN, fl_ctx)
+
+    assert read_launch(str(run_dir)) == LaunchRecord("job-1", "token", "signature")
 
 
 # ---- clara-fl job resume -------------------------------------------------------------------------------------

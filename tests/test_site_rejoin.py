@@ -112,6 +112,30 @@ def test_a_restarted_client_starts_the_died_job_again_with_the_token_the_server_
     )
 
 
+def test_a_client_waits_for_the_previous_process_of_the_job_and_never_starts_a_second(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    site = Site(tmp_path)
+    site.launcher.previous_process_wait_s = 0.5
+    run_dir = site.deploy("job-1")
+    previous = subprocess.Popen(
+        [sys.executable, "-c", "print(flush=True); import time; time.sleep(60)", "job-1"], stdout=subprocess.PIPE
+    )
+    assert previous.stdout is not None
+    previous.stdout.readline()  # it runs (a process just forked still has this process's command line)
+    record_launch(str(run_dir), LaunchRecord("job-1", "t", "s", pid=previous.pid))
+    try:
+        while_running = site.client_starts()
+    finally:
+        previous.kill()
+        previous.communicate()
+
+    after_it_ended = site.client_starts()
+
+    assert while_running == [] and after_it_ended == ["job-1"] and len(site.launched) == 1
+
+
 def test_a_job_whose_run_ended_is_not_started_again(tmp_path: Path) -> None:
     site = Site(tmp_path)
     site.deploy("job-1")

@@ -15,7 +15,9 @@ and FLARE ends the job only when fewer than the job's ``min_clients`` sites (or 
 site) are left. (``clara_fl.fl.server.controllers.ScatterAndGather`` logs the site as dropped.)
 
 At the run's end the component also removes the launch record of :mod:`clara_fl.fl.site.rejoin`: a job
-whose process ended its run has nothing to rejoin when the site's client restarts.
+whose process ended its run has nothing to rejoin when the site's client restarts. Except when the run
+ended because the site's client (the job process's parent) died: FLARE's job process then stops its run
+by itself, and the record stays, so that the restarted client starts the job's process again.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ ABRUPT_EXIT_CODE = 137
 class DropOutOnAbruptExit(FLComponent):
     """Records :data:`ABRUPT_EXIT_CODE` as the job process's exit code for the run's lifetime (module doc)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._parent_pid = os.getppid()
+
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
+            self._parent_pid = os.getppid()
             self._write(fl_ctx)
         elif event_type == EventType.END_RUN:
             self._remove(fl_ctx)
@@ -70,6 +77,9 @@ class DropOutOnAbruptExit(FLComponent):
             pass
         except OSError as e:
             self.log_warning(fl_ctx, f"cannot remove the drop-out exit code: {e}; an error exit may be missed")
+        if os.getppid() != self._parent_pid:  # re-parented: the site's client died, the run did not end
+            self.log_warning(fl_ctx, "the site's client is gone: its restart starts this job's process again")
+            return
         try:
             forget_launch(self.run_dir(fl_ctx))
         except OSError as e:

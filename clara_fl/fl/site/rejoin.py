@@ -11,12 +11,14 @@ in the client kit's ``local/resources.json`` in place of ``ClientProcessJobLaunc
 
 * each launch records, in the job's run folder, the token and signature it gave the job process
   (:data:`RECORD_NAME`, readable by the site's account only); the job process removes the record when
-  its run ends (END_RUN, a normal end or an abort), so a record left behind means the process died;
+  its run ends (END_RUN, a normal end or an abort), unless it ends because the client died, so a
+  record left behind means the process died;
 * when the client starts (SYSTEM_START), it starts the job process again for every job that has a record,
-  with the recorded token, which the server's job process still accepts. FLARE's own mechanisms do the
-  rest: the site's first task request takes it off the server's dead-client list (the server logs it as
-  back), and the task it gets carries the current global model. A job that has ended meanwhile is
-  refused by the server's job sync at the next heartbeat, and the process ends.
+  once the job's previous process has ended, with the recorded token, which the server's job process
+  still accepts. FLARE's own mechanisms do the rest: the site's first task request takes it off the
+  server's dead-client list (the server logs it as back), and the task it gets carries the current
+  global model. A job that has ended meanwhile is refused by the server's job sync at the next
+  heartbeat, and the process ends.
 
 A site rejoins one job at most :attr:`RejoiningJobLauncher.max_rejoins` times. The rejoined process gets
 no GPU allocation from the site's resource manager (it sees the client's devices).
@@ -28,7 +30,8 @@ import json
 import os
 import tempfile
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from nvflare.apis.event_type import EventType
@@ -52,6 +55,7 @@ class LaunchRecord:
     token: str
     token_signature: str
     rejoins: int = 0
+    pid: int | None = None
 
 
 def record_launch(run_dir: str, record: LaunchRecord) -> None:
@@ -89,11 +93,14 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
 
     Args:
         max_rejoins: how many times one job's process may be started again at this site.
+        previous_process_wait_s: how long to wait, at client start, for the job's previous process to end
+            (a job process whose client died stops its run by itself, within seconds).
     """
 
-    def __init__(self, max_rejoins: int = 3) -> None:
+    def __init__(self, max_rejoins: int = 3, previous_process_wait_s: float = 30.0) -> None:
         super().__init__()
         self.max_rejoins = int(max_rejoins)
+        self.previous_process_wait_s = float(previous_process_wait_s)
         self._rejoining: dict[str, LaunchRecord] = {}
         self._lock = threading.Lock()
 
@@ -117,9 +124,11 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
             args[JobProcessArgs.AUTH_TOKEN] = ("-t", rejoin.token)
             args[JobProcessArgs.TOKEN_SIGNATURE] = ("-ts", rejoin.token_signature)
             fl_ctx.set_prop(FLContextKey.JOB_PROCESS_ARGS, args, private=True, sticky=False)
+        handle = super().launch_job(job_meta, fl_ctx)
         if record.token:
-            record_launch(run_dir, record)
-        return super().launch_job(job_meta, fl_ctx)
+            pid = getattr(getattr(handle, "adapter", None), "pid", None)
+            record_launch(run_dir, replace(record, pid=pid if isinstance(pid, int) else None))
+        return handle
 
     def rejoin_died_jobs(self, fl_ctx: FLContext) -> list[str]:
         """Start the process of every job whose launch record outlived its process; returns their ids."""
@@ -145,6 +154,10 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
                 started = record.rejoins + 1
                 self.log_warning(fl_ctx, f"job {job_id}: not rejoining, its process was started {started} times")
                 continue
+            if record.pid is not None and not _ended(record.pid, job_id, self.previous_process_wait_s):
+                # the client died and the job process is still winding down; the next client start retries
+                self.log_warning(fl_ctx, f"job {job_id}: not rejoining, its process {record.pid} is still running")
+                continue
             try:
                 with open(workspace.get_job_meta_path(job_id), encoding="utf-8") as f:
                     job_meta = json.load(f)
@@ -168,6 +181,30 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
             )
             rejoined.append(job_id)
         return rejoined
+
+
+def _ended(pid: int, job_id: str, wait_s: float) -> bool:
+    """Whether process ``pid`` of job ``job_id`` is gone, waiting up to ``wait_s`` seconds for it."""
+    deadline = time.monotonic() + wait_s
+    while _running(pid, job_id):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _running(pid: int, job_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return job_id.encode() in f.read().split(b"\0")  # not a recycled pid of another process
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: whether any process has this pid
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 def _arg(args: dict[str, Any], name: str) -> str:

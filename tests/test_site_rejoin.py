@@ -168,6 +168,28 @@ def test_a_job_the_client_cannot_start_is_one_line_and_not_retried(
     assert len(warning) == 1 and warning[0].endswith(f"job job-1: not rejoining: {site.reply}")
 
 
+def test_a_job_without_its_deployed_meta_is_one_line_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = Site(tmp_path)
+    run_dir = site.deploy("job-1")
+    (run_dir / "meta.json").unlink()
+    record_launch(str(run_dir), LaunchRecord("job-1", "t", "s"))
+
+    rejoined = site.client_starts()
+
+    assert rejoined == [] and site.launched == [] and read_launch(str(run_dir)) is None
+    assert "job job-1: not rejoining: cannot start its process: FileNotFoundError" in caplog.text
+
+
+def test_flare_still_starts_a_failed_start_reply_as_the_rejoin_expects() -> None:
+    from nvflare.private.defs import ERROR_MSG_PREFIX
+
+    from clara_fl.fl.site.rejoin import FLARE_ERROR_REPLY
+
+    assert ERROR_MSG_PREFIX == FLARE_ERROR_REPLY
+
+
 def test_flare_client_engine_still_starts_a_deployed_job_from_its_id_and_meta() -> None:
     """The rejoin starts the job through the client engine's ``start_app(job_id, job_meta=...)``, the call
     FLARE's START_JOB handler makes; an upgrade that changes it fails here rather than at a site."""

@@ -43,6 +43,9 @@ from nvflare.app_common.job_launcher.client_process_launcher import ClientProces
 
 __all__ = ["RECORD_NAME", "LaunchRecord", "RejoiningJobLauncher", "forget_launch", "read_launch", "record_launch"]
 
+FLARE_ERROR_REPLY = "NVFLARE_ERROR"
+"""How FLARE's client engine starts a reply that says a job could not start (pinned by tests/test_site_rejoin.py)."""
+
 RECORD_NAME = "clara_fl_launch.json"
 """The launch record in a job's run folder at the site: present from launch until the run's END_RUN."""
 
@@ -164,15 +167,16 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
                 with self._lock:
                     self._rejoining[job_id] = record
                 # FLARE's own start path (deployed meta checks, process watch, outcome report), as for START_JOB
-                reply = engine.start_app(job_id, job_meta=job_meta)
+                reply = str(engine.start_app(job_id, job_meta=job_meta))
+                failure = reply if reply.startswith(FLARE_ERROR_REPLY) else None
             except Exception as e:  # noqa: BLE001 - one line in the client's log, the client goes on
-                reply = f"cannot start its process: {type(e).__name__}: {e}"
+                failure = f"cannot start its process: {type(e).__name__}: {e}"
             finally:
                 with self._lock:
                     self._rejoining.pop(job_id, None)
-            if isinstance(reply, str) and "error" in reply.lower():
+            if failure:
                 forget_launch(run_dir)
-                self.log_warning(fl_ctx, f"job {job_id}: not rejoining: {reply}")
+                self.log_warning(fl_ctx, f"job {job_id}: not rejoining: {failure}")
                 continue
             self.log_info(
                 fl_ctx,

@@ -76,7 +76,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._round_contributors.add(fl_ctx.get_peer_context().get_identity_name(default="?"))
         elif event_type == AppEventType.ROUND_DONE:
-            self._log_missing_contributions(fl_ctx)
+            self._log_round_contributors(fl_ctx)
         elif event_type == EventType.CLIENT_DISCONNECTED:
             # each workflow's communicator watches the sites and fires this: say it once
             site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
@@ -94,7 +94,7 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
             self._dropped_sites.discard(site)
             self.log_info(fl_ctx, f"{site} is back in the job; it gets the current global model in the next round")
 
-    def _log_missing_contributions(self, fl_ctx: FLContext) -> None:
+    def _log_round_contributors(self, fl_ctx: FLContext) -> None:
         sites = {client.name for client in self._engine.get_clients()} if self._engine else set()
         missing = sorted(sites - self._round_contributors)
         if not missing:

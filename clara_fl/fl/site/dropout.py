@@ -46,7 +46,6 @@ class DropOutOnAbruptExit(FLComponent):
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if event_type == EventType.START_RUN:
-            self._parent_pid = os.getppid()
             self._write(fl_ctx)
         elif event_type == EventType.END_RUN:
             self._remove(fl_ctx)

@@ -104,8 +104,6 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
         super().__init__()
         self.max_rejoins = int(max_rejoins)
         self.previous_process_wait_s = float(previous_process_wait_s)
-        self._rejoining: dict[str, LaunchRecord] = {}
-        self._lock = threading.Lock()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)
@@ -117,8 +115,8 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
         job_id = str(job_meta.get(JobConstants.JOB_ID))
         run_dir = _workspace(fl_ctx).get_run_dir(job_id)
         args: dict[str, Any] = dict(fl_ctx.get_prop(FLContextKey.JOB_PROCESS_ARGS) or {})
-        with self._lock:
-            rejoin = self._rejoining.pop(job_id, None)
+        # a record from an earlier launch of this job at this site: a rejoin (a new job has none)
+        rejoin = read_launch(run_dir)
         if rejoin is None:
             token, signature = _arg(args, JobProcessArgs.AUTH_TOKEN), _arg(args, JobProcessArgs.TOKEN_SIGNATURE)
             record = LaunchRecord(job_id, token, signature)
@@ -164,16 +162,12 @@ class RejoiningJobLauncher(ClientProcessJobLauncher):
             try:
                 with open(workspace.get_job_meta_path(job_id), encoding="utf-8") as f:
                     job_meta = json.load(f)
-                with self._lock:
-                    self._rejoining[job_id] = record
-                # FLARE's own start path (deployed meta checks, process watch, outcome report), as for START_JOB
+                # FLARE's own start path (deployed meta checks, process watch, outcome report), as for START_JOB;
+                # it calls launch_job, which finds the record and launches with its token
                 reply = str(engine.start_app(job_id, job_meta=job_meta))
                 failure = reply if reply.startswith(FLARE_ERROR_REPLY) else None
             except Exception as e:  # noqa: BLE001 - one line in the client's log, the client goes on
                 failure = f"cannot start its process: {type(e).__name__}: {e}"
-            finally:
-                with self._lock:
-                    self._rejoining.pop(job_id, None)
             if failure:
                 forget_launch(run_dir)
                 self.log_warning(fl_ctx, f"job {job_id}: not rejoining: {failure}")

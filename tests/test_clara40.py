@@ -247,8 +247,10 @@ def clara40_mmar(tmp_path: Path, synthetic_data) -> Path:
 def test_each_translation_is_logged_once_with_its_json_path(
     clara40_mmar: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from clara_fl.config.clara40 import changes
     from clara_fl.config.mmar import load_config
 
+    changes._logged.clear()  # once per process: another test may have read the same config first
     caplog.set_level(logging.INFO, logger="clara_fl.config.clara40")
     load_config(clara40_mmar, "config/config_train.json")
     load_config(clara40_mmar, "config/config_train.json")

@@ -38,20 +38,20 @@ def set_component(mmar: Path, key: str, component: dict) -> None:
 # -- config code -------------------------------------------------------------------------------------
 
 
-def test_the_reported_escape_is_refused_with_safe_and_runs_nothing(spleen_mmar: Path, tmp_path: Path, capsys) -> None:
+def test_the_reported_escape_is_refused_with_safe_and_runs_nothing(spleen_mmar: Path, tmp_path: Path, capfd) -> None:
     marker = tmp_path / "owned"
     set_loss_argument(spleen_mmar, "reduction", ISSUE_EXAMPLE.format(marker=marker))
 
     code = main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()])
 
     assert code == 2
-    error = capsys.readouterr().err
+    error = capfd.readouterr().err
     assert "config/config_train.json: train.loss.args.reduction: code refused by the site's restricted policy" in error
     assert not marker.exists() and not (spleen_mmar / "models").exists()
 
 
 def test_a_hostile_lambda_that_would_run_during_training_is_refused_before_training(
-    spleen_mmar: Path, tmp_path: Path, capsys
+    spleen_mmar: Path, tmp_path: Path, capfd
 ) -> None:
     marker = tmp_path / "owned"
     path = spleen_mmar / "config" / "config_train.json"
@@ -63,7 +63,7 @@ def test_a_hostile_lambda_that_would_run_during_training_is_refused_before_train
 
     assert main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()]) == 2
 
-    assert "validate.handlers[0].args.output_transform: code refused" in capsys.readouterr().err
+    assert "validate.handlers[0].args.output_transform: code refused" in capfd.readouterr().err
     assert not marker.exists()
 
 
@@ -173,9 +173,10 @@ def test_lambdas_and_helpers_of_real_configs_give_working_functions() -> None:
     evaluator = RestrictedEvaluator()
     output = [{"pred": torch.tensor([0.2, 0.8]), "label": torch.tensor([1]), "loss": torch.tensor(0.5)}]
 
-    pair = evaluator.evaluate("lambda x: (x['pred'], x['label'])", {}.__getitem__)
-    loss = evaluator.evaluate("#monai.handlers.from_engine(['loss'], first=True)", {}.__getitem__)
-    nothing = evaluator.evaluate("lambda x: None", {}.__getitem__)
+    nothing_to_resolve: dict[str, object] = {}
+    pair = evaluator.evaluate("lambda x: (x['pred'], x['label'])", nothing_to_resolve.__getitem__)
+    loss = evaluator.evaluate("#monai.handlers.from_engine(['loss'], first=True)", nothing_to_resolve.__getitem__)
+    nothing = evaluator.evaluate("lambda x: None", nothing_to_resolve.__getitem__)
 
     assert pair(output[0])[1].item() == 1
     assert loss(output).item() == pytest.approx(0.5)
@@ -201,7 +202,7 @@ def test_lambdas_and_helpers_of_real_configs_give_working_functions() -> None:
     ids=lambda c: c["path"],
 )
 def test_a_component_outside_the_allowed_libraries_is_refused(
-    spleen_mmar: Path, tmp_path: Path, capsys, component: dict
+    spleen_mmar: Path, tmp_path: Path, capfd, component: dict
 ) -> None:
     marker = tmp_path / "owned"
     component = json.loads(json.dumps(component).replace("{marker}", str(marker)))
@@ -209,7 +210,7 @@ def test_a_component_outside_the_allowed_libraries_is_refused(
 
     assert main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()]) == 2
 
-    assert "train.loss.path: " in capsys.readouterr().err
+    assert "train.loss.path: " in capfd.readouterr().err
     assert not marker.exists()
 
 
@@ -266,7 +267,8 @@ def fl_learner_error(app: Path, workspace: Path) -> str | None:
 
     learner = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     learner.initialize({}, site_ctx(app, workspace))
-    return learner._init_error
+    failure = learner.init_failure
+    return None if failure is None else failure.local_text()
 
 
 def set_environment(app: Path, **values: object) -> None:

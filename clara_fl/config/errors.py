@@ -36,13 +36,17 @@ class ConfigError(Exception):
 
     ``str(error)`` is the one-line message shown to users, e.g.
     ``config/config_train.json: train.optimizer.args.params: unknown reference '@modle' (did you mean '@model'?)``.
+    ``component`` is the class name of the component at ``path`` when one failed to build (``CacheDataset``).
     """
 
-    def __init__(self, message: str, file: str | None = None, path: str | None = None) -> None:
+    def __init__(
+        self, message: str, file: str | None = None, path: str | None = None, component: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.file = file
         self.path = path
+        self.component = component
 
     def located(self, file: str | None = None, path: str | None = None) -> ConfigError:
         """Fill in the file and path where they are not known yet (innermost location wins)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from clara_fl.config.errors import ConfigError, did_you_mean
 
-__all__ = ["SEARCH_MODULES", "locate_name", "locate_path"]
+__all__ = ["SEARCH_MODULES", "locate_component", "locate_name", "locate_path"]
 
 # Where Clara looked for short names, in order. The runtime may put modules before these (clara-fl's
 # components whose Clara behaviour differs from MONAI's: fixed checkpoint names, lazy writers).
@@ -89,3 +90,24 @@ def locate_path(path: str) -> Any:
         public = [n for n in dir(module) if not n.startswith("_")]
         raise ConfigError(f"module '{module_name}' has no '{attr}'{did_you_mean(attr, public)}")
     return found
+
+
+def locate_component(spec: Mapping[str, Any]) -> Any | None:
+    """The class a component spec names, to look at (its signature) before the config has been checked.
+
+    A ``path`` in a module that importing could run code the restricted policy has not admitted (anything
+    but a module imported already, a library module of the catalog or BYOC code in an MMAR's ``custom/``
+    folder, see :func:`clara_fl.config.restrictions.import_is_harmless`) is not imported: the result is None.
+
+    Raises:
+        ConfigError: the class cannot be found.
+    """
+    from clara_fl.config import compat
+    from clara_fl.config.restrictions import import_is_harmless
+
+    if "path" in spec:
+        dotted = str(spec["path"]).split("#")[0]
+        return locate_path(dotted) if import_is_harmless(dotted.rpartition(".")[0]) else None
+    name = str(spec["name"]).split("#")[0]
+    legacy = compat.LEGACY_NAMES.get(name)
+    return locate_name(legacy.replacement if legacy else name)

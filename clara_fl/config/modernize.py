@@ -46,11 +46,10 @@ def _walk_refs(value: Any, path: str = "") -> Iterator[tuple[dict[str, Any], str
 
 
 def _locate(spec: dict[str, Any]) -> Any:
-    from clara_fl.config.locator import locate_name, locate_path
+    """The component's class, never importing a module the restricted policy has not admitted (None then)."""
+    from clara_fl.config.locator import locate_component
 
-    if "path" in spec:
-        return locate_path(str(spec["path"]).split("#")[0])
-    return locate_name(str(spec["name"]).split("#")[0])
+    return locate_component(spec)
 
 
 def _code_strings(value: Any, path: str) -> Iterator[tuple[Any, Any, str]]:
@@ -88,6 +87,8 @@ def modernize_names(config: dict[str, Any]) -> list[Change]:
         try:
             target = _locate(spec)
         except Exception:  # a class that cannot be found here is reported when the converted config is run
+            continue
+        if target is None:  # a module that importing could run code: its arguments are left as they are
             continue
         translated = compat.translate_args(str(spec.get("name", "")).split("#")[0], target, args)
         if translated != args:

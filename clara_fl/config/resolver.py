@@ -7,7 +7,9 @@ the whole config. Each key is built once and shared by everything that refers to
 
 The same walk runs twice: first as a dry run that checks names, arguments, references, aliases
 and data files without building anything, then for real. So a bad config fails in a second,
-before any dataset is cached or any file is written.
+before any dataset is cached or any file is written. Under the restricted policy each component's
+class is admitted and its resolved arguments are judged (:mod:`clara_fl.config.policy`) in both
+walks: in the dry run on what the config resolves to, and again just before each construction.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from clara_fl.config import compat
@@ -25,6 +26,7 @@ from clara_fl.config.errors import ConfigError, did_you_mean, json_path
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.model_hints import final_model_hint
+from clara_fl.config.policy import Planned as _Planned
 from clara_fl.config.restrictions import from_a_custom_folder
 from clara_fl.config.variables import as_bool, is_code
 
@@ -68,14 +70,6 @@ class TrainConf:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.config = dict(state)
-
-
-@dataclass
-class _Planned:
-    """Dry-run stand-in for a component that would be built."""
-
-    target: Any
-    path: str
 
 
 def component_label(spec: Mapping[str, Any]) -> str:
@@ -236,7 +230,7 @@ class ConfigResolver:
                     self._owner(ref, section)  # an unknown name fails here, in the dry run too
             if self.dry_run:
                 self.context.evaluator.check(value)
-                return _Planned(value, path)
+                return _Planned(value, path, code=True)
             return self.context.evaluator.evaluate(value, lambda ref: self.get(ref, section))
         return value
 
@@ -321,6 +315,9 @@ class ConfigResolver:
         label = spec.get("log_label")
         if label is not None and not isinstance(label, str):
             raise ConfigError(f"'log_label' must be a string, got {_short(label)}", path=json_path(path, "log_label"))
+        restrictions = self.context.restrictions
+        if restrictions is not None:  # metric names become file names (MetricsSaver's <name>_raw.csv)
+            restrictions.check_file_name(label, json_path(path, "log_label"))
         unknown = set(spec) - COMPONENT_KEYS
         if unknown:
             key = sorted(unknown)[0]
@@ -334,17 +331,17 @@ class ConfigResolver:
                 f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
                 path=json_path(path, "args"),
             )
-        missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
-        if missing:
-            raise missing.located(self.file, path)
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         plain = self._takes_plain_component_configs(target)
         args = {
             k: v if plain and _is_component(v) else self._resolve(v, json_path(path, "args", k), section)
             for k, v in args.items()
         }
-        if self.context.restrictions is not None:
-            self.context.restrictions.check_args(raw_args, path)
+        if restrictions is not None:  # the resolved values, in the dry run and again just before building
+            restrictions.judge_args(target, name, args, path)
+        missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
+        if missing:
+            raise missing.located(self.file, path)
         if any(k in spec for k in DATASET_KEYS):
             args["data"] = self._datalist(spec, path)
         args = self.context.runtime.adapt_arguments(target, args, path, self.context, self.dry_run)
@@ -366,7 +363,7 @@ class ConfigResolver:
         except ConfigError:
             raise
         except Exception as e:
-            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}") from e
+            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}", component=name) from e
 
     def _takes_plain_component_configs(self, target: Any) -> bool:
         """Clara 4.0 handed a custom component its nested component configs as plain dicts; a Clara 4.0

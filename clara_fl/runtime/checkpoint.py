@@ -88,7 +88,8 @@ def load_checkpoint_model(path: str, context: Any) -> Any:
         context.mmar_root or os.path.dirname(os.path.abspath(path)), extra_roots=context.runtime.search_modules
     )
     context = dataclasses.replace(context, evaluator=RestrictedEvaluator(), restrictions=restrictions)
-    try:
+    try:  # the whole network is judged (dry run) before any of it is built
+        ConfigResolver(train_conf, file=f"{path}#train_conf", context=context, dry_run=True).get("model", "train")
         model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
     except ConfigError as e:
         e.located(file=f"{path}#train_conf")

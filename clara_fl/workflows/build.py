@@ -29,8 +29,8 @@ def build_components(
         loaded: the config with its variables filled in.
         context: the runtime to build in (default: prepared from the config's variables).
         code_policy: ``"full"`` (the user's own MMAR: code runs as Python) or ``"restricted"`` (a config from
-            outside: closed code grammar, library classes only, writes inside the MMAR), or a
-            :class:`CodePolicy` that also names the site's data folders.
+            outside: closed code grammar, catalogued classes only, every argument judged, writes inside the
+            MMAR), or a :class:`CodePolicy` that also names the site's data folders and catalog.
 
     Raises:
         ConfigError: anything the config asks for that is wrong or that the policy refuses, before anything is built.
@@ -42,14 +42,17 @@ def build_components(
     context = with_runtime(context or prepare_runtime(settings, loaded.mmar_root))
     context.evaluator = evaluator_for(policy.name)
     if policy.name == "restricted":
-        context.restrictions = Restrictions(loaded.mmar_root, policy.data_roots, context.runtime.search_modules)
+        context.restrictions = Restrictions(
+            loaded.mmar_root, policy.data_roots, context.runtime.search_modules, policy.catalog
+        )
         context.restrictions.check_variables(loaded.variables.as_dict(), loaded.variables.file)
     if as_bool(loaded.variables.get("print_conf")):
         print(json.dumps(loaded.config, indent=2))
     check_config(loaded, context)
     resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
+    # before building: a component failing while others build (a dataset caching its cases) is named too
+    failures.register(resolver)
     resolver.build_all()
-    failures.register(resolver)  # a component failing while running is named by its config path
     _log_network_summary(resolver)
     return resolver, context
 

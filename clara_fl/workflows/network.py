@@ -36,7 +36,22 @@ def build_train_network(
     extra_environment: Mapping[str, Any] | None = None,
     code_policy: str | CodePolicy = "restricted",
 ) -> Any:
-    """The MMAR's ``train.model``, seeded like training, on the CPU (config code restricted by default)."""
+    """The MMAR's ``train.model``, seeded like training, on the CPU (config code restricted by default).
+
+    The network's component is checked whole (a dry run: under the restricted policy every class and every
+    argument value is judged) before anything of it is built.
+
+    Args:
+        mmar_root: the MMAR folder.
+        train_config: its train config, relative to ``mmar_root``.
+        environment: its environment file.
+        overrides: ``--set`` style values.
+        extra_environment: a site's local values, between ``environment`` and ``overrides``.
+        code_policy: ``"restricted"`` (default), ``"full"``, or a :class:`CodePolicy` with a site's catalog.
+
+    Raises:
+        ConfigError: the config lacks a network, or asks for something wrong or refused.
+    """
     import torch
 
     from clara_fl.config.expressions import evaluator_for
@@ -52,5 +67,9 @@ def build_train_network(
         BuildContext(device=torch.device("cpu"), mmar_root=mmar_root, evaluator=evaluator_for(policy.name))
     )
     if policy.name == "restricted":
-        context.restrictions = Restrictions(mmar_root, policy.data_roots, context.runtime.search_modules)
-    return ConfigResolver({"train": {"model": model}}, file=train_config, context=context).get("model", "train")
+        context.restrictions = Restrictions(
+            mmar_root, policy.data_roots, context.runtime.search_modules, policy.catalog
+        )
+    config = {"train": {"model": model}}
+    ConfigResolver(config, file=train_config, context=context, dry_run=True).get("model", "train")
+    return ConfigResolver(config, file=train_config, context=context).get("model", "train")

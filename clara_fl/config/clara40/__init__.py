@@ -17,22 +17,12 @@ from clara_fl.config.clara40.changes import Change, log_changes
 from clara_fl.config.clara40.detect import clara40_markers, is_clara40, sections_of
 from clara_fl.config.clara40.wiring import wire_section
 from clara_fl.config.errors import ConfigError
+from clara_fl.config.locator import locate_component
 
 __all__ = ["Change", "is_clara40", "translate_clara40", "log_changes"]
 
 logger = logging.getLogger(__name__)
 _warned: set[str | None] = set()
-
-
-def _locate(spec: Mapping[str, Any]) -> Any:
-    from clara_fl.config import compat
-    from clara_fl.config.locator import locate_name, locate_path
-
-    if "path" in spec:
-        return locate_path(str(spec["path"]).split("#")[0])
-    name = str(spec["name"]).split("#")[0]
-    legacy = compat.LEGACY_NAMES.get(name)
-    return locate_name(legacy.replacement if legacy else name)
 
 
 def translate_clara40(config: Mapping[str, Any], file: str | None = None) -> tuple[dict[str, Any], list[Change]]:
@@ -66,7 +56,9 @@ def translate_clara40(config: Mapping[str, Any], file: str | None = None) -> tup
     changes: list[Change] = []
     for prefix, section in sections.items():
         try:
-            wire_section(section, prefix, known, config_globals, _locate, changes)  # type: ignore[arg-type]
+            # A class is looked at only where importing it runs no code the policy has not admitted (read time
+            # comes before any policy check); one that is not is taken to accept every argument.
+            wire_section(section, prefix, known, config_globals, locate_component, changes)  # type: ignore[arg-type]
         except ConfigError as e:
             raise e.located(file, prefix or None) from e.__cause__
     return translated, changes

@@ -76,7 +76,10 @@ def _args(spec: dict[str, Any]) -> dict[str, Any]:
 def _accepted(spec: Mapping[str, Any], locate: Callable[[Mapping[str, Any]], Any]) -> Callable[[str], bool]:
     """Which keyword arguments the component's class takes (all, when it cannot be told here)."""
     try:
-        params = inspect.signature(locate(spec)).parameters
+        target = locate(spec)
+        if target is None:  # not imported before the policy has checked it
+            return lambda name: True
+        params = inspect.signature(target).parameters
     except Exception:  # an unknown class is reported, with its path, when the config is built
         return lambda name: True
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -289,7 +292,8 @@ def wire_section(
         prefix: its JSON path (``"train"``, ``"validate"`` or ``""`` for a flat config).
         known: component names of every section (``@name`` resolves across sections).
         config_globals: the config's global variables (``amp`` is passed to the engines when defined).
-        locate: the class a component spec names (raises when it cannot be found).
+        locate: the class a component spec names (raises when it cannot be found; None when it may not be
+            imported before the config is checked).
         changes: where each rewrite is recorded.
 
     Raises:

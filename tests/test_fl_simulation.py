@@ -58,6 +58,7 @@ def simulate(
     clients: int = 2,
     nproc_per_site: int | None = None,
     steps_aggregation: int = 0,
+    min_clients: int = 2,
 ):
     job = create_job(
         SPLEEN_MMAR,
@@ -65,7 +66,7 @@ def simulate(
         template,
         num_rounds=rounds,
         local_epochs=local_epochs,
-        min_clients=2,
+        min_clients=min_clients,
         overrides=JOB_SETTINGS,
         nproc_per_site=nproc_per_site,
     )

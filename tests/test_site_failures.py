@@ -35,32 +35,80 @@ def server_ctx(run_dir: Path, site: str):
     return ctx
 
 
-def failed_reply(message: str):
+def failed_reply(message: object):
     from nvflare.apis.fl_constant import ReturnCode
     from nvflare.apis.shareable import ReservedHeaderKey, make_reply
 
     return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={ReservedHeaderKey.ERROR: message})
 
 
-def test_a_learner_that_cannot_build_sends_its_reason_with_the_error_reply(fl_site, tmp_path: Path) -> None:
-    from nvflare.apis.fl_constant import ReturnCode
-    from nvflare.apis.shareable import ReservedHeaderKey, Shareable
+def cannot_build(fl_site, tmp_path: Path, caplog: pytest.LogCaptureFixture, **site_options: object):
+    """The error reply of a site whose datalist lies outside its data folders, what the site logged, and the log
+    events its components fired (what FLARE's InfoCollector keeps for the admin command ``show_errors``)."""
+    from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+    from nvflare.apis.shareable import Shareable
     from nvflare.apis.signal import Signal
 
     from clara_fl.fl.site.learner import ClaraLearner
     from tests.conftest import site_ctx
 
     app, workspace = fl_site
-    missing = tmp_path / "nowhere" / "dataset.json"
-    learner = ClaraLearner(overrides={"DATASET_JSON": str(missing)})
-    learner.initialize({}, site_ctx(app, workspace))
+    site_file = workspace / "local" / "clara_fl_site.json"
+    site_file.write_text(json.dumps({**json.loads(site_file.read_text()), **site_options}))
+    missing = tmp_path / "ZZ-Hospital-Radiology-Archive" / "dataset.json"
+    fired: list[str] = []
 
-    reply = learner.train(Shareable(), site_ctx(app, workspace), Signal())
+    def ctx():
+        context = site_ctx(app, workspace)
+        engine = SimpleNamespace(
+            get_workspace=context.get_engine().get_workspace,
+            fire_event=lambda event, fl_ctx: fired.append(repr(fl_ctx.get_prop(FLContextKey.EVENT_DATA))),
+        )
+        context.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+        return context
+
+    learner = ClaraLearner(overrides={"DATASET_JSON": str(missing)})
+    with caplog.at_level(logging.ERROR):
+        learner.initialize({}, ctx())
+        reply = learner.train(Shareable(), ctx(), Signal())
+    return reply, str(missing), caplog.text, fired
+
+
+def test_a_learner_that_cannot_build_sends_the_kind_and_config_item_but_keeps_the_path(
+    fl_site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nvflare.apis.fl_constant import ReturnCode
+    from nvflare.apis.shareable import ReservedHeaderKey
+
+    reply, missing, site_log, _ = cannot_build(fl_site, tmp_path, caplog)
 
     assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert reply.get_header(ReservedHeaderKey.ERROR) == (
+        "cannot build this site's trainer: ConfigError at config/config_train.json: train.dataset.data_list_file_path"
+    )
+    assert missing in site_log
+
+
+def test_a_site_that_opts_in_sends_the_whole_line(fl_site, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from nvflare.apis.shareable import ReservedHeaderKey
+
+    reply, missing, _, _ = cannot_build(fl_site, tmp_path, caplog, send_error_details=True)
+
     reason = reply.get_header(ReservedHeaderKey.ERROR)
-    assert reason.startswith("cannot build this site's trainer: ") and str(missing) in reason
+    assert reason.startswith("cannot build this site's trainer: ConfigError at ") and missing in reason
     assert "\n" not in reason
+
+
+def test_the_whole_line_stays_out_of_the_errors_flare_collects_for_show_errors(
+    fl_site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FLARE keeps every error and warning a job's components log with ``fire_event`` (the default of ``log_error``
+    and ``log_warning``) in the job's InfoCollector, and any admin with the ``view`` right (every role, by FLARE's
+    default authorization.json) reads them from the site with ``show_errors JOB_ID client``."""
+    _, missing, site_log, fired = cannot_build(fl_site, tmp_path, caplog)
+
+    assert missing in site_log
+    assert [event for event in fired if "ZZ-Hospital-Radiology-Archive" in event] == []
 
 
 def test_the_server_logs_one_line_naming_the_site_the_task_and_its_reason(
@@ -80,6 +128,24 @@ def test_the_server_logs_one_line_naming_the_site_the_task_and_its_reason(
 
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert f"site-3 failed task 'train': EXECUTION_EXCEPTION: {NO_DATALIST}" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        (
+            "local training failed:\n  Traceback ...\x1b[31m",
+            "EXECUTION_EXCEPTION: local training failed: Traceback ... [31m",
+        ),
+        ({"text": "a dict"}, "EXECUTION_EXCEPTION"),
+        ("x" * 5000, "EXECUTION_EXCEPTION: " + "x" * 997 + "..."),
+    ],
+    ids=["several lines", "not text", "too long"],
+)
+def test_the_server_takes_a_sites_reason_only_as_one_line_of_text(sent: object, kept: str) -> None:
+    from clara_fl.fl.server.site_failures import failure_reason
+
+    assert failure_reason(failed_reply(sent)) == kept
 
 
 def test_the_server_records_failed_validations_and_submissions_beside_the_results(tmp_path: Path) -> None:

@@ -7,6 +7,10 @@ built component's JSON path is recorded by the resolver (``ConfigResolver.compon
 
     config/config_train.json: train.pre_transforms[3] (RandSpatialCropd) failed on case_003.nii.gz: ValueError: ...
 
+:func:`locate` gives the same as a :class:`FailureLocation` (file, JSON path, class, case) for callers that
+must tell the parts apart: a site sends the FL server the config item, never the case
+(:mod:`clara_fl.fl.site.failure_report`).
+
 It looks in the traceback's frames (the component is ``self`` of a method that was running; the data
 item is the ``data`` argument of MONAI's ``apply_transform``) and, for failures re-raised from a data
 loader worker process (no frames), in the ``at 0x...`` object addresses in the messages.
@@ -18,13 +22,14 @@ import os
 import re
 import weakref
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from clara_fl.config import errors
 from clara_fl.config.resolver import ConfigResolver
 
-__all__ = ["register", "locate_failure", "case_name"]
+__all__ = ["FailureLocation", "register", "locate", "locate_failure", "root_cause", "causes", "case_name"]
 
 _ADDRESS = re.compile(r" at 0x([0-9a-fA-F]+)>")
 _CASE_KEYS = ("image", "label", "img", "seg")
@@ -40,7 +45,8 @@ def register(resolver: ConfigResolver) -> None:
         errors.FAILURE_LOCATORS.append(locate_failure)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and its causes, outermost first (``__cause__``, else an unsuppressed ``__context__``)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -84,9 +90,27 @@ def _lookup(object_id: int) -> tuple[str | None, str, str] | None:
     return None
 
 
-def locate_failure(error: BaseException) -> str | None:
-    """One line naming the innermost config component in ``error`` and the data item, or None if none is known."""
-    chain = list(_chain(error))
+@dataclass(frozen=True)
+class FailureLocation:
+    """The config item behind a run-time failure: its config file (as users name it, relative to the MMAR where
+    possible), JSON path and class name, and the data item it failed on, when known."""
+
+    file: str | None
+    json_path: str
+    component: str
+    case: str | None = None
+
+    def describe(self, cause: str) -> str:
+        """The one line: ``config/config_train.json: train.pre_transforms[3] (RandSpatialCropd) failed on
+        case_003.nii.gz: <cause>``."""
+        where = ": ".join(p for p in (self.file, f"{self.json_path} ({self.component})") if p)
+        on_case = f" on {self.case}" if self.case else ""
+        return f"{where} failed{on_case}: {cause}"
+
+
+def locate(error: BaseException) -> FailureLocation | None:
+    """The innermost config component in ``error`` and the data item, or None if no registered config knows it."""
+    chain = list(causes(error))
     found: tuple[str | None, str, str] | None = None
     case: str | None = None
     for exception in chain:  # outermost first; frames run from the catch point inwards
@@ -109,11 +133,14 @@ def locate_failure(error: BaseException) -> str | None:
         found = named
     if found is None:
         return None
-    case = case or _noted_case(chain)
     file, path, name = found
-    where = ": ".join(p for p in (file, f"{path} ({name})") if p)
-    on_case = f" on {case}" if case else ""
-    return f"{where} failed{on_case}: {_root_cause(chain[-1])}"
+    return FailureLocation(file, path, name, case or _noted_case(chain))
+
+
+def locate_failure(error: BaseException) -> str | None:
+    """One line naming the innermost config component in ``error`` and the data item, or None if none is known."""
+    location = locate(error)
+    return location.describe(": ".join(root_cause(error))) if location is not None else None
 
 
 _CASE_NOTE = re.compile(r"clara-fl case: (\S+)")
@@ -133,12 +160,14 @@ def _noted_case(chain: list[BaseException]) -> str | None:
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): ?(.*)$")
 
 
-def _root_cause(error: BaseException) -> str:
-    """``Type: message`` of the first cause; a worker's failure carries its original traceback as text."""
-    text = str(error).strip()
+def root_cause(error: BaseException) -> tuple[str, str]:
+    """The class name and first message line of the innermost cause of ``error``; a data loader worker's failure
+    carries its original traceback as text, whose error line is used."""
+    innermost = list(causes(error))[-1]
+    text = str(innermost).strip()
     if "Original Traceback" in text:
         for line in text.splitlines():
             match = _ERROR_LINE.match(line)
             if match:
-                return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
-    return f"{type(error).__name__}: {(text.splitlines() or [''])[0]}"
+                return match.group(1).rsplit(".", 1)[-1], match.group(2)
+    return type(innermost).__name__, (text.splitlines() or [""])[0]

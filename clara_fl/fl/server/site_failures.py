@@ -6,6 +6,11 @@ FLARE's controllers log a failed result by its return code only ("Execution Exce
 Learner puts its reason in the reply's ``__error__`` header (:data:`ReservedHeaderKey.ERROR`, FLARE's own
 header for it); :class:`SiteFailureReporter` logs it with the site and task, and writes the failed cells to
 ``cross_site_val/cross_val_failures.json`` beside FLARE's results (read by :mod:`clara_fl.fl.jobs.results`).
+
+The reason is what the site chose to send: the stage, the error's kind and the config item, never a case or a
+data path (:meth:`clara_fl.fl.site.failure_report.SiteFailure.public_text`), the full line only from a site that
+opted in. It is taken as it arrives, from any site version, but only as one line of at most
+:data:`MAX_REASON` characters, and only if it is text.
 """
 
 from __future__ import annotations
@@ -21,14 +26,22 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from clara_fl.fl.jobs.results import CROSS_SITE_DIR, FAILURES_NAME, CrossSiteFailures
+from clara_fl.fl.site.failure_report import one_line
 
-__all__ = ["SiteFailureReporter", "failure_reason"]
+__all__ = ["MAX_REASON", "SiteFailureReporter", "failure_reason"]
+
+#: The most of a site's reason the server keeps (a site's full error text can be long).
+MAX_REASON = 1000
 
 
 def failure_reason(result: Shareable) -> str:
-    """The reason a site gave for a failed result, or its return code when it gave none."""
+    """``<return code>: <the site's reason>`` on one line, the reason cut at :data:`MAX_REASON` characters; only
+    the return code when the site sent no reason, or one that is not text."""
     code = result.get_return_code(ReturnCode.OK)
     reason = result.get_header(ReservedHeaderKey.ERROR)
+    reason = one_line(reason) if isinstance(reason, str) else ""
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
     return f"{code}: {reason}" if reason else str(code)
 
 

@@ -61,7 +61,10 @@ class ClaraModelPersistor(PTFileModelPersistor):
 
     The MMAR is the server app folder, so the server needs no model code of its own; BYOC
     networks come from the app's custom/ folder. The server's own site file (``local/``) applies
-    as at any site: its environment values and its code policy.
+    as at any site: its environment values, its code policy and its confinement mode. The network
+    is built in a confined child process (:mod:`clara_fl.fl.server.network_build`): this process
+    never runs the job's model config; it keeps a module with the built network's parameters and
+    buffers by name (what this persistor and FedOpt use), loaded with ``weights_only=True``.
 
     After every saved global model it writes the run state (:mod:`clara_fl.fl.server.run_state`):
     the rounds done and the best model so far, so that ``clara-fl job resume`` can continue a job
@@ -76,7 +79,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         **kwargs: PTFileModelPersistor's arguments.
     """
 
-    model: Any  # the network, built by _initialize from the MMAR (PTFileModelPersistor's attribute)
+    model: Any  # the network's tensors, built by _initialize from the MMAR (PTFileModelPersistor's attribute)
 
     def __init__(
         self,
@@ -99,31 +102,41 @@ class ClaraModelPersistor(PTFileModelPersistor):
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         from clara_fl.config.errors import ConfigError
-        from clara_fl.fl.site.context import code_policy, find_mmar_root, find_site_file, read_site_file
-        from clara_fl.workflows.network import build_train_network
+        from clara_fl.fl.server.network_build import BuildRequest, build_network_confined
+        from clara_fl.fl.site.context import code_policy, find_mmar_root, find_site_file, read_site_file, site_options
 
         if self.model is None:
             try:
-                app_root = find_mmar_root(fl_ctx.get_prop(FLContextKey.APP_ROOT), self.train_config)
+                app_dir = fl_ctx.get_prop(FLContextKey.APP_ROOT)
+                app_root = find_mmar_root(app_dir, self.train_config)
                 site_file = find_site_file(fl_ctx.get_engine().get_workspace().get_root_dir())
                 content = read_site_file(site_file) if site_file else {}
-                if code_policy(content, site_file) == "restricted":
+                policy = code_policy(content, site_file)
+                options = site_options(content, site_file)  # its "confinement": required, preferred or off
+                if policy == "restricted":
                     check_persistor_arguments(self.job_arguments, app_root)
-                self.model = build_train_network(
-                    app_root,
-                    self.train_config,
-                    self.environment,
-                    self.overrides,
-                    extra_environment={
+                request = BuildRequest(
+                    mmar_root=app_root,
+                    train_config=self.train_config,
+                    environment=self.environment,
+                    overrides=self.overrides,
+                    site_values={
                         **content.get("environment", {}),
                         "SITE_NAME": fl_ctx.get_identity_name() or "server",
                     },
-                    code_policy=code_policy(content, site_file),
+                    code_policy=policy,
+                    catalog=options["catalog"],
                 )
+                # The job's train.model is built in a confined child; only its tensors come back.
+                self.model, confinement = build_network_confined(app_dir, request, options["confinement"])
             except ConfigError as e:
                 self.system_panic(reason=f"cannot build the global model: {e}", fl_ctx=fl_ctx)
                 return
-            self.log_info(fl_ctx, f"global model {type(self.model).__name__} built from {self.train_config}")
+            self.log_info(
+                fl_ctx,
+                f"global model {type(self.model).__name__} built from {self.train_config} in a separate process"
+                + (f" ({confinement})" if confinement else ""),
+            )
         super()._initialize(fl_ctx)
         if self.resume_from_job:
             self._resume(fl_ctx)

@@ -82,3 +82,28 @@ def fl_site(tmp_path: Path, synthetic_data):
         json.dumps({"environment": {"DATA_ROOT": str(synthetic_data.root)}})
     )
     return app, workspace
+
+
+@pytest.fixture(autouse=True)
+def sites_run_in_this_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Unit tests drive the Learner and the Validator with the site's tasks in the test's process
+    (``InProcessSite``), so they can look inside the trainer; tests marked ``site_process`` and the
+    end-to-end runs use the real confined process."""
+    if request.node.get_closest_marker("e2e") or request.node.get_closest_marker("site_process"):
+        yield
+        return
+    from clara_fl.fl.site import learner
+    from clara_fl.fl.site.site_process import InProcessSite
+
+    sites: dict[str, InProcessSite] = {}
+    monkeypatch.setattr(learner, "site_backend", lambda spec: sites.setdefault(spec.app_dir, InProcessSite()))
+    yield
+    for site in sites.values():
+        site.stop()
+
+
+def local_training(learner: object):
+    """The site's trainer behind a Learner whose tasks run in this process (``sites_run_in_this_process``)."""
+    training = learner.backend.service.training  # type: ignore[attr-defined]
+    assert training is not None, "the learner did not build its trainer"
+    return training

@@ -22,7 +22,7 @@ from clara_fl.fl.site.fedbn import norm_layer_keys
 from clara_fl.fl.site.learner import LOCAL_STATE_FILE
 from clara_fl.fl.site.validator import ClaraValidator
 from clara_fl.fl.site.weights import network_weights
-from tests.conftest import SPLEEN_MMAR, copy_mmar
+from tests.conftest import SPLEEN_MMAR, copy_mmar, local_training
 from tests.test_fl_learner import (
     OVERRIDES,
     SITE,
@@ -59,18 +59,18 @@ def validate_task(weights: dict[str, np.ndarray]) -> Shareable:
 
 def test_a_fedbn_site_neither_sends_nor_loads_its_norm_layers(site: Site) -> None:
     learner = site.learner(algorithm="fedbn")
-    norm_keys = norm_layer_keys(learner.workflow.network)
+    norm_keys = norm_layer_keys(local_training(learner).workflow.network)
     sent = site.global_weights()
 
     reply = learner.train(train_task(sent), site.ctx, Signal())
-    after_round = network_weights(learner.workflow.network)
+    after_round = network_weights(local_training(learner).workflow.network)
     before_train = DXO(data_kind=DataKind.WEIGHTS, data=with_other_norm_layers(sent, norm_keys)).to_shareable()
     before_train.set_header(AppConstants.VALIDATE_TYPE, ValidateType.BEFORE_TRAIN_VALIDATE)
     learner.validate(before_train, site.ctx, Signal())  # loads the next round's global weights
 
     assert reply.get_return_code() == ReturnCode.OK
     assert norm_keys and set(from_shareable(reply).data) == set(sent) - norm_keys
-    loaded = network_weights(learner.workflow.network)
+    loaded = network_weights(local_training(learner).workflow.network)
     for key in norm_keys:
         np.testing.assert_array_equal(loaded[key], after_round[key], err_msg=key)
 
@@ -78,8 +78,8 @@ def test_a_fedbn_site_neither_sends_nor_loads_its_norm_layers(site: Site) -> Non
 def test_cross_site_validation_uses_the_sites_own_norm_layers(site: Site) -> None:
     learner = site.learner(algorithm="fedbn")
     learner.train(train_task(site.global_weights()), site.ctx, Signal())
-    learner.local_state.wait()
-    norm_keys = norm_layer_keys(learner.workflow.network)
+    local_training(learner).local_state.wait()
+    norm_keys = norm_layer_keys(local_training(learner).workflow.network)
     own = torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["model"]
     server = site.global_weights()
     with_own_norms = {**server, **{k: own[k].numpy() for k in norm_keys}}
@@ -100,16 +100,16 @@ def test_cross_site_validation_uses_the_sites_own_norm_layers(site: Site) -> Non
 
 def test_fedbn_training_in_several_processes_keeps_the_sites_norm_layers(site: Site) -> None:
     learner = site.learner(algorithm="fedbn", nproc_per_site=2)
-    norm_keys = norm_layer_keys(learner.workflow.network)
+    norm_keys = norm_layer_keys(local_training(learner).workflow.network)
     norm_weights = [k for k in norm_keys if k.endswith(".weight")]
-    before = network_weights(learner.workflow.network)
+    before = network_weights(local_training(learner).workflow.network)
     sent = with_other_norm_layers(site.global_weights(), norm_keys)  # the server's norm weights are 3 higher
 
     reply = learner.train(train_task(sent), site.ctx, Signal())
 
     assert reply.get_return_code() == ReturnCode.OK
     assert set(from_shareable(reply).data) == set(sent) - norm_keys
-    after = network_weights(learner.workflow.network)
+    after = network_weights(local_training(learner).workflow.network)
     assert norm_weights and all(np.abs(after[k] - before[k]).max() < 1.0 for k in norm_weights)
 
 
@@ -124,9 +124,9 @@ def test_a_scaffold_round_returns_the_control_change_and_keeps_the_local_control
 
     assert reply.get_return_code() == ReturnCode.OK
     diff = from_shareable(reply).get_meta_prop("scaffold_c_diff")
-    parameters = dict(learner.workflow.network.named_parameters())
+    parameters = dict(local_training(learner).workflow.network.named_parameters())
     assert set(diff) == set(parameters)
-    learner.local_state.wait()
+    local_training(learner).local_state.wait()
     saved = torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["fl_algorithm"]["c_local"]
     key = next(iter(parameters))
     np.testing.assert_allclose(saved[key].numpy(), diff[key], rtol=1e-6)  # c_local started at 0

@@ -35,7 +35,8 @@ from clara_fl.fl.site.context import CODE_POLICY_ENV, SITE_CONFIG_ENV
 from clara_fl.fl.site.learner import LOCAL_STATE_FILE, ClaraLearner
 from clara_fl.fl.site.weights import network_weights, unwrap
 from clara_fl.workflows.network import build_train_network
-from tests.conftest import SPLEEN_MMAR, copy_mmar
+from clara_fl.workflows.round import RoundSpec
+from tests.conftest import SPLEEN_MMAR, copy_mmar, local_training
 
 # poison_one_optimizer_step wraps optimizer.step after the LR scheduler was built; torch notices and warns.
 pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden:UserWarning")
@@ -98,7 +99,7 @@ class Site:
         """A ClaraLearner initialized on this site, with the test's crop size on top of ``overrides``."""
         learner = ClaraLearner(overrides={**OVERRIDES, **(overrides or {})}, **kwargs)
         learner.initialize({}, self.ctx)
-        assert learner.workflow is not None, "the learner did not build its trainer"
+        local_training(learner)  # the learner built its trainer
         return learner
 
     def global_weights(self, **overrides: Any) -> dict[str, np.ndarray]:
@@ -177,8 +178,8 @@ def test_site_data_comes_from_the_site_file_with_the_site_name_filled_in(site: S
     assert learner.site.site_file == str(site.root / "local" / "clara_fl_site.json")
     assert learner.site.app_dir == str(site.app)
     datalist = site.site_datalist()
-    assert len(learner.workflow.trainer.data_loader.dataset) == len(datalist["training"]) == 3
-    assert len(learner.workflow.evaluator.data_loader.dataset) == len(datalist["validation"])
+    assert len(local_training(learner).workflow.trainer.data_loader.dataset) == len(datalist["training"]) == 3
+    assert len(local_training(learner).workflow.evaluator.data_loader.dataset) == len(datalist["validation"])
 
 
 def test_clara_fl_site_config_variable_wins_over_the_local_site_file(
@@ -196,7 +197,7 @@ def test_clara_fl_site_config_variable_wins_over_the_local_site_file(
     monkeypatch.setenv(SITE_CONFIG_ENV, str(env_file))
     learner = site.learner()
     assert learner.site.site_file == str(env_file)
-    assert len(learner.workflow.trainer.data_loader.dataset) == len(site.site_datalist()["training"])
+    assert len(local_training(learner).workflow.trainer.data_loader.dataset) == len(site.site_datalist()["training"])
     reply = learner.train(train_task(site.global_weights()), site.ctx, Signal())
     assert reply.get_return_code() == ReturnCode.OK
 
@@ -214,21 +215,21 @@ def test_train_sends_the_weight_diff_and_the_real_number_of_iterations(site: Sit
     dxo = from_shareable(reply)
     assert dxo.data_kind == DataKind.WEIGHT_DIFF
     assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == site.epoch_length() * 1  # local_epochs=1
-    assert learner.workflow.trainer.state.iteration == site.epoch_length()
-    local = network_weights(learner.workflow.network)
+    assert local_training(learner).workflow.trainer.state.iteration == site.epoch_length()
+    local = network_weights(local_training(learner).workflow.network)
     assert set(dxo.data) == set(sent) == set(local)
     for key, diff in dxo.data.items():
         np.testing.assert_allclose(sent[key] + diff, local[key], rtol=0, atol=1e-6, err_msg=key)
     key = first_float_weight(sent)
     assert np.abs(dxo.data[key]).max() > 0, "training did not move the weights"
-    learner.local_state.wait()  # written in the background while the update travels
+    local_training(learner).local_state.wait()  # written in the background while the update travels
     assert torch.load(site.app / "models" / LOCAL_STATE_FILE, weights_only=True)["iteration"] == site.epoch_length()
 
     # Round 2 starts from the server's weights again and reports its own iterations.
     reply = learner.train(train_task(sent, current_round=1), site.ctx, Signal())
     assert reply.get_return_code() == ReturnCode.OK
     assert from_shareable(reply).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == site.epoch_length()
-    assert learner.workflow.trainer.state.epoch == 2
+    assert local_training(learner).workflow.trainer.state.epoch == 2
 
 
 def test_train_sends_full_weights_when_send_weight_diff_is_false(site: Site) -> None:
@@ -241,7 +242,7 @@ def test_train_sends_full_weights_when_send_weight_diff_is_false(site: Site) -> 
     dxo = from_shareable(reply)
     assert dxo.data_kind == DataKind.WEIGHTS
     assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == site.epoch_length()
-    assert_same_weights(dxo.data, network_weights(learner.workflow.network))
+    assert_same_weights(dxo.data, network_weights(local_training(learner).workflow.network))
 
 
 def test_steps_aggregation_runs_exactly_that_many_iterations(site: Site) -> None:
@@ -252,7 +253,7 @@ def test_steps_aggregation_runs_exactly_that_many_iterations(site: Site) -> None
 
     assert reply.get_return_code() == ReturnCode.OK
     assert from_shareable(reply).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 3
-    assert learner.workflow.trainer.state.iteration == 3
+    assert local_training(learner).workflow.trainer.state.iteration == 3
 
 
 def test_steps_aggregation_smaller_than_an_epoch_still_completes_epochs(site: Site) -> None:
@@ -265,7 +266,7 @@ def test_steps_aggregation_smaller_than_an_epoch_still_completes_epochs(site: Si
         reply = learner.train(train_task(weights, current_round), site.ctx, Signal())
         assert from_shareable(reply).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == 1
 
-    state = learner.workflow.trainer.state
+    state = local_training(learner).workflow.trainer.state
     assert state.iteration == epoch_length
     assert state.epoch == 1, (
         f"{state.iteration} iterations of a {epoch_length}-iteration epoch counted as {state.epoch} epochs"
@@ -287,8 +288,8 @@ def test_missing_and_extra_global_keys_are_tolerated_but_a_wrong_shape_is_bad_ta
     assert set(dxo.data) == set(full) - {dropped}, "the diff covers exactly the keys the server sent and the site has"
     assert dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == site.epoch_length()
 
-    before = network_weights(learner.workflow.network)
-    iteration = learner.workflow.trainer.state.iteration
+    before = network_weights(local_training(learner).workflow.network)
+    iteration = local_training(learner).workflow.trainer.state.iteration
     wrong = dict(full)
     wrong[dropped] = np.zeros((1, *full[dropped].shape), dtype=np.float32)
     reply = learner.train(train_task(wrong, current_round=1), site.ctx, Signal())  # no exception
@@ -296,8 +297,8 @@ def test_missing_and_extra_global_keys_are_tolerated_but_a_wrong_shape_is_bad_ta
     assert reply.get_return_code() == ReturnCode.BAD_TASK_DATA
     with pytest.raises(ValueError):
         from_shareable(reply)
-    assert learner.workflow.trainer.state.iteration == iteration, "nothing was trained"
-    assert_same_weights(network_weights(learner.workflow.network), before)  # nothing half-loaded
+    assert local_training(learner).workflow.trainer.state.iteration == iteration, "nothing was trained"
+    assert_same_weights(network_weights(local_training(learner).workflow.network), before)  # nothing half-loaded
 
 
 # -- abort ---------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_abort_stops_training_after_the_current_iteration_and_the_next_round_sta
     from ignite.engine import Events
 
     learner = site.learner(local_epochs=50)
-    trainer = learner.workflow.trainer
+    trainer = local_training(learner).workflow.trainer
     weights = site.global_weights()
     epoch_length = site.epoch_length()
     signal = Signal()
@@ -346,7 +347,7 @@ def test_abort_stops_training_after_the_current_iteration_and_the_next_round_sta
     starts: list[tuple[int, int]] = []
     record_start = lambda engine: starts.append((engine.state.epoch, engine.state.iteration))  # noqa: E731
     trainer.add_event_handler(Events.STARTED, record_start)
-    learner.local_epochs = 1
+    local_training(learner).spec = RoundSpec(local_epochs=1)
     reply = learner.train(train_task(weights, current_round=1), site.ctx, Signal())
 
     assert reply.get_return_code() == ReturnCode.OK
@@ -378,7 +379,7 @@ def test_a_round_that_ends_with_nan_weights_is_refused_and_sends_nothing(site: S
 
 def poison_one_optimizer_step(learner: ClaraLearner, monkeypatch: pytest.MonkeyPatch) -> None:
     """The next optimizer step leaves NaN in one parameter (a local divergence), later steps are normal."""
-    optimizer = learner.workflow.trainer.optimizer
+    optimizer = local_training(learner).workflow.trainer.optimizer
     real_step = optimizer.step
     done: list[bool] = []
 
@@ -423,9 +424,9 @@ def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepte
     learner = site.learner()
     weights = site.global_weights()
     assert learner.train(train_task(weights), site.ctx, Signal()).get_return_code() == ReturnCode.OK
-    trainer = learner.workflow.trainer
-    accepted = {k: v.clone() for k, v in unwrap(learner.workflow.network).state_dict().items()}
-    best = learner.workflow.evaluator.state.best_metric
+    trainer = local_training(learner).workflow.trainer
+    accepted = {k: v.clone() for k, v in unwrap(local_training(learner).workflow.network).state_dict().items()}
+    best = local_training(learner).workflow.evaluator.state.best_metric
 
     poison_one_optimizer_step(learner, monkeypatch)
     assert (
@@ -437,9 +438,9 @@ def test_a_refused_round_rolls_the_site_back_to_the_state_after_the_last_accepte
     steps = [int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()]
     assert steps and all(s == site.epoch_length() for s in steps), "Adam's moments are those of the accepted round"
     assert all(torch.isfinite(v).all() for v in trainer.optimizer.state_dict()["state"][0].values())
-    restored = unwrap(learner.workflow.network).state_dict()
+    restored = unwrap(local_training(learner).workflow.network).state_dict()
     assert all(torch.equal(restored[k], v) for k, v in accepted.items())
-    assert learner.workflow.evaluator.state.best_metric == best
+    assert local_training(learner).workflow.evaluator.state.best_metric == best
 
 
 def test_submit_model_never_hands_out_the_weights_of_a_refused_nan_round(
@@ -483,7 +484,7 @@ def test_before_train_validate_returns_a_dict_of_metrics_and_leaves_local_model_
     assert isinstance(metrics, dict) and set(metrics) == METRIC_NAMES
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in metrics.values())
     assert not (site.app / "models" / "model.pt").exists(), "validation must not select a local model"
-    assert learner.workflow.evaluator.state.best_metric_epoch == -1
+    assert local_training(learner).workflow.evaluator.state.best_metric_epoch == -1
 
 
 def test_learner_executor_puts_the_before_train_metrics_dict_into_the_train_result(site: Site) -> None:
@@ -505,24 +506,30 @@ def test_learner_executor_puts_the_before_train_metrics_dict_into_the_train_resu
 
     # the same dict the learner gives for these weights; asking again changes no model file
     models = site.app / "models"
-    learner.local_state.wait()
+    local_training(learner).local_state.wait()
     before = files_state(models)
     assert "model.pt" in before
-    best = (learner.workflow.evaluator.state.best_metric, learner.workflow.evaluator.state.best_metric_epoch)
+    best = (
+        local_training(learner).workflow.evaluator.state.best_metric,
+        local_training(learner).workflow.evaluator.state.best_metric_epoch,
+    )
     again = learner.validate(validate_task(weights, ValidateType.BEFORE_TRAIN_VALIDATE), site.ctx, Signal())
     assert from_shareable(again).data[MetaKey.INITIAL_METRICS] == pytest.approx(initial, rel=1e-5)
     assert files_state(models) == before
-    assert (learner.workflow.evaluator.state.best_metric, learner.workflow.evaluator.state.best_metric_epoch) == best
+    assert (
+        local_training(learner).workflow.evaluator.state.best_metric,
+        local_training(learner).workflow.evaluator.state.best_metric_epoch,
+    ) == best
 
     # the validate task (model_validate): plain metrics, and the site's trained weights are restored
-    trained = network_weights(learner.workflow.network)
+    trained = network_weights(local_training(learner).workflow.network)
     reply = executor.execute(
         "validate", DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable(), site.ctx, Signal()
     )
     assert reply.get_return_code() == ReturnCode.OK
     metrics = from_shareable(reply)
     assert metrics.data_kind == DataKind.METRICS and set(metrics.data) == METRIC_NAMES
-    assert_same_weights(network_weights(learner.workflow.network), trained)
+    assert_same_weights(network_weights(local_training(learner).workflow.network), trained)
     assert files_state(models) == before
 
 
@@ -556,7 +563,7 @@ def test_submit_model_without_any_checkpoint_sends_the_network_weights(site: Sit
     assert reply.get_return_code() == ReturnCode.OK
     dxo = from_shareable(reply)
     assert dxo.data_kind == DataKind.WEIGHTS
-    assert_same_weights(dxo.data, network_weights(learner.workflow.network))
+    assert_same_weights(dxo.data, network_weights(local_training(learner).workflow.network))
 
 
 # -- a train CheckpointLoader --------------------------------------------------------------------
@@ -575,14 +582,16 @@ def test_a_train_checkpoint_loader_never_overwrites_the_global_weights(site: Sit
     learner = site.learner(overrides=overrides, send_weight_diff=False)
     # the override enables the config's CheckpointLoader; the Learner switches it off before building, as MONAI's
     # FL client does, so no loader exists to fire
-    loaders = [h for h in learner.workflow.resolver.get("handlers", "train") if isinstance(h, CheckpointLoader)]
+    loaders = [
+        h for h in local_training(learner).workflow.resolver.get("handlers", "train") if isinstance(h, CheckpointLoader)
+    ]
     assert loaders == []
 
     reply = learner.train(train_task(weights), site.ctx, Signal())
 
     assert reply.get_return_code() == ReturnCode.OK
     returned = from_shareable(reply).data
-    parameters = [name for name, _ in learner.workflow.network.named_parameters()]
+    parameters = [name for name, _ in local_training(learner).workflow.network.named_parameters()]
     assert parameters
     for name in parameters:  # learning rate 0: parameters stay the server's (BatchNorm buffers do move)
         np.testing.assert_array_equal(returned[name], weights[name], err_msg=name)
@@ -596,15 +605,18 @@ def test_a_rebuilt_learner_resumes_the_local_state_from_disk(site: Site) -> None
     weights = site.global_weights()
     first = site.learner()
     reply_a = from_shareable(first.train(train_task(weights), site.ctx, Signal()))
-    state_a, best_a = first.workflow.trainer.state, first.workflow.evaluator.state.best_metric
+    state_a, best_a = (
+        local_training(first).workflow.trainer.state,
+        local_training(first).workflow.evaluator.state.best_metric,
+    )
     first.finalize(site.ctx)  # FLARE ends the task's run before it builds the next learner
 
     second = site.learner()  # a new learner on the same app folder, as FLARE builds for the next task
-    trainer = second.workflow.trainer
+    trainer = local_training(second).workflow.trainer
     assert (
         (trainer.state.epoch, trainer.state.iteration) == (state_a.epoch, state_a.iteration) == (1, site.epoch_length())
     )
-    assert second.workflow.evaluator.state.best_metric == pytest.approx(best_a)
+    assert local_training(second).workflow.evaluator.state.best_metric == pytest.approx(best_a)
     steps = [s["step"] for s in trainer.optimizer.state_dict()["state"].values()]
     assert steps and all(int(s) == site.epoch_length() for s in steps), "the optimizer state was resumed"
 

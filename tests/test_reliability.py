@@ -195,13 +195,13 @@ def with_expression(mmar: Path, expression: str) -> None:
 
 
 def test_safe_standalone_refuses_imports_with_the_config_path_and_runs_nothing(
-    spleen_mmar: Path, tmp_path: Path, capsys
+    spleen_mmar: Path, tmp_path: Path, capfd
 ) -> None:
     marker = tmp_path / "code_ran"
     with_expression(spleen_mmar, HOSTILE_EXPRESSION.format(marker=marker))
 
     assert main(["train", "-m", str(spleen_mmar), "--safe", "--set", *tiny_set()]) == 2
-    error = capsys.readouterr().err
+    error = capfd.readouterr().err  # from the confined process --safe runs the command in
     assert (
         "config/config_train.json: train.optimizer.args.params: code refused by the site's restricted policy" in error
     )
@@ -227,7 +227,9 @@ def test_an_fl_site_refuses_job_code_by_default_and_every_task_fails_cleanly(fl_
     learner = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     learner.initialize({}, site_ctx(app, workspace))
 
-    assert "train.optimizer.args.params: code refused by the site's restricted policy" in learner._init_error
+    assert (
+        "train.optimizer.args.params: code refused by the site's restricted policy" in learner.init_failure.local_text()
+    )
     assert (
         learner.train(Shareable(), site_ctx(app, workspace), Signal()).get_return_code()
         == ReturnCode.EXECUTION_EXCEPTION
@@ -245,12 +247,12 @@ def test_a_site_opts_in_to_full_python_in_its_local_policy(fl_site, monkeypatch)
 
     learner = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     learner.initialize({}, site_ctx(app, workspace))
-    assert learner._init_error is None
+    assert learner.init_failure is None
 
     monkeypatch.setenv("CLARA_FL_CODE_POLICY", "restricted")  # the simulator's switch wins over the file
     strict = ClaraLearner(overrides=dict(roi_size=[16, 16, 16], num_workers=0))
     strict.initialize({}, site_ctx(app, workspace))
-    assert "restricted policy" in strict._init_error
+    assert strict.init_failure is not None and "restricted policy" in strict.init_failure.local_text()
 
 
 def all_configs() -> list[Path]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
+from clara_fl.config.policy import parse_site_catalog
 from clara_fl.config.restrictions import CodePolicy
 from clara_fl.config.variables import PLACEHOLDER
 
@@ -27,6 +28,8 @@ __all__ = [
     "find_mmar_root",
     "code_policy",
     "data_roots",
+    "site_options",
+    "CONFINEMENT_MODES",
 ]
 
 SITE_FILE_NAME = "clara_fl_site.json"
@@ -34,6 +37,8 @@ SITE_CONFIG_ENV = "CLARA_FL_SITE_CONFIG"
 CODE_POLICY_ENV = "CLARA_FL_CODE_POLICY"
 DEFAULT_CODE_POLICY = "restricted"
 DEFAULT_DATA_ROOT = os.path.expanduser("~/.clara-fl/data")
+DEFAULT_CONFINEMENT = "preferred"
+CONFINEMENT_MODES = ("required", "preferred", "off")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,13 @@ class SiteContext:
     environment: dict[str, Any] = field(default_factory=dict)
     site_file: str | None = None
     code_policy: str = DEFAULT_CODE_POLICY
+    #: ``required``, ``preferred`` or ``off``: whether a job's config code runs in a Landlock-confined process
+    confinement: str = DEFAULT_CONFINEMENT
+    #: send the server a failure's full text, case names and paths included (a site's opt-in; default: only
+    #: the error's kind, config item and class)
+    send_error_details: bool = False
+    #: classes and arguments the site adds to the restricted policy's catalog (clara_fl.config.restrictions)
+    catalog: dict[str, Any] = field(default_factory=dict)
 
     def variables(self) -> dict[str, Any]:
         """Values that sit above the job's environment.json: the site's own, plus SITE_NAME."""
@@ -53,7 +65,7 @@ class SiteContext:
     @property
     def policy(self) -> CodePolicy:
         """The site's code policy with the folders its data may be read from (see :func:`data_roots`)."""
-        return CodePolicy(self.code_policy, data_roots(self.variables()))
+        return CodePolicy(self.code_policy, data_roots(self.variables()), catalog=dict(self.catalog))
 
 
 def data_roots(site_values: dict[str, Any]) -> tuple[str, ...]:
@@ -117,7 +129,33 @@ def site_context(fl_ctx: Any, config_file: str = "config/config_train.json") -> 
         environment=dict(content.get("environment", {})),
         site_file=site_file,
         code_policy=code_policy(content, site_file),
+        **site_options(content, site_file),
     )
+
+
+def site_options(site_content: dict[str, Any], site_file: str | None = None) -> dict[str, Any]:
+    """The site file's ``confinement``, ``send_error_details`` and ``catalog``, checked.
+
+    Raises:
+        ConfigError: a value of the wrong kind, naming the site file and the key.
+    """
+    where = site_file or "site file"
+    confinement = site_content.get("confinement", DEFAULT_CONFINEMENT)
+    if confinement not in CONFINEMENT_MODES:
+        raise ConfigError(
+            f"must be one of {', '.join(CONFINEMENT_MODES)}, got {confinement!r}", file=where, path="confinement"
+        )
+    details = site_content.get("send_error_details", False)
+    if not isinstance(details, bool):
+        raise ConfigError(f"must be true or false, got {details!r}", file=where, path="send_error_details")
+    catalog = site_content.get("catalog", {})
+    if not isinstance(catalog, dict):
+        raise ConfigError("must be an object (see docs/fl.md, the catalog)", file=where, path="catalog")
+    try:
+        parse_site_catalog(catalog)  # a bad entry fails when the site file is read, not at the first build
+    except ConfigError as e:
+        raise e.located(where) from None
+    return {"confinement": confinement, "send_error_details": details, "catalog": catalog}
 
 
 def code_policy(site_content: dict[str, Any], site_file: str | None = None) -> str:

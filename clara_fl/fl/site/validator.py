@@ -2,43 +2,30 @@
 
 Built from the MMAR's config_cross_validation.json (config_validation.json whose ``model`` is the
 train config's network component). Works with CrossSiteModelEval (model owner in the task header)
-and with the newer CrossSiteEval (model owner in the DXO meta).
+and with the newer CrossSiteEval (model owner in the DXO meta). A thin FLARE adapter: the validation
+config is built and run in the job's confined process at this site
+(:class:`~clara_fl.fl.site.local_training.LocalValidation` in :mod:`clara_fl.fl.site.site_process`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
 from typing import Any
 
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import ReservedHeaderKey, Shareable, make_reply
+from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
-from clara_fl.config.errors import ConfigError, describe_failure
+from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.failure_report import SiteFailure
+from clara_fl.fl.site.learner import failure_reply, site_backend
+from clara_fl.fl.site.local_training import SiteTaskFailed, ValidationSettings, derive_cross_validation_config
+from clara_fl.fl.site.site_process import SiteProcessSpec, settings_dict
 
 __all__ = ["ClaraValidator", "derive_cross_validation_config"]
-
-
-def derive_cross_validation_config(mmar_root: str, validation_config: str, train_config: str) -> dict[str, Any]:
-    """config_validation.json with ``model`` replaced by the train network and its CheckpointLoaders removed."""
-    from clara_fl.config.jsonio import load_json
-    from clara_fl.config.mmar import resolve_in_mmar
-    from clara_fl.workflows.network import train_model_spec
-
-    config = load_json(resolve_in_mmar(mmar_root, validation_config))
-    if not isinstance(config, dict):
-        raise ConfigError("a config must be a JSON object", file=validation_config)
-    config["model"] = train_model_spec(mmar_root, train_config)
-    config["handlers"] = [
-        h for h in config.get("handlers", []) if not (isinstance(h, dict) and h.get("name") == "CheckpointLoader")
-    ]
-    return config
 
 
 class ClaraValidator(Executor):
@@ -71,6 +58,7 @@ class ClaraValidator(Executor):
         self.environment = environment
         self.validate_task_name = validate_task_name
         self.overrides = dict(overrides or {})
+        self.send_error_details = False  # the site's opt-in, read from its site file with each task
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name != self.validate_task_name:
@@ -89,11 +77,9 @@ class ClaraValidator(Executor):
             or "unknown_model"
         )
         try:
-            metrics = self._validate(owner, dxo.data, fl_ctx, abort_signal)
-        except Exception as e:  # bad config or data at this site: one clear line, an error code, the job goes on
-            message = f"cross-site validation of '{owner}' failed: {describe_failure(e)}"
-            self.log_error(fl_ctx, message)
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION, headers={ReservedHeaderKey.ERROR: message})
+            metrics = self._validate(str(owner), dxo.data, fl_ctx, abort_signal)
+        except SiteTaskFailed as e:  # bad config or data at this site: one clear line, an error code, the job goes on
+            return failure_reply(self, fl_ctx, e.failure, self.send_error_details)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         self.log_info(fl_ctx, f"validated model '{owner}' on local data: {metrics}")
@@ -102,63 +88,34 @@ class ClaraValidator(Executor):
     def _validate(
         self, owner: str, weights: dict[str, Any], fl_ctx: FLContext, abort_signal: Signal
     ) -> dict[str, float]:
-        from ignite.engine import Events
-
-        from clara_fl.config.checkpoint_loaders import without_checkpoint_loaders
-        from clara_fl.config.mmar import load_config
         from clara_fl.fl.site.context import site_context
-        from clara_fl.fl.site.weights import network_weights, shaped_like
-        from clara_fl.workflows.evaluate import EvaluateWorkflow
 
-        site = site_context(fl_ctx, self.train_config)
-        config = None
-        if not os.path.isfile(os.path.join(site.app_dir, self.validation_config)):
-            self.log_info(
-                fl_ctx,
-                f"{self.validation_config} not in the MMAR: validating with {self.fallback_validation_config} "
-                f"and the network of {self.train_config}",
-            )
-            config = derive_cross_validation_config(site.app_dir, self.fallback_validation_config, self.train_config)
-        # Each model's per-case metrics go to their own folder: eval/cross_site_val/<model owner>/.
-        safe_owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner)
-        overrides = {
-            **self.overrides,
-            "MMAR_EVAL_OUTPUT_PATH": os.path.join(site.app_dir, "eval", "cross_site_val", safe_owner),
-        }
-        loaded = load_config(
-            site.app_dir, self.validation_config, self.environment, overrides, site.variables(), config=config
+        try:
+            site = site_context(fl_ctx, self.train_config)
+        except ConfigError as e:
+            failure = SiteFailure.from_exception("cross_validate", e, None)
+            raise SiteTaskFailed(failure) from e
+        self.send_error_details = site.send_error_details
+        policy = site.policy
+        settings = ValidationSettings(
+            app_dir=site.app_dir,
+            environment=self.environment,
+            overrides=self.overrides,
+            site_values=site.variables(),
+            code_policy=site.code_policy,
+            data_roots=list(policy.data_roots or ()),
+            catalog=dict(site.catalog),
+            algorithm=self.algorithm,
+            algorithm_args=self.algorithm_args,
+            validation_config=self.validation_config,
+            fallback_validation_config=self.fallback_validation_config,
+            train_config=self.train_config,
         )
-        # the weights come from the server: a CheckpointLoader in the config would overwrite them
-        loaded = dataclasses.replace(loaded, config=without_checkpoint_loaders(loaded.config, ("",))[0])
-        workflow = EvaluateWorkflow.build(loaded, code_policy=site.policy)
-        self._load(workflow.network, shaped_like(weights, network_weights(workflow.network)), loaded, fl_ctx)
-
-        def poll_abort(engine: Any) -> None:
-            if abort_signal.triggered:
-                engine.terminate()
-
-        workflow.evaluator.add_event_handler(Events.ITERATION_COMPLETED, poll_abort)
-        return workflow.run(progress=False)
-
-    def _load(self, network: Any, weights: dict[str, Any], loaded: Any, fl_ctx: FLContext) -> None:
-        """Load ``weights``, except the layers the site's FL algorithm keeps local: those come from its local state."""
-        from clara_fl.fl.site.algorithms import local_algorithm
-        from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
-        from clara_fl.fl.site.weights import load_global_weights
-        from clara_fl.runtime.checkpoint import load_checkpoint, model_state
-
-        site_algorithm = local_algorithm(self.algorithm, self.algorithm_args)
-        site_algorithm.setup_network(network)
-        to_load = site_algorithm.weights_to_load(weights)
-        kept = [k for k in weights if k not in to_load]
-        if kept:
-            ckpt_dir = str(loaded.variables.get("MMAR_CKPT_DIR") or "models")
-            path = os.path.join(loaded.mmar_root, ckpt_dir, LOCAL_STATE_FILE)
-            if os.path.isfile(path):
-                own = model_state(load_checkpoint(path), path)
-                load_global_weights(network, {k: own[k] for k in kept if k in own})
-                self.log_info(fl_ctx, f"{self.algorithm}: {len(kept)} tensors from this site's {path}")
-            else:
-                self.log_warning(fl_ctx, f"{self.algorithm}: no {path} yet, validating the model's own local layers")
-                to_load = weights
-        load_global_weights(network, to_load)
+        spec = SiteProcessSpec(site.app_dir, tuple(policy.data_roots or ()), site.confinement)
+        result, _ = site_backend(spec).call(
+            "cross_validate",
+            {"settings": settings_dict(settings), "owner": owner},
+            {"weights": weights},
+            lambda: abort_signal.triggered,
+        )
+        return {str(k): float(v) for k, v in dict(result["metrics"]).items()}

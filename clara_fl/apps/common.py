@@ -8,11 +8,14 @@ functions (a one-line :class:`ConfigError`, exit 2).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "add_mmar_arguments",
@@ -158,7 +161,16 @@ def add_mmar_arguments(parser: argparse.ArgumentParser, default_config: str) -> 
         "--safe",
         action="store_true",
         help="run the config under the restricted policy FL sites use (for configs you did not write): "
-        "closed code grammar, library classes only, outputs inside the MMAR",
+        "closed code grammar, catalogued library classes only, outputs inside the MMAR; and, where the kernel "
+        "has Landlock, in a confined process that writes only inside the MMAR",
+    )
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --safe: a folder the run may read data from (repeatable; default: the folders of DATA_ROOT "
+        "and DATASET_JSON)",
     )
 
 
@@ -169,8 +181,67 @@ def load_from_args(args: argparse.Namespace) -> Any:
     return load_config(args.mmar, args.config, args.environment, parse_set_args(args.set))
 
 
-def code_policy(args: argparse.Namespace) -> str:
-    return "restricted" if getattr(args, "safe", False) else "full"
+def code_policy(args: argparse.Namespace) -> Any:
+    """The code policy of a standalone run: ``full`` for your own configs, restricted with ``--safe``, reading
+    data from ``--data-root`` (or, without it, DATA_ROOT and DATASET_JSON's folder)."""
+    from clara_fl.config.restrictions import CodePolicy
+
+    if not getattr(args, "safe", False):
+        return CodePolicy("full")
+    return CodePolicy("restricted", tuple(args.data_root) or None)
+
+
+CONFINED_ENV = "CLARA_FL_CONFINED"  # set in the confined child of a --safe run
+
+
+def run_confined(args: argparse.Namespace, loaded: Any) -> int | None:
+    """``--safe``: run this command again in a confined child process (Landlock), before the config builds
+    anything; returns its exit code, or None when this process should go on itself (no ``--safe``, or it is
+    that child already).
+
+    The child writes only in the MMAR folder and a private temporary folder; reads only the MMAR, the data
+    folders (``--data-root``, else the folders the run's DATA_ROOT and DATASET_JSON name) and the Python
+    installation; starts no program but the Python interpreter; opens no TCP socket but what DDP between this
+    run's own processes needs. Where the kernel has no Landlock it says so in one WARNING line and the run goes
+    on under the restricted policy alone.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from clara_fl.runtime.confinement import confined_environment, job_confinement, spawn_args
+
+    if not getattr(args, "safe", False) or os.environ.get(CONFINED_ENV):
+        return None
+    roots = [os.path.abspath(r) for r in args.data_root] or _data_folders(loaded.variables.as_dict())
+    port = os.environ.get("MASTER_PORT")
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    temp_dir = tempfile.mkdtemp(prefix="clara-fl-safe-")
+    try:
+        confinement = job_confinement(
+            os.path.abspath(loaded.mmar_root),
+            roots,
+            temp_dir,
+            ddp=ddp,
+            rendezvous_port=int(port) if ddp and port and port.isdigit() else None,
+        )
+        logger.info("--safe: running confined; data read from %s", ", ".join(roots) or "nowhere")
+        command = [sys.executable, "-m", "clara_fl.runtime.confinement", *spawn_args(confinement, "preferred"), "--"]
+        command += [sys.executable, "-m", "clara_fl", *args.argv]
+        return subprocess.run(command, env={**confined_environment(temp_dir), CONFINED_ENV: "1"}).returncode
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _data_folders(variables: dict[str, Any]) -> list[str]:
+    folders = []
+    for name in ("DATA_ROOT", "DATASET_JSON"):
+        value = variables.get(name)
+        if isinstance(value, str) and value:
+            path = os.path.abspath(os.path.expanduser(value))
+            folders.append(path if os.path.isdir(path) else os.path.dirname(path))
+    return list(dict.fromkeys(folders))
 
 
 def check_simulation(job: str, n_clients: int, threads: int, site_config: str | None = None) -> FlareJob:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args, run_confined
 
 logger = logging.getLogger("clara_fl.evaluate")
 
@@ -24,8 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.evaluate import EvaluateWorkflow
 
+    loaded = load_from_args(args)
+    confined = run_confined(args, loaded)  # --safe: in a confined process, before the config builds anything
+    if confined is not None:
+        return confined
     with build_once():
-        workflow = EvaluateWorkflow.build(load_from_args(args), code_policy=code_policy(args))
+        workflow = EvaluateWorkflow.build(loaded, code_policy=code_policy(args))
     metrics = workflow.run()
     if is_main_process():  # metrics are gathered: every rank holds the same numbers
         for name, value in metrics.items():

@@ -41,6 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "site's default, in local/privacy.json): PercentilePrivacy, SVTPrivacy or ExcludeVars, e.g. "
         "'PercentilePrivacy:percentile=10,gamma=0.01'; repeat for several; --privacy none removes it",
     )
+    setup.add_argument(
+        "--confinement",
+        choices=["required", "preferred", "off"],
+        default=None,
+        help="run each job's config code in a Landlock-confined process: 'required' refuses jobs where the kernel "
+        "cannot confine them, 'preferred' (the default) confines where it can and warns where it cannot, 'off' "
+        "never confines (kept in local/clara_fl_site.json)",
+    )
     setup.set_defaults(run=run_setup)
 
 
@@ -50,7 +58,9 @@ def run_setup(args: argparse.Namespace) -> int:
     from clara_fl.fl.jobs.site_setup import setup_site
 
     privacy = None if args.privacy is None else [parse_privacy_option(p) for p in args.privacy if p != "none"]
-    result = setup_site(args.site_dir, parse_set_args(args.set), allow_code=args.allow_code)
+    result = setup_site(
+        args.site_dir, parse_set_args(args.set), allow_code=args.allow_code, confinement=args.confinement
+    )
     print(f"clara-fl site setup: {result.summary()}")
     if privacy is not None:
         path, changed = write_site_privacy(result.kit.local_dir, privacy)

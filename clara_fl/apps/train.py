@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args, non_negative_float
+from clara_fl.apps.common import add_mmar_arguments, code_policy, load_from_args, non_negative_float, run_confined
 
 logger = logging.getLogger("clara_fl.train")
 
@@ -36,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from clara_fl.runtime.startup import build_once
     from clara_fl.workflows.train import RESUME_STATE_FILE, TrainWorkflow
 
+    loaded = load_from_args(args)
+    confined = run_confined(args, loaded)  # --safe: in a confined process, before the config builds anything
+    if confined is not None:
+        return confined
     with build_once():
-        workflow = TrainWorkflow.build(load_from_args(args), code_policy=code_policy(args))
+        workflow = TrainWorkflow.build(loaded, code_policy=code_policy(args))
     workflow.save_state_every_epoch()
     if args.resume:
         epoch = workflow.resume()

@@ -11,4 +11,6 @@ class MyDiceLoss(DiceLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         MyDiceLoss.calls += 1
+        if MyDiceLoss.calls == 1:
+            print("MyDiceLoss: first call", flush=True)  # seen by a test from outside a --safe run's process
         return super().forward(input, target)

@@ -78,7 +78,8 @@ def test_creates_resources_json_from_the_default_and_keeps_the_default(
     assert resources["class_allow_list"] == DEFAULT_RESOURCES["class_allow_list"] + list(CLARA_ALLOW_LIST)
     assert resources["components"] == [DEFAULT_RESOURCES["components"][0], OUR_LAUNCHER]
     assert {k: v for k, v in resources.items() if k not in ("class_allow_list", "components")} == {
-        k: v for k, v in DEFAULT_RESOURCES.items() if k not in ("class_allow_list", "components")
+        **{k: v for k, v in DEFAULT_RESOURCES.items() if k not in ("class_allow_list", "components")},
+        "allow_log_streaming": False,
     }
     assert "created local/resources.json from local/resources.json.default" in out
     for entry in CLARA_ALLOW_LIST:
@@ -174,7 +175,7 @@ def test_allow_code_records_full_and_switching_back_is_reported(
 
     code, out, _ = setup(str(kit), "--allow-code", capsys=capsys)
     assert code == 0
-    assert json.loads(site_file.read_text()) == {"environment": {}, "code_policy": "full"}
+    assert json.loads(site_file.read_text()) == {"environment": {}, "code_policy": "full", "confinement": "preferred"}
     assert code_policy(read_site_file(str(site_file))) == "full"
     assert "code_policy = full" in out and "full Python" in out
 
@@ -201,6 +202,7 @@ def test_server_kit_with_an_existing_resources_json(tmp_path: Path, capsys: pyte
     assert json.loads((kit / "local" / "clara_fl_site.json").read_text()) == {
         "environment": {},
         "code_policy": "restricted",
+        "confinement": "preferred",
     }
 
 
@@ -399,3 +401,37 @@ def test_works_on_kits_from_nvflare_provision(provisioned: Path) -> None:
     with pytest.raises(ConfigError, match="admin kit"):
         find_startup_kit(provisioned / "admin@example.org")
     assert not setup_site(provisioned / "hospital-a", {"DATA_ROOT": "/data/spleen"}).changed
+
+
+def test_a_client_kit_stops_streaming_its_error_log_to_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    code, out, _ = setup(str(kit), capsys=capsys)
+
+    assert code == 0
+    assert json.loads((kit / "local" / "resources.json").read_text())["allow_log_streaming"] is False
+    assert "allow_log_streaming = false" in out
+
+
+def test_a_site_that_chose_log_streaming_keeps_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    kit = make_kit(tmp_path / "site-1")
+    resources = {**DEFAULT_RESOURCES, "allow_log_streaming": True}
+    (kit / "local" / "resources.json").write_text(json.dumps(resources))
+
+    setup(str(kit), capsys=capsys)
+
+    assert json.loads((kit / "local" / "resources.json").read_text())["allow_log_streaming"] is True
+
+
+def test_the_site_file_records_the_chosen_confinement_and_the_summary_says_what_the_kernel_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    code, out, _ = setup(str(kit), "--confinement", "required", capsys=capsys)
+
+    assert code == 0
+    assert json.loads((kit / "local" / "clara_fl_site.json").read_text())["confinement"] == "required"
+    assert "job confinement 'required': " in out and "Landlock" in out

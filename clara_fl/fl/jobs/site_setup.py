@@ -28,7 +28,8 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.fl.jobs.allow_list import resources_with_allow_list
-from clara_fl.fl.site.context import SITE_FILE_NAME, read_site_file
+from clara_fl.fl.site.context import CONFINEMENT_MODES, SITE_FILE_NAME, read_site_file
+from clara_fl.runtime.confinement import confinement_status
 from clara_fl.runtime.files import write_json_atomic
 
 __all__ = ["StartupKit", "SiteSetupResult", "find_startup_kit", "setup_site"]
@@ -81,6 +82,9 @@ class SiteSetupResult:
     environment_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     code_policy_before: str | None = None
+    confinement: str = "preferred"
+    confinement_before: str | None = None
+    log_streaming_turned_off: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -91,6 +95,8 @@ class SiteSetupResult:
             or self.components_added
             or self.environment_changes
             or self.code_policy_before != self.code_policy
+            or self.confinement_before != self.confinement
+            or self.log_streaming_turned_off
         )
 
     def summary(self) -> str:
@@ -112,6 +118,12 @@ class SiteSetupResult:
         unchanged = sorted(set(self.environment) - set(self.environment_changes))
         if unchanged:
             lines.append(f"  {site_file}: environment unchanged: {', '.join(unchanged)}")
+        if self.log_streaming_turned_off:
+            lines.append(
+                f"  {resources}: allow_log_streaming = false (FLARE would send the site's error log, case names and "
+                "paths included, to the server)"
+            )
+        lines.append(f"  job confinement '{self.confinement}': {confinement_status(self.confinement)}")
         if self.code_policy_before != self.code_policy:
             before = f" (was {self.code_policy_before})" if self.code_policy_before else ""
             lines.append(f"  {site_file}: code_policy = {self.code_policy}{before}")
@@ -186,7 +198,17 @@ def _update_resources(kit: StartupKit, result: SiteSetupResult) -> None:
             result.components_added.append(SERVER_COMPONENT["path"])
     else:
         _use_rejoining_launcher(components, result)
-    if result.resources_created or result.allow_list_added or result.components_added:
+        if "allow_log_streaming" not in updated:
+            # FLARE streams a client's error_log.txt to the server (SiteLogStreamer), and uploads it at the end
+            # of each job: nothing identifying may leave a site, so a site turns it on only by choice.
+            updated["allow_log_streaming"] = False
+            result.log_streaming_turned_off = True
+    if (
+        result.resources_created
+        or result.allow_list_added
+        or result.components_added
+        or result.log_streaming_turned_off
+    ):
         write_json_atomic(path, updated)
 
 
@@ -213,6 +235,7 @@ def _update_site_file(
     content = read_site_file(path) if os.path.isfile(path) else {}
     current = dict(content.get("environment", {}))
     result.code_policy_before = content.get("code_policy")
+    result.confinement_before = content.get("confinement")
     for name, value in environment.items():
         if name not in current or current[name] != value:
             result.environment_changes[name] = (current.get(name), value)
@@ -226,12 +249,17 @@ def _update_site_file(
                 result.notes.append(f"{name} {here} does not exist on this machine (yet)")
     if kit.kind == "server" and current:
         result.notes.append("the server trains on no data: environment values matter on client kits")
-    if result.environment_changes or result.code_policy_before != code_policy or not os.path.isfile(path):
-        write_json_atomic(path, {**content, "environment": current, "code_policy": code_policy})
+    changed = result.code_policy_before != code_policy or result.confinement_before != result.confinement
+    if result.environment_changes or changed or not os.path.isfile(path):
+        content = {**content, "environment": current, "code_policy": code_policy, "confinement": result.confinement}
+        write_json_atomic(path, content)
 
 
 def setup_site(
-    site_dir: str | os.PathLike, environment: Mapping[str, Any] | None = None, allow_code: bool = False
+    site_dir: str | os.PathLike,
+    environment: Mapping[str, Any] | None = None,
+    allow_code: bool = False,
+    confinement: str | None = None,
 ) -> SiteSetupResult:
     """Set up the startup kit at ``site_dir`` for clara-fl jobs and return what changed.
 
@@ -240,6 +268,11 @@ def setup_site(
         environment: site-local values above the job's environment.json, e.g. ``{"DATA_ROOT": "/data"}``;
             strings may use ``{SITE_NAME}``, kept verbatim. Merged with the values already in the site file.
         allow_code: record ``code_policy: "full"`` instead of ``"restricted"``.
+        confinement: record the site's job confinement (``required``, ``preferred``, ``off``); None keeps the
+            site file's (default ``preferred``).
+
+    Raises:
+        ConfigError: no startup kit, a bad value, a resources file that is not JSON.
     """
     kit = find_startup_kit(site_dir)
     for name in environment or {}:
@@ -251,6 +284,11 @@ def setup_site(
         site_file=os.path.join(kit.local_dir, SITE_FILE_NAME),
         code_policy="full" if allow_code else "restricted",
     )
+    if confinement is not None and confinement not in CONFINEMENT_MODES:
+        raise ConfigError(f"must be one of {', '.join(CONFINEMENT_MODES)}, got {confinement!r}", path="--confinement")
+    if os.path.isfile(result.site_file):
+        result.confinement = str(read_site_file(result.site_file).get("confinement", "preferred"))
+    result.confinement = confinement or result.confinement
     _update_resources(kit, result)
     _update_site_file(kit, dict(environment or {}), result.code_policy, result)
     return result

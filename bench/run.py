@@ -511,8 +511,11 @@ def round_starts(server_log: Path) -> dict[int, float]:
 
 
 def read_probe(folder: Path) -> list[dict[str, Any]]:
+    """The probe's records: ``folder``'s, and those the sites' confined processes wrote beside their jobs
+    (``.bench_probe/`` anywhere under ``folder``'s parent, the run's folder)."""
     records = []
-    for path in sorted(folder.glob("probe-*.jsonl")):
+    confined = folder.parent.rglob(".bench_probe/probe-*.jsonl")
+    for path in sorted([*folder.glob("probe-*.jsonl"), *confined]):
         records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return records
 

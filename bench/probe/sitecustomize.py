@@ -8,7 +8,8 @@ their modules are imported:
   ``MonaiAlgo.train``/``evaluate``/``get_weights`` (the MONAI path).
 
 Each outermost call appends one JSON line to ``DIR/probe-<pid>.jsonl``: kind, class and method,
-wall-clock start/end (``time.time()``), the site named in the working directory, and the process's
+wall-clock start/end (``time.time()``), the site named in the working directory (a site's confined
+process, which may not write to DIR, writes to ``.bench_probe/`` in its working directory instead), and the process's
 RSS after the call, its peak RSS so far, its thread count and the bytes its sockets have sent and
 received so far (``socket.socket`` send/sendall/recv/recv_into, which FLARE's TCP driver uses; figure 9
 reads the bytes a site sends per round from them). Nothing else changes: the time outside the engine runs
@@ -99,6 +100,20 @@ def _site() -> str:
     return "?"
 
 
+def _append(path: str, line: str) -> None:
+    """Append to the probe file; a site's confined process may not write there (Landlock), so it writes
+    beside its job, in ``.bench_probe/`` of its working directory (the job's app folder), where
+    ``bench/run.py`` looks too."""
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+    except PermissionError:
+        inside = os.path.join(os.getcwd(), ".bench_probe")
+        os.makedirs(inside, exist_ok=True)
+        with open(os.path.join(inside, os.path.basename(path)), "a") as f:
+            f.write(line)
+
+
 def _patch(module: object, targets: list) -> None:
     import json
     import threading
@@ -134,8 +149,7 @@ def _patch(module: object, targets: list) -> None:
                         "bytes_sent": _BYTES["sent"],
                         "bytes_received": _BYTES["received"],
                     }
-                    with open(path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    _append(path, json.dumps(record) + "\n")
 
         wrapped.__wrapped__ = original  # type: ignore[attr-defined]
         wrapped.__name__ = method

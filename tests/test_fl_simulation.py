@@ -185,33 +185,54 @@ def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Pat
     )
 
 
-def test_a_job_whose_config_code_escapes_runs_nothing_at_any_simulated_site(tmp_path: Path, site_file: Path) -> None:
-    """The reported escape, as a loss argument of the job's config_train.json, under the sites' default policy."""
-    marker = tmp_path / "owned"
+def hostile_job(tmp_path: Path, marker: Path, where: str) -> Path:
+    """A 1-round job whose config_train.json asks MONAI's LoadImage to 'read' with os.system (issue 24's first
+    case): as a section item of ``train`` (built at the sites) or nested in ``train.model.args`` (built on the
+    server too)."""
     job = create_job(
-        SPLEEN_MMAR,
-        tmp_path / "job",
-        "clara_fedavg_cse",
-        num_rounds=1,
-        local_epochs=1,
-        min_clients=2,
+        SPLEEN_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2,
         overrides=JOB_SETTINGS,
-    )
+    )  # fmt: skip
+    payload = {"name": "LoadImage", "args": {"reader": "os.system", "command": f"id > {marker}"}}
     config_file = job / "app" / "config" / "config_train.json"
     config = json.loads(config_file.read_text())
-    config["train"]["loss"]["args"]["reduction"] = (
-        f"#sorted(['touch {marker}'], key=[lambda torch: 0, torch][1].os.system)"
-    )
+    if where == "section item":
+        config["train"]["pwn"] = payload
+    else:
+        config["train"]["model"]["args"]["act"] = payload
     config_file.write_text(json.dumps(config))
+    return job
+
+
+def test_a_job_that_runs_a_command_through_a_library_class_runs_nothing_at_any_simulated_site(
+    tmp_path: Path, site_file: Path
+) -> None:
+    marker = tmp_path / "owned"
+    job = hostile_job(tmp_path, marker, "section item")
 
     with open(tmp_path / "simulator.log", "w") as log:
         code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
 
-    assert code != 0  # no site can train: the job fails rather than run the code
+    assert code != 0  # no site can train: the job fails rather than run the command
     assert not marker.exists()
     for site in SITES:
         log_text = (tmp_path / "ws" / site / "log.txt").read_text()
-        assert "train.loss.args.reduction: code refused by the site's restricted policy" in log_text
+        assert "train.pwn.args.reader: 'os.system' names a Python callable" in log_text
+
+
+def test_a_job_that_runs_a_command_through_the_network_runs_nothing_on_the_server(
+    tmp_path: Path, site_file: Path
+) -> None:
+    marker = tmp_path / "owned"
+    job = hostile_job(tmp_path, marker, "network")
+
+    with open(tmp_path / "simulator.log", "w") as log:
+        code = run_simulator(str(job), str(tmp_path / "ws"), 2, 2, str(site_file), stdout=log)
+
+    assert code != 0
+    assert not marker.exists()
+    server_log = (tmp_path / "ws" / "server" / "log.txt").read_text()
+    assert "train.model.args.act.args.reader: 'os.system' names a Python callable" in server_log
 
 
 def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_in_process_learner(

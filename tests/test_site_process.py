@@ -233,3 +233,23 @@ def test_a_site_that_requires_confinement_refuses_jobs_where_the_kernel_has_none
     with pytest.raises(SiteTaskFailed, match="requires confinement"):
         process.start()
     assert not process.alive
+
+
+@needs_landlock
+def test_with_full_python_a_job_cannot_open_a_socket(site: Site) -> None:
+    import socket
+
+    set_site_file(site, code_policy="full")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    add_section_item(site.app, "pwn_connect", f"#__import__('socket').create_connection(('127.0.0.1', {port}))")
+    learner = ClaraLearner(overrides=dict(OVERRIDES))
+    try:
+        learner.initialize({}, site.ctx)
+        listener.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing connected
+        assert learner.init_failure is not None and "PermissionError" in learner.init_failure.local_text()
+    finally:
+        listener.close()
+        learner.finalize(site.ctx)

@@ -142,14 +142,15 @@ def test_with_full_python_a_jobs_command_cannot_start_a_shell_or_write_outside_t
 
 
 @needs_landlock
-def test_with_full_python_a_job_cannot_read_the_startup_kit(site: Site) -> None:
+@pytest.mark.parametrize("secret", ["startup/client.key", "other_job/app_site-1/config/environment.json"])
+def test_with_full_python_a_job_cannot_read_the_startup_kit_or_another_job(site: Site, secret: str) -> None:
     set_site_file(site, code_policy="full")
-    kit = site.root / "startup"
-    kit.mkdir()
-    (kit / "client.key").write_text("PRIVATE KEY")
+    planted = site.root / secret
+    planted.parent.mkdir(parents=True)
+    planted.write_text("PRIVATE")
     stolen = site.app / "stolen.txt"
     add_section_item(
-        site.app, "pwn_read", f"#__import__('pathlib').Path('{stolen}').write_text(open('{kit / 'client.key'}').read())"
+        site.app, "pwn_read", f"#__import__('pathlib').Path('{stolen}').write_text(open('{planted}').read())"
     )
     learner = ClaraLearner(overrides=dict(OVERRIDES))
     learner.initialize({}, site.ctx)

@@ -44,11 +44,15 @@ def _from_torch(value: Any) -> Any:
 
 
 def write_payload(path: str, payload: Any) -> None:
-    """Write ``payload`` (dicts, lists, numpy arrays, tensors, numbers, strings) atomically to ``path``."""
-    from clara_fl.runtime.checkpoint import save_atomic
+    """Write ``payload`` (dicts, lists, numpy arrays, tensors, numbers, strings) to ``path``.
+
+    No fsync: the file lives only until the other process has read it, and the message naming it is sent
+    after it is written.
+    """
+    import torch
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_atomic({"payload": _to_torch(payload)}, path)
+    torch.save({"payload": _to_torch(payload)}, path)
 
 
 def read_payload(path: str) -> Any:

@@ -24,13 +24,23 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateType
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site.context import SiteContext
 from clara_fl.fl.site.failure_report import SiteFailure
 from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
 from clara_fl.fl.site.local_training import SiteTaskFailed, TrainingSettings
 from clara_fl.fl.site.site_process import SiteBackend, SiteProcessSpec, open_site, settings_dict
 from clara_fl.workflows.round import RoundSpec
 
-__all__ = ["ClaraLearner", "LOCAL_STATE_FILE", "site_backend", "failure_reply"]
+__all__ = [
+    "ClaraLearner",
+    "LOCAL_STATE_FILE",
+    "site_backend",
+    "failure_reply",
+    "plain_metrics",
+    "bad_reply",
+    "site_settings",
+    "process_spec",
+]
 
 
 def site_backend(spec: SiteProcessSpec) -> SiteBackend:
@@ -54,6 +64,37 @@ def failure_reply(
     component.log_error(fl_ctx, failure.local_text(), fire_event=False)
     component.log_error(fl_ctx, f"reported to the server: {public}")
     return make_reply(code, headers={ReservedHeaderKey.ERROR: public})
+
+
+def site_settings(site: SiteContext) -> dict[str, Any]:
+    """What a site adds to a job's settings for its confined process: its values, policy, data folders, catalog."""
+    return {
+        "app_dir": site.app_dir,
+        "site_values": site.variables(),
+        "code_policy": site.code_policy,
+        "data_roots": list(site.policy.data_roots or ()),
+        "catalog": dict(site.catalog),
+    }
+
+
+def process_spec(site: SiteContext, ddp: bool = False) -> SiteProcessSpec:
+    """The confined process of this site's job: its folder, data folders and the site's confinement mode."""
+    return SiteProcessSpec(site.app_dir, tuple(site.policy.data_roots or ()), site.confinement, ddp=ddp)
+
+
+def plain_metrics(metrics: Any) -> dict[str, float]:
+    """A confined process's metrics as ``{name: float}``.
+
+    Raises:
+        TypeError, ValueError: anything else.
+    """
+    return {str(k): float(v) for k, v in dict(metrics).items()}
+
+
+def bad_reply(stage: str, error: Exception) -> SiteFailure:
+    """The failure of a task whose reply from the confined process is not what this side sends."""
+    detail = f"the site's confined process sent a malformed reply ({type(error).__name__}: {error})"
+    return SiteFailure.refusal(stage, "bad_reply", detail)
 
 
 class ClaraLearner(Learner):
@@ -124,15 +165,10 @@ class ClaraLearner(Learner):
         )
         if site.site_file:
             self.log_info(fl_ctx, f"site values from {site.site_file}: {sorted(site.environment)}")
-        policy = site.policy
         settings = TrainingSettings(
-            app_dir=site.app_dir,
+            **site_settings(site),
             environment=self.environment,
             overrides=self.overrides,
-            site_values=site.variables(),
-            code_policy=site.code_policy,
-            data_roots=list(policy.data_roots or ()),
-            catalog=dict(site.catalog),
             algorithm=self.algorithm,
             algorithm_args=self.algorithm_args,
             train_config=self.train_config,
@@ -142,11 +178,7 @@ class ClaraLearner(Learner):
             nproc_per_site=self.nproc_per_site,
         )
         try:
-            self.backend = site_backend(
-                SiteProcessSpec(
-                    site.app_dir, tuple(policy.data_roots or ()), site.confinement, ddp=self.nproc_per_site > 1
-                )
-            )
+            self.backend = site_backend(process_spec(site, ddp=self.nproc_per_site > 1))
             self.backend.call(
                 "init_training",
                 {"settings": settings_dict(settings), "stream_metrics": self._writer is not None},
@@ -185,15 +217,20 @@ class ClaraLearner(Learner):
             )
         except SiteTaskFailed as e:
             return self._failed(fl_ctx, e.failure, e.return_code)
-        steps = int(result["steps"])
-        if result.get("aborted") or abort_signal.triggered:
-            self.log_info(fl_ctx, f"round {current_round} aborted after {steps} iterations")
-            return make_reply(ReturnCode.TASK_ABORTED)
-        kind = str(result["data_kind"])
+        try:
+            steps = int(result["steps"])
+            if result.get("aborted") or abort_signal.triggered:
+                self.log_info(fl_ctx, f"round {current_round} aborted after {steps} iterations")
+                return make_reply(ReturnCode.TASK_ABORTED)
+            kind = str(result["data_kind"])
+            if kind not in (DataKind.WEIGHTS, DataKind.WEIGHT_DIFF):
+                raise ValueError(f"data kind {kind!r}")
+            weights, meta = dict(out["weights"]), dict(out["meta"])
+        except (KeyError, TypeError, ValueError) as e:
+            return self._failed(fl_ctx, bad_reply("train", e))
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
-        meta = dict(out["meta"])
         meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
-        return DXO(data_kind=kind, data=dict(out["weights"]), meta=meta).to_shareable()
+        return DXO(data_kind=kind, data=weights, meta=meta).to_shareable()
 
     def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if self.init_failure is not None:
@@ -213,12 +250,14 @@ class ClaraLearner(Learner):
             )
         except SiteTaskFailed as e:
             return self._failed(fl_ctx, e.failure, e.return_code)
-        metrics = result.get("metrics")
-        if metrics is None:
+        if result.get("metrics") is None:
             return make_reply(ReturnCode.EMPTY_RESULT)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        metrics = {str(k): float(v) for k, v in dict(metrics).items()}
+        try:
+            metrics = plain_metrics(result["metrics"])
+        except (TypeError, ValueError) as e:
+            return self._failed(fl_ctx, bad_reply("validate", e))
         self.log_info(fl_ctx, f"{validate_type}: {metrics}")
         if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
             # LearnerExecutor copies data[INITIAL_METRICS] into the train result's meta; it must be a
@@ -234,7 +273,11 @@ class ClaraLearner(Learner):
             _, out = self._site.call("submit_model", {"model_name": model_name or ModelName.BEST_MODEL})
         except SiteTaskFailed as e:
             return self._failed(fl_ctx, e.failure, e.return_code)
-        return DXO(data_kind=DataKind.WEIGHTS, data=dict(out["weights"])).to_shareable()
+        try:
+            weights = dict(out["weights"])
+        except (KeyError, TypeError, ValueError) as e:
+            return self._failed(fl_ctx, bad_reply("submit_model", e))
+        return DXO(data_kind=DataKind.WEIGHTS, data=weights).to_shareable()
 
     def _failed(self, fl_ctx: FLContext, failure: SiteFailure, code: str = ReturnCode.EXECUTION_EXCEPTION) -> Shareable:
         return failure_reply(self, fl_ctx, failure, self.send_error_details, code)

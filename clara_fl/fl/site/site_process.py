@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from clara_fl.fl.site.failure_report import SiteFailure
 from clara_fl.fl.site.local_training import (
+    BAD_TASK_DATA,
     EXECUTION_EXCEPTION,
     LocalTraining,
     LocalValidation,
@@ -283,7 +284,7 @@ class SiteProcess:
         on_metric: Callable[[str, float, int], None] | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Run task ``method`` in the confined process and wait for its reply; ``should_abort`` is polled."""
-        from clara_fl.fl.site.exchange import read_payload, write_payload
+        from clara_fl.fl.site.exchange import write_payload
 
         with self._lock:
             if not self.alive:
@@ -314,15 +315,37 @@ class SiteProcess:
                 if reply.get("id") != request_id:
                     continue
                 break
+            return self._outcome(method, reply)
+
+    def _outcome(self, method: str, reply: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """The result and payload of a reply; a failure, or a reply that is not what this side sends (the
+        confined process runs a job's code, so its replies are checked like any input), as SiteTaskFailed."""
+        from pickle import UnpicklingError
+
+        from clara_fl.fl.site.exchange import read_payload
+
+        try:
             if not reply.get("ok"):
                 failure = SiteFailure.from_record(reply.get("failure") or {})
-                raise SiteTaskFailed(failure, str(reply.get("return_code") or EXECUTION_EXCEPTION))
+                code = reply.get("return_code")
+                raise SiteTaskFailed(
+                    failure, code if code in (EXECUTION_EXCEPTION, BAD_TASK_DATA) else EXECUTION_EXCEPTION
+                )
+            result = reply.get("result") or {}
+            if not isinstance(result, dict):
+                raise ValueError(f"a result must be an object, got {type(result).__name__}")
             out = None
             if reply.get("payload"):
                 path = self._exchange_file(os.path.basename(str(reply["payload"])))
-                out = read_payload(path)
-                os.remove(path)
-            return dict(reply.get("result") or {}), out
+                try:
+                    out = read_payload(path)
+                finally:
+                    os.remove(path)
+            return result, out
+        except (ValueError, KeyError, OSError, UnpicklingError) as e:
+            logger.error("the site's confined process answered '%s' with a reply that is refused: %s", method, e)
+            detail = f"the site's confined process sent a malformed reply ({type(e).__name__}); see the site log"
+            raise SiteTaskFailed(SiteFailure.refusal(method, "bad_reply", detail)) from e
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the process to end, then end it; remove its temporary folder."""

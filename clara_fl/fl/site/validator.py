@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.event_type import EventType
 from nvflare.apis.executor import Executor
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -20,10 +21,11 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.site import learner
 from clara_fl.fl.site.failure_report import SiteFailure
-from clara_fl.fl.site.learner import failure_reply, site_backend
+from clara_fl.fl.site.learner import bad_reply, failure_reply, plain_metrics, process_spec, site_settings
 from clara_fl.fl.site.local_training import SiteTaskFailed, ValidationSettings, derive_cross_validation_config
-from clara_fl.fl.site.site_process import SiteProcessSpec, settings_dict
+from clara_fl.fl.site.site_process import settings_dict
 
 __all__ = ["ClaraValidator", "derive_cross_validation_config"]
 
@@ -59,6 +61,14 @@ class ClaraValidator(Executor):
         self.validate_task_name = validate_task_name
         self.overrides = dict(overrides or {})
         self.send_error_details = False  # the site's opt-in, read from its site file with each task
+        self._app_dir: str | None = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        """At the end of the job (END_RUN): the job's confined process ends (the Learner ends it too)."""
+        from clara_fl.fl.site.site_process import close_site
+
+        if event_type == EventType.END_RUN and self._app_dir is not None:
+            close_site(self._app_dir)
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name != self.validate_task_name:
@@ -96,26 +106,24 @@ class ClaraValidator(Executor):
             failure = SiteFailure.from_exception("cross_validate", e, None)
             raise SiteTaskFailed(failure) from e
         self.send_error_details = site.send_error_details
-        policy = site.policy
         settings = ValidationSettings(
-            app_dir=site.app_dir,
+            **site_settings(site),
             environment=self.environment,
             overrides=self.overrides,
-            site_values=site.variables(),
-            code_policy=site.code_policy,
-            data_roots=list(policy.data_roots or ()),
-            catalog=dict(site.catalog),
             algorithm=self.algorithm,
             algorithm_args=self.algorithm_args,
             validation_config=self.validation_config,
             fallback_validation_config=self.fallback_validation_config,
             train_config=self.train_config,
         )
-        spec = SiteProcessSpec(site.app_dir, tuple(policy.data_roots or ()), site.confinement)
-        result, _ = site_backend(spec).call(
+        self._app_dir = site.app_dir
+        result, _ = learner.site_backend(process_spec(site)).call(
             "cross_validate",
             {"settings": settings_dict(settings), "owner": owner},
             {"weights": weights},
             lambda: abort_signal.triggered,
         )
-        return {str(k): float(v) for k, v in dict(result["metrics"]).items()}
+        try:
+            return plain_metrics(result["metrics"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SiteTaskFailed(bad_reply("cross_validate", e)) from e

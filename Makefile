@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-e2e test-poc lint clean
+.PHONY: setup demo test test-unit test-integration test-e2e test-poc lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m clara_fl demo --workspace demo_workspace
 
-# The test suite without the end-to-end FLARE runs (under 20 minutes on 2 cores).
+# The test suite without the end-to-end FLARE runs: the unit and integration tiers together.
 test: setup
 	$(PY) -m pytest -q -m "not e2e" tests
+
+# The fast tier: every test that tests/conftest.py does not list as integration (under 2 minutes on 2 cores).
+test-unit: setup
+	$(PY) -m pytest -q -m unit tests
+
+# The slow tests that are not e2e: training, torchrun, bundles and the CLI in subprocesses, confined processes.
+test-integration: setup
+	$(PY) -m pytest -q -m integration tests
 
 # End-to-end FLARE simulations: every algorithm, privacy filter and HE on two MMARs (.ci/run runs it).
 test-e2e: setup

@@ -22,7 +22,7 @@ from clara_fl.fl.server.model_selection import (
 )
 from clara_fl.recipes.job_folder import create_job
 from tests.conftest import SPLEEN_MMAR, copy_mmar, tiny_set
-from tests.test_fl_simulation import SITES, fl_data, simulate, site_file  # noqa: F401  (fixtures)
+from tests.test_fl_simulation import SITES, fl_data  # noqa: F401  (fixtures)
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -279,11 +279,12 @@ def test_a_final_global_model_worse_than_the_best_leaves_the_best_as_it_is() -> 
 
 
 @pytest.mark.e2e
-def test_the_best_global_model_scores_at_least_the_last_global_model(
-    tmp_path: Path,
-    site_file: Path,  # noqa: F811
-) -> None:
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=3, local_epochs=1)
+def test_the_best_global_model_scores_at_least_the_last_global_model(fedavg_simulation) -> None:
+    from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+
+    results_file = find_cross_site_results(fedavg_simulation.workspace)  # 3 rounds (the session's, conftest.py)
+    assert results_file is not None
+    results = load_cross_site_results(results_file)
 
     mean = lambda owner: sum(results[site][owner]["val_mean_dice"] for site in SITES) / len(SITES)  # noqa: E731
     assert mean("SRV_best_FL_global_model.pt") >= mean("SRV_FL_global_model.pt"), json.dumps(results)

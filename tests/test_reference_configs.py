@@ -30,9 +30,8 @@ def reference_mmar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("reference")
-    data = make_synthetic_dataset(
-        root / "data", cases=3, sites=1, shape=(100, 100, 52), val_fraction=0.34, test_cases=1
-    )
+    # one training case (a batch of 4 random 96^3 crops), one validation case, one test case
+    data = make_synthetic_dataset(root / "data", cases=2, sites=1, shape=(100, 100, 52), val_fraction=0.5, test_cases=1)
     mmar = root / "mmar"
     shutil.copytree(GETTING_STARTED, mmar / "config")
     shutil.copytree(BYOC, mmar / "custom")

@@ -3,19 +3,16 @@ simulation, of the same run laid out as a downloaded job, and of a standalone MM
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 import struct
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.job_folder import create_job
 from clara_fl.report.build import write_report
 from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
 from clara_fl.report.readers import (
@@ -24,8 +21,8 @@ from clara_fl.report.readers import (
     read_global_model_metrics,
     read_round_timeline,
 )
-from tests.conftest import SPLEEN_MMAR, tiny_set
-from tests.test_fl_simulation import JOB_SETTINGS, SITES, fl_data, site_file  # noqa: F401 (module fixtures)
+from tests.conftest import tiny_set
+from tests.test_fl_simulation import SITES
 
 SERVER_MODELS = ["SRV_FL_global_model", "SRV_best_FL_global_model"]
 SECTIONS = ["header", "cross-site", "training-curves", "global-model", "round-timeline", "validation-details"]
@@ -256,18 +253,10 @@ def test_a_failed_cell_is_marked_in_the_table_and_the_heatmap(tmp_path: Path) ->
 
 
 @pytest.fixture(scope="module")
-def simulate_command(tmp_path_factory: pytest.TempPathFactory, site_file: Path) -> tuple[Path, str]:  # noqa: F811
+def simulate_command(fedavg_simulation) -> tuple[Path, str]:
     """``clara-fl simulate`` of a 3-round 2-site FedAvg with cross-site validation (the shape `clara-fl demo` runs):
-    the workspace and what the command printed."""
-    tmp = tmp_path_factory.mktemp("report_simulation")
-    settings = {"num_rounds": 3, "local_epochs": 1, "min_clients": 2, "overrides": JOB_SETTINGS}
-    job = create_job(SPLEEN_MMAR, tmp / "job", "clara_fedavg_cse", **settings)
-    workspace = tmp / "ws"
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = main(["simulate", str(job), "-w", str(workspace), "-n", "2", "-t", "2", "--site-config", str(site_file)])
-    assert code == 0, (workspace / "simulator_output.txt").read_text()[-3000:]
-    return workspace, printed.getvalue()
+    the workspace and what the command printed (the session's simulation, conftest.py)."""
+    return fedavg_simulation.workspace, fedavg_simulation.printed
 
 
 @pytest.fixture(scope="module")

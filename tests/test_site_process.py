@@ -198,7 +198,10 @@ def _running(pid: int) -> bool:
 def test_a_payload_round_trips_numpy_arrays_tensors_and_plain_values(tmp_path: Path) -> None:
     import numpy as np
 
-    payload = {"weights": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}, "meta": {"n": 3, "c": [1.5, "x"]}}
+    payload = {
+        "weights": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "steps": np.int64(4) - np.int64(1)},
+        "meta": {"n": 3, "c": [1.5, "x"]},
+    }
     path = str(tmp_path / "p.pt")
 
     write_payload(path, payload)
@@ -206,6 +209,7 @@ def test_a_payload_round_trips_numpy_arrays_tensors_and_plain_values(tmp_path: P
 
     np.testing.assert_array_equal(back["weights"]["a"], payload["weights"]["a"])
     assert isinstance(back["weights"]["a"], np.ndarray)
+    assert back["weights"]["steps"].ravel().tolist() == [3]  # a numpy scalar comes back as an array
     assert back["meta"] == {"n": 3, "c": [1.5, "x"]}
 
 

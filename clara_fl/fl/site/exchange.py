@@ -22,10 +22,9 @@ _NUMPY = "__clara_fl_numpy__"  # marks a tensor that was a numpy array, so it co
 def _to_torch(value: Any) -> Any:
     import torch
 
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
+        # a numpy scalar (the difference of two 0-d arrays) comes back as a 0-d array: FLARE's filters ravel it
         return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value))}
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, Mapping):
         return {str(k): _to_torch(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

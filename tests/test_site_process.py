@@ -199,7 +199,11 @@ def test_a_payload_round_trips_numpy_arrays_tensors_and_plain_values(tmp_path: P
     import numpy as np
 
     payload = {
-        "weights": {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "steps": np.int64(4) - np.int64(1)},
+        "weights": {
+            "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "steps": np.int64(4) - np.int64(1),
+            "tracked": np.array(7),
+        },
         "meta": {"n": 3, "c": [1.5, "x"]},
     }
     path = str(tmp_path / "p.pt")
@@ -209,7 +213,10 @@ def test_a_payload_round_trips_numpy_arrays_tensors_and_plain_values(tmp_path: P
 
     np.testing.assert_array_equal(back["weights"]["a"], payload["weights"]["a"])
     assert isinstance(back["weights"]["a"], np.ndarray)
-    assert back["weights"]["steps"].ravel().tolist() == [3]  # a numpy scalar comes back as an array
+    assert back["weights"]["tracked"].shape == ()  # a 0-d buffer (num_batches_tracked) keeps its shape
+    assert (
+        back["weights"]["steps"].shape == () and int(back["weights"]["steps"]) == 3
+    )  # a 0-d array, as FLARE's filters want
     assert back["meta"] == {"n": 3, "c": [1.5, "x"]}
 
 

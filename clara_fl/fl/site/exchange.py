@@ -24,7 +24,8 @@ def _to_torch(value: Any) -> Any:
 
     if isinstance(value, (np.ndarray, np.generic)):
         # a numpy scalar (the difference of two 0-d arrays) comes back as a 0-d array: FLARE's filters ravel it
-        return {_NUMPY: torch.from_numpy(np.ascontiguousarray(value))}
+        array = np.asarray(value)  # np.ascontiguousarray would make a 0-d array 1-d
+        return {_NUMPY: torch.from_numpy(array if array.flags.c_contiguous else array.copy(order="C"))}
     if isinstance(value, Mapping):
         return {str(k): _to_torch(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

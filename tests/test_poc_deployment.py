@@ -243,6 +243,7 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
         assert site_file == {
             "environment": {"DATA_ROOT": str(data.root), "DATASET_JSON": f"{data.root}/dataset_{{SITE_NAME}}.json"},
             "code_policy": "restricted",
+            "confinement": "preferred",
         }
     lap("clara-fl site setup")
 

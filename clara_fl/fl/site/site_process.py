@@ -347,19 +347,26 @@ class SiteProcess:
             detail = f"the site's confined process sent a malformed reply ({type(e).__name__}); see the site log"
             raise SiteTaskFailed(SiteFailure.refusal(method, "bad_reply", detail)) from e
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the process to end, then end it; remove its temporary folder."""
+    def stop(self, grace: float = 1.0, timeout: float = 5.0) -> None:
+        """End the process: ask it to stop (it finishes writing the site's state), and after ``grace`` seconds end
+        it through its lifeline, then kill it; remove its temporary folder. An aborted job's END_RUN must not wait
+        for a process that is still busy."""
         process = self._process
         if process is not None and process.poll() is None:
             try:
                 self._channel.send_bytes(json.dumps({"id": 0, "method": "stop", "params": {}}).encode())
-                process.wait(timeout=timeout)
+                process.wait(timeout=grace)
             except (OSError, subprocess.TimeoutExpired):
+                pass
+        if self._lifeline is not None:
+            os.close(self._lifeline)  # the process ends at once when its lifeline ends
+            self._lifeline = None
+        if process is not None and process.poll() is None:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=timeout)
-        if self._lifeline is not None:
-            os.close(self._lifeline)
-            self._lifeline = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -548,4 +555,6 @@ def serve(argv: list[str], confinement: str) -> None:
     try:
         _serve(_Channel(args.channel_fd), args.exchange, service, aborted)
     finally:
-        service.close()
+        service.close()  # the site's state is on disk
+    logging.shutdown()
+    os._exit(0)  # the interpreter's teardown (torch, MONAI) would only delay the job's end

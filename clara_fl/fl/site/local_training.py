@@ -36,19 +36,20 @@ __all__ = [
     "LocalTraining",
     "LocalValidation",
     "derive_cross_validation_config",
+    "never",
 ]
 
 logger = logging.getLogger("clara_fl.fl.site")
 
 WEIGHTS, WEIGHT_DIFF = "WEIGHTS", "WEIGHT_DIFF"  # FLARE's DataKind values
-NUM_STEPS = "NUM_STEPS_CURRENT_ROUND"  # FLARE's MetaKey.NUM_STEPS_CURRENT_ROUND
 BEFORE_TRAIN_VALIDATE = "before_train_validate"  # FLARE's ValidateType.BEFORE_TRAIN_VALIDATE
 FINAL_MODEL = "final_model"  # FLARE's ModelName.FINAL_MODEL
 BAD_TASK_DATA = "BAD_TASK_DATA"  # FLARE's ReturnCode values
 EXECUTION_EXCEPTION = "EXECUTION_EXCEPTION"
 
 
-def _never() -> bool:
+def never() -> bool:
+    """A ``should_abort`` that never asks to abort."""
     return False
 
 
@@ -206,7 +207,7 @@ class LocalTraining:
         data_kind: str,
         data: Mapping[str, Any],
         meta: Mapping[str, Any],
-        should_abort: Callable[[], bool] = _never,
+        should_abort: Callable[[], bool] = never,
     ) -> RoundOutcome:
         """One round from the server's weights (``data_kind`` WEIGHTS or WEIGHT_DIFF, with the task's ``meta``).
 
@@ -265,11 +266,10 @@ class LocalTraining:
             self.local_state.save()
         kind = WEIGHT_DIFF if s.send_weight_diff else WEIGHTS
         payload = weight_diff(local, global_weights) if s.send_weight_diff else local
-        out_meta[NUM_STEPS] = steps
         return RoundOutcome(kind, dict(self.site_algorithm.weights_to_send(payload)), out_meta, steps)
 
     def validate(
-        self, data_kind: str, data: Mapping[str, Any], validate_type: str, should_abort: Callable[[], bool] = _never
+        self, data_kind: str, data: Mapping[str, Any], validate_type: str, should_abort: Callable[[], bool] = never
     ) -> dict[str, float] | None:
         """The trainer's evaluator on the received weights, leaving local model selection alone; None when
         the site has no evaluator.
@@ -431,7 +431,7 @@ class LocalValidation:
         self.settings = settings
 
     def validate(
-        self, owner: str, weights: Mapping[str, Any], should_abort: Callable[[], bool] = _never
+        self, owner: str, weights: Mapping[str, Any], should_abort: Callable[[], bool] = never
     ) -> dict[str, float]:
         """Metrics of the model of ``owner`` (its weights) on this site's validation data.
 

@@ -44,6 +44,7 @@ from clara_fl.fl.site.local_training import (
     SiteTaskFailed,
     TrainingSettings,
     ValidationSettings,
+    never,
 )
 
 __all__ = [
@@ -62,10 +63,6 @@ logger = logging.getLogger(__name__)
 
 _ABORT = struct.Struct("<I")  # a request id on the lifeline: abort that request
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _never() -> bool:
-    return False
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ class SiteBackend(Protocol):
         method: str,
         params: dict[str, Any],
         payload: Any = None,
-        should_abort: Callable[[], bool] = _never,
+        should_abort: Callable[[], bool] = never,
         on_metric: Callable[[str, float, int], None] | None = None,
     ) -> tuple[dict[str, Any], Any]: ...
 
@@ -191,7 +188,7 @@ class InProcessSite:
         method: str,
         params: dict[str, Any],
         payload: Any = None,
-        should_abort: Callable[[], bool] = _never,
+        should_abort: Callable[[], bool] = never,
         on_metric: Callable[[str, float, int], None] | None = None,
     ) -> tuple[dict[str, Any], Any]:
         return self.service.handle(method, params, payload, should_abort, on_metric)
@@ -280,7 +277,7 @@ class SiteProcess:
         method: str,
         params: dict[str, Any],
         payload: Any = None,
-        should_abort: Callable[[], bool] = _never,
+        should_abort: Callable[[], bool] = never,
         on_metric: Callable[[str, float, int], None] | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Run task ``method`` in the confined process and wait for its reply; ``should_abort`` is polled."""

@@ -50,13 +50,13 @@ def test_a_run_that_ends_normally_is_left_to_flare() -> None:
 
 
 @linux_only
-def test_a_process_started_with_die_with_parent_is_killed_with_its_parent(tmp_path: Path) -> None:
+def test_a_process_that_calls_die_with_parent_is_killed_with_its_parent(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
+    child_code = "from clara_fl.fl.site.worker import die_with_parent; die_with_parent(); import time; time.sleep(60)"
     parent_code = textwrap.dedent(
         f"""
         import subprocess, sys, time
-        from clara_fl.fl.site.worker import die_with_parent
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=die_with_parent)
+        child = subprocess.Popen([sys.executable, "-c", {child_code!r}])
         open({str(pid_file)!r}, "w").write(str(child.pid))
         time.sleep(60)
         """
@@ -85,3 +85,17 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_the_round_launcher_refuses_to_start_when_its_parent_is_already_gone() -> None:
+    not_the_parent = 1
+
+    launched = subprocess.run(
+        [sys.executable, "-m", "clara_fl.fl.site.torchrun", "--parent-pid", str(not_the_parent), "--standalone"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert launched.returncode != 0
+    assert "the process that started this round is gone" in launched.stderr

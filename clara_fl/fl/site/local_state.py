@@ -4,15 +4,17 @@ The file always holds the state after the last round the site accepted (network,
 moments, scheduler, epoch, best metric). A learner that FLARE builds anew for the next task
 (simulator ``-t 1``, a restarted client) resumes from it, and a refused round (NaN/Inf weights)
 rolls back to it, so no second copy of the state is kept in memory. Writing it costs about as much
-as a short round's bookkeeping, so it is written on a thread while the site sends its update.
+as a short round's bookkeeping, so it is written on a thread while the site sends its update; what the
+thread writes is a snapshot taken on the caller's thread, so the network may change while it writes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
-from typing import Any
+from typing import IO, Any
 
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
 
@@ -44,16 +46,22 @@ class LocalState:
         return True
 
     def save(self) -> None:
-        """Write the state atomically on a background thread, straight from the live tensors.
+        """Snapshot the state now and write it atomically on a background thread.
 
-        No copy is made (a copy of weights and optimizer moments per round fragments the site
-        process's heap): the caller must :meth:`wait` before it changes the network or optimizer,
-        as the Learner does at the start of every task.
+        The snapshot is the serialized file in one buffer (``torch.save`` into memory), not a copy
+        of every tensor: one large allocation that goes back to the operating system when the
+        write ends, where per-tensor copies each round fragment the site process's heap. The
+        network and optimizer may change as soon as this returns.
         """
+        import torch
+
         self.wait()
         state = self.workflow.training_state()
         state[ALGORITHM_STATE_KEY] = self.algorithm.state_dict()
-        self._writer = threading.Thread(target=self._write, args=(state,), name="clara-fl-local-state", daemon=True)
+        snapshot = io.BytesIO()
+        torch.save(state, snapshot)
+        del state
+        self._writer = threading.Thread(target=self._write, args=(snapshot,), name="clara-fl-local-state", daemon=True)
         self._writer.start()
 
     def adopt(self, written_elsewhere: str) -> None:
@@ -75,10 +83,16 @@ class LocalState:
             error, self._write_error = self._write_error, None
             logger.error("could not write %s (%s): a rebuilt learner resumes from an older state", self.path, error)
 
-    def _write(self, state: dict[str, Any]) -> None:
-        from clara_fl.runtime.checkpoint import save_atomic
+    def _write(self, snapshot: io.BytesIO) -> None:
+        from clara_fl.runtime.files import atomic_write
+
+        def write(f: IO[bytes]) -> None:
+            with snapshot.getbuffer() as view:
+                f.write(view)
 
         try:
-            save_atomic(state, self.path)
+            atomic_write(self.path, write)
         except Exception as e:  # reported by wait(), on the learner's thread
             self._write_error = e
+        finally:
+            snapshot.close()

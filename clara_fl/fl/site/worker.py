@@ -86,14 +86,14 @@ def train_in_processes(
             os.remove(stale)
     request_path = os.path.join(work_dir, "request.json")
     request.write(request_path)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command = [sys.executable, "-m", "clara_fl.fl.site.torchrun", "--parent-pid", str(os.getpid())]
+    command += ["--standalone", f"--nproc_per_node={nproc}"]
     command += ["-m", "clara_fl.fl.site.worker", request_path]
     log_path = os.path.join(work_dir, "workers.log")
     with open(log_path, "w") as log:
-        # torchrun and its workers form one process group, and torchrun dies with this process
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
-        )
+        # torchrun and its workers form one process group; torchrun (clara_fl.fl.site.torchrun) and each worker
+        # (main below) ask the kernel themselves to end them with their parent
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         while True:
             try:
                 process.wait(timeout=0.2)

@@ -15,15 +15,16 @@ import pytest
 
 from clara_fl.cli import main
 from tests.test_fl_algorithms_e2e_14a import CHEST, CLS_MMAR, SITES, chest_sites, untrained_metric
-from tests.test_privacy_he_simulation import SVT_LEARNING, narrowed_mmar
+from tests.test_privacy_he_simulation import narrowed_mmar
 
 pytestmark = pytest.mark.e2e
 __all__ = ["chest_sites"]  # the module-scoped data fixture, shared with the algorithm tests
 
 NARROW_DENSENET = {"init_features": 32, "growth_rate": 16, "block_config": [2, 2, 2, 2]}
+# clara-fl's defaults: ExcludeVars has none, and must name what stays at the site
 PRIVACY = {
-    "percentile": "PercentilePrivacy:percentile=10,gamma=0.01",
-    "svt": SVT_LEARNING.format(fraction=0.1),
+    "percentile": "PercentilePrivacy",
+    "svt": "SVTPrivacy",
     "exclude_vars": "ExcludeVars:exclude_vars=class_layers\\.",
 }
 

@@ -16,7 +16,12 @@ import pytest
 
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError
-from clara_fl.fl.jobs.privacy import PRIVACY_FILTER_PARAMETERS, PRIVACY_FILTERS, parse_privacy_option
+from clara_fl.fl.jobs.privacy import (
+    FLARE_PRIVACY_FILTERS,
+    PRIVACY_FILTER_PARAMETERS,
+    PRIVACY_FILTERS,
+    parse_privacy_option,
+)
 from clara_fl.recipes.app_configs import FedAvgSettings, build_app_configs
 from tests.conftest import REPO, SPLEEN_MMAR
 
@@ -47,12 +52,24 @@ def by_id(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["id"]: c for key in ("components", "workflows") for c in config.get(key, [])}
 
 
+def _class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("name", sorted(PRIVACY_FILTERS))
 def test_the_privacy_parameter_table_matches_flares_own_signatures(name: str) -> None:
-    module, _, cls = PRIVACY_FILTERS[name].rpartition(".")
-    signature = inspect.signature(getattr(importlib.import_module(module), cls))
+    signature = inspect.signature(_class(FLARE_PRIVACY_FILTERS[name]))
 
     assert list(PRIVACY_FILTER_PARAMETERS[name]) == list(signature.parameters)
+
+
+@pytest.mark.parametrize("name", sorted(PRIVACY_FILTERS))
+def test_a_job_names_a_subclass_of_flares_filter_that_takes_the_same_arguments(name: str) -> None:
+    counting, flare = _class(PRIVACY_FILTERS[name]), _class(FLARE_PRIVACY_FILTERS[name])
+
+    assert issubclass(counting, flare) and counting.__name__ == flare.__name__
+    assert inspect.signature(counting) == inspect.signature(flare)
 
 
 def test_checking_privacy_options_imports_neither_nvflare_nor_torch() -> None:

@@ -26,8 +26,8 @@ SITES = ["site-1", "site-2"]
 JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}
 NARROW_CHANNELS = [4, 8, 16, 32, 64]
 PROBE = Path(__file__).with_name("aggregator_probe.py")
-# SVT that still learns in 3 short rounds: each released value clipped to 1e-3 per step, release noise 2e-4
-SVT_LEARNING = "SVTPrivacy:fraction={fraction},epsilon=1.0,noise_var=10.0,gamma=0.001,tau=0.000001"
+# a global model "clearly" better than the untrained one: Dice up by at least this much at every site
+CLEAR_MARGIN = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -105,47 +105,69 @@ def global_dice(results: dict) -> dict[str, float]:
     return {site: results[site]["SRV_FL_global_model.pt"]["val_mean_dice"] for site in SITES}
 
 
-def assert_beats_untrained(tmp: Path, site_file: Path, results: dict) -> None:
-    """The global model's Dice at every site is above the untrained model's, validated the same way."""
+def assert_beats_untrained(tmp: Path, site_file: Path, results: dict, margin: float = 0.0) -> None:
+    """The global model's Dice at every site is above the untrained model's (by ``margin``), validated the same
+    way."""
     from tests.test_fl_algorithms_e2e_14a import untrained_metric
 
     for site, trained in global_dice(results).items():
         untrained = untrained_metric(tmp / "job", site_file, site, "val_mean_dice", tmp / "ws", "fedavg")
-        assert trained > untrained, f"{site}: global model {trained:.3f} vs untrained {untrained:.3f}"
+        print(f"{site}: global model Dice {trained:.3f}, untrained {untrained:.3f}")
+        assert trained > untrained + margin, f"{site}: global model {trained:.3f} vs untrained {untrained:.3f}"
 
 
+def assert_releases_recorded(workspace: Path, filter_name: str) -> list[dict]:
+    """Every site recorded what its filter released in each of the 3 rounds, and the report reads it."""
+    from clara_fl.fl.jobs.privacy import PRIVACY_RELEASES_FILE
+    from clara_fl.report.collect import collect
+
+    records = []
+    for site in SITES:
+        [path] = list(workspace.glob(f"{site}/*/app_{site}/{PRIVACY_RELEASES_FILE}"))
+        site_records = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["round"] for r in site_records] == [0, 1, 2] and {r["filter"] for r in site_records} == {filter_name}
+        records += site_records
+    assert len(collect(workspace).privacy) == len(records) == 3 * len(SITES)
+    return records
+
+
+# At clara-fl's defaults (the filter named, nothing else), each filter still lets the global model learn.
 # Without a filter about 78 % of an update is exactly zero here: the 16^3 crops reach the UNet's deepest (and
-# largest) layers at 1x1x1, where batch norm of one value passes no gradient. The filters must zero far more.
-def test_a_percentile_privacy_job_sends_only_the_largest_changes(tmp_path: Path, site_file: Path) -> None:
-    privacy = parse_privacy_option("PercentilePrivacy:percentile=95,gamma=0.01")
+# largest) layers at 1x1x1, where batch norm of one value passes no gradient.
+def test_a_percentile_privacy_job_at_the_defaults_clips_the_changes_and_learns(tmp_path: Path, site_file: Path) -> None:
+    privacy = parse_privacy_option("PercentilePrivacy")
 
-    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+    workspace, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6, "3 rounds, 2 sites, then cross-site evaluation"
-    assert all(update["zero_fraction"] >= 0.94 for update in accepted), "all but the largest 5 % are zeroed"
-    assert_beats_untrained(tmp_path, site_file, results)
+    releases = assert_releases_recorded(workspace, "PercentilePrivacy")
+    assert all(not r["almost_nothing"] and r["direction_kept"] < 1.0 for r in releases)
+    assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 
 
-def test_an_svt_privacy_job_sends_a_noisy_fraction_of_the_changes(tmp_path: Path, site_file: Path) -> None:
-    # FLARE's default clip (gamma 1e-5 per step) stops these small jobs learning; 1e-3 lets the released 1 % move
-    privacy = parse_privacy_option(SVT_LEARNING.format(fraction=0.01))
+def test_an_svt_privacy_job_at_the_defaults_sends_a_noisy_tenth_of_the_changes_and_learns(
+    tmp_path: Path, site_file: Path
+) -> None:
+    privacy = parse_privacy_option("SVTPrivacy")
 
-    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+    workspace, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6
-    assert all(update["zero_fraction"] >= 0.98 for update in accepted), "at most 1 % of each update is released"
-    assert_beats_untrained(tmp_path, site_file, results)
+    assert all(update["zero_fraction"] >= 0.89 for update in accepted), "at most 10 % of each update is released"
+    assert all(not r["almost_nothing"] for r in assert_releases_recorded(workspace, "SVTPrivacy"))
+    assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 
 
-def test_an_exclude_vars_job_never_sends_the_excluded_layers(tmp_path: Path, site_file: Path) -> None:
+def test_an_exclude_vars_job_never_sends_the_excluded_layers_and_learns(tmp_path: Path, site_file: Path) -> None:
     privacy = parse_privacy_option("ExcludeVars:exclude_vars=model\\.2\\.")
 
-    _, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
+    workspace, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6
     for update in accepted:
         assert update["keys"] and not [k for k in update["keys"] if k.startswith("model.2.")]
-    assert_beats_untrained(tmp_path, site_file, results)
+    assert all(r["tensors_released"] < r["tensors"] for r in assert_releases_recorded(workspace, "ExcludeVars"))
+    assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 
 
 def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job_does(

@@ -82,6 +82,7 @@ def run_create(args: argparse.Namespace) -> int:
         algorithm_args=algorithm_args,
         privacy_filters=privacy_filters,
         he=args.he or None,
+        say=lambda line: print(f"  privacy: {line}"),
     )
     print(f"wrote FLARE job {job}")
     _print_fl_configs_taken(args.mmar)

@@ -55,9 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_setup(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
     from clara_fl.fl.jobs.privacy import parse_privacy_option, write_site_privacy
+    from clara_fl.fl.jobs.privacy_check import judge_result_filters
     from clara_fl.fl.jobs.site_setup import setup_site
 
     privacy = None if args.privacy is None else [parse_privacy_option(p) for p in args.privacy if p != "none"]
+    # a site policy applies to every job: judged on its settings alone, before anything is written
+    privacy_lines = judge_result_filters(privacy or [], None, "--privacy")
     result = setup_site(
         args.site_dir, parse_set_args(args.set), allow_code=args.allow_code, confinement=args.confinement
     )
@@ -69,4 +72,6 @@ def run_setup(args: argparse.Namespace) -> int:
             f"  {os.path.relpath(path, result.kit.root)}: site privacy filters: {names}"
             f"{'' if changed else ' (unchanged)'}"
         )
+        for line in privacy_lines:
+            print(f"    {line}")
     return 0

@@ -82,6 +82,7 @@ class AppConfigs:
     client: dict[str, Any]
     min_clients: int
     overrides: dict[str, Any]
+    privacy: list[str] = field(default_factory=list)  # what each privacy filter does to the updates, a line each
 
 
 def find_template(template: str) -> Path:
@@ -209,6 +210,7 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         server["workflows"] = [w for w in server["workflows"] if w["id"] not in CROSS_SITE_WORKFLOWS]
         server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
         client["executors"] = [e for e in client["executors"] if e["tasks"] != [VALIDATE_TASK]]
+    privacy = judge_privacy_filters(mmar, s)
     if s.result_filters:
         add_task_filters(client, "task_result_filters", ["train"], copy.deepcopy(s.result_filters))
     if s.data_filters:
@@ -221,7 +223,23 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True
     min_clients = s.min_clients if s.min_clients is not None else int(meta.get("min_clients", 2))
-    return AppConfigs(server=server, client=client, min_clients=min_clients, overrides=overrides)
+    return AppConfigs(server=server, client=client, min_clients=min_clients, overrides=overrides, privacy=privacy)
+
+
+def judge_privacy_filters(mmar: Path, settings: FedAvgSettings) -> list[str]:
+    """One line for each privacy filter on the train result, judged against the MMAR's network (built here,
+    restricted policy, only when there is such a filter).
+
+    Raises:
+        ConfigError: a filter whose settings release nothing, only noise, or leave the update unchanged.
+    """
+    from clara_fl.fl.jobs.privacy import privacy_filter_name
+    from clara_fl.fl.jobs.privacy_check import SiteUpdate, judge_result_filters
+
+    if not any(privacy_filter_name(entry) for entry in settings.result_filters):
+        return []
+    update = SiteUpdate.of_mmar(str(mmar), overrides=settings.overrides)
+    return judge_result_filters(settings.result_filters, update, "--privacy")
 
 
 def merge_settings(

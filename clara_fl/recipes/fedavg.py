@@ -36,6 +36,8 @@ from clara_fl.runtime.private_api import export_every_given_arg
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
+logger = logging.getLogger(__name__)
+
 POC_CUSTOM_NOTE = """This folder holds no code. It makes the job BYOC, so the freshly provisioned POC sites of a
 PocEnv (whose class allow-list is FLARE's default, without clara-fl's classes) build its components.
 Real sites allow clara-fl's classes through `clara-fl site setup` and need no such folder.
@@ -136,6 +138,8 @@ class ClaraFedAvgRecipe(Recipe):
         if self.settings.he:
             require_tenseal()  # FLARE's HE components import it: one line, not an ImportError
         self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
+        for line in self.app_configs.privacy:
+            logger.info("privacy: %s", line)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")

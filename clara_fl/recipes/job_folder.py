@@ -3,17 +3,19 @@
 The folder is rendered from the same app configs :class:`~clara_fl.recipes.fedavg.ClaraFedAvgRecipe` builds
 its FedJob from (:func:`~clara_fl.recipes.app_configs.build_app_configs`), in the layout FedJob exports
 (meta.json, app/config, app/docs, app/custom): building FedJob's component objects would import torch and
-FLARE just to write JSON. tests/test_recipes.py checks both give the same job.
+FLARE just to write JSON. tests/test_recipes.py checks both give the same job. (A job with a privacy filter
+builds the MMAR's network, with torch, to judge the filter's settings against it.)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from clara_fl.recipes.app_configs import (
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
 from clara_fl.resources import templates_dir
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TEMPLATES_DIR",
@@ -83,6 +87,7 @@ def create_job(
     algorithm_args: Mapping[str, Any] | None = None,
     privacy_filters: list[dict[str, Any]] | None = None,
     he: bool | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the job folder ``output`` for ``mmar`` and return it.
 
@@ -92,6 +97,8 @@ def create_job(
         algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
         privacy_filters: client filters on the train result (``--privacy``), after the MMAR's own.
         he: homomorphic encryption (``--he``).
+        say: called with one line per privacy filter saying what it does to the sites' updates (judged
+            against the MMAR's network before anything is written).
 
     Raises:
         ConfigError: not an MMAR, an unknown template or algorithm, a setting that cannot be carried into a
@@ -117,6 +124,8 @@ def create_job(
         he=he,
     )
     configs = build_app_configs(mmar, settings, template)
+    for line in configs.privacy:
+        (say or logger.info)(line)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_job_", dir=output.parent) as staging:
         job = Path(staging) / "job"

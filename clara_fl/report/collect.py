@@ -24,6 +24,7 @@ from clara_fl.report.readers import (
     log_events,
     read_cross_site_matrix,
     read_global_model_metrics,
+    read_privacy_releases,
     read_round_timeline,
     read_tensorboard_curves,
 )
@@ -202,6 +203,8 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     timeline = read_round_timeline(layout.server_log) if layout.server_log else []
     global_model = read_global_model_metrics(layout.site_logs, layout.server_log, key_metric)
     case_scores = [s for site, app in layout.site_apps.items() for s in case_scores_under(app / "eval", site)]
+    privacy = [r for site, app in layout.site_apps.items() for r in read_privacy_releases(app, site)]
+    privacy.sort(key=lambda r: (r.round if r.round is not None else -1, r.site))
 
     app = next(iter(layout.site_apps.values()), None) or next(iter(sorted(layout.server_job.glob("app*"))), None)
     epochs = learner.get("local_epochs") if not learner.get("steps_aggregation") else None
@@ -217,7 +220,7 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
         epochs_per_round=int(epochs) if epochs else None,
         facts={"job": _job_name(layout.server_job), "results": str(results_file) if results_file else "none"},
     )
-    return RunResults(description, cross_site, curves, global_model, timeline, case_scores)
+    return RunResults(description, cross_site, curves, global_model, timeline, case_scores, privacy)
 
 
 def _collect_standalone(root: Path) -> RunResults:

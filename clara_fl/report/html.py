@@ -130,6 +130,7 @@ def render_html(
         timeline=results.timeline,
         case_pictures=case_pictures,
         case_sources=len(results.case_scores),
+        privacy=results.privacy,
         missing=list(missing),
         picture=_picture_markup,
         seconds=_seconds,

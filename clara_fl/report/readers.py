@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.jobs.privacy import PRIVACY_RELEASES_FILE
 from clara_fl.report.logs import LogEvent, parse_events
-from clara_fl.report.records import CaseScores, CrossSiteMatrix, Curve, RoundTiming, SiteRoundTiming
+from clara_fl.report.records import (
+    CaseScores,
+    CrossSiteMatrix,
+    Curve,
+    PrivacyRelease,
+    RoundTiming,
+    SiteRoundTiming,
+)
 
 __all__ = [
     "EVENTS_GLOB",
@@ -20,6 +28,7 @@ __all__ = [
     "read_case_scores",
     "read_cross_site_matrix",
     "read_global_model_metrics",
+    "read_privacy_releases",
     "read_round_timeline",
     "read_tensorboard_curves",
 ]
@@ -223,3 +232,32 @@ def case_scores_under(eval_dir: Path, site: str) -> list[CaseScores]:
         if scores.cases:
             found.append(scores)
     return found
+
+
+# -- privacy filters -----------------------------------------------------------------------------
+
+
+def read_privacy_releases(app_dir: Path, site: str) -> list[PrivacyRelease]:
+    """What a site's privacy filters released per round (:mod:`clara_fl.fl.site.privacy_filters`); a line
+    that is not such a record (a write cut short) is skipped."""
+    path = app_dir / PRIVACY_RELEASES_FILE
+    if not path.is_file():
+        return []
+    releases = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            releases.append(
+                PrivacyRelease(
+                    site=site,
+                    round=record.get("round"),
+                    filter=str(record["filter"]),
+                    released=int(record["released"]),
+                    nonzero_before=int(record["nonzero_before"]),
+                    direction_kept=float(record["direction_kept"]),
+                    almost_nothing=bool(record.get("almost_nothing")),
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return releases

@@ -11,6 +11,7 @@ __all__ = [
     "CaseScores",
     "CrossSiteMatrix",
     "Curve",
+    "PrivacyRelease",
     "RoundTiming",
     "RunDescription",
     "RunResults",
@@ -123,6 +124,23 @@ class CaseScores:
         return lower_is_better(self.metric)
 
 
+@dataclass(frozen=True)
+class PrivacyRelease:
+    """What a site's privacy filter let through in one round (its ``privacy_releases.jsonl`` record)."""
+
+    site: str
+    round: int | None
+    filter: str
+    released: int
+    nonzero_before: int
+    direction_kept: float
+    almost_nothing: bool
+
+    @property
+    def share(self) -> float | None:
+        return self.released / self.nonzero_before if self.nonzero_before else None
+
+
 @dataclass
 class RunDescription:
     """What ran: for the report's header."""
@@ -149,6 +167,7 @@ class RunResults:
     global_model: dict[str, dict[int, dict[str, float]]]  # site -> round -> metrics of the global model
     timeline: list[RoundTiming]
     case_scores: list[CaseScores]
+    privacy: list[PrivacyRelease] = field(default_factory=list)
 
     def cross_site_metric(self) -> str:
         """The key metric, or the results' first metric when the cross-site validation did not report it."""

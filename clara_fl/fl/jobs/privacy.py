@@ -1,5 +1,10 @@
 """Privacy filters: FLARE 2.9's classes by Clara's names, and a site's own privacy policy (local/privacy.json).
 
+A job names each filter by Clara's name and gets the subclass of FLARE's class in
+:mod:`clara_fl.fl.site.privacy_filters`, which filters exactly as FLARE's does and counts what it released
+each round. Arguments not given take clara-fl's defaults (:data:`CLARA_FL_DEFAULTS`), chosen so that the
+shipped MMARs still learn; FLARE's own defaults for SVTPrivacy release only noise (docs/fl.md).
+
 A site policy is a FLARE privacy scope that is the site's default: FLARE applies its filters to every job's
 results at that site, whatever the job says (a job may only name another scope the site defines).
 """
@@ -15,20 +20,36 @@ from clara_fl.config.jsonio import load_json
 from clara_fl.runtime.files import write_json_atomic
 
 __all__ = [
+    "CLARA_FL_DEFAULTS",
+    "FLARE_PRIVACY_FILTERS",
     "PRIVACY_FILE",
+    "PRIVACY_RELEASES_FILE",
     "PRIVACY_FILTERS",
     "PRIVACY_FILTER_PARAMETERS",
     "SITE_SCOPE",
     "parse_privacy_option",
     "privacy_filter",
+    "privacy_filter_name",
     "write_site_privacy",
 ]
 
 _FILTERS = "nvflare.app_common.filters"
-PRIVACY_FILTERS = {
+FLARE_PRIVACY_FILTERS = {
     "PercentilePrivacy": f"{_FILTERS}.percentile_privacy.PercentilePrivacy",
     "SVTPrivacy": f"{_FILTERS}.svt_privacy.SVTPrivacy",
     "ExcludeVars": f"{_FILTERS}.exclude_vars.ExcludeVars",
+}
+# what a job names: FLARE's filter, counting what it releases (the same arguments)
+PRIVACY_FILTERS = {name: f"clara_fl.fl.site.privacy_filters.{name}" for name in FLARE_PRIVACY_FILTERS}
+# Arguments a filter takes when the job does not give them. PercentilePrivacy keeps FLARE's. SVTPrivacy's FLARE
+# defaults (gamma 1e-5, noise_var 0.1) clip every per-step change to 1e-5 and add noise 20 times that: the
+# global model stays untrained. These clip at 1e-3 per step (at or above the shipped MMARs' Adam steps) with
+# noise a fifth of the clip, and release a tenth of the values a round (docs/fl.md: what this costs and what
+# its epsilon means). ExcludeVars has none: it must name what it keeps at the site.
+CLARA_FL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "PercentilePrivacy": {"percentile": 10, "gamma": 0.01},
+    "SVTPrivacy": {"fraction": 0.1, "epsilon": 1.0, "noise_var": 10.0, "gamma": 1e-3, "tau": 1e-6},
+    "ExcludeVars": {},
 }
 # Each filter's constructor parameters and the value types accepted for them, as FLARE 2.9 declares them
 # (tests/test_privacy_option.py pins this table against the real signatures): checking them needs no nvflare.
@@ -52,6 +73,8 @@ PRIVACY_FILTER_PARAMETERS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 _TYPE_NAMES = {int: "a number", float: "a number", bool: "true or false", str: "a string", list: "a list"}
 PRIVACY_FILE = "privacy.json"
+# a site's record of what its privacy filters released, a JSON line a round, in the job's app folder
+PRIVACY_RELEASES_FILE = "privacy_releases.jsonl"
 SITE_SCOPE = "clara_fl_site"
 # clara-fl's learner sends its train update as WEIGHT_DIFF; submitted models (WEIGHTS, for cross-site
 # evaluation) pass untouched unless the site names data_kinds itself
@@ -59,7 +82,8 @@ SITE_DEFAULT_DATA_KINDS = ["WEIGHT_DIFF"]
 
 
 def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: str) -> dict[str, Any]:
-    """A FLARE config entry ``{"path", "args"}`` for a privacy filter named as Clara named it.
+    """A FLARE config entry ``{"path", "args"}`` for a privacy filter named as Clara named it, with clara-fl's
+    defaults (:data:`CLARA_FL_DEFAULTS`) for the arguments ``args`` does not give.
 
     Raises:
         ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take or of the wrong type
@@ -85,7 +109,18 @@ def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: s
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
             raise ConfigError(f"{name}'s {key} must be {wanted}, got {value!r}", file=file, path=f"{path}.args.{key}")
-    return {"path": target, "args": dict(args)}
+    return {"path": target, "args": {**CLARA_FL_DEFAULTS[name], **args}}
+
+
+def privacy_filter_name(entry: Mapping[str, Any]) -> str | None:
+    """Clara's name of the privacy filter a FLARE config entry builds (clara-fl's class or FLARE's), else None."""
+    path = entry.get("path") or entry.get("name")
+    if not isinstance(path, str):
+        return None
+    for name in PRIVACY_FILTERS:
+        if path in (PRIVACY_FILTERS[name], FLARE_PRIVACY_FILTERS[name]):
+            return name
+    return None
 
 
 def parse_privacy_option(option: str) -> dict[str, Any]:

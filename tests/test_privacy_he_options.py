@@ -160,6 +160,17 @@ def test_he_decrypts_every_model_a_site_receives_and_encrypts_what_it_sends_afte
     assert train["filters"][1]["args"]["weigh_by_local_iter"] is True
 
 
+def test_under_he_the_sites_multiply_by_the_aggregation_weights_the_server_divides_by() -> None:
+    weights = {"site-1": 2.0, "site-2": 1.0}
+
+    configs = build_app_configs(SPLEEN_MMAR, FedAvgSettings(he=True, aggregation_weights=weights))
+
+    [train] = [g["filters"][-1] for g in configs.client["task_result_filters"] if g["tasks"] == ["train"]]
+    [submitted] = [g["filters"][-1] for g in configs.client["task_result_filters"] if g["tasks"] == ["submit_model"]]
+    assert train["args"]["aggregation_weights"] == by_id(configs.server)["aggregator"]["args"]["aggregation_weights"]
+    assert "aggregation_weights" not in submitted["args"], "a site's best model is sent as it is"
+
+
 def test_he_on_the_model_controller_template_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="--he needs a ScatterAndGather template"):
         build_app_configs(SPLEEN_MMAR, FedAvgSettings(he=True), "clara_fedavg_cse_mc")

@@ -21,7 +21,7 @@ from clara_fl.report.readers import (
     read_global_model_metrics,
     read_round_timeline,
 )
-from tests.conftest import tiny_set
+from tests.conftest import SPLEEN_MMAR, tiny_set
 from tests.test_fl_simulation import SITES
 
 SERVER_MODELS = ["SRV_FL_global_model", "SRV_best_FL_global_model"]
@@ -247,6 +247,76 @@ def test_a_failed_cell_is_marked_in_the_table_and_the_heatmap(tmp_path: Path) ->
     assert re.search(r"<th>site-2</th>\s*<td class=\"num\">0\.6000</td>\s*<td class=\"failed\">failed</td>", cross_site)
     heatmap = next(p for p in written.pictures if p.name == "cross_site")
     assert png_size(tmp_path / "out" / "cross_site.png") == (heatmap.width, heatmap.height)
+
+
+# -- curves where the MMAR's TensorBoard handlers write them ----------------------------------------
+
+
+def mmar_writing_tensorboard_to(mmar: Path, train: str, validate: str) -> Path:
+    """A copy of the spleen MMAR whose trainer and evaluator TensorBoardStatsHandlers write to these log_dirs."""
+    shutil.copytree(SPLEEN_MMAR, mmar)
+    config_file = mmar / "config" / "config_train.json"
+    config = json.loads(config_file.read_text())
+    for section_name, log_dir in (("train", train), ("validate", validate)):
+        [handler] = [h for h in config[section_name]["handlers"] if h["name"] == "TensorBoardStatsHandler"]
+        handler["args"]["log_dir"] = log_dir
+    config_file.write_text(json.dumps(config))
+    return mmar
+
+
+def write_events(folder: Path, tag: str, values: list[float]) -> None:
+    """Event files as a TensorBoardStatsHandler writes them: ``tag`` at steps 1, 2, ..."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as writer:
+        for step, value in enumerate(values, start=1):
+            writer.add_scalar(tag, value, step)
+
+
+def test_a_standalone_report_has_the_curves_of_tensorboard_handlers_that_write_to_subfolders(tmp_path: Path) -> None:
+    mmar = mmar_writing_tensorboard_to(tmp_path / "mmar", "{MMAR_CKPT_DIR}/tb_train", "{MMAR_CKPT_DIR}/tb_val")
+    write_events(mmar / "models" / "tb_train", "train_loss", [0.9, 0.7, 0.6, 0.5])
+    write_events(mmar / "models" / "tb_val", "val_mean_dice", [0.3, 0.5])
+    stats = {"epochs_completed": 2, "total_iterations": 4, "best_key_metric": 0.5, "best_key_metric_epoch": 2}
+    (mmar / "models" / "train_stats.json").write_text(json.dumps(stats))
+
+    written = write_report(mmar, tmp_path / "report")
+
+    assert "training_curves" in [p.name for p in written.pictures]
+    assert "no TensorBoard events" not in written.html.read_text()
+    from clara_fl.report.collect import collect
+
+    curves = collect(mmar).curves["local"]
+    assert (curves["train_loss"].steps, curves["train_loss"].values[-1]) == ([0.5, 1.0, 1.5, 2.0], pytest.approx(0.5))
+    assert (curves["val_mean_dice"].steps, curves["val_mean_dice"].values) == ([1.0, 2.0], pytest.approx([0.3, 0.5]))
+
+
+def test_curves_are_read_under_models_recursively_when_the_handlers_log_dirs_hold_no_events(tmp_path: Path) -> None:
+    from clara_fl.report.collect import collect
+
+    mmar = mmar_writing_tensorboard_to(tmp_path / "mmar", "{MMAR_CKPT_DIR}/tb_train", "{MMAR_CKPT_DIR}/tb_val")
+    write_events(mmar / "models" / "runs" / "train", "train_loss", [0.9, 0.8])
+    write_events(mmar / "models" / "runs" / "val", "val_mean_dice", [0.4])
+
+    curves = collect(mmar).curves["local"]
+
+    assert set(curves) == {"train_loss", "val_mean_dice"}
+
+
+def test_a_sites_own_curves_come_from_where_its_apps_handlers_write_them(tmp_path: Path) -> None:
+    from clara_fl.report.collect import collect
+
+    workspace = tmp_path / "ws"
+    (workspace / "server" / "simulate_job" / "cross_site_val").mkdir(parents=True)
+    app = mmar_writing_tensorboard_to(
+        workspace / "site-1" / "simulate_job" / "app_site-1", "{MMAR_CKPT_DIR}/tb_train", "{MMAR_CKPT_DIR}/tb_val"
+    )
+    write_events(app / "models" / "tb_train", "train_loss", [0.9, 0.8])
+    write_events(app / "models" / "tb_val", "val_mean_dice", [0.4])
+
+    curves = collect(workspace).curves
+
+    assert set(curves["site-1"]) == {"train_loss", "val_mean_dice"}
 
 
 # -- whole reports ---------------------------------------------------------------------------------

@@ -57,7 +57,9 @@ class FedAvgSettings:
     wait_after_min_clients: int | None = None
     heart_beat_timeout: int | None = None
     aggregation_weights: dict[str, float] | None = None
-    exclude_vars: str | None = None
+    exclude_vars: str | None = None  # the aggregator's: variables left out of aggregation
+    # the persistor's (PTFileModelPersistor exclude_vars): variables left out of the global model the server sends
+    persistor_exclude_vars: str | None = None
     # client filters on the train result, each {"path": ..., "args": {...}} (privacy: PercentilePrivacy, ...)
     result_filters: list[dict[str, Any]] = field(default_factory=list)
     data_filters: list[dict[str, Any]] = field(default_factory=list)
@@ -72,6 +74,11 @@ class FedAvgSettings:
     model_selector_key_source: str | None = None
     # homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs clara-fl[he] to run)
     he: bool = False
+    # under he: the layers the sites encrypt (HEModelEncryptor encrypt_layers: names or a regular expression;
+    # None encrypts all), and whether the server weighs the encrypted updates by the sites' steps instead of the
+    # sites before encrypting (HEInTimeAccumulateWeightedAggregator / HEModelEncryptor weigh_by_local_iter)
+    he_encrypt_layers: list[str] | str | None = None
+    he_weigh_at_server: bool = False
 
 
 @dataclass
@@ -188,6 +195,9 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
         "aggregation_weights": s.aggregation_weights,
         "exclude_vars": s.exclude_vars,
     }
+    if s.persistor_exclude_vars is not None:
+        taken |= {f"persistor {n}" for n in _set_args(server, "persistor", exclude_vars=s.persistor_exclude_vars)}
+        wanted["persistor exclude_vars"] = s.persistor_exclude_vars
     for name, value in wanted.items():
         if value is not None and name not in taken:
             raise ConfigError(
@@ -218,7 +228,13 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
     configure_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
     if s.he:
         check_algorithm_under_he(s.algorithm)
-        apply_homomorphic_encryption(server, client, template_for(s.algorithm, template, DEFAULT_TEMPLATE))
+        apply_homomorphic_encryption(
+            server,
+            client,
+            template_for(s.algorithm, template, DEFAULT_TEMPLATE),
+            encrypt_layers=s.he_encrypt_layers,
+            weigh_at_server=s.he_weigh_at_server,
+        )
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

@@ -56,8 +56,24 @@ def add_task_filters(config: dict[str, Any], key: str, tasks: list[str], filters
         groups.append({"tasks": [task], "filters": [*existing, *filters]})
 
 
-def apply_homomorphic_encryption(server: dict[str, Any], client: dict[str, Any], template: str) -> None:
+def apply_homomorphic_encryption(
+    server: dict[str, Any],
+    client: dict[str, Any],
+    template: str,
+    encrypt_layers: list[str] | str | None = None,
+    weigh_at_server: bool = False,
+) -> None:
     """Switch a ScatterAndGather job's app configs (clara_fedavg_cse and its kind) to FLARE's HE components.
+
+    The updates are weighed by each site's steps and aggregation weight exactly once: by default at the sites
+    before encrypting (HEModelEncryptor), with ``weigh_at_server`` by the server in encrypted space
+    (HEInTimeAccumulateWeightedAggregator). The aggregator divides by the same weights either way.
+
+    Args:
+        server, client: the job's app configs, edited in place.
+        template: the template's name, for the error.
+        encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (names or a regular expression); None encrypts all.
+        weigh_at_server: the server weighs the encrypted updates instead of the sites.
 
     Raises:
         ConfigError: the template's server workflow is not ScatterAndGather with the shipped component ids.
@@ -73,8 +89,13 @@ def apply_homomorphic_encryption(server: dict[str, Any], client: dict[str, Any],
         )
     aggregator_args = components["aggregator"].get("args", {})
     components["aggregator"]["path"] = AGGREGATOR
-    # the sites weigh by their steps before encrypting; the server only adds
-    components["aggregator"]["args"] = {**aggregator_args, "weigh_by_local_iter": False}
+    components["aggregator"]["args"] = {**aggregator_args, "weigh_by_local_iter": weigh_at_server}
+    encryptor_args: dict[str, Any] = {"weigh_by_local_iter": not weigh_at_server}
+    if encrypt_layers is not None:
+        encryptor_args["encrypt_layers"] = encrypt_layers
+    if not weigh_at_server and aggregator_args.get("aggregation_weights"):
+        # the aggregator divides by these weights; the sites must have multiplied by them
+        encryptor_args["aggregation_weights"] = aggregator_args["aggregation_weights"]
     components["shareable_generator"]["path"] = SHAREABLE_GENERATOR
     components["shareable_generator"]["args"] = {}
     components["persistor"].setdefault("args", {})["filter_id"] = SERIALIZE_FILTER_ID
@@ -85,10 +106,9 @@ def apply_homomorphic_encryption(server: dict[str, Any], client: dict[str, Any],
 
     add_task_filters(client, "task_data_filters", list(DECRYPTED_TASKS), [{"path": DECRYPTOR, "args": {}}])
     # privacy filters (already in the train chain) see plain weights; encryption comes last
-    add_task_filters(
-        client, "task_result_filters", ["train"], [{"path": ENCRYPTOR, "args": {"weigh_by_local_iter": True}}]
-    )
-    # a site's best model is encrypted too: the server keeps it for cross-site evaluation and never reads it
-    add_task_filters(
-        client, "task_result_filters", ["submit_model"], [{"path": ENCRYPTOR, "args": {"weigh_by_local_iter": False}}]
-    )
+    add_task_filters(client, "task_result_filters", ["train"], [{"path": ENCRYPTOR, "args": encryptor_args}])
+    # a site's best model is encrypted too (unweighed): the server keeps it for cross-site evaluation, never reads it
+    submitted: dict[str, Any] = {"weigh_by_local_iter": False}
+    if encrypt_layers is not None:
+        submitted["encrypt_layers"] = encrypt_layers
+    add_task_filters(client, "task_result_filters", ["submit_model"], [{"path": ENCRYPTOR, "args": submitted}])

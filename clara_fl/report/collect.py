@@ -6,6 +6,10 @@ Three layouts are read:
   ``cross_site_val/``, ``tb_events/`` and ``log.txt``;
 - a standalone MMAR after ``clara-fl train``/``validate``: events and ``train_stats.json`` in ``models/``,
   MetricsSaver's CSVs in ``eval/``.
+
+An MMAR's own TensorBoard events (standalone, and each site's in a federated run) are read where its
+``config_train.json`` has its TensorBoard handlers write them (their ``log_dir``, variables substituted, e.g.
+``{MMAR_CKPT_DIR}/tb_train``), else from every folder under ``models/`` that holds event files.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.config.mmar import DEFAULT_ENVIRONMENT, read_config, resolve_in_mmar
+from clara_fl.config.variables import as_bool
 from clara_fl.report.readers import (
     EVENTS_GLOB,
     case_scores_under,
@@ -35,6 +41,9 @@ __all__ = ["collect", "job_rounds"]
 CROSS_SITE_RESULTS = "cross_val_results.json"
 # algorithms whose sites submit another model than their best local one (as clara_fl.fl.jobs.results says)
 SITE_MODELS = {"ditto": "personalized"}
+TRAIN_CONFIG = "config/config_train.json"
+# the handlers of a Clara config that write TensorBoard events into their log_dir (MONAI's and clara-fl's)
+TENSORBOARD_HANDLERS = ("TensorBoardStatsHandler", "TensorBoardImageHandler")
 
 
 # -- the run as a whole --------------------------------------------------------------------------
@@ -191,7 +200,7 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     if streamed.is_dir():
         site_names |= {p.name for p in streamed.iterdir() if p.is_dir()}
     for site in sorted(site_names):
-        own = read_tensorboard_curves(layout.site_apps[site] / "models") if site in layout.site_apps else {}
+        own = _read_curves(_event_folders(layout.site_apps[site])) if site in layout.site_apps else {}
         sent = read_tensorboard_curves(streamed / site) if (streamed / site).is_dir() else {}
         merged = {**own, **sent}  # the streamed curves are per epoch; a site's own train_loss is per iteration
         if merged:
@@ -227,14 +236,15 @@ def _collect_standalone(root: Path) -> RunResults:
     env = _json_object(root / "config" / "environment.json")
     models = root / env.get("MMAR_CKPT_DIR", "models")
     eval_dir = root / env.get("MMAR_EVAL_OUTPUT_PATH", "eval")
-    curves = read_tensorboard_curves(models) if models.is_dir() else {}
+    event_folders = _event_folders(root)
+    curves = _read_curves(event_folders)
     stats = _json_object(models / "train_stats.json")
     _iterations_to_epochs(curves, stats)
     facts = {k: str(v) for k, v in stats.items() if v is not None}
     facts.update(_learning_rates(models))
     key_metric = str(stats.get("key_metric_name") or _key_metric(root) or "val_mean_dice")
     started = None
-    events = sorted(models.glob(EVENTS_GLOB)) if models.is_dir() else []
+    events = [p for folder in event_folders for p in folder.glob(EVENTS_GLOB)]
     if events:
         started = datetime.fromtimestamp(min(p.stat().st_mtime for p in events))
     description = RunDescription(
@@ -250,6 +260,69 @@ def _collect_standalone(root: Path) -> RunResults:
     )
     scores = case_scores_under(eval_dir, "local") if eval_dir.is_dir() else []
     return RunResults(description, None, {"local": curves} if curves else {}, {}, [], scores)
+
+
+def _event_folders(mmar: Path) -> list[Path]:
+    """The folders an MMAR's TensorBoard events are in: the log_dir of each TensorBoard handler of its train
+    config that holds event files, else every folder under its models/ that does."""
+    configured = [folder for folder in _handler_log_dirs(mmar) if any(folder.glob(EVENTS_GLOB))]
+    if configured:
+        return configured
+    env = _json_object(mmar / DEFAULT_ENVIRONMENT)
+    models = mmar / str(env.get("MMAR_CKPT_DIR") or "models")
+    return sorted({p.parent for p in models.rglob(EVENTS_GLOB)}) if models.is_dir() else []
+
+
+def _handler_log_dirs(mmar: Path) -> list[Path]:
+    """The log_dir of every enabled TensorBoard handler in the MMAR's train config, with its variables
+    substituted as a run substitutes them; a config that does not read only costs the report this lookup."""
+    if not (mmar / TRAIN_CONFIG).is_file():
+        return []
+    environment = DEFAULT_ENVIRONMENT if (mmar / DEFAULT_ENVIRONMENT).is_file() else None
+    try:
+        raw = read_config(mmar, TRAIN_CONFIG, environment)
+    except ConfigError:
+        return []
+    folders: list[Path] = []
+    for path, handler in _components(raw.config, ""):
+        args = handler.get("args")
+        if _class_name(handler) not in TENSORBOARD_HANDLERS or not isinstance(args, dict) or "log_dir" not in args:
+            continue
+        try:
+            if as_bool(raw.variables.substitute(handler.get("disabled", False), f"{path}.disabled")):
+                continue
+            log_dir = raw.variables.substitute(args["log_dir"], f"{path}.args.log_dir")
+        except ConfigError:
+            continue
+        if isinstance(log_dir, str) and log_dir:
+            folders.append(Path(resolve_in_mmar(str(mmar), log_dir)).resolve())
+    return list(dict.fromkeys(folders))
+
+
+def _components(value: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every object with a ``name`` or ``path`` in a config, with its JSON path."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(value, dict):
+        if isinstance(value.get("name") or value.get("path"), str):
+            found.append((path, value))
+        for key, item in value.items():
+            found += _components(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _components(item, f"{path}[{index}]")
+    return found
+
+
+def _read_curves(folders: list[Path]) -> dict[str, Curve]:
+    """The scalar curves of several event folders; a tag written to more than one is one curve, by step."""
+    curves: dict[str, Curve] = {}
+    for folder in folders:
+        for tag, curve in read_tensorboard_curves(folder).items():
+            merged = curves.setdefault(tag, Curve(tag, [], []))
+            pairs = [*zip(merged.steps, merged.values, strict=True), *zip(curve.steps, curve.values, strict=True)]
+            points = sorted(pairs, key=lambda p: p[0])
+            merged.steps, merged.values = [p[0] for p in points], [p[1] for p in points]
+    return curves
 
 
 def _iterations_to_epochs(curves: dict[str, Curve], stats: dict[str, Any]) -> None:

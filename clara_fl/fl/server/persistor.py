@@ -76,6 +76,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         train_config, environment: the MMAR's files the network is built from.
         overrides: values on top of the environment.
         resume_from_job: the id of a job of this server whose saved run to continue (``clara-fl job resume``).
+        exclude_vars: a regular expression: the variables left out of the global model sent to the sites.
         **kwargs: PTFileModelPersistor's arguments.
     """
 
@@ -88,11 +89,13 @@ class ClaraModelPersistor(PTFileModelPersistor):
         overrides: dict[str, Any] | None = None,
         resume_from_job: str = "",
         filter_id: str | None = None,
+        exclude_vars: str | None = None,
         **kwargs: Any,
     ) -> None:
-        # filter_id: a PersistorFilter component, e.g. FLARE's HEModelSerializeFilter for an encrypted global model
-        super().__init__(model=None, filter_id=filter_id, **kwargs)
-        self.job_arguments = {**kwargs, "resume_from_job": resume_from_job}
+        # filter_id: a PersistorFilter component, e.g. FLARE's HEModelSerializeFilter for an encrypted global model;
+        # exclude_vars (named here so that a recipe exports it): variables left out of the global model sent
+        super().__init__(model=None, filter_id=filter_id, exclude_vars=exclude_vars, **kwargs)
+        self.job_arguments = {**kwargs, "exclude_vars": exclude_vars, "resume_from_job": resume_from_job}
         self.train_config = train_config
         self.environment = environment
         self.overrides = dict(overrides or {})

@@ -102,7 +102,8 @@ def create_job(
 
     Raises:
         ConfigError: not an MMAR, an unknown template or algorithm, a setting that cannot be carried into a
-            FLARE 2.9 job, or ``output`` holds something and ``force`` is not set. Nothing is written then.
+            FLARE 2.9 job, an HE job without TenSEAL installed, a privacy filter that releases nothing or leaves
+            the update unchanged, or ``output`` holds something and ``force`` is not set. Nothing is written then.
     """
     mmar = Path(mmar).resolve()
     output = Path(output).resolve()
@@ -123,6 +124,10 @@ def create_job(
         privacy_filters=privacy_filters,
         he=he,
     )
+    if settings.he:  # --he, or the MMAR's own Clara HE configs: FLARE's HE components import TenSEAL
+        from clara_fl.fl.jobs.he_context import require_tenseal
+
+        require_tenseal()
     configs = build_app_configs(mmar, settings, template)
     for line in configs.privacy:
         (say or logger.info)(line)

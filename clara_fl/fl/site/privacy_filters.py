@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO
+from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -115,7 +116,7 @@ class _CountsReleases:
         before = dict(dxo.data)  # FLARE's filters build new arrays; the dict itself may be changed in place
         filtered = super().process_dxo(dxo, shareable, fl_ctx)  # type: ignore[misc]
         after = (filtered if filtered is not None else dxo).data
-        round_number = shareable.get_header(AppConstants.CURRENT_ROUND, None)
+        round_number = _round_of(dxo, shareable, fl_ctx)
         release = measure_release(before, after, type(self).__name__, round_number)
         if release.almost_nothing:
             self.log_warning(  # type: ignore[attr-defined]
@@ -128,6 +129,17 @@ class _CountsReleases:
             self.log_info(fl_ctx, release.describe(), fire_event=False)  # type: ignore[attr-defined]
         _append_record(fl_ctx, release)
         return filtered
+
+
+def _round_of(dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> int | None:
+    """The round a result belongs to: its header or meta where the learner set one, else the task's header."""
+    found = shareable.get_header(AppConstants.CURRENT_ROUND, None)
+    if found is None:
+        found = dxo.get_meta_prop(AppConstants.CURRENT_ROUND, None)
+    task = fl_ctx.get_prop(FLContextKey.TASK_DATA)
+    if found is None and isinstance(task, Shareable):
+        found = task.get_header(AppConstants.CURRENT_ROUND, None)
+    return int(found) if isinstance(found, int) else None
 
 
 def _append_record(fl_ctx: FLContext, release: Release) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from clara_fl import __version__
 from clara_fl.apps import bundle, demo, evaluate, export, job, report, simulate, site, synth, train
+from clara_fl.runtime.library_logs import quiet_library_exceptions
 from clara_fl.runtime.startup import freeze_everything, release_frozen
 
 __all__ = ["main", "console_main", "build_parser"]
@@ -43,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    quiet_library_exceptions(args.debug)  # ignite's and MONAI's tracebacks only with --debug
     from clara_fl.config.errors import ConfigError, describe_failure
 
     if args.local_rank is not None:

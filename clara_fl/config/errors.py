@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 
-__all__ = ["ConfigError", "did_you_mean", "json_path", "describe_failure", "FAILURE_LOCATORS"]
+__all__ = ["ConfigError", "did_you_mean", "json_path", "describe_failure", "located_failure", "FAILURE_LOCATORS"]
 
 
 def json_path(*parts: str | int) -> str:
@@ -66,14 +66,21 @@ class ConfigError(Exception):
 FAILURE_LOCATORS: list[Callable[[BaseException], str | None]] = []
 
 
+def located_failure(error: BaseException) -> str | None:
+    """The line of the first registered locator that knows the config item behind ``error``, else None."""
+    for locate in FAILURE_LOCATORS:
+        located = locate(error)
+        if located:
+            return located
+    return None
+
+
 def describe_failure(error: BaseException | None) -> str:
     """The chain of causes, outermost first: ``applying transform X <- ValueError: ROI larger than image``;
     or, where a registered locator knows the config item that failed, one line naming it."""
-    if error is not None:
-        for locate in FAILURE_LOCATORS:
-            located = locate(error)
-            if located:
-                return located
+    located = located_failure(error) if error is not None else None
+    if located:
+        return located
     parts = []
     while error is not None:
         if isinstance(error, ConfigError):

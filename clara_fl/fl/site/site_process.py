@@ -106,6 +106,10 @@ class SiteService:
     """
 
     def __init__(self) -> None:
+        from clara_fl.runtime.library_logs import quiet_library_exceptions
+
+        # the site's log gets one line per failed task (SiteFailure.local_text), not the libraries' tracebacks
+        quiet_library_exceptions(debug=False)
         self.training: LocalTraining | None = None
         self._training_settings: TrainingSettings | None = None
         self._metric_sink: Callable[[str, float, int], None] | None = None

@@ -164,6 +164,7 @@ def run_round(request: RoundRequest) -> None:
 
 def main() -> None:
     from clara_fl.runtime.distributed import shutdown_distributed
+    from clara_fl.runtime.library_logs import quiet_library_exceptions
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("request", help="JSON file written by the Learner (a RoundRequest)")
@@ -175,6 +176,7 @@ def main() -> None:
     request = RoundRequest.read(args.request)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_exceptions(debug=False)
     succeeded = False
     try:
         run_round(request)

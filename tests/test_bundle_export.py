@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
@@ -208,6 +209,47 @@ def test_bundle_inference_writes_a_mask_per_test_case(
     monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/inference.json")
     masks = list((bundle / "eval").glob("*/*_seg.nii.gz"))
     assert len(masks) == 1
+
+
+@pytest.fixture(scope="module")
+def bundle_without_inference_config(trained_spleen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained spleen MMAR with no config_inference.json and no saver in its validation config, as a bundle."""
+    mmar = tmp_path_factory.mktemp("no_inference") / "spleen_ct_seg"
+    shutil.copytree(trained_spleen, mmar)
+    (mmar / "config" / "config_inference.json").unlink()
+    validation_file = mmar / "config" / "config_validation.json"
+    validation = json.loads(validation_file.read_text())
+    validation["post_transforms"] = [t for t in validation["post_transforms"] if t["name"] != "SaveImaged"]
+    validation_file.write_text(json.dumps(validation))
+    return export(mmar, mmar.parent / "bundle", "--set", *tiny_set())
+
+
+def test_an_mmar_without_inference_config_gets_one_derived_from_validation_that_writes_a_mask_per_image(
+    bundle_without_inference_config: Path, synthetic_data, tmp_path: Path, no_clara_fl: dict[str, str]
+) -> None:
+    import nibabel as nib
+
+    bundle = fresh_copy(bundle_without_inference_config, tmp_path / "b")
+
+    monai_bundle(bundle, no_clara_fl, "run", "--config_file", "configs/inference.json")
+
+    images = [synthetic_data.root / p for p in json.loads(synthetic_data.dataset_json.read_text())["test"]]
+    masks = {m.name: m for m in (bundle / "eval").glob("*/*_seg.nii.gz")}
+    assert sorted(masks) == sorted(i.name.replace(".nii.gz", "_seg.nii.gz") for i in images)
+    for image in images:
+        mask = nib.load(str(masks[image.name.replace(".nii.gz", "_seg.nii.gz")]))
+        assert mask.shape == nib.load(str(image)).shape  # a label map in the image's space, not one-hot channels
+        assert set(numpy.unique(numpy.asanyarray(mask.dataobj)).tolist()) <= {0.0, 1.0}
+
+
+def test_the_readme_says_the_inference_config_was_derived_from_the_validation_config(
+    bundle_without_inference_config: Path,
+) -> None:
+    readme = (bundle_without_inference_config / "docs" / "README.md").read_text()
+
+    assert (
+        "`configs/inference.json` was derived from the validation config\n  `config/config_validation.json`" in readme
+    )
 
 
 def test_ckpt_export_turns_the_bundle_weights_into_torchscript(

@@ -16,7 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-m", "--mmar", default=".", help="MMAR root; relative paths and custom/ code are taken from it"
     )
-    parser.add_argument("--model_path", default="models/model.pt", help="checkpoint with model weights and train_conf")
+    parser.add_argument(
+        "--model_path",
+        default="models/model.pt",
+        help="checkpoint with model weights; the network comes from its train_conf, else from the MMAR's "
+        "config/config_train.json (Clara 4.0 checkpoints)",
+    )
     parser.add_argument("--output_path", default="models/model.ts", help="TorchScript file to write")
     parser.add_argument("--input_shape", required=True, help='example input shape, e.g. "[1, 1, 96, 96, 96]"')
     parser.set_defaults(run=run)

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clara_fl.bundle.inference import derive_inference_config
 from clara_fl.bundle.metadata import bundle_metadata, mmar_description
 from clara_fl.bundle.translate import ClaraConfig, translate_evaluate, translate_inference, translate_train
 from clara_fl.bundle.variables import BundleVariables, merge_variables
 from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
 from clara_fl.config.mmar import DEFAULT_ENVIRONMENT, read_config, resolve_in_mmar
 
 __all__ = ["ExportRequest", "ExportedBundle", "export_bundle"]
@@ -63,8 +65,11 @@ def _custom_modules(mmar_root: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def _read(request: ExportRequest, config_file: str, custom: frozenset[str]) -> ClaraConfig:
-    raw = read_config(request.mmar, config_file, request.environment, request.overrides)
+def _read(
+    request: ExportRequest, config_file: str, custom: frozenset[str], content: Mapping[str, Any] | None = None
+) -> ClaraConfig:
+    """``config_file`` of the MMAR (or ``content`` in its name) as read for translation."""
+    raw = read_config(request.mmar, config_file, request.environment, request.overrides, config=content)
     environment: dict[str, Any] = {}
     if request.environment:
         with open(resolve_in_mmar(raw.mmar_root, request.environment), encoding="utf-8") as f:
@@ -77,6 +82,14 @@ def _read(request: ExportRequest, config_file: str, custom: frozenset[str]) -> C
         custom_modules=custom,
         resolved_variables=raw.variables.as_dict(),
     )
+
+
+def _derived_inference(request: ExportRequest, validation: ClaraConfig, custom: frozenset[str]) -> ClaraConfig:
+    """The validation config made an inference config (:mod:`clara_fl.bundle.inference`), read as the MMAR's own
+    inference config is."""
+    written = load_json(resolve_in_mmar(os.path.abspath(request.mmar), validation.file))  # placeholders kept
+    derived = derive_inference_config(written, validation.file, validation.resolved_variables or {}, custom)
+    return _read(request, validation.file, custom, content=derived)
 
 
 def _optional(request: ExportRequest, given: str | None, default: str) -> str | None:
@@ -141,9 +154,14 @@ def export_bundle(request: ExportRequest) -> ExportedBundle:
     train = _read(request, request.train_config, custom)
     configs = {"train.json": translate_train(train)}
     validation = _optional(request, request.validation_config, DEFAULT_VALIDATION)
-    if validation is not None:
-        configs["evaluate.json"] = translate_evaluate(_read(request, validation, custom), train)
     inference = _optional(request, request.inference_config, DEFAULT_INFERENCE)
+    derived_from = validation if inference is None else None
+    if validation is not None:
+        validation_config = _read(request, validation, custom)
+        configs["evaluate.json"] = translate_evaluate(validation_config, train)
+        if derived_from is not None:
+            derived = _derived_inference(request, validation_config, custom)
+            configs["inference.json"] = translate_inference(derived, train)
     if inference is not None:
         configs["inference.json"] = translate_inference(_read(request, inference, custom), train)
     resolved = dict(train.resolved_variables or {})
@@ -165,7 +183,7 @@ def export_bundle(request: ExportRequest) -> ExportedBundle:
             torch.save(weights, os.path.join(staging, "models", "model.pt"))
             model = os.path.join(output, "models", "model.pt")
         scripts = _copy_scripts(mmar_root, staging)
-        _write_readme(staging, name, mmar_root, request, sorted(configs), weights is not None, scripts)
+        _write_readme(staging, name, mmar_root, request, sorted(configs), weights is not None, scripts, derived_from)
         if os.path.isdir(output):
             os.rmdir(output)
         os.replace(staging, output)
@@ -202,6 +220,7 @@ def _write_readme(
     configs: list[str],
     has_model: bool,
     scripts: list[str],
+    inference_from: str | None = None,
 ) -> None:
     lines = [
         f"# {name}",
@@ -240,6 +259,14 @@ def _write_readme(
         "- Handlers Clara built only on rank 0 run in the bundle's single process; checkpoints hold no `train_conf`.",
         '- `"device": "cuda"` and `amp` fall back to the CPU without CUDA, as clara-fl did.',
     ]
+    if inference_from:
+        lines += [
+            "- The MMAR has no inference config: `configs/inference.json` was derived from the validation config",
+            f"  `{inference_from}` (Clara users inferred with it): its network, pre-transforms, inferer and",
+            "  post-transforms on the inference datalist (`INFER_DATALIST_KEY`, else `test`), with no metrics and no",
+            "  label loading; its saver, or an added one, writes each prediction under `MMAR_EVAL_OUTPUT_PATH`",
+            "  (`SaveImaged` masks as label maps, `ClassificationSaver` scores for a classification task).",
+        ]
     if scripts:
         lines += ["- The MMAR's `custom/` code is in `scripts/`; components that use it put that folder on `sys.path`."]
     os.makedirs(os.path.join(staging, "docs"), exist_ok=True)

@@ -25,6 +25,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_TRAIN_CONFIG = "config/config_train.json"
+
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` crash-safely: a kill at any moment leaves the old file or the new one, never a partial one."""
@@ -65,37 +67,80 @@ def strip_ddp_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def load_checkpoint_model(path: str, context: Any) -> Any:
-    """Rebuild the network from the ``train_conf`` stored in a checkpoint and load its weights."""
+def load_checkpoint_model(path: str, context: Any, train_config: str = DEFAULT_TRAIN_CONFIG) -> Any:
+    """Rebuild the network of a checkpoint and load its weights.
+
+    The network comes from the ``train_conf`` stored in the checkpoint (built under the restricted policy: a
+    checkpoint may come from anywhere) or, where the checkpoint has none (Clara 4.0 saved none), from the
+    ``train.model`` of the MMAR's own ``train_config`` (built under the run's policy, as the MMAR's other configs).
+
+    Args:
+        path: the checkpoint file.
+        context: the build context; its ``mmar_root`` locates ``train_config``.
+        train_config: the MMAR's train config, relative to its root.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read, neither it nor the MMAR describes the network, the network
+            is refused or fails to build, or the weights do not fit it.
+    """
     from clara_fl.config.expressions import RestrictedEvaluator
-    from clara_fl.config.resolver import ConfigResolver
     from clara_fl.config.restrictions import Restrictions
 
     checkpoint = load_checkpoint(path)
     train_conf = checkpoint.get("train_conf") if isinstance(checkpoint, Mapping) else None
     if (
-        not isinstance(train_conf, Mapping)
-        or not isinstance(train_conf.get("train"), Mapping)
-        or "model" not in train_conf["train"]
+        isinstance(train_conf, Mapping)
+        and isinstance(train_conf.get("train"), Mapping)
+        and "model" in train_conf["train"]
     ):
+        restrictions = context.restrictions or Restrictions(
+            context.mmar_root or os.path.dirname(os.path.abspath(path)), extra_roots=context.runtime.search_modules
+        )
+        restricted = dataclasses.replace(context, evaluator=RestrictedEvaluator(), restrictions=restrictions)
+        model = _build_network(train_conf, f"{path}#train_conf", restricted)
+    else:
+        network, file, clara40 = _mmar_train_network(path, context.mmar_root, train_config)
+        logger.info("%s has no train_conf: the network is rebuilt from %s", path, file)
+        model = _build_network(network, file, dataclasses.replace(context, clara40=clara40 or context.clara40))
+    load_weights(model, model_state(checkpoint, path), path, strict=True)
+    return model.eval()
+
+
+def _mmar_train_network(path: str, mmar_root: str | None, train_config: str) -> tuple[dict[str, Any], str, bool]:
+    """``{"train": {"model": ...}}`` of the MMAR's train config with its variables filled, the config's name, and
+    whether it is a Clara 4.0 config."""
+    from clara_fl.config.mmar import DEFAULT_ENVIRONMENT, read_config, resolve_in_mmar
+
+    if not mmar_root or not os.path.isfile(resolve_in_mmar(mmar_root, train_config)):
+        where = f"the MMAR has no {train_config}" if mmar_root else "no MMAR was given"
         raise ConfigError(
-            "checkpoint has no 'train_conf' with a train.model to rebuild the network from; "
+            f"checkpoint has no 'train_conf' to rebuild the network from, and {where}; "
             'save it with "train_conf": "@conf" in the CheckpointSaver\'s save_dict, or give a model component',
             file=path,
         )
-    # A checkpoint may come from anywhere: its train_conf is built only under the restricted policy.
-    restrictions = context.restrictions or Restrictions(
-        context.mmar_root or os.path.dirname(os.path.abspath(path)), extra_roots=context.runtime.search_modules
-    )
-    context = dataclasses.replace(context, evaluator=RestrictedEvaluator(), restrictions=restrictions)
-    try:  # the whole network is judged (dry run) before any of it is built
-        ConfigResolver(train_conf, file=f"{path}#train_conf", context=context, dry_run=True).get("model", "train")
-        model = ConfigResolver(train_conf, file=f"{path}#train_conf", context=context).get("model", "train")
+    environment = DEFAULT_ENVIRONMENT if os.path.isfile(resolve_in_mmar(mmar_root, DEFAULT_ENVIRONMENT)) else None
+    raw = read_config(mmar_root, train_config, environment)
+    section = raw.config.get("train")
+    if not isinstance(section, Mapping) or not isinstance(section.get("model"), Mapping):
+        raise ConfigError(
+            "no train.model component to rebuild the checkpoint's network from",
+            file=raw.display_file,
+            path="train.model",
+        )
+    model = raw.variables.substitute(section["model"], "train.model")
+    return {"train": {"model": model}}, raw.display_file, raw.clara40
+
+
+def _build_network(config: Mapping[str, Any], file: str, context: Any) -> Any:
+    """``train.model`` of ``config``, judged whole (a dry run) before any of it is built."""
+    from clara_fl.config.resolver import ConfigResolver
+
+    try:
+        ConfigResolver(config, file=file, context=context, dry_run=True).get("model", "train")
+        return ConfigResolver(config, file=file, context=context).get("model", "train")
     except ConfigError as e:
-        e.located(file=f"{path}#train_conf")
+        e.located(file=file)
         raise
-    load_weights(model, model_state(checkpoint, path), path, strict=True)
-    return model.eval()
 
 
 def load_weights(model: Any, state: Mapping[str, Any], source: str, strict: bool = True) -> tuple[list[str], list[str]]:

@@ -20,9 +20,19 @@ logger = logging.getLogger(__name__)
 def export_torchscript(
     model_path: str, output_path: str, input_shape: Sequence[int], mmar_root: str | None = None
 ) -> str:
-    """Rebuild the network from ``model_path``'s train_conf, script it (trace if scripting fails), verify, save.
+    """Rebuild the network of ``model_path`` (from its train_conf, else from the train config of ``mmar_root``),
+    script it (trace if scripting fails), verify, save.
 
     Returns ``"script"`` or ``"trace"``: how the model was converted.
+
+    Args:
+        model_path: the checkpoint.
+        output_path: the TorchScript file to write.
+        input_shape: an example input's shape, to check (and trace) the network with.
+        mmar_root: the MMAR: its custom/ code, its train config for checkpoints without train_conf.
+
+    Raises:
+        ConfigError: the network cannot be rebuilt, rejects the input shape, or its export differs from it.
     """
     import torch
 

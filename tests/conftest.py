@@ -121,6 +121,7 @@ INTEGRATION_MODULES = {"test_ddp.py", "test_reference_configs.py", "test_site_pr
 INTEGRATION_TESTS = {
     "test_abort.py": {"test_a_run_that_ends_normally_is_left_to_flare"},
     "test_bundle_export.py": {
+        "test_an_mmar_without_inference_config_gets_one_derived_from_validation_that_writes_a_mask_per_image",
         "test_bundle_evaluation_gives_clara_fl_key_metric_on_the_same_model",
         "test_bundle_inference_writes_a_mask_per_test_case",
         "test_bundle_training_repeats_clara_fl_train_loss_curve_and_weights",
@@ -149,6 +150,12 @@ INTEGRATION_TESTS = {
         "test_a_mutated_config_passes_or_fails_with_a_located_config_error",
     },
     "test_convert.py": {"test_the_converted_mmar_trains_to_the_same_weights_as_the_original"},
+    "test_failure_lines.py": {
+        "test_a_case_failing_in_a_sites_training_is_one_line_in_the_sites_log",
+        "test_a_case_failing_in_training_is_one_line_with_no_traceback_without_debug",
+        "test_a_case_failing_while_a_cache_dataset_caches_in_threads_names_the_transform_and_the_case",
+        "test_with_debug_the_libraries_and_clara_fl_show_their_tracebacks",
+    },
     "test_fl_algorithm_sites_14a.py": {
         "test_a_fedbn_site_neither_sends_nor_loads_its_norm_layers",
         "test_a_scaffold_round_returns_the_control_change_and_keeps_the_local_control",
@@ -171,6 +178,9 @@ INTEGRATION_TESTS = {
     "test_newcomer.py": {
         "test_the_set_that_the_hint_names_validates_final_model_pt",
         "test_train_says_that_no_validation_ran_and_which_file_holds_the_weights",
+    },
+    "test_numpy_era_transforms.py": {
+        "test_a_clara41_mmar_with_a_numpy_era_custom_transform_trains_and_validates_unchanged"
     },
     "test_recipes.py": {"test_example_job_py_exports_a_job_for_nvflare_job_submit"},
     "test_reliability.py": {

@@ -236,6 +236,124 @@ def test_name_and_path_on_one_component_keep_the_path() -> None:
     assert [c.path for c in changes if "names the class" in c.what] == ["train.loss.name"]
 
 
+# -- the same rules for components nested in arguments, at any depth -------------------------------
+
+NESTED_PATHS = {
+    1: "train.trainer.args.iteration_update.args.{key}",
+    2: "train.trainer.args.iteration_update.args.{key}[0]",
+    3: "train.trainer.args.iteration_update.args.{key}[0].args.{key}[0]",
+}
+
+
+def nested(component: dict, depth: int, key: str = "transforms") -> tuple[dict, str]:
+    """A Clara 4.0 train config whose trainer's ``iteration_update`` (a deepgrow Interaction) holds ``component``
+    under ``key``, and the component's JSON path: at depth 1 as the argument, at depth 2 as an item of a list of
+    components there, at depth 3 in such a list inside a component that is itself such an item."""
+    value = {1: component, 2: [component], 3: [{"name": "Compose", "args": {key: [component]}}]}[depth]
+    interaction = {"name": "Interaction", "args": {"deepgrow_probability": 0.5, "train": True, key: value}}
+    trainer = {"name": "SupervisedTrainer", "args": {"max_epochs": "{epochs}", "iteration_update": interaction}}
+    return train_config(trainer=trainer), NESTED_PATHS[depth].format(key=key)
+
+
+def item_at(config: dict, path: str) -> object:
+    """The item at a JSON path such as ``train.trainer.args.x[0].args.y``."""
+    value: object = config
+    for part in path.replace("[", ".[").split("."):
+        value = value[int(part[1:-1])] if part.startswith("[") else value[part]  # type: ignore[index]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_name_and_path_on_a_nested_component_keep_the_path(depth: int) -> None:
+    guidance = {"name": "AddGuidanceSignald", "path": "monai.apps.deepgrow.transforms.AddGuidanceSignald"}
+    config, path = nested(guidance, depth)
+
+    translated, changes = translate_clara40(config)
+
+    assert item_at(translated, path) == {"path": "monai.apps.deepgrow.transforms.AddGuidanceSignald"}
+    assert [c.path for c in changes if "names the class" in c.what] == [f"{path}.name"]
+
+
+def test_a_nested_component_with_name_and_path_is_built_from_its_path() -> None:
+    from clara_fl.config.resolver import ConfigResolver
+
+    flip = {"name": "RandFlipd", "path": "monai.transforms.RandFlipd", "args": {"keys": "image", "prob": 1.0}}
+    compose = {"name": "Compose", "args": {"transforms": [{"name": "OneOf", "args": {"transforms": [flip]}}]}}
+    translated, _ = translate_clara40(
+        train_config(dataset={"name": "Dataset", "args": {"data": [], "transform": compose}})
+    )
+
+    dataset = ConfigResolver(translated).get("dataset", "train")
+
+    assert type(dataset.transform.transforms[0].transforms[0]).__name__ == "RandFlipd"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_custom_transforms_nested_in_arguments_run_in_the_compatibility_layer(depth: int) -> None:
+    config, path = nested({"path": "my_code.AddGuidance#guidance", "args": {"keys": "image"}}, depth)
+
+    translated, changes = translate_clara40(config)
+
+    assert item_at(translated, path) == {
+        "path": "clara_fl.components.legacy_transform.LegacyTransform#guidance",
+        "args": {"transform": {"path": "my_code.AddGuidance", "args": {"keys": "image"}}, "to_numpy": False},
+    }
+    assert f"{path}: custom transform run as in MONAI 0.5 (*_meta_dict keys)" in [str(c) for c in changes]
+
+
+def test_a_custom_transform_nested_in_a_pre_transform_before_to_tensor_gets_numpy_items() -> None:
+    early = {"name": "OneOf", "args": {"transforms": [{"path": "my_code.Early"}]}}
+    late = {"name": "OneOf", "args": {"transforms": [{"path": "my_code.Late"}]}}
+    transforms = [early, {"name": "ToTensord", "args": {"keys": "image"}}, late]
+
+    translated, _ = translate_clara40(train_config(pre_transforms=transforms))
+
+    wrapped_early, _, wrapped_late = translated["train"]["pre_transforms"]
+    assert wrapped_early["args"]["transforms"][0]["args"]["to_numpy"] is True
+    assert wrapped_late["args"]["transforms"][0]["args"]["to_numpy"] is False
+
+
+def test_custom_code_in_a_custom_component_arguments_is_not_wrapped() -> None:
+    inner = {"path": "my_code.Inner", "args": {"keys": "image"}}
+    config, path = nested({"path": "my_code.CustomCompose", "args": {"transforms": [inner]}}, 1)
+
+    translated, _ = translate_clara40(config)
+
+    assert item_at(translated, path)["args"]["transform"]["args"]["transforms"] == [inner]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_batched_output_lambdas_nested_in_arguments_become_from_engine(depth: int) -> None:
+    stats = {"name": "StatsHandler", "args": {"output_transform": "lambda x: x['loss']"}}
+    config, path = nested(stats, depth, key="handlers")
+
+    translated, _ = translate_clara40(config)
+
+    output_transform = item_at(translated, f"{path}.args.output_transform")
+    assert output_transform == "#monai.handlers.from_engine(['loss'], first=True)"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_handlers_nested_in_arguments_get_their_implied_targets(depth: int) -> None:
+    config, path = nested({"name": "ValidationHandler", "args": {"interval": 1}}, depth, key="handlers")
+
+    translated, _ = translate_clara40(config)
+
+    assert item_at(translated, f"{path}.args.validator") == "@evaluator"
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_custom_handlers_nested_in_arguments_see_batched_engine_output(depth: int) -> None:
+    config, path = nested({"path": "my_code.Recorder"}, depth, key="handlers")
+
+    translated, _ = translate_clara40(config)
+
+    assert item_at(translated, path) == {
+        "path": "clara_fl.components.legacy_handler.LegacyHandler#Recorder",
+        "args": {"handler": {"path": "my_code.Recorder"}},
+    }
+
+
 # -- loading and running ---------------------------------------------------------------------------
 
 
@@ -680,6 +798,27 @@ def test_a_clara40_custom_component_gets_its_nested_component_config_as_a_plain_
 
     loss = workflow.resolver.get("loss", "train")
     assert type(loss).__name__ == "ConfiguredLoss" and type(loss.base).__name__ == "DiceLoss"
+
+
+def test_a_clara40_custom_component_gets_a_list_of_nested_component_configs_as_plain_dicts(
+    clara40_mmar: Path,
+) -> None:
+    from clara_fl.config.context import BuildContext
+    from clara_fl.config.mmar import load_config
+    from clara_fl.config.resolver import ConfigResolver
+    from clara_fl.workflows.runtime import with_runtime
+
+    path = clara40_mmar / "config" / "config_train.json"
+    config = json.loads(path.read_text())
+    dice = {"name": "DiceLoss", "args": {"to_onehot_y": True, "softmax": True}}
+    config["train"]["loss"] = {"path": "legacy_components.SummedLoss", "args": {"losses": [dice, {"name": "DiceLoss"}]}}
+    path.write_text(json.dumps(config))
+    loaded = load_config(clara40_mmar, "config/config_train.json")
+
+    context = with_runtime(BuildContext(mmar_root=str(clara40_mmar), clara40=loaded.clara40))
+    loss = ConfigResolver(loaded.config, context=context).get("loss", "train")
+
+    assert [type(part).__name__ for part in loss.losses] == ["DiceLoss", "DiceLoss"]
 
 
 def test_a_clara41_config_builds_nested_component_configs_for_custom_components_as_before(

@@ -46,6 +46,12 @@ class BuildRuntime(Protocol):
         """A validation ``model`` entry: ``kind`` is ``"ts_path"`` or ``"ckpt_path"``."""
         ...
 
+    def custom_transform(self, transform: Any, where: str, context: BuildContext) -> Any:
+        """A Clara 4.1 config's BYOC transform (from the MMAR's custom/ folder) as it runs: one written for MONAI
+        0.8 and earlier is run on numpy arrays once it fails on tensors. ``where`` names it (file, JSON path,
+        class)."""
+        ...
+
 
 class NoRuntime:
     """Building without a runtime: arguments as written, no datasets from datalists, no model files."""
@@ -65,6 +71,9 @@ class NoRuntime:
 
     def load_model(self, kind: str, file: str, context: BuildContext) -> Any:
         raise ConfigError("model files need the clara-fl runtime (clara_fl.workflows.ClaraRuntime)")
+
+    def custom_transform(self, transform: Any, where: str, context: BuildContext) -> Any:
+        return transform
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 from clara_fl.config import compat
 from clara_fl.config.clara40.changes import Change
 from clara_fl.config.errors import json_path
+from clara_fl.config.specs import is_component
 from clara_fl.config.variables import is_code
 
 __all__ = ["modernize_names"]
@@ -21,7 +22,7 @@ __all__ = ["modernize_names"]
 
 def _walk(value: Any, path: str) -> Iterator[tuple[dict[str, Any], str]]:
     if isinstance(value, dict):
-        if "name" in value or "path" in value:
+        if is_component(value):
             yield value, path
         for key, item in value.items():
             yield from _walk(item, json_path(path, key))

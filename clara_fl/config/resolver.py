@@ -17,17 +17,20 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from clara_fl.config import compat
 from clara_fl.config.context import BuildContext
-from clara_fl.config.errors import ConfigError, did_you_mean, json_path
+from clara_fl.config.errors import ConfigError, did_you_mean, json_path, located_failure
 from clara_fl.config.expressions import references_in
 from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.model_hints import final_model_hint
 from clara_fl.config.policy import Planned as _Planned
 from clara_fl.config.restrictions import from_a_custom_folder
+from clara_fl.config.specs import TRANSFORM_KEYS, is_component_list, position_key
+from clara_fl.config.specs import is_component as _is_component
 from clara_fl.config.variables import as_bool, is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
@@ -77,10 +80,6 @@ def component_label(spec: Mapping[str, Any]) -> str:
     return str(
         spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1]
     )
-
-
-def _is_component(value: Any) -> bool:
-    return isinstance(value, dict) and ("name" in value or "path" in value)
 
 
 def _is_file_entry(value: Any) -> bool:
@@ -334,7 +333,9 @@ class ConfigResolver:
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         plain = self._takes_plain_component_configs(target)
         args = {
-            k: v if plain and _is_component(v) else self._resolve(v, json_path(path, "args", k), section)
+            k: v
+            if plain and (_is_component(v) or is_component_list(v))
+            else self._resolve(v, json_path(path, "args", k), section)
             for k, v in args.items()
         }
         if restrictions is not None:  # the resolved values, in the dry run and again just before building
@@ -356,22 +357,42 @@ class ConfigResolver:
             )
         if self.dry_run:
             return _Planned(target, path)
+        running = set(threading.enumerate())
         try:
             built = target(**args)
             self.component_paths[id(built)] = (path, name)
+            if self._may_be_numpy_era(target, path):
+                where = ": ".join(p for p in (self.file, f"{path} ({name})") if p)
+                built = self.context.runtime.custom_transform(built, where, self.context)
+                self.component_paths[id(built)] = (path, name)
             return built
         except ConfigError:
+            _wait_for_pool_workers(running)
             raise
         except Exception as e:
-            raise ConfigError(f"building {name} failed: {type(e).__name__}: {e}", component=name) from e
+            _wait_for_pool_workers(running)
+            raise ConfigError(f"building {name} failed: {self._failure_while_building(e)}", component=name) from e
+
+    def _failure_while_building(self, error: Exception) -> str:
+        """What failed while a component was built. A component built before it and running inside its
+        construction (a transform of a dataset that caches its cases) is named by its config item and the case,
+        as run-time failures are; MONAI's own message names only an object's address."""
+        located = located_failure(error)
+        if located is None:
+            return f"{type(error).__name__}: {error}"
+        return located.removeprefix(f"{self.file}: ") if self.file else located
 
     def _takes_plain_component_configs(self, target: Any) -> bool:
-        """Clara 4.0 handed a custom component its nested component configs as plain dicts; a Clara 4.0
-        config's BYOC classes (from the MMAR's custom/ folder) still get them so."""
-        if not self.context.clara40:
-            return False
-        file = getattr(inspect.getmodule(target), "__file__", None)
-        return bool(file) and from_a_custom_folder(str(file), getattr(target, "__module__", ""))
+        """Clara 4.0 handed a custom component its nested component configs (a component, or a list of them) as
+        plain dicts; a Clara 4.0 config's BYOC classes (from the MMAR's custom/ folder) still get them so."""
+        return self.context.clara40 and _from_a_custom_folder(target)
+
+    def _may_be_numpy_era(self, target: Any, path: str) -> bool:
+        """A Clara 4.1 config's BYOC transform: it may be code written for MONAI 0.8 and earlier (numpy arrays)."""
+        # Only classes from the MMAR's custom/ folder: MONAI's transforms and installed packages are written for the
+        # MONAI installed beside them, so a failure of theirs is a real one and is never retried. A Clara 4.0
+        # config's custom transforms are wrapped when the config is read (clara40.wiring), so they are left alone.
+        return not self.context.clara40 and position_key(path) in TRANSFORM_KEYS and _from_a_custom_folder(target)
 
     def _legacy_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         legacy = compat.LEGACY_NAMES.get(str(spec.get("name", "")).split("#")[0])
@@ -503,12 +524,30 @@ class ConfigResolver:
         )
 
 
+def _from_a_custom_folder(target: Any) -> bool:
+    """Whether ``target`` was defined in an MMAR's custom/ folder (BYOC code), not in an installed package."""
+    file = getattr(inspect.getmodule(target), "__file__", None)
+    return bool(file) and from_a_custom_folder(str(file), getattr(target, "__module__", ""))
+
+
 def _parameters(target: Any) -> dict[str, inspect.Parameter] | None:
     """Keyword parameters of ``target`` (a class's ``__signature__`` wins, as in :func:`inspect.signature`)."""
     try:
         return dict(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return None
+
+
+def _wait_for_pool_workers(running: set[threading.Thread], timeout_s: float = 120.0) -> None:
+    """Let the thread-pool workers that a failed construction started finish their item. A dataset caching its cases
+    in a ``ThreadPool`` (MONAI's CacheDataset) that fails on one case leaves its workers on the case in hand; a process
+    that ends under a worker inside torch's or a reader's native code aborts ("terminate called without an active
+    exception", exit code 134) instead of exiting with the error."""
+    from multiprocessing.dummy import DummyProcess  # what ThreadPool's workers are
+
+    for thread in threading.enumerate():
+        if thread not in running and isinstance(thread, DummyProcess):
+            thread.join(timeout_s)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -71,6 +71,11 @@ class ClaraRuntime:
             return load_torchscript_model(file, context.device)
         return load_checkpoint_model(file, context)
 
+    def custom_transform(self, transform: Any, where: str, context: BuildContext) -> Any:
+        from clara_fl.components.legacy_transform import NumpyEraFallback
+
+        return NumpyEraFallback(transform, where)
+
 
 class CaseNamingDataset:
     """A map-style dataset that names the case an item failed on, also across a loader worker's process boundary.

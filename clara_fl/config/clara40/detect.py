@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeGuard
+from typing import Any
+
+from clara_fl.config.specs import is_component as _is_component
 
 __all__ = ["is_clara40", "clara40_markers", "sections_of", "needs_compat_layer"]
 
@@ -49,10 +51,6 @@ def sections_of(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
             found["validate"] = config["validate"]
         return found
     return {"": config}
-
-
-def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
-    return isinstance(value, Mapping) and ("name" in value or "path" in value)
 
 
 def clara40_markers(config: Mapping[str, Any]) -> list[str]:

@@ -4,18 +4,25 @@ Clara 4.0 built each section's components by their role: the optimizer got the m
 dataset the section's ``pre_transforms``, the trainer or evaluator every component of its section, a
 ``ValidationHandler`` the evaluator. Each function here adds one such reference where the config leaves
 it out, never overriding an argument the config gives, and records a :class:`Change` for it.
+
+The rules about one component (``name`` beside ``path``, batched-output lambdas, a handler's implied target,
+custom code run as in MONAI 0.5) hold wherever the component sits: :func:`_walk` applies them to every
+component of a section, in its arguments and in lists in its arguments, at any depth.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
 from clara_fl.config.clara40.changes import Change
 from clara_fl.config.clara40.detect import LEGACY_HANDLER_CLASS, LEGACY_TRANSFORM_CLASS
 from clara_fl.config.clara40.output_lambdas import rewrite_batched_lambda
 from clara_fl.config.errors import ConfigError, json_path
+from clara_fl.config.specs import HANDLER_KEYS, TRANSFORM_KEYS
+from clara_fl.config.specs import class_name as _class_name
+from clara_fl.config.specs import is_component as _is_component
 from clara_fl.config.variables import as_bool
 
 __all__ = ["wire_section"]
@@ -58,18 +65,12 @@ ENGINE_DATA_LAMBDAS = ("output_transform", "batch_transform")
 _CONF_NAMES = frozenset({"train_conf", "conf"})
 
 
-def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
-    return isinstance(value, dict) and ("name" in value or "path" in value)
-
-
-def _class_name(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("name") or spec.get("path") or "").split("#")[0].rsplit(".", 1)[-1]
-
-
-def _args(spec: dict[str, Any]) -> dict[str, Any]:
+def _args(spec: dict[str, Any], path: str) -> dict[str, Any]:
     args = spec.setdefault("args", {})
     if not isinstance(args, dict):
-        raise ConfigError(f"'args' must be an object of keyword arguments, got {type(args).__name__}")
+        raise ConfigError(
+            f"'args' must be an object of keyword arguments, got {type(args).__name__}", path=json_path(path, "args")
+        )
     return args
 
 
@@ -88,7 +89,7 @@ def _accepted(spec: Mapping[str, Any], locate: Callable[[Mapping[str, Any]], Any
 
 
 def _add(spec: dict[str, Any], arg: str, value: Any, path: str, changes: list[Change]) -> None:
-    args = _args(spec)
+    args = _args(spec, path)
     if arg not in args:
         args[arg] = value
         changes.append(Change(json_path(path, "args", arg), f"added {value!r} (implicit in Clara 4.0)"))
@@ -114,15 +115,63 @@ def _rewrite_output_transforms(spec: dict[str, Any], path: str, changes: list[Ch
             changes.append(Change(json_path(path, "args", arg), f"{code!r} -> {rewritten!r} (batched engine data)"))
 
 
-def _components(section: dict[str, Any], prefix: str) -> list[tuple[dict[str, Any], str]]:
-    """Every component of a section with its JSON path: top-level ones and list items."""
-    found = []
-    for key, value in section.items():
-        if _is_component(value):
-            found.append((value, json_path(prefix, key)))
-        elif isinstance(value, list):
-            found.extend((item, json_path(prefix, key, i)) for i, item in enumerate(value) if _is_component(item))
-    return found
+def _handler_target(spec: dict[str, Any], path: str, known: set[str], changes: list[Change]) -> None:
+    """A MONAI handler given the component Clara 4.0 gave it (``ValidationHandler`` the evaluator, ...)."""
+    target = HANDLER_TARGETS.get(_class_name(spec))
+    if target and target[1] in known:
+        _add(spec, target[0], f"@{target[1]}", path, changes)
+
+
+def _walk(
+    value: Any, path: str, key: str, numpy_items: bool, in_custom: bool, known: set[str], changes: list[Change]
+) -> Any:
+    """``value`` with the rules about one component applied to every component in it, at any depth; returns what
+    takes its place (a custom transform or handler comes back inside its compatibility wrapper).
+
+    Args:
+        value: a section item, or anything inside one (changed in place).
+        path: its JSON path.
+        key: the key it sits under (a list's items sit under the list's key): transforms and handlers are told
+            by it (:data:`TRANSFORM_KEYS`, :data:`HANDLER_KEYS`).
+        numpy_items: a transform here got numpy arrays in MONAI 0.5 (it is in, or inside, a ``pre_transforms``
+            item before the first ToTensor).
+        in_custom: inside a custom component's arguments (a Clara 4.0 custom class gets its nested component
+            configs as plain dicts, docs/clara40.md): nothing there is wrapped.
+        known: component names of every section.
+        changes: where each rewrite is recorded.
+    """
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if key in TRANSFORM_KEYS and _is_component(item) and _class_name(item) in TO_TENSOR:
+                numpy_items = False
+            value[index] = _walk(item, json_path(path, index), key, numpy_items, in_custom, known, changes)
+        return value
+    if not isinstance(value, dict):
+        return value
+    if not _is_component(value):
+        for name, item in value.items():
+            value[name] = _walk(item, json_path(path, name), name, numpy_items, in_custom, known, changes)
+        return value
+    _one_component(value, path, changes)
+    _rewrite_output_transforms(value, path, changes)
+    dotted = _custom_path(value)
+    if dotted is None:
+        _handler_target(value, path, known, changes)
+    args = value.get("args")
+    if isinstance(args, dict):
+        inner = in_custom or dotted is not None
+        for arg, item in args.items():
+            args[arg] = _walk(item, json_path(path, "args", arg), arg, numpy_items, inner, known, changes)
+    if dotted is None or in_custom:
+        return value
+    if key in TRANSFORM_KEYS:
+        what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
+        changes.append(Change(path, f"custom transform run as in MONAI 0.5 ({what})"))
+        return _wrapped(value, dotted, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
+    if key in HANDLER_KEYS:
+        changes.append(Change(path, "custom handler sees batched engine output"))
+        return _wrapped(value, dotted, LEGACY_HANDLER, "handler")
+    return value
 
 
 def _metrics_list(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
@@ -179,7 +228,8 @@ def _data_pipeline(section: dict[str, Any], prefix: str, known: set[str], change
         _add(loader, "dataset", "@dataset", json_path(prefix, "dataloader"), changes)
 
 
-def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: list[Change]) -> None:
+def _handlers(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
+    """``save_dict`` / ``load_dict`` given as lists of component names."""
     handlers = section.get("handlers")
     if not isinstance(handlers, list):
         return
@@ -187,9 +237,6 @@ def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: li
         if not _is_component(spec):
             continue
         path = json_path(prefix, "handlers", index)
-        target = HANDLER_TARGETS.get(_class_name(spec))
-        if target and target[1] in known:
-            _add(spec, target[0], f"@{target[1]}", path, changes)
         args = spec.get("args")
         if not isinstance(args, dict):
             continue
@@ -197,6 +244,14 @@ def _handlers(section: dict[str, Any], prefix: str, known: set[str], changes: li
             names = args.get(key)
             if isinstance(names, list) and all(isinstance(n, str) for n in names):
                 args[key] = {n: "@conf" if n in _CONF_NAMES else f"@{n}" for n in names}
+                # A train config's saver keeps the config too, as Clara 4.1 does: export rebuilds the network from it.
+                if (
+                    key == "save_dict"
+                    and prefix
+                    and _class_name(spec) == "CheckpointSaver"
+                    and not _CONF_NAMES & {*names}
+                ):
+                    args[key]["train_conf"] = "@conf"
                 changes.append(Change(json_path(path, "args", key), f"{names!r} -> {args[key]!r}"))
 
 
@@ -243,40 +298,6 @@ def _wrapped(spec: dict[str, Any], dotted: str, wrapper_class: str, argument: st
     return wrapper
 
 
-def _wrap_custom_transforms(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
-    """BYOC transforms get items as MONAI 0.5 made them (numpy, ``*_meta_dict``): see LegacyTransform."""
-    for list_name in ("pre_transforms", "post_transforms"):
-        transforms = section.get(list_name)
-        if not isinstance(transforms, list):
-            continue
-        numpy_items = list_name == "pre_transforms"
-        for index, spec in enumerate(transforms):
-            if not _is_component(spec):
-                continue
-            if _class_name(spec) in TO_TENSOR:
-                numpy_items = False
-            dotted = _custom_path(spec)
-            if dotted is None:
-                continue
-            transforms[index] = _wrapped(spec, dotted, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
-            what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
-            where = json_path(prefix, list_name, index)
-            changes.append(Change(where, f"custom transform run as in MONAI 0.5 ({what})"))
-
-
-def _wrap_custom_handlers(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
-    """BYOC handlers see batched engine output, as MONAI 0.5 engines gave it: see LegacyHandler."""
-    handlers = section.get("handlers")
-    if not isinstance(handlers, list):
-        return
-    for index, spec in enumerate(handlers):
-        dotted = _custom_path(spec)
-        if dotted is None:
-            continue
-        handlers[index] = _wrapped(spec, dotted, LEGACY_HANDLER, "handler")
-        changes.append(Change(json_path(prefix, "handlers", index), "custom handler sees batched engine output"))
-
-
 def wire_section(
     section: dict[str, Any],
     prefix: str,
@@ -299,13 +320,11 @@ def wire_section(
     Raises:
         ConfigError: a 4.0 construct with a shape Clara 4.0 did not accept either.
     """
-    for spec, path in _components(section, prefix):
-        _one_component(spec, path, changes)
-        _rewrite_output_transforms(spec, path, changes)
-    _wrap_custom_transforms(section, prefix, changes)
-    _wrap_custom_handlers(section, prefix, changes)
+    for key, value in section.items():
+        where = json_path(prefix, key)
+        section[key] = _walk(value, where, key, key == "pre_transforms", False, known, changes)
     _metrics_list(section, prefix, changes)
     known |= {"key_metric", "additional_metrics"} & set(section)
     _data_pipeline(section, prefix, known, changes)
-    _handlers(section, prefix, known, changes)
+    _handlers(section, prefix, changes)
     _engine(section, prefix, known, config_globals, locate, changes)

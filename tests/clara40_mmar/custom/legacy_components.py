@@ -1,5 +1,5 @@
-"""BYOC code as Clara 4.0 MMARs wrote it: a handler reading MONAI 0.5's batched engine output, and a loss
-that builds the nested component config it is given as a plain dict."""
+"""BYOC code as Clara 4.0 MMARs wrote it: a handler reading MONAI 0.5's batched engine output, and losses that
+build the nested component configs they are given as plain dicts."""
 
 import json
 import os
@@ -40,3 +40,16 @@ class ConfiguredLoss(torch.nn.Module):
 
     def forward(self, pred, label):
         return self.base(pred, label)
+
+
+class SummedLoss(torch.nn.Module):
+    """The sum of losses built from a list of component configs, as Clara 4.0 passed them (plain dicts)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        if not all(isinstance(config, dict) for config in losses):
+            raise TypeError(f"expected nested component configs as dicts, got {[type(c).__name__ for c in losses]}")
+        self.losses = torch.nn.ModuleList(getattr(monai.losses, c["name"])(**c.get("args", {})) for c in losses)
+
+    def forward(self, pred, label):
+        return sum(loss(pred, label) for loss in self.losses)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -51,15 +50,13 @@ def test_a_run_that_ends_normally_is_left_to_flare() -> None:
 
 @linux_only
 def test_a_process_that_calls_die_with_parent_is_killed_with_its_parent(tmp_path: Path) -> None:
-    pid_file = tmp_path / "grandchild.pid"
-    child_code = "from clara_fl.fl.site.worker import die_with_parent; die_with_parent(); import time; time.sleep(60)"
-    parent_code = textwrap.dedent(
-        f"""
-        import subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", {child_code!r}])
-        open({str(pid_file)!r}, "w").write(str(child.pid))
-        time.sleep(60)
-        """
+    pid_file = tmp_path / "grandchild.pid"  # written by the child once the kernel is to end it with its parent
+    child_code = (
+        "import os, time; from clara_fl.fl.site.worker import die_with_parent; die_with_parent(); "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    parent_code = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child_code!r}]); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", parent_code])
     try:

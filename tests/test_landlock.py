@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from clara_fl.runtime.confinement import (
     confined_environment,
     confinement_status,
     job_confinement,
+    make_temp_dir,
     spawn_args,
 )
 
@@ -43,6 +46,7 @@ needs_abi_6 = pytest.mark.skipif(ABI < 6, reason="IPC scopes need Landlock ABI 6
 # The child's first statements: confine, then run the test's body. A refused action prints REFUSED.
 PRELUDE = """
 import sys
+import tempfile
 from clara_fl.runtime.confinement import confine_child_from_argv
 report, _ = confine_child_from_argv()
 import errno, os, socket, subprocess
@@ -82,7 +86,7 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Site:
+def site(tmp_path: Path) -> Iterator[Site]:
     workspace = tmp_path / "site-1"
     (workspace / "startup").mkdir(parents=True)
     (workspace / "startup" / "client.key").write_text("PRIVATE KEY")
@@ -94,9 +98,9 @@ def site(tmp_path: Path) -> Site:
     data = tmp_path / "data"
     data.mkdir()
     (data / "case_000.nii.gz").write_text("image")
-    temp = tmp_path / "job-tmp"
-    temp.mkdir()
-    return Site(workspace, job, other_job, data, temp)
+    temp = Path(make_temp_dir("clara-fl-test-"))  # tmp_path can be too long for a socket path inside it
+    yield Site(workspace, job, other_job, data, temp)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def outcome(done: subprocess.CompletedProcess) -> str:
@@ -504,3 +508,28 @@ def test_job_confinement_json_fits_on_a_command_line(site: Site) -> None:
     conf = job_confinement(str(site.job), [str(site.data)], str(site.temp), ddp=True)
 
     assert len(json.dumps(spawn_args(conf, "preferred"))) < 32_000
+
+
+def test_a_temporary_folder_too_long_for_multiprocessing_sockets_is_refused_for_a_confined_process(
+    tmp_path: Path,
+) -> None:
+    long_folder = tmp_path / ("x" * 80)
+
+    with pytest.raises(ValueError, match="at most 75 characters"):
+        confined_environment(str(long_folder))
+
+
+def test_a_confined_processs_temporary_folder_leaves_room_for_multiprocessing_sockets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    long_tmpdir = tmp_path / ("x" * 80)
+    long_tmpdir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmpdir))
+
+    made = make_temp_dir("clara-fl-test-")
+
+    try:
+        assert len(made) <= 75 and not made.startswith(str(long_tmpdir))
+        assert confined_environment(made)["TMPDIR"] == made
+    finally:
+        os.rmdir(made)

@@ -208,16 +208,15 @@ def run_confined(args: argparse.Namespace, loaded: Any) -> int | None:
     import shutil
     import subprocess
     import sys
-    import tempfile
 
-    from clara_fl.runtime.confinement import confined_environment, job_confinement, spawn_args
+    from clara_fl.runtime.confinement import confined_environment, job_confinement, make_temp_dir, spawn_args
 
     if not getattr(args, "safe", False) or os.environ.get(CONFINED_ENV):
         return None
     roots = [os.path.abspath(r) for r in args.data_root] or _data_folders(loaded.variables.as_dict())
     port = os.environ.get("MASTER_PORT")
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    temp_dir = tempfile.mkdtemp(prefix="clara-fl-safe-")
+    temp_dir = make_temp_dir("clara-fl-safe-")
     try:
         confinement = job_confinement(
             os.path.abspath(loaded.mmar_root),

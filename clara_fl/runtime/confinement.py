@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -54,6 +55,7 @@ __all__ = [
     "confine_child_from_argv",
     "confined_environment",
     "confinement_status",
+    "make_temp_dir",
     "ephemeral_port_range",
     "job_confinement",
     "process_confinement",
@@ -580,15 +582,46 @@ def job_confinement(
     return process_confinement((job_dir, *data_roots), (job_dir, temp_dir), ddp=ddp, rendezvous_port=rendezvous_port)
 
 
+# Python 3.11's multiprocessing binds its listener sockets at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX (a
+# DataLoader's workers hand tensors over through them). A socket path over 107 bytes fails to bind in the
+# worker's feeder thread, and the DataLoader then waits for its first batch forever: a confined process's
+# TMPDIR must leave room for that suffix.
+UNIX_SOCKET_PATH_MAX = 107
+MULTIPROCESSING_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+TEMP_DIR_MAX = UNIX_SOCKET_PATH_MAX - MULTIPROCESSING_SOCKET_SUFFIX
+
+
+def make_temp_dir(prefix: str) -> str:
+    """A new private temporary folder for a confined child, where its sockets' paths fit: under this process's
+    temporary folder, else under /tmp or /var/tmp when that path is too long.
+
+    Raises:
+        OSError: no such folder can be made.
+    """
+    for root in dict.fromkeys((tempfile.gettempdir(), "/tmp", "/var/tmp")):
+        fits = len(os.path.join(os.path.abspath(root), prefix + "X" * 8)) <= TEMP_DIR_MAX
+        if fits and os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK):
+            return tempfile.mkdtemp(prefix=prefix, dir=root)
+    raise OSError(f"no temporary folder with a path of at most {TEMP_DIR_MAX} characters is writable (set TMPDIR)")
+
+
 def confined_environment(temp_dir: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a confined child: its temporary and cache folders are ``temp_dir``
     (matplotlib, torch and others would write under ``~``) and it writes no bytecode (the Python
     installation is read-only to it).
 
     Args:
-        temp_dir: the child's temporary folder (writable in its confinement).
+        temp_dir: the child's temporary folder (writable in its confinement; :func:`make_temp_dir`).
         base: the environment to start from; this process's when None.
+
+    Raises:
+        ValueError: ``temp_dir``'s path is too long for the sockets a DataLoader's workers bind in it.
     """
+    if len(os.path.abspath(temp_dir)) > TEMP_DIR_MAX:
+        raise ValueError(
+            f"{temp_dir}: a confined process's temporary folder needs a path of at most {TEMP_DIR_MAX} characters "
+            "(multiprocessing binds sockets in it); use make_temp_dir()"
+        )
     env = dict(os.environ if base is None else base)
     env.update(
         TMPDIR=temp_dir,

@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -146,12 +145,13 @@ def build_network_confined(
     from clara_fl.runtime.confinement import (
         check_confinement_mode,
         confined_environment,
+        make_temp_dir,
         process_confinement,
         spawn_args,
     )
 
     check_confinement_mode(mode)
-    output = tempfile.mkdtemp(prefix="clara-fl-network-")
+    output = make_temp_dir("clara-fl-network-")
     try:
         request = BuildRequest(**{**asdict(request), "output_dir": output})
         conf = process_confinement(read_only=(os.path.abspath(app_dir),), read_write=(output,))

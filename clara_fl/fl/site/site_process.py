@@ -29,7 +29,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -231,6 +230,7 @@ class SiteProcess:
             confined_environment,
             confinement_status,
             job_confinement,
+            make_temp_dir,
             spawn_args,
         )
         from clara_fl.runtime.landlock import landlock_abi
@@ -243,7 +243,7 @@ class SiteProcess:
                     f"this site requires confinement: {confinement_status('required')}",
                 )
             )
-        self._temp_dir = tempfile.mkdtemp(prefix="clara-fl-job-")
+        self._temp_dir = make_temp_dir("clara-fl-job-")
         confinement = job_confinement(self.spec.app_dir, self.spec.data_roots, self._temp_dir, ddp=self.spec.ddp)
         parent_end, child_end = socket.socketpair()
         lifeline_read, lifeline_write = os.pipe()

@@ -229,6 +229,7 @@ def test_train_sends_the_weight_diff_and_the_real_number_of_iterations(site: Sit
     reply = learner.train(train_task(sent, current_round=1), site.ctx, Signal())
     assert reply.get_return_code() == ReturnCode.OK
     assert from_shareable(reply).get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND) == site.epoch_length()
+    assert from_shareable(reply).get_meta_prop(AppConstants.CURRENT_ROUND) == 1, "result filters count per round"
     assert local_training(learner).workflow.trainer.state.epoch == 2
 
 

@@ -131,7 +131,7 @@ def test_exclude_vars_given_as_a_list_matches_exact_names() -> None:
 def test_svt_says_how_many_values_it_releases_and_how_its_clip_compares_with_the_learning_rate() -> None:
     line = judged("SVTPrivacy")
 
-    assert "10 % of the values (1,010 of 10,100)" in line and "5 x the Adam lr 0.0002" in line
+    assert "90 % of the values (9,090 of 10,100)" in line and "50 x the Adam lr 0.0002" in line
 
 
 def test_a_filter_written_with_flares_path_and_no_arguments_is_judged_at_flares_defaults() -> None:
@@ -158,7 +158,7 @@ def test_without_a_network_only_the_settings_are_judged() -> None:
 def test_an_optimizer_that_is_not_adam_like_is_not_held_to_its_learning_rate() -> None:
     sgd = SiteUpdate(UNET.tensors, optimizer="SGD", learning_rate=0.1)
 
-    assert "clipped to +-0.001 per step" in judged("SVTPrivacy", sgd)
+    assert "clipped to +-0.01 per step" in judged("SVTPrivacy", sgd)
 
 
 # -- the commands ----------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_job_create_prints_what_each_filter_does_and_writes_the_counting_filters
     out = capsys.readouterr().out
     client = json.loads((tmp_path / "job" / "app" / "config" / "config_fed_client.json").read_text())
     [group] = client["task_result_filters"]
-    assert code == 0 and "privacy: SVTPrivacy: sends 10 % of the values" in out
+    assert code == 0 and "privacy: SVTPrivacy: sends 90 % of the values" in out
     assert group["filters"][0]["path"] == PRIVACY_FILTERS["SVTPrivacy"]
 
 

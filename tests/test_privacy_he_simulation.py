@@ -145,7 +145,7 @@ def test_a_percentile_privacy_job_at_the_defaults_clips_the_changes_and_learns(t
     assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 
 
-def test_an_svt_privacy_job_at_the_defaults_sends_a_noisy_tenth_of_the_changes_and_learns(
+def test_an_svt_privacy_job_at_the_defaults_sends_most_changes_clipped_and_noisy_and_learns(
     tmp_path: Path, site_file: Path
 ) -> None:
     privacy = parse_privacy_option("SVTPrivacy")
@@ -153,19 +153,19 @@ def test_an_svt_privacy_job_at_the_defaults_sends_a_noisy_tenth_of_the_changes_a
     workspace, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6
-    assert all(update["zero_fraction"] >= 0.89 for update in accepted), "at most 10 % of each update is released"
+    assert all(update["zero_fraction"] >= 0.09 for update in accepted), "at most 90 % of each update is released"
     assert all(not r["almost_nothing"] for r in assert_releases_recorded(workspace, "SVTPrivacy"))
     assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 
 
 def test_an_exclude_vars_job_never_sends_the_excluded_layers_and_learns(tmp_path: Path, site_file: Path) -> None:
-    privacy = parse_privacy_option("ExcludeVars:exclude_vars=model\\.2\\.")
+    privacy = parse_privacy_option("ExcludeVars:exclude_vars=model\\.0\\.")
 
     workspace, results, accepted = simulate(tmp_path, site_file, SPLEEN_MMAR, FedAvgSettings(result_filters=[privacy]))
 
     assert set(results) == set(SITES) and len(accepted) == 6
     for update in accepted:
-        assert update["keys"] and not [k for k in update["keys"] if k.startswith("model.2.")]
+        assert update["keys"] and not [k for k in update["keys"] if k.startswith("model.0.")]
     assert all(r["tensors_released"] < r["tensors"] for r in assert_releases_recorded(workspace, "ExcludeVars"))
     assert_beats_untrained(tmp_path, site_file, results, CLEAR_MARGIN)
 

@@ -205,7 +205,7 @@ def _svt(args: Mapping[str, Any], update: SiteUpdate | None, where: str) -> str:
             f"adds Laplace noise of scale {noise:g} per step to changes clipped to +-{gamma:g}, over "
             f"{NOISE_OVER_CLIP:g} times the largest change it carries: it releases only noise and the global "
             f"model does not learn; raise noise_var (or epsilon_release) or gamma (clara-fl's defaults: "
-            f"gamma 0.001, noise_var 10)",
+            f"gamma 0.01, noise_var 100)",
         )
     clip = _clip_against_step(name, gamma, update, where)
     share = f"{fraction * 100:g} % of the values"

@@ -230,6 +230,9 @@ class ClaraLearner(Learner):
             return self._failed(fl_ctx, bad_reply("train", e))
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
         meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
+        # the round, for the result filters: FLARE clears the task's data before they run, and its LearnerExecutor
+        # rebuilds the result from the DXO (a header would be lost)
+        meta[AppConstants.CURRENT_ROUND] = current_round
         return DXO(data_kind=kind, data=weights, meta=meta).to_shareable()
 
     def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:

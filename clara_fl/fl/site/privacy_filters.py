@@ -132,7 +132,8 @@ class _CountsReleases:
 
 
 def _round_of(dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> int | None:
-    """The round a result belongs to: its header or meta where the learner set one, else the task's header."""
+    """The round a result belongs to: its header, else its meta (clara-fl's Learner sets it there), else the task's
+    header where FLARE still holds the task."""
     found = shareable.get_header(AppConstants.CURRENT_ROUND, None)
     if found is None:
         found = dxo.get_meta_prop(AppConstants.CURRENT_ROUND, None)

@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# pytest-xdist workers: the tests spend much of their time waiting (FLARE's polling, process start-up), and each
+# test process trains on one thread (tests/conftest.py), so two workers fit 2 cores; 1 runs the tests in one process
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
 
-.PHONY: setup demo test test-unit test-integration test-e2e test-poc lint clean
+.PHONY: setup demo test test-unit test-integration test-e2e test-poc test-fl lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,24 +24,29 @@ demo: setup
 
 # The test suite without the end-to-end FLARE runs: the unit and integration tiers together.
 test: setup
-	$(PY) -m pytest -q -m "not e2e" tests
+	$(PY) -m pytest -q $(XDIST) -m "not e2e" tests
 
 # The fast tier: every test that tests/conftest.py does not list as integration (under 2 minutes on 2 cores).
 test-unit: setup
-	$(PY) -m pytest -q -m unit tests
+	$(PY) -m pytest -q $(XDIST) -m unit tests
 
 # The slow tests that are not e2e: training, torchrun, bundles and the CLI in subprocesses, confined processes.
 test-integration: setup
-	$(PY) -m pytest -q -m integration tests
+	$(PY) -m pytest -q $(XDIST) -m integration tests
 
 # End-to-end FLARE simulations: every algorithm, privacy filter and HE on two MMARs (.ci/run runs it).
 test-e2e: setup
-	$(PY) -m pytest -q -m e2e tests --ignore-glob='tests/test_poc_*.py'
+	$(PY) -m pytest -q $(XDIST) -m e2e tests --ignore-glob='tests/test_poc_*.py'
 
 # POC deployments on loopback (server + sites as real processes): the happy path, HE, a site killed, the
 # server restarted, an abort, broken sites. The slowest target; .ci/run runs it too.
 test-poc: setup
-	$(PY) -m pytest -q -m e2e tests/test_poc_*.py
+	$(PY) -m pytest -q $(XDIST) -m e2e tests/test_poc_*.py
+
+# Both of the above in one run (what .ci/run does): the POC deployments wait on FLARE's heartbeats and process
+# starts while the simulations train, so three workers share 2 cores between them.
+test-fl: setup
+	$(PY) -m pytest -q -n 3 --dist loadgroup -m e2e tests
 
 lint: setup
 	$(PY) -m ruff check clara_fl tests bench

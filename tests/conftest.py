@@ -213,9 +213,20 @@ def is_integration(item: pytest.Item) -> bool:
     )
 
 
+# Fixtures that run a simulation or a deployment once for several tests: under pytest-xdist (``make test`` and
+# the e2e targets run ``-n 2 --dist loadgroup``) the tests that share one run on one worker, so it runs once.
+SHARED_RUNS = {"fedavg_simulation": "session", "deployment": "module"}  # fixture: its scope
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks every test that is not e2e ``integration`` or ``unit`` (see INTEGRATION_TESTS)."""
+    """Marks every test that is not e2e ``integration`` or ``unit`` (see INTEGRATION_TESTS), and groups the tests
+    that share a run (SHARED_RUNS) for pytest-xdist."""
     for item in items:
+        for name, scope in SHARED_RUNS.items():
+            if name in getattr(item, "fixturenames", ()):
+                group = name if scope == "session" else f"{name}@{item.nodeid.split('::')[0]}"
+                item.add_marker(pytest.mark.xdist_group(group))
         if item.get_closest_marker("e2e"):
             continue
         item.add_marker(pytest.mark.integration if is_integration(item) else pytest.mark.unit)

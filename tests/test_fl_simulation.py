@@ -147,7 +147,7 @@ def test_model_controller_fedavg_with_cross_site_eval(tmp_path: Path, site_file:
 def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(
     tmp_path: Path, site_file: Path
 ) -> None:
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=1, local_epochs=1)
+    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=1, threads=1, local_epochs=1)
 
     assert set(results) == set(SITES)
     for site in SITES:

@@ -183,10 +183,8 @@ def site_job_processes(job_id: str, deployment: Deployment) -> dict[int, str]:
 
 
 def workers_of(processes: dict[int, str]) -> set[int]:
-    """The DDP workers (not torchrun, whose command line names the worker module too)."""
-    return {
-        p for p, cmd in processes.items() if "clara_fl.fl.site.worker" in cmd and "torch.distributed.run" not in cmd
-    }
+    """The DDP workers (not torchrun, clara_fl.fl.site.torchrun, whose command line names the worker module too)."""
+    return {p for p, cmd in processes.items() if "-m clara_fl.fl.site.worker" in cmd and "site.torchrun" not in cmd}
 
 
 def watch_until_gone(pids: set[int], timeout: float) -> dict[int, float]:

@@ -19,6 +19,7 @@ from tests.test_poc_deployment import (
     ADMIN,
     CLARA_FL,
     NVFLARE,
+    POC_START_TIMEOUT_S,
     alive,
     deployment_pids,
     flare,
@@ -93,7 +94,9 @@ class Poc:
 
     def start(self) -> None:
         self.started = True
-        started = flare(self.env, "poc", "start", "--timeout", "90", timeout=150)
+        started = flare(
+            self.env, "poc", "start", "--timeout", str(POC_START_TIMEOUT_S), timeout=POC_START_TIMEOUT_S + 60
+        )
         assert started["ready"] is True and sorted(started["clients"]) == sorted(self.sites), started
 
     def submit(self, job: Path) -> str:

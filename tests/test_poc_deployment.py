@@ -27,6 +27,9 @@ from tests.conftest import SPLEEN_MMAR
 
 BIN = Path(sys.executable).parent  # the venv running the tests: nvflare, clara-fl, and clara_fl for the sites
 NVFLARE, CLARA_FL = BIN / "nvflare", BIN / "clara-fl"
+# `nvflare poc start` waits for the server and every site to come up; the e2e run shares 2 cores between 3
+# workers, where starting a deployment (each process imports FLARE and torch) took over 90 s
+POC_START_TIMEOUT_S = 240
 PROJECT = "clara_poc"
 SITES = ["site-1", "site-2"]
 ADMIN = "admin@nvidia.com"
@@ -250,7 +253,7 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
     poc_started, job_id = False, None
     try:
         poc_started = True  # from here on, the finally stops whatever came up
-        start = flare(env, "poc", "start", "--timeout", "90", timeout=150)
+        start = flare(env, "poc", "start", "--timeout", str(POC_START_TIMEOUT_S), timeout=POC_START_TIMEOUT_S + 60)
         assert start["ready"] is True and sorted(start["clients"]) == SITES, start
         site_pids = pid_file_pids(prod)
         lap("poc start")

@@ -22,6 +22,7 @@ from tests.test_poc_deployment import (
     JOB_SETTINGS,
     MODELS,
     NVFLARE,
+    POC_START_TIMEOUT_S,
     PROJECT,
     PROJECT_YML,
     SITES,
@@ -85,7 +86,7 @@ def test_an_he_job_runs_on_a_poc_deployment_provisioned_with_flares_he_builder(t
 
     admin_kit, job_id, started = prod / ADMIN, None, time.monotonic()
     try:
-        start = flare(env, "poc", "start", "--timeout", "90", timeout=150)
+        start = flare(env, "poc", "start", "--timeout", str(POC_START_TIMEOUT_S), timeout=POC_START_TIMEOUT_S + 60)
         assert start["ready"] is True, start
         job_id = flare(env, "job", "submit", "-j", job, "--startup-kit", admin_kit, timeout=120)["job_id"]
         wait = [NVFLARE, "--format", "json", "job", "wait", job_id, "--timeout", "400", "--interval", "2"]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
-from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 
@@ -57,15 +57,12 @@ def filtered(filter_: Any, app_dir: Path, round_number: int = 3, shape: tuple[in
     return filter_.process_dxo(dxo, shareable, site_context(app_dir)) or dxo
 
 
-def test_the_round_comes_from_the_task_when_the_result_does_not_carry_it(tmp_path: Path) -> None:
+def test_the_round_comes_from_the_results_meta_where_the_learner_puts_it(tmp_path: Path) -> None:
     np.random.seed(0)
-    dxo = DXO(DataKind.WEIGHT_DIFF, data=update(), meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 10})
-    task = DXO(DataKind.WEIGHTS, data=update()).to_shareable()
-    task.set_header(AppConstants.CURRENT_ROUND, 7)
-    fl_ctx = site_context(tmp_path)
-    fl_ctx.set_prop(FLContextKey.TASK_DATA, task, private=True, sticky=False)
+    meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 10, AppConstants.CURRENT_ROUND: 7}
+    dxo = DXO(DataKind.WEIGHT_DIFF, data=update(), meta=meta)
 
-    ExcludeVars(exclude_vars="head\\.").process_dxo(dxo, dxo.to_shareable(), fl_ctx)
+    ExcludeVars(exclude_vars="head\\.").process_dxo(dxo, dxo.to_shareable(), site_context(tmp_path))
 
     assert [r["round"] for r in records(tmp_path)] == [7]
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from nvflare.apis.dxo import DXO
-from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
@@ -116,7 +115,7 @@ class _CountsReleases:
         before = dict(dxo.data)  # FLARE's filters build new arrays; the dict itself may be changed in place
         filtered = super().process_dxo(dxo, shareable, fl_ctx)  # type: ignore[misc]
         after = (filtered if filtered is not None else dxo).data
-        round_number = _round_of(dxo, shareable, fl_ctx)
+        round_number = _round_of(dxo, shareable)
         release = measure_release(before, after, type(self).__name__, round_number)
         if release.almost_nothing:
             self.log_warning(  # type: ignore[attr-defined]
@@ -131,15 +130,12 @@ class _CountsReleases:
         return filtered
 
 
-def _round_of(dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> int | None:
-    """The round a result belongs to: its header, else its meta (clara-fl's Learner sets it there), else the task's
-    header where FLARE still holds the task."""
-    found = shareable.get_header(AppConstants.CURRENT_ROUND, None)
+def _round_of(dxo: DXO, shareable: Shareable) -> int | None:
+    """The round a result belongs to: its meta (clara-fl's Learner sets it there), else its header. FLARE has
+    cleared the task itself from the context before the result filters run."""
+    found = dxo.get_meta_prop(AppConstants.CURRENT_ROUND, None)
     if found is None:
-        found = dxo.get_meta_prop(AppConstants.CURRENT_ROUND, None)
-    task = fl_ctx.get_prop(FLContextKey.TASK_DATA)
-    if found is None and isinstance(task, Shareable):
-        found = task.get_header(AppConstants.CURRENT_ROUND, None)
+        found = shareable.get_header(AppConstants.CURRENT_ROUND, None)
     return int(found) if isinstance(found, int) else None
 
 

@@ -33,6 +33,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.harness.comparison import rotated  # noqa: E402
+from bench.harness.data import copy_mmar  # noqa: E402
+
 OVERRIDES = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 100}
 
 
@@ -44,21 +47,13 @@ def prepare(work: Path) -> tuple[Path, dict[str, Any]]:
     return data.root, site_values
 
 
-def fresh_app(work: Path, name: str) -> Path:
-    app = work / name
-    shutil.rmtree(app, ignore_errors=True)
-    for folder in ("config",):
-        shutil.copytree(REPO / "mmars" / "spleen_ct_seg" / folder, app / folder)
-    return app
-
-
 def run_arm(kind: str, work: Path, data_root: Path, site_values: dict[str, Any], rounds: int) -> dict[str, Any]:
     from clara_fl.fl.site.local_training import TrainingSettings
     from clara_fl.fl.site.site_process import InProcessSite, SiteProcess, SiteProcessSpec, settings_dict
     from clara_fl.fl.site.weights import network_weights
     from clara_fl.workflows.network import build_train_network
 
-    app = fresh_app(work, f"app_{kind}")
+    app = copy_mmar(work / f"app_{kind}")
     settings = TrainingSettings(
         app_dir=str(app), overrides=OVERRIDES, site_values=site_values, data_roots=[str(data_root)]
     )
@@ -101,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         data_root, site_values = prepare(work)
         pairs = []
         for index in range(args.pairs):
-            order = ("confined", "in_process") if index % 2 == 0 else ("in_process", "confined")
-            pair = {kind: run_arm(kind, work, data_root, site_values, args.rounds) for kind in order}
+            arms = rotated(("confined", "in_process"), index)
+            pair = {kind: run_arm(kind, work, data_root, site_values, args.rounds) for kind in arms}
             pairs.append(pair)
             print(json.dumps(pair), flush=True)
     finally:

@@ -32,9 +32,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MMAR = ROOT / "mmars" / "spleen_ct_seg"
-PY = sys.executable
-SETTINGS = {"roi_size": [48, 48, 48], "num_workers": 2, "num_interval_per_valid": 1, "learning_rate": 0.001}
+if str(ROOT) not in sys.path:  # run by path (``make gpu-check``): the ``bench`` package sits in the checkout
+    sys.path.insert(0, str(ROOT))
+
+from bench.harness.data import write_site_config  # noqa: E402
+from bench.harness.federated import job_create_command, simulate_command  # noqa: E402
+from bench.harness.settings import MMAR, PY  # noqa: E402
+
+SETTINGS: dict[str, Any] = {
+    "roi_size": [48, 48, 48],
+    "num_workers": 2,
+    "num_interval_per_valid": 1,
+    "learning_rate": 0.001,
+}
 
 
 def gpu_facts() -> dict[str, Any] | None:
@@ -199,55 +209,10 @@ def main() -> int:
     steps["ddp-nccl"]["nccl_in_log"] = "nccl" in (work / "ddp.log").read_text(errors="replace").lower()
 
     print("gpu-check: 5/5 one FL round on the GPU", flush=True)
-    job, site_file = work / "job", work / "site.json"
-    site_file.write_text(
-        json.dumps({"environment": {"DATA_ROOT": str(data), "DATASET_JSON": str(data / "dataset_{SITE_NAME}.json")}})
-    )
-    created = run(
-        "job-create",
-        [
-            PY,
-            "-m",
-            "clara_fl",
-            "job",
-            "create",
-            "-m",
-            str(MMAR),
-            "-o",
-            str(job),
-            "--num-rounds",
-            "1",
-            "--local-epochs",
-            "1",
-            "--min-clients",
-            "2",
-            "--set",
-            *sets(**SETTINGS, amp=True),
-        ],
-        work / "job.log",
-        60,
-    )
+    job, site_file = work / "job", write_site_config(work / "site.json", data)
+    created = run("job-create", job_create_command(MMAR, job, 1, 1, sets(**SETTINGS, amp=True)), work / "job.log", 60)
     if created["exit_code"] == 0:
-        steps["fl-round"] = run(
-            "fl-round",
-            [
-                PY,
-                "-m",
-                "clara_fl",
-                "simulate",
-                str(job),
-                "-w",
-                str(work / "ws"),
-                "-n",
-                "2",
-                "-t",
-                "2",
-                "--site-config",
-                str(site_file),
-            ],
-            work / "fl.log",
-            180,
-        )
+        steps["fl-round"] = run("fl-round", simulate_command(job, work / "ws", site_file), work / "fl.log", 180)
     else:
         steps["fl-round"] = created
 

@@ -22,6 +22,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.harness.data import write_site_config  # noqa: E402
+
 MMARS: dict[str, dict[str, Any]] = {
     "spleen_ct_seg": {
         "metric": "val_mean_dice",
@@ -40,20 +42,22 @@ def site_file(work: Path, mmar: str) -> Path:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
     if mmar == "spleen_ct_seg":
-        data = make_synthetic_dataset(work / "data", cases=12, sites=2, shape=(32, 32, 32), seed=0)
+        root = make_synthetic_dataset(work / "data", cases=12, sites=2, shape=(32, 32, 32), seed=0).root
     else:
         from clara_fl.data.synthetic_classification import make_classification_dataset
 
-        data = make_classification_dataset(work / "data", cases=36, sites=2, size=32)
-    path = work / "clara_fl_site.json"
-    environment = {"DATA_ROOT": str(data.root), "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}
-    path.write_text(json.dumps({"environment": environment}))
-    return path
+        root = make_classification_dataset(work / "data", cases=36, sites=2, size=32).root
+    return write_site_config(work / "clara_fl_site.json", root)
 
 
 def run_arm(
     work: Path, mmar: str, sites: Path, privacy: str | None, rounds: int, local_epochs: int
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """One FedAvg job with ``privacy`` (or none) at both sites: its cross-site table (site -> model -> metrics).
+
+    Raises:
+        SystemExit: the simulation failed.
+    """
     from clara_fl.apps.simulate import run_simulator
     from clara_fl.fl.jobs.privacy import parse_privacy_option
     from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results

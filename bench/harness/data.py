@@ -1,0 +1,57 @@
+"""The synthetic data every figure trains on, scratch copies of the spleen MMAR and the variables every side sets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from bench.harness.processes import base_env
+from bench.harness.settings import CACHE, MMAR, PY, Settings
+
+
+def prepare_data(settings: Settings, heterogeneity: str = "none") -> Path:
+    """Synthetic spleen-like CT (cached): ``dataset.json`` is the union of the two sites' datalists; with
+    ``heterogeneity`` mild or strong the two sites differ (``sites.json``, figure 8)."""
+    suffix = "" if heterogeneity == "none" else f"-{heterogeneity}"
+    root = CACHE / f"data-{settings.shape}-{settings.cases}{suffix}"
+    stamp = root / ".complete"
+    if not stamp.is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        code = (
+            "import sys; from clara_fl.data.synthetic import make_synthetic_dataset; "
+            f"make_synthetic_dataset(sys.argv[1], cases={settings.cases}, sites=2, shape=({settings.shape},) * 3, "
+            f"heterogeneity={heterogeneity!r})"
+        )
+        subprocess.run([PY, "-c", code, str(root)], check=True, env=base_env(2))
+        stamp.write_text("ok\n")
+    return root
+
+
+def copy_mmar(dest: Path, source: Path = MMAR) -> Path:
+    """An MMAR's config/, docs/ and commands/ (never its models/ or eval/ outputs) in a scratch folder."""
+    shutil.rmtree(dest, ignore_errors=True)
+    for folder in ("config", "docs", "commands"):
+        if (source / folder).is_dir():
+            shutil.copytree(source / folder, dest / folder)
+    return dest
+
+
+def mmar_settings(settings: Settings, epochs: int, val_interval: int) -> list[str]:
+    """The variables every side of a comparison uses (as ``--set`` values)."""
+    roi = settings.roi
+    return [
+        f"epochs={epochs}",
+        f"roi_size=[{roi},{roi},{roi}]",
+        f"learning_rate={settings.lr}",
+        "num_workers=0",
+        f"num_interval_per_valid={val_interval}",
+    ]
+
+
+def write_site_config(path: Path, data_root: Path) -> Path:
+    """A ``--site-config`` file whose sites read ``data_root`` and their own ``dataset_{SITE_NAME}.json``."""
+    environment = {"DATA_ROOT": str(data_root), "DATASET_JSON": str(data_root / "dataset_{SITE_NAME}.json")}
+    path.write_text(json.dumps({"environment": environment}))
+    return path

@@ -23,12 +23,12 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
 from clara_fl.bundle.targets import resolve_target
 from clara_fl.config.clara40 import is_clara40
 from clara_fl.config.errors import ConfigError, json_path
-from clara_fl.config.variables import as_bool
+from clara_fl.config.specs import ComponentSpec, class_name, is_component, parse_component
 
 __all__ = ["derive_inference_config"]
 
@@ -45,18 +45,6 @@ TRANSFORM_SAVERS = frozenset({"SaveImage", "SaveImaged", "SaveImageD", "SaveImag
 HANDLER_SAVERS = frozenset({"SegmentationSaver", "ClassificationSaver"})  # SegmentationSaver becomes SaveImaged
 
 
-def _class_name(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("name") or spec.get("path") or "").split("#")[0].rsplit(".", 1)[-1]
-
-
-def _is_component(value: Any) -> TypeGuard[dict[str, Any]]:
-    return isinstance(value, dict) and ("name" in value or "path" in value)
-
-
-def _disabled(spec: Mapping[str, Any]) -> bool:
-    return as_bool(spec.get("disabled", False)) is True
-
-
 def _key_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -65,7 +53,7 @@ def _key_names(value: Any) -> set[str]:
     return {k for k in _key_list(value) if isinstance(k, str)}
 
 
-def _accepts_missing_keys(spec: Mapping[str, Any], custom_modules: frozenset[str]) -> bool:
+def _accepts_missing_keys(spec: ComponentSpec, custom_modules: frozenset[str]) -> bool:
     try:
         parameters = inspect.signature(resolve_target(spec, custom_modules).callable).parameters
     except (ConfigError, TypeError, ValueError):
@@ -76,13 +64,13 @@ def _accepts_missing_keys(spec: Mapping[str, Any], custom_modules: frozenset[str
 def _label_keys(pre_transforms: list[Any]) -> set[str]:
     keys = {LABEL_KEY}
     for spec in pre_transforms:
-        if _is_component(spec) and _class_name(spec) in LOADERS and isinstance(spec.get("args"), dict):
+        if is_component(spec) and class_name(spec) in LOADERS and isinstance(spec.get("args"), dict):
             keys |= {k for k in _key_list(spec["args"].get("keys")) if isinstance(k, str) and k != IMAGE_KEY}
     return keys
 
 
 def _names_labels(spec: Any, labels: set[str]) -> bool:
-    args = spec.get("args") if _is_component(spec) else None
+    args = spec.get("args") if is_component(spec) else None
     return isinstance(args, dict) and bool(labels & _key_names(args.get("keys")))
 
 
@@ -92,27 +80,32 @@ def _without_labels(
     """``specs`` with no transform that loads or needs a label; transforms left with no key are dropped."""
     kept = []
     for index, spec in enumerate(specs):
-        args = spec.get("args") if _is_component(spec) else None
-        if not isinstance(args, dict) or _disabled(spec):
+        try:
+            parsed = parse_component(spec, json_path(list_name, index))
+        except ConfigError as e:
+            e.located(file)
+            raise
+        args = spec.get("args")
+        if parsed is None or parsed.disabled or not isinstance(args, dict):
             kept.append(spec)
             continue
         path = json_path(list_name, index, "args")
         for name, value in args.items():
             if name != "keys" and name.endswith(("_key", "_keys")) and labels & _key_names(value):
                 raise ConfigError(
-                    f"{_class_name(spec)} needs the label ({name} {value!r}), which inference data does not have; "
+                    f"{parsed.class_name} needs the label ({name} {value!r}), which inference data does not have; "
                     "give the MMAR a config/config_inference.json (or --inference-config)",
                     file=file,
                     path=json_path(path, name),
                 )
-        if list_name == "post_transforms" and _class_name(spec) in DISCRETIZERS:
+        if list_name == "post_transforms" and parsed.class_name in DISCRETIZERS:
             for name in ONE_HOT_ARGS:
                 args.pop(name, None)
         keys = _key_list(args.get("keys"))
         if not labels & _key_names(keys):
             kept.append(spec)
             continue
-        if _class_name(spec) not in LOADERS and _accepts_missing_keys(spec, custom_modules):
+        if parsed.class_name not in LOADERS and _accepts_missing_keys(parsed, custom_modules):
             args["allow_missing_keys"] = True
             kept.append(spec)
             continue
@@ -130,7 +123,7 @@ def _enable_savers(specs: list[Any], savers: frozenset[str]) -> bool:
     """Enable every saver among ``specs`` (inference exists to write them); whether there was one."""
     found = False
     for spec in specs:
-        if _is_component(spec) and _class_name(spec) in savers:
+        if is_component(spec) and class_name(spec) in savers:
             spec.pop("disabled", None)
             found = True
     return found
@@ -180,14 +173,14 @@ def derive_inference_config(
         post.insert(0, {"name": "DeleteItemsd", "args": {"keys": sorted(labels)}})
     handlers = config.get("handlers")
     if isinstance(handlers, list):
-        config["handlers"] = [h for h in handlers if not (_is_component(h) and _class_name(h) in METRIC_HANDLERS)]
+        config["handlers"] = [h for h in handlers if not (is_component(h) and class_name(h) in METRIC_HANDLERS)]
     evaluator = config.get("evaluator")
-    engine_args = evaluator.get("args") if _is_component(evaluator) else None
+    engine_args = evaluator.get("args") if is_component(evaluator) else None
     if isinstance(engine_args, dict):
         for name in METRIC_ENGINE_ARGS:
             engine_args.pop(name, None)
     dataset = config.get("dataset")
-    if _is_component(dataset) and "data_list_file_path" in dataset:
+    if is_component(dataset) and "data_list_file_path" in dataset:
         dataset["data_list_key"] = "{INFER_DATALIST_KEY}" if "INFER_DATALIST_KEY" in variables else TEST_DATALIST_KEY
 
     saved = _enable_savers(config.get("post_transforms") or [], TRANSFORM_SAVERS)

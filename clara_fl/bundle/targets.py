@@ -16,6 +16,7 @@ from typing import Any
 from clara_fl.config import compat
 from clara_fl.config.errors import ConfigError, did_you_mean
 from clara_fl.config.locator import SEARCH_MODULES, locate_path
+from clara_fl.config.specs import ComponentSpec
 
 __all__ = ["Target", "resolve_target", "IMAGE_META_BATCH_TRANSFORM"]
 
@@ -86,21 +87,14 @@ def _from_path(dotted: str, custom_modules: frozenset[str]) -> Target:
     return Target(dotted, dotted.rsplit(".", 1)[-1], target, {}, byoc=top in custom_modules)
 
 
-def resolve_target(spec: Mapping[str, Any], custom_modules: frozenset[str]) -> Target:
-    """The bundle target of a Clara component spec (``name`` or ``path``; a ``#alias`` suffix is dropped).
+def resolve_target(spec: ComponentSpec, custom_modules: frozenset[str]) -> Target:
+    """The bundle target of a Clara component spec (its ``name`` or ``path``; the ``#alias`` is not part of it).
 
     Args:
         spec: the component as written in the Clara config.
         custom_modules: top-level module names found in the MMAR's ``custom/`` folder.
 
     Raises:
-        ConfigError: both or neither of name/path, an unknown name, a class MONAI removed, or a clara-fl path.
+        ConfigError: an unknown name, a class MONAI removed, or a clara-fl path.
     """
-    if "name" in spec and "path" in spec:
-        raise ConfigError("give either 'name' or 'path', not both")
-    key = "path" if "path" in spec else "name"
-    value = spec.get(key)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"'{key}' must be a class name string, got {value!r}")
-    plain = value.split("#")[0]
-    return _from_path(plain, custom_modules) if key == "path" else _from_name(plain)
+    return _from_path(spec.path, custom_modules) if spec.path is not None else _from_name(spec.target)

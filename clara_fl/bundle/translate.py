@@ -31,15 +31,26 @@ from clara_fl.bundle.targets import IMAGE_META_BATCH_TRANSFORM, Target, resolve_
 from clara_fl.bundle.variables import BundleVariables
 from clara_fl.config import compat
 from clara_fl.config.errors import ConfigError, did_you_mean, json_path
-from clara_fl.config.resolver import COMPONENT_KEYS, DATASET_KEYS
-from clara_fl.config.variables import PLACEHOLDER, as_bool, config_globals, is_code
+from clara_fl.config.specs import (
+    DATASET_KEYS,
+    TRANSFORM_LISTS,
+    ComponentSpec,
+    check_component_keys,
+    component_label,
+    config_sections,
+    find_ref,
+    is_component,
+    is_model_entry,
+    parse_component,
+)
+from clara_fl.config.variables import PLACEHOLDER, config_globals, is_code
 
 __all__ = ["ClaraConfig", "translate_train", "translate_evaluate", "translate_inference", "RESERVED_IDS"]
 
-MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
 # train-section items that MONAI bundles keep at the root.
 ROOT_ITEMS = {"model": "network", "loss": "loss", "optimizer": "optimizer", "lr_scheduler": "lr_scheduler"}
-TRANSFORM_LISTS = {"pre_transforms": "preprocessing", "post_transforms": "postprocessing"}
+# A section's transform lists -> the id of their Compose (what Clara's ``@pre_transforms`` meant).
+COMPOSE_IDS = dict(zip(TRANSFORM_LISTS, ("preprocessing", "postprocessing"), strict=True))
 SKIPPED_ROOT_ITEMS = ("network_summary", "determinism")  # metadata and initialize carry these
 IMPORTS = [
     "$import os",
@@ -89,18 +100,6 @@ class ClaraConfig:
     resolved_variables: Mapping[str, Any] | None = None  # Clara's filled-in values, for {X} inside code
 
 
-def _is_component(value: Any) -> bool:
-    return isinstance(value, dict) and ("name" in value or "path" in value)
-
-
-def _is_model_entry(value: Any) -> bool:
-    entries = value if isinstance(value, list) else [value]
-    return bool(entries) and all(
-        isinstance(e, dict) and e.keys() <= MODEL_ENTRY_KEYS and bool(e.keys() & {"ts_path", "ckpt_path"})
-        for e in entries
-    )
-
-
 def _is_engine(target: Callable[..., Any]) -> bool:
     return inspect.isclass(target) and any(
         base.__module__.startswith("monai.engines") and base.__name__ == "Workflow" for base in target.__mro__
@@ -132,7 +131,7 @@ class _Translator:
             return "network"
         if section == "train" and name in ROOT_ITEMS:
             return ROOT_ITEMS[name]
-        return bundle_id(self.prefixes[section], TRANSFORM_LISTS.get(name, name))
+        return bundle_id(self.prefixes[section], COMPOSE_IDS.get(name, name))
 
     def owner(self, name: str, section: str) -> str:
         if name in self.sections.get(section, {}):
@@ -161,7 +160,7 @@ class _Translator:
             if isinstance(value, dict):
                 if "ref" in value:
                     return self.transform_ref(value, path, section)
-                if _is_component(value):
+                if is_component(value):
                     return self.component(value, path, section)
                 return self.plain_dict(value, path, section)
             return value
@@ -209,34 +208,33 @@ class _Translator:
 
     # -- components ----------------------------------------------------------------------------------
 
-    def component(self, spec: Mapping[str, Any], path: str, section: str) -> dict[str, Any]:
-        unknown = set(spec) - COMPONENT_KEYS
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(f"unexpected key '{key}' in a component{did_you_mean(key, COMPONENT_KEYS)}")
+    def component(self, written: Mapping[str, Any], path: str, section: str) -> dict[str, Any]:
+        spec = parse_component(written, path)
+        if spec is None:
+            raise ConfigError("a component needs 'name' or 'path'", path=path)
+        check_component_keys(written)
+        if "args" in spec.placeholders:
+            raise ConfigError(
+                "'args' must be an object of keyword arguments, got a variable", path=json_path(path, "args")
+            )
         try:
             target = resolve_target(spec, self.source.custom_modules)
         except ConfigError as e:
-            e.located(self.source.file, json_path(path, "path" if "path" in spec else "name"))
+            e.located(self.source.file, json_path(path, spec.key))
             raise
-        raw_args = spec.get("args", {})
-        if not isinstance(raw_args, dict):
-            raise ConfigError(
-                f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
-                path=json_path(path, "args"),
-            )
+        raw_args = dict(spec.args)
         args = compat.translate_args(target.short_name, target.callable, raw_args)
         out: dict[str, Any] = {"_target_": target.dotted}
         if target.byoc:
             out["_requires_"] = "$sys.path.insert(0, @scripts_dir) if @scripts_dir not in sys.path else None"
-        if "disabled" in spec:
-            out["_disabled_"] = self.disabled(spec["disabled"], json_path(path, "disabled"))
+        if "disabled" in written:
+            out["_disabled_"] = self.disabled(spec, json_path(path, "disabled"))
         for key, default in self.defaults(target, raw_args).items():
             out[key] = default
         for key, arg in args.items():
             out[key] = self.argument(target, key, arg, json_path(path, "args", key), section)
-        if any(k in spec for k in DATASET_KEYS):
-            out["data"] = self.datalist(spec, path)
+        if any(k in written for k in DATASET_KEYS):
+            out["data"] = self.datalist(written, path)
         if _is_engine(target.callable):
             out.setdefault("device", "@device")
             if "amp" in out:
@@ -256,15 +254,13 @@ class _Translator:
             return IMAGE_META_BATCH_TRANSFORM
         return self.value(value, path, section)
 
-    def disabled(self, value: Any, path: str) -> Any:
-        if isinstance(value, str) and PLACEHOLDER.fullmatch(value):
+    def disabled(self, spec: ComponentSpec, path: str) -> Any:
+        variable = spec.placeholders.get("disabled")
+        if variable is not None:
             # Clara's boolean words (yes/on/True); MONAI's _disabled_ alone would take only true/"true".
-            reference = self.source.variables.text(value, path)
+            reference = self.source.variables.text(variable, path)
             return f"$str({reference}).strip().lower() in ('true', 'yes', 'on')"
-        flag = as_bool(value)
-        if flag is None:
-            raise ConfigError(f"'disabled' must be true or false, got {value!r}", path=path)
-        return flag
+        return spec.disabled
 
     def datalist(self, spec: Mapping[str, Any], path: str) -> str:
         if "data_list_file_path" not in spec:
@@ -300,34 +296,19 @@ class _Translator:
             raise ConfigError(
                 f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')"
             )
-        candidates = []
-        for list_name in TRANSFORM_LISTS:
-            for index, spec in enumerate(train.get(list_name) or []):
-                if _is_component(spec):
-                    name, _, alias = str(spec.get("name") or spec.get("path")).partition("#")
-                    candidates.append(
-                        (bundle_id(self.prefixes["train"], list_name, str(index)), name.split(".")[-1], alias)
-                    )
-        match = next((i for i, _, alias in candidates if alias == ref), None) or next(
-            (i for i, n, _ in candidates if n == ref), None
-        )
-        if match is None:
-            known = [a for _, _, a in candidates if a] + [n for _, n, _ in candidates]
-            raise ConfigError(
-                f"ref '{ref}' matches no transform name or alias in the train transforms{did_you_mean(ref, known)}"
-            )
-        return "@" + match
+        list_name, index = find_ref(ref, train)
+        return "@" + bundle_id(self.prefixes["train"], list_name, str(index))
 
     # -- sections --------------------------------------------------------------------------------------
 
     def section_item(self, section: str, name: str, value: Any) -> None:
         path = json_path(section, name)
         item_id = self.item_id(section, name)
-        if name == "model" and _is_model_entry(value):
+        if name == "model" and is_model_entry(value):
             return  # the network comes from the train config; its weights from models/model.pt
         if name in ("key_metric", "additional_metrics"):
             self.items[item_id] = self.metrics(value, path, section)
-        elif name in TRANSFORM_LISTS and isinstance(value, list):
+        elif name in COMPOSE_IDS and isinstance(value, list):
             list_id = bundle_id(self.prefixes[section], name)
             self.items[list_id] = self.value(value, path, section)
             self.items[item_id] = {"_target_": "monai.transforms.Compose", "transforms": "@" + list_id}
@@ -342,12 +323,11 @@ class _Translator:
         metrics = {}
         for index, spec in enumerate(specs):
             spec_path = json_path(path, index) if isinstance(value, list) else path
-            if not _is_component(spec):
+            if not is_component(spec):
                 raise ConfigError(
                     "a metric must be a component with 'name' or 'path'", file=self.source.file, path=spec_path
                 )
-            label = spec.get("log_label") or str(spec.get("name") or spec.get("path")).split("#")[0].split(".")[-1]
-            metrics[str(label)] = self.value(spec, spec_path, section)
+            metrics[component_label(spec)] = self.value(spec, spec_path, section)
         return metrics
 
     def translate(self) -> dict[str, Any]:
@@ -383,8 +363,7 @@ def _amp_if_cuda(value: Any) -> Any:
 
 def _flat_sections(content: Mapping[str, Any]) -> dict[str, Any]:
     """A validation/inference config's components (variables are not components)."""
-    names = set(config_globals(content))
-    return {k: v for k, v in content.items() if k not in names and k not in SKIPPED_ROOT_ITEMS}
+    return dict(config_sections(content, skip={*config_globals(content), *SKIPPED_ROOT_ITEMS})[""])
 
 
 def _base(source: ClaraConfig, run: list[str], reserved: set[str]) -> dict[str, Any]:
@@ -412,7 +391,7 @@ def _base(source: ClaraConfig, run: list[str], reserved: set[str]) -> dict[str, 
 def _network_items(train: ClaraConfig) -> dict[str, Any]:
     """``network_def`` and ``network`` from a train config (validation and inference configs name no network)."""
     section = train.content.get("train")
-    if not isinstance(section, dict) or not _is_component(section.get("model")):
+    if not isinstance(section, dict) or not is_component(section.get("model")):
         raise ConfigError(
             "the train config has no 'train.model' component to take the network from",
             file=train.file,
@@ -441,19 +420,13 @@ def translate_train(train: ClaraConfig) -> dict[str, Any]:
     content = train.content
     if not isinstance(content.get("train"), dict):
         raise ConfigError("a train config needs a 'train' section", file=train.file, path="train")
-    sections: dict[str, Mapping[str, Any]] = {"train": content["train"]}
-    if isinstance(content.get("validate"), dict):
-        sections["validate"] = content["validate"]
-    extras = {
-        k: v for k, v in content.items() if k not in ("train", "validate", *SKIPPED_ROOT_ITEMS) and isinstance(v, dict)
-    }
+    sections = config_sections(content, skip=SKIPPED_ROOT_ITEMS)
+    extras = sections.get("", {})
     clash = sorted(set(extras) & RESERVED_IDS)
     if clash:
         raise ConfigError(f"'{clash[0]}' is the name of an item every bundle defines", file=train.file, path=clash[0])
-    if extras:
-        sections[""] = extras
     for required in ("model", "trainer"):
-        if not _is_component(content["train"].get(required)):
+        if not is_component(content["train"].get(required)):
             where = f"train.{required}"
             raise ConfigError(f"the train config has no '{where}' component", file=train.file, path=where)
     prefixes = {"train": "train", "validate": "validate", "": ""}
@@ -482,12 +455,12 @@ def translate_inference(inference: ClaraConfig, train: ClaraConfig) -> dict[str,
 
 def _translate_flat(source: ClaraConfig, train: ClaraConfig, prefix: str, run: str) -> dict[str, Any]:
     content = _flat_sections(source.content)
-    if not _is_component(content.get("evaluator")):
+    if not is_component(content.get("evaluator")):
         raise ConfigError("the config has no 'evaluator' component", file=source.file, path="evaluator")
     translator = _Translator(source, {prefix: content}, {prefix: prefix})
     items = translator.translate()
     items.update(_network_items(train))
-    if _is_model_entry(content.get("model")):
+    if is_model_entry(content.get("model")):
         _load_weights_first(items, prefix, source)
     reserved = set(content) if not prefix else set()
     return _assemble(_base(source, [run], reserved), items)

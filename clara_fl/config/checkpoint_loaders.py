@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from clara_fl.config.errors import json_path
+from clara_fl.config.specs import class_name, config_sections, is_component
 
 __all__ = ["without_checkpoint_loaders"]
 
 HANDLER_NAME = "CheckpointLoader"
 
 
-def _is_checkpoint_loader(spec: Any) -> bool:
-    if not isinstance(spec, dict):
-        return False
-    target = str(spec.get("name") or spec.get("path") or "").split("#")[0]
-    return target.rsplit(".", 1)[-1] == HANDLER_NAME
+def _is_checkpoint_loader(spec: Any) -> TypeGuard[dict[str, Any]]:
+    return is_component(spec) and class_name(spec) == HANDLER_NAME
 
 
 def without_checkpoint_loaders(
@@ -38,10 +36,10 @@ def without_checkpoint_loaders(
     """
     config = copy.deepcopy(config)
     disabled: list[tuple[str, str]] = []
-    for section in sections:
-        holder = config if section == "" else config.get(section)
-        handlers = holder.get("handlers") if isinstance(holder, dict) else None
-        if not isinstance(handlers, list):
+    wanted = set(sections)
+    for section, content in config_sections(config).items():
+        handlers = content.get("handlers")
+        if section not in wanted or not isinstance(handlers, list):
             continue
         for index, spec in enumerate(handlers):
             if _is_checkpoint_loader(spec) and spec.get("disabled") is not True:

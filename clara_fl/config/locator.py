@@ -100,14 +100,16 @@ def locate_component(spec: Mapping[str, Any]) -> Any | None:
     folder, see :func:`clara_fl.config.restrictions.import_is_harmless`) is not imported: the result is None.
 
     Raises:
-        ConfigError: the class cannot be found.
+        ConfigError: ``spec`` is no component or a malformed one, or the class cannot be found.
     """
     from clara_fl.config import compat
     from clara_fl.config.restrictions import import_is_harmless
+    from clara_fl.config.specs import parse_component
 
-    if "path" in spec:
-        dotted = str(spec["path"]).split("#")[0]
-        return locate_path(dotted) if import_is_harmless(dotted.rpartition(".")[0]) else None
-    name = str(spec["name"]).split("#")[0]
-    legacy = compat.LEGACY_NAMES.get(name)
-    return locate_name(legacy.replacement if legacy else name)
+    parsed = parse_component(spec, "")
+    if parsed is None:
+        raise ConfigError("not a component: it has no 'name' or 'path'")
+    if parsed.path is not None:
+        return locate_path(parsed.path) if import_is_harmless(parsed.path.rpartition(".")[0]) else None
+    legacy = compat.LEGACY_NAMES.get(parsed.target)
+    return locate_name(legacy.replacement if legacy else parsed.target)

@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clara_fl.config import compat
@@ -29,31 +29,28 @@ from clara_fl.config.locator import locate_name, locate_path
 from clara_fl.config.model_hints import final_model_hint
 from clara_fl.config.policy import Planned as _Planned
 from clara_fl.config.restrictions import from_a_custom_folder
-from clara_fl.config.specs import TRANSFORM_KEYS, is_component_list, position_key
-from clara_fl.config.specs import is_component as _is_component
-from clara_fl.config.variables import as_bool, is_code
+from clara_fl.config.specs import (
+    DATASET_KEYS,
+    TRANSFORM_KEYS,
+    TRANSFORM_LISTS,
+    ComponentSpec,
+    check_component_keys,
+    component_label,
+    config_sections,
+    find_ref,
+    is_component,
+    is_component_list,
+    is_disabled,
+    is_model_entry,
+    parse_component,
+    position_key,
+    rank_of,
+)
+from clara_fl.config.variables import is_code
 
 __all__ = ["BuildContext", "ConfigResolver", "TrainConf", "component_label"]
 
 logger = logging.getLogger(__name__)
-
-COMPONENT_KEYS = frozenset(
-    {
-        "name",
-        "path",
-        "args",
-        "disabled",
-        "rank",
-        "log_label",
-        "ref",
-        "data_list_file_path",
-        "data_file_base_dir",
-        "data_list_key",
-    }
-)
-DATASET_KEYS = ("data_list_file_path", "data_file_base_dir", "data_list_key")
-TRANSFORM_LISTS = ("pre_transforms", "post_transforms")
-MODEL_ENTRY_KEYS = frozenset({"ts_path", "ckpt_path", "disabled"})
 
 
 class TrainConf:
@@ -73,25 +70,6 @@ class TrainConf:
 
     def load_state_dict(self, state: Mapping) -> None:
         self.config = dict(state)
-
-
-def component_label(spec: Mapping[str, Any]) -> str:
-    """A metric's log label: ``log_label``, else its class name."""
-    return str(
-        spec.get("log_label") or str(spec.get("name") or spec.get("path", "metric")).split("#")[0].split(".")[-1]
-    )
-
-
-def _is_file_entry(value: Any) -> bool:
-    return (
-        isinstance(value, dict) and value.keys() <= MODEL_ENTRY_KEYS and bool(value.keys() & {"ts_path", "ckpt_path"})
-    )
-
-
-def _is_model_entry(value: Any) -> bool:
-    """A ts_path/ckpt_path entry, or a list of them that may also hold network definitions (Clara 4.0)."""
-    entries = value if isinstance(value, list) else [value]
-    return any(_is_file_entry(e) for e in entries) and all(_is_file_entry(e) or _is_component(e) for e in entries)
 
 
 class ConfigResolver:
@@ -119,20 +97,10 @@ class ConfigResolver:
 
     @staticmethod
     def _find_sections(config: Mapping[str, Any], variable_names: set[str] | frozenset[str]) -> dict[str, Mapping]:
-        """``{"train": ..., "validate": ...}`` for a train config, ``{"": config}`` for a flat one."""
-        if isinstance(config.get("train"), dict):
-            sections = {"train": config["train"]}
-            if isinstance(config.get("validate"), dict):
-                sections["validate"] = config["validate"]
-            extras = {
-                k: v
-                for k, v in config.items()
-                if k not in ("train", "validate") and isinstance(v, dict) and k != "determinism"
-            }
-            if extras:
-                sections[""] = extras
-            return sections
-        return {"": {k: v for k, v in config.items() if k not in variable_names or isinstance(v, (dict, list))}}
+        """``{"train": ..., "validate": ..., "": other top-level objects}`` for a train config, ``{"": config}`` for a
+        flat one; neither holds ``determinism`` or the plain variables (object and list variables stay referable)."""
+        plain = {k for k in variable_names if not isinstance(config.get(k), (dict, list))}
+        return config_sections(config, skip={"determinism", *plain})
 
     def names(self) -> list[str]:
         return sorted({k for section in self.sections.values() for k in section} | {"conf"})
@@ -175,9 +143,9 @@ class ConfigResolver:
 
     def _build_section_item(self, section: str, name: str, value: Any) -> Any:
         path = json_path(section, name)
-        if name == "model" and _is_model_entry(value):
+        if name == "model" and is_model_entry(value):
             return self._load_model_entry(value, path)
-        if name == "key_metric" and _is_component(value):
+        if name == "key_metric" and is_component(value):
             built = self._resolve(value, path, section)
             return {} if built is None else {component_label(value): built}
         if name == "additional_metrics" and isinstance(value, list):
@@ -207,8 +175,9 @@ class ConfigResolver:
             if isinstance(value, dict):
                 if "ref" in value:
                     return self._resolve_ref(value, path, section)
-                if _is_component(value):
-                    return self._build_component(value, path, section)
+                spec = parse_component(value, path)
+                if spec is not None:
+                    return self._build_component(spec, value, section)
                 return {k: self._resolve(v, json_path(path, k), section) for k, v in value.items()}
             return value
         except ConfigError as e:
@@ -237,43 +206,17 @@ class ConfigResolver:
         items = []
         for index, item in enumerate(value):
             item_path = json_path(path, index)
-            if isinstance(item, dict) and self._disabled(item, item_path):
+            if isinstance(item, dict) and is_disabled(item, item_path):
                 continue
             key = item_path
             if key not in self._cache:
                 self._cache[key] = self._resolve(item, item_path, section)
-            if isinstance(item, dict) and not self._on_this_rank(item, item_path):
+            if isinstance(item, dict) and rank_of(item, item_path) not in (None, self.context.rank):
                 continue  # built on every rank (collectives in constructors), used on its own rank only
             items.append(self._cache[key])
         return items
 
-    def _disabled(self, spec: Mapping[str, Any], path: str) -> bool:
-        value = spec.get("disabled", False)
-        disabled = as_bool(value)
-        if disabled is None:
-            raise ConfigError(
-                f"'disabled' must be true or false, got {value!r}", file=self.file, path=json_path(path, "disabled")
-            )
-        return disabled
-
-    def _on_this_rank(self, spec: Mapping[str, Any], path: str) -> bool:
-        rank = spec.get("rank")
-        if rank is None:
-            return True
-        if isinstance(rank, bool) or not isinstance(rank, int):
-            raise ConfigError(f"'rank' must be an integer, got {rank!r}", file=self.file, path=json_path(path, "rank"))
-        return rank == self.context.rank
-
     # -- transform references ------------------------------------------------------------------
-
-    def _train_transforms(self) -> Iterator[tuple[str, str, str | None]]:
-        """(path, class name, alias) for each transform of the train section."""
-        train = self.sections.get("train", {})
-        for list_name in TRANSFORM_LISTS:
-            for index, spec in enumerate(train.get(list_name) or []):
-                if _is_component(spec):
-                    name, _, alias = str(spec.get("name") or spec.get("path")).partition("#")
-                    yield json_path("train", list_name, index), name.split(".")[-1], alias or None
 
     def _resolve_ref(self, value: Mapping[str, Any], path: str, section: str) -> Any:
         ref = value["ref"]
@@ -291,50 +234,36 @@ class ConfigResolver:
             raise ConfigError(
                 f"'ref' re-uses a transform of the train section, which this config does not have (ref '{ref}')"
             )
-        candidates = list(self._train_transforms())
-        match = next((p for p, _, alias in candidates if alias == ref), None)
-        match = match or next((p for p, name, _ in candidates if name == ref), None)
-        if match is None:
-            known = [alias for _, _, alias in candidates if alias] + [name for _, name, _ in candidates]
-            raise ConfigError(
-                f"ref '{ref}' matches no transform name or alias in train.pre_transforms or train.post_transforms"
-                f"{did_you_mean(ref, known)}"
-            )
+        list_name, index = find_ref(ref, self.sections["train"])
+        match = json_path("train", list_name, index)
         if match not in self._cache:
-            list_name, index = match.split(".", 1)[1].split("[")
-            spec = self.sections["train"][list_name][int(index.rstrip("]"))]
-            if self._disabled(spec, match):
+            spec = self.sections["train"][list_name][index]
+            if is_disabled(spec, match):
                 raise ConfigError(f"ref '{ref}' points at {match}, which is disabled")
             self._cache[match] = self._resolve(spec, match, "train")
         return self._cache[match]
 
     # -- components ----------------------------------------------------------------------------
 
-    def _build_component(self, spec: Mapping[str, Any], path: str, section: str) -> Any:
-        label = spec.get("log_label")
+    def _build_component(self, spec: ComponentSpec, written: Mapping[str, Any], section: str) -> Any:
+        """Build (or plan) the component ``spec``; ``written`` is it as the config writes it (its other keys)."""
+        path = spec.json_path
+        label = written.get("log_label")
         if label is not None and not isinstance(label, str):
             raise ConfigError(f"'log_label' must be a string, got {_short(label)}", path=json_path(path, "log_label"))
         restrictions = self.context.restrictions
         if restrictions is not None:  # metric names become file names (MetricsSaver's <name>_raw.csv)
             restrictions.check_file_name(label, json_path(path, "log_label"))
-        unknown = set(spec) - COMPONENT_KEYS
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(f"unexpected key '{key}' in a component{did_you_mean(key, COMPONENT_KEYS)}")
-        if self._disabled(spec, path):
+        check_component_keys(written)
+        if spec.disabled:
             return None
-        name, target = self._target(spec, path)
-        raw_args = spec.get("args", {})
-        if not isinstance(raw_args, dict):
-            raise ConfigError(
-                f"'args' must be an object of keyword arguments, got {type(raw_args).__name__}",
-                path=json_path(path, "args"),
-            )
+        name, target = self._target(spec)
+        raw_args = dict(spec.args)
         args = {**self._legacy_defaults(spec), **compat.translate_args(name, target, raw_args)}
         plain = self._takes_plain_component_configs(target)
         args = {
             k: v
-            if plain and (_is_component(v) or is_component_list(v))
+            if plain and (is_component(v) or is_component_list(v))
             else self._resolve(v, json_path(path, "args", k), section)
             for k, v in args.items()
         }
@@ -343,8 +272,8 @@ class ConfigResolver:
         missing = compat.missing_requirement(getattr(target, "__name__", name), raw_args)
         if missing:
             raise missing.located(self.file, path)
-        if any(k in spec for k in DATASET_KEYS):
-            args["data"] = self._datalist(spec, path)
+        if any(k in written for k in DATASET_KEYS):
+            args["data"] = self._datalist(written, path)
         args = self.context.runtime.adapt_arguments(target, args, path, self.context, self.dry_run)
         self._check_signature(name, target, args, path)
         load_path = args.get("load_path")
@@ -394,34 +323,26 @@ class ConfigResolver:
         # config's custom transforms are wrapped when the config is read (clara40.wiring), so they are left alone.
         return not self.context.clara40 and position_key(path) in TRANSFORM_KEYS and _from_a_custom_folder(target)
 
-    def _legacy_defaults(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        legacy = compat.LEGACY_NAMES.get(str(spec.get("name", "")).split("#")[0])
+    def _legacy_defaults(self, spec: ComponentSpec) -> dict[str, Any]:
+        legacy = compat.LEGACY_NAMES.get(spec.name) if spec.name is not None else None
         return dict(legacy.defaults) if legacy else {}
 
-    def _target(self, spec: Mapping[str, Any], path: str) -> tuple[str, Callable]:
-        if "name" in spec and "path" in spec:
-            raise ConfigError("give either 'name' or 'path', not both")
-        key = "path" if "path" in spec else "name"
-        if not isinstance(spec[key], str) or not spec[key]:
-            raise ConfigError(
-                f"'{key}' must be a class name string, got {_short(spec[key])}", path=json_path(path, key)
-            )
+    def _target(self, spec: ComponentSpec) -> tuple[str, Callable]:
         restrictions = self.context.restrictions
-        if "path" in spec:
-            where = json_path(path, "path")
-            dotted = str(spec["path"]).split("#")[0]
+        where = json_path(spec.json_path, spec.key)
+        if spec.path is not None:
+            dotted = spec.path
             try:
                 if restrictions is not None:
                     restrictions.check_module(dotted.rpartition(".")[0])
                 target = locate_path(dotted)
                 if restrictions is not None:
                     restrictions.check_target(target, dotted)
-                return dotted.rsplit(".", 1)[-1], target
+                return spec.class_name, target
             except ConfigError as e:
                 e.located(self.file, where)
                 raise
-        where = json_path(path, "name")
-        name = str(spec["name"]).split("#")[0]
+        name = spec.target
         removed = compat.removed_name_error(name)
         if removed:
             raise removed.located(self.file, where)
@@ -489,9 +410,13 @@ class ConfigResolver:
         entries = value if isinstance(value, list) else [value]
         for index, entry in enumerate(entries):
             entry_path = json_path(path, index) if isinstance(value, list) else path
-            if self._disabled(entry, entry_path):
-                continue
-            if _is_component(entry):  # a network definition; its weights come from a CheckpointLoader handler
+            try:
+                if is_disabled(entry, entry_path):
+                    continue
+            except ConfigError as e:
+                e.located(self.file)
+                raise
+            if is_component(entry):  # a network definition; its weights come from a CheckpointLoader handler
                 built = self._resolve(entry, entry_path, "")
                 return built if self.dry_run else self.context.runtime.place("model", built, self.context)
             kind = "ts_path" if "ts_path" in entry else "ckpt_path"

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from clara_fl.config.specs import is_component as _is_component
+from clara_fl.config.specs import config_sections, is_component
 
 __all__ = ["is_clara40", "clara40_markers", "sections_of", "needs_compat_layer"]
 
@@ -44,13 +44,9 @@ def _refers_to_components(config: Mapping[str, Any]) -> bool:
 
 
 def sections_of(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """``{"train": ..., "validate": ...}`` of a train config, ``{"": config}`` of a flat one."""
-    if isinstance(config.get("train"), Mapping):
-        found = {"train": config["train"]}
-        if isinstance(config.get("validate"), Mapping):
-            found["validate"] = config["validate"]
-        return found
-    return {"": config}
+    """The sections Clara 4.0 wired: ``{"train": ..., "validate": ...}`` of a train config, ``{"": config}`` of a
+    flat one (:func:`clara_fl.config.specs.config_sections` without a train config's other top-level objects)."""
+    return config_sections(config, top_level=False)
 
 
 def clara40_markers(config: Mapping[str, Any]) -> list[str]:
@@ -61,8 +57,8 @@ def clara40_markers(config: Mapping[str, Any]) -> list[str]:
             found.append(f"{prefix}.metrics" if prefix else "metrics")
         for key, network_arg in (("trainer", "network"), ("evaluator", "network")):
             engine = section.get(key)
-            args = engine.get("args") if _is_component(engine) else None
-            if _is_component(engine) and not (isinstance(args, Mapping) and network_arg in args):
+            args = engine.get("args") if is_component(engine) else None
+            if is_component(engine) and not (isinstance(args, Mapping) and network_arg in args):
                 found.append(f"{prefix}.{key}" if prefix else key)
     return found
 
@@ -72,7 +68,7 @@ def is_clara40(config: Mapping[str, Any]) -> bool:
     if _refers_to_components(config):
         return False
     for section in sections_of(config).values():
-        if _is_component(section.get("trainer")) or _is_component(section.get("evaluator")):
+        if is_component(section.get("trainer")) or is_component(section.get("evaluator")):
             return True
         if isinstance(section.get("metrics"), list):
             return True

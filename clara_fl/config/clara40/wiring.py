@@ -20,9 +20,7 @@ from clara_fl.config.clara40.changes import Change
 from clara_fl.config.clara40.detect import LEGACY_HANDLER_CLASS, LEGACY_TRANSFORM_CLASS
 from clara_fl.config.clara40.output_lambdas import rewrite_batched_lambda
 from clara_fl.config.errors import ConfigError, json_path
-from clara_fl.config.specs import HANDLER_KEYS, TRANSFORM_KEYS
-from clara_fl.config.specs import class_name as _class_name
-from clara_fl.config.specs import is_component as _is_component
+from clara_fl.config.specs import HANDLER_KEYS, TRANSFORM_KEYS, ComponentSpec, class_name, is_component, parse_component
 from clara_fl.config.variables import as_bool
 
 __all__ = ["wire_section"]
@@ -115,11 +113,11 @@ def _rewrite_output_transforms(spec: dict[str, Any], path: str, changes: list[Ch
             changes.append(Change(json_path(path, "args", arg), f"{code!r} -> {rewritten!r} (batched engine data)"))
 
 
-def _handler_target(spec: dict[str, Any], path: str, known: set[str], changes: list[Change]) -> None:
+def _handler_target(spec: dict[str, Any], parsed: ComponentSpec, known: set[str], changes: list[Change]) -> None:
     """A MONAI handler given the component Clara 4.0 gave it (``ValidationHandler`` the evaluator, ...)."""
-    target = HANDLER_TARGETS.get(_class_name(spec))
+    target = HANDLER_TARGETS.get(parsed.class_name)
     if target and target[1] in known:
-        _add(spec, target[0], f"@{target[1]}", path, changes)
+        _add(spec, target[0], f"@{target[1]}", parsed.json_path, changes)
 
 
 def _walk(
@@ -142,21 +140,23 @@ def _walk(
     """
     if isinstance(value, list):
         for index, item in enumerate(value):
-            if key in TRANSFORM_KEYS and _is_component(item) and _class_name(item) in TO_TENSOR:
+            if key in TRANSFORM_KEYS and is_component(item) and class_name(item) in TO_TENSOR:
                 numpy_items = False
             value[index] = _walk(item, json_path(path, index), key, numpy_items, in_custom, known, changes)
         return value
     if not isinstance(value, dict):
         return value
-    if not _is_component(value):
+    if not is_component(value):
         for name, item in value.items():
             value[name] = _walk(item, json_path(path, name), name, numpy_items, in_custom, known, changes)
         return value
     _one_component(value, path, changes)
+    parsed = parse_component(value, path)
+    assert parsed is not None  # a component stays one: only its 'name' may have gone
     _rewrite_output_transforms(value, path, changes)
-    dotted = _custom_path(value)
+    dotted = _custom_path(parsed)
     if dotted is None:
-        _handler_target(value, path, known, changes)
+        _handler_target(value, parsed, known, changes)
     args = value.get("args")
     if isinstance(args, dict):
         inner = in_custom or dotted is not None
@@ -167,10 +167,10 @@ def _walk(
     if key in TRANSFORM_KEYS:
         what = "numpy items and *_meta_dict keys" if numpy_items else "*_meta_dict keys"
         changes.append(Change(path, f"custom transform run as in MONAI 0.5 ({what})"))
-        return _wrapped(value, dotted, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
+        return _wrapped(value, parsed, LEGACY_TRANSFORM, "transform", to_numpy=numpy_items)
     if key in HANDLER_KEYS:
         changes.append(Change(path, "custom handler sees batched engine output"))
-        return _wrapped(value, dotted, LEGACY_HANDLER, "handler")
+        return _wrapped(value, parsed, LEGACY_HANDLER, "handler")
     return value
 
 
@@ -217,14 +217,14 @@ def _metrics_list(section: dict[str, Any], prefix: str, changes: list[Change]) -
 
 def _data_pipeline(section: dict[str, Any], prefix: str, known: set[str], changes: list[Change]) -> None:
     optimizer, scheduler = section.get("optimizer"), section.get("lr_scheduler")
-    if _is_component(optimizer) and "model" in known:
+    if is_component(optimizer) and "model" in known:
         _add(optimizer, "params", "#@model.parameters()", json_path(prefix, "optimizer"), changes)
-    if _is_component(scheduler) and _is_component(optimizer):
+    if is_component(scheduler) and is_component(optimizer):
         _add(scheduler, "optimizer", "@optimizer", json_path(prefix, "lr_scheduler"), changes)
     dataset, loader = section.get("dataset"), section.get("dataloader")
-    if _is_component(dataset) and isinstance(section.get("pre_transforms"), list):
+    if is_component(dataset) and isinstance(section.get("pre_transforms"), list):
         _add(dataset, "transform", "@pre_transforms", json_path(prefix, "dataset"), changes)
-    if _is_component(loader) and _is_component(dataset):
+    if is_component(loader) and is_component(dataset):
         _add(loader, "dataset", "@dataset", json_path(prefix, "dataloader"), changes)
 
 
@@ -234,7 +234,7 @@ def _handlers(section: dict[str, Any], prefix: str, changes: list[Change]) -> No
     if not isinstance(handlers, list):
         return
     for index, spec in enumerate(handlers):
-        if not _is_component(spec):
+        if not is_component(spec):
             continue
         path = json_path(prefix, "handlers", index)
         args = spec.get("args")
@@ -248,7 +248,7 @@ def _handlers(section: dict[str, Any], prefix: str, changes: list[Change]) -> No
                 if (
                     key == "save_dict"
                     and prefix
-                    and _class_name(spec) == "CheckpointSaver"
+                    and class_name(spec) == "CheckpointSaver"
                     and not _CONF_NAMES & {*names}
                 ):
                     args[key]["train_conf"] = "@conf"
@@ -265,7 +265,7 @@ def _engine(
 ) -> None:
     for key, wiring in (("trainer", TRAINER_ARGS), ("evaluator", EVALUATOR_ARGS)):
         spec = section.get(key)
-        if not _is_component(spec):
+        if not is_component(spec):
             continue
         accepts = _accepted(spec, locate)
         path = json_path(prefix, key)
@@ -278,21 +278,22 @@ def _engine(
             _add(spec, "amp", "{amp}", path, changes)
 
 
-def _custom_path(spec: Any) -> str | None:
-    """The dotted ``path`` of a BYOC component (not a library class), else None."""
-    dotted = spec.get("path") if _is_component(spec) else None
-    if not isinstance(dotted, str) or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
+def _custom_path(spec: ComponentSpec) -> str | None:
+    """The dotted ``path`` (without alias) of a BYOC component (not a library class), else None."""
+    dotted = spec.path
+    if dotted is None or dotted.startswith(LIBRARY_PREFIXES) or "." not in dotted:
         return None
     return dotted
 
 
-def _wrapped(spec: dict[str, Any], dotted: str, wrapper_class: str, argument: str, **extra: Any) -> dict[str, Any]:
+def _wrapped(
+    spec: dict[str, Any], parsed: ComponentSpec, wrapper_class: str, argument: str, **extra: Any
+) -> dict[str, Any]:
     """``spec`` (a BYOC component) inside a compatibility wrapper component that keeps its alias, or its class
     name as alias, so a ``ref`` still finds it."""
-    module_and_class, _, alias = dotted.partition("#")
     inner = {k: v for k, v in spec.items() if k not in ("disabled", "rank")}
-    inner["path"] = module_and_class
-    wrapper: dict[str, Any] = {"path": f"{wrapper_class}#{alias or module_and_class.rsplit('.', 1)[-1]}"}
+    inner["path"] = parsed.target
+    wrapper: dict[str, Any] = {"path": f"{wrapper_class}#{parsed.alias or parsed.class_name}"}
     wrapper.update({k: spec[k] for k in ("disabled", "rank") if k in spec})
     wrapper["args"] = {argument: inner, **extra}
     return wrapper

@@ -16,6 +16,7 @@ from clara_fl.runtime.startup import freeze_everything, release_frozen
 __all__ = ["main", "console_main", "build_parser"]
 
 EXIT_CONFIG_ERROR = 2
+EXIT_USAGE_ERROR = 2  # argparse's status for its own usage errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     quiet_library_exceptions(args.debug)  # ignite's and MONAI's tracebacks only with --debug
-    from clara_fl.config.errors import ConfigError, describe_failure
+    from clara_fl.config.errors import ConfigError, UsageError, describe_failure
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -54,11 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.run(args)
         succeeded = code == 0
         return code
-    except ConfigError as e:
+    except (ConfigError, UsageError) as e:
         if args.debug:
             raise
         print(f"clara-fl {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return EXIT_USAGE_ERROR if isinstance(e, UsageError) else EXIT_CONFIG_ERROR
     except Exception as e:  # a failure while running: one readable line, the traceback on --debug
         if args.debug:
             raise

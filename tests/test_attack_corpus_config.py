@@ -482,7 +482,7 @@ def test_issue_24_a_saver_rewriting_its_output_path_onto_the_sites_data_is_refus
     )
     job.refuse(overwrite, "train.save.args.data_root_dir")
 
-    resolver, _ = job.build(overwrite, policy="full")
+    resolver, _, _ = job.build(overwrite, policy="full")
     item = resolver.get("load", "train")({"image": str(case)})
     item["image"] = item["image"] + 1
     resolver.get("save", "train")(item)
@@ -507,7 +507,7 @@ def test_issue_24_a_cache_file_the_job_ships_is_unpickled_only_under_the_full_po
     _Owns.marker = str(job.marker)
     name = pickle_hashing({"image": "x"}).decode()
     torch.save({"x": _Owns()}, job.root / "cache" / f"{name}.pt", pickle_module=pickle)
-    resolver, _ = job.build(attack, policy="full")
+    resolver, _, _ = job.build(attack, policy="full")
     resolver.get("dataset", "train")[0]
     assert job.marker.exists()
     os.remove(job.marker)

@@ -67,7 +67,7 @@ def test_convert_refuses_an_existing_output_folder_and_writes_nothing(
 
     assert main(["convert", "-m", str(clara40_mmar), "-o", str(out)]) == 2
 
-    assert "output folder already exists" in capsys.readouterr().err
+    assert f"-o {out}: the folder already exists" in capsys.readouterr().err
     assert list(out.iterdir()) == []
 
 

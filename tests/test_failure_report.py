@@ -23,14 +23,15 @@ def identifiers_in(text: str) -> list[str]:
 
 
 def run_time_failure(transforms: list[dict[str, Any]], image: str) -> BaseException:
-    """What running a config's pre_transforms on one data item raises, with the config registered for the locator."""
+    """What running a config's pre_transforms on one data item raises, marked by the config's failure locator as a
+    workflow marks the failures of its runs."""
     from monai.transforms import apply_transform
 
-    from clara_fl.workflows import failures
+    from clara_fl.workflows.failures import FailureLocator
 
     resolver = ConfigResolver({"train": {"pre_transforms": transforms}}, file="config/config_train.json")
-    failures.register(resolver)
-    with pytest.raises(Exception) as raised:
+    locator = FailureLocator(resolver)
+    with pytest.raises(Exception) as raised, locator.naming_failures():
         apply_transform(resolver.get("pre_transforms", "train"), {"image": image})
     return raised.value
 

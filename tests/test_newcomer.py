@@ -191,7 +191,7 @@ def test_simulating_with_more_threads_than_sites_is_refused(tmp_path: Path, caps
 
     code = main(["simulate", str(job), "-w", str(tmp_path / "ws"), "-n", "2", "-t", "3"])
 
-    assert code == 2 and "3 threads for 2 site(s)" in error_line(capsys)
+    assert code == 2 and "-t 3: expected at most the 2 site(s) of -n" in error_line(capsys)
 
 
 def test_simulating_with_a_missing_site_file_is_refused(tmp_path: Path, capsys) -> None:
@@ -199,7 +199,7 @@ def test_simulating_with_a_missing_site_file_is_refused(tmp_path: Path, capsys) 
 
     code = main(["simulate", str(job), "-w", str(tmp_path / "ws"), "--site-config", str(tmp_path / "sites.json")])
 
-    assert code == 2 and "--site-config: site file not found" in error_line(capsys)
+    assert code == 2 and f"--site-config {tmp_path / 'sites.json'}: site file not found" in error_line(capsys)
     assert not (tmp_path / "ws").exists()
 
 

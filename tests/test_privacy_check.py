@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from clara_fl.cli import main
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.jobs.privacy import CLARA_FL_DEFAULTS, FLARE_PRIVACY_FILTERS, PRIVACY_FILTERS, parse_privacy_option
 from clara_fl.fl.jobs.privacy_check import SiteUpdate, judge_privacy_filter, judge_result_filters
 from tests.conftest import SPLEEN_MMAR
@@ -29,7 +29,7 @@ def judged(spec: str, update: SiteUpdate | None = UNET) -> str:
 
 
 def refusal(spec: str, update: SiteUpdate | None = UNET) -> str:
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(UsageError) as refused:
         judged(spec, update)
     message = str(refused.value)
     assert "\n" not in message and message.startswith("--privacy: ")
@@ -151,7 +151,7 @@ def test_without_a_network_only_the_settings_are_judged() -> None:
     line = judge_privacy_filter("ExcludeVars", {"exclude_vars": "model\\.0\\."}, None, "--privacy")
 
     assert "matched at each job" in line
-    with pytest.raises(ConfigError, match="releases only noise"):
+    with pytest.raises(UsageError, match="releases only noise"):
         judge_privacy_filter("SVTPrivacy", FLARE_SVT_DEFAULTS, None, "--privacy")
 
 

@@ -1,8 +1,8 @@
 """Arguments every MMAR command shares (Clara's -m/-c/-e/--set), and checks of command-line input.
 
 Every command checks its own arguments before anything runs or is written: counts through the
-argparse types here (a one-line usage error, exit 2), folders and files through the ``require_*``
-functions (a one-line :class:`ConfigError`, exit 2).
+argparse types here (argparse's one-line usage error, exit 2), folders and files through the ``require_*``
+functions (a one-line :class:`UsageError` naming the option, the value and what was expected, exit 2).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +54,38 @@ def non_negative_float(text: str) -> float:
 
 
 def require_folder(path: str, option: str, what: str = "folder") -> str:
-    """``path`` if it is a folder; else a ConfigError naming ``option``."""
+    """``path`` if it is a folder.
+
+    Raises:
+        UsageError: naming ``option`` and ``path``: nothing there, or a file.
+    """
     if not os.path.isdir(path):
         problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a file"
-        raise ConfigError(problem, file=path, path=option)
+        raise UsageError(option, path, problem)
     return path
 
 
 def require_file(path: str, option: str, what: str = "file") -> str:
-    """``path`` if it is a file; else a ConfigError naming ``option``."""
+    """``path`` if it is a file.
+
+    Raises:
+        UsageError: naming ``option`` and ``path``: nothing there, or a folder.
+    """
     if not os.path.isfile(path):
         problem = f"{what} not found" if not os.path.exists(path) else f"{what} expected, but this is a folder"
-        raise ConfigError(problem, file=path, path=option)
+        raise UsageError(option, path, problem)
     return path
 
 
 def require_mmar(path: str, option: str = "--mmar") -> str:
-    """``path`` if it is an MMAR (a folder with config/config_train.json); else a ConfigError."""
+    """``path`` if it is an MMAR (a folder with config/config_train.json).
+
+    Raises:
+        UsageError: naming ``option`` and ``path``: no folder, or one without config/config_train.json.
+    """
     require_folder(path, option, "MMAR folder")
     if not os.path.isfile(os.path.join(path, "config", "config_train.json")):
-        raise ConfigError("not an MMAR: config/config_train.json is missing", file=path, path=option)
+        raise UsageError(option, path, "not an MMAR: config/config_train.json is missing")
     return path
 
 
@@ -103,7 +115,8 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
     """A FLARE job folder: ``meta.json`` with a ``deploy_map`` whose apps have a client and a server config.
 
     Raises:
-        ConfigError: the folder, meta.json or an app config is missing or unreadable.
+        UsageError: the folder, meta.json or an app config is missing.
+        ConfigError: meta.json or the server config is unreadable, or meta.json has no ``deploy_map``.
     """
     from clara_fl.config.jsonio import load_json
 
@@ -111,7 +124,7 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
     meta_file = os.path.join(folder, "meta.json")
     if not os.path.isfile(meta_file):
         problem = "not a FLARE job: meta.json is missing (clara-fl job create writes a complete job)"
-        raise ConfigError(problem, file=folder, path=option)
+        raise UsageError(option, folder, problem)
     meta = load_json(meta_file, "job meta file")
     if not isinstance(meta, dict) or not isinstance(meta.get("deploy_map"), dict) or not meta["deploy_map"]:
         problem = """a FLARE job's meta.json needs a 'deploy_map' object, e.g. {"app": ["@ALL"]}"""
@@ -132,7 +145,7 @@ def require_flare_job(folder: str, option: str = "job") -> FlareJob:
     for side, path in found.items():
         if path is None:
             names = ", ".join(os.path.relpath(a, folder) for a in apps)
-            raise ConfigError(f"not a FLARE job: no config_fed_{side}.json in {names}", file=folder, path=option)
+            raise UsageError(option, folder, f"not a FLARE job: no config_fed_{side}.json in {names}")
     server_config = None
     if found["server"] and found["server"].endswith(".json"):
         loaded = load_json(found["server"], "server config")
@@ -247,26 +260,25 @@ def check_simulation(job: str, n_clients: int, threads: int, site_config: str | 
     """Everything ``nvflare simulator`` would otherwise trip over, checked first.
 
     Raises:
-        ConfigError: no FLARE job at ``job``; counts below 1; more threads than sites; fewer sites than
-            the job needs; a site file that is missing or not a site file.
+        UsageError: no FLARE job at ``job``; counts below 1; more threads than sites; fewer sites than
+            the job needs; a missing site file.
+        ConfigError: the job's meta.json or the site file is not what FLARE or clara-fl reads.
     """
     from clara_fl.fl.site.context import read_site_file
 
     for value, option in ((n_clients, "-n"), (threads, "-t")):
         if value < 1:
-            raise ConfigError(f"must be at least 1, got {value}", path=option)
+            raise UsageError(option, str(value), "expected a whole number of at least 1")
     flare_job = require_flare_job(job)
     if threads > n_clients:
-        raise ConfigError(
-            f"{threads} threads for {n_clients} site(s): FLARE's simulator runs at most one thread per site", path="-t"
+        raise UsageError(
+            "-t",
+            str(threads),
+            f"expected at most the {n_clients} site(s) of -n: FLARE's simulator runs at most one thread per site",
         )
     needed = flare_job.sites_needed()
     if needed and needed[0] > n_clients:
-        raise ConfigError(
-            f"the job needs {needed[0]} sites ({needed[1]}) but the simulation has {n_clients}: use -n {needed[0]}",
-            file=job,
-            path="-n",
-        )
+        raise UsageError("-n", str(n_clients), f"the job needs {needed[0]} sites ({needed[1]}): use -n {needed[0]}")
     if site_config is not None:
         read_site_file(require_file(site_config, "--site-config", "site file"))
     return flare_job

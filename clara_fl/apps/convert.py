@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 
 __all__ = ["add_parser", "convert_mmar"]
 
@@ -54,7 +54,8 @@ def convert_mmar(mmar: str, output: str, configs: list[str] | None = None) -> di
         configs: config files relative to the MMAR (default: every config/*.json but environment.json).
 
     Raises:
-        ConfigError: the MMAR or a config is missing or invalid, ``output`` exists, or a config cannot be translated.
+        UsageError: the MMAR folder is missing, or ``output`` exists or is inside the MMAR.
+        ConfigError: a config is missing or invalid, or cannot be translated.
     """
     from clara_fl.config.jsonio import load_json
     from clara_fl.config.legacy import translate_legacy
@@ -62,11 +63,11 @@ def convert_mmar(mmar: str, output: str, configs: list[str] | None = None) -> di
 
     mmar, output = os.path.abspath(mmar), os.path.abspath(output)
     if not os.path.isdir(mmar):
-        raise ConfigError("MMAR folder not found", file=mmar)
+        raise UsageError("-m", mmar, "MMAR folder not found")
     if os.path.exists(output):
-        raise ConfigError("output folder already exists; give a new folder", path="-o", file=output)
+        raise UsageError("-o", output, "the folder already exists; give a new folder")
     if output == mmar or output.startswith(mmar + os.sep):
-        raise ConfigError("output folder must be outside the MMAR", path="-o", file=output)
+        raise UsageError("-o", output, "expected a folder outside the MMAR")
     translated: dict[str, dict] = {}
     changes: dict[str, list[str]] = {}
     for name in _config_files(mmar, configs):

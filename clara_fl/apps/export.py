@@ -7,7 +7,7 @@ import json
 import os
 
 from clara_fl.apps.common import require_folder
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import UsageError
 from clara_fl.config.model_hints import final_model_hint
 
 
@@ -28,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_shape(text: str) -> list[int]:
+    """``--input_shape``'s JSON list of positive integers.
+
+    Raises:
+        UsageError: ``text`` is not one.
+    """
     try:
         shape = json.loads(text)
     except json.JSONDecodeError:
@@ -37,10 +42,7 @@ def parse_shape(text: str) -> list[int]:
         or not shape
         or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
     ):
-        raise ConfigError(
-            f"expected a JSON list of positive integers such as \"[1, 1, 96, 96, 96]\", got '{text}'",
-            path="--input_shape",
-        )
+        raise UsageError("--input_shape", text, 'expected a JSON list of positive integers, e.g. "[1, 1, 96, 96, 96]"')
     return shape
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = in_mmar(args.model_path)
     if not os.path.isfile(model_path):
         hint = final_model_hint(model_path, "--model_path", root)
-        raise ConfigError(f"checkpoint not found{hint}", file=model_path, path="--model_path")
+        raise UsageError("--model_path", args.model_path, f"checkpoint not found at {model_path}{hint}")
     how = export_torchscript(model_path, in_mmar(args.output_path), shape, mmar_root=root)
     print(f"saved {in_mmar(args.output_path)} (torch.jit.{how})")
     return 0

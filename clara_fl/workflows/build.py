@@ -6,14 +6,14 @@ import json
 import logging
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, located_failure
 from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy, Restrictions
 from clara_fl.config.variables import as_bool, config_globals
 from clara_fl.runtime.device import RuntimeSettings, prepare_runtime
-from clara_fl.workflows import failures
-from clara_fl.workflows.runtime import with_runtime
+from clara_fl.workflows.failures import FailureLocator
+from clara_fl.workflows.runtime import ClaraRuntime, with_runtime
 
 __all__ = ["build_components", "check_config", "require"]
 
@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 def build_components(
     loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
-) -> tuple[ConfigResolver, BuildContext]:
-    """Dry-run the whole config (fast, writes nothing), then build it; returns the resolver holding the components.
+) -> tuple[ConfigResolver, BuildContext, FailureLocator]:
+    """Dry-run the whole config (fast, writes nothing), then build it; returns the resolver holding the components,
+    the context and the locator that names the config item behind a failure of one of them.
 
     Args:
         loaded: the config with its variables filled in.
@@ -51,10 +52,33 @@ def build_components(
     check_config(loaded, context)
     resolver = ConfigResolver(loaded.config, loaded.display_file, context, set(config_globals(loaded.config)))
     # before building: a component failing while others build (a dataset caching its cases) is named too
-    failures.register(resolver)
-    resolver.build_all()
+    locator = FailureLocator(resolver)
+    if isinstance(context.runtime, ClaraRuntime):
+        context.runtime.locator = locator
+    try:
+        resolver.build_all()
+    except ConfigError as e:
+        _name_failed_build(e, locator)
+        raise
     _log_network_summary(resolver)
-    return resolver, context
+    return resolver, context, locator
+
+
+def _name_failed_build(error: ConfigError, locator: FailureLocator) -> None:
+    """A component that failed to build because another, built before it, failed inside its construction (a
+    dataset's transform on a case while the dataset caches): the build error names that one and the case, as
+    run-time failures do, rather than MONAI's message, which names only an object's address."""
+    cause = error.__cause__
+    if error.component is None or cause is None:
+        return
+    locator.mark(cause)
+    located = located_failure(cause)
+    if located is None:
+        return
+    if locator.file:
+        located = located.removeprefix(f"{locator.file}: ")
+    error.message = f"building {error.component} failed: {located}"
+    error.args = (error.message,)
 
 
 def check_config(loaded: LoadedConfig, context: BuildContext) -> None:

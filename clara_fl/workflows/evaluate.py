@@ -9,18 +9,25 @@ from clara_fl.config.mmar import LoadedConfig
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy
 from clara_fl.workflows.build import build_components, require
+from clara_fl.workflows.failures import FailureLocator
 from clara_fl.workflows.train import _attach_progress_bar, _interactive
 
 __all__ = ["EvaluateWorkflow"]
 
 
 class EvaluateWorkflow:
-    """A built validation or inference config; :meth:`run` returns the metrics by log label."""
+    """A built validation or inference config; :meth:`run` returns the metrics by log label.
 
-    def __init__(self, loaded: LoadedConfig, resolver: ConfigResolver, context: BuildContext) -> None:
+    ``locator`` names the config item behind a failure of its components; :meth:`run` attaches it to the exception.
+    """
+
+    def __init__(
+        self, loaded: LoadedConfig, resolver: ConfigResolver, context: BuildContext, locator: FailureLocator
+    ) -> None:
         self.loaded = loaded
         self.resolver = resolver
         self.context = context
+        self.locator = locator
         self.evaluator = require(resolver, "evaluator", "")
         self.network = self.evaluator.network
 
@@ -28,13 +35,13 @@ class EvaluateWorkflow:
     def build(
         cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
     ) -> EvaluateWorkflow:
-        resolver, context = build_components(loaded, context, code_policy)
-        return cls(loaded, resolver, context)
+        return cls(loaded, *build_components(loaded, context, code_policy))
 
     def run(self, progress: bool | None = None) -> dict[str, float]:
         if progress if progress is not None else _interactive():
             _attach_progress_bar(self.evaluator)
-        self.evaluator.run()
+        with self.locator.naming_failures():
+            self.evaluator.run()
         return scalar_metrics(self.evaluator.state.metrics)
 
 

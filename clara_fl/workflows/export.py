@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.mmar import add_custom_to_path
 from clara_fl.config.resolver import BuildContext
 from clara_fl.runtime.files import atomic_write
@@ -32,7 +32,8 @@ def export_torchscript(
         mmar_root: the MMAR: its custom/ code, its train config for checkpoints without train_conf.
 
     Raises:
-        ConfigError: the network cannot be rebuilt, rejects the input shape, or its export differs from it.
+        ConfigError: the network cannot be rebuilt, or its export differs from it.
+        UsageError: the network rejects the input shape (``--input_shape``).
     """
     import torch
 
@@ -48,8 +49,8 @@ def export_torchscript(
         try:
             expected = model(example)
         except Exception as e:
-            raise ConfigError(
-                f"the network rejects input shape {list(input_shape)}: {type(e).__name__}: {e}", path="--input_shape"
+            raise UsageError(
+                "--input_shape", str(list(input_shape)), f"the network rejects it: {type(e).__name__}: {e}"
             ) from e
         try:
             exported, how = torch.jit.script(model), "script"

@@ -12,18 +12,26 @@ from collections.abc import Callable
 from typing import Any
 
 from clara_fl.config.context import BuildContext, NoRuntime
-from clara_fl.workflows.failures import case_name
+from clara_fl.config.errors import FailureLocation, attach_location
+from clara_fl.workflows.failures import CarriedLocations, FailureLocator, case_name, location_note
 
-__all__ = ["ClaraRuntime", "with_runtime"]
+__all__ = ["ClaraRuntime", "LocatingDataset", "with_runtime"]
 
 PLACED_ITEMS = ("model", "loss")
-CASE_NOTE = "clara-fl case: "
 
 
 class ClaraRuntime:
-    """Fits components to the process: the machine's device, AMP, one data shard per DDP rank."""
+    """Fits components to the process: the machine's device, AMP, one data shard per DDP rank.
+
+    ``locator`` is the failure locator of the config being built (set by
+    :func:`~clara_fl.workflows.build.build_components`); the datasets of its data loaders take the locations of
+    their transforms from it (:class:`LocatingDataset`).
+    """
 
     search_modules: tuple[str, ...] = ("clara_fl.components",)
+
+    def __init__(self, locator: FailureLocator | None = None) -> None:
+        self.locator = locator
 
     def adapt_arguments(
         self, target: Callable, args: dict[str, Any], path: str, context: BuildContext, dry_run: bool
@@ -44,7 +52,9 @@ class ClaraRuntime:
                 args["dataset"], shuffle=bool(args.pop("shuffle", False)), even_divisible=even
             )
         if _is_data_loader(target) and not dry_run and _is_map_style(args.get("dataset")):
-            args["dataset"] = CaseNamingDataset(args["dataset"])
+            dataset = args["dataset"]
+            carried = self.locator.carried(dataset) if self.locator is not None else CarriedLocations([])
+            args["dataset"] = LocatingDataset(dataset, carried)
         if _is_engine(target):
             args.setdefault("device", context.device)
             if args.get("amp") and not context.amp:
@@ -77,16 +87,23 @@ class ClaraRuntime:
         return NumpyEraFallback(transform, where)
 
 
-class CaseNamingDataset:
-    """A map-style dataset that names the case an item failed on, also across a loader worker's process boundary.
+class LocatingDataset:
+    """A map-style dataset that names the config item and the case an item failed on, also in a loader worker.
 
-    A failure in a worker reaches the main process only as the text of its traceback; the case's file is added
-    to the exception as a note (``clara-fl case: NAME``), which that text carries, and
-    :mod:`clara_fl.workflows.failures` reads it back. Everything else is the wrapped dataset's.
+    It carries the locations of the dataset's transforms (:meth:`FailureLocator.carried
+    <clara_fl.workflows.failures.FailureLocator.carried>`), pickled with the dataset into spawned workers. In the
+    process that loads, the location is attached to the exception; a worker's failure reaches the main process only
+    as the text of its traceback, so there the location is added to the exception as a note, which that text
+    carries and :mod:`clara_fl.workflows.failures` reads back. Everything else is the wrapped dataset's.
+
+    Args:
+        dataset: the map-style dataset a data loader loads from.
+        locations: the locations of its transforms.
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, locations: CarriedLocations) -> None:
         self.dataset = dataset
+        self.locations = locations
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -95,12 +112,23 @@ class CaseNamingDataset:
         try:
             return self.dataset[index]
         except Exception as e:
-            name = self._case_of(index)
-            if name and hasattr(e, "add_note"):
-                e.add_note(f"{CASE_NOTE}{name}")
+            self._name(e, index)
             raise
 
+    def _name(self, error: Exception, index: Any) -> None:
+        import torch.utils.data
+
+        location = self.locations.locate(error)
+        case = (location.case if location is not None else None) or self._case_of(index)
+        if location is not None and torch.utils.data.get_worker_info() is None:
+            attach_location(error, FailureLocation(location.file, location.json_path, location.component, case))
+        elif (location is not None or case) and hasattr(error, "add_note"):
+            parts = (location.file, location.json_path, location.component) if location is not None else None
+            error.add_note(location_note(parts, case))
+
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("dataset", "locations"):  # pickling protocols; before unpickled
+            raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def _case_of(self, index: Any) -> str | None:

@@ -14,6 +14,7 @@ from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import CodePolicy
 from clara_fl.runtime.files import remove_stale_temp_files, write_json_atomic
 from clara_fl.workflows.build import build_components, require
+from clara_fl.workflows.failures import FailureLocator
 
 __all__ = ["TrainWorkflow", "TrainStats", "RESUME_STATE_FILE", "TrainerProgress", "trainer_progress"]
 
@@ -39,12 +40,19 @@ class TrainStats:
 
 
 class TrainWorkflow:
-    """A built training config: ``trainer``, ``evaluator``, ``network``; :meth:`run` trains to ``epochs``."""
+    """A built training config: ``trainer``, ``evaluator``, ``network``; :meth:`run` trains to ``epochs``.
 
-    def __init__(self, loaded: LoadedConfig, resolver: ConfigResolver, context: BuildContext) -> None:
+    ``locator`` names the config item behind a failure of its components; :meth:`run` attaches it to the
+    exception, and whoever runs the engines another way marks the exceptions with it.
+    """
+
+    def __init__(
+        self, loaded: LoadedConfig, resolver: ConfigResolver, context: BuildContext, locator: FailureLocator
+    ) -> None:
         self.loaded = loaded
         self.resolver = resolver
         self.context = context
+        self.locator = locator
         self.trainer = require(resolver, "trainer", "train")
         self.network = require(resolver, "model", "train")
         self.evaluator = (
@@ -64,8 +72,7 @@ class TrainWorkflow:
     def build(
         cls, loaded: LoadedConfig, context: BuildContext | None = None, code_policy: str | CodePolicy = "full"
     ) -> TrainWorkflow:
-        resolver, context = build_components(loaded, context, code_policy)
-        return cls(loaded, resolver, context)
+        return cls(loaded, *build_components(loaded, context, code_policy))
 
     @property
     def ckpt_dir(self) -> str:
@@ -206,7 +213,8 @@ class TrainWorkflow:
                 logger.info("removed %s, a partial write left by an interrupted run", name)
         start = time.perf_counter()
         try:
-            self.trainer.run()
+            with self.locator.naming_failures():
+                self.trainer.run()
         finally:
             if self._state_writer is not None:
                 self._state_writer.flush()

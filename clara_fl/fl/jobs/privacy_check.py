@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.jobs.privacy import privacy_filter_name
 
 __all__ = ["SiteUpdate", "judge_privacy_filter", "judge_result_filters"]
@@ -92,7 +92,8 @@ def judge_result_filters(filters: list[dict[str, Any]], update: SiteUpdate | Non
     """One line for each privacy filter among ``filters`` (FLARE config entries); others are passed over.
 
     Raises:
-        ConfigError: a filter that would release nothing, only noise, or leave the update as it is.
+        UsageError: a filter that would release nothing, only noise, or leave the update as it is, where ``where``
+            is a command-line option (``--privacy``); ConfigError where it is a JSON path.
     """
     lines = []
     for entry in filters:
@@ -112,13 +113,16 @@ def judge_privacy_filter(name: str, args: Mapping[str, Any], update: SiteUpdate 
         where: the option or JSON path named in an error (``--privacy``).
 
     Raises:
-        ConfigError: the settings release nothing, only noise, or leave the update unchanged.
+        UsageError: the settings release nothing, only noise, or leave the update unchanged, where ``where`` is a
+            command-line option (``--privacy``); ConfigError where it is a JSON path.
     """
     judges = {"PercentilePrivacy": _percentile, "SVTPrivacy": _svt, "ExcludeVars": _exclude_vars}
     return f"{name}: {judges[name](args, update, where)}"
 
 
-def _refuse(where: str, name: str, why: str) -> ConfigError:
+def _refuse(where: str, name: str, why: str) -> ConfigError | UsageError:
+    if where.startswith("-"):  # the filter came from the command line
+        return UsageError(where, None, f"{name} {why}")
     return ConfigError(f"{name} {why}", path=where)
 
 

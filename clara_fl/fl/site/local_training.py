@@ -116,7 +116,9 @@ class RoundOutcome:
     aborted: bool = False
 
 
-def _failure(stage: str, error: BaseException, settings: SiteSettings) -> SiteTaskFailed:
+def _failure(stage: str, error: BaseException, settings: SiteSettings, workflow: Any = None) -> SiteTaskFailed:
+    if workflow is not None:  # the config item of the site's TrainWorkflow that failed, for the site's report
+        workflow.locator.mark(error)
     return SiteTaskFailed(SiteFailure.from_exception(stage, error, settings.app_dir))
 
 
@@ -230,7 +232,7 @@ class LocalTraining:
         try:
             self.site_algorithm.before_round(self.workflow, global_weights, meta)
         except Exception as e:
-            raise _failure("before_round", e, s) from e
+            raise _failure("before_round", e, s, self.workflow) from e
         try:
             if s.nproc_per_site > 1:
                 to_load = dict(self.site_algorithm.weights_to_load(global_weights))  # FedBN: not the norm layers
@@ -238,7 +240,7 @@ class LocalTraining:
             else:
                 steps = self.rounds.run(self.spec, should_abort).steps
         except Exception as e:  # the site's data or code failed mid-training: report it, keep the site alive
-            raise _failure("train", e, s) from e
+            raise _failure("train", e, s, self.workflow) from e
         if should_abort():
             self.rounds.rewind_to_epoch_boundary()
             return RoundOutcome(data_kind, {}, {}, steps, aborted=True)
@@ -259,7 +261,7 @@ class LocalTraining:
         try:
             out_meta = self.site_algorithm.after_round(self.workflow, global_weights, steps)
         except Exception as e:
-            raise _failure("after_round", e, s) from e
+            raise _failure("after_round", e, s, self.workflow) from e
         if s.nproc_per_site > 1:
             self.local_state.adopt(self._round_state_path())
         else:
@@ -295,7 +297,7 @@ class LocalTraining:
             with self.rounds.abort_polling(should_abort):
                 return self._evaluate_without_side_effects()
         except Exception as e:
-            raise _failure("validate", e, self.settings) from e
+            raise _failure("validate", e, self.settings, self.workflow) from e
         finally:
             if keep is not None:
                 network.load_state_dict(keep)

@@ -17,7 +17,7 @@ import time
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
-from clara_fl.fl.site.abort import ExitPromptlyOnAbort
+from clara_fl.fl.flare_internals.abort import ExitPromptlyOnAbort
 
 component, ctx = ExitPromptlyOnAbort(grace_s=0.1), FLContext()
 ctx.set_prop(FLContextKey.RUN_ABORT_REQUESTED, {aborted}, private=True, sticky=False)

@@ -18,9 +18,9 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.flare_internals.dropout import ABRUPT_EXIT_CODE, DropOutOnAbruptExit
 from clara_fl.fl.server.persistor import ClaraModelPersistor
 from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, read_run_state, write_run_state
-from clara_fl.fl.site.dropout import ABRUPT_EXIT_CODE, DropOutOnAbruptExit
 from clara_fl.recipes.resume import plan_resume, write_continuation_job
 from tests.conftest import SPLEEN_MMAR
 
@@ -163,7 +163,7 @@ def test_the_site_records_the_drop_out_exit_code_for_the_run_and_removes_it_at_a
 
 
 def test_a_run_that_ends_removes_the_launch_record_so_a_client_restart_does_not_rejoin_it(tmp_path: Path) -> None:
-    from clara_fl.fl.site.rejoin import LaunchRecord, read_launch, record_launch
+    from clara_fl.fl.flare_internals.rejoin import LaunchRecord, read_launch, record_launch
 
     run_dir = tmp_path / "job-1"
     run_dir.mkdir()
@@ -180,7 +180,7 @@ def test_a_run_that_ends_removes_the_launch_record_so_a_client_restart_does_not_
 def test_a_run_stopped_because_the_client_died_keeps_the_launch_record_for_the_rejoin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clara_fl.fl.site.rejoin import LaunchRecord, read_launch, record_launch
+    from clara_fl.fl.flare_internals.rejoin import LaunchRecord, read_launch, record_launch
 
     run_dir = tmp_path / "job-1"
     run_dir.mkdir()
@@ -359,7 +359,7 @@ def _started_server(tmp_path: Path, statuses: dict[str, str]) -> tuple[FLContext
 def test_the_server_start_ends_the_jobs_a_restart_stranded_and_says_how_to_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from clara_fl.fl.server.stranded_jobs import EndStrandedJobs
+    from clara_fl.fl.flare_internals.stranded_jobs import EndStrandedJobs
 
     fl_ctx, store = _started_server(tmp_path, {"a1": "RUNNING", "b2": "FINISHED:COMPLETED", "c3": "SUBMITTED"})
 

@@ -1,4 +1,4 @@
-"""A site whose job process died rejoins the running job when its client restarts (clara_fl.fl.site.rejoin).
+"""A site whose job process died rejoins the running job when its client restarts (clara_fl.fl.flare_internals.rejoin).
 
 These tests drive the launcher as FLARE's client parent does (SYSTEM_START, then ``start_app`` calling
 ``launch_job``) with FLARE's process spawn replaced by a recorder; the POC run with real processes is
@@ -22,7 +22,13 @@ from nvflare.apis.workspace import Workspace
 from nvflare.app_common.job_launcher.process_launcher import ProcessJobLauncher
 from nvflare.utils.job_launcher_utils import get_credential_env
 
-from clara_fl.fl.site.rejoin import RECORD_NAME, LaunchRecord, RejoiningJobLauncher, read_launch, record_launch
+from clara_fl.fl.flare_internals.rejoin import (
+    RECORD_NAME,
+    LaunchRecord,
+    RejoiningJobLauncher,
+    read_launch,
+    record_launch,
+)
 
 
 class Site:
@@ -185,7 +191,7 @@ def test_a_job_without_its_deployed_meta_is_one_line_and_not_retried(
 def test_flare_still_starts_a_failed_start_reply_as_the_rejoin_expects() -> None:
     from nvflare.private.defs import ERROR_MSG_PREFIX
 
-    from clara_fl.fl.site.rejoin import FLARE_ERROR_REPLY
+    from clara_fl.fl.flare_internals.rejoin import FLARE_ERROR_REPLY
 
     assert ERROR_MSG_PREFIX == FLARE_ERROR_REPLY
 

@@ -1,9 +1,12 @@
-"""Every private attribute of ignite, MONAI or FLARE that clara-fl touches, in one place, with the reason.
+"""Every private attribute of torch, ignite, MONAI or FLARE, and every ``nvflare.private`` module, that clara-fl
+touches outside :mod:`clara_fl.fl.flare_internals`, in one place, with the reason.
 
-Code elsewhere calls the accessor functions below, never the attribute itself; tests/test_private_api.py
-pins each entry against the installed library, so an upgrade that renames or removes one fails there,
-naming the attribute, instead of deep inside a training run. When a library grows a public way to do
-the same, replace the accessor's body and drop the entry.
+Code elsewhere calls the accessor functions below, never the attribute itself, except the modules an entry names
+in ``used_in``; tests/test_private_api.py pins each entry against the installed library, so an upgrade that
+renames or removes one fails there, naming the attribute, instead of deep inside a training run, and fails on
+any reach-in into another library's private names that is not listed here. When a library grows a public way to
+do the same, replace the accessor's body and drop the entry. Patches that change FLARE's behaviour through its
+internals live in :mod:`clara_fl.fl.flare_internals`, each behind a FLARE version check and a site switch.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from typing import Any
 
 __all__ = [
     "PRIVATE_ATTRIBUTES",
+    "PRIVATE_MODULES",
     "PrivateAttribute",
+    "PrivateModule",
     "event_handler_lists",
     "key_metric_checkpoint",
     "saver_checkpoints",
     "analytics_sender",
     "controller_task_check_period",
     "set_task_check_period",
-    "export_every_given_arg",
+    "communicator_task_check_period",
 ]
 
 
@@ -35,17 +40,21 @@ class PrivateAttribute:
     # modules (relative to clara_fl/) that subclass the owner and use the attribute as their own: an
     # override or the parent's state, where an accessor would add nothing; everyone else calls an accessor
     used_in: tuple[str, ...] = ()
+    # the owner's method that assigns the attribute, for one not set by the constructor (pinned by its source)
+    set_in: str = ""
+
+
+@dataclass(frozen=True)
+class PrivateModule:
+    """A module of a library's private package that clara-fl uses, where, and why no public module does instead."""
+
+    library: str
+    module: str
+    reason: str
+    used_in: tuple[str, ...]
 
 
 PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
-    PrivateAttribute(
-        "nvflare",
-        "nvflare.job_config.fed_job_config.FedJobConfig",
-        "_get_args",
-        "FedJob's exporter writes a component's arguments back from its attributes and drops those equal to "
-        "the defaults; the recipe keeps every argument its template states through the _always_serialize_args "
-        "hook that this private method reads (set by export_every_given_arg).",
-    ),
     PrivateAttribute(
         "pytorch-ignite",
         "ignite.engine.Engine",
@@ -81,6 +90,30 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "built then (the app folder is known from the FLContext), so ClaraModelPersistor overrides it.",
         used_in=("fl/server/persistor.py",),
     ),
+    *(
+        PrivateAttribute(
+            "nvflare",
+            "nvflare.app_opt.pt.file_model_persistor.PTFileModelPersistor",
+            name,
+            "the paths the persistor saves the global and the best global model to (set in _initialize from the "
+            "job's arguments, no public accessor): ClaraModelPersistor writes the run state beside them and copies "
+            "a resumed job's best model there.",
+            used_in=("fl/server/persistor.py",),
+            set_in="_initialize",
+        )
+        for name in ("_ckpt_save_path", "_best_ckpt_save_path")
+    ),
+    *(
+        PrivateAttribute(
+            "torch",
+            "torch.nn.Module",
+            name,
+            "rebuilding a module tree from a state dict's names checks each level's registered children, "
+            "parameters and buffers by name without the lookups (get_submodule, named_*) that raise or walk the tree.",
+            used_in=("fl/server/network_build.py",),
+        )
+        for name in ("_modules", "_parameters", "_buffers")
+    ),
     PrivateAttribute(
         "nvflare",
         "nvflare.app_common.tracking.log_writer.LogWriter",
@@ -110,6 +143,15 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         "refuses, so its HE cross-site evaluation never sends a model; the override serializes the loaded "
         "model, and this method is the only place a loaded model passes before it is sent.",
         used_in=("fl/server/he.py",),
+    ),
+    PrivateAttribute(
+        "nvflare",
+        "nvflare.apis.impl.controller.Controller",
+        "_engine",
+        "the server engine a workflow keeps from initialize(); clara_fl's ScatterAndGather asks it for the job's "
+        "sites when a round ends, to name the sites the round went without.",
+        used_in=("fl/server/controllers.py",),
+        set_in="initialize",
     ),
     # ScatterAndGather's round state, read by clara_fl's subclass to send the final global model to the
     # sites for validation after the last round (issue 18: the best global model among all rounds).
@@ -141,6 +183,16 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
             used_in=("fl/server/model_selection.py",),
         )
         for name in ("_reset_stats", "_before_aggregate")
+    ),
+)
+
+PRIVATE_MODULES: tuple[PrivateModule, ...] = (
+    PrivateModule(
+        "nvflare",
+        "nvflare.private.fed.app.simulator.simulator",
+        "the simulator's runner, started in a child process: FLARE's own SimEnv starts it "
+        "(FedJobConfig.simulator_run), and the public `nvflare simulator` that wraps it is deprecated in FLARE 2.9.",
+        used_in=("apps/simulate.py",),
     ),
 )
 
@@ -177,12 +229,12 @@ def set_task_check_period(communicator: Any, seconds: float) -> None:
         communicator._task_check_period = seconds
 
 
+def communicator_task_check_period(communicator: Any) -> float | None:
+    """FLARE ``WFCommServer._task_check_period``: the period the communicator polls at; None where it has none."""
+    period = getattr(communicator, "_task_check_period", None)
+    return float(period) if isinstance(period, (int, float)) else None
+
+
 def controller_task_check_period(controller: Any) -> float:
     """FLARE ``Controller._task_check_period``: the polling period the job configured."""
     return controller._task_check_period
-
-
-def export_every_given_arg(component: Any, names: tuple[str, ...]) -> None:
-    """FLARE's ``_always_serialize_args`` hook, read by ``FedJobConfig._get_args``: FedJob exports these
-    constructor arguments even where they equal the defaults."""
-    component._always_serialize_args = tuple(names)

@@ -6,9 +6,12 @@ Three things change, all in the kit's ``local/`` folder and nowhere else:
   left as it is): :data:`~clara_fl.fl.jobs.allow_list.CLARA_ALLOW_LIST` is added to its ``class_allow_list``, so
   jobs without ``app/custom/`` may build clara-fl's components and the FLARE classes they use. A server
   kit also gets :data:`SERVER_COMPONENT`, which ends the jobs a server restart stranded
-  (:mod:`clara_fl.fl.server.stranded_jobs`). A client kit's process launcher, if it is FLARE's
+  (:mod:`clara_fl.fl.flare_internals.stranded_jobs`). A client kit's process launcher, if it is FLARE's
   ``ClientProcessJobLauncher``, becomes :data:`CLIENT_LAUNCHER`, which lets a site whose job process died
-  rejoin the running job when its client restarts (:mod:`clara_fl.fl.site.rejoin`).
+  rejoin the running job when its client restarts (:mod:`clara_fl.fl.flare_internals.rejoin`). Both lean on
+  FLARE's internals: each runs only on the FLARE release it was written for, and a site turns it off in its
+  site file (``"flare_patches": {"end_stranded_jobs": false}``, ``"rejoin_after_client_restart"``; see
+  :mod:`clara_fl.fl.flare_internals.gate`). Their paths here are the old, stable ones that set-up kits hold.
 * ``local/clara_fl_site.json`` (the site file, see :mod:`clara_fl.fl.site.context`): the site's environment
   values (``DATA_ROOT``, ``DATASET_JSON``, ...), merged with the values already there.
 * the same site file's ``code_policy``: ``"restricted"`` (default) or ``"full"`` (``allow_code=True``).

@@ -47,7 +47,8 @@ class BuildRequest:
 
     Args:
         mmar_root: the MMAR folder (the job's app folder or its custom/).
-        train_config, environment: the MMAR's files, relative to ``mmar_root``.
+        train_config: the MMAR's train config, relative to ``mmar_root``.
+        environment: the MMAR's environment.json, relative to ``mmar_root``.
         overrides: values on top of the environment.
         site_values: the server's site values (and ``SITE_NAME``), above the job's environment.
         code_policy: ``"restricted"`` or ``"full"``.

@@ -73,7 +73,8 @@ class ClaraModelPersistor(PTFileModelPersistor):
     workspace), and the saved best global model stays the best until a better one comes.
 
     Args:
-        train_config, environment: the MMAR's files the network is built from.
+        train_config: the MMAR's train config the network is built from.
+        environment: the MMAR's environment.json for that config.
         overrides: values on top of the environment.
         resume_from_job: the id of a job of this server whose saved run to continue (``clara-fl job resume``).
         exclude_vars: a regular expression: the variables left out of the global model sent to the sites.

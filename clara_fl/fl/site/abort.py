@@ -1,51 +1,10 @@
-"""A site's job process that ends promptly when its job is aborted.
+"""The dotted path job configs name the exit-on-abort component by (``clara_fl.fl.site.abort.ExitPromptlyOnAbort``).
 
-On ``nvflare job abort`` FLARE 2.9's client job process stops its tasks and fires END_RUN within about a
-second, then sleeps a fixed 3 s before it starts its own clean-up (``MPM.run``'s ``shutdown_grace_time``, not
-configurable for a job process) and may then take longer to exit; the site's parent process waits up to a
-hard-coded 10 s (``ClientExecutor._terminate_job``) before it kills it. Meanwhile the process holds the
-training memory. :class:`ExitPromptlyOnAbort` ends the process ``grace_s`` seconds after END_RUN of an
-aborted run (FLARE's ``RUN_ABORT_REQUESTED``): the tasks have returned by then, the Learner has stopped its
-torchrun workers, and nothing of an aborted run is kept. A job that ends normally is left to FLARE.
+The component leans on FLARE's internals and lives, gated, in :mod:`clara_fl.fl.flare_internals.abort`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-import time
-
-from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_component import FLComponent
-from nvflare.apis.fl_constant import FLContextKey
-from nvflare.apis.fl_context import FLContext
+from clara_fl.fl.flare_internals.abort import ExitPromptlyOnAbort
 
 __all__ = ["ExitPromptlyOnAbort"]
-
-
-class ExitPromptlyOnAbort(FLComponent):
-    """Ends the site's job process ``grace_s`` seconds after END_RUN when the run was aborted.
-
-    Args:
-        grace_s: seconds left to FLARE after END_RUN (its "client is stopping" messages to the server).
-    """
-
-    def __init__(self, grace_s: float = 0.5) -> None:
-        super().__init__()
-        self.grace_s = float(grace_s)
-        self._aborted = False
-
-    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        if event_type == EventType.START_RUN:
-            self._aborted = False
-        elif event_type == EventType.ABORT_TASK and fl_ctx.get_prop(FLContextKey.RUN_ABORT_REQUESTED, False):
-            self._aborted = True
-        elif event_type == EventType.END_RUN and self._aborted:
-            self.log_info(fl_ctx, f"the job was aborted: this job process exits in {self.grace_s} s")
-            threading.Thread(target=self._exit, name="clara-fl-exit-on-abort", daemon=True).start()
-
-    def _exit(self) -> None:
-        time.sleep(self.grace_s)
-        logging.shutdown()  # flush the job's log files
-        os._exit(0)

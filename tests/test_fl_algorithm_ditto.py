@@ -11,31 +11,40 @@ import pytest
 import torch
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.algorithms import configure_algorithm, parse_algorithm_args
+from clara_fl.fl.site.algorithms import local_algorithm
+from clara_fl.fl.site.ditto import Ditto
+from clara_fl.recipes.algorithms import parse_algorithm_args
+from tests.job_apps import configured
 
 
 def client_config() -> dict:
     return {"components": [{"id": "clara_learner", "path": "clara_fl.fl.site.learner.ClaraLearner", "args": {}}]}
 
 
+def ditto_site(ditto_lambda: float = 0.1, personal_epochs: int = 1) -> Ditto:
+    site = local_algorithm("ditto", {"lambda": ditto_lambda, "personal_epochs": personal_epochs})
+    assert isinstance(site, Ditto)
+    return site
+
+
 def test_ditto_tells_the_site_learner_its_lambda_and_personal_epochs() -> None:
     client = client_config()
 
-    configure_algorithm({}, client, "ditto", parse_algorithm_args("ditto", ["lambda=0.5", "personal_epochs=2"]))
+    _, client = configured({}, client, "ditto", parse_algorithm_args("ditto", ["lambda=0.5", "personal_epochs=2"]))
 
     args = client["components"][0]["args"]
     assert args["algorithm"] == "ditto"
-    assert args["algorithm_args"] == {"ditto_lambda": 0.5, "personal_epochs": 2}
+    assert args["algorithm_args"] == {"lambda": 0.5, "personal_epochs": 2}
 
 
 def test_ditto_refuses_several_processes_per_site() -> None:
     with pytest.raises(ConfigError, match="ditto cannot train in several processes per site"):
-        configure_algorithm({}, client_config(), "ditto", {}, nproc_per_site=2)
+        configured({}, client_config(), "ditto", {}, nproc_per_site=2)
 
 
 def test_ditto_refuses_a_negative_lambda() -> None:
-    with pytest.raises(ConfigError, match="lambda >= 0"):
-        configure_algorithm({}, client_config(), "ditto", {"lambda": -1})
+    with pytest.raises(ConfigError, match="lambda must be >= 0"):
+        configured({}, client_config(), "ditto", {"lambda": -1})
 
 
 # --- the site side ---
@@ -73,10 +82,8 @@ def personal_weight(ditto) -> float:
 
 
 def test_the_personalized_model_learns_the_sites_data_and_is_what_the_site_submits(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
     workflow = tiny_workflow(tmp_path / "models")
-    ditto = Ditto(ditto_lambda=0.0, personal_epochs=5)
+    ditto = ditto_site(0.0, 5)
     ditto.setup(workflow)
 
     meta = ditto_round(ditto, workflow, global_weight=0.0)
@@ -88,9 +95,7 @@ def test_the_personalized_model_learns_the_sites_data_and_is_what_the_site_submi
 
 
 def test_lambda_pulls_the_personalized_model_towards_the_global_model(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
-    free, pulled = Ditto(ditto_lambda=0.0, personal_epochs=2), Ditto(ditto_lambda=1.0, personal_epochs=2)
+    free, pulled = ditto_site(0.0, 2), ditto_site(1.0, 2)
     for name, ditto in (("free", free), ("pulled", pulled)):
         workflow = tiny_workflow(tmp_path / name)
         ditto.setup(workflow)
@@ -100,10 +105,8 @@ def test_lambda_pulls_the_personalized_model_towards_the_global_model(tmp_path: 
 
 
 def test_the_personalized_model_is_written_to_the_models_folder(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
     workflow = tiny_workflow(tmp_path / "models")
-    ditto = Ditto()
+    ditto = ditto_site()
     ditto.setup(workflow)
 
     ditto_round(ditto, workflow, global_weight=0.0)
@@ -113,23 +116,19 @@ def test_the_personalized_model_is_written_to_the_models_folder(tmp_path: Path) 
 
 
 def test_before_any_round_the_site_submits_its_usual_model(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
-    ditto = Ditto()
+    ditto = ditto_site()
     ditto.setup(tiny_workflow(tmp_path / "models"))
 
     assert ditto.model_for_validation(None) is None
 
 
 def test_a_restarted_site_resumes_the_personalized_model_and_its_optimizer(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
-    first = Ditto(personal_epochs=1)
+    first = ditto_site()
     first.setup(tiny_workflow(tmp_path / "a"))
     ditto_round(first, tiny_workflow(tmp_path / "a"), global_weight=0.0)
     saved = torch.load(_saved(first, tmp_path / "state.pt"), weights_only=True)
 
-    restarted = Ditto(personal_epochs=1)
+    restarted = ditto_site()
     restarted.load_state_dict(saved)  # the Learner restores its local state before or after setup
     restarted.setup(tiny_workflow(tmp_path / "b", seed=1))
 
@@ -143,13 +142,11 @@ def _saved(ditto, path: Path) -> Path:
 
 
 def test_a_trainer_without_a_loss_is_a_clear_error(tmp_path: Path) -> None:
-    from clara_fl.fl.site.ditto import Ditto
-
     workflow = tiny_workflow(tmp_path / "models")
     workflow.trainer.loss_function = None
 
     with pytest.raises(ConfigError, match="ditto needs a supervised trainer; SupervisedTrainer has no loss_function"):
-        Ditto().setup(workflow)
+        ditto_site().setup(workflow)
 
 
 # --- the cross-site table of a Ditto run ---
@@ -164,7 +161,7 @@ def write_client_config(run: Path, algorithm: str) -> None:
     config = run / "site-1" / "simulate_job" / "app_site-1" / "config" / "config_fed_client.json"
     config.parent.mkdir(parents=True)
     client = client_config()
-    configure_algorithm({}, client, algorithm, {})
+    _, client = configured({}, client, algorithm, {})
     config.write_text(json.dumps(client))
 
 
@@ -195,7 +192,7 @@ def test_a_ditto_runs_report_labels_the_sites_models_personalized(tmp_path: Path
     (workspace / "cross_site_val" / "cross_val_results.json").write_text(json.dumps(RESULTS))
     client = client_config()
     client["components"][0]["args"]["local_epochs"] = 1
-    configure_algorithm({}, client, "ditto", {})
+    _, client = configured({}, client, "ditto", {})
     (workspace / "app_server" / "config").mkdir(parents=True)
     (workspace / "app_server" / "config" / "config_fed_client.json").write_text(json.dumps(client))
 

@@ -8,7 +8,7 @@ import torch
 from clara_fl.fl.site.algorithms import local_algorithm
 from clara_fl.fl.site.fedbn import norm_layer_keys
 from clara_fl.fl.site.weights import network_weights
-from clara_fl.recipes.algorithms import configure_algorithm
+from tests.job_apps import LEARNER, configured
 
 
 class NormedNet(torch.nn.Module):
@@ -56,16 +56,16 @@ def test_the_site_keeps_its_norm_layers_when_loading_and_sending() -> None:
 
 def test_fedbn_leaves_training_alone_so_it_runs_in_several_processes() -> None:
     assert not local_algorithm("fedbn").modifies_training
-    configure_algorithm({}, {"components": [{"id": "clara_learner"}]}, "fedbn", {}, nproc_per_site=2)
+    configured({}, {"components": [LEARNER]}, "fedbn", {}, nproc_per_site=2)
 
 
 def test_the_job_tells_the_learner_and_the_cross_site_validator() -> None:
     client = {
-        "components": [{"id": "clara_learner", "args": {}}],
-        "executors": [{"tasks": ["validate"], "executor": {"id": "clara_validator", "args": {}}}],
+        "components": [LEARNER],
+        "executors": [{"tasks": ["validate"], "executor": {"id": "clara_validator", "path": "v.V", "args": {}}}],
     }
 
-    configure_algorithm({}, client, "fedbn", {})
+    _, client = configured({}, client, "fedbn", {})
 
     assert client["components"][0]["args"] == {"algorithm": "fedbn", "algorithm_args": {}}
     assert client["executors"][0]["executor"]["args"] == {"algorithm": "fedbn", "algorithm_args": {}}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.algorithms import configure_algorithm, parse_algorithm_args
+from clara_fl.recipes.algorithms import parse_algorithm_args
+from tests.job_apps import configured
 
 
 def server_config(template_generator: bool = True) -> dict:
@@ -43,7 +44,7 @@ def test_fedopt_makes_the_server_generator_a_fedopt_step_with_the_given_optimize
     server = server_config()
     args = parse_algorithm_args("fedopt", ["optimizer=adam", "lr=0.01", "lr_scheduler=on"])
 
-    configure_algorithm(server, client_config(), "fedopt", args)
+    server, _ = configured(server, client_config(), "fedopt", args)
 
     generator = generator_of(server)
     assert generator["path"] == "clara_fl.fl.server.fedopt.FedOptShareableGenerator"
@@ -62,13 +63,13 @@ def test_fedopt_refuses_an_optimizer_it_does_not_know_listing_the_valid_ones() -
 
 
 def test_fedopt_refuses_a_non_positive_learning_rate() -> None:
-    with pytest.raises(ConfigError, match="lr > 0"):
-        configure_algorithm(server_config(), client_config(), "fedopt", {"lr": 0})
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        configured(server_config(), client_config(), "fedopt", {"lr": 0})
 
 
 def test_fedopt_needs_a_template_with_a_shareable_generator() -> None:
     with pytest.raises(ConfigError, match="clara_fedavg_cse"):
-        configure_algorithm(server_config(template_generator=False), client_config(), "fedopt", {})
+        configured(server_config(template_generator=False), client_config(), "fedopt", {})
 
 
 def test_fedopt_needs_sites_that_send_weight_differences() -> None:
@@ -76,7 +77,7 @@ def test_fedopt_needs_sites_that_send_weight_differences() -> None:
     client["components"][0]["args"]["send_weight_diff"] = False
 
     with pytest.raises(ConfigError, match="WEIGHT_DIFF"):
-        configure_algorithm(server_config(), client, "fedopt", {})
+        configured(server_config(), client, "fedopt", {})
 
 
 # --- the server step ---

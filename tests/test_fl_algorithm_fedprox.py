@@ -9,7 +9,8 @@ import torch
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.site.algorithms import local_algorithm
-from clara_fl.recipes.algorithms import check_algorithm_args, configure_algorithm
+from clara_fl.recipes.algorithms import check_algorithm_args
+from tests.job_apps import LEARNER, configured
 
 
 def tiny_workflow() -> SimpleNamespace:
@@ -64,11 +65,11 @@ def test_fedprox_changes_training_so_it_runs_in_the_learners_process() -> None:
 
 
 def test_the_job_takes_mu_and_refuses_a_negative_one() -> None:
-    client = {"components": [{"id": "clara_learner", "args": {}}]}
+    client = {"components": [LEARNER]}
 
-    configure_algorithm({}, client, "fedprox", {"mu": "0.1"})
+    _, client = configured({}, client, "fedprox", {"mu": "0.1"})
 
     assert client["components"][0]["args"] == {"algorithm": "fedprox", "algorithm_args": {"mu": 0.1}}
     assert check_algorithm_args("fedprox") == {"mu": 0.01}
     with pytest.raises(ConfigError, match="mu must be >= 0"):
-        configure_algorithm({}, client, "fedprox", {"mu": -1})
+        configured({}, client, "fedprox", {"mu": -1})

@@ -7,15 +7,10 @@ from pathlib import Path
 import pytest
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.algorithm_spec import Algorithm, AlgorithmParameter
-from clara_fl.recipes.algorithms import (
-    ALGORITHMS,
-    check_algorithm_args,
-    configure_algorithm,
-    parse_algorithm_args,
-    set_learner_algorithm,
-)
+from clara_fl.fl.algorithms import ALGORITHMS, Algorithm, AlgorithmParameter
+from clara_fl.recipes.algorithms import check_algorithm_args, parse_algorithm_args
 from tests.conftest import SPLEEN_MMAR
+from tests.job_apps import LEARNER, configured
 from tests.test_errors import run_cli
 
 PROBE = Algorithm(
@@ -27,7 +22,7 @@ PROBE = Algorithm(
         AlgorithmParameter("nesterov", bool, False, "momentum kind"),
         AlgorithmParameter("optimizer", str, "sgd", "server optimizer", choices=("sgd", "adam")),
     ),
-    configure=lambda server, client, args: set_learner_algorithm(client, "probe", args),
+    site_class="clara_fl.fl.site.local_algorithm.LocalAlgorithm",
     supports_nproc_per_site=False,
 )
 
@@ -39,7 +34,7 @@ def probe_algorithm(monkeypatch: pytest.MonkeyPatch) -> Algorithm:
 
 
 def learner_config() -> dict:
-    return {"components": [{"id": "clara_learner", "path": "clara_fl.fl.site.learner.ClaraLearner", "args": {}}]}
+    return {"components": [LEARNER]}
 
 
 def test_an_unknown_algorithm_is_one_line_listing_the_valid_ones() -> None:
@@ -78,7 +73,7 @@ def test_a_pair_without_equals_is_refused() -> None:
 def test_the_site_learner_is_told_the_algorithm_and_its_checked_arguments(probe_algorithm: Algorithm) -> None:
     client = learner_config()
 
-    configure_algorithm({}, client, "probe", {"mu": "0.1"})
+    _, client = configured({}, client, "probe", {"mu": "0.1"})
 
     assert client["components"][0]["args"] == {
         "algorithm": "probe",
@@ -88,7 +83,7 @@ def test_the_site_learner_is_told_the_algorithm_and_its_checked_arguments(probe_
 
 def test_an_algorithm_that_changes_training_refuses_several_processes_per_site(probe_algorithm: Algorithm) -> None:
     with pytest.raises(ConfigError, match="cannot train in several processes per site"):
-        configure_algorithm({}, learner_config(), "probe", {}, nproc_per_site=2)
+        configured({}, learner_config(), "probe", {}, nproc_per_site=2)
 
 
 def test_job_create_refuses_an_unknown_algorithm_and_writes_nothing(

@@ -12,8 +12,8 @@ from ignite.engine import Engine
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.site.algorithms import local_algorithm
-from clara_fl.recipes.algorithms import configure_algorithm
 from tests.conftest import SPLEEN_MMAR
+from tests.job_apps import LEARNER, configured
 
 C_GLOBAL = "scaffold_c_global"  # nvflare AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL
 C_DIFF = "scaffold_c_diff"  # nvflare AlgorithmConstants.SCAFFOLD_CTRL_DIFF
@@ -108,27 +108,26 @@ def test_outside_a_round_the_trainer_is_not_corrected() -> None:
 
 
 def test_the_job_runs_flares_scaffold_controller_on_the_model_controller_template() -> None:
-    from clara_fl.recipes.app_configs import FedAvgSettings, build_app_configs
+    from clara_fl.recipes.app_configs import FedAvgSettings, build_job
 
-    configs = build_app_configs(SPLEEN_MMAR, FedAvgSettings(algorithm="scaffold", num_rounds=4))
+    job = build_job(SPLEEN_MMAR, FedAvgSettings(algorithm="scaffold", num_rounds=4))
 
-    workflows = {w["id"]: w for w in configs.server["workflows"]}
-    assert workflows["scaffold"]["path"] == "clara_fl.fl.server.controllers.Scaffold"
-    assert workflows["scaffold"]["args"]["num_rounds"] == 4
-    learner = next(c for c in configs.client["components"] if c["id"] == "clara_learner")
-    assert learner["args"]["algorithm"] == "scaffold"
+    workflow = job.server.workflow("scaffold")
+    assert workflow is not None and workflow.path == "clara_fl.fl.server.controllers.Scaffold"
+    assert workflow.args["num_rounds"] == 4
+    assert job.client.learner is not None and job.client.learner.args["algorithm"] == "scaffold"
 
 
 def test_a_template_without_a_model_controller_workflow_is_refused() -> None:
-    server = {"workflows": [{"id": "scatter_and_gather"}]}
+    server = {"workflows": [{"id": "scatter_and_gather", "path": "x.ScatterAndGather"}]}
 
     with pytest.raises(ConfigError, match="--template clara_fedavg_cse_mc"):
-        configure_algorithm(server, {"components": [{"id": "clara_learner"}]}, "scaffold", {})
+        configured(server, {"components": [LEARNER]}, "scaffold", {})
 
 
 def test_scaffold_refuses_several_processes_per_site() -> None:
     with pytest.raises(ConfigError, match="cannot train in several processes per site"):
-        configure_algorithm({}, {}, "scaffold", {}, nproc_per_site=2)
+        configured({}, {}, "scaffold", {}, nproc_per_site=2)
 
 
 def test_the_server_saves_the_global_model_without_the_control_variates(monkeypatch: pytest.MonkeyPatch) -> None:

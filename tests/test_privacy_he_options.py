@@ -22,7 +22,7 @@ from clara_fl.fl.jobs.privacy import (
     PRIVACY_FILTERS,
     parse_privacy_option,
 )
-from clara_fl.recipes.app_configs import FedAvgSettings, build_app_configs
+from clara_fl.recipes.app_configs import FedAvgSettings, build_job
 from tests.conftest import REPO, SPLEEN_MMAR
 
 PERCENTILE = "PercentilePrivacy:percentile=10,gamma=0.01"
@@ -134,9 +134,9 @@ def test_job_create_puts_every_privacy_filter_on_the_train_result_in_order(tmp_p
 def test_he_switches_the_server_to_flares_he_components_and_keeps_its_other_settings() -> None:
     settings = FedAvgSettings(he=True, aggregation_weights={"site-1": 2.0})
 
-    configs = build_app_configs(SPLEEN_MMAR, settings)
+    configs = build_job(SPLEEN_MMAR, settings)
 
-    server = by_id(configs.server)
+    server = by_id(configs.server.to_config())
     assert server["aggregator"]["path"].endswith("HEInTimeAccumulateWeightedAggregator")
     assert server["aggregator"]["args"]["aggregation_weights"] == {"site-1": 2.0}
     assert server["aggregator"]["args"]["weigh_by_local_iter"] is False, "the sites weigh before encrypting"
@@ -149,7 +149,7 @@ def test_he_switches_the_server_to_flares_he_components_and_keeps_its_other_sett
 def test_he_decrypts_every_model_a_site_receives_and_encrypts_what_it_sends_after_the_privacy_filters() -> None:
     settings = FedAvgSettings(he=True, result_filters=[parse_privacy_option(PERCENTILE)])
 
-    client = build_app_configs(SPLEEN_MMAR, settings).client
+    client = build_job(SPLEEN_MMAR, settings).client.to_config()
 
     assert chains(client, "task_data_filters") == {
         task: ["HEModelDecryptor"] for task in ("train", "validate_global_model", "validate")
@@ -163,17 +163,22 @@ def test_he_decrypts_every_model_a_site_receives_and_encrypts_what_it_sends_afte
 def test_under_he_the_sites_multiply_by_the_aggregation_weights_the_server_divides_by() -> None:
     weights = {"site-1": 2.0, "site-2": 1.0}
 
-    configs = build_app_configs(SPLEEN_MMAR, FedAvgSettings(he=True, aggregation_weights=weights))
+    configs = build_job(SPLEEN_MMAR, FedAvgSettings(he=True, aggregation_weights=weights))
 
-    [train] = [g["filters"][-1] for g in configs.client["task_result_filters"] if g["tasks"] == ["train"]]
-    [submitted] = [g["filters"][-1] for g in configs.client["task_result_filters"] if g["tasks"] == ["submit_model"]]
-    assert train["args"]["aggregation_weights"] == by_id(configs.server)["aggregator"]["args"]["aggregation_weights"]
+    [train] = [g["filters"][-1] for g in configs.client.to_config()["task_result_filters"] if g["tasks"] == ["train"]]
+    [submitted] = [
+        g["filters"][-1] for g in configs.client.to_config()["task_result_filters"] if g["tasks"] == ["submit_model"]
+    ]
+    assert (
+        train["args"]["aggregation_weights"]
+        == by_id(configs.server.to_config())["aggregator"]["args"]["aggregation_weights"]
+    )
     assert "aggregation_weights" not in submitted["args"], "a site's best model is sent as it is"
 
 
 def test_he_on_the_model_controller_template_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="--he needs a ScatterAndGather template"):
-        build_app_configs(SPLEEN_MMAR, FedAvgSettings(he=True), "clara_fedavg_cse_mc")
+        build_job(SPLEEN_MMAR, FedAvgSettings(he=True), "clara_fedavg_cse_mc")
 
 
 def test_an_he_job_without_tenseal_is_a_one_line_error_with_the_install_hint_and_nothing_is_written(
@@ -255,11 +260,14 @@ def test_the_recipe_provisions_he_contexts_for_a_sim_env_and_refuses_a_poc_env_w
 
 
 def test_filters_for_a_task_that_shares_a_chain_get_a_chain_of_its_own_that_keeps_the_shared_filters() -> None:
-    from clara_fl.recipes.he import add_task_filters
+    from clara_fl.recipes.job_model import ClientApp, Component
 
     shared = {"path": "a.Shared", "args": {}}
-    config = {"task_result_filters": [{"tasks": ["train", "submit_model"], "filters": [shared]}]}
+    client = ClientApp.from_config({"task_result_filters": [{"tasks": ["train", "submit_model"], "filters": [shared]}]})
 
-    add_task_filters(config, "task_result_filters", ["train"], [{"path": "b.Added", "args": {}}])
+    client.add_task_filters("task_result_filters", ["train"], [Component("b.Added")])
 
-    assert chains(config, "task_result_filters") == {"submit_model": ["Shared"], "train": ["Shared", "Added"]}
+    assert chains(client.to_config(), "task_result_filters") == {
+        "submit_model": ["Shared"],
+        "train": ["Shared", "Added"],
+    }

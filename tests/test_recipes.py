@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -59,61 +60,117 @@ def exported(tmp_path: Path, recipe: Any) -> tuple[dict[str, Any], dict[str, Any
     )
 
 
-@pytest.mark.parametrize(
-    ("template", "workflow", "clients_arg"),
-    [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
-)
-def test_recipe_job_has_the_template_job_components_and_args_for_the_same_settings(
-    tmp_path: Path, template: str, workflow: str, clients_arg: str
-) -> None:
-    from clara_fl.recipes import ClaraFedAvgRecipe
+def component_class(path: str) -> type:
+    import importlib
 
-    server_template = read_template(template, "config_fed_server.conf")
-    client_template = read_template(template, "config_fed_client.conf")
-    set_template_args(server_template, workflow, num_rounds=4, **{clients_arg: 3})
-    set_template_args(client_template, "clara_learner", local_epochs=2)
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
-    recipe = ClaraFedAvgRecipe(SPLEEN_MMAR, num_rounds=4, min_clients=3, local_epochs=2, template=template)
-    server, client, meta = exported(tmp_path, recipe)
 
-    for expected, got in ((server_template, server), (client_template, client)):
-        want, have = entries(expected), entries(got)
-        assert set(want) == set(have)
-        for key, (path, args) in want.items():
-            assert have[key][0] == path, key
-            assert {k: v for k, v in have[key][1].items() if k in args} == args, key
-            extra = {k: v for k, v in have[key][1].items() if k not in args}
-            assert all(v in ({}, [], None) for v in extra.values()), f"{key}: arguments not in the template: {extra}"
-    assert server["server"] == server_template["server"]
-    assert meta["min_clients"] == 3 and meta["deploy_map"] == {"app": ["@ALL"]}
+def constructor_defaults(path: str) -> dict[str, Any]:
+    """The defaults of a FLARE component class's constructor arguments (its bases' too, as FedJob reads them)."""
+    import inspect
+
+    defaults: dict[str, Any] = {}
+    for cls in reversed(component_class(path).__mro__):
+        if "__init__" in vars(cls):
+            for parameter in inspect.signature(vars(cls)["__init__"]).parameters.values():
+                if parameter.default is not inspect.Parameter.empty:
+                    defaults[parameter.name] = parameter.default
+    return defaults
+
+
+def plain(value: Any) -> Any:
+    """A held argument as FedJob writes it: an enum member by its value, a tuple as a list, other objects by repr."""
+    from enum import Enum
+
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value if isinstance(value, (type(None), bool, int, float, str)) else repr(value)
+
+
+def constructor_calls(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every component of an app config as the object it builds: the class (FedJob names it by the module that
+    defines it, a template may name a module that re-exports it) and the constructor's arguments as the object
+    holds them (FedJob's view: those left out at their defaults, and defaults the constructor fills in, count)."""
+    from nvflare.fuel.utils.class_utils import get_component_init_parameters
+
+    calls = {}
+    flare_log = logging.getLogger("nvflare")
+    level = flare_log.level
+    flare_log.setLevel(logging.WARNING)
+    try:
+        for key, (path, args) in entries(config).items():
+            cls = component_class(path)
+            built = cls(**args)
+            attributes = vars(built)
+            held = {
+                name: plain(attributes[name if name in attributes else f"_{name}"])
+                for name in get_component_init_parameters(built)
+                if name in attributes or f"_{name}" in attributes
+            }
+            calls[key.replace(path, cls.__name__)] = (f"{cls.__module__}.{cls.__qualname__}", held)
+    finally:
+        flare_log.setLevel(level)
+    return calls
 
 
 def assert_same_job(rendered: Path, exported_job: Path) -> None:
-    """Two job folders hold the same files, meta and FLARE components; FedJob may add arguments at their defaults."""
+    """Two job folders hold the same files and meta, and their FLARE configs the same components built with the
+    same arguments: FedJob leaves out arguments equal to the constructor's defaults."""
     files = sorted(str(p.relative_to(rendered)) for p in rendered.rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(exported_job)) for p in exported_job.rglob("*") if p.is_file())
     for name in files:
+        want, have = (job / name for job in (rendered, exported_job))
         if name.endswith(("config_fed_server.json", "config_fed_client.json")):
-            want, have = (entries(json.loads((job / name).read_text())) for job in (rendered, exported_job))
-            assert set(want) == set(have), name
-            for key, (path, args) in want.items():
-                assert have[key][0] == path and {k: v for k, v in have[key][1].items() if k in args} == args, key
-                assert all(v in ({}, [], None) for k, v in have[key][1].items() if k not in args), key
+            rendered_config, exported_config = json.loads(want.read_text()), json.loads(have.read_text())
+            assert constructor_calls(rendered_config) == constructor_calls(exported_config), name
+            assert rendered_config.get("server") == exported_config.get("server"), name
         elif name.endswith(".json"):
-            assert json.loads((rendered / name).read_text()) == json.loads((exported_job / name).read_text()), name
+            assert json.loads(want.read_text()) == json.loads(have.read_text()), name
         else:
-            assert (rendered / name).read_bytes() == (exported_job / name).read_bytes(), name
+            assert want.read_bytes() == have.read_bytes(), name
 
 
-@pytest.mark.parametrize("mmar", [SPLEEN_MMAR, SPLEEN_MMAR.parent / "chest_xray_cls"], ids=["spleen", "chest_xray"])
-def test_job_create_renders_the_job_the_recipe_exports(tmp_path: Path, mmar: Path) -> None:
+SAME_JOB_CASES = {
+    **{name: {"algorithm": name} for name in ("fedavg", "fedprox", "fedopt", "scaffold", "ditto", "fedbn")},
+    "fedopt_scheduled": {"algorithm": "fedopt", "algorithm_args": {"optimizer": "adam", "lr_scheduler": True}},
+    "model_controller": {"template": "clara_fedavg_cse_mc"},
+    "he": {"he": True},
+    "privacy": {"privacy_filters": [PERCENTILE]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_JOB_CASES))
+def test_job_create_and_the_recipe_write_the_same_job_folder(tmp_path: Path, case: str) -> None:
     from clara_fl.recipes import ClaraFedAvgRecipe
     from clara_fl.recipes.job_folder import create_job
 
+    if case == "he":
+        pytest.importorskip("tenseal")
     settings = {"num_rounds": 4, "min_clients": 3, "local_epochs": 2, "overrides": {"num_workers": 0}}
-    ClaraFedAvgRecipe(mmar, name="job", **settings).export(str(tmp_path / "export"))
+    settings.update(SAME_JOB_CASES[case])
+    ClaraFedAvgRecipe(SPLEEN_MMAR, name="job", **settings).export(str(tmp_path / "export"))
 
-    rendered = create_job(mmar, tmp_path / "job", **settings)
+    rendered = create_job(SPLEEN_MMAR, tmp_path / "job", **settings)
+
+    assert_same_job(rendered, tmp_path / "export" / "job")
+
+
+def test_job_create_and_the_recipe_write_the_same_job_for_an_mmar_with_clara_40_he_fl_configs(tmp_path: Path) -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+    from clara_fl.recipes.job_folder import create_job
+    from tests.test_clara_fl_configs import CLARA_40_HE_CLIENT, CLARA_40_HE_SERVER, mmar_with
+
+    pytest.importorskip("tenseal")
+    mmar = mmar_with(tmp_path, CLARA_40_HE_SERVER, CLARA_40_HE_CLIENT)
+    ClaraFedAvgRecipe(mmar, name="job").export(str(tmp_path / "export"))
+
+    rendered = create_job(mmar, tmp_path / "job")
 
     assert_same_job(rendered, tmp_path / "export" / "job")
 
@@ -150,7 +207,8 @@ def test_recipe_privacy_filters_filter_what_sites_send(tmp_path: Path) -> None:
     [group] = client["task_result_filters"]
     [privacy] = group["filters"]
     assert group["tasks"] == ["train"] and privacy["path"] == PERCENTILE["path"]
-    assert {k: privacy["args"][k] for k in PERCENTILE["args"]} == PERCENTILE["args"]
+    given = {**constructor_defaults(PERCENTILE["path"]), **privacy["args"]}
+    assert {k: given[k] for k in PERCENTILE["args"]} == PERCENTILE["args"]
 
 
 def test_recipe_app_is_the_mmar_with_overrides_in_its_environment(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.app_configs import FedAvgSettings, build_app_configs, returned_metrics
+from clara_fl.recipes.app_configs import FedAvgSettings, build_job, returned_metrics
 from tests.conftest import SPLEEN_MMAR
 
 CLARA40_MMAR = Path(__file__).resolve().parent / "clara40_mmar"
@@ -56,9 +56,9 @@ def test_the_selector_keys_on_the_mmars_validation_key_metric(tmp_path: Path) ->
     mmar = spleen_copy(tmp_path)
     edit_train_config(mmar, lambda v: v["key_metric"].__setitem__("log_label", "val_dice"))
 
-    configs = build_app_configs(mmar, FedAvgSettings())
+    configs = build_job(mmar, FedAvgSettings())
 
-    assert selector_key(configs.server) == "val_dice"
+    assert selector_key(configs.server.to_config()) == "val_dice"
 
 
 def test_a_template_selector_key_the_sites_do_not_return_is_refused_naming_key_and_metrics(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_a_template_selector_key_the_sites_do_not_return_is_refused_naming_key_a
     edit_train_config(mmar, lambda v: v.update(only_accuracy))
 
     with pytest.raises(ConfigError) as caught:
-        build_app_configs(mmar, FedAvgSettings())
+        build_job(mmar, FedAvgSettings())
 
     message = str(caught.value)
     assert "config_fed_server.conf" in message and ".args.key_metric" in message
@@ -86,7 +86,7 @@ def test_a_selector_key_from_the_mmars_fl_server_config_is_taken_and_checked(tmp
 
     settings = read_fl_configs(mmar).settings
     with pytest.raises(ConfigError) as caught:
-        build_app_configs(mmar, settings)
+        build_job(mmar, settings)
 
     assert settings.model_selector_key == "val_hausdorff"
     assert str(caught.value).startswith(f"{mmar / 'config' / 'config_fed_server.json'}: handlers[0].args.key_metric: ")
@@ -104,9 +104,9 @@ def test_a_selector_key_from_an_nvflare_2_server_config_that_the_sites_return_is
     }
     (mmar / "config" / "config_fed_server.json").write_text(json.dumps(server))
 
-    configs = build_app_configs(mmar, read_fl_configs(mmar).settings)
+    configs = build_job(mmar, read_fl_configs(mmar).settings)
 
-    assert selector_key(configs.server) == "val_acc"
+    assert selector_key(configs.server.to_config()) == "val_acc"
 
 
 def test_job_create_refuses_the_job_with_one_line_and_exit_code_2_writing_nothing(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import os
 from typing import Any
 
 from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
-from clara_fl.config.errors import ConfigError
-from clara_fl.recipes.algorithms import ALGORITHMS
+from clara_fl.config.errors import UsageError
+from clara_fl.fl.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     create.add_argument(
         "--algorithm",
-        default="fedavg",
-        help="FL algorithm: " + ", ".join(sorted(ALGORITHMS)) + " (default fedavg)",
+        default=DEFAULT_ALGORITHM,
+        help="FL algorithm: " + ", ".join(sorted(ALGORITHMS)) + f" (default {DEFAULT_ALGORITHM})",
     )
     create.add_argument(
         "--algorithm-arg",
@@ -67,7 +67,7 @@ def run_create(args: argparse.Namespace) -> int:
     algorithm_args = parse_algorithm_args(args.algorithm, args.algorithm_arg)
     privacy_filters = _privacy_and_he_options(args)
     if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ConfigError("the job folder to write is a file", file=args.output, path="--output")
+        raise UsageError("--output", args.output, "the job folder to write is a file")
     job = create_job(
         args.mmar,
         args.output,

@@ -1,12 +1,12 @@
-"""A job's FLARE app configs for an MMAR: a shipped job template with the asked-for settings applied.
+"""A job for an MMAR as the typed model of :mod:`clara_fl.recipes.job_model`: a job template's apps with the
+asked-for settings applied.
 
-This is the one place settings become config_fed_server/config_fed_client content; the recipe turns the
-result into a FLARE FedJob, and the templates stay usable by ``nvflare job create`` as they are.
+This is the one place settings become the job: ``clara-fl job create`` writes the model's configs, the recipe
+hands FedJob its components, and the templates stay usable by ``nvflare job create`` as they are.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -18,15 +18,15 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.resolver import component_label
 from clara_fl.config.variables import as_bool
-from clara_fl.recipes.algorithms import check_algorithm_under_he, configure_algorithm, template_for
-from clara_fl.recipes.he import add_task_filters, apply_homomorphic_encryption
+from clara_fl.recipes.algorithms import apply_algorithm, check_algorithm_under_he, template_for
+from clara_fl.recipes.he import apply_homomorphic_encryption
+from clara_fl.recipes.job_model import LEARNER_ID, MODEL_SELECTOR_ID, ClientApp, Component, FLJob, ServerApp
 from clara_fl.resources import templates_dir
 
 __all__ = [
     "DEFAULT_TEMPLATE",
-    "AppConfigs",
     "FedAvgSettings",
-    "build_app_configs",
+    "build_job",
     "find_template",
     "merge_settings",
     "merged_environment",
@@ -39,7 +39,7 @@ DEFAULT_TEMPLATE = "clara_fedavg_cse"
 CROSS_SITE_WORKFLOWS = ("cross_site_model_eval", "cross_site_eval")
 CROSS_SITE_COMPONENTS = ("model_locator", "json_generator")
 VALIDATE_TASK = "validate"
-MODEL_SELECTOR_ID = "model_selector"
+TRAIN_CONFIG = "config/config_train.json"
 MODEL_SELECTOR_CLASSES = ("IntimeModelSelector", "GlobalModelSelector")
 
 
@@ -81,17 +81,6 @@ class FedAvgSettings:
     he_weigh_at_server: bool = False
 
 
-@dataclass
-class AppConfigs:
-    """The FLARE app configs of one job (as config_fed_*.json hold them) and its meta."""
-
-    server: dict[str, Any]
-    client: dict[str, Any]
-    min_clients: int
-    overrides: dict[str, Any]
-    privacy: list[str] = field(default_factory=list)  # what each privacy filter does to the updates, a line each
-
-
 def find_template(template: str) -> Path:
     """A template folder: a path, or a name under the shipped job_templates/.
 
@@ -116,11 +105,11 @@ def read_conf(path: Path) -> dict[str, Any]:
     return json.loads(HOCONConverter.to_json(ConfigFactory.parse_file(str(path))))
 
 
-def _validate_metrics(mmar: Path, train_config: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The validate section's key metric component and its other metric components: ``key_metric`` and
-    ``additional_metrics``, or Clara 4.0's ``metrics`` list (the one with ``is_key_metric``, else the first, is key).
+def _validate_metrics(config: Any) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The validate section's key metric component and its other metric components (``config`` is the MMAR's
+    config_train.json): ``key_metric`` and ``additional_metrics``, or Clara 4.0's ``metrics`` list (the one with
+    ``is_key_metric``, else the first, is key).
     """
-    config = load_json(mmar / train_config)
     validate = config.get("validate") if isinstance(config, dict) else None
     if not isinstance(validate, dict):
         return None, []
@@ -136,67 +125,69 @@ def _validate_metrics(mmar: Path, train_config: str) -> tuple[dict[str, Any] | N
     return (key if isinstance(key, dict) and enabled(key) else None), [m for m in others if enabled(m)]
 
 
-def validation_key_metric(mmar: Path, train_config: str = "config/config_train.json") -> str | None:
-    """The log_label of the MMAR's validation key metric: what the server selects the best model by."""
-    key, _ = _validate_metrics(mmar, train_config)
+def _key_metric(config: Any) -> str | None:
+    key, _ = _validate_metrics(config)
     return component_label(key) if key is not None else None
 
 
-def returned_metrics(mmar: Path, train_config: str = "config/config_train.json") -> list[str]:
-    """The metric names the sites send back from validation: the validate section's key and additional metrics."""
-    key, others = _validate_metrics(mmar, train_config)
+def _returned_metrics(config: Any) -> list[str]:
+    key, others = _validate_metrics(config)
     return list(dict.fromkeys(component_label(spec) for spec in ([key] if key else []) + others))
 
 
-def components_by_id(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every component, workflow and executor of an app config by id."""
-    found = {c["id"]: c for c in config.get("components", [])}
-    found.update({w["id"]: w for w in config.get("workflows", [])})
-    found.update({e["executor"]["id"]: e["executor"] for e in config.get("executors", []) if "id" in e["executor"]})
-    return found
+def validation_key_metric(mmar: Path, train_config: str = TRAIN_CONFIG) -> str | None:
+    """The log_label of the MMAR's validation key metric: what the server selects the best model by."""
+    return _key_metric(load_json(mmar / train_config))
 
 
-def _set_args(config: dict[str, Any], component_id: str, **values: Any) -> set[str]:
-    """Set the given (non-None) arguments of a component; returns the names set."""
-    component = components_by_id(config).get(component_id)
+def returned_metrics(mmar: Path, train_config: str = TRAIN_CONFIG) -> list[str]:
+    """The metric names the sites send back from validation: the validate section's key and additional metrics."""
+    return _returned_metrics(load_json(mmar / train_config))
+
+
+def _set_args(component: Component | None, **values: Any) -> set[str]:
+    """Set the given (non-None) arguments of a component; returns the names set (none without the component)."""
     given = {k: v for k, v in values.items() if v is not None}
     if component is None:
         return set()
-    component.setdefault("args", {}).update(given)
+    component.args.update(given)
     return set(given)
 
 
-def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMPLATE) -> AppConfigs:
-    """The server and client app configs for ``mmar`` from ``template`` with ``settings`` applied.
+def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMPLATE) -> FLJob:
+    """The job for ``mmar`` from ``template`` with ``settings`` applied.
 
     Raises:
         ConfigError: the template is unknown or lacks what a setting needs, the algorithm cannot run under HE,
             or the best-model selector's key metric is not one the sites return (config_train.json's validate
             metrics).
     """
-    template_dir = find_template(template_for(settings.algorithm, template, DEFAULT_TEMPLATE))
-    client = copy.deepcopy(read_conf(template_dir / "config_fed_client.conf"))
-    server = copy.deepcopy(read_conf(template_dir / "config_fed_server.conf"))
-    meta = read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}
-
     s = settings
+    template_name = template_for(s.algorithm, template, DEFAULT_TEMPLATE)
+    template_dir = find_template(template_name)
+    client = ClientApp.from_config(read_conf(template_dir / "config_fed_client.conf"))
+    server = ServerApp.from_config(read_conf(template_dir / "config_fed_server.conf"))
+    meta = read_conf(template_dir / "meta.conf") if (template_dir / "meta.conf").is_file() else {}
+    train_config = load_json(mmar / TRAIN_CONFIG)
+
     taken = _set_args(
-        server,
-        "scatter_and_gather",
+        server.workflow("scatter_and_gather"),
         num_rounds=s.num_rounds,
         min_clients=s.min_clients,
         start_round=s.start_round,
         wait_time_after_min_received=s.wait_after_min_clients,
     )
-    taken |= _set_args(server, "fedavg", num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round)
-    taken |= _set_args(server, "aggregator", aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
+    taken |= _set_args(
+        server.workflow("fedavg"), num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round
+    )
+    taken |= _set_args(server.aggregator, aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
     wanted = {
         "wait_time_after_min_received": s.wait_after_min_clients,
         "aggregation_weights": s.aggregation_weights,
         "exclude_vars": s.exclude_vars,
     }
     if s.persistor_exclude_vars is not None:
-        taken |= {f"persistor {n}" for n in _set_args(server, "persistor", exclude_vars=s.persistor_exclude_vars)}
+        taken |= {f"persistor {n}" for n in _set_args(server.persistor, exclude_vars=s.persistor_exclude_vars)}
         wanted["persistor exclude_vars"] = s.persistor_exclude_vars
     for name, value in wanted.items():
         if value is not None and name not in taken:
@@ -204,42 +195,46 @@ def build_app_configs(mmar: Path, settings: FedAvgSettings, template: str = DEFA
                 f"template '{template}' has no component that takes {name}; use {DEFAULT_TEMPLATE}", path="--template"
             )
     _set_args(
-        client,
-        "clara_learner",
+        client.component(LEARNER_ID),
         local_epochs=s.local_epochs,
         steps_aggregation=s.steps_aggregation,
         nproc_per_site=s.nproc_per_site,
     )
     if s.heart_beat_timeout is not None:
-        server.setdefault("server", {})["heart_beat_timeout"] = s.heart_beat_timeout
-    key_metric = s.model_selector_key or validation_key_metric(mmar)
+        server.settings["heart_beat_timeout"] = s.heart_beat_timeout
+    key_metric = s.model_selector_key or _key_metric(train_config)
     if key_metric:
-        _set_args(server, MODEL_SELECTOR_ID, key_metric=key_metric)
-    _check_selector_key(server, mmar, s, template_dir)
+        _set_args(server.component(MODEL_SELECTOR_ID), key_metric=key_metric)
+    _check_selector_key(server, _returned_metrics(train_config), s, template_dir)
     if not s.cross_site_eval:
-        server["workflows"] = [w for w in server["workflows"] if w["id"] not in CROSS_SITE_WORKFLOWS]
-        server["components"] = [c for c in server["components"] if c["id"] not in CROSS_SITE_COMPONENTS]
-        client["executors"] = [e for e in client["executors"] if e["tasks"] != [VALIDATE_TASK]]
+        server.workflows = [w for w in server.workflows if w.id not in CROSS_SITE_WORKFLOWS]
+        server.components = [c for c in server.components if c.id not in CROSS_SITE_COMPONENTS]
+        client.executors = [e for e in client.executors if e.tasks != [VALIDATE_TASK]]
     privacy = judge_privacy_filters(mmar, s)
     if s.result_filters:
-        add_task_filters(client, "task_result_filters", ["train"], copy.deepcopy(s.result_filters))
+        client.add_task_filters("task_result_filters", ["train"], [Component.from_config(f) for f in s.result_filters])
     if s.data_filters:
-        add_task_filters(client, "task_data_filters", ["train"], copy.deepcopy(s.data_filters))
-    configure_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
+        client.add_task_filters("task_data_filters", ["train"], [Component.from_config(f) for f in s.data_filters])
+    algorithm_args = apply_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
     if s.he:
         check_algorithm_under_he(s.algorithm)
         apply_homomorphic_encryption(
-            server,
-            client,
-            template_for(s.algorithm, template, DEFAULT_TEMPLATE),
-            encrypt_layers=s.he_encrypt_layers,
-            weigh_at_server=s.he_weigh_at_server,
+            server, client, template_name, encrypt_layers=s.he_encrypt_layers, weigh_at_server=s.he_weigh_at_server
         )
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True
-    min_clients = s.min_clients if s.min_clients is not None else int(meta.get("min_clients", 2))
-    return AppConfigs(server=server, client=client, min_clients=min_clients, overrides=overrides, privacy=privacy)
+    return FLJob(
+        server=server,
+        client=client,
+        min_clients=s.min_clients if s.min_clients is not None else int(meta.get("min_clients", 2)),
+        algorithm=s.algorithm,
+        algorithm_args=algorithm_args,
+        he=s.he,
+        template=template_name,
+        environment=merged_environment(mmar, overrides),
+        privacy=privacy,
+    )
 
 
 def judge_privacy_filters(mmar: Path, settings: FedAvgSettings) -> list[str]:
@@ -273,15 +268,13 @@ def merge_settings(
     return merged
 
 
-def _check_selector_key(server: dict[str, Any], mmar: Path, settings: FedAvgSettings, template_dir: Path) -> None:
-    """Refuse a best-model selector whose key metric the sites never send: FLARE's selector would only warn at
-    every round and never save a best global model."""
-    returned = returned_metrics(mmar)
-    for index, component in enumerate(server.get("components", [])):
-        name = str(component.get("path", component.get("name", ""))).rpartition(".")[2]
-        if component.get("id") != MODEL_SELECTOR_ID and name not in MODEL_SELECTOR_CLASSES:
+def _check_selector_key(server: ServerApp, returned: list[str], settings: FedAvgSettings, template_dir: Path) -> None:
+    """Refuse a best-model selector whose key metric the sites never send (``returned``): FLARE's selector would
+    only warn at every round and never save a best global model."""
+    for index, component in enumerate(server.components):
+        if component.id != MODEL_SELECTOR_ID and component.class_name not in MODEL_SELECTOR_CLASSES:
             continue
-        key = component.get("args", {}).get("key_metric")
+        key = component.args.get("key_metric")
         if key is None or key in returned:
             continue
         if settings.model_selector_key is not None and settings.model_selector_key_source:

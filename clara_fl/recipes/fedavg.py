@@ -9,6 +9,7 @@ The job's app folder is the MMAR (config/, custom/ with BYOC code, docs/), never
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import os
@@ -23,16 +24,10 @@ from nvflare.recipe.spec import ExecEnv, Recipe
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.jobs.he_context import require_tenseal
-from clara_fl.recipes.app_configs import (
-    DEFAULT_TEMPLATE,
-    AppConfigs,
-    FedAvgSettings,
-    build_app_configs,
-    merged_environment,
-)
+from clara_fl.recipes.app_configs import DEFAULT_TEMPLATE, FedAvgSettings, build_job
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.job_folder import job_name, job_settings
-from clara_fl.runtime.private_api import export_every_given_arg
+from clara_fl.recipes.job_model import Component, FLJob, TaskFilters
 
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
@@ -44,29 +39,37 @@ Real sites allow clara-fl's classes through `clara-fl site setup` and need no su
 """
 
 
-def instantiate(spec: Mapping[str, Any]) -> Any:
-    """The object a FLARE config entry ``{"path": ..., "args": {...}}`` describes, set to export every given arg.
+PLAIN_VALUES = (type(None), bool, int, float, str, list, dict, tuple)
 
-    FedJob writes an object's constructor arguments back from its attributes and leaves out values equal to
-    the defaults; :func:`~clara_fl.runtime.private_api.export_every_given_arg` keeps the ones the template states.
+
+def instantiate(component: Component) -> Any:
+    """The FLARE object a component of the job model describes, holding its arguments as FedJob exports them.
+
+    FedJob writes an object's constructor arguments back from its attributes (those equal to the constructor's
+    defaults left out: the job means the same without them).
+
+    Raises:
+        ConfigError: the class cannot be built from the arguments, or keeps one where FedJob cannot find it.
     """
     from nvflare.fuel.utils.class_utils import get_component_init_parameters
 
-    module, _, name = str(spec["path"]).rpartition(".")
-    args = dict(spec.get("args", {}))
-    obj = getattr(importlib.import_module(module), name)(**args)
+    module, _, name = component.path.rpartition(".")
+    args = copy.deepcopy(component.args)
+    try:
+        obj = getattr(importlib.import_module(module), name)(**args)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build the job's FLARE component {component.path}: {e}") from e
     parameters, attributes = get_component_init_parameters(obj), vars(obj)
     lost = [k for k in args if k not in parameters or (k not in attributes and f"_{k}" not in attributes)]
     if lost:  # FedJob would export the job without them
-        raise ConfigError(f"{spec['path']}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
-    export_every_given_arg(obj, tuple(args))
+        raise ConfigError(f"{component.path}: argument(s) {', '.join(lost)} cannot be carried into a FLARE 2.9 job")
     for key, value in args.items():
-        # FedJob exports the attribute, not the argument: one the constructor turned into an object (ExcludeVars
-        # compiles its exclude_vars string into a re.Pattern) would be written as {"path": "re.Pattern"}. The object
-        # only describes the job, so it keeps the value as the config gave it.
-        attribute = key if key in attributes else f"_{key}"
-        if not isinstance(attributes[attribute], (type(None), bool, int, float, str, list, dict, tuple)):
-            setattr(obj, attribute, value)
+        # FedJob exports the attribute, not the argument: one the constructor turned into an object would be
+        # written as that object's class. The object only describes the job, so it keeps the value as given.
+        if key in attributes and not isinstance(attributes[key], PLAIN_VALUES):
+            setattr(obj, key, value)
+        elif key not in attributes and not isinstance(attributes[f"_{key}"], PLAIN_VALUES):
+            raise ConfigError(f"{component.path}: argument {key} cannot be carried into a FLARE 2.9 job")
     return obj
 
 
@@ -137,15 +140,14 @@ class ClaraFedAvgRecipe(Recipe):
         )
         if self.settings.he:
             require_tenseal()  # FLARE's HE components import it: one line, not an ImportError
-        self.app_configs: AppConfigs = build_app_configs(self.mmar, self.settings, template)
-        for line in self.app_configs.privacy:
+        self.fl_job: FLJob = build_job(self.mmar, self.settings, template)
+        for line in self.fl_job.privacy:
             logger.info("privacy: %s", line)
-        job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.app_configs.min_clients)
+        job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.fl_job.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")
-        _add_app_configs(job, self.app_configs)
-        environment = merged_environment(self.mmar, self.app_configs.overrides)
-        _add_mmar_files(job, self.mmar, environment, Path(self._staging.name))
+        _add_components(job, self.fl_job)
+        _add_mmar_files(job, self.mmar, self.fl_job.environment, Path(self._staging.name))
         super().__init__(job)
         self._byoc_marked = False
 
@@ -176,44 +178,47 @@ class ClaraFedAvgRecipe(Recipe):
             note = Path(self._staging.name) / "poc_custom" / "README.md"
             note.parent.mkdir(parents=True, exist_ok=True)
             note.write_text(POC_CUSTOM_NOTE)
-            self._job.add_file_to_server(str(note.parent), app_folder_type="custom")
-            self._job.add_file_to_clients(str(note.parent), app_folder_type="custom")
+            self.add_server_file(str(note.parent))
+            self.add_client_file(str(note.parent))
             self._byoc_marked = True
 
 
-def _add_app_configs(job: FedJob, configs: AppConfigs) -> None:
-    server, client = configs.server, configs.client
+def _add_components(job: FedJob, fl_job: FLJob) -> None:
+    """One FLARE object per component of the job model, placed where the model has it."""
+    server, client = fl_job.server, fl_job.client
     flare_log = logging.getLogger("nvflare")
     level = flare_log.level
-    flare_log.setLevel(logging.WARNING)  # components log their settings when built; here they are only described
+    flare_log.setLevel(logging.WARNING)  # components log their settings when built; here they only describe
     try:
-        for workflow in server.get("workflows", []):
-            job.to_server(instantiate(workflow), id=workflow["id"])
-        for component in server.get("components", []):
-            job.to_server(instantiate(component), id=component["id"])
-        for kind, key in ((FilterType.TASK_DATA, "task_data_filters"), (FilterType.TASK_RESULT, "task_result_filters")):
-            for group in server.get(key, []):
-                for spec in group["filters"]:
-                    job.to_server(instantiate(spec), filter_type=kind, tasks=group["tasks"])
-        for component in client.get("components", []):
-            job.to_clients(instantiate(component), id=component["id"])
-        for entry in client.get("executors", []):
-            job.to_clients(instantiate(entry["executor"]), tasks=entry["tasks"], id=entry["executor"].get("id"))
-        for kind, key in ((FilterType.TASK_DATA, "task_data_filters"), (FilterType.TASK_RESULT, "task_result_filters")):
-            for group in client.get(key, []):
-                for spec in group["filters"]:
-                    job.to_clients(instantiate(spec), filter_type=kind, tasks=group["tasks"])
-    except (ImportError, AttributeError, TypeError, ValueError) as e:
-        raise ConfigError(f"cannot build the job's FLARE components: {e}") from e
+        for workflow in server.workflows:
+            job.to_server(instantiate(workflow), id=workflow.id)
+        for component in server.components:
+            job.to_server(instantiate(component), id=component.id)
+        for kind, chains in _filter_chains(server.task_data_filters, server.task_result_filters):
+            for chain in chains:
+                for spec in chain.filters:
+                    job.to_server(instantiate(spec), filter_type=kind, tasks=chain.tasks)
+        for component in client.components:
+            job.to_clients(instantiate(component), id=component.id)
+        for executor in client.executors:
+            job.to_clients(instantiate(executor.component), tasks=executor.tasks, id=executor.component.id)
+        for kind, chains in _filter_chains(client.task_data_filters, client.task_result_filters):
+            for chain in chains:
+                for spec in chain.filters:
+                    job.to_clients(instantiate(spec), filter_type=kind, tasks=chain.tasks)
     finally:
         flare_log.setLevel(level)
-    top_level = {
-        k: v
-        for k, v in server.items()
-        if k not in ("format_version", "workflows", "components", "task_data_filters", "task_result_filters")
-    }
-    if top_level:  # e.g. "server": {"heart_beat_timeout": ..., "task_request_interval": ...}
-        job.to_server(top_level)
+    if server.settings:  # "server": {"heart_beat_timeout": ..., "task_request_interval": ...}
+        job.to_server({"server": dict(server.settings)})
+
+
+def _filter_chains(
+    data: list[TaskFilters], result: list[TaskFilters]
+) -> tuple[tuple[FilterType, list[TaskFilters]], ...]:
+    return (FilterType.TASK_DATA, [c for c in data if c.tasks]), (
+        FilterType.TASK_RESULT,
+        [c for c in result if c.tasks],
+    )
 
 
 def _add_mmar_files(job: FedJob, mmar: Path, environment: dict[str, Any] | None, staging: Path) -> None:

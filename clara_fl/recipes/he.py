@@ -1,4 +1,5 @@
-"""Homomorphic encryption (``--he``) as edits of a job's FLARE app configs: FLARE 2.9's HE components.
+"""Homomorphic encryption (``--he``) as changes to a job's apps (:mod:`clara_fl.recipes.job_model`): FLARE 2.9's HE
+components.
 
 The sites encrypt what they send with TenSEAL's CKKS scheme (``HEModelEncryptor``) and decrypt what they get
 (``HEModelDecryptor``); the server adds encrypted updates (``HEInTimeAccumulateWeightedAggregator``), applies
@@ -16,12 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.recipes.job_model import ClientApp, Component, ServerApp
 
-__all__ = [
-    "HE_TEMPLATE_WORKFLOW",
-    "add_task_filters",
-    "apply_homomorphic_encryption",
-]
+__all__ = ["HE_TEMPLATE_WORKFLOW", "apply_homomorphic_encryption"]
 
 _HE = "nvflare.app_opt.he"
 ENCRYPTOR = f"{_HE}.model_encryptor.HEModelEncryptor"
@@ -37,40 +35,22 @@ HE_TEMPLATE_WORKFLOW = "scatter_and_gather"
 DECRYPTED_TASKS = ("train", "validate_global_model", "validate")
 
 
-def add_task_filters(config: dict[str, Any], key: str, tasks: list[str], filters: list[dict[str, Any]]) -> None:
-    """Append ``filters`` to the ``key`` chain ("task_data_filters"/"task_result_filters") of each task.
-
-    FLARE allows one chain per task and direction, so a task that already has a chain gets the filters at its
-    end (a task sharing a chain with others is split off with a copy of that chain).
-    """
-    groups: list[dict[str, Any]] = config.setdefault(key, [])
-    for task in tasks:
-        owner = next((g for g in groups if task in g["tasks"]), None)
-        if owner is not None and owner["tasks"] == [task]:
-            owner["filters"] = [*owner["filters"], *filters]
-            continue
-        existing: list[dict[str, Any]] = []
-        if owner is not None:
-            owner["tasks"] = [t for t in owner["tasks"] if t != task]
-            existing = list(owner["filters"])
-        groups.append({"tasks": [task], "filters": [*existing, *filters]})
-
-
 def apply_homomorphic_encryption(
-    server: dict[str, Any],
-    client: dict[str, Any],
+    server: ServerApp,
+    client: ClientApp,
     template: str,
     encrypt_layers: list[str] | str | None = None,
     weigh_at_server: bool = False,
 ) -> None:
-    """Switch a ScatterAndGather job's app configs (clara_fedavg_cse and its kind) to FLARE's HE components.
+    """Switch a ScatterAndGather job's apps (clara_fedavg_cse and its kind) to FLARE's HE components.
 
     The updates are weighed by each site's steps and aggregation weight exactly once: by default at the sites
     before encrypting (HEModelEncryptor), with ``weigh_at_server`` by the server in encrypted space
     (HEInTimeAccumulateWeightedAggregator). The aggregator divides by the same weights either way.
 
     Args:
-        server, client: the job's app configs, edited in place.
+        server: the job's server app, changed in place.
+        client: the job's client app, changed in place.
         template: the template's name, for the error.
         encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (names or a regular expression); None encrypts all.
         weigh_at_server: the server weighs the encrypted updates instead of the sites.
@@ -78,37 +58,35 @@ def apply_homomorphic_encryption(
     Raises:
         ConfigError: the template's server workflow is not ScatterAndGather with the shipped component ids.
     """
-    components = {c["id"]: c for c in server.get("components", [])}
-    workflows = {w["id"]: w for w in server.get("workflows", [])}
-    needed = ("persistor", "shareable_generator", "aggregator")
-    if HE_TEMPLATE_WORKFLOW not in workflows or any(n not in components for n in needed):
+    persistor, generator, aggregator = server.persistor, server.shareable_generator, server.aggregator
+    if server.workflow(HE_TEMPLATE_WORKFLOW) is None or persistor is None or generator is None or aggregator is None:
         raise ConfigError(
             f"--he needs a ScatterAndGather template with persistor, shareable_generator and aggregator "
             f"(clara_fedavg_cse); '{template}' has none",
             path="--template",
         )
-    aggregator_args = components["aggregator"].get("args", {})
-    components["aggregator"]["path"] = AGGREGATOR
-    components["aggregator"]["args"] = {**aggregator_args, "weigh_by_local_iter": weigh_at_server}
+    aggregator_args = dict(aggregator.args)
+    aggregator.path = AGGREGATOR
+    aggregator.args = {**aggregator_args, "weigh_by_local_iter": weigh_at_server}
     encryptor_args: dict[str, Any] = {"weigh_by_local_iter": not weigh_at_server}
     if encrypt_layers is not None:
         encryptor_args["encrypt_layers"] = encrypt_layers
     if not weigh_at_server and aggregator_args.get("aggregation_weights"):
         # the aggregator divides by these weights; the sites must have multiplied by them
         encryptor_args["aggregation_weights"] = aggregator_args["aggregation_weights"]
-    components["shareable_generator"]["path"] = SHAREABLE_GENERATOR
-    components["shareable_generator"]["args"] = {}
-    components["persistor"].setdefault("args", {})["filter_id"] = SERIALIZE_FILTER_ID
-    server["components"].insert(0, {"id": SERIALIZE_FILTER_ID, "path": SERIALIZE_FILTER, "args": {}})
-    cross_site = workflows.get("cross_site_model_eval")
+    generator.path = SHAREABLE_GENERATOR
+    generator.args = {}
+    persistor.args["filter_id"] = SERIALIZE_FILTER_ID
+    server.components.insert(0, Component(SERIALIZE_FILTER, {}, SERIALIZE_FILTER_ID))
+    cross_site = server.workflow("cross_site_model_eval")
     if cross_site is not None:
-        cross_site["path"] = CROSS_SITE_MODEL_EVAL
+        cross_site.path = CROSS_SITE_MODEL_EVAL
 
-    add_task_filters(client, "task_data_filters", list(DECRYPTED_TASKS), [{"path": DECRYPTOR, "args": {}}])
+    client.add_task_filters("task_data_filters", list(DECRYPTED_TASKS), [Component(DECRYPTOR)])
     # privacy filters (already in the train chain) see plain weights; encryption comes last
-    add_task_filters(client, "task_result_filters", ["train"], [{"path": ENCRYPTOR, "args": encryptor_args}])
+    client.add_task_filters("task_result_filters", ["train"], [Component(ENCRYPTOR, encryptor_args)])
     # a site's best model is encrypted too (unweighed): the server keeps it for cross-site evaluation, never reads it
     submitted: dict[str, Any] = {"weigh_by_local_iter": False}
     if encrypt_layers is not None:
         submitted["encrypt_layers"] = encrypt_layers
-    add_task_filters(client, "task_result_filters", ["submit_model"], [{"path": ENCRYPTOR, "args": submitted}])
+    client.add_task_filters("task_result_filters", ["submit_model"], [Component(ENCRYPTOR, submitted)])

@@ -1,10 +1,10 @@
 """``clara-fl job create``: an MMAR becomes a complete FLARE job folder, without importing FLARE or torch.
 
-The folder is rendered from the same app configs :class:`~clara_fl.recipes.fedavg.ClaraFedAvgRecipe` builds
-its FedJob from (:func:`~clara_fl.recipes.app_configs.build_app_configs`), in the layout FedJob exports
-(meta.json, app/config, app/docs, app/custom): building FedJob's component objects would import torch and
-FLARE just to write JSON. tests/test_recipes.py checks both give the same job. (A job with a privacy filter
-builds the MMAR's network, with torch, to judge the filter's settings against it.)
+The folder is written from the same job model :class:`~clara_fl.recipes.fedavg.ClaraFedAvgRecipe` hands
+FedJob (:func:`~clara_fl.recipes.app_configs.build_job`), in the layout FedJob exports (meta.json, app/config,
+app/docs, app/custom): building FedJob's component objects would import torch and FLARE just to write JSON.
+tests/test_recipes.py checks both give the same job folder. (A job with a privacy filter builds the MMAR's
+network, with torch, to judge the filter's settings against it.)
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.recipes.app_configs import (
     DEFAULT_TEMPLATE,
-    AppConfigs,
     FedAvgSettings,
-    build_app_configs,
+    build_job,
     find_template,
     merge_settings,
-    merged_environment,
     read_conf,
     validation_key_metric,
 )
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.clara_configs import read_fl_configs
+from clara_fl.recipes.job_model import FLJob
 from clara_fl.resources import templates_dir
 
 logger = logging.getLogger(__name__)
@@ -128,26 +127,26 @@ def create_job(
         from clara_fl.fl.jobs.he_context import require_tenseal
 
         require_tenseal()
-    configs = build_app_configs(mmar, settings, template)
-    for line in configs.privacy:
+    fl_job = build_job(mmar, settings, template)
+    for line in fl_job.privacy:
         (say or logger.info)(line)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_job_", dir=output.parent) as staging:
         job = Path(staging) / "job"
-        write_job_folder(job, job_name(output.name), mmar, configs)
+        write_job_folder(job, job_name(output.name), mmar, fl_job)
         if output.exists():
             shutil.rmtree(output)
         os.replace(job, output)
     return output
 
 
-def write_job_folder(job: Path, name: str, mmar: Path, configs: AppConfigs) -> None:
+def write_job_folder(job: Path, name: str, mmar: Path, fl_job: FLJob) -> None:
     """Write a FLARE job folder at ``job``: meta.json and one app deployed to every site and the server."""
     app = job / APP_NAME
-    stage_mmar_files(mmar, merged_environment(mmar, configs.overrides), app)
-    for side, config in (("server", configs.server), ("client", configs.client)):
+    stage_mmar_files(mmar, fl_job.environment, app)
+    for side, config in (("server", fl_job.server.to_config()), ("client", fl_job.client.to_config())):
         path = app / "config" / f"config_fed_{side}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=4) + "\n")
-    meta = {"name": name, "resource_spec": {}, "min_clients": configs.min_clients, "deploy_map": {APP_NAME: ["@ALL"]}}
+    meta = {"name": name, "resource_spec": {}, "min_clients": fl_job.min_clients, "deploy_map": {APP_NAME: ["@ALL"]}}
     (job / "meta.json").write_text(json.dumps(meta, indent=4) + "\n")

@@ -46,7 +46,7 @@ class FedOptShareableGenerator(PTFedOptModelShareableGenerator):
         momentum: SGD's momentum (unused by Adam).
         cosine_rounds: when set, a cosine LR schedule from ``lr`` to 0 over that many rounds.
         persistor_id: the component whose ``model`` is the global network (ClaraModelPersistor).
-        device: where the server step runs.
+        server_device: where the server step runs.
 
     Raises:
         ValueError: a server_optimizer other than sgd or adam.

@@ -1,41 +1,33 @@
-"""The site side of each FL algorithm, by the name a job gives the Learner (``algorithm``)."""
+"""The site side of the job's FL algorithm: its :class:`LocalAlgorithm`, by the name a job gives the Learner
+(``algorithm``), from the algorithm objects of :mod:`clara_fl.fl.algorithms`."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.fl.site.ditto import Ditto
-from clara_fl.fl.site.fedbn import FedBN
-from clara_fl.fl.site.fedprox import FedProx
+from clara_fl.fl.algorithms import algorithm_named
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
-from clara_fl.fl.site.scaffold import Scaffold
 
-__all__ = ["LOCAL_ALGORITHMS", "local_algorithm"]
+__all__ = ["local_algorithm"]
 
-LOCAL_ALGORITHMS: dict[str, type[LocalAlgorithm]] = {
-    "fedavg": LocalAlgorithm,
-    "fedprox": FedProx,
-    "fedbn": FedBN,
-    "scaffold": Scaffold,
-    "ditto": Ditto,
-}
+WHERE = "components[clara_learner].args.algorithm"
 
 
 def local_algorithm(name: str, args: Mapping[str, Any] | None = None) -> LocalAlgorithm:
-    """The site side of algorithm ``name`` with its arguments.
+    """The site side of algorithm ``name`` with its arguments (checked; the others at their defaults).
 
     Raises:
-        ConfigError: no site-side algorithm has that name, or its arguments do not fit it.
+        ConfigError: no algorithm has that name, or its arguments do not fit it.
     """
-    where = "components[clara_learner].args.algorithm"
-    try:
-        cls = LOCAL_ALGORITHMS[name]
-    except KeyError:
-        valid = ", ".join(sorted(LOCAL_ALGORITHMS))
-        raise ConfigError(f"unknown FL algorithm '{name}' (valid: {valid})", path=where) from None
-    try:
-        return cls(**dict(args or {}))
-    except TypeError as e:
-        raise ConfigError(f"{name}: {e}", path=f"{where}_args") from e
+    algorithm = algorithm_named(name, where=WHERE)
+    checked = algorithm.checked_args(args, where=f"{WHERE}_args")
+    module, _, class_name = algorithm.site_class.rpartition(".")
+    site_class = getattr(importlib.import_module(module), class_name)
+    if not (isinstance(site_class, type) and issubclass(site_class, LocalAlgorithm)):
+        raise ConfigError(f"{algorithm.site_class} is not a LocalAlgorithm", path=WHERE)
+    site = site_class(**algorithm.site_args(checked))
+    site.modifies_training = not algorithm.supports_nproc_per_site
+    return site

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.engines import SupervisedTrainer
 from nvflare.apis.signal import Signal
 from nvflare.app_opt.pt.ditto import PTDittoHelper
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm, RoundWorkflow
 
 __all__ = ["Ditto", "TrainerDittoHelper"]
 
@@ -41,7 +42,9 @@ class TrainerDittoHelper(PTDittoHelper):
         app_dir: the folder personalized_model.pt is written to (the MMAR's models folder).
     """
 
-    def __init__(self, trainer: Any, model: torch.nn.Module, ditto_lambda: float, model_epochs: int, app_dir: str):
+    def __init__(
+        self, trainer: SupervisedTrainer, model: torch.nn.Module, ditto_lambda: float, model_epochs: int, app_dir: str
+    ) -> None:
         optimizer = trainer.optimizer
         device = trainer.state.device or torch.device("cpu")
         super().__init__(
@@ -81,23 +84,21 @@ class Ditto(LocalAlgorithm):
     """Ditto's site side.
 
     Args:
-        ditto_lambda: the weight of the prox term towards the global model (FLARE's ``ditto_lambda``).
-        personal_epochs: epochs of personal training per round.
+        args: ``lambda``, the weight of the prox term towards the global model (FLARE's ``ditto_lambda``), and
+            ``personal_epochs``, epochs of personal training per round (``lambda`` is a Python keyword, so they
+            arrive as keywords of a mapping, checked by the algorithm's parameters in :mod:`clara_fl.fl.algorithms`).
     """
 
-    name = "ditto"
-    modifies_training = True
-
-    def __init__(self, ditto_lambda: float = 0.1, personal_epochs: int = 1) -> None:
-        super().__init__(ditto_lambda=ditto_lambda, personal_epochs=personal_epochs)
-        self.ditto_lambda = float(ditto_lambda)
-        self.personal_epochs = int(personal_epochs)
+    def __init__(self, **args: float) -> None:
+        super().__init__(**args)
+        self.ditto_lambda = float(args["lambda"])
+        self.personal_epochs = int(args["personal_epochs"])
         self.helper: TrainerDittoHelper | None = None
         self.reference: torch.nn.Module | None = None
         self.started = False
         self._pending: dict[str, Any] = {}
 
-    def setup(self, workflow: Any) -> None:
+    def setup(self, workflow: RoundWorkflow) -> None:
         """Build the personal and reference networks beside the site's network.
 
         Raises:
@@ -123,7 +124,9 @@ class Ditto(LocalAlgorithm):
         if self._pending:
             self.load_state_dict(self._pending)
 
-    def before_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    def before_round(
+        self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> None:
         from clara_fl.fl.site.weights import load_global_weights
 
         assert self.helper is not None and self.reference is not None
@@ -133,7 +136,9 @@ class Ditto(LocalAlgorithm):
             self.helper.load_model(self.reference.state_dict())
             self.started = True
 
-    def after_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], steps: int) -> dict[str, Any]:
+    def after_round(
+        self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], steps: int
+    ) -> dict[str, Any]:
         assert self.helper is not None and self.reference is not None
         personal_steps = self.helper.local_train(self.helper.trainer.data_loader, self.reference, Signal(), None)
         self.helper.save_model()
@@ -143,7 +148,7 @@ class Ditto(LocalAlgorithm):
         )
         return {"ditto_personal_steps": personal_steps}
 
-    def model_for_validation(self, workflow: Any) -> Mapping[str, np.ndarray] | None:
+    def model_for_validation(self, workflow: RoundWorkflow) -> Mapping[str, np.ndarray] | None:
         """The personalized model, once it exists."""
         if not self.started or self.helper is None:
             return None

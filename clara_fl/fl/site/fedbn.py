@@ -10,12 +10,11 @@ key over the sites that sent it) and keeps its initial values for the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import torch
 
-from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm, RoundWorkflow
 
 __all__ = ["FedBN", "NORM_LAYER_TYPES", "norm_layer_keys"]
 
@@ -50,14 +49,11 @@ class FedBN(LocalAlgorithm):
     Training is FedAvg's, so it also runs with ``nproc_per_site`` > 1.
     """
 
-    name = "fedbn"
-    modifies_training = False
-
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
+    def __init__(self) -> None:
+        super().__init__()
         self.local_keys: frozenset[str] = frozenset()
 
-    def setup(self, workflow: Any) -> None:
+    def setup(self, workflow: RoundWorkflow) -> None:
         self.setup_network(workflow.network)
 
     def setup_network(self, network: torch.nn.Module) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm, RoundWorkflow
 
 __all__ = ["FedProx", "ProximalLoss"]
 
@@ -53,17 +53,14 @@ class FedProx(LocalAlgorithm):
         ValueError: ``mu`` is negative.
     """
 
-    name = "fedprox"
-    modifies_training = True
-
-    def __init__(self, mu: float = 0.01, **args: Any) -> None:
+    def __init__(self, mu: float) -> None:
         from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
-        super().__init__(mu=mu, **args)
+        super().__init__(mu=mu)
         self.proximal = PTFedProxLoss(mu=float(mu))
         self.reference: torch.nn.Module | None = None
 
-    def setup(self, workflow: Any) -> None:
+    def setup(self, workflow: RoundWorkflow) -> None:
         from clara_fl.fl.site.weights import unwrap
 
         network = unwrap(workflow.network)
@@ -72,7 +69,9 @@ class FedProx(LocalAlgorithm):
         trainer = workflow.trainer
         trainer.loss_function = ProximalLoss(trainer.loss_function, self.proximal, network, self.reference)
 
-    def before_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    def before_round(
+        self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> None:
         from clara_fl.fl.site.weights import unwrap
 
         if self.reference is None:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from ignite.engine import Engine
 
-from clara_fl.fl.site.local_algorithm import LocalAlgorithm
+from clara_fl.fl.site.local_algorithm import LocalAlgorithm, RoundWorkflow
 
 __all__ = ["Scaffold"]
 
@@ -25,20 +26,17 @@ __all__ = ["Scaffold"]
 class Scaffold(LocalAlgorithm):
     """SCAFFOLD's site side on the trainer of a TrainWorkflow (no arguments)."""
 
-    name = "scaffold"
-    modifies_training = True
-
-    def __init__(self, **args: Any) -> None:
+    def __init__(self) -> None:
         from nvflare.app_opt.pt.scaffold import PTScaffoldHelper
 
-        super().__init__(**args)
+        super().__init__()
         self.helper = PTScaffoldHelper()
         self.network: torch.nn.Module | None = None
         self.optimizer: Any = None
         self.reference: torch.nn.Module | None = None
         self._controls: tuple[dict[str, Any], dict[str, Any]] | None = None  # (c_global, c_local) of this round
 
-    def setup(self, workflow: Any) -> None:
+    def setup(self, workflow: RoundWorkflow) -> None:
         from ignite.engine import Events
 
         from clara_fl.fl.site.weights import unwrap
@@ -55,12 +53,14 @@ class Scaffold(LocalAlgorithm):
 
         return float(get_lr_values(self.optimizer)[0])
 
-    def _correct(self, engine: Any) -> None:
+    def _correct(self, engine: Engine) -> None:
         """After each optimizer step of an FL round: ``w -= lr * (c_global - c_local)``."""
         if self._controls is not None:
             self.helper.model_update(self.network, self._learning_rate(), *self._controls)
 
-    def before_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    def before_round(
+        self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> None:
         from nvflare.app_common.app_constant import AlgorithmConstants
 
         if self.network is None or self.reference is None:
@@ -75,7 +75,9 @@ class Scaffold(LocalAlgorithm):
         self._controls = self.helper.get_params()
         self.reference.load_state_dict(self.network.state_dict())
 
-    def after_round(self, workflow: Any, global_weights: Mapping[str, np.ndarray], steps: int) -> dict[str, Any]:
+    def after_round(
+        self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], steps: int
+    ) -> dict[str, Any]:
         from nvflare.app_common.app_constant import AlgorithmConstants
 
         if self._controls is None:

@@ -422,6 +422,24 @@ def test_simulation_round_timeline_has_every_round_and_site(simulation_report) -
 
 
 @pytest.mark.e2e
+def test_the_simulation_leaves_the_servers_and_each_sites_events_and_the_report_reads_them(simulation: Path) -> None:
+    from clara_fl.report.collect import collect
+    from clara_fl.runtime import events as ev
+
+    server = ev.read_events(simulation / "server" / "simulate_job" / "app_server" / ev.SERVER_EVENTS_FILE)
+    sites = {s: ev.read_events(simulation / s / "simulate_job" / f"app_{s}" / ev.SITE_EVENTS_FILE) for s in SITES}
+
+    assert [e.round for e in server if e.kind == ev.ROUND_STARTED] == [0, 1, 2]
+    assert {(e.site, e.round) for e in server if e.kind == ev.TASK_RESULT and e.text("task") == "train"} == {
+        (s, r) for s in SITES for r in range(3)
+    }
+    for site, events in sites.items():
+        assert [e.round for e in events if e.kind == ev.GLOBAL_MODEL_VALIDATED] == [0, 1, 2], site
+        assert any(e.kind == ev.MODEL_VALIDATED for e in events), site
+    assert set(collect(simulation).global_model) == set(SITES)
+
+
+@pytest.mark.e2e
 def test_a_downloaded_job_result_gives_the_same_sections_from_the_server_workspace_alone(
     simulation: Path, tmp_path: Path
 ) -> None:

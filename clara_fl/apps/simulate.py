@@ -37,8 +37,8 @@ def run_simulator(
             and shows one live progress line (round k of R, sites done, elapsed) on the terminal instead.
 
     Raises:
-        ConfigError: the job, the counts or the site file would fail in FLARE (see ``check_simulation``), or an
-            ``--he`` job finds no TenSEAL.
+        UsageError: the job folder, the counts or the site file would fail in FLARE (see ``check_simulation``).
+        ConfigError: the job's meta.json or the site file cannot be read, or an ``--he`` job finds no TenSEAL.
     """
     check_simulation(job, n_clients, threads, site_config)
     from clara_fl.fl.jobs.allow_list import write_simulator_policy
@@ -64,17 +64,18 @@ def run_simulator(
 
 def _run_with_progress(command: list[str], env: dict[str, str], job: str, workspace: str, n_clients: int) -> int:
     """The simulator's output goes to WORKSPACE/simulator_output.txt; the terminal gets one live progress line,
-    read from the server's log as FLARE writes it."""
+    read from the server's events file (its log where the job's workflows write none) as they are written."""
     import threading
     import time
 
     from clara_fl.report.collect import job_rounds
-    from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress
+    from clara_fl.report.progress import DeferredOutput, LogFollower, SimulationProgress, simulator_server_events
 
     output_path = os.path.join(os.path.abspath(workspace), SIMULATOR_OUTPUT)
     print(f"simulator output: {output_path}", flush=True)
     progress = SimulationProgress(total_rounds=job_rounds(job), total_sites=n_clients)
     follower = LogFollower(os.path.join(os.path.abspath(workspace), "server", "log.txt"))
+    events = LogFollower(simulator_server_events(workspace))
     # the simulator empties the workspace before it writes the server's log: the output file comes after that
     output = DeferredOutput(output_path, ready=follower.is_fresh)
     live = sys.stdout.isatty()  # a terminal gets one line redrawn; a log or pipe one line per step
@@ -88,7 +89,7 @@ def _run_with_progress(command: list[str], env: dict[str, str], job: str, worksp
     try:
         while True:
             finished = _wait(process, 0.5)
-            steps = progress.follow(follower)
+            steps = progress.follow(follower, events)
             elapsed = time.monotonic() - start
             if live and progress.line(elapsed) != shown:
                 shown = progress.line(elapsed)
@@ -105,6 +106,7 @@ def _run_with_progress(command: list[str], env: dict[str, str], job: str, worksp
         copier.join(timeout=10)  # a stray grandchild may hold the pipe open: its output is not waited for
         output.close()
         follower.close()
+        events.close()
     if live:
         print()
     return process.returncode

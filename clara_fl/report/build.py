@@ -91,11 +91,11 @@ def draw(results: RunResults) -> tuple[dict[str, Picture | None], list[CasePictu
         if any(key_metric in values for rounds in results.global_model.values() for values in rounds.values()):
             pictures["global_model"] = global_model_figure(results.global_model, key_metric)
         else:
-            missing.append("global model per round: no site or server log with before-training validation")
+            missing.append("global model per round: no site or server events or log with before-training validation")
         if results.timeline:
             pictures["timeline"] = round_timeline_figure(results.timeline, run.sites)
         else:
-            missing.append("round timeline: no server log.txt with round lines")
+            missing.append("round timeline: no server events or log.txt with round lines")
     case_pictures = []
     for metric in sorted({s.metric for s in results.case_scores}, key=lambda m: (m != key_metric, m)):
         case_pictures.append(

@@ -3,13 +3,17 @@
 Three layouts are read:
 - a simulator workspace (``clara-fl simulate -w WS``): ``WS/server/simulate_job/`` and ``WS/site-N/``;
 - a job result downloaded from a POC or production deployment: ``<job_id>/workspace/`` with
-  ``cross_site_val/``, ``tb_events/`` and ``log.txt``;
+  ``cross_site_val/``, ``tb_events/``, ``app_server/`` and ``log.txt``;
 - a standalone MMAR after ``clara-fl train``/``validate``: events and ``train_stats.json`` in ``models/``,
   MetricsSaver's CSVs in ``eval/``.
 
 An MMAR's own TensorBoard events (standalone, and each site's in a federated run) are read where its
 ``config_train.json`` has its TensorBoard handlers write them (their ``log_dir``, variables substituted, e.g.
 ``{MMAR_CKPT_DIR}/tb_train``), else from every folder under ``models/`` that holds event files.
+
+A federated run's timeline and global-model metrics come from the event files the server workflow and the sites
+write into their app folders (:mod:`clara_fl.runtime.events`); a process without one (a job from an older run)
+is read from its ``log.txt`` instead.
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from clara_fl.config.variables import as_bool
 from clara_fl.report.readers import (
     EVENTS_GLOB,
     case_scores_under,
-    log_events,
+    global_model_metrics,
     read_cross_site_matrix,
-    read_global_model_metrics,
     read_privacy_releases,
-    read_round_timeline,
     read_tensorboard_curves,
+    round_timeline,
+    run_events,
 )
 from clara_fl.report.records import Curve, RunDescription, RunResults
+from clara_fl.runtime.events import SERVER_EVENTS_FILE, SITE_EVENTS_FILE
 
 __all__ = ["collect", "job_rounds"]
 
@@ -55,7 +60,8 @@ class _Layout:
 
     server_job: Path  # holds cross_site_val/, tb_events/, app_server/ (or app/)
     server_log: Path | None
-    site_apps: dict[str, Path]  # site -> its app folder (models/, eval/)
+    server_events: Path | None  # the server workflow's events file in its app folder
+    site_apps: dict[str, Path]  # site -> its app folder (models/, eval/, its events file)
     site_logs: dict[str, Path]
 
 
@@ -77,7 +83,14 @@ def _find_layout(path: Path) -> _Layout | None:
         site_apps[site] = app
         if (app.parent.parent / "log.txt").is_file():
             site_logs[site] = app.parent.parent / "log.txt"
-    return _Layout(server_job, server_log, site_apps, site_logs)
+    server_events = next(
+        (app / SERVER_EVENTS_FILE for app in _server_apps(server_job) if (app / SERVER_EVENTS_FILE).is_file()), None
+    )
+    return _Layout(server_job, server_log, server_events, site_apps, site_logs)
+
+
+def _server_apps(server_job: Path) -> list[Path]:
+    return [server_job / "app_server", server_job / "app", *sorted(server_job.glob("app_*"))]
 
 
 def _looks_like_server_job(folder: Path) -> bool:
@@ -94,7 +107,7 @@ def _json_object(path: Path) -> dict[str, Any]:
 
 
 def _server_config(server_job: Path) -> dict[str, Any]:
-    for app in [server_job / "app_server", server_job / "app", *sorted(server_job.glob("app_*"))]:
+    for app in _server_apps(server_job):
         config = app / "config" / "config_fed_server.json"
         if config.is_file():
             return _json_object(config)
@@ -159,11 +172,6 @@ def _job_name(server_job: Path) -> str:
     return server_job.parent.name if server_job.name in ("workspace", "simulate_job") else server_job.name
 
 
-def _first_timestamp(log: Path | None) -> datetime | None:
-    events = log_events(log) if log else []
-    return datetime.fromtimestamp(events[0].time) if events else None
-
-
 def collect(path: str | os.PathLike) -> RunResults:
     """Read a simulator workspace, a downloaded job result or a standalone MMAR.
 
@@ -209,8 +217,14 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     result_metrics = cross_site.metrics() if cross_site else []
     key_metric = selector_metric or (result_metrics[0] if result_metrics else "val_mean_dice")
     sites = sorted(site_names | set(cross_site.sites if cross_site else []))
-    timeline = read_round_timeline(layout.server_log) if layout.server_log else []
-    global_model = read_global_model_metrics(layout.site_logs, layout.server_log, key_metric)
+    server_events = run_events(layout.server_events, layout.server_log, key_metric)
+    timeline = round_timeline(server_events)
+    site_events = {
+        site: run_events(app / SITE_EVENTS_FILE, layout.site_logs.get(site), key_metric)
+        for site, app in layout.site_apps.items()
+        if (app / SITE_EVENTS_FILE).is_file() or site in layout.site_logs
+    }
+    global_model = global_model_metrics(site_events, server_events)
     case_scores = [s for site, app in layout.site_apps.items() for s in case_scores_under(app / "eval", site)]
     privacy = [r for site, app in layout.site_apps.items() for r in read_privacy_releases(app, site)]
     privacy.sort(key=lambda r: (r.round if r.round is not None else -1, r.site))
@@ -225,7 +239,7 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
         rounds=rounds if rounds is not None else (len(timeline) or None),
         sites=sites,
         key_metric=key_metric,
-        started=_first_timestamp(layout.server_log),
+        started=datetime.fromtimestamp(server_events[0].time) if server_events else None,
         epochs_per_round=int(epochs) if epochs else None,
         facts={"job": _job_name(layout.server_job), "results": str(results_file) if results_file else "none"},
     )

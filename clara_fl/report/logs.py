@@ -1,6 +1,8 @@
 """FLARE log lines: what the server and the sites write to ``log.txt`` while a job runs.
 
-Shared by the report's round timeline and ``clara-fl simulate``'s progress line. FLARE writes
+The fallback for runs without event files (:mod:`clara_fl.runtime.events`; jobs downloaded from runs before
+clara-fl wrote them, or jobs with FLARE's own workflows): the report's round timeline and ``clara-fl simulate``'s
+progress line read the lines as the events the workflows and Learners now write. FLARE writes
 ``2026-12-02 02:50:40,540 - ScatterAndGather - INFO - [identity=..., peer=site-1, ...] - Round 0 started.``;
 the console copy drops the logger name and the context, which these patterns do not need.
 """
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["LogEvent", "LogParser", "parse_events", "parse_line"]
+from clara_fl.runtime import events as ev
+
+__all__ = ["LogEvent", "LogParser", "as_events", "parse_events", "parse_line"]
 
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+)")
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
@@ -42,6 +46,27 @@ class LogEvent:
     task: str | None = None
     value: float | None = None
     metrics: dict[str, float] | None = None
+
+    def as_event(self) -> ev.Event | None:
+        """The event record this line stands for, where it stands for one by itself."""
+        kind = _EVENT_KINDS.get(self.kind)
+        if kind is None:
+            return None
+        fields = {"task": self.task} if self.task else {}
+        return ev.Event(kind, self.time, self.round, self.site, fields)
+
+
+# the log's kinds that are one event record each; before_train_validate, site_round_training and site_metric
+# need the lines around them (see as_events)
+_EVENT_KINDS = {
+    "round_started": ev.ROUND_STARTED,
+    "round_finished": ev.ROUND_FINISHED,
+    "training_finished": ev.TRAINING_FINISHED,
+    "task_assigned": ev.TASK_SENT,
+    "task_result": ev.TASK_RESULT,
+    "aggregation_started": ev.AGGREGATION_STARTED,
+    "aggregation_finished": ev.AGGREGATION_FINISHED,
+}
 
 
 def parse_line(line: str, time: float | None = None) -> LogEvent | None:
@@ -110,3 +135,34 @@ def parse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
         event = parser.parse(line)
         if event is not None:
             yield event
+
+
+def as_events(log_events: Iterable[LogEvent], key_metric: str) -> list[ev.Event]:
+    """A log's events as the records the workflows and Learners write.
+
+    A site log's ``before_train_validate: {...}`` is the global model's validation of the round that the next
+    ``round N: training`` names; a server log's ``validation metric V from client S`` (IntimeModelSelector) is
+    ``key_metric`` of site S in the round last started.
+    """
+    found: list[ev.Event] = []
+    pending: LogEvent | None = None
+    current_round: int | None = None
+    for log_event in log_events:
+        if log_event.kind == "before_train_validate":
+            pending = log_event
+        elif log_event.kind == "site_round_training":
+            if pending is not None and pending.metrics is not None:
+                found.append(ev.Event(ev.GLOBAL_MODEL_VALIDATED, pending.time, log_event.round, None, pending.metrics))
+            pending = None
+            found.append(ev.Event(ev.SITE_TRAINING_STARTED, log_event.time, log_event.round))
+        elif log_event.kind == "site_metric":
+            if current_round is not None and log_event.value is not None:
+                metrics = {key_metric: log_event.value}
+                found.append(ev.Event(ev.SITE_METRIC, log_event.time, current_round, log_event.site, metrics))
+        else:
+            if log_event.kind == "round_started":
+                current_round = log_event.round
+            event = log_event.as_event()
+            if event is not None:
+                found.append(event)
+    return found

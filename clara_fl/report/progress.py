@@ -1,4 +1,5 @@
-"""A running simulation in one line: round k of R, sites done, elapsed time, read from the server's log as it grows."""
+"""A running simulation in one line: round k of R, sites done, elapsed time, read from the server's events file
+(:mod:`clara_fl.runtime.events`) as it grows, or from its log where the job's workflows write no events."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from clara_fl.report.logs import LogEvent, LogParser
+from clara_fl.report.logs import LogParser
+from clara_fl.runtime import events as ev
+from clara_fl.runtime.events import Event, iter_events
 
-__all__ = ["DeferredOutput", "LogFollower", "SimulationProgress", "file_identity"]
+__all__ = ["DeferredOutput", "LogFollower", "SimulationProgress", "file_identity", "simulator_server_events"]
+
+SIMULATOR_SERVER_APP = os.path.join("server", "simulate_job", "app_server")
+CROSS_SITE_TASKS = ("submit_model", "validate")
+
+
+def simulator_server_events(workspace: str | os.PathLike) -> str:
+    """Where the server workflow of a ``clara-fl simulate`` run writes its events."""
+    return os.path.join(os.path.abspath(workspace), SIMULATOR_SERVER_APP, ev.SERVER_EVENTS_FILE)
 
 
 @dataclass
 class SimulationProgress:
-    """What the server's log says so far."""
+    """What the server has recorded so far."""
 
     total_rounds: int | None
     total_sites: int
@@ -24,31 +35,50 @@ class SimulationProgress:
     validations: int = 0
     cross_site: bool = False
     parser: LogParser = field(default_factory=LogParser)
+    from_events: bool = False  # the server's events file has appeared: its log is no longer read
+    shown: str = "starting the simulator"  # the last step follow() returned
 
-    def update(self, event: LogEvent) -> None:
-        if event.kind == "round_started":
+    def update(self, event: Event) -> None:
+        task = event.text("task")
+        if event.kind == ev.ROUND_STARTED:
             self.round, self.trained = event.round, set()
-        elif event.kind == "round_finished":
+        elif event.kind == ev.ROUND_FINISHED:
             self.rounds_finished += 1
-        elif event.kind == "task_result" and event.task == "train" and event.site:
+        elif event.kind == ev.TASK_RESULT and task == "train" and event.site:
             self.trained.add(event.site)
-        elif event.kind == "task_assigned" and event.task in ("submit_model", "validate"):
+        elif event.kind == ev.TASK_SENT and task in CROSS_SITE_TASKS:
             self.cross_site = True
-        elif event.kind == "task_result" and event.task == "validate":
+        elif event.kind == ev.TASK_RESULT and task == "validate":
             self.validations += 1
 
-    def follow(self, follower: LogFollower) -> list[str]:
-        """Take in the lines the log gained since the last call; returns each step reached on the way."""
+    def follow(self, log: LogFollower, events: LogFollower | None = None) -> list[str]:
+        """Take in what the server recorded since the last call (its ``events`` file once there is one, else its
+        ``log``); returns each step reached on the way."""
         steps = []
-        for line in follower.new_lines():
-            event = self.parser.parse(line)
-            if event is None:
-                continue
-            before = self.step()
+        for event in self._new_events(log, events):
             self.update(event)
-            if self.step() != before:
-                steps.append(self.step())
+            if self.step() != self.shown:
+                self.shown = self.step()
+                steps.append(self.shown)
         return steps
+
+    def _new_events(self, log: LogFollower, events: LogFollower | None) -> list[Event]:
+        if events is not None and (self.from_events or events.is_fresh()):
+            if not self.from_events:  # the events say again, from the start, what the log said so far
+                self._restart()
+                self.from_events = True
+            return list(iter_events(events.new_lines()))
+        found = []
+        for line in log.new_lines():
+            parsed = self.parser.parse(line)
+            event = parsed.as_event() if parsed is not None else None
+            if event is not None:
+                found.append(event)
+        return found
+
+    def _restart(self) -> None:
+        self.round, self.rounds_finished, self.trained = None, 0, set()
+        self.validations, self.cross_site = 0, False
 
     def step(self) -> str:
         """Where the run is, e.g. ``round 2 of 3: 1 of 2 sites done``."""

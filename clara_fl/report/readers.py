@@ -1,16 +1,18 @@
-"""Readers for the files a run leaves: cross_val_results.json, TensorBoard events, FLARE logs, MetricsSaver CSVs."""
+"""Readers for the files a run leaves: cross_val_results.json, TensorBoard events, the run's event files (FLARE
+logs where it has none), MetricsSaver CSVs."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.jobs.privacy import PRIVACY_RELEASES_FILE
-from clara_fl.report.logs import LogEvent, parse_events
+from clara_fl.report.logs import LogEvent, as_events, parse_events
 from clara_fl.report.records import (
     CaseScores,
     CrossSiteMatrix,
@@ -19,11 +21,14 @@ from clara_fl.report.records import (
     RoundTiming,
     SiteRoundTiming,
 )
+from clara_fl.runtime import events as ev
+from clara_fl.runtime.events import Event, read_events
 
 __all__ = [
     "EVENTS_GLOB",
     "RAW_SUFFIX",
     "case_scores_under",
+    "global_model_metrics",
     "log_events",
     "read_case_scores",
     "read_cross_site_matrix",
@@ -31,6 +36,8 @@ __all__ = [
     "read_privacy_releases",
     "read_round_timeline",
     "read_tensorboard_curves",
+    "round_timeline",
+    "run_events",
 ]
 
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -103,76 +110,109 @@ def read_tensorboard_curves(folder: str | os.PathLike) -> dict[str, Curve]:
     return curves
 
 
-# -- logs ----------------------------------------------------------------------------------------
+# -- run events (and, for runs without event files, logs) --------------------------------------------
 
 
 def log_events(log: Path | None) -> list[LogEvent]:
+    """The recognised lines of a FLARE log (the fallback for runs without event files)."""
     if log is None or not log.is_file():
         return []
     with open(log, encoding="utf-8", errors="replace") as f:
         return list(parse_events(f))
 
 
-def read_round_timeline(server_log: str | os.PathLike) -> list[RoundTiming]:
-    """Per training round: its start and end, each site's train task (assigned, returned), the aggregation.
+def run_events(events_file: Path | None, log: Path | None, key_metric: str = "val_mean_dice") -> list[Event]:
+    """What one process (the server, a site) recorded: its events file, or where it has none (a job from an older
+    run), its log read as events. An events file that cannot be read only costs the report what it would show.
 
-    FLARE's ModelController FedAvg logs no "Round N finished" and aggregates each result as it comes:
-    its rounds end where the next one starts (or where training finishes) and have no aggregation step.
+    Args:
+        key_metric: the metric of the server log's ``validation metric V from client S`` lines.
     """
-    events = log_events(Path(server_log))
+    if events_file is not None and events_file.is_file():
+        try:
+            return read_events(events_file)
+        except OSError:
+            return []
+    return as_events(log_events(log), key_metric)
+
+
+def round_timeline(events: Sequence[Event]) -> list[RoundTiming]:
+    """Per training round, from the server's events: its start and end, each site's train task (sent, returned),
+    the aggregation.
+
+    A round without a ``round_finished`` (FLARE's ModelController workflows record none) ends where the next one
+    starts or where training finishes. A task event that names its round belongs to that round, else to the
+    round under way.
+    """
     if not events:
         return []
     origin = events[0].time
     rounds: list[RoundTiming] = []
+    by_number: dict[int, RoundTiming] = {}
     current: RoundTiming | None = None
     for event in events:
         at = event.time - origin
-        if event.kind in ("round_started", "training_finished") and current is not None and current.finished is None:
+        if event.kind in (ev.ROUND_STARTED, ev.TRAINING_FINISHED) and current is not None and current.finished is None:
             current.finished = at
-        if event.kind == "round_started":
+        if event.kind == ev.ROUND_STARTED:
             current = RoundTiming(round=event.round or 0, started=at)
             rounds.append(current)
-        elif current is None or current.finished is not None:
+            by_number[current.round] = current
             continue
-        elif event.kind == "task_assigned" and event.task == "train":
-            current.sites.setdefault(event.site or "?", SiteRoundTiming()).assigned = at
-        elif event.kind == "task_result" and event.task == "train":
-            current.sites.setdefault(event.site or "?", SiteRoundTiming()).returned = at
-        elif event.kind == "aggregation_started" and current.aggregation_started is None:
-            current.aggregation_started = at
-        elif event.kind == "aggregation_finished":
-            current.aggregation_finished = at
-        elif event.kind == "round_finished":
-            current.finished = at
+        timing = by_number.get(event.round) if event.round is not None else None
+        if timing is None:
+            if current is None or current.finished is not None:
+                continue
+            timing = current
+        if event.kind in (ev.TASK_SENT, ev.TASK_RESULT) and event.text("task") == "train":
+            site = timing.sites.setdefault(event.site or "?", SiteRoundTiming())
+            if event.kind == ev.TASK_SENT:
+                site.assigned = at
+            else:
+                site.returned = at
+        elif event.kind == ev.AGGREGATION_STARTED and timing.aggregation_started is None:
+            timing.aggregation_started = at
+        elif event.kind == ev.AGGREGATION_FINISHED:
+            timing.aggregation_finished = at
+        elif event.kind == ev.ROUND_FINISHED:
+            timing.finished = at
     return rounds
+
+
+def global_model_metrics(
+    site_events: Mapping[str, Sequence[Event]], server_events: Sequence[Event]
+) -> dict[str, dict[int, dict[str, float]]]:
+    """The global model's metrics at each site before local training, per round.
+
+    A site's own events have every metric it validated; for a site whose own records are not at hand (a job
+    downloaded from the server), the server's ``site_metric`` events give the metrics the site sent with its result.
+    """
+    found: dict[str, dict[int, dict[str, float]]] = {}
+    for site, events in site_events.items():
+        for event in events:
+            if event.kind == ev.GLOBAL_MODEL_VALIDATED and event.round is not None and event.numbers():
+                found.setdefault(site, {})[event.round] = event.numbers()
+    for event in server_events:
+        if event.kind != ev.SITE_METRIC or not event.site or event.round is None or event.site in site_events:
+            continue
+        if event.numbers():
+            found.setdefault(event.site, {}).setdefault(event.round, event.numbers())
+    return found
+
+
+def read_round_timeline(server_log: str | os.PathLike) -> list[RoundTiming]:
+    """:func:`round_timeline` from a server's log.txt (a run without event files)."""
+    return round_timeline(as_events(log_events(Path(server_log)), ""))
 
 
 def read_global_model_metrics(
     site_logs: dict[str, Path], server_log: Path | None = None, key_metric: str = "val_mean_dice"
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """The global model's metrics at each site before local training, per round.
-
-    A site's own log has every metric (our Learner logs ``before_train_validate: {...}`` just before
-    ``round N: training``); where no site log is at hand, the server log's IntimeModelSelector lines
-    (``validation metric V from client S``) give the key metric from round 1 on.
-    """
-    found: dict[str, dict[int, dict[str, float]]] = {}
-    for site, log in site_logs.items():
-        pending: dict[str, float] | None = None
-        for event in log_events(log):
-            if event.kind == "before_train_validate":
-                pending = event.metrics
-            elif event.kind == "site_round_training" and pending is not None and event.round is not None:
-                found.setdefault(site, {})[event.round] = pending
-                pending = None
-    current_round: int | None = None
-    for event in log_events(server_log):
-        if event.kind == "round_started":
-            current_round = event.round
-        elif event.kind == "site_metric" and current_round is not None and event.site and event.value is not None:
-            if event.site not in site_logs:
-                found.setdefault(event.site, {}).setdefault(current_round, {key_metric: event.value})
-    return found
+    """:func:`global_model_metrics` from the sites' and the server's log.txt (a run without event files): our
+    Learner's ``before_train_validate: {...}`` lines, else the server's IntimeModelSelector lines (``validation
+    metric V from client S``), which give the key metric from round 1 on."""
+    sites = {site: as_events(log_events(log), key_metric) for site, log in site_logs.items()}
+    return global_model_metrics(sites, as_events(log_events(server_log), key_metric))
 
 
 # -- MetricsSaver CSVs ---------------------------------------------------------------------------

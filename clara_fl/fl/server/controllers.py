@@ -3,24 +3,29 @@
 In FLARE 2.9, ``Controller.set_communicator`` sets ``communicator.task_check_period``, but
 ``WFCommServer`` polls with ``_task_check_period``, fixed at 0.2 s: the period a job configures
 never takes effect, and each round waits on two such polls. These subclasses pass the period
-through; the job templates use them. (Both attributes are private: see ``clara_fl.runtime.private_api``.)
+through (:mod:`clara_fl.fl.flare_internals.task_check_period`); the job templates use them.
 
 ``ScatterAndGather`` also has the sites validate the final global model after the last round, so
 that the best global model is chosen among all of them (see :mod:`clara_fl.fl.server.model_selection`),
 and says in the server log which sites a round went without and which site dropped out of the job
 (see :mod:`clara_fl.fl.site.dropout`).
+
+Every workflow here records the run's events (:mod:`clara_fl.runtime.events`) in ``server_events.jsonl`` in the
+server's app folder while it is the workflow under way: rounds, the tasks sent and their results, aggregation, the
+metrics each site sent with its result. ``clara-fl report`` and ``clara-fl simulate`` read these, not the log.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 from nvflare.apis.controller_spec import ClientTask, Task
-from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo import DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -30,22 +35,141 @@ from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
 from nvflare.app_common.workflows.scaffold import Scaffold as _Scaffold
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as _ScatterAndGather
 
+from clara_fl.fl.flare_internals.task_check_period import PollsAtItsTaskCheckPeriod
 from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
+from clara_fl.runtime import events as ev
 
 __all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval", "Scaffold"]
 
 
-class _PollsAtItsTaskCheckPeriod:
-    _task_check_period: float
-
-    def set_communicator(self, communicator: Any) -> None:
-        from clara_fl.runtime.private_api import controller_task_check_period, set_task_check_period
-
-        super().set_communicator(communicator)  # type: ignore[misc]
-        set_task_check_period(communicator, controller_task_check_period(self))
+# the pass-through of the period is a patch of FLARE's internals, gated by FLARE version and site switch
+_PollsAtItsTaskCheckPeriod = PollsAtItsTaskCheckPeriod
 
 
-class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
+# FLARE's events that are one run event each, with the round the workflow is in
+_ROUND_EVENTS = {
+    AppEventType.ROUND_STARTED: ev.ROUND_STARTED,
+    AppEventType.BEFORE_AGGREGATION: ev.AGGREGATION_STARTED,
+    AppEventType.AFTER_AGGREGATION: ev.AGGREGATION_FINISHED,
+    AppEventType.ROUND_DONE: ev.ROUND_FINISHED,
+}
+
+
+class _RecordsRunEvents:
+    """Records the run's events from ``start_controller`` to ``stop_controller``: every workflow sees every event
+    FLARE fires, but only the one under way sends the sites tasks and gets their results."""
+
+    _trains: ClassVar[bool] = True  # a training workflow: it records when training starts and finishes
+    _run_events: ev.EventLog | None = None
+    _recorded_round: int | None = None
+
+    def start_controller(self, fl_ctx: FLContext) -> None:
+        super().start_controller(fl_ctx)  # type: ignore[misc]
+        self.record_run_events(fl_ctx)
+
+    def record_run_events(self, fl_ctx: FLContext) -> None:
+        """Record from now on, into the server's app folder."""
+        app_dir = fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id())
+        self._run_events = ev.event_log(app_dir, ev.SERVER_EVENTS_FILE)
+
+    def stop_controller(self, fl_ctx: FLContext) -> None:
+        self._run_events = None
+        super().stop_controller(fl_ctx)  # type: ignore[misc]
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        if self._trains:
+            self._record(fl_ctx, ev.TRAINING_STARTED)
+        super().control_flow(abort_signal, fl_ctx)  # type: ignore[misc]
+        if self._trains and not abort_signal.triggered:
+            self._record(fl_ctx, ev.TRAINING_FINISHED)
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)  # type: ignore[misc]
+        if self._run_events is None:
+            return
+        if event_type in _ROUND_EVENTS:
+            current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+            if event_type == AppEventType.ROUND_STARTED:
+                self._round_started(fl_ctx, current)
+            else:
+                self._record(fl_ctx, _ROUND_EVENTS[event_type], _round(current, self._recorded_round))
+        elif event_type == EventType.AFTER_TASK_DATA_FILTER:
+            data = fl_ctx.get_prop(FLContextKey.TASK_DATA)
+            current = data.get_header(AppConstants.CURRENT_ROUND) if isinstance(data, Shareable) else None
+            task = str(fl_ctx.get_prop(FLContextKey.TASK_NAME) or "?")
+            self._record(fl_ctx, ev.TASK_SENT, _round(current), _peer(fl_ctx), {"task": task})
+        elif event_type == EventType.BEFORE_TASK_RESULT_FILTER:
+            self._record_result(fl_ctx)
+
+    def _round_started(self, fl_ctx: FLContext, current: Any) -> None:
+        number = _round(current)
+        if number is not None and number != self._recorded_round:
+            self._recorded_round = number
+            self._record(fl_ctx, ev.ROUND_STARTED, number)
+
+    def _record_result(self, fl_ctx: FLContext) -> None:
+        """The result's arrival and, where it carries them, the metrics the site measured on the round's global
+        model before training (as FLARE's LearnerExecutor sends them: numbers only)."""
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        site, task = _peer(fl_ctx), str(fl_ctx.get_prop(FLContextKey.TASK_NAME) or "?")
+        if not isinstance(result, Shareable):
+            self._record(fl_ctx, ev.TASK_RESULT, None, site, {"task": task})
+            return
+        metrics: Any = None
+        current = result.get_header(AppConstants.CURRENT_ROUND)
+        try:
+            dxo = from_shareable(result)
+            metrics = dxo.get_meta_prop(MetaKey.INITIAL_METRICS)
+            current = dxo.get_meta_prop(AppConstants.CURRENT_ROUND, current)
+        except ValueError:  # an error reply carries no DXO
+            pass
+        code = str(result.get_return_code(ReturnCode.OK))
+        self._record(fl_ctx, ev.TASK_RESULT, _round(current), site, {"task": task, "return_code": code})
+        if isinstance(metrics, dict):
+            numbers = {
+                str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            if numbers:
+                self._record(fl_ctx, ev.SITE_METRIC, _round(current, self._recorded_round), site, numbers)
+
+    def _record(
+        self,
+        fl_ctx: FLContext,
+        kind: str,
+        round: int | None = None,
+        site: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Write one event; a file that cannot be written ends the recording with one warning, never the job."""
+        if self._run_events is None:
+            return
+        try:
+            self._run_events.write(kind, round, site, fields)
+        except OSError as e:
+            self._run_events = None
+            self.log_warning(fl_ctx, f"run events are no longer recorded: {e}")  # type: ignore[attr-defined]
+
+
+def _round(value: Any, default: int | None = None) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _peer(fl_ctx: FLContext) -> str:
+    peer = fl_ctx.get_peer_context()
+    return str(peer.get_identity_name(default="?")) if peer is not None else "?"
+
+
+class _RecordsRoundsOfItsTasks(_RecordsRunEvents):
+    """A ModelController workflow: a round starts when a model of a new round goes out (FLARE's Scaffold fires
+    no ROUND_STARTED)."""
+
+    def set_fl_context(self, data: Any) -> None:
+        super().set_fl_context(data)  # type: ignore[misc]
+        if self._trains and data is not None and self._run_events is not None:
+            self._round_started(self.fl_ctx, data.current_round)  # type: ignore[attr-defined]
+
+
+class ScatterAndGather(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _ScatterAndGather):
     """FLARE's ScatterAndGather (FedAvg rounds), polling every ``task_check_period`` seconds.
 
     After the last round, if ``final_validation_task_name`` is set, the final global model goes to
@@ -57,7 +181,8 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
     Args:
         final_validation_task_name: the sites' task that validates a global model; empty: none.
         final_validation_timeout: seconds to wait for the sites' validation (0: no limit).
-        *args, **kwargs: FLARE's ScatterAndGather arguments.
+        *args: FLARE's ScatterAndGather positional arguments.
+        **kwargs: FLARE's ScatterAndGather keyword arguments.
     """
 
     def __init__(
@@ -161,19 +286,23 @@ class ScatterAndGather(_PollsAtItsTaskCheckPeriod, _ScatterAndGather):
         self.fire_event(FINAL_GLOBAL_MODEL_VALIDATED, fl_ctx)
 
 
-class CrossSiteModelEval(_PollsAtItsTaskCheckPeriod, _CrossSiteModelEval):
+class CrossSiteModelEval(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _CrossSiteModelEval):
     """FLARE's CrossSiteModelEval, polling every ``task_check_period`` seconds."""
 
+    _trains = False
 
-class FedAvg(_PollsAtItsTaskCheckPeriod, _FedAvg):
+
+class FedAvg(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _FedAvg):
     """FLARE's FedAvg on the ModelController API, polling every ``task_check_period`` seconds."""
 
 
-class CrossSiteEval(_PollsAtItsTaskCheckPeriod, _CrossSiteEval):
+class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _CrossSiteEval):
     """FLARE's CrossSiteEval on the ModelController API, polling every ``task_check_period`` seconds."""
 
+    _trains = False
 
-class Scaffold(_PollsAtItsTaskCheckPeriod, _Scaffold):
+
+class Scaffold(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Scaffold):
     """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds.
 
     The global model is saved without the control variates FLARE's Scaffold keeps in its meta: numpy arrays in

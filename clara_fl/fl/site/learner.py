@@ -29,6 +29,7 @@ from clara_fl.fl.site.failure_report import SiteFailure
 from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
 from clara_fl.fl.site.local_training import SiteTaskFailed, TrainingSettings
 from clara_fl.fl.site.site_process import SiteBackend, SiteProcessSpec, open_site, settings_dict
+from clara_fl.runtime import events as ev
 from clara_fl.workflows.round import RoundSpec
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "bad_reply",
     "site_settings",
     "process_spec",
+    "site_app_folder",
 ]
 
 
@@ -75,6 +77,11 @@ def site_settings(site: SiteContext) -> dict[str, Any]:
         "data_roots": list(site.policy.data_roots or ()),
         "catalog": dict(site.catalog),
     }
+
+
+def site_app_folder(fl_ctx: FLContext) -> str:
+    """The job's FLARE app folder at this site, where its events file goes."""
+    return str(fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id()))
 
 
 def process_spec(site: SiteContext, ddp: bool = False) -> SiteProcessSpec:
@@ -142,6 +149,7 @@ class ClaraLearner(Learner):
         self.backend: SiteBackend | None = None
         self.send_error_details = False
         self._writer: Any = None
+        self._events: ev.EventLog | None = None  # the site's run events (clara_fl.runtime.events)
         #: why initialize() could not build the site's trainer (every task then fails with it), else None
         self.init_failure: SiteFailure | None = None
 
@@ -158,6 +166,8 @@ class ClaraLearner(Learner):
             return
         self.site = site
         self.send_error_details = site.send_error_details
+        # FLARE's app folder (the MMAR may be in its custom/), written from this process: the confined one may not
+        self._events = ev.event_log(site_app_folder(fl_ctx), ev.SITE_EVENTS_FILE)
         self.log_info(
             fl_ctx,
             f"building the trainer from {self.train_config} in {site.app_dir} "
@@ -207,6 +217,7 @@ class ClaraLearner(Learner):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         current_round = data.get_header(AppConstants.CURRENT_ROUND)
         self.log_info(fl_ctx, f"round {current_round}: training {self.round_spec().describe()}")
+        self._record(fl_ctx, ev.SITE_TRAINING_STARTED, current_round)
         try:
             result, out = self._site.call(
                 "train",
@@ -229,6 +240,7 @@ class ClaraLearner(Learner):
         except (KeyError, TypeError, ValueError) as e:
             return self._failed(fl_ctx, bad_reply("train", e))
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
+        self._record(fl_ctx, ev.SITE_TRAINING_DONE, current_round, {"steps": steps, "data_kind": kind})
         meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
         # the round, for the result filters: FLARE clears the task's data before they run, and its LearnerExecutor
         # rebuilds the result from the DXO (a header would be lost)
@@ -263,6 +275,7 @@ class ClaraLearner(Learner):
             return self._failed(fl_ctx, bad_reply("validate", e))
         self.log_info(fl_ctx, f"{validate_type}: {metrics}")
         if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+            self._record(fl_ctx, ev.GLOBAL_MODEL_VALIDATED, data.get_header(AppConstants.CURRENT_ROUND), metrics)
             # LearnerExecutor copies data[INITIAL_METRICS] into the train result's meta; it must be a
             # dict keyed by log_label, or FLARE's FedAvg drops every train result.
             return DXO(data_kind=DataKind.METRICS, data={MetaKey.INITIAL_METRICS: metrics}).to_shareable()
@@ -304,6 +317,18 @@ class ClaraLearner(Learner):
         if self.backend is None:
             raise RuntimeError("the Learner has no site process: initialize() did not succeed")
         return self.backend
+
+    def _record(self, fl_ctx: FLContext, kind: str, current_round: Any, fields: dict[str, Any] | None = None) -> None:
+        """One event in the site's events file (numbers and FLARE's names only: it may reach the server's report);
+        a file that cannot be written ends the recording with a warning in the site's log, never the task."""
+        if self._events is None:
+            return
+        number = current_round if isinstance(current_round, int) and not isinstance(current_round, bool) else None
+        try:
+            self._events.write(kind, number, fl_ctx.get_identity_name(), fields)
+        except OSError as e:
+            self._events = None
+            self.log_warning(fl_ctx, f"site events are no longer recorded: {e}", fire_event=False)
 
     def _stream_metric(self, tag: str, value: float, step: int) -> None:
         from clara_fl.runtime.private_api import analytics_sender

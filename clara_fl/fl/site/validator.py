@@ -4,7 +4,8 @@ Built from the MMAR's config_cross_validation.json (config_validation.json whose
 train config's network component). Works with CrossSiteModelEval (model owner in the task header)
 and with the newer CrossSiteEval (model owner in the DXO meta). A thin FLARE adapter: the validation
 config is built and run in the job's confined process at this site
-(:class:`~clara_fl.fl.site.local_training.LocalValidation` in :mod:`clara_fl.fl.site.site_process`).
+(:class:`~clara_fl.fl.site.local_training.LocalValidation` in :mod:`clara_fl.fl.site.site_process`). Each
+model's metrics are recorded in the site's events file (:mod:`clara_fl.runtime.events`), with the model's owner.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from nvflare.app_common.app_constant import AppConstants
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.site import learner
 from clara_fl.fl.site.failure_report import SiteFailure
-from clara_fl.fl.site.learner import bad_reply, failure_reply, plain_metrics, process_spec, site_settings
+from clara_fl.fl.site.learner import (
+    bad_reply,
+    failure_reply,
+    plain_metrics,
+    process_spec,
+    site_app_folder,
+    site_settings,
+)
 from clara_fl.fl.site.local_training import SiteTaskFailed, ValidationSettings, derive_cross_validation_config
 from clara_fl.fl.site.site_process import settings_dict
+from clara_fl.runtime import events as ev
 
 __all__ = ["ClaraValidator", "derive_cross_validation_config"]
 
@@ -93,7 +102,16 @@ class ClaraValidator(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         self.log_info(fl_ctx, f"validated model '{owner}' on local data: {metrics}")
+        self._record(fl_ctx, str(owner), metrics)
         return DXO(data_kind=DataKind.METRICS, data=metrics).to_shareable()
+
+    def _record(self, fl_ctx: FLContext, owner: str, metrics: dict[str, float]) -> None:
+        """The model's metrics in the site's events file; a file that cannot be written costs only the record."""
+        try:
+            events = ev.event_log(site_app_folder(fl_ctx), ev.SITE_EVENTS_FILE)
+            events.write(ev.MODEL_VALIDATED, None, fl_ctx.get_identity_name(), {**metrics, "model": owner})
+        except OSError as e:
+            self.log_warning(fl_ctx, f"site events: the validation of '{owner}' is not recorded: {e}", fire_event=False)
 
     def _validate(
         self, owner: str, weights: dict[str, Any], fl_ctx: FLContext, abort_signal: Signal

@@ -8,13 +8,13 @@ TORCH_VERSION ?= 2.13.0
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup,)
 
-.PHONY: setup demo test test-unit test-integration test-e2e test-poc test-fl lint clean
+.PHONY: setup demo test test-unit test-integration test-e2e test-poc test-fl lint docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,he]"
+	$(PY) -m pip install -q -e ".[test,he,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -46,12 +46,17 @@ test-poc: setup
 # Both of the above in one run (what .ci/run does): the POC deployments wait on FLARE's heartbeats and process
 # starts while the simulations train, so three workers share 2 cores between them.
 test-fl: setup
-	$(PY) -m pytest -q -n 3 --dist loadgroup -m e2e tests
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=25 -m e2e tests
 
 lint: setup
 	$(PY) -m ruff check clara_fl tests bench
 	$(PY) -m ruff format --check clara_fl tests bench
 	$(PY) -m mypy
+
+# The docs site (mkdocs.yml): the guides in docs/ and the API reference from the docstrings; every warning
+# (a broken link, a docstring that does not match its signature) fails the build.
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf demo_workspace .pytest_cache

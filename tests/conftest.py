@@ -150,6 +150,7 @@ INTEGRATION_TESTS = {
         "test_a_mutated_config_passes_or_fails_with_a_located_config_error",
     },
     "test_convert.py": {"test_the_converted_mmar_trains_to_the_same_weights_as_the_original"},
+    "test_failure_locator.py": {"test_a_transform_failing_in_a_loader_worker_is_named_by_config_path_and_case"},
     "test_failure_lines.py": {
         "test_a_case_failing_in_a_sites_training_is_one_line_in_the_sites_log",
         "test_a_case_failing_in_training_is_one_line_with_no_traceback_without_debug",
@@ -230,6 +231,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("e2e"):
             continue
         item.add_marker(pytest.mark.integration if is_integration(item) else pytest.mark.unit)
+
+
+# The POC deployments spend most of their minutes waiting (FLARE's heartbeats, process starts) and the simulations
+# most of theirs on the CPU. pytest-xdist hands tests out in collection order (a group of tests sharing a run
+# first), so spreading the deployments through the order keeps about one worker waiting on a deployment while the
+# others train, instead of three simulations fighting over 2 cores and then the deployments queuing at the end.
+DEPLOYMENT_MODULE_PREFIX = "test_poc_"
+TESTS_BETWEEN_DEPLOYMENTS = 4
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")  # after -m deselects
+def pytest_collection_modifyitems_for_workers(items: list[pytest.Item]) -> None:
+    items[:] = interleave_deployments(items)
+
+
+def interleave_deployments(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with the POC deployment tests spread out, one after every TESTS_BETWEEN_DEPLOYMENTS others,
+    starting with a deployment; every other test keeps its relative order."""
+    deployments = [i for i in items if i.path.name.startswith(DEPLOYMENT_MODULE_PREFIX)]
+    if not deployments or len(deployments) == len(items):
+        return items
+    others = [i for i in items if not i.path.name.startswith(DEPLOYMENT_MODULE_PREFIX)]
+    ordered: list[pytest.Item] = []
+    while deployments or others:
+        if deployments:
+            ordered.append(deployments.pop(0))
+        ordered += others[:TESTS_BETWEEN_DEPLOYMENTS]
+        del others[:TESTS_BETWEEN_DEPLOYMENTS]
+    return ordered
 
 
 _unit_seconds: dict[str, float] = {}

@@ -15,6 +15,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.config.expressions import RestrictedEvaluator
 from clara_fl.config.resolver import BuildContext, ConfigResolver
 from clara_fl.config.restrictions import Restrictions
+from clara_fl.config.specs import parse_component
 from tests.conftest import REFERENCE, SPLEEN_MMAR, site_ctx, tiny_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,12 +395,12 @@ def test_every_shipped_and_reference_component_class_passes_the_restricted_polic
                 continue  # BYOC: allowed from the MMAR's custom/ folder (covered by its own test)
             context.restrictions = restrictions
             try:
-                resolver._target(spec, path)
+                resolver._target(parse_component(spec, path))
             except ConfigError as e:  # e.g. a class MONAI removed: refused under every policy, for its own reason
                 assert "restricted policy" not in str(e)
                 context.restrictions = None
                 with pytest.raises(ConfigError):
-                    resolver._target(spec, path)
+                    resolver._target(parse_component(spec, path))
             found += 1
     finally:
         sys.path.remove(str(byoc))

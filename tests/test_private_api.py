@@ -40,12 +40,6 @@ def _monai_checkpoint_saver(tmp_path: Path) -> Any:
     return CheckpointSaver(str(tmp_path), {"model": net}, save_final=True, save_key_metric=True, save_interval=1)
 
 
-def _torch_module(_: Path) -> Any:
-    import torch
-
-    return torch.nn.Module()
-
-
 def _flare_persistor(_: Path) -> Any:
     from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
@@ -91,7 +85,6 @@ def _flare_he_cross_site_eval(_: Path) -> Any:
 
 # owner -> something that holds the attribute (an instance for attributes set in __init__)
 HOLDERS: dict[str, Callable[[Path], Any]] = {
-    "torch.nn.Module": _torch_module,
     "ignite.engine.Engine": _ignite_engine,
     "nvflare.job_config.fed_job_config.FedJobConfig": _flare_job_config,
     "monai.handlers.CheckpointSaver": _monai_checkpoint_saver,

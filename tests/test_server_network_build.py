@@ -111,6 +111,22 @@ def test_a_name_that_is_not_a_tensor_is_refused() -> None:
         built_network({"a.b": "x"}, {})
 
 
+def test_a_name_that_is_also_a_submodule_is_refused() -> None:
+    state = {"a.b.weight": torch.zeros(1), "a.b": torch.zeros(1)}
+
+    with pytest.raises(ValueError, match="'a.b' appears twice"):
+        built_network(state, {})
+
+
+def test_names_sharing_a_prefix_share_one_submodule() -> None:
+    state = {"a.b.weight": torch.zeros(2), "a.b.running_mean": torch.ones(2), "a.c.weight": torch.zeros(1)}
+
+    kept = built_network(state, {"a.b.weight": True, "a.c.weight": False})
+
+    assert [n for n, _ in kept.named_modules()] == ["", "a", "a.b", "a.c"]
+    assert [n for n, _ in kept.named_buffers()] == ["a.b.running_mean"]
+
+
 def test_the_persistor_gives_flare_the_built_networks_weights_and_class_name(server: tuple[Path, Path]) -> None:
     app, workspace = server
     persistor, panics, infos = start_run(app, workspace)

@@ -103,17 +103,6 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         )
         for name in ("_ckpt_save_path", "_best_ckpt_save_path")
     ),
-    *(
-        PrivateAttribute(
-            "torch",
-            "torch.nn.Module",
-            name,
-            "rebuilding a module tree from a state dict's names checks each level's registered children, "
-            "parameters and buffers by name without the lookups (get_submodule, named_*) that raise or walk the tree.",
-            used_in=("fl/server/network_build.py",),
-        )
-        for name in ("_modules", "_parameters", "_buffers")
-    ),
     PrivateAttribute(
         "nvflare",
         "nvflare.app_common.tracking.log_writer.LogWriter",

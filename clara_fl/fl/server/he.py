@@ -16,12 +16,12 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.he.cross_site_model_eval import HECrossSiteModelEval as _HECrossSiteModelEval
 from nvflare.app_opt.he.homomorphic_encrypt import serialize_nested_dict
 
-from clara_fl.fl.server.controllers import _PollsAtItsTaskCheckPeriod
+from clara_fl.fl.flare_internals.task_check_period import PollsAtItsTaskCheckPeriod
 
 __all__ = ["HECrossSiteModelEval"]
 
 
-class HECrossSiteModelEval(_PollsAtItsTaskCheckPeriod, _HECrossSiteModelEval):
+class HECrossSiteModelEval(PollsAtItsTaskCheckPeriod, _HECrossSiteModelEval):
     """FLARE's HECrossSiteModelEval whose validation tasks carry encrypted models as bytes, polling every
     ``task_check_period`` seconds."""
 

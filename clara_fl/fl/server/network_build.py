@@ -99,6 +99,9 @@ def built_network(state: Mapping[str, Any], parameters: Mapping[str, bool], clas
     import torch
 
     root = _network_class(class_name)()
+    # the tree is built here from nothing, so these two record everything registered in it, by dotted name
+    modules: dict[str, Any] = {"": root}
+    tensors: set[str] = set()
     for name, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"'{name}' is not a tensor")
@@ -106,14 +109,16 @@ def built_network(state: Mapping[str, Any], parameters: Mapping[str, bool], clas
         if not leaf or not all(path):
             raise ValueError(f"'{name}' is not a parameter or buffer name")
         module = root
-        for part in path:
-            child = module._modules.get(part)
-            if child is None:
+        for depth, part in enumerate(path, start=1):
+            prefix = ".".join(path[:depth])
+            if prefix not in modules:
                 child = torch.nn.Module()
                 module.add_module(part, child)
-            module = child
-        if leaf in module._parameters or leaf in module._buffers or leaf in module._modules:
+                modules[prefix] = child
+            module = modules[prefix]
+        if name in tensors or name in modules:
             raise ValueError(f"'{name}' appears twice")
+        tensors.add(name)
         if name in parameters:
             module.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=bool(parameters[name])))
         else:

@@ -13,8 +13,8 @@ from typing import Any
 
 from clara_fl.config import compat
 from clara_fl.config.clara40.changes import Change
-from clara_fl.config.errors import json_path
-from clara_fl.config.specs import is_component
+from clara_fl.config.errors import ConfigError, json_path
+from clara_fl.config.specs import class_name, is_component, parse_component
 from clara_fl.config.variables import is_code
 
 __all__ = ["modernize_names"]
@@ -68,11 +68,15 @@ def modernize_names(config: dict[str, Any]) -> list[Change]:
     changes: list[Change] = []
     referenced = _refs(config)
     for spec, path in list(_walk(config, "")):
-        if "name" in spec and isinstance(spec["name"], str):
-            old, _, alias = spec["name"].partition("#")
+        try:
+            parsed = parse_component(spec, path)
+        except ConfigError:  # a malformed spec is reported when the converted config is run
+            continue
+        if parsed is not None and parsed.name is not None:
+            old = parsed.name
             legacy = compat.LEGACY_NAMES.get(old)
             if legacy is not None:
-                alias = alias or (old if old in referenced else "")
+                alias = parsed.alias or (old if old in referenced else "")
                 spec["name"] = legacy.replacement + (f"#{alias}" if alias else "")
                 args = spec.setdefault("args", {})
                 for key, value in legacy.defaults.items():
@@ -91,7 +95,7 @@ def modernize_names(config: dict[str, Any]) -> list[Change]:
             continue
         if target is None:  # a module that importing could run code: its arguments are left as they are
             continue
-        translated = compat.translate_args(str(spec.get("name", "")).split("#")[0], target, args)
+        translated = compat.translate_args(class_name(spec), target, args)
         if translated != args:
             removed = sorted(set(args) - set(translated))
             added = {k: v for k, v in translated.items() if args.get(k, object()) != v}

@@ -10,12 +10,12 @@ dropped, each with a logged change.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from clara_fl.config.clara40.changes import Change
 from clara_fl.config.clara40.detect import sections_of
 from clara_fl.config.errors import ConfigError, json_path
+from clara_fl.config.specs import class_name
 
 __all__ = ["move_removed_handlers"]
 
@@ -38,10 +38,6 @@ _SAVER_KEPT = (
 )
 _QUOTED_KEY = re.compile(r"""\[\s*\[?\s*['"](\w+)['"]""")
 _ENGINE_ARG = {"trainer": "postprocessing", "evaluator": "postprocessing"}
-
-
-def _class(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("name") or spec.get("path") or "").split("#")[0].rsplit(".", 1)[-1]
 
 
 def _inverter(args: dict[str, Any], path: str, changes: list[Change]) -> list[dict[str, Any]]:
@@ -82,13 +78,13 @@ _MOVES = {"TransformInverter": _inverter, "SegmentationSaver": _saver}
 
 def _move(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
     handlers = section.get("handlers")
-    if not isinstance(handlers, list) or not any(isinstance(h, dict) and _class(h) in _MOVES for h in handlers):
+    if not isinstance(handlers, list) or not any(isinstance(h, dict) and class_name(h) in _MOVES for h in handlers):
         return
     if not isinstance(section.setdefault("post_transforms", []), list):
         raise ConfigError("'post_transforms' must be a list", path=json_path(prefix, "post_transforms"))
     kept = []
     for index, spec in enumerate(handlers):
-        move = _MOVES.get(_class(spec)) if isinstance(spec, dict) else None
+        move = _MOVES.get(class_name(spec)) if isinstance(spec, dict) else None
         if move is None:
             kept.append(spec)
             continue
@@ -104,7 +100,7 @@ def _move(section: dict[str, Any], prefix: str, changes: list[Change]) -> None:
         section["post_transforms"].extend(added)
         names = ", ".join(t["name"] for t in added)
         where = json_path(prefix, "post_transforms", start)
-        changes.append(Change(path, f"{_class(spec)} (removed from MONAI) -> {names} at {where}"))
+        changes.append(Change(path, f"{class_name(spec)} (removed from MONAI) -> {names} at {where}"))
     section["handlers"] = kept
     for key, arg in _ENGINE_ARG.items():
         engine = section.get(key)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.site.algorithms import local_algorithm
 from clara_fl.fl.site.ditto import Ditto
 from clara_fl.recipes.algorithms import parse_algorithm_args
@@ -38,12 +38,12 @@ def test_ditto_tells_the_site_learner_its_lambda_and_personal_epochs() -> None:
 
 
 def test_ditto_refuses_several_processes_per_site() -> None:
-    with pytest.raises(ConfigError, match="ditto cannot train in several processes per site"):
+    with pytest.raises(UsageError, match="ditto cannot train in several processes per site"):
         configured({}, client_config(), "ditto", {}, nproc_per_site=2)
 
 
 def test_ditto_refuses_a_negative_lambda() -> None:
-    with pytest.raises(ConfigError, match="lambda must be >= 0"):
+    with pytest.raises(UsageError, match="lambda must be >= 0"):
         configured({}, client_config(), "ditto", {"lambda": -1})
 
 

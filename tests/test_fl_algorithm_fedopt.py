@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import UsageError
 from clara_fl.recipes.algorithms import parse_algorithm_args
 from tests.job_apps import configured
 
@@ -58,17 +58,17 @@ def test_fedopt_makes_the_server_generator_a_fedopt_step_with_the_given_optimize
 
 
 def test_fedopt_refuses_an_optimizer_it_does_not_know_listing_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="optimizer must be one of sgd, adam"):
+    with pytest.raises(UsageError, match="optimizer must be one of sgd, adam"):
         parse_algorithm_args("fedopt", ["optimizer=rmsprop"])
 
 
 def test_fedopt_refuses_a_non_positive_learning_rate() -> None:
-    with pytest.raises(ConfigError, match="lr must be > 0"):
+    with pytest.raises(UsageError, match="lr must be > 0"):
         configured(server_config(), client_config(), "fedopt", {"lr": 0})
 
 
 def test_fedopt_needs_a_template_with_a_shareable_generator() -> None:
-    with pytest.raises(ConfigError, match="clara_fedavg_cse"):
+    with pytest.raises(UsageError, match="clara_fedavg_cse"):
         configured(server_config(template_generator=False), client_config(), "fedopt", {})
 
 
@@ -76,7 +76,7 @@ def test_fedopt_needs_sites_that_send_weight_differences() -> None:
     client = client_config()
     client["components"][0]["args"]["send_weight_diff"] = False
 
-    with pytest.raises(ConfigError, match="WEIGHT_DIFF"):
+    with pytest.raises(UsageError, match="WEIGHT_DIFF"):
         configured(server_config(), client, "fedopt", {})
 
 

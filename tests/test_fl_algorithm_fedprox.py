@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import UsageError
 from clara_fl.fl.site.algorithms import local_algorithm
 from clara_fl.recipes.algorithms import check_algorithm_args
 from tests.job_apps import LEARNER, configured
@@ -71,5 +71,5 @@ def test_the_job_takes_mu_and_refuses_a_negative_one() -> None:
 
     assert client["components"][0]["args"] == {"algorithm": "fedprox", "algorithm_args": {"mu": 0.1}}
     assert check_algorithm_args("fedprox") == {"mu": 0.01}
-    with pytest.raises(ConfigError, match="mu must be >= 0"):
+    with pytest.raises(UsageError, match="mu must be >= 0"):
         configured({}, client, "fedprox", {"mu": -1})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.algorithms import ALGORITHMS, Algorithm, AlgorithmParameter
 from clara_fl.recipes.algorithms import check_algorithm_args, parse_algorithm_args
 from tests.conftest import SPLEEN_MMAR
@@ -38,7 +38,7 @@ def learner_config() -> dict:
 
 
 def test_an_unknown_algorithm_is_one_line_listing_the_valid_ones() -> None:
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(UsageError) as raised:
         check_algorithm_args("fedsomething")
 
     message = str(raised.value)
@@ -52,7 +52,7 @@ def test_arguments_are_converted_to_their_types_and_the_rest_take_defaults(probe
 
 
 def test_an_unknown_argument_names_the_valid_ones(probe_algorithm: Algorithm) -> None:
-    with pytest.raises(ConfigError, match=r"takes no argument lr \(valid: mu \(float, default 0.01\), steps"):
+    with pytest.raises(UsageError, match=r"takes no argument lr \(valid: mu \(float, default 0.01\), steps"):
         parse_algorithm_args("probe", ["lr=0.1"])
 
 
@@ -61,12 +61,12 @@ def test_an_unknown_argument_names_the_valid_ones(probe_algorithm: Algorithm) ->
     [("mu=abc", "expects float for mu"), ("steps=1.5", "expects int for steps"), ("optimizer=rmsprop", "one of sgd")],
 )
 def test_a_value_of_the_wrong_kind_is_refused(probe_algorithm: Algorithm, pair: str, expected: str) -> None:
-    with pytest.raises(ConfigError, match=expected):
+    with pytest.raises(UsageError, match=expected):
         parse_algorithm_args("probe", [pair])
 
 
 def test_a_pair_without_equals_is_refused() -> None:
-    with pytest.raises(ConfigError, match="expected NAME=VALUE"):
+    with pytest.raises(UsageError, match="expected NAME=VALUE"):
         parse_algorithm_args("fedavg", ["mu"])
 
 
@@ -82,7 +82,7 @@ def test_the_site_learner_is_told_the_algorithm_and_its_checked_arguments(probe_
 
 
 def test_an_algorithm_that_changes_training_refuses_several_processes_per_site(probe_algorithm: Algorithm) -> None:
-    with pytest.raises(ConfigError, match="cannot train in several processes per site"):
+    with pytest.raises(UsageError, match="cannot train in several processes per site"):
         configured({}, learner_config(), "probe", {}, nproc_per_site=2)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import UsageError
 from clara_fl.fl.site.algorithms import local_algorithm
 from tests.conftest import SPLEEN_MMAR
 from tests.job_apps import LEARNER, configured
@@ -121,12 +121,12 @@ def test_the_job_runs_flares_scaffold_controller_on_the_model_controller_templat
 def test_a_template_without_a_model_controller_workflow_is_refused() -> None:
     server = {"workflows": [{"id": "scatter_and_gather", "path": "x.ScatterAndGather"}]}
 
-    with pytest.raises(ConfigError, match="--template clara_fedavg_cse_mc"):
+    with pytest.raises(UsageError, match="--template clara_fedavg_cse_mc"):
         configured(server, {"components": [LEARNER]}, "scaffold", {})
 
 
 def test_scaffold_refuses_several_processes_per_site() -> None:
-    with pytest.raises(ConfigError, match="cannot train in several processes per site"):
+    with pytest.raises(UsageError, match="cannot train in several processes per site"):
         configured({}, {}, "scaffold", {}, nproc_per_site=2)
 
 

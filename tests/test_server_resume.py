@@ -17,7 +17,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.flare_internals.dropout import ABRUPT_EXIT_CODE, DropOutOnAbruptExit
 from clara_fl.fl.server.persistor import ClaraModelPersistor
 from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, read_run_state, write_run_state
@@ -259,8 +259,6 @@ def test_a_run_without_a_best_model_yet_leaves_the_selector_as_the_job_has_it(jo
     [
         (lambda p: stranded_run(p, rounds_done=4), "all 4 rounds of job a1b2 are done: nothing to resume"),
         (lambda p: stranded_run(p, total_rounds=6), "the job plans 4 rounds but the run planned 6: not this run's job"),
-        (lambda p: p.mkdir() or p, "no clara_fl_server_state.json here or in app_server/"),
-        (lambda p: p, "RUN: server run folder not found"),
         (
             lambda p: (stranded_run(p), (p / "a1b2").rename(p / "other"))[0].parent / "other",
             "the run state is of job a1b2, not of the job folder it is in",
@@ -282,6 +280,26 @@ def test_a_bad_run_folder_is_one_line_and_nothing_is_written(
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("make_run", "expected"),
+    [
+        (lambda p: p.mkdir() or p, "no clara_fl_server_state.json here or in app_server/"),
+        (lambda p: p, "server run folder not found"),
+    ],
+    ids=["no_run_state", "missing"],
+)
+def test_a_run_argument_that_is_no_server_run_is_a_usage_error_naming_run(
+    job: Path, tmp_path: Path, make_run: Any, expected: str
+) -> None:
+    run = make_run(tmp_path / "run")
+
+    with pytest.raises(UsageError) as raised:
+        plan_resume(job, run)
+
+    assert (raised.value.option, raised.value.value) == ("RUN", str(run))
+    assert raised.value.expected.startswith(expected)
+
+
 def test_the_resume_command_refuses_a_folder_that_is_not_a_job_with_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -293,7 +311,8 @@ def test_the_resume_command_refuses_a_folder_that_is_not_a_job_with_one_line_and
     code = main(["job", "resume", str(tmp_path / "not_a_job"), str(run), "-o", str(tmp_path / "out")])
 
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.endswith("JOB: not a FLARE job folder (no meta.json)") and "\n" not in err
+    assert err == f"clara-fl job: error: JOB {tmp_path / 'not_a_job'}: not a FLARE job folder (no meta.json)"
+    assert code == 2
     assert not (tmp_path / "out").exists()
 
 
@@ -316,7 +335,7 @@ def test_the_resume_command_does_not_replace_an_existing_folder_without_force(jo
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
 
-    with pytest.raises(ConfigError, match="use --force"):
+    with pytest.raises(UsageError, match="use --force"):
         write_continuation_job(plan_resume(job, run), tmp_path / "out")
 
     assert (tmp_path / "out" / "keep.txt").is_file()

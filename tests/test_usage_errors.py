@@ -13,7 +13,15 @@ from clara_fl.apps.convert import convert_mmar
 from clara_fl.apps.export import parse_shape
 from clara_fl.cli import main
 from clara_fl.config.errors import ConfigError, UsageError
+from clara_fl.fl.jobs.he_context import require_tenseal
+from clara_fl.fl.jobs.privacy import parse_privacy_option, privacy_filter
+from clara_fl.fl.jobs.site_setup import setup_site
+from clara_fl.recipes.algorithms import check_algorithm_args, check_algorithm_under_he, parse_algorithm_args
+from clara_fl.recipes.app_configs import find_template
 from tests.conftest import SPLEEN_MMAR
+from tests.job_apps import LEARNER, configured
+from tests.test_privacy_he_options import hide_tenseal
+from tests.test_site_setup import make_kit
 
 
 def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -149,6 +157,106 @@ def test_a_job_output_that_is_a_file_is_named_by_output(tmp_path: Path, capsys: 
     assert error_lines(capsys) == [f"clara-fl job: error: --output {output}: the job folder to write is a file"]
 
 
+def test_a_resume_job_folder_that_does_not_exist_is_named_by_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no_job"
+
+    code = main(["job", "resume", str(missing), str(tmp_path / "run"), "-o", str(tmp_path / "out")])
+
+    assert code == 2
+    assert error_lines(capsys) == [f"clara-fl job: error: JOB {missing}: job folder not found"]
+
+
+def test_an_unknown_job_template_is_named_by_template() -> None:
+    with pytest.raises(UsageError) as raised:
+        find_template("no_such_template")
+
+    assert (raised.value.option, raised.value.value) == ("--template", "no_such_template")
+    assert raised.value.expected.startswith("job template 'no_such_template' not found (known: clara_fedavg_cse")
+
+
+def test_a_privacy_option_without_key_value_pairs_is_named_by_privacy() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_privacy_option("PercentilePrivacy:gamma")
+
+    assert str(raised.value) == "--privacy PercentilePrivacy:gamma: expected NAME[:KEY=VALUE,...]"
+
+
+def test_a_privacy_filter_argument_it_does_not_take_is_named_after_the_option() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_privacy_option("PercentilePrivacy:sigma=1")
+
+    assert str(raised.value) == (
+        "--privacy PercentilePrivacy:sigma=1: sigma: not an argument of FLARE 2.9's PercentilePrivacy "
+        "(it takes percentile, gamma, data_kinds)"
+    )
+
+
+def test_he_without_tenseal_is_named_by_he(monkeypatch: pytest.MonkeyPatch) -> None:
+    hide_tenseal(monkeypatch)
+
+    with pytest.raises(UsageError) as raised:
+        require_tenseal()
+
+    assert str(raised.value) == "--he: homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
+
+
+def test_an_unknown_algorithm_is_named_by_algorithm() -> None:
+    with pytest.raises(UsageError) as raised:
+        check_algorithm_args("fedx")
+
+    assert (raised.value.option, raised.value.value) == ("--algorithm", "fedx")
+
+
+def test_an_algorithm_argument_without_a_value_is_named_by_algorithm_arg() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_algorithm_args("fedprox", ["mu"])
+
+    assert str(raised.value) == "--algorithm-arg mu: expected NAME=VALUE"
+
+
+def test_an_algorithm_argument_out_of_its_range_is_named_with_its_value() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_algorithm_args("fedprox", ["mu=-1"])
+
+    assert (raised.value.option, raised.value.value) == ("--algorithm-arg", "mu=-1")
+    assert "mu must be >= 0" in raised.value.expected
+
+
+def test_an_algorithm_that_cannot_run_under_he_is_named_by_he() -> None:
+    with pytest.raises(UsageError) as raised:
+        check_algorithm_under_he("fedbn")
+
+    assert (raised.value.option, raised.value.value) == ("--he", None)
+    assert raised.value.expected.startswith("fedbn cannot run with --he (with --he: ")
+
+
+def test_several_processes_per_site_for_an_algorithm_that_cannot_is_named_by_nproc_per_site() -> None:
+    with pytest.raises(UsageError) as raised:
+        configured({}, {"components": [LEARNER]}, "ditto", {}, nproc_per_site=2)
+
+    assert str(raised.value) == "--nproc-per-site 2: ditto cannot train in several processes per site"
+
+
+def test_an_unknown_site_confinement_mode_is_named_by_confinement(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    with pytest.raises(UsageError) as raised:
+        setup_site(kit, confinement="sometimes")
+
+    assert str(raised.value) == "--confinement sometimes: expected one of required, preferred, off"
+
+
+def test_an_empty_site_value_name_is_named_by_set(tmp_path: Path) -> None:
+    kit = make_kit(tmp_path / "site-1")
+
+    with pytest.raises(UsageError) as raised:
+        setup_site(kit, {"": "/data"})
+
+    assert str(raised.value) == "--set: environment names must be non-empty strings, got ''"
+
+
 # -- config files stay config errors ---------------------------------------------------------------
 
 
@@ -159,3 +267,13 @@ def test_a_bad_job_meta_json_is_a_config_error_naming_the_file_and_json_path(tmp
         require_flare_job(str(job))
 
     assert (raised.value.file, raised.value.path) == (str(job / "meta.json"), "deploy_map")
+
+
+def test_a_privacy_filter_in_an_mmar_config_is_a_config_error_naming_the_file_and_json_path() -> None:
+    with pytest.raises(ConfigError) as raised:
+        privacy_filter("PercentilePrivacy", {"sigma": 1}, "config/config_fed_client.json", "client.outbound_filters[0]")
+
+    assert (raised.value.file, raised.value.path) == (
+        "config/config_fed_client.json",
+        "client.outbound_filters[0].args.sigma",
+    )

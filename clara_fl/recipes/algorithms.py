@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.algorithms import ALGORITHMS, DEFAULT_ALGORITHM, MODEL_CONTROLLER_TEMPLATE, algorithm_named
 from clara_fl.recipes.job_model import LEARNER_ID, ClientApp, Component, ServerApp
 
@@ -33,8 +33,12 @@ MODEL_CONTROLLER_ID = "fedavg"
 def check_algorithm_args(name: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every argument of algorithm ``name``: the given ones converted to their types, the others at their defaults.
 
+    Args:
+        name: the algorithm (``--algorithm``).
+        args: its arguments by name (``--algorithm-arg``), strings or values.
+
     Raises:
-        ConfigError: an unknown algorithm, an argument it does not take, or a value of the wrong type or range.
+        UsageError: an unknown algorithm, an argument it does not take, or a value of the wrong type or range.
     """
     return algorithm_named(name).checked_args(args)
 
@@ -43,30 +47,34 @@ def parse_algorithm_args(name: str, pairs: Iterable[str]) -> dict[str, Any]:
     """``--algorithm-arg NAME=VALUE`` strings for algorithm ``name``, checked (see :func:`check_algorithm_args`).
 
     Raises:
-        ConfigError: a pair without ``=``, an unknown algorithm or argument, or a value of the wrong type.
+        UsageError: a pair without ``=``, an unknown algorithm or argument, or a value of the wrong type.
     """
     given: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"expected NAME=VALUE, got {pair!r}", path="--algorithm-arg")
+            raise UsageError("--algorithm-arg", pair, "expected NAME=VALUE")
         given[key.strip()] = value.strip()
     return check_algorithm_args(name, given)
 
 
 def check_algorithm_under_he(name: str) -> None:
-    """Raises ConfigError when algorithm ``name`` cannot run with homomorphic encryption (``--he``)."""
+    """Refuse an algorithm that cannot run with homomorphic encryption (``--he``).
+
+    Raises:
+        UsageError: algorithm ``name`` is unknown or cannot run with ``--he``.
+    """
     algorithm = algorithm_named(name)
     if not algorithm.supports_he:
         valid = ", ".join(sorted(a.name for a in ALGORITHMS.values() if a.supports_he))
-        raise ConfigError(f"{algorithm.name} cannot run with --he (with --he: {valid})", path="--he")
+        raise UsageError("--he", None, f"{algorithm.name} cannot run with --he (with --he: {valid})")
 
 
 def template_for(name: str, template: str, default_template: str) -> str:
     """The job template for algorithm ``name``: its own when the job asks for the default one.
 
     Raises:
-        ConfigError: an unknown algorithm.
+        UsageError: an unknown algorithm.
     """
     algorithm = algorithm_named(name)
     return algorithm.job_template if algorithm.job_template and template == default_template else template
@@ -82,22 +90,26 @@ def apply_algorithm(
     """Apply algorithm ``name`` to a job's apps (in place); returns its checked arguments.
 
     Raises:
-        ConfigError: an unknown algorithm or argument, one that cannot train in several processes per site, or a
-            template without the server parts it replaces.
+        UsageError: an unknown algorithm or argument, one that cannot train in several processes per site, or a
+            template (``--template``) without the server parts it replaces.
+        ConfigError: a template without the site Learner.
     """
     algorithm = algorithm_named(name)
     checked = algorithm.checked_args(args)
     if nproc_per_site and nproc_per_site > 1 and not algorithm.supports_nproc_per_site:
-        raise ConfigError(f"{algorithm.name} cannot train in several processes per site", path="--nproc-per-site")
+        raise UsageError(
+            "--nproc-per-site", str(nproc_per_site), f"{algorithm.name} cannot train in several processes per site"
+        )
     part = algorithm.server
     if part.needs == "model_controller":
         workflow = server.workflow(MODEL_CONTROLLER_ID)
         if workflow is None:
-            raise ConfigError(
+            raise UsageError(
+                "--template",
+                None,
                 f"{algorithm.name} runs on FLARE's {(part.workflow or '').rpartition('.')[2]} controller: use "
                 f"--template {MODEL_CONTROLLER_TEMPLATE} (the job template has no '{MODEL_CONTROLLER_ID}' "
                 "ModelController workflow)",
-                path="--template",
             )
     else:
         workflow = server.workflow(SCATTER_AND_GATHER_ID)
@@ -133,19 +145,21 @@ def _generator_to_replace(
     """The ScatterAndGather job's shareable generator and workflow.
 
     Raises:
-        ConfigError: the template has neither, or (``needs_weight_diff``) its sites send whole weights.
+        UsageError: the template (``--template``) has neither, or (``needs_weight_diff``) its sites send whole
+            weights (``--algorithm``).
     """
     generator = server.shareable_generator
     workflow = server.workflow(SCATTER_AND_GATHER_ID)
     if generator is None or workflow is None:
-        raise ConfigError(
+        raise UsageError(
+            "--template",
+            None,
             f"{name} needs a template with ScatterAndGather and a shareable generator (clara_fedavg_cse)",
-            path="--template",
         )
     if needs_weight_diff:
         aggregator = server.aggregator
         learner = client.learner
         sends_diff = (learner.args if learner else {}).get("send_weight_diff", True)
         if aggregator is None or aggregator.args.get("expected_data_kind") != "WEIGHT_DIFF" or not sends_diff:
-            raise ConfigError(f"{name} needs the sites to send weight differences (WEIGHT_DIFF)", path="--algorithm")
+            raise UsageError("--algorithm", name, f"{name} needs the sites to send weight differences (WEIGHT_DIFF)")
     return generator, workflow

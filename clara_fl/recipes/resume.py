@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
 from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, is_job_id, read_run_state
 
@@ -75,7 +75,7 @@ def find_run_state(run: str | os.PathLike) -> Path:
     """The folder with the run state: ``run`` itself, or its ``app_server/`` (the server's job folder).
 
     Raises:
-        ConfigError: neither holds the state file.
+        UsageError: ``run`` (the command's ``RUN``) does not exist, or neither holds the state file.
     """
     run = Path(run)
     if run.is_file() and run.name == STATE_FILE:
@@ -84,19 +84,19 @@ def find_run_state(run: str | os.PathLike) -> Path:
         if (folder / STATE_FILE).is_file():
             return folder
     if not run.exists():
-        raise ConfigError("server run folder not found", file=str(run), path="RUN")
-    raise ConfigError(
-        f"no {STATE_FILE} here or in app_server/: give the job's folder in the server's workspace", file=str(run)
+        raise UsageError("RUN", str(run), "server run folder not found")
+    raise UsageError(
+        "RUN", str(run), f"no {STATE_FILE} here or in app_server/: give the job's folder in the server's workspace"
     )
 
 
 def _server_app(job: Path) -> Path:
     meta = job / "meta.json"
     if not meta.is_file():
-        raise ConfigError("not a FLARE job folder (no meta.json)", file=str(job), path="JOB")
+        raise UsageError("JOB", str(job), "not a FLARE job folder (no meta.json)")
     apps = sorted(p.parent.parent for p in job.glob(f"*/{SERVER_CONFIG}"))
     if len(apps) != 1:
-        raise ConfigError(f"expected one app with {SERVER_CONFIG}, found {len(apps)}", file=str(job), path="JOB")
+        raise UsageError("JOB", str(job), f"expected one app with {SERVER_CONFIG}, found {len(apps)}")
     return apps[0]
 
 
@@ -109,13 +109,15 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
             the state file.
 
     Raises:
-        ConfigError: one line naming the input that is wrong: not a job folder, not a clara-fl server run,
-            a job without the ScatterAndGather rounds or the persistor, a run of a job with other rounds,
-            no round left, or a saved model missing.
+        UsageError: ``job`` (the command's ``JOB``) is not a job folder with one server app, or ``run`` (``RUN``)
+            is not a clara-fl server run.
+        ConfigError: one line naming the file that is wrong: a job without the ScatterAndGather rounds or the
+            persistor, a run of a job with other rounds, no round left, a saved model missing, or a run state
+            of another job.
     """
     job = Path(job)
     if not job.is_dir():
-        raise ConfigError("job folder not found", file=str(job), path="JOB")
+        raise UsageError("JOB", str(job), "job folder not found")
     app = _server_app(job)
     config_file = str(app / SERVER_CONFIG)
     server_config = load_json(config_file, what="server config")
@@ -165,15 +167,16 @@ def write_continuation_job(plan: ResumePlan, output: str | os.PathLike, force: b
     """Write the continuation job folder ``output`` (staged beside it, then moved into place).
 
     Raises:
-        ConfigError: ``output`` holds something and ``force`` is not set, or it is the original job.
+        UsageError: ``output`` (the command's ``--output``) holds something and ``force`` is not set, is a file,
+            or is the original job.
     """
     output = Path(output).resolve()
     if output == plan.job.resolve():
-        raise ConfigError("the continuation job must not replace the original job", file=str(output), path="--output")
+        raise UsageError("--output", str(output), "the continuation job must not replace the original job")
     if output.exists() and not output.is_dir():
-        raise ConfigError("the job folder to write is a file", file=str(output), path="--output")
+        raise UsageError("--output", str(output), "the job folder to write is a file")
     if output.exists() and any(output.iterdir()) and not force:
-        raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
+        raise UsageError("--output", str(output), "job folder exists and is not empty (use --force to replace it)")
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".clara_fl_resume_", dir=output.parent) as staging:
         staged = Path(staging) / "job"

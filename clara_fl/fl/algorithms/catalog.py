@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
-from clara_fl.fl.algorithms.spec import Algorithm, AlgorithmParameter, ServerPart
+from clara_fl.fl.algorithms.spec import Algorithm, AlgorithmParameter, ServerPart, refusal
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "MODEL_CONTROLLER_TEMPLATE", "algorithm_named"]
 
@@ -135,13 +134,14 @@ def algorithm_named(name: str, where: str = "--algorithm") -> Algorithm:
 
     Args:
         name: the algorithm's name.
-        where: the error's JSON path (``--algorithm``, or the Learner's config path at a site).
+        where: the option (``--algorithm``) or the Learner's config path at a site the name comes from.
 
     Raises:
-        ConfigError: no algorithm has that name (the message lists the valid ones).
+        UsageError: no algorithm has that name, where ``where`` is an option (the message lists the valid ones).
+        ConfigError: the same, where ``where`` is a config path.
     """
     try:
         return ALGORITHMS[name]
     except KeyError:
         valid = ", ".join(sorted(ALGORITHMS))
-        raise ConfigError(f"unknown FL algorithm '{name}' (valid: {valid})", path=where) from None
+        raise refusal(where, name, f"unknown FL algorithm '{name}' (valid: {valid})") from None

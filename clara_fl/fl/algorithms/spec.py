@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.variables import as_bool
 
-__all__ = ["Algorithm", "AlgorithmParameter", "GeneratorArgsFn", "ServerPart", "WorkflowKind"]
+__all__ = ["Algorithm", "AlgorithmParameter", "GeneratorArgsFn", "ServerPart", "WorkflowKind", "refusal"]
 
 #: the server workflow family an algorithm needs: FLARE's ScatterAndGather (with a shareable generator) or
 #: FLARE's ModelController API (FedAvg, Scaffold)
@@ -101,20 +101,20 @@ class Algorithm:
 
         Args:
             given: arguments by name (strings from the command line, or values).
-            where: the error's JSON path prefix (``--algorithm-arg``, or the Learner's config path).
+            where: the option (``--algorithm-arg``) or the Learner's config path the arguments come from.
 
         Raises:
-            ConfigError: an argument it does not take, a value of the wrong type or out of its range.
+            UsageError: where ``where`` is an option: an argument it does not take, a value of the wrong type or
+                out of its range.
+            ConfigError: the same, where ``where`` is a config path.
         """
         by_name = {p.name: p for p in self.parameters}
         values = dict(given or {})
         unknown = sorted(set(values) - set(by_name))
         if unknown:
             described = [f"{p.name} ({p.type.__name__}, default {p.default!r})" for p in self.parameters]
-            raise ConfigError(
-                f"{self.name} takes no argument {', '.join(unknown)} (valid: {', '.join(described) or 'none'})",
-                path=where,
-            )
+            message = f"{self.name} takes no argument {', '.join(unknown)} (valid: {', '.join(described) or 'none'})"
+            raise refusal(where, f"{unknown[0]}={values[unknown[0]]}", message, path=where)
         return {
             p.name: self._converted(p, values[p.name], where) if p.name in values else p.default
             for p in self.parameters
@@ -129,7 +129,7 @@ class Algorithm:
         return {p.name: checked[p.name] for p in self.parameters if p.side == "server" and p.name in checked}
 
     def _converted(self, parameter: AlgorithmParameter, value: Any, where: str) -> Any:
-        path = f"{where} {parameter.name}" if where.startswith("--") else f"{where}.{parameter.name}"
+        path, given = f"{where}.{parameter.name}", f"{parameter.name}={value}"
         converted: Any = None
         if parameter.type is bool:
             converted = as_bool(value)
@@ -143,14 +143,22 @@ class Algorithm:
         elif parameter.type is str and isinstance(value, str):
             converted = value
         if converted is None:
-            raise ConfigError(
-                f"{self.name} expects {parameter.type.__name__} for {parameter.name}, got {value!r}", path=path
-            )
+            message = f"{self.name} expects {parameter.type.__name__} for {parameter.name}, got {value!r}"
+            raise refusal(where, given, message, path=path)
         if parameter.choices is not None and converted not in parameter.choices:
             valid = ", ".join(str(c) for c in parameter.choices)
-            raise ConfigError(f"{self.name}: {parameter.name} must be one of {valid}, got {value!r}", path=path)
+            message = f"{self.name}: {parameter.name} must be one of {valid}, got {value!r}"
+            raise refusal(where, given, message, path=path)
         if parameter.check is not None and not parameter.check(converted):
-            raise ConfigError(
-                f"{self.name}: {parameter.name} must be {parameter.expected}, got {converted!r}", path=path
-            )
+            message = f"{self.name}: {parameter.name} must be {parameter.expected}, got {converted!r}"
+            raise refusal(where, given, message, path=path)
         return converted
+
+
+def refusal(where: str, value: str | None, message: str, path: str | None = None) -> UsageError | ConfigError:
+    """The error for a bad algorithm name or argument: a UsageError naming the option and the value given where
+    ``where`` is a command-line option (``--algorithm``, ``--algorithm-arg``), else a ConfigError at ``path`` (a
+    site's Learner config path; default ``where``)."""
+    if where.startswith("--"):
+        return UsageError(where, value, message)
+    return ConfigError(message, path=path if path is not None else where)

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import UsageError
 
 __all__ = [
     "CLIENT_CONTEXT",
@@ -34,10 +34,17 @@ _HE_PACKAGE = "nvflare.app_opt.he."
 HE_EXTRA_HINT = "homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
 
 
-def require_tenseal(path: str = "--he") -> None:
-    """Raises ConfigError (one line, the install hint) when TenSEAL is not installed; imports nothing."""
+def require_tenseal(option: str = "--he") -> None:
+    """Refuse homomorphic encryption where TenSEAL is not installed; imports nothing.
+
+    Args:
+        option: the option that asks for it.
+
+    Raises:
+        UsageError: TenSEAL is not installed (one line naming ``option``, the install hint).
+    """
     if importlib.util.find_spec("tenseal") is None:
-        raise ConfigError(HE_EXTRA_HINT, path=path)
+        raise UsageError(option, None, HE_EXTRA_HINT)
 
 
 def job_uses_he(job: str | os.PathLike) -> bool:
@@ -56,7 +63,7 @@ def tenseal_contexts() -> tuple[bytes, bytes]:
     """A fresh CKKS context serialized as FLARE's HEBuilder does: (server's, without secret key; sites', with it).
 
     Raises:
-        ConfigError: TenSEAL is not installed (the one-line ``pip install clara-fl[he]`` hint).
+        UsageError: TenSEAL is not installed (the one-line ``--he: ... pip install clara-fl[he]`` hint).
     """
     require_tenseal()
     from nvflare.lighter.impl.he import HEBuilder
@@ -70,7 +77,7 @@ def write_he_contexts(server_startup: str | None, client_startups: list[str]) ->
     """Write one context pair: the server's into ``server_startup``, the sites' into each of ``client_startups``.
 
     Raises:
-        ConfigError: TenSEAL is not installed.
+        UsageError: TenSEAL is not installed (``--he: ...``).
     """
     server_context, client_context = tenseal_contexts()
     if server_startup is not None:
@@ -88,7 +95,7 @@ def write_simulator_he_contexts(workspace: str | os.PathLike) -> str:
     Returns the startup folder.
 
     Raises:
-        ConfigError: TenSEAL is not installed.
+        UsageError: TenSEAL is not installed (``--he: ...``).
     """
     startup = os.path.join(os.path.abspath(workspace), "startup")
     write_he_contexts(startup, [startup])

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
 from clara_fl.runtime.files import write_json_atomic
 
@@ -92,27 +92,28 @@ def privacy_filter(name: str, args: Mapping[str, Any], file: str | None, path: s
         ConfigError: an unknown filter, or an argument FLARE 2.9's class does not take or of the wrong type
             (naming file and path).
     """
+    problem = _filter_problem(name, args)
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(message, file=file, path=path if key is None else f"{path}.args.{key}")
+    return {"path": PRIVACY_FILTERS[name], "args": {**CLARA_FL_DEFAULTS[name], **args}}
+
+
+def _filter_problem(name: str, args: Mapping[str, Any]) -> tuple[str | None, str] | None:
+    """What is wrong with a privacy filter as named and given: (the argument at fault, or None, and what); None
+    when nothing is."""
     if name not in PRIVACY_FILTERS:
-        raise ConfigError(
-            f"filter '{name}' is not carried; FLARE 2.9 has {', '.join(PRIVACY_FILTERS)} "
-            "(add others to a job template)",
-            file=file,
-            path=path,
-        )
-    target = PRIVACY_FILTERS[name]
+        carried = ", ".join(PRIVACY_FILTERS)
+        return None, f"filter '{name}' is not carried; FLARE 2.9 has {carried} (add others to a job template)"
     accepted = PRIVACY_FILTER_PARAMETERS[name]
     for key, value in args.items():
         if key not in accepted:
-            raise ConfigError(
-                f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})",
-                file=file,
-                path=f"{path}.args.{key}",
-            )
+            return key, f"not an argument of FLARE 2.9's {name} (it takes {', '.join(accepted)})"
         types = accepted[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
-            raise ConfigError(f"{name}'s {key} must be {wanted}, got {value!r}", file=file, path=f"{path}.args.{key}")
-    return {"path": target, "args": {**CLARA_FL_DEFAULTS[name], **args}}
+            return key, f"{name}'s {key} must be {wanted}, got {value!r}"
+    return None
 
 
 def privacy_filter_name(entry: Mapping[str, Any]) -> str | None:
@@ -130,7 +131,7 @@ def parse_privacy_option(option: str) -> dict[str, Any]:
     """``NAME[:K=V,K=V]`` (``PercentilePrivacy:percentile=10,gamma=0.01``) as a FLARE filter entry.
 
     Raises:
-        ConfigError: the option is malformed or names something FLARE 2.9 does not have.
+        UsageError: the option is malformed or names something FLARE 2.9 does not have.
     """
     from clara_fl.config.variables import parse_set_args
 
@@ -138,8 +139,12 @@ def parse_privacy_option(option: str) -> dict[str, Any]:
     pairs = [p.strip() for p in rest.split(",") if p.strip()] if rest else []
     try:
         args = parse_set_args(pairs)
-    except (ConfigError, ValueError) as e:
-        raise ConfigError(f"expected NAME[:KEY=VALUE,...], got {option!r} ({e})", path="--privacy") from None
+    except (ConfigError, ValueError):
+        raise UsageError("--privacy", option, "expected NAME[:KEY=VALUE,...]") from None
+    problem = _filter_problem(name.strip(), args)
+    if problem is not None:
+        key, message = problem
+        raise UsageError("--privacy", option, message if key is None else f"{key}: {message}")
     entry = privacy_filter(name.strip(), args, None, "--privacy")
     if name.strip() != "ExcludeVars":
         entry["args"].setdefault("data_kinds", list(SITE_DEFAULT_DATA_KINDS))

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
 from clara_fl.fl.jobs.allow_list import resources_with_allow_list
 from clara_fl.fl.site.context import CONFINEMENT_MODES, SITE_FILE_NAME, read_site_file
@@ -275,12 +275,14 @@ def setup_site(
             site file's (default ``preferred``).
 
     Raises:
-        ConfigError: no startup kit, a bad value, a resources file that is not JSON.
+        UsageError: an environment name that is not a non-empty string (``--set``), an unknown confinement mode
+            (``--confinement``).
+        ConfigError: no startup kit, a resources or site file that is not what it should be.
     """
     kit = find_startup_kit(site_dir)
     for name in environment or {}:
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"environment names must be non-empty strings, got {name!r}", file="--set")
+            raise UsageError("--set", None, f"environment names must be non-empty strings, got {name!r}")
     result = SiteSetupResult(
         kit=kit,
         resources_file=os.path.join(kit.local_dir, RESOURCES),
@@ -288,7 +290,7 @@ def setup_site(
         code_policy="full" if allow_code else "restricted",
     )
     if confinement is not None and confinement not in CONFINEMENT_MODES:
-        raise ConfigError(f"must be one of {', '.join(CONFINEMENT_MODES)}, got {confinement!r}", path="--confinement")
+        raise UsageError("--confinement", confinement, f"expected one of {', '.join(CONFINEMENT_MODES)}")
     if os.path.isfile(result.site_file):
         result.confinement = str(read_site_file(result.site_file).get("confinement", "preferred"))
     result.confinement = confinement or result.confinement

@@ -144,3 +144,28 @@ def test_the_server_saves_the_global_model_without_the_control_variates(monkeypa
 
     assert saved[0].meta == {"round": 1} and saved[0].params is model.params
     assert C_GLOBAL in model.meta  # the controller's own model still carries its controls
+
+
+def test_the_best_and_final_global_models_leave_the_control_variates_out_of_what_the_persistor_saves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.abstract.fl_model import FLModel
+    from nvflare.app_common.abstract.model import ModelLearnableKey
+    from nvflare.app_common.app_constant import AppConstants
+    from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
+
+    from clara_fl.fl.server.controllers import Scaffold
+
+    controls = {C_GLOBAL: {"w": np.ones(2)}, C_DIFF: {"w": np.ones(2)}, "round": 1}
+    aggregated = FLModel(params={"w": np.ones(2)}, meta=dict(controls))
+    monkeypatch.setattr(BaseFedAvg, "update_model", lambda self, model, aggr_result: aggr_result)
+    controller = Scaffold(num_clients=2, num_rounds=1)
+    controller.fl_ctx = FLContext()
+    monkeypatch.setattr(controller, "event", lambda event_type: None, raising=False)
+
+    updated = controller.update_model(FLModel(params={}), aggregated)
+
+    assert controller.fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)[ModelLearnableKey.META] == {"round": 1}
+    assert controller.final_global_model.meta == {"round": 1}
+    assert C_GLOBAL in updated.meta  # the next round still gets its controls

@@ -708,7 +708,7 @@ def fed_component(config: dict[str, Any], component_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("template", "workflow", "clients_arg"),
-    [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "num_clients")],
+    [("clara_fedavg_cse", "scatter_and_gather", "min_clients"), ("clara_fedavg_cse_mc", "fedavg", "min_clients")],
 )
 def test_create_job_writes_a_complete_job_from_the_mmar(
     tmp_path: Path, template: str, workflow: str, clients_arg: str

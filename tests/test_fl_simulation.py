@@ -140,7 +140,7 @@ def test_model_controller_fedavg_with_cross_site_eval(tmp_path: Path, site_file:
 
     assert set(results) == set(SITES)
     for site in SITES:
-        assert set(results[site]) == {"FL_global_model.pt", *SITES}
+        assert set(results[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
         assert all("val_mean_dice" in metrics for metrics in results[site].values())
 
 

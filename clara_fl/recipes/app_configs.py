@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.resolver import component_label
 from clara_fl.config.variables import as_bool
@@ -85,7 +85,7 @@ def find_template(template: str) -> Path:
     """A template folder: a path, or a name under the shipped job_templates/.
 
     Raises:
-        ConfigError: neither names a template folder.
+        UsageError: neither names a template folder (``--template``).
     """
     candidate = Path(template)
     shipped = templates_dir()
@@ -94,7 +94,7 @@ def find_template(template: str) -> Path:
     if not (candidate / "config_fed_client.conf").is_file() or not (candidate / "config_fed_server.conf").is_file():
         known = sorted(p.name for p in shipped.iterdir() if p.is_dir()) if shipped.is_dir() else []
         known_names = ", ".join(known) or "none"
-        raise ConfigError(f"job template '{template}' not found (known: {known_names})", path="--template")
+        raise UsageError("--template", template, f"job template '{template}' not found (known: {known_names})")
     return candidate
 
 
@@ -178,7 +178,11 @@ def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMP
         wait_time_after_min_received=s.wait_after_min_clients,
     )
     taken |= _set_args(
-        server.workflow("fedavg"), num_rounds=s.num_rounds, num_clients=s.min_clients, start_round=s.start_round
+        server.workflow("fedavg"),
+        num_rounds=s.num_rounds,
+        min_clients=s.min_clients,
+        start_round=s.start_round,
+        wait_time_after_min_received=s.wait_after_min_clients,
     )
     taken |= _set_args(server.aggregator, aggregation_weights=s.aggregation_weights, exclude_vars=s.exclude_vars)
     wanted = {

@@ -18,6 +18,7 @@ metrics each site sent with its result. ``clara-fl report`` and ``clara-fl simul
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from nvflare.apis.controller_spec import ClientTask, Task
@@ -27,8 +28,11 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
-from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.model import ModelLearnable, make_model_learnable
+from nvflare.app_common.app_constant import AppConstants, DefaultCheckpointFileName
 from nvflare.app_common.app_event_type import AppEventType
+from nvflare.app_common.utils.fl_model_utils import FLModelUtils
 from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as _CrossSiteEval
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval as _CrossSiteModelEval
 from nvflare.app_common.workflows.fedavg import FedAvg as _FedAvg
@@ -41,6 +45,9 @@ from clara_fl.runtime import events as ev
 
 __all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval", "Scaffold"]
 
+
+SERVER_MODEL_PREFIX = "SRV_"
+"""A server model's owner name in cross-site evaluation (CrossSiteModelEval's: ``SRV_FL_global_model.pt``)."""
 
 # the pass-through of the period is a patch of FLARE's internals, gated by FLARE version and site switch
 _PollsAtItsTaskCheckPeriod = PollsAtItsTaskCheckPeriod
@@ -154,6 +161,14 @@ def _round(value: Any, default: int | None = None) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+def _set_prop(fl_ctx: FLContext, key: str, value: Any) -> None:
+    """Set a property as the workflow set it before (FLContext refuses to change whether it is sticky): FedAvg's
+    round is not sticky, ScatterAndGather's is."""
+    detail = fl_ctx.get_prop_detail(key)
+    private, sticky = (detail["private"], detail["sticky"]) if detail else (True, True)
+    fl_ctx.set_prop(key, value, private=private, sticky=sticky)
+
+
 def _peer(fl_ctx: FLContext) -> str:
     peer = fl_ctx.get_peer_context()
     return str(peer.get_identity_name(default="?")) if peer is not None else "?"
@@ -169,14 +184,162 @@ class _RecordsRoundsOfItsTasks(_RecordsRunEvents):
             self._round_started(self.fl_ctx, data.current_round)  # type: ignore[attr-defined]
 
 
-class ScatterAndGather(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _ScatterAndGather):
+class _ReportsRoundContributors:
+    """The round log (the sites a round aggregated, or the ones it went without) and the drop-out report (one line
+    when a site's job process is gone, one when it is back).
+
+    A contribution is a result the workflow took in (``BEFORE_CONTRIBUTION_ACCEPT``); the round is logged at
+    :attr:`_round_done_event`. The workflow says which sites the round was sent to, how many it needs and its number.
+    """
+
+    _round_done_event: ClassVar[str] = AppEventType.ROUND_DONE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._round_contributors: set[str] = set()
+        self._dropped_sites: set[str] = set()
+
+    def _round_sites(self) -> set[str]:
+        raise NotImplementedError
+
+    def _least_sites(self) -> int:
+        raise NotImplementedError
+
+    def _round_number(self) -> Any:
+        raise NotImplementedError
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        super().handle_event(event_type, fl_ctx)  # type: ignore[misc]
+        if event_type == AppEventType.ROUND_STARTED:
+            self._round_contributors = set()
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._round_contributors.add(_peer(fl_ctx))
+        elif event_type == self._round_done_event:
+            self._log_round_contributors(fl_ctx)
+            self._round_contributors = set()
+        elif event_type == EventType.CLIENT_DISCONNECTED:
+            # each workflow's communicator watches the sites and fires this: say it once
+            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+            if site in self._dropped_sites:
+                return
+            self._dropped_sites.add(site)
+            self.log_warning(  # type: ignore[attr-defined]
+                fl_ctx,
+                f"{site} dropped out of the job: its job process is gone (its client reported the job missing and "
+                f"the site sent nothing during FLARE's dead-client grace period); the rounds go on with the other "
+                f"sites while at least {self._least_sites()} are left",
+            )
+        elif event_type == EventType.CLIENT_RECONNECTED:
+            site = fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME)
+            self._dropped_sites.discard(site)
+            self.log_info(  # type: ignore[attr-defined]
+                fl_ctx, f"{site} is back in the job; it gets the current global model in the next round"
+            )
+
+    def _log_round_contributors(self, fl_ctx: FLContext) -> None:
+        missing = sorted(self._round_sites() - self._round_contributors)
+        number, count = self._round_number(), len(self._round_contributors)
+        if not missing:
+            contributors = ", ".join(sorted(self._round_contributors))
+            self.log_info(fl_ctx, f"round {number} aggregated {count} sites: {contributors}")  # type: ignore[attr-defined]
+        else:
+            self.log_warning(  # type: ignore[attr-defined]
+                fl_ctx,
+                f"round {number} aggregated {count} sites without {', '.join(missing)} (no result in time: dropped, "
+                f"or slower than the first {self._least_sites()})",
+            )
+
+
+class _ValidatesFinalGlobalModel:
+    """After the last round, the sites validate the final global model in a ``final_validation_task_name`` task (the
+    job's client config gives it to the LearnerExecutor as its ``validate_task``, so the Learner validates it exactly
+    as it validates each round's global model before training); their metrics are fired with
+    :data:`~clara_fl.fl.server.model_selection.FINAL_GLOBAL_MODEL_VALIDATED` for the model selector, which makes it
+    the best global model if it is (a candidate FLARE's selectors never score)."""
+
+    def __init__(
+        self, *args: Any, final_validation_task_name: str = "", final_validation_timeout: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.final_validation_task_name = final_validation_task_name
+        self.final_validation_timeout = final_validation_timeout
+
+    def validate_final_global_model(
+        self,
+        data: Shareable,
+        global_model: ModelLearnable,
+        after_round: int,
+        min_responses: int,
+        wait_time_after_min_received: int,
+        abort_signal: Signal,
+        fl_ctx: FLContext,
+    ) -> None:
+        """Send ``data`` (the final global model) to every site to validate, and fire the sites' metrics.
+
+        Args:
+            data: the task data: the final global model's weights, with the round headers.
+            global_model: the same model, as the persistor saves it (if it is the best).
+            after_round: the round whose start would have validated this model (the best model's round).
+            min_responses: the validations to wait for.
+            wait_time_after_min_received: seconds to wait for the other sites after ``min_responses``.
+            abort_signal: the job's abort signal.
+            fl_ctx: the workflow's FLContext.
+        """
+        metrics_by_site: dict[str, dict[str, Any]] = {}
+
+        def collect(client_task: ClientTask, fl_ctx: FLContext) -> None:
+            site, result = client_task.client.name, client_task.result
+            client_task.result = None
+            if result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+                code = result.get_return_code()
+                self.log_warning(fl_ctx, f"{site} could not validate the final global model: {code}")  # type: ignore[attr-defined]
+                return
+            try:
+                dxo = from_shareable(result)
+            except ValueError as e:
+                self.log_warning(fl_ctx, f"{site}'s validation of the final global model is not a DXO: {e}")  # type: ignore[attr-defined]
+                return
+            if dxo.data_kind == DataKind.METRICS and isinstance(dxo.data, dict):
+                metrics_by_site[site] = dxo.data
+
+        self.log_info(  # type: ignore[attr-defined]
+            fl_ctx, f"the sites validate the final global model ('{self.final_validation_task_name}' task)"
+        )
+        task = Task(
+            name=self.final_validation_task_name,
+            data=data,
+            props={},
+            timeout=self.final_validation_timeout,
+            result_received_cb=collect,
+        )
+        self.broadcast_and_wait(  # type: ignore[attr-defined]
+            task=task,
+            min_responses=min_responses,
+            wait_time_after_min_received=wait_time_after_min_received,
+            fl_ctx=fl_ctx,
+            abort_signal=abort_signal,
+        )
+        if abort_signal.triggered:
+            return
+        # The selector compares at CURRENT_ROUND and the persistor saves GLOBAL_MODEL if it is the best.
+        _set_prop(fl_ctx, AppConstants.CURRENT_ROUND, after_round)
+        _set_prop(fl_ctx, AppConstants.GLOBAL_MODEL, global_model)
+        fl_ctx.set_prop(FINAL_GLOBAL_MODEL_METRICS, metrics_by_site, private=True, sticky=False)
+        self.fire_event(FINAL_GLOBAL_MODEL_VALIDATED, fl_ctx)  # type: ignore[attr-defined]
+
+
+class ScatterAndGather(
+    _RecordsRunEvents,
+    _ReportsRoundContributors,
+    _ValidatesFinalGlobalModel,
+    _PollsAtItsTaskCheckPeriod,
+    _ScatterAndGather,
+):
     """FLARE's ScatterAndGather (FedAvg rounds), polling every ``task_check_period`` seconds.
 
-    After the last round, if ``final_validation_task_name`` is set, the final global model goes to
-    every site in a task of that name (the job's client config gives it to the LearnerExecutor as
-    its ``validate_task``, so the Learner validates it exactly as it validates each round's global
-    model before training); the sites' metrics are fired with
-    :data:`~clara_fl.fl.server.model_selection.FINAL_GLOBAL_MODEL_VALIDATED` for the model selector.
+    After the last round, if ``final_validation_task_name`` is set, the sites validate the final global model, a
+    candidate for the best global model (:class:`_ValidatesFinalGlobalModel`). The server log names the sites each
+    round aggregated, or went without, and the site that dropped out of the job.
 
     Args:
         final_validation_task_name: the sites' task that validates a global model; empty: none.
@@ -185,105 +348,31 @@ class ScatterAndGather(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _ScatterAn
         **kwargs: FLARE's ScatterAndGather keyword arguments.
     """
 
-    def __init__(
-        self, *args: Any, final_validation_task_name: str = "", final_validation_timeout: int = 0, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.final_validation_task_name = final_validation_task_name
-        self.final_validation_timeout = final_validation_timeout
-        self._round_contributors: set[str] = set()
-        self._dropped_sites: set[str] = set()
+    def _round_sites(self) -> set[str]:
+        return {client.name for client in self._engine.get_clients()} if self._engine else set()
 
-    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        super().handle_event(event_type, fl_ctx)
-        if event_type == AppEventType.ROUND_STARTED:
-            self._round_contributors = set()
-        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
-            self._round_contributors.add(fl_ctx.get_peer_context().get_identity_name(default="?"))
-        elif event_type == AppEventType.ROUND_DONE:
-            self._log_round_contributors(fl_ctx)
-        elif event_type == EventType.CLIENT_DISCONNECTED:
-            # each workflow's communicator watches the sites and fires this: say it once
-            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
-            if site in self._dropped_sites:
-                return
-            self._dropped_sites.add(site)
-            self.log_warning(
-                fl_ctx,
-                f"{site} dropped out of the job: its job process is gone (its client reported the job missing and "
-                f"the site sent nothing during FLARE's dead-client grace period); the rounds go on with the other "
-                f"sites while at least {self._min_clients} are left",
-            )
-        elif event_type == EventType.CLIENT_RECONNECTED:
-            site = fl_ctx.get_prop(FLContextKey.RECONNECTED_CLIENT_NAME)
-            self._dropped_sites.discard(site)
-            self.log_info(fl_ctx, f"{site} is back in the job; it gets the current global model in the next round")
+    def _least_sites(self) -> int:
+        return int(self._min_clients)
 
-    def _log_round_contributors(self, fl_ctx: FLContext) -> None:
-        sites = {client.name for client in self._engine.get_clients()} if self._engine else set()
-        missing = sorted(sites - self._round_contributors)
-        if not missing:
-            contributors = ", ".join(sorted(self._round_contributors))
-            self.log_info(
-                fl_ctx, f"round {self._current_round} aggregated {len(self._round_contributors)} sites: {contributors}"
-            )
-        else:
-            self.log_warning(
-                fl_ctx,
-                f"round {self._current_round} aggregated {len(self._round_contributors)} sites without "
-                f"{', '.join(missing)} (no result in time: dropped, or slower than the first {self._min_clients})",
-            )
+    def _round_number(self) -> Any:
+        return self._current_round
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         super().control_flow(abort_signal, fl_ctx)
         all_rounds_done = self._num_rounds > 0 and self._current_round == self._start_round + self._num_rounds
         if self.final_validation_task_name and all_rounds_done and not abort_signal.triggered:
-            self._validate_final_global_model(abort_signal, fl_ctx)
-
-    def _validate_final_global_model(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
-        metrics_by_site: dict[str, dict[str, Any]] = {}
-
-        def collect(client_task: ClientTask, fl_ctx: FLContext) -> None:
-            site, result = client_task.client.name, client_task.result
-            client_task.result = None
-            if result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
-                code = result.get_return_code()
-                self.log_warning(fl_ctx, f"{site} could not validate the final global model: {code}")
-                return
-            try:
-                dxo = from_shareable(result)
-            except ValueError as e:
-                self.log_warning(fl_ctx, f"{site}'s validation of the final global model is not a DXO: {e}")
-                return
-            if dxo.data_kind == DataKind.METRICS and isinstance(dxo.data, dict):
-                metrics_by_site[site] = dxo.data
-
-        data = self.shareable_gen.learnable_to_shareable(self._global_weights, fl_ctx)
-        data.set_header(AppConstants.CURRENT_ROUND, self._current_round)
-        data.set_header(AppConstants.NUM_ROUNDS, self._num_rounds)
-        self.log_info(fl_ctx, f"the sites validate the final global model ('{self.final_validation_task_name}' task)")
-        task = Task(
-            name=self.final_validation_task_name,
-            data=data,
-            props={},
-            timeout=self.final_validation_timeout,
-            result_received_cb=collect,
-        )
-        self.broadcast_and_wait(
-            task=task,
-            min_responses=self._min_clients,
-            wait_time_after_min_received=self._wait_time_after_min_received,
-            fl_ctx=fl_ctx,
-            abort_signal=abort_signal,
-        )
-        if abort_signal.triggered:
-            return
-        # The selector compares at CURRENT_ROUND (the round whose start would have validated this
-        # model) and the persistor saves GLOBAL_MODEL if it is the best.
-        fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self._current_round, private=True, sticky=True)
-        fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
-        fl_ctx.set_prop(FINAL_GLOBAL_MODEL_METRICS, metrics_by_site, private=True, sticky=False)
-        self.fire_event(FINAL_GLOBAL_MODEL_VALIDATED, fl_ctx)
+            data = self.shareable_gen.learnable_to_shareable(self._global_weights, fl_ctx)
+            data.set_header(AppConstants.CURRENT_ROUND, self._current_round)
+            data.set_header(AppConstants.NUM_ROUNDS, self._num_rounds)
+            self.validate_final_global_model(
+                data,
+                self._global_weights,
+                self._current_round,
+                self._min_clients,
+                self._wait_time_after_min_received,
+                abort_signal,
+                fl_ctx,
+            )
 
 
 class CrossSiteModelEval(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _CrossSiteModelEval):
@@ -292,28 +381,208 @@ class CrossSiteModelEval(_RecordsRunEvents, _PollsAtItsTaskCheckPeriod, _CrossSi
     _trains = False
 
 
-class FedAvg(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _FedAvg):
-    """FLARE's FedAvg on the ModelController API, polling every ``task_check_period`` seconds."""
+class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
+    """What clara-fl's ScatterAndGather gives, on a FLARE FedAvg-family ModelController (``BaseFedAvg``: ``run``
+    samples the round's sites, sends them the model, aggregates their results weighted by the steps each ran, and
+    calls ``update_model`` and ``save_model``).
+
+    * ``num_clients = 0`` sends each round's model to every site (FLARE samples ``num_clients`` sites otherwise), and
+      the round ends once ``min_clients`` results are in and ``wait_time_after_min_received`` seconds more have
+      passed, or every site answered (FLARE's controllers wait for every site they sampled).
+    * The round log and the drop-out report (:class:`_ReportsRoundContributors`), logged after each aggregation.
+    * The sites validate the final global model after the last round (:class:`_ValidatesFinalGlobalModel`).
+    """
+
+    _round_done_event = AppEventType.AFTER_AGGREGATION
+
+    def __init__(
+        self, *args: Any, min_clients: int | None = None, wait_time_after_min_received: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_clients = min_clients
+        self.wait_time_after_min_received = wait_time_after_min_received
+        self.final_global_model: FLModel | None = None
+        self._final_round: int | None = None
+        self._round_targets: set[str] = set()
+
+    def sample_clients(self, num_clients: int | None = None) -> list[str]:
+        clients: list[str] = super().sample_clients(num_clients or None)  # type: ignore[misc]
+        self._round_targets = set(clients)
+        return clients
+
+    def send_model(
+        self,
+        task_name: str = AppConstants.TASK_TRAIN,
+        data: FLModel | None = None,
+        targets: list[str] | None = None,
+        min_responses: int | None = None,
+        timeout: int = 0,
+        callback: Callable[[FLModel], Any] | None = None,
+    ) -> None:
+        self.broadcast_model(  # type: ignore[attr-defined]
+            data=data,
+            task_name=task_name,
+            targets=targets,
+            timeout=timeout,
+            blocking=False,
+            callback=callback,
+            **self._round_wait(task_name, min_responses),
+        )
+
+    def send_model_and_wait(
+        self,
+        task_name: str = AppConstants.TASK_TRAIN,
+        data: FLModel | None = None,
+        targets: list[str] | None = None,
+        min_responses: int | None = None,
+        timeout: int = 0,
+    ) -> list[FLModel]:
+        results: list[FLModel] = self.broadcast_model(  # type: ignore[attr-defined]
+            data=data,
+            task_name=task_name,
+            targets=targets,
+            timeout=timeout,
+            **self._round_wait(task_name, min_responses),
+        )
+        return results
+
+    def _round_wait(self, task_name: str, min_responses: int | None) -> dict[str, Any]:
+        """A training round's task ends ``wait_time_after_min_received`` seconds after ``min_clients`` results."""
+        if task_name != getattr(self, "task_name", AppConstants.TASK_TRAIN) or min_responses is not None:
+            return {"min_responses": min_responses}
+        return {"min_responses": self.min_clients, "wait_time_after_min_received": self.wait_time_after_min_received}
+
+    def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
+        updated: FLModel = super().update_model(model, aggr_result)  # type: ignore[misc]
+        self.final_global_model, self._final_round = updated, self.current_round  # type: ignore[attr-defined]
+        return updated
+
+    def _round_sites(self) -> set[str]:
+        return self._round_targets
+
+    def _least_sites(self) -> int:
+        return self.min_clients or len(self._round_targets)
+
+    def _round_number(self) -> Any:
+        return self.current_round  # type: ignore[attr-defined]
+
+    def run(self) -> None:
+        super().run()  # type: ignore[misc]
+        last_round = self.start_round + self.num_rounds - 1  # type: ignore[attr-defined]
+        model = self.final_global_model
+        if not self.final_validation_task_name or model is None or self._final_round != last_round:
+            return
+        if self.abort_signal.triggered:  # type: ignore[attr-defined]
+            return
+        after_round = last_round + 1
+        weights = FLModel(params_type=ParamsType.FULL, params=model.params, current_round=after_round)
+        weights.total_rounds = self.num_rounds  # type: ignore[attr-defined]
+        data = FLModelUtils.to_shareable(weights)
+        self.validate_final_global_model(
+            data,
+            make_model_learnable(weights=model.params, meta_props=model.meta),
+            after_round,
+            self.min_clients or 0,
+            self.wait_time_after_min_received,
+            self.abort_signal,  # type: ignore[attr-defined]
+            self.fl_ctx,  # type: ignore[attr-defined]
+        )
+
+
+class FedAvg(_RecordsRoundsOfItsTasks, _RoundsOfTheSites, _PollsAtItsTaskCheckPeriod, _FedAvg):
+    """FLARE's FedAvg on the ModelController API, polling every ``task_check_period`` seconds, with what
+    clara-fl's ScatterAndGather gives (:class:`_RoundsOfTheSites`): FLARE's FedAvg weighs each site's result by
+    the steps it ran (``NUM_STEPS_CURRENT_ROUND``), as the ScatterAndGather template's aggregator does.
+
+    Args:
+        min_clients: the results a round needs; None: every site it was sent to.
+        wait_time_after_min_received: seconds to wait for the other sites once ``min_clients`` results are in.
+        final_validation_task_name: the sites' task that validates a global model; empty: none.
+        final_validation_timeout: seconds to wait for the sites' validation (0: no limit).
+        *args: FLARE's FedAvg positional arguments.
+        **kwargs: FLARE's FedAvg keyword arguments (``num_clients = 0``: every site).
+    """
 
 
 class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _CrossSiteEval):
-    """FLARE's CrossSiteEval on the ModelController API, polling every ``task_check_period`` seconds."""
+    """FLARE's CrossSiteEval on the ModelController API, polling every ``task_check_period`` seconds.
+
+    The server's models go to the sites under the names CrossSiteModelEval gives them (``SRV_FL_global_model.pt``,
+    ``SRV_best_FL_global_model.pt``), so ``cross_val_results.json`` names them as the ScatterAndGather template's does;
+    a server model the persistor does not have (no best global model yet) is left out (FLARE's CrossSiteEval would
+    send the model before it under its name).
+
+    Args:
+        server_models: the persistor's models the sites validate (its file names).
+        *args: FLARE's CrossSiteEval positional arguments.
+        **kwargs: FLARE's CrossSiteEval keyword arguments.
+    """
 
     _trains = False
 
+    def __init__(
+        self,
+        *args: Any,
+        server_models: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # FLARE's CrossSiteEval keeps this very list: run() leaves out the models the persistor lacks in place
+        self.server_models = list(server_models or [DefaultCheckpointFileName.GLOBAL_MODEL])
+        super().__init__(*args, server_models=self.server_models, **kwargs)
 
-class Scaffold(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Scaffold):
-    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds.
+    def run(self) -> None:
+        inventory = self.persistor.get_model_inventory(self.fl_ctx) if self.persistor else None
+        if inventory is not None:
+            missing = [name for name in self.server_models if name not in inventory]
+            if missing:
+                self.info(f"the server has no {', '.join(missing)}: the sites validate the others")
+            self.server_models[:] = [name for name in self.server_models if name in inventory]
+        super().run()
+
+    def send_model(
+        self,
+        task_name: str = AppConstants.TASK_TRAIN,
+        data: FLModel | None = None,
+        targets: list[str] | None = None,
+        min_responses: int | None = None,
+        timeout: int = 0,
+        callback: Callable[[FLModel], Any] | None = None,
+    ) -> None:
+        owner = data.meta.get(AppConstants.MODEL_OWNER) if data is not None else None
+        if task_name == AppConstants.TASK_VALIDATION and owner in self.server_models and data is not None:
+            data.meta[AppConstants.MODEL_OWNER] = SERVER_MODEL_PREFIX + str(owner)
+        super().send_model(task_name, data, targets, min_responses, timeout, callback)
+
+
+class Scaffold(_RecordsRoundsOfItsTasks, _RoundsOfTheSites, _PollsAtItsTaskCheckPeriod, _Scaffold):
+    """FLARE's SCAFFOLD controller on the ModelController API, polling every ``task_check_period`` seconds, with
+    what clara-fl's ScatterAndGather gives (:class:`_RoundsOfTheSites`; arguments as :class:`FedAvg`'s).
 
     The global model is saved without the control variates FLARE's Scaffold keeps in its meta: numpy arrays in
     the saved meta make the model file unreadable with ``torch.load(weights_only=True)``, so cross-site evaluation
-    could not load it.
+    could not load it. That holds for the global model (:meth:`save_model`) and for the best one, which the
+    persistor saves from the run's ``GLOBAL_MODEL`` property, after a round or after the final validation
+    (:meth:`update_model`).
     """
 
-    def save_model(self, model: Any) -> None:
-        from nvflare.app_common.app_constant import AlgorithmConstants
+    def update_model(self, model: FLModel, aggr_result: FLModel) -> FLModel:
+        updated = super().update_model(model, aggr_result)
+        stripped = copy.copy(updated)
+        stripped.meta = _without_controls(updated.meta)
+        self.final_global_model = stripped
+        learnable = make_model_learnable(weights=updated.params, meta_props=stripped.meta)
+        self.fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, learnable, private=True, sticky=True)
+        return updated
 
-        controls = (AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL, AlgorithmConstants.SCAFFOLD_CTRL_DIFF)
+    def save_model(self, model: Any) -> None:
         saved = copy.copy(model)
-        saved.meta = {k: v for k, v in (model.meta or {}).items() if k not in controls}
+        saved.meta = _without_controls(model.meta)
         super().save_model(saved)
+
+
+def _without_controls(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """A SCAFFOLD model's meta without its control variates."""
+    from nvflare.app_common.app_constant import AlgorithmConstants
+
+    controls = (AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL, AlgorithmConstants.SCAFFOLD_CTRL_DIFF)
+    return {k: v for k, v in (meta or {}).items() if k not in controls}

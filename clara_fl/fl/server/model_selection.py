@@ -4,11 +4,11 @@ FLARE's :class:`IntimeModelSelector` scores a global model by the validation the
 start of the next round (``initial_metrics`` in their train results), so the model the last round
 produces is never scored and can never become the best (the lag FLARE PR 5244 describes).
 :class:`GlobalModelSelector` is that selector plus one more candidate: after the last round,
-``clara_fl.fl.server.controllers.ScatterAndGather`` has the sites validate the final global model the same
-way (the Learner's evaluator, the MMAR's key metric) and fires :data:`FINAL_GLOBAL_MODEL_VALIDATED`
-with their metrics; the selector weighs them as it weighs every round's, and if the final model
-is the best, fires FLARE's ``GLOBAL_BEST_MODEL_AVAILABLE`` so the persistor saves it as
-``best_FL_global_model.pt``.
+clara-fl's ScatterAndGather, FedAvg and Scaffold (``clara_fl.fl.server.controllers``) have the sites
+validate the final global model the same way (the Learner's evaluator, the MMAR's key metric) and
+fire :data:`FINAL_GLOBAL_MODEL_VALIDATED` with their metrics; the selector weighs them as it weighs
+every round's, and if the final model is the best, fires FLARE's ``GLOBAL_BEST_MODEL_AVAILABLE``
+so the persistor saves it as ``best_FL_global_model.pt``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 
@@ -29,6 +30,8 @@ FINAL_GLOBAL_MODEL_VALIDATED = "clara_fl.final_global_model_validated"
 """Event: the sites validated the final global model; their metrics are in :data:`FINAL_GLOBAL_MODEL_METRICS`."""
 FINAL_GLOBAL_MODEL_METRICS = "clara_fl.final_global_model_metrics"
 """FLContext property: ``{site name: {log_label: value}}`` for the final global model."""
+
+_CROSS_SITE_TASKS = (AppConstants.TASK_SUBMIT_MODEL, AppConstants.TASK_VALIDATION)
 
 
 class GlobalModelSelector(IntimeModelSelector):
@@ -52,8 +55,12 @@ class GlobalModelSelector(IntimeModelSelector):
             self.best_raw_val_metric = -self.best_val_metric if self.negate_key_metric else self.best_val_metric
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        if event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT and self.weigh_by_local_iter:
-            self._remember_steps(fl_ctx)
+        if event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            # a ModelController workflow fires it for every result, cross-site evaluation's too: not a round's
+            if fl_ctx.get_prop(FLContextKey.TASK_NAME) in _CROSS_SITE_TASKS:
+                return
+            if self.weigh_by_local_iter:
+                self._remember_steps(fl_ctx)
         super().handle_event(event_type, fl_ctx)
         if event_type == FINAL_GLOBAL_MODEL_VALIDATED:
             self._score_final_model(fl_ctx.get_prop(FINAL_GLOBAL_MODEL_METRICS) or {}, fl_ctx)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,6 +265,35 @@ def interleave_deployments(items: list[pytest.Item]) -> list[pytest.Item]:
     return ordered
 
 
+# An end-to-end test that runs past this is stopped and fails, naming itself, rather than waiting on FLARE's own
+# timeouts (a simulated site whose worker never came up leaves cross-site evaluation waiting 600 s for its model,
+# then up to 6000 s for its validations) until CI's hard limit ends the whole run without a word.
+E2E_TEST_LIMIT_S = int(os.environ.get("CLARA_FL_E2E_TEST_LIMIT_S", "1500"))
+
+
+class E2ETestOverTime(BaseException):
+    """Raised in an e2e test that ran past E2E_TEST_LIMIT_S (a BaseException: no ``except Exception`` of the code
+    under test swallows it)."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if item.get_closest_marker("e2e") is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def over_time(signum: int, frame: object) -> None:
+        raise E2ETestOverTime(f"{item.nodeid} ran over {E2E_TEST_LIMIT_S} s (CLARA_FL_E2E_TEST_LIMIT_S)")
+
+    previous = signal.signal(signal.SIGALRM, over_time)
+    signal.alarm(E2E_TEST_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 _unit_seconds: dict[str, float] = {}
 
 
@@ -286,8 +318,6 @@ def pytest_configure(config: pytest.Config) -> None:
     """One torch (OpenMP) thread per process unless the caller says otherwise, set before anything imports torch.
     The tests' trainings are tiny and share 2 cores with the simulators, torchrun workers and confined processes
     they start (which inherit it): two spinning OpenMP threads per process made a loaded machine 3-10x slower."""
-    import os
-
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -339,11 +339,11 @@ class ScatterAndGather(
 
     After the last round, if ``final_validation_task_name`` is set, the sites validate the final global model, a
     candidate for the best global model (:class:`_ValidatesFinalGlobalModel`). The server log names the sites each
-    round aggregated, or went without, and the site that dropped out of the job.
+    round aggregated, or went without, and the site that dropped out of the job. Besides FLARE's arguments it
+    takes ``final_validation_task_name`` (the sites' task that validates a global model; empty: none) and
+    ``final_validation_timeout`` (seconds to wait for the sites' validation; 0: no limit).
 
     Args:
-        final_validation_task_name: the sites' task that validates a global model; empty: none.
-        final_validation_timeout: seconds to wait for the sites' validation (0: no limit).
         *args: FLARE's ScatterAndGather positional arguments.
         **kwargs: FLARE's ScatterAndGather keyword arguments.
     """
@@ -494,11 +494,12 @@ class FedAvg(_RecordsRoundsOfItsTasks, _RoundsOfTheSites, _PollsAtItsTaskCheckPe
     clara-fl's ScatterAndGather gives (:class:`_RoundsOfTheSites`): FLARE's FedAvg weighs each site's result by
     the steps it ran (``NUM_STEPS_CURRENT_ROUND``), as the ScatterAndGather template's aggregator does.
 
+    Besides FLARE's arguments it takes ``final_validation_task_name`` (the sites' task that validates a global
+    model; empty: none) and ``final_validation_timeout`` (seconds to wait for the sites' validation; 0: no limit).
+
     Args:
         min_clients: the results a round needs; None: every site it was sent to.
         wait_time_after_min_received: seconds to wait for the other sites once ``min_clients`` results are in.
-        final_validation_task_name: the sites' task that validates a global model; empty: none.
-        final_validation_timeout: seconds to wait for the sites' validation (0: no limit).
         *args: FLARE's FedAvg positional arguments.
         **kwargs: FLARE's FedAvg keyword arguments (``num_clients = 0``: every site).
     """

@@ -94,7 +94,7 @@ def _privacy_and_he_options(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The --privacy filters, checked, and --he's TenSEAL checked, before anything is written.
 
     Raises:
-        ConfigError: a bad privacy filter or argument, or --he without TenSEAL installed.
+        UsageError: a bad privacy filter or argument, or --he without TenSEAL installed.
     """
     from clara_fl.fl.jobs.he_context import require_tenseal
     from clara_fl.fl.jobs.privacy import parse_privacy_option

@@ -98,8 +98,9 @@ class ClaraFedAvgRecipe(Recipe):
             configs (config/config_fed_server.json, config_fed_client.json) when it has them.
 
     Raises:
-        ConfigError: the folder is not an MMAR, the template is unknown, an algorithm or its arguments are
-            unknown, or a component cannot be built (an HE job without TenSEAL installed: ``pip install clara-fl[he]``).
+        ConfigError: the folder is not an MMAR, or a component cannot be built.
+        UsageError: the template is unknown, an algorithm or its arguments are unknown or out of range, or an HE job
+            without TenSEAL installed (``pip install clara-fl[he]``).
     """
 
     def __init__(

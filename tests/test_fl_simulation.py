@@ -135,15 +135,6 @@ def test_fedavg_global_model_beats_the_untrained_model_at_every_site(fedavg_simu
         assert list((server / "tb_events" / site).glob("events.out.tfevents.*"))
 
 
-def test_model_controller_fedavg_with_cross_site_eval(tmp_path: Path, site_file: Path) -> None:
-    _, _, results = simulate(tmp_path, site_file, "clara_fedavg_cse_mc", rounds=1, local_epochs=1)
-
-    assert set(results) == set(SITES)
-    for site in SITES:
-        assert set(results[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", *SITES}
-        assert all("val_mean_dice" in metrics for metrics in results[site].values())
-
-
 def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(
     tmp_path: Path, site_file: Path
 ) -> None:

@@ -256,21 +256,16 @@ def spleen_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("template", BOTH)
-def test_a_two_round_spleen_job_gives_the_same_in_both_templates(
-    tmp_path: Path, template: str, spleen_sites: Path
-) -> None:
+def assert_rounds_selection_and_cross_site(workspace: Path, results: dict[str, Any], rounds: int) -> None:
+    """What both templates give a finished 2-site job: every round's contributors in the server log, the final
+    model validated, the best model the best of the candidates, both models saved and validated at every site."""
     from clara_fl.runtime import events as ev
-    from tests.test_fl_simulation import simulate
-
-    _, workspace, results = simulate(tmp_path, spleen_sites, template, rounds=2, local_epochs=1)
 
     server = workspace / "server"
     app = next(server.glob("**/app_server"))
     log = (server / "log.txt").read_text()
     assert "the sites validate the final global model" in log
-    for number in (0, 1):
+    for number in range(rounds):
         assert f"round {number} aggregated 2 sites: site-1, site-2" in log
     assert (app / "FL_global_model.pt").is_file() and (app / "best_FL_global_model.pt").is_file()
     # the candidates: each round's model as the sites validated it at the next round's start, and the final model
@@ -280,8 +275,32 @@ def test_a_two_round_spleen_job_gives_the_same_in_both_templates(
             by_round.setdefault(e.round, []).append(e.fields[KEY])
     candidates = [sum(values) / len(values) for values in by_round.values()] + [_final_dice(log)]
     assert _best_dice(log) == pytest.approx(max(candidates), abs=1e-4)
+    assert set(results) == {"site-1", "site-2"}
     for site in ("site-1", "site-2"):
-        assert {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"} <= set(results[site])
+        assert set(results[site]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt", "site-1", "site-2"}
+        assert all(KEY in metrics for metrics in results[site].values())
+
+
+@pytest.mark.e2e
+def test_a_spleen_job_on_the_default_template_validates_selects_and_reports_its_rounds(
+    fedavg_simulation: SimpleNamespace,
+) -> None:
+    from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
+
+    found = find_cross_site_results(fedavg_simulation.workspace)
+    assert found is not None
+    results = load_cross_site_results(found)
+
+    assert_rounds_selection_and_cross_site(fedavg_simulation.workspace, results, rounds=3)
+
+
+@pytest.mark.e2e
+def test_a_spleen_job_on_the_model_controller_template_does_the_same(tmp_path: Path, spleen_sites: Path) -> None:
+    from tests.test_fl_simulation import simulate
+
+    _, workspace, results = simulate(tmp_path, spleen_sites, "clara_fedavg_cse_mc", rounds=2, local_epochs=1)
+
+    assert_rounds_selection_and_cross_site(workspace, results, rounds=2)
 
 
 def _best_dice(log: str) -> float:

@@ -45,6 +45,7 @@ __all__ = [
     "iter_events",
     "parse_event",
     "read_events",
+    "round_number",
 ]
 
 SERVER_EVENTS_FILE = "server_events.jsonl"
@@ -157,6 +158,11 @@ class EventLog:
 
 _logs: dict[str, EventLog] = {}
 _logs_lock = threading.Lock()
+
+
+def round_number(value: object, default: int | None = None) -> int | None:
+    """A round as FLARE hands it over (a task header, a context property) for a record: an int, else ``default``."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def event_log(folder: str | os.PathLike, name: str) -> EventLog:

@@ -99,17 +99,17 @@ class _RecordsRunEvents:
             if event_type == AppEventType.ROUND_STARTED:
                 self._round_started(fl_ctx, current)
             else:
-                self._record(fl_ctx, _ROUND_EVENTS[event_type], _round(current, self._recorded_round))
+                self._record(fl_ctx, _ROUND_EVENTS[event_type], ev.round_number(current, self._recorded_round))
         elif event_type == EventType.AFTER_TASK_DATA_FILTER:
             data = fl_ctx.get_prop(FLContextKey.TASK_DATA)
             current = data.get_header(AppConstants.CURRENT_ROUND) if isinstance(data, Shareable) else None
             task = str(fl_ctx.get_prop(FLContextKey.TASK_NAME) or "?")
-            self._record(fl_ctx, ev.TASK_SENT, _round(current), _peer(fl_ctx), {"task": task})
+            self._record(fl_ctx, ev.TASK_SENT, ev.round_number(current), _peer(fl_ctx), {"task": task})
         elif event_type == EventType.BEFORE_TASK_RESULT_FILTER:
             self._record_result(fl_ctx)
 
     def _round_started(self, fl_ctx: FLContext, current: Any) -> None:
-        number = _round(current)
+        number = ev.round_number(current)
         if number is not None and number != self._recorded_round:
             self._recorded_round = number
             self._record(fl_ctx, ev.ROUND_STARTED, number)
@@ -131,13 +131,13 @@ class _RecordsRunEvents:
         except ValueError:  # an error reply carries no DXO
             pass
         code = str(result.get_return_code(ReturnCode.OK))
-        self._record(fl_ctx, ev.TASK_RESULT, _round(current), site, {"task": task, "return_code": code})
+        self._record(fl_ctx, ev.TASK_RESULT, ev.round_number(current), site, {"task": task, "return_code": code})
         if isinstance(metrics, dict):
             numbers = {
                 str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
             if numbers:
-                self._record(fl_ctx, ev.SITE_METRIC, _round(current, self._recorded_round), site, numbers)
+                self._record(fl_ctx, ev.SITE_METRIC, ev.round_number(current, self._recorded_round), site, numbers)
 
     def _record(
         self,
@@ -155,10 +155,6 @@ class _RecordsRunEvents:
         except OSError as e:
             self._run_events = None
             self.log_warning(fl_ctx, f"run events are no longer recorded: {e}")  # type: ignore[attr-defined]
-
-
-def _round(value: Any, default: int | None = None) -> int | None:
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _set_prop(fl_ctx: FLContext, key: str, value: Any) -> None:

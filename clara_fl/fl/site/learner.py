@@ -323,9 +323,8 @@ class ClaraLearner(Learner):
         a file that cannot be written ends the recording with a warning in the site's log, never the task."""
         if self._events is None:
             return
-        number = current_round if isinstance(current_round, int) and not isinstance(current_round, bool) else None
         try:
-            self._events.write(kind, number, fl_ctx.get_identity_name(), fields)
+            self._events.write(kind, ev.round_number(current_round), fl_ctx.get_identity_name(), fields)
         except OSError as e:
             self._events = None
             self.log_warning(fl_ctx, f"site events are no longer recorded: {e}", fire_event=False)

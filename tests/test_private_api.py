@@ -83,6 +83,12 @@ def _flare_he_cross_site_eval(_: Path) -> Any:
     return HECrossSiteModelEval  # a method: the class is enough
 
 
+def _flare_cross_site_eval(_: Path) -> Any:
+    from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval
+
+    return CrossSiteEval()
+
+
 # owner -> something that holds the attribute (an instance for attributes set in __init__)
 HOLDERS: dict[str, Callable[[Path], Any]] = {
     "ignite.engine.Engine": _ignite_engine,
@@ -95,6 +101,7 @@ HOLDERS: dict[str, Callable[[Path], Any]] = {
     "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather": _flare_controller,
     "nvflare.app_common.widgets.intime_model_selector.IntimeModelSelector": _flare_model_selector,
     "nvflare.app_opt.he.cross_site_model_eval.HECrossSiteModelEval": _flare_he_cross_site_eval,
+    "nvflare.app_common.workflows.cross_site_eval.CrossSiteEval": _flare_cross_site_eval,
 }
 
 

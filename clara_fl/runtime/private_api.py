@@ -24,6 +24,7 @@ __all__ = [
     "saver_checkpoints",
     "analytics_sender",
     "controller_task_check_period",
+    "set_cross_site_server_models",
     "set_task_check_period",
     "communicator_task_check_period",
 ]
@@ -142,6 +143,14 @@ PRIVATE_ATTRIBUTES: tuple[PrivateAttribute, ...] = (
         used_in=("fl/server/controllers.py",),
         set_in="initialize",
     ),
+    PrivateAttribute(
+        "nvflare",
+        "nvflare.app_common.workflows.cross_site_eval.CrossSiteEval",
+        "_server_models",
+        "CrossSiteEval keeps the server models it validates only here, and sends the model before a missing one "
+        "under the missing one's name; clara_fl's subclass sets it, before run(), to the models the persistor has "
+        "(set_cross_site_server_models).",
+    ),
     # ScatterAndGather's round state, read by clara_fl's subclass to send the final global model to the
     # sites for validation after the last round (issue 18: the best global model among all rounds).
     *(
@@ -227,3 +236,8 @@ def communicator_task_check_period(communicator: Any) -> float | None:
 def controller_task_check_period(controller: Any) -> float:
     """FLARE ``Controller._task_check_period``: the polling period the job configured."""
     return controller._task_check_period
+
+
+def set_cross_site_server_models(controller: Any, names: list[str]) -> None:
+    """Set FLARE ``CrossSiteEval._server_models``: the server's models its run() sends the sites to validate."""
+    controller._server_models = list(names)

@@ -42,6 +42,7 @@ from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather as 
 from clara_fl.fl.flare_internals.task_check_period import PollsAtItsTaskCheckPeriod
 from clara_fl.fl.server.model_selection import FINAL_GLOBAL_MODEL_METRICS, FINAL_GLOBAL_MODEL_VALIDATED
 from clara_fl.runtime import events as ev
+from clara_fl.runtime.private_api import set_cross_site_server_models
 
 __all__ = ["ScatterAndGather", "CrossSiteModelEval", "FedAvg", "CrossSiteEval", "Scaffold"]
 
@@ -523,9 +524,8 @@ class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Cross
         server_models: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        # FLARE's CrossSiteEval keeps this very list: run() leaves out the models the persistor lacks in place
         self.server_models = list(server_models or [DefaultCheckpointFileName.GLOBAL_MODEL])
-        super().__init__(*args, server_models=self.server_models, **kwargs)
+        super().__init__(*args, server_models=list(self.server_models), **kwargs)
 
     def run(self) -> None:
         inventory = self.persistor.get_model_inventory(self.fl_ctx) if self.persistor else None
@@ -533,7 +533,7 @@ class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Cross
             missing = [name for name in self.server_models if name not in inventory]
             if missing:
                 self.info(f"the server has no {', '.join(missing)}: the sites validate the others")
-            self.server_models[:] = [name for name in self.server_models if name in inventory]
+            set_cross_site_server_models(self, [name for name in self.server_models if name in inventory])
         super().run()
 
     def send_model(

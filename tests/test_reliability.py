@@ -100,6 +100,19 @@ def test_resuming_a_finished_run_says_so_and_exits_0(spleen_mmar: Path, capsys: 
     assert "already finished" in capsys.readouterr().out
 
 
+def test_resuming_a_run_killed_before_its_statistics_writes_them(spleen_mmar: Path) -> None:
+    assert main(["train", "-m", str(spleen_mmar), "--write_train_stats", "--set", *tiny_set(epochs=1)]) == 0
+    stats_file = spleen_mmar / "models" / "train_stats.json"
+    stats_file.unlink()  # as a kill after the last epoch's state but before the statistics leaves it
+
+    assert main(["train", "-m", str(spleen_mmar), "--resume", "--write_train_stats", "--set", *tiny_set(epochs=1)]) == 0
+
+    stats = json.loads(stats_file.read_text())
+    assert stats["epochs_completed"] == 1
+    assert stats["resumed_from_epoch"] == 1
+    assert stats["total_iterations"] == 0  # this process trained nothing
+
+
 @pytest.mark.parametrize("every", [[], ["--resume_state_every", "3600"]], ids=["default", "old-flag-ignored"])
 def test_the_resume_state_is_written_after_every_epoch(
     spleen_mmar: Path, monkeypatch: pytest.MonkeyPatch, every: list[str]

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             )
         elif workflow.finished:
             print(f"training already finished: epoch {epoch} of {workflow.trainer.state.max_epochs}; nothing to resume")
+            workflow.record_stats(write=args.write_train_stats)
             return 0
         else:
             logger.info("resuming from epoch %d of %d", epoch, workflow.trainer.state.max_epochs)

@@ -219,8 +219,16 @@ class TrainWorkflow:
             if self._state_writer is not None:
                 self._state_writer.flush()
         self.stats.total_time_s = round(time.perf_counter() - start, 3)
-        self.stats.epochs_completed = int(self.trainer.state.epoch)
         self.stats.total_iterations = self._iterations_this_run
+        return self.record_stats(write=write_stats)
+
+    def record_stats(self, write: bool = False) -> TrainStats:
+        """Fill the statistics from the engines' state and, with ``write``, save ``train_stats.json``.
+
+        :meth:`run` calls it; a ``--resume`` of a run that had already finished calls it alone, so a run
+        killed between its last epoch and its statistics still leaves them.
+        """
+        self.stats.epochs_completed = int(self.trainer.state.epoch)
         engine = (
             self.evaluator
             if self.evaluator is not None and self.evaluator.state.best_metric_epoch >= 0
@@ -230,7 +238,7 @@ class TrainWorkflow:
         if engine.state.best_metric_epoch >= 0:
             self.stats.best_key_metric = float(engine.state.best_metric)
             self.stats.best_key_metric_epoch = int(engine.state.best_metric_epoch)
-        if write_stats and self.context.rank == 0:
+        if write and self.context.rank == 0:
             write_json_atomic(os.path.join(self.ckpt_dir, "train_stats.json"), asdict(self.stats))
         return self.stats
 

@@ -5,19 +5,27 @@ Three kinds:
 * ``foreign``: ``obj._name`` (or ``getattr``/``setattr``/``hasattr``/``delattr`` with such a name, constant or built
   from a string that starts with ``_``) on anything but the method's own ``self``, where no clara_fl class or
   module defines ``_name``: another library's object.
-* ``inherited``: ``self._name`` (or ``super()._name``) in a class with a base from another library, where neither
-  the class nor its clara_fl bases define ``_name``: the library parent's private state or method.
+* ``inherited``: ``self._name`` (or ``super()._name``, or ``getattr(self, ...)`` with a computed name that can
+  start with ``_``) in a class with a base from another library, where neither the class nor its clara_fl bases
+  define ``_name``, or where the library base defines it too: the library parent's private state or method, read,
+  overwritten (``self._name = v``) or overridden (``def _name``).
 * ``private module``: an import of ``nvflare.private`` (or a string naming one of its modules).
 
 A class *defines* a name with a method, a class-level assignment with a value, or an assignment to ``self._name``
-in one of its methods. Annotations are not code and are skipped; so are the few underscore names that Python
-documents as public (``os._exit``, the namedtuple API).
+in one of its methods. What a library base defines is read from the installed library (its classes' ``vars()`` and
+the ``self._name`` assignments in their source), so a subclass that assigns or overrides its parent's private
+name is found although it "defines" it. Annotations are not code and are skipped; so are the few underscore names
+that Python documents as public (``os._exit``, the namedtuple API).
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import gc
+import importlib
+import inspect
+import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -211,6 +219,32 @@ def _assignments(scope: ast.AST) -> dict[str, list[ast.expr]]:
     return found
 
 
+@functools.cache
+def _library_private_names(dotted: str) -> frozenset[str]:
+    """The private names another library's class ``dotted`` (or a class it inherits) defines; empty when it cannot
+    be imported here."""
+    module_name, _, name = dotted.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return frozenset()
+    if not inspect.isclass(cls):
+        return frozenset()
+    found: set[str] = set()
+    for ancestor in cls.__mro__:
+        if ancestor.__module__ == "builtins" or ancestor.__module__.startswith("clara_fl."):
+            continue
+        found |= {n for n in vars(ancestor) if _is_private(n)}
+        try:
+            source = textwrap.dedent(inspect.getsource(ancestor))
+        except (OSError, TypeError):
+            continue
+        classes = [n for n in ast.walk(_parse(source, "<library>")) if isinstance(n, ast.ClassDef)]
+        if classes:
+            found |= {n for n in _own_definitions(classes[0]) if _is_private(n)}
+    return frozenset(found)
+
+
 class _Checker:
     def __init__(self, sources: Mapping[str, str]) -> None:
         self.trees = {file: _parse(text, file) for file, text in sources.items()}
@@ -239,10 +273,11 @@ class _Checker:
             return self._clara_class(self.imports[module][name], depth + 1)
         return None
 
-    def _ancestry(self, info: _Class) -> tuple[set[str], bool]:
-        """Names defined by the clara_fl bases of ``info`` (itself excluded), and whether a base is a library's."""
+    def _ancestry(self, info: _Class) -> tuple[set[str], set[str]]:
+        """Names defined by the clara_fl bases of ``info`` (itself excluded), and the private names its bases from
+        other libraries define (an empty set with a ``""`` in it marks a library base whose names are unknown)."""
         defined: set[str] = set()
-        foreign_base = False
+        library: set[str] = set()
         todo, seen = list(info.bases), set()
         while todo:
             base = todo.pop()
@@ -256,8 +291,8 @@ class _Checker:
             elif base.startswith("clara_fl."):
                 continue  # a clara_fl name this checker was not given: not another library's class
             elif base not in STATELESS_BASES:
-                foreign_base = True
-        return defined, foreign_base
+                library |= {""} | _library_private_names(base)
+        return defined, library
 
     def run(self) -> list[ReachIn]:
         found: list[ReachIn] = []
@@ -272,11 +307,21 @@ class _Checker:
 
     def _inherited(self, file: str, info: _Class, self_names: set[int]) -> list[ReachIn]:
         found = []
-        ancestors, foreign_base = self._ancestry(info)
-        defined = info.defines | ancestors
+        ancestors, library = self._ancestry(info)
+        foreign_base = bool(library)
+        defined = (info.defines | ancestors) - library
+
+        def reach(node: ast.AST, name: str) -> None:
+            found.append(ReachIn(file, node.lineno, name, "inherited", ast.unparse(node)))  # type: ignore[attr-defined]
+
+        for item in info.node.body:  # overriding a library parent's private method
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and _is_private(item.name):
+                if item.name in library and item.name not in ancestors:
+                    found.append(ReachIn(file, item.lineno, item.name, "inherited", f"def {item.name}"))
         for method, self_name in _methods(info.node):
             if self_name is None:
                 continue
+            assignments: dict[str, list[ast.expr]] | None = None
             for node in _walk(method):
                 name = None
                 if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
@@ -284,17 +329,21 @@ class _Checker:
                         self_names.add(id(node.value))
                         name = node.attr
                 elif isinstance(node, ast.Attribute) and _is_super_call(node.value):
-                    name = node.attr
-                    if foreign_base and _is_private(name) and name not in ancestors:
-                        found.append(ReachIn(file, node.lineno, name, "inherited", ast.unparse(node)))
+                    if foreign_base and _is_private(node.attr) and node.attr not in ancestors:
+                        reach(node, node.attr)
                     continue
                 elif _is_attribute_call(node):
-                    target = node.args[0]  # type: ignore[attr-defined]
+                    target, name_expr = node.args[0], node.args[1]  # type: ignore[attr-defined]
                     if isinstance(target, ast.Name) and target.id == self_name:
                         self_names.add(id(target))
-                        name = _constant_name(node.args[1])  # type: ignore[attr-defined]
+                        name = _constant_name(name_expr)
+                        if name is None and foreign_base:
+                            if assignments is None:
+                                assignments = _assignments(method)
+                            if _may_start_with_underscore(name_expr, assignments):
+                                reach(node, ast.unparse(name_expr))
                 if foreign_base and name and _is_private(name) and name not in defined:
-                    found.append(ReachIn(file, node.lineno, name, "inherited", ast.unparse(node)))  # type: ignore[attr-defined]
+                    reach(node, name)
         return found
 
     def _foreign(self, file: str, tree: ast.Module, self_names: set[int]) -> list[ReachIn]:

@@ -226,6 +226,30 @@ class Mixin:
     def __init__(self):
         self._own_state = 1
 """
+PLANTED_OVERWRITTEN = """
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+
+class Workflow(ScatterAndGather):
+    def restart(self, rounds):
+        self._num_rounds = rounds
+"""
+PLANTED_OVERRIDDEN = """
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+
+class Workflow(ScatterAndGather):
+    def _process_train_result(self, client_task, fl_ctx):
+        return None
+"""
+PLANTED_COMPUTED_NAME_ON_SELF = """
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+
+
+class Workflow(ScatterAndGather):
+    def option(self, name):
+        return getattr(self, "_" + name)
+"""
 PLANTED_PRIVATE_MODULE = """
 from nvflare.private.fed.server.job_runner import JobRunner
 """
@@ -237,6 +261,9 @@ from nvflare.private.fed.server.job_runner import JobRunner
         ({"fl/a.py": PLANTED_FOREIGN}, [("fl/a.py", 3, "_event_handlers", "foreign")]),
         ({"fl/a.py": PLANTED_COMPUTED_NAME}, [("fl/a.py", 4, "attribute", "foreign")]),
         ({"fl/a.py": PLANTED_INHERITED}, [("fl/a.py", 7, "_num_rounds", "inherited")]),
+        ({"fl/a.py": PLANTED_OVERWRITTEN}, [("fl/a.py", 7, "_num_rounds", "inherited")]),
+        ({"fl/a.py": PLANTED_OVERRIDDEN}, [("fl/a.py", 6, "_process_train_result", "inherited")]),
+        ({"fl/a.py": PLANTED_COMPUTED_NAME_ON_SELF}, [("fl/a.py", 7, "'_' + name", "inherited")]),
         (
             {"fl/server/b.py": PLANTED_INHERITED_PAST_A_MIXIN, "fl/server/mine.py": CLARA_MIXIN},
             [("fl/server/b.py", 9, "_engine", "inherited"), ("fl/server/b.py", 9, "_process_result", "inherited")],
@@ -246,7 +273,16 @@ from nvflare.private.fed.server.job_runner import JobRunner
             [("apps/c.py", 2, "nvflare.private.fed.server.job_runner", "private module")],
         ),
     ],
-    ids=["attribute", "computed-name", "inherited", "inherited-past-a-clara-mixin", "private-module"],
+    ids=[
+        "attribute",
+        "computed-name",
+        "inherited",
+        "overwritten",
+        "overridden",
+        "computed-name-on-self",
+        "inherited-past-a-clara-mixin",
+        "private-module",
+    ],
 )
 def test_a_planted_reach_in_is_found_with_its_file_and_line(sources: dict[str, str], expected: list[tuple]) -> None:
     found = [(r.file, r.line, r.name, r.kind) for r in find_reach_ins(sources)]

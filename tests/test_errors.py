@@ -199,8 +199,7 @@ def test_set_without_equals_is_a_command_line_error(spleen_mmar, capsys):
 
     assert code == 2
     line = error_line(output)
-    assert "command line" in line
-    assert "--set expects NAME=VALUE, got 'epochs'" in line
+    assert "--set epochs: expected NAME=VALUE" in line
     assert "Traceback" not in output
     assert_nothing_written(spleen_mmar)
 

@@ -303,7 +303,7 @@ def test_clear_error_for_a_folder_that_is_not_a_site_kit(
 def test_bad_set_and_bad_site_file_are_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     kit = make_kit(tmp_path / "site-1")
     code, _, err = setup(str(kit), "--set", "DATA_ROOT", capsys=capsys)
-    assert code == 2 and "--set expects NAME=VALUE" in err
+    assert code == 2 and "--set DATA_ROOT: expected NAME=VALUE" in err
 
     (kit / "local" / "clara_fl_site.json").write_text('{"environment": [1, 2]}')
     with pytest.raises(ConfigError, match="a site file must be"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.mmar import load_config
 from clara_fl.config.variables import Variables, parse_cli_value, parse_set_args
 
@@ -164,8 +164,8 @@ def test_set_arguments_become_typed_values_and_multi_gpu_true_is_a_bool():
 
 
 @pytest.mark.parametrize("item", ["epochs", "=3"])
-def test_set_argument_without_name_and_equals_is_a_config_error(item):
-    with pytest.raises(ConfigError, match="NAME=VALUE"):
+def test_set_argument_without_name_and_equals_is_a_usage_error(item):
+    with pytest.raises(UsageError, match="NAME=VALUE"):
         parse_set_args([item])
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from clara_fl.config.errors import ConfigError, did_you_mean, json_path
+from clara_fl.config.errors import ConfigError, UsageError, did_you_mean, json_path
 
 __all__ = ["Variables", "as_bool", "parse_cli_value", "parse_set_args", "config_globals", "is_code"]
 
@@ -64,12 +64,16 @@ def parse_cli_value(text: str) -> Any:
 
 
 def parse_set_args(items: Iterable[str] | None) -> dict[str, Any]:
-    """``["epochs=2", "amp=False"]`` -> ``{"epochs": 2, "amp": False}``."""
+    """``["epochs=2", "amp=False"]`` -> ``{"epochs": 2, "amp": False}``.
+
+    Raises:
+        UsageError: an item without ``=`` or without a name.
+    """
     values: dict[str, Any] = {}
     for item in items or ():
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f"--set expects NAME=VALUE, got '{item}'", file="command line")
+            raise UsageError("--set", item, "expected NAME=VALUE")
         values[name.strip()] = parse_cli_value(text)
     return values
 

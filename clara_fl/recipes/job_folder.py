@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.recipes.app_configs import (
-    DEFAULT_TEMPLATE,
     FedAvgSettings,
     build_job,
     find_template,
@@ -74,7 +73,7 @@ def job_settings(mmar: Path, settings: FedAvgSettings | None = None, **values: A
 def create_job(
     mmar: str | os.PathLike,
     output: str | os.PathLike,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     num_rounds: int | None = None,
     local_epochs: int | None = None,
     min_clients: int | None = None,
@@ -91,6 +90,8 @@ def create_job(
     """Write the job folder ``output`` for ``mmar`` and return it.
 
     Args:
+        template: the job template (``--template``); None: the one the algorithm and options need
+            (:func:`~clara_fl.recipes.app_configs.choose_template`).
         settings: the job's settings; None reads them from the MMAR's own Clara FL configs (when it has
             them). The explicit arguments win over them.
         algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
@@ -102,14 +103,15 @@ def create_job(
     Raises:
         ConfigError: not an MMAR, an unknown template or algorithm, a setting that cannot be carried into a
             FLARE 2.9 job, an HE job without TenSEAL installed, a privacy filter that releases nothing or leaves
-            the update unchanged, or ``output`` holds something and ``force`` is not set. Nothing is written then.
+            the update unchanged. Nothing is written then.
+        UsageError: ``output`` holds something and ``force`` is not set.
     """
     mmar = Path(mmar).resolve()
     output = Path(output).resolve()
     if not (mmar / "config" / "config_train.json").is_file():
         raise ConfigError("not an MMAR: config/config_train.json is missing", file=str(mmar))
     if output.exists() and any(output.iterdir()) and not force:
-        raise ConfigError("job folder exists and is not empty (use --force to replace it)", file=str(output))
+        raise UsageError("--output", str(output), "job folder exists and is not empty (use --force to replace it)")
     settings = job_settings(
         mmar,
         settings,

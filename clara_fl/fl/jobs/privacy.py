@@ -139,7 +139,7 @@ def parse_privacy_option(option: str) -> dict[str, Any]:
     pairs = [p.strip() for p in rest.split(",") if p.strip()] if rest else []
     try:
         args = parse_set_args(pairs)
-    except (ConfigError, ValueError):
+    except (UsageError, ValueError):
         raise UsageError("--privacy", option, "expected NAME[:KEY=VALUE,...]") from None
     problem = _filter_problem(name.strip(), args)
     if problem is not None:

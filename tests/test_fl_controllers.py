@@ -87,3 +87,30 @@ def test_the_server_says_once_which_site_dropped_out_of_the_job_and_why(caplog: 
 
     dropped = [r.getMessage() for r in caplog.records if "site-3 dropped out of the job" in r.getMessage()]
     assert len(dropped) == 1 and "its job process is gone" in dropped[0] and "at least 2" in dropped[0]
+
+
+class _Persistor:
+    """A persistor whose inventory lists the global and best models, of which the best one cannot be loaded."""
+
+    def get_model_inventory(self, fl_ctx: object) -> dict[str, object]:
+        return {"FL_global_model.pt": object(), "best_FL_global_model.pt": object()}
+
+    def get_model(self, name: str, fl_ctx: object) -> object:
+        if name == "best_FL_global_model.pt":
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")
+        return object()
+
+
+def test_cross_site_evaluation_leaves_out_a_server_model_that_fails_to_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.workflows.cross_site_eval import CrossSiteEval as FlareCrossSiteEval
+
+    validated: list[list[str]] = []
+    monkeypatch.setattr(FlareCrossSiteEval, "run", lambda self: validated.append(list(self._server_models)))
+    workflow = CrossSiteEval(server_models=["FL_global_model.pt", "best_FL_global_model.pt"])
+    workflow.persistor = _Persistor()
+    workflow.fl_ctx = FLContext()
+
+    workflow.run()
+
+    assert validated == [["FL_global_model.pt"]]  # FLARE alone would send the global model again as the best one

@@ -507,8 +507,8 @@ class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Cross
 
     The server's models go to the sites under the names CrossSiteModelEval gives them (``SRV_FL_global_model.pt``,
     ``SRV_best_FL_global_model.pt``), so ``cross_val_results.json`` names them as the ScatterAndGather template's does;
-    a server model the persistor does not have (no best global model yet) is left out (FLARE's CrossSiteEval would
-    send the model before it under its name).
+    a server model the persistor does not have (no best global model yet), or cannot load, is left out with one
+    line in the server log (FLARE's CrossSiteEval would send the model before it under its name).
 
     Args:
         server_models: the persistor's models the sites validate (its file names).
@@ -533,8 +533,17 @@ class CrossSiteEval(_RecordsRoundsOfItsTasks, _PollsAtItsTaskCheckPeriod, _Cross
             missing = [name for name in self.server_models if name not in inventory]
             if missing:
                 self.info(f"the server has no {', '.join(missing)}: the sites validate the others")
-            set_cross_site_server_models(self, [name for name in self.server_models if name in inventory])
+            loadable = [name for name in self.server_models if name in inventory and self._loads(name)]
+            set_cross_site_server_models(self, loadable)
         super().run()
+
+    def _loads(self, name: str) -> bool:
+        try:
+            self.persistor.get_model(name, self.fl_ctx)
+        except Exception as error:  # noqa: BLE001 - any failure to load leaves this model out, as a missing one
+            self.error(f"the server cannot load {name} ({type(error).__name__}): the sites validate the others")
+            return False
+        return True
 
     def send_model(
         self,

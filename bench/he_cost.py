@@ -6,7 +6,8 @@ Measures, on a train result like the one a clara-fl site sends (a WEIGHT_DIFF of
 - the bytes on the wire: the numpy arrays (plain) and, encrypted as HEModelEncryptor does, what FLARE's
   CKKSVectorDecomposer sends for each tensor (the serialized vector and its public context);
 - encryption (site), encrypted aggregation of two updates (server, HEInTimeAccumulateWeightedAggregator's
-  arithmetic), decryption (site), against the plain aggregation.
+  arithmetic), decryption (site), against the plain aggregation;
+- under "packed", the same with clara-fl's packing (``clara_fl.fl.he_packing``, what ``--he`` jobs send now).
 The TenSEAL context is HEBuilder's (CKKS, poly modulus 8192, [60, 40, 40], scale 2**40), as clara-fl's simulator
 and FLARE's provisioning make it. Round time with and without HE: run the same job both ways
 (``clara-fl job create ... [--he]`` then ``clara-fl simulate``) and read the server log's round lines.
@@ -18,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +43,41 @@ def network_diff(mmar: Path, channels: list[int] | None) -> dict[str, np.ndarray
         weights = network_weights(build_train_network(str(copy)))
     rng = np.random.default_rng(0)
     return {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in weights.items()}
+
+
+def packed_cost(client: Any, server: Any, diff: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The same steps with clara-fl's packing (clara_fl.fl.he_packing): one-ciphertext chunks sent without a context,
+    read by the server under its own public context."""
+    from clara_fl.fl.he_packing import (
+        PackedLayout,
+        decrypt_packed,
+        deserialize_packed,
+        encrypt_packed,
+        serialize_packed,
+        slot_count,
+    )
+
+    layout = PackedLayout.of(diff, list(diff), slot_count(client))
+    start = time.perf_counter()
+    sent = serialize_packed(encrypt_packed(client, diff, layout, scale=6.0))
+    encrypt_s = time.perf_counter() - start
+    start = time.perf_counter()
+    vectors = deserialize_packed(server, sent)
+    total = {k: (v + v) * (1.0 / 12.0) for k, v in vectors.items()}
+    returned = serialize_packed(total)
+    aggregate_s = time.perf_counter() - start
+    start = time.perf_counter()
+    decrypted = decrypt_packed(client, returned, layout)
+    decrypt_s = time.perf_counter() - start
+    return {
+        "ciphertexts": len(sent),
+        "bytes_per_update_he": sum(len(b) for b in sent.values()),
+        "bytes_global_model_he": sum(len(b) for b in returned.values()),
+        "encrypt_and_serialize_s": round(encrypt_s, 2),
+        "read_aggregate_2_and_serialize_s": round(aggregate_s, 2),
+        "read_and_decrypt_s": round(decrypt_s, 2),
+        "max_abs_error_after_round_trip": max(float(np.max(np.abs(decrypted[k] - diff[k]))) for k in diff),
+    }
 
 
 def main() -> None:
@@ -79,9 +116,12 @@ def main() -> None:
     decrypt_s = time.perf_counter() - start
     error = max(float(np.max(np.abs(decrypted[k] - diff[k].ravel()))) for k in diff)
 
+    packed = packed_cost(client, ts.context_from(server_bytes), diff)
+
     print(
         json.dumps(
             {
+                "packed": packed,
                 "mmar": str(args.mmar),
                 "channels": channels,
                 "weights": int(n_weights),

@@ -21,7 +21,13 @@ def _describe(data: dict[str, Any]) -> dict[str, Any]:
     total = sum(a.size for a in plain)
     zeros = sum(int((a == 0).sum()) for a in plain)
     zero_fraction = zeros / total if total else None
-    return {"kinds": kinds, "decryptable": decryptable, "keys": sorted(data), "zero_fraction": zero_fraction}
+    return {
+        "kinds": kinds,
+        "decryptable": decryptable,
+        "keys": sorted(data),
+        "values": total,
+        "zero_fraction": zero_fraction,
+    }
 
 
 class _Recording:
@@ -43,6 +49,13 @@ try:
     from nvflare.app_opt.he.intime_accumulate_model_aggregator import HEInTimeAccumulateWeightedAggregator
 
     class RecordingHEAggregator(_Recording, HEInTimeAccumulateWeightedAggregator):
+        def __init__(self, record_file: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.record_file = record_file
+
+    from clara_fl.fl.server.he import HEInTimeAccumulateWeightedAggregator as PackedHEAggregator
+
+    class RecordingPackedHEAggregator(_Recording, PackedHEAggregator):
         def __init__(self, record_file: str, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.record_file = record_file

@@ -254,6 +254,8 @@ def test_settings_the_chosen_template_cannot_take_are_an_error_not_dropped(tmp_p
 
 
 def test_clara_40_he_configs_become_an_he_job_on_flares_he_components_with_their_arguments(tmp_path: Path) -> None:
+    """FLARE's HE pieces, through clara-fl's subclasses that pack the tensors (clara_fl.fl.site.he_filters,
+    clara_fl.fl.server.he)."""
     from clara_fl.recipes.job_folder import create_job
 
     mmar = mmar_with(tmp_path, CLARA_40_HE_SERVER, CLARA_40_HE_CLIENT)
@@ -261,19 +263,13 @@ def test_clara_40_he_configs_become_an_he_job_on_flares_he_components_with_their
     job = create_job(mmar, tmp_path / "job")
 
     server, client = app_config(job, "server"), app_config(job, "client")
-    assert (
-        by_id(server, "aggregator")["path"]
-        == f"{FLARE_HE}.intime_accumulate_model_aggregator.HEInTimeAccumulateWeightedAggregator"
-    )
-    assert (
-        by_id(server, "shareable_generator")["path"]
-        == f"{FLARE_HE}.model_shareable_generator.HEModelShareableGenerator"
-    )
+    assert by_id(server, "aggregator")["path"] == "clara_fl.fl.server.he.HEInTimeAccumulateWeightedAggregator"
+    assert by_id(server, "shareable_generator")["path"] == "clara_fl.fl.server.he.HEModelShareableGenerator"
     persistor = by_id(server, "persistor")["args"]
     assert persistor["exclude_vars"] == "dummy", "the persistor's exclude_vars reaches FLARE's PTFileModelPersistor"
     assert by_id(server, persistor["filter_id"])["path"] == f"{FLARE_HE}.model_serialize_filter.HEModelSerializeFilter"
     [encryptor] = [f for g in client["task_result_filters"] if g["tasks"] == ["train"] for f in g["filters"]]
-    assert encryptor["path"] == f"{FLARE_HE}.model_encryptor.HEModelEncryptor"
+    assert encryptor["path"] == "clara_fl.fl.site.he_filters.HEModelEncryptor"
     assert encryptor["args"]["encrypt_layers"] == ENCRYPTED_LAYERS
     decrypted = {
         t for g in client["task_data_filters"] for t in g["tasks"] if g["filters"][-1]["path"].endswith("Decryptor")

@@ -234,7 +234,7 @@ def test_a_job_uses_he_when_its_app_configs_name_flares_he_components(tmp_path: 
 def test_decrypted_flat_weights_take_the_networks_shapes_and_dtypes() -> None:
     from clara_fl.fl.site.weights import shaped_like
 
-    reference = {"w": np.zeros((2, 3), dtype=np.float32), "steps": np.array(0, dtype=np.int64)}
+    reference: dict[str, np.ndarray] = {"w": np.zeros((2, 3), dtype=np.float32), "steps": np.array(0, dtype=np.int64)}
 
     shaped = shaped_like({"w": [0.5] * 6, "steps": [2.9999], "extra": [1.0]}, reference)
 
@@ -271,3 +271,58 @@ def test_filters_for_a_task_that_shares_a_chain_get_a_chain_of_its_own_that_keep
         "submit_model": ["Shared"],
         "train": ["Shared", "Added"],
     }
+
+
+def test_he_layers_become_the_encryptors_encrypt_layers_for_training_and_the_submitted_model(tmp_path: Path) -> None:
+    pytest.importorskip("tenseal")
+
+    code = main(
+        [
+            "job",
+            "create",
+            "-m",
+            str(SPLEEN_MMAR),
+            "-o",
+            str(tmp_path / "job"),
+            "--he",
+            "--he-layers",
+            "^model\\.0\\.,^model\\.2\\.",
+        ]
+    )
+
+    client = json.loads((tmp_path / "job" / "app" / "config" / "config_fed_client.json").read_text())
+    encryptors = [
+        f for g in client["task_result_filters"] for f in g["filters"] if f["path"].endswith("HEModelEncryptor")
+    ]
+    assert code == 0 and len(encryptors) == 2
+    assert {e["args"]["encrypt_layers"] for e in encryptors} == {"(?:^model\\.0\\.)|(?:^model\\.2\\.)"}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--he", "--he-layers", "^decoder\\."], "matches none of the"),
+        (["--he", "--he-layers", "model["], "not a regular expression"),
+        (["--he-layers", "model"], "only applies with --he"),
+    ],
+    ids=["matches_nothing", "bad_regex", "without_he"],
+)
+def test_a_bad_he_layers_option_is_a_one_line_error_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture, options: list[str], expected: str
+) -> None:
+    pytest.importorskip("tenseal")
+
+    code = main(["job", "create", "-m", str(SPLEEN_MMAR), "-o", str(tmp_path / "job"), *options])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--he-layers" in err and expected in err and "\n" not in err
+    assert not (tmp_path / "job").exists()
+
+
+def test_the_recipe_refuses_he_layers_that_match_no_tensor() -> None:
+    pytest.importorskip("tenseal")
+    from clara_fl.config.errors import UsageError
+    from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+
+    with pytest.raises(UsageError, match="he_layers"):
+        ClaraFedAvgRecipe(SPLEEN_MMAR, he=True, he_layers=["model.no_such.weight"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from clara_fl.apps.simulate import run_simulator
+from clara_fl.fl.he_packing import PACKED_PREFIX
 from clara_fl.fl.jobs.privacy import parse_privacy_option
 from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
 from clara_fl.recipes.app_configs import FedAvgSettings
@@ -26,6 +27,7 @@ SITES = ["site-1", "site-2"]
 JOB_SETTINGS = {"roi_size": [16, 16, 16], "num_workers": 0, "num_interval_per_valid": 3, "learning_rate": 0.001}
 NARROW_CHANNELS = [4, 8, 16, 32, 64]
 PROBE = Path(__file__).with_name("aggregator_probe.py")
+HE_TEMPLATE = "clara_fedavg_cse"
 # a global model "clearly" better than the untrained one: Dice up by at least this much at every site
 CLEAR_MARGIN = 0.1
 
@@ -70,11 +72,20 @@ def narrow_spleen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_narrow_spleen(tmp_path_factory.mktemp("mmar") / "spleen_ct_seg")
 
 
-def simulate(tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings) -> tuple[Path, dict, list[dict]]:
+def simulate(
+    tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings, template: str | None = None
+) -> tuple[Path, dict, list[dict]]:
     """Run the job with the probe as the server's aggregator; returns the workspace, the cross-site results and
     what the aggregator accepted."""
     job = create_job(
-        mmar, tmp / "job", num_rounds=3, local_epochs=3, min_clients=2, overrides=JOB_SETTINGS, settings=settings
+        mmar,
+        tmp / "job",
+        template,
+        num_rounds=3,
+        local_epochs=3,
+        min_clients=2,
+        overrides=JOB_SETTINGS,
+        settings=settings,
     )
     record = tmp / "accepted.jsonl"
     install_probe(job, record)
@@ -95,8 +106,13 @@ def install_probe(job: Path, record: Path) -> None:
     server_config = job / "app" / "config" / "config_fed_server.json"
     server = json.loads(server_config.read_text())
     aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
-    encrypted = aggregator["path"].endswith("HEInTimeAccumulateWeightedAggregator")
-    aggregator["path"] = f"aggregator_probe.{'RecordingHEAggregator' if encrypted else 'RecordingAggregator'}"
+    probes = {
+        "clara_fl.fl.server.he.HEInTimeAccumulateWeightedAggregator": "RecordingPackedHEAggregator",
+        "nvflare.app_opt.he.intime_accumulate_model_aggregator.HEInTimeAccumulateWeightedAggregator": (
+            "RecordingHEAggregator"
+        ),
+    }
+    aggregator["path"] = f"aggregator_probe.{probes.get(aggregator['path'], 'RecordingAggregator')}"
     aggregator["args"]["record_file"] = str(record)
     server_config.write_text(json.dumps(server, indent=2))
 
@@ -173,11 +189,16 @@ def test_an_exclude_vars_job_never_sends_the_excluded_layers_and_learns(tmp_path
 def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job_does(
     tmp_path: Path, site_file: Path, narrow_spleen: Path
 ) -> None:
-    _, plain, plain_accepted = simulate(tmp_path / "plain", site_file, narrow_spleen, FedAvgSettings())
+    # the plain job on the template HE runs on (ScatterAndGather), so that both have the same aggregator
+    _, plain, plain_accepted = simulate(tmp_path / "plain", site_file, narrow_spleen, FedAvgSettings(), HE_TEMPLATE)
 
     _, encrypted, accepted = simulate(tmp_path / "he", site_file, narrow_spleen, FedAvgSettings(he=True))
 
-    assert len(accepted) == 6 and all(update["kinds"] == ["CKKSVector"] for update in accepted)
+    # each update: the whole network packed into few context-free ciphertexts, nothing in the clear
+    assert len(accepted) == 6 and all(update["kinds"] == ["bytes"] for update in accepted)
+    assert all(k.startswith(PACKED_PREFIX) for update in accepted for k in update["keys"])
+    tensors, weights = len(plain_accepted[0]["keys"]), plain_accepted[0]["values"]
+    assert all(len(update["keys"]) == -(-weights // 4096) < tensors for update in accepted)
     assert not any(update["decryptable"] for update in accepted), "the server holds no secret key"
     assert all("CKKSVector" not in update["kinds"] for update in plain_accepted), "the plain job's updates are numpy"
     assert set(encrypted) == set(SITES)

@@ -12,6 +12,8 @@ from bench.harness.figure import Context, Figure
 from bench.harness.records import Record
 from bench.harness.settings import Settings
 
+HE_TEMPLATE = "clara_fedavg_cse"
+
 
 def round_durations(server_log: Path) -> list[float]:
     """Seconds from each round's start to the next one's, round 0 left out (it also starts the sites) when
@@ -41,7 +43,9 @@ def run_he_pair(ctx: Context) -> dict[str, Any]:
         JobRefused: job create does not accept ``--he``.
     """
     settings = ctx.settings
-    sides: dict[str, list[str]] = {"plain": [], "he": ["--he"]}
+    # both on the ScatterAndGather template HE runs on, so that only the encryption differs
+    same_template = ["--template", HE_TEMPLATE]
+    sides: dict[str, list[str]] = {"plain": same_template, "he": [*same_template, "--he"]}
     result: dict[str, Any] = {}
     for name in rotated(sorted(sides), settings.algorithm_seed):
         out = ctx.work / "he" / name

@@ -1,11 +1,12 @@
 """Homomorphic encryption (``--he``) as changes to a job's apps (:mod:`clara_fl.recipes.job_model`): FLARE 2.9's HE
-components.
+components, with clara-fl's packing.
 
-The sites encrypt what they send with TenSEAL's CKKS scheme (``HEModelEncryptor``) and decrypt what they get
-(``HEModelDecryptor``); the server adds encrypted updates (``HEInTimeAccumulateWeightedAggregator``), applies
-them to the global model in encrypted space (``HEModelShareableGenerator``), stores that model through
-``HEModelSerializeFilter`` and runs cross-site evaluation on encrypted models (FLARE's ``HECrossSiteModelEval``,
-through :mod:`clara_fl.fl.server.he`).
+The sites encrypt what they send with TenSEAL's CKKS scheme and decrypt what they get
+(:mod:`clara_fl.fl.site.he_filters`: FLARE's ``HEModelEncryptor`` / ``HEModelDecryptor`` packing the selected
+tensors into few CKKS vectors, sent without a context); the server reads them under the job's public context,
+loaded once, adds them with FLARE's weighing (:mod:`clara_fl.fl.server.he`: ``HEInTimeAccumulateWeightedAggregator``),
+applies them to the global model in encrypted space (``HEModelShareableGenerator``), stores that model through
+FLARE's ``HEModelSerializeFilter`` and runs cross-site evaluation on encrypted models (``HECrossSiteModelEval``).
 The server never holds the secret key: ``server_context.tenseal`` in its startup folder has none, the sites'
 ``client_context.tenseal`` has it (see :mod:`clara_fl.fl.jobs.he_context`).
 
@@ -14,21 +15,35 @@ Plain data only (no nvflare, no tenseal): ``clara-fl job create --he`` writes a 
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from typing import Any
 
-from clara_fl.config.errors import ConfigError
+from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.recipes.job_model import ClientApp, Component, ServerApp
 
-__all__ = ["HE_TEMPLATE_WORKFLOW", "apply_homomorphic_encryption"]
+__all__ = [
+    "HE_LAYERS_ALL",
+    "HE_TEMPLATE_WORKFLOW",
+    "apply_homomorphic_encryption",
+    "check_he_layers",
+    "check_he_layers_for_mmar",
+    "he_layers_regex",
+    "parse_he_layers",
+]
 
 _HE = "nvflare.app_opt.he"
-ENCRYPTOR = f"{_HE}.model_encryptor.HEModelEncryptor"
-DECRYPTOR = f"{_HE}.model_decryptor.HEModelDecryptor"
-AGGREGATOR = f"{_HE}.intime_accumulate_model_aggregator.HEInTimeAccumulateWeightedAggregator"
-SHAREABLE_GENERATOR = f"{_HE}.model_shareable_generator.HEModelShareableGenerator"
+_SITE = "clara_fl.fl.site.he_filters"
+_SERVER = "clara_fl.fl.server.he"
+ENCRYPTOR = f"{_SITE}.HEModelEncryptor"
+DECRYPTOR = f"{_SITE}.HEModelDecryptor"
+AGGREGATOR = f"{_SERVER}.HEInTimeAccumulateWeightedAggregator"
+SHAREABLE_GENERATOR = f"{_SERVER}.HEModelShareableGenerator"
+PERSISTOR = f"{_SERVER}.HEClaraModelPersistor"
 SERIALIZE_FILTER = f"{_HE}.model_serialize_filter.HEModelSerializeFilter"
 # FLARE's HECrossSiteModelEval, made able to send encrypted models (see clara_fl.fl.server.he)
-CROSS_SITE_MODEL_EVAL = "clara_fl.fl.server.he.HECrossSiteModelEval"
+CROSS_SITE_MODEL_EVAL = f"{_SERVER}.HECrossSiteModelEval"
 SERIALIZE_FILTER_ID = "he_serialize_filter"
 HE_TEMPLATE_WORKFLOW = "scatter_and_gather"
 # what the sites decrypt: every task that carries the (encrypted) global model or a server-held model
@@ -52,7 +67,8 @@ def apply_homomorphic_encryption(
         server: the job's server app, changed in place.
         client: the job's client app, changed in place.
         template: the template's name, for the error.
-        encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (names or a regular expression); None encrypts all.
+        encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (a list of names or a regular expression); None
+            encrypts all (the default: nothing leaves a site in the clear).
         weigh_at_server: the server weighs the encrypted updates instead of the sites.
 
     Raises:
@@ -76,6 +92,8 @@ def apply_homomorphic_encryption(
         encryptor_args["aggregation_weights"] = aggregator_args["aggregation_weights"]
     generator.path = SHAREABLE_GENERATOR
     generator.args = {}
+    if persistor.path.endswith(".ClaraModelPersistor"):
+        persistor.path = PERSISTOR
     persistor.args["filter_id"] = SERIALIZE_FILTER_ID
     server.components.insert(0, Component(SERIALIZE_FILTER, {}, SERIALIZE_FILTER_ID))
     cross_site = server.workflow("cross_site_model_eval")
@@ -90,3 +108,86 @@ def apply_homomorphic_encryption(
     if encrypt_layers is not None:
         submitted["encrypt_layers"] = encrypt_layers
     client.add_task_filters("task_result_filters", ["submit_model"], [Component(ENCRYPTOR, submitted)])
+
+
+HE_LAYERS_ALL = "all"
+HE_LAYERS_OPTION = "--he-layers"
+
+
+def parse_he_layers(spec: str | None) -> list[str] | None:
+    """``--he-layers``: ``all`` (None: every tensor is encrypted) or comma-separated regular expressions.
+
+    Raises:
+        UsageError: an empty expression, or one that does not compile.
+    """
+    if spec is None or spec.strip() == HE_LAYERS_ALL:
+        return None
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(parts):
+        raise UsageError(HE_LAYERS_OPTION, spec, "expected 'all' or comma-separated regular expressions")
+    for part in parts:
+        try:
+            re.compile(part)
+        except re.error as e:
+            raise UsageError(HE_LAYERS_OPTION, spec, f"'{part}' is not a regular expression ({e})") from None
+    return parts
+
+
+def he_layers_regex(expressions: list[str]) -> str:
+    """One regular expression (``encrypt_layers``) that finds a name when any of ``expressions`` does."""
+    return expressions[0] if len(expressions) == 1 else "|".join(f"(?:{e})" for e in expressions)
+
+
+def check_he_layers(encrypt_layers: list[str] | str | None, tensor_names: list[str], option: str) -> None:
+    """Refuse a selection that matches none of the network's tensors.
+
+    Args:
+        encrypt_layers: a list of tensor names, a regular expression, or None (all).
+        tensor_names: the network's ``state_dict`` names.
+        option: the option or argument that gave the selection, for the error.
+
+    Raises:
+        UsageError: a listed name the network lacks, or an expression that finds no name (one line naming it and an
+            example name).
+    """
+    if encrypt_layers is None:
+        return
+    example = f" (e.g. {tensor_names[0]})" if tensor_names else ""
+    if isinstance(encrypt_layers, str):
+        if not any(re.search(encrypt_layers, name) for name in tensor_names):
+            raise UsageError(
+                option,
+                encrypt_layers,
+                f"matches none of the {len(tensor_names)} tensors of the MMAR's network{example}",
+            )
+        return
+    unknown = [n for n in encrypt_layers if n not in tensor_names]
+    if unknown or not encrypt_layers:
+        raise UsageError(option, ",".join(unknown), f"expected names of tensors of the MMAR's network{example}")
+
+
+def check_he_layers_for_mmar(
+    mmar: str | os.PathLike,
+    encrypt_layers: list[str] | str | None,
+    overrides: Mapping[str, Any] | None = None,
+    option: str = HE_LAYERS_OPTION,
+) -> None:
+    """:func:`check_he_layers` against the MMAR's network, built here (torch; restricted code policy) only when a
+    selection is given.
+
+    Args:
+        mmar: the MMAR root folder.
+        encrypt_layers: a list of tensor names, a regular expression, or None (all: nothing is built).
+        overrides: values on top of the MMAR's environment.json.
+        option: the option or argument that gave the selection, for the error.
+
+    Raises:
+        ConfigError: the network does not build.
+        UsageError: the selection matches no tensor.
+    """
+    if encrypt_layers is None:
+        return
+    from clara_fl.fl.jobs.privacy_check import SiteUpdate
+
+    names = list(SiteUpdate.of_mmar(str(mmar), overrides=overrides).tensors)
+    check_he_layers(encrypt_layers, names, option)

@@ -28,7 +28,8 @@ __all__ = [
 
 SERVER_CONTEXT = "server_context.tenseal"
 CLIENT_CONTEXT = "client_context.tenseal"
-_HE_PACKAGE = "nvflare.app_opt.he."
+# FLARE's HE components, and clara-fl's packing ones (clara_fl.recipes.he)
+_HE_MARKERS = ("nvflare.app_opt.he.", "clara_fl.fl.site.he_filters.", "clara_fl.fl.server.he.")
 
 
 HE_EXTRA_HINT = "homomorphic encryption needs TenSEAL: pip install clara-fl[he]"
@@ -48,13 +49,13 @@ def require_tenseal(option: str = "--he") -> None:
 
 
 def job_uses_he(job: str | os.PathLike) -> bool:
-    """Whether any app config of the job folder names one of FLARE's HE components."""
+    """Whether any app config of the job folder names one of FLARE's or clara-fl's HE components."""
     for config in Path(job).glob("*/config/config_fed_*.json"):
         try:
             text = json.dumps(json.loads(config.read_text()))
         except (OSError, ValueError):
             continue
-        if _HE_PACKAGE in text:
+        if any(marker in text for marker in _HE_MARKERS):
             return True
     return False
 

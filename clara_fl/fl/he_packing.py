@@ -1,0 +1,223 @@
+"""Packing a model's tensors into few CKKS vectors for homomorphic encryption (TenSEAL and numpy only).
+
+FLARE's ``HEModelEncryptor`` makes one ``CKKSVector`` per tensor: a tensor of 16 values takes a whole ciphertext
+(poly_modulus_degree / 2 slots, 4096 with FLARE's HEBuilder context), and FLARE's CKKSVector decomposer sends
+every vector with its own copy of the public context. Here the selected tensors are flattened, in the model's
+order, into one stream cut into chunks of exactly one ciphertext's slots; each chunk is one ``CKKSVector``
+(measured on HEBuilder's context: explicit one-ciphertext chunks encrypt, serialize, add and decrypt faster than
+one long vector that TenSEAL splits internally). The :class:`PackedLayout` (names, shapes, dtypes, chunk size)
+travels in plain DXO metadata; the receiver rebuilds the tensors from it. Chunks are serialized without any
+context (``CKKSVector.serialize()``): the receiver loads them with the context it already holds.
+
+Packed chunks are keyed :data:`PACKED_PREFIX` + index in the DXO data, so FLARE's aggregator adds them key by
+key like any tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LAYOUT_META_KEY",
+    "PACKED_PREFIX",
+    "PackedLayout",
+    "decrypt_packed",
+    "deserialize_packed",
+    "encrypt_packed",
+    "is_packed_key",
+    "pack_plain",
+    "select_layers",
+    "serialize_packed",
+    "slot_count",
+    "unpack",
+]
+
+PACKED_PREFIX = "__clara_he_packed__."
+LAYOUT_META_KEY = "clara_he_layout"
+
+
+def is_packed_key(key: str) -> bool:
+    """Whether a DXO data key holds a packed chunk."""
+    return key.startswith(PACKED_PREFIX)
+
+
+def slot_count(context: Any) -> int:
+    """The values one CKKS ciphertext holds under a TenSEAL ``context``: poly_modulus_degree / 2."""
+    parms = context.seal_context().data.key_context_data().parms()
+    return int(parms.poly_modulus_degree()) // 2
+
+
+def select_layers(names: Sequence[str], encrypt_layers: Sequence[str] | str | bool | None) -> list[str]:
+    """The names to encrypt, in ``names``' order: all for None or True, the listed ones for a list, those a regular
+    expression finds (``re.search``) for a string (FLARE's ``encrypt_layers`` rule).
+
+    Raises:
+        ValueError: the selection matches none of ``names``.
+    """
+    if encrypt_layers is None or encrypt_layers is True:
+        selected = list(names)
+    elif isinstance(encrypt_layers, str):
+        pattern = re.compile(encrypt_layers)
+        selected = [n for n in names if pattern.search(n)]
+    elif isinstance(encrypt_layers, bool):
+        selected = []
+    else:
+        wanted = set(encrypt_layers)
+        selected = [n for n in names if n in wanted]
+    if not selected:
+        raise ValueError(f"encrypt_layers {encrypt_layers!r} matches none of the model's {len(names)} tensors")
+    return selected
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where each selected tensor lies in the packed stream: names, shapes and dtypes in stream order, and the chunk
+    size (one ciphertext's slots)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    chunk_size: int
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any], selected: Sequence[str], chunk_size: int) -> PackedLayout:
+        """The layout of ``selected`` tensors of ``params``, packed in chunks of ``chunk_size`` values."""
+        arrays = [np.asarray(params[n]) for n in selected]
+        return cls(
+            names=tuple(selected),
+            shapes=tuple(tuple(int(d) for d in a.shape) for a in arrays),
+            dtypes=tuple(str(a.dtype) for a in arrays),
+            chunk_size=int(chunk_size),
+        )
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def keys(self) -> list[str]:
+        """The DXO data keys of the chunks, in stream order."""
+        n_chunks = -(-self.total // self.chunk_size)
+        return [f"{PACKED_PREFIX}{i:06d}" for i in range(n_chunks)]
+
+    def to_meta(self) -> dict[str, Any]:
+        """Plain data for DXO metadata (lists, strings and ints)."""
+        return {
+            "names": list(self.names),
+            "shapes": [list(s) for s in self.shapes],
+            "dtypes": list(self.dtypes),
+            "chunk_size": self.chunk_size,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> PackedLayout:
+        """The layout :meth:`to_meta` wrote.
+
+        Raises:
+            ValueError: ``meta`` is not such a layout.
+        """
+        try:
+            names, shapes, dtypes = list(meta["names"]), list(meta["shapes"]), list(meta["dtypes"])
+            chunk_size = int(meta["chunk_size"])
+            layout = cls(
+                names=tuple(str(n) for n in names),
+                shapes=tuple(tuple(int(d) for d in s) for s in shapes),
+                dtypes=tuple(str(np.dtype(d)) for d in dtypes),
+                chunk_size=chunk_size,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a packed HE layout: {e}") from e
+        if not (len(layout.names) == len(layout.shapes) == len(layout.dtypes)) or chunk_size <= 0:
+            raise ValueError("not a packed HE layout: names, shapes and dtypes differ in length")
+        return layout
+
+
+def pack_plain(params: Mapping[str, Any], layout: PackedLayout, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """The layout's tensors of ``params`` times ``scale`` as float64 chunks, keyed like the encrypted ones (the last
+    chunk is shorter when the stream does not fill it).
+
+    Raises:
+        ValueError: a tensor is missing or its size differs from the layout's.
+    """
+    parts = []
+    for name, size in zip(layout.names, layout.sizes, strict=True):
+        if name not in params:
+            raise ValueError(f"{name} is in the packed layout but not in the model")
+        flat = np.asarray(params[name], dtype=np.float64).ravel()
+        if flat.size != size:
+            raise ValueError(f"{name} has {flat.size} values, the packed layout {size}")
+        parts.append(flat)
+    stream = np.concatenate(parts) if parts else np.zeros(0)
+    if scale != 1.0:
+        stream = stream * np.float64(scale)
+    step = layout.chunk_size
+    return {key: stream[i * step : (i + 1) * step] for i, key in enumerate(layout.keys)}
+
+
+def encrypt_packed(context: Any, params: Mapping[str, Any], layout: PackedLayout, scale: float = 1.0) -> dict[str, Any]:
+    """The layout's tensors of ``params`` times ``scale``, packed and encrypted: ``{chunk key: CKKSVector}``.
+
+    Raises:
+        ValueError: a tensor is missing or its size differs from the layout's.
+    """
+    import tenseal as ts
+
+    return {key: ts.ckks_vector(context, chunk) for key, chunk in pack_plain(params, layout, scale).items()}
+
+
+def serialize_packed(vectors: Mapping[str, Any]) -> dict[str, bytes]:
+    """Each chunk as its ciphertext bytes, no context: the receiver holds the context."""
+    return {k: v if isinstance(v, bytes) else v.serialize() for k, v in vectors.items()}
+
+
+def deserialize_packed(context: Any, serialized: Mapping[str, Any]) -> dict[str, Any]:
+    """Each chunk's bytes as a ``CKKSVector`` under ``context`` (loaded once by the caller); vectors stay."""
+    import tenseal as ts
+
+    return {k: ts.ckks_vector_from(context, v) if isinstance(v, bytes) else v for k, v in serialized.items()}
+
+
+def unpack(chunks: Mapping[str, Any], layout: PackedLayout) -> dict[str, np.ndarray]:
+    """The tensors from plain chunks (decrypted values or arrays), reshaped and cast to their recorded dtypes
+    (integers rounded: a step counter decrypts as 2.9999...).
+
+    Raises:
+        ValueError: a chunk is missing or the chunks hold fewer values than the layout.
+    """
+    missing = [k for k in layout.keys if k not in chunks]
+    if missing:
+        raise ValueError(f"{len(missing)} packed chunks missing (e.g. {missing[0]})")
+    stream = np.concatenate([np.asarray(chunks[k], dtype=np.float64).ravel() for k in layout.keys])
+    if stream.size < layout.total:
+        raise ValueError(f"the packed chunks hold {stream.size} values, the layout {layout.total}")
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape, dtype, size in zip(layout.names, layout.shapes, layout.dtypes, layout.sizes, strict=True):
+        values = stream[offset : offset + size]
+        offset += size
+        target = np.dtype(dtype)
+        if np.issubdtype(target, np.integer):
+            values = np.rint(values)
+        tensors[name] = values.reshape(shape).astype(target)
+    return tensors
+
+
+def decrypt_packed(context: Any, packed: Mapping[str, Any], layout: PackedLayout) -> dict[str, np.ndarray]:
+    """The tensors from encrypted chunks (``CKKSVector`` or their bytes) with the secret ``context``.
+
+    Raises:
+        ValueError: a chunk is missing, or the context holds no secret key.
+    """
+    if not context.is_private():
+        raise ValueError("decrypting needs a TenSEAL context with the secret key")
+    vectors = deserialize_packed(context, {k: packed[k] for k in layout.keys if k in packed})
+    return unpack({k: v.decrypt() for k, v in vectors.items()}, layout)

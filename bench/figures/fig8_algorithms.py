@@ -1,29 +1,42 @@
 """Figure 8, FL algorithms on identical and differing sites: the same compute budget (rounds x local epochs =
 epochs) for centralized ``clara-fl train`` on the union, each site alone, and FedAvg, FedProx, FedOpt, SCAFFOLD,
-Ditto, FedBN (``clara-fl job create --algorithm``, ``clara-fl simulate``, 2 sites), on ``clara-fl synth`` data with
-``--heterogeneity none`` and ``strong``: mean and worst-site Dice on each site's validation data (FL: the
-cross-site table, global model; Ditto: each site's personalized model on its own data). Goals: FedAvg >= 0.97 of
-centralized on identical sites; on differing sites the best algorithm beats FedAvg and beats every site alone on
-that site's own validation data. An algorithm the CLI refuses (job create exits 2) is reported as skipped."""
+Ditto, FedBN (``clara-fl job create --algorithm``, ``clara-fl simulate``), with the CLI's defaults (which give every
+algorithm the same budget: Ditto's personalized model trains as many iterations as the round), on ``clara-fl
+synth`` data with ``--heterogeneity none`` and ``strong``, for every seed of ``algorithm_seeds`` and every number of
+sites of ``algorithm_sites``: mean and worst-site Dice on each site's validation data (FL: the cross-site table,
+global model; Ditto: each site's personalized model on its own data; "ditto, kept": the model each site kept with
+``keep_better_model``, the better of the global and its personalized model by its own validation). Goals: FedAvg >=
+0.97 of centralized on identical sites (also checked at figure 6's budget, ``quality_rounds`` x
+``quality_local_epochs``); on differing sites the best algorithm beats FedAvg, and at every site clara-fl's best
+model for that site beats the site alone and beats FedAvg. Per-site bars (mean over seeds, min-max whiskers) go to
+``bench/results/figure-8/``. An algorithm the CLI refuses (job create exits 2) is reported as skipped."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.harness.data import prepare_data
 from bench.harness.federated import JobRefused, run_clara_fl
 from bench.harness.figure import Context, Figure
 from bench.harness.records import Record, rounded
-from bench.harness.settings import Settings
+from bench.harness.settings import RESULTS, Settings
 from bench.harness.training import evaluate_weights, train_clara
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "ditto", "fedbn")
-#: ``--algorithm-arg K=V`` per algorithm for figure 8 (none given: the CLI's defaults)
+#: ``--algorithm-arg K=V`` per algorithm for figure 8 (none given: the CLI's defaults, the same budget for all)
 ALGORITHM_ARGS: dict[str, tuple[str, ...]] = {}
 SITES = ("site-1", "site-2")
 HETEROGENEITY = {"identical": "none", "differing": "strong"}  # figure 8's two datasets (clara-fl synth levels)
+KEPT = "ditto, kept"  # each site's keep_better_model choice in the Ditto run
+PICTURES = RESULTS / "figure-8"
+
+
+def site_names(count: int) -> tuple[str, ...]:
+    return tuple(f"site-{k}" for k in range(1, count + 1))
 
 
 @dataclasses.dataclass
@@ -52,6 +65,19 @@ class Arm:
         if self.mean is None or self.worst is None:
             return "-"
         return f"{self.mean:.3f}/{self.worst:.3f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One setting of figure 8: a seed and a number of sites."""
+
+    seed: int
+    sites: int
+
+    @property
+    def tag(self) -> str:
+        """What the group's record names add (none for the first group of a default run's shape: 2 sites, seed 0)."""
+        return "" if (self.seed, self.sites) == (0, 2) else f" [{self.sites} sites, seed {self.seed}]"
 
 
 def algorithm_options(name: str) -> list[str]:
@@ -87,78 +113,122 @@ def cross_site_dice(workspace: Path, personalized: bool = False) -> dict[str, fl
     return dice
 
 
-def run_algorithm(settings: Settings, data: Path, out: Path, name: str) -> Arm:
-    """One algorithm's job on 2 sites, scored from its cross-site table; skipped when job create refuses it."""
-    rounds, local = settings.algorithm_rounds, settings.algorithm_local_epochs
-    seed_set = [f"determinism.random_seed={settings.algorithm_seed}"]
-    note = ""
+def kept_dice(workspace: Path) -> dict[str, float]:
+    """Each site's kept model's score after the last round (its ``site_model_kept`` events: keep_better_model)."""
+    from clara_fl.runtime import events as ev
+
+    kept: dict[str, tuple[int, float]] = {}
+    for path in workspace.rglob(ev.SITE_EVENTS_FILE):
+        for event in ev.read_events(path):
+            numbers = event.numbers()
+            if event.kind == ev.SITE_MODEL_KEPT and event.site and "kept_score" in numbers:
+                last = kept.get(event.site)
+                if last is None or (event.round or 0) >= last[0]:
+                    kept[event.site] = (event.round or 0, numbers["kept_score"])
+    return {site: score for site, (_, score) in sorted(kept.items())}
+
+
+def run_algorithm(
+    settings: Settings,
+    data: Path,
+    out: Path,
+    name: str,
+    group: Group = Group(0, 2),
+    budget: tuple[int, int] | None = None,
+) -> list[Arm]:
+    """One algorithm's job on the group's sites, scored from its cross-site table (Ditto also from its sites'
+    kept models); skipped when job create refuses it."""
+    rounds, local = budget or (settings.algorithm_rounds, settings.algorithm_local_epochs)
+    seed_set = [f"determinism.random_seed={group.seed}"]
+    options = {"keep_better_model": True} if name == "ditto" else None
     try:
-        try:
-            run, workspace = run_clara_fl(
-                settings, data, out, rounds, 1000, local, seed_set, job_options=algorithm_options(name)
-            )
-        except JobRefused as refused:
-            if name != "fedavg" or "--algorithm" not in str(refused):
-                raise
-            run, workspace = run_clara_fl(settings, data, out, rounds, 1000, local, seed_set)
-            note = "job create has no --algorithm: its default job, FedAvg"
+        run, workspace = run_clara_fl(
+            settings,
+            data,
+            out,
+            rounds,
+            1000,
+            local,
+            seed_set,
+            job_options=algorithm_options(name),
+            sites=group.sites,
+            site_options=options,
+        )
     except JobRefused as refused:
-        return Arm(name, skipped=f"skipped: {refused}")
+        return [Arm(name, skipped=f"skipped: {refused}")]
     except RuntimeError as failed:
-        return Arm(name, skipped=f"failed: {str(failed).splitlines()[0]}")
+        return [Arm(name, skipped=f"failed: {str(failed).splitlines()[0]}")]
     per_site = cross_site_dice(workspace, personalized=name == "ditto")
     neutral = {}
     if name == "fedavg":  # the two evaluators should agree: the goals compare their figures
         weights = workspace / "server" / "simulate_job" / "app_server" / "FL_global_model.pt"
         neutral = {
             site: evaluate_weights(settings, data, weights, out / "eval", data / f"dataset_{site}.json")
-            for site in SITES
+            for site in site_names(group.sites)
         }
-    return Arm(name, per_site, note=note, wall_s=round(run.wall_s, 1), neutral_per_site=neutral)
+    arms = [Arm(name, per_site, wall_s=round(run.wall_s, 1), neutral_per_site=neutral)]
+    if name == "ditto":
+        arms.append(Arm(KEPT, kept_dice(workspace), note="the better of global and personalized, by each site"))
+    return arms
 
 
-def run_alone_and_central(settings: Settings, data: Path, out: Path) -> list[Arm]:
+def run_alone_and_central(
+    settings: Settings, data: Path, out: Path, group: Group = Group(0, 2), epochs: int | None = None
+) -> list[Arm]:
     """Centralized training on the union and each site alone, same epochs as the FL runs, scored on every site."""
-    epochs = settings.algorithm_rounds * settings.algorithm_local_epochs
-    seed_set = [f"determinism.random_seed={settings.algorithm_seed}"]
-    trainings = {"centralized": data / "dataset.json"} | {f"{s} alone": data / f"dataset_{s}.json" for s in SITES}
+    epochs = epochs or settings.algorithm_rounds * settings.algorithm_local_epochs
+    seed_set = [f"determinism.random_seed={group.seed}"]
+    sites = site_names(group.sites)
+    trainings = {"centralized": data / "dataset.json"} | {f"{s} alone": data / f"dataset_{s}.json" for s in sites}
     arms = []
     for name, datalist in trainings.items():
         folder = out / name.replace(" ", "-")
         run, weights = train_clara(settings, data, datalist, folder, epochs, seed_set)
         per_site = {
             site: evaluate_weights(settings, data, weights, folder / "eval", data / f"dataset_{site}.json")
-            for site in SITES
+            for site in sites
         }
         arms.append(Arm(name, per_site, wall_s=round(run.wall_s, 1)))
     return arms
 
 
-def run_quality_on_sites(ctx: Context) -> dict[str, list[Arm]]:
-    """Every arm of figure 8 on the identical and on the differing sites' data."""
+def groups(settings: Settings) -> list[Group]:
+    return [Group(seed, sites) for sites in settings.algorithm_sites for seed in settings.algorithm_seeds]
+
+
+def run_quality_on_sites(ctx: Context, group: Group = Group(0, 2)) -> dict[str, list[Arm]]:
+    """Every arm of figure 8 on the identical and on the differing sites' data, for one group."""
     settings = ctx.settings
     arms: dict[str, list[Arm]] = {}
     for label, level in HETEROGENEITY.items():
-        data = prepare_data(settings, level)
-        out = ctx.work / "algorithms" / label
-        arms[label] = run_alone_and_central(settings, data, out)
-        arms[label] += [run_algorithm(settings, data, out / name, name) for name in ALGORITHMS]
+        data = prepare_data(settings, level, sites=group.sites)
+        out = ctx.work / "algorithms" / f"{group.sites}-sites-seed-{group.seed}" / label
+        arms[label] = run_alone_and_central(settings, data, out, group)
+        for name in ALGORITHMS:
+            arms[label] += run_algorithm(settings, data, out / name, name, group)
         ctx.log(
-            f"  {label} sites (--heterogeneity {level}): " + ", ".join(f"{a.name} {a.shown()}" for a in arms[label])
+            f"  {label} sites (--heterogeneity {level}){group.tag}: "
+            + ", ".join(f"{a.name} {a.shown()}" for a in arms[label])
         )
     return arms
 
 
-def algorithm_records(arms: dict[str, list[Arm]], settings: Settings) -> list[Record]:
-    """One row per arm (mean/worst-site Dice on identical | differing sites) and the three goals."""
+def _skipped(figure: str, measure: str, baseline: str, goal: str, note: str) -> Record:
+    return Record(figure, measure, baseline, "skipped", None, "", goal, None, note=note)
+
+
+def algorithm_records(
+    arms: dict[str, list[Arm]], settings: Settings, sites: Sequence[str] = SITES, tag: str = ""
+) -> list[Record]:
+    """One row per arm (mean/worst-site Dice on identical | differing sites) and the goals, for one group."""
     budget = f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs"
     by_name = {label: {a.name: a for a in group} for label, group in arms.items()}
     records = []
     for name in by_name["identical"]:
-        pair = [by_name[label][name] for label in HETEROGENEITY]
+        pair = [by_name[label].get(name, Arm(name, skipped="-")) for label in HETEROGENEITY]
         records.append(
             Record(
-                figure=f"8 quality: {name}",
+                figure=f"8 quality: {name}{tag}",
                 measure=f"mean/worst-site Dice on each site's validation data, {budget} (or the same epochs)",
                 baseline="identical | differing sites (mean/worst)",
                 kind="dice",
@@ -175,7 +245,7 @@ def algorithm_records(arms: dict[str, list[Arm]], settings: Settings) -> list[Re
     ratio = fedavg / central if fedavg is not None and central else None
     records.append(
         Record(
-            figure="8 identical sites: FedAvg",
+            figure=f"8 identical sites: FedAvg{tag}",
             measure="mean Dice over the sites, FedAvg / centralized, same epochs",
             baseline="clara-fl train on the union of the sites' data",
             kind="ratio",
@@ -186,68 +256,191 @@ def algorithm_records(arms: dict[str, list[Arm]], settings: Settings) -> list[Re
         )
     )
     differ = by_name["differing"]
-    federated = [differ[n] for n in ALGORITHMS if differ[n].mean is not None]
+    federated = [differ[n] for n in ALGORITHMS if n in differ and differ[n].mean is not None]
     best = max(federated, key=lambda a: a.mean or 0.0) if federated else None
     others = [a for a in federated if a.name != "fedavg"]
     base = differ["fedavg"].mean
     if best is None or base is None or not others:
         ran = ", ".join(a.name for a in federated) or "none"
         reason = f"skipped: only {ran} ran; the goal compares other algorithms with FedAvg"
-        beats_fedavg = Record(
-            "8 differing sites: best vs FedAvg",
-            "best algorithm's mean Dice / FedAvg's",
-            "FedAvg",
-            "skipped",
-            None,
-            "",
-            "> 1.00",
-            None,
-            note=reason,
+        records.append(
+            _skipped(
+                f"8 differing sites: best vs FedAvg{tag}",
+                "best algorithm's mean Dice / FedAvg's",
+                "FedAvg",
+                "> 1.00",
+                reason,
+            )
         )
     else:
-        beats_fedavg = Record(
-            figure="8 differing sites: best vs FedAvg",
-            measure="mean Dice over the sites, best algorithm / FedAvg",
-            baseline=f"FedAvg (best: {best.name})",
-            kind="ratio",
-            value=(best.mean or 0.0) / base,
-            unit="x",
-            goal="> 1.00",
-            met=best.name != "fedavg" and (best.mean or 0.0) > base,
+        records.append(
+            Record(
+                figure=f"8 differing sites: best vs FedAvg{tag}",
+                measure="mean Dice over the sites, best algorithm / FedAvg",
+                baseline=f"FedAvg (best: {best.name})",
+                kind="ratio",
+                value=(best.mean or 0.0) / base,
+                unit="x",
+                goal="> 1.00",
+                met=best.name != "fedavg" and (best.mean or 0.0) > base,
+            )
         )
-    records.append(beats_fedavg)
     if best is None:
         margins: dict[str, float] = {}
     else:
         margins = {
             s: best.per_site[s] - differ[f"{s} alone"].per_site[s]
-            for s in SITES
-            if s in best.per_site and s in differ[f"{s} alone"].per_site
+            for s in sites
+            if s in best.per_site and f"{s} alone" in differ and s in differ[f"{s} alone"].per_site
         }
     records.append(
         Record(
-            figure="8 differing sites: best vs each site alone",
+            figure=f"8 differing sites: best vs each site alone{tag}",
             measure="per site: best algorithm's Dice minus that site's own model's, on the site's validation data",
             baseline=f"each site trained alone ({best.name if best else 'no algorithm ran'}; smallest margin)",
             kind="delta",
-            value=min(margins.values()) if len(margins) == len(SITES) else None,
+            value=min(margins.values()) if len(margins) == len(sites) else None,
             unit="",
             goal="> 0 at every site",
-            met=len(margins) == len(SITES) and min(margins.values()) > 0,
+            met=len(margins) == len(sites) and min(margins.values()) > 0,
             samples=[round(m, 4) for m in margins.values()],
             note="" if best else "skipped: no algorithm ran",
         )
     )
+    records.append(site_best_record(differ, sites, tag))
     return records
+
+
+def site_best_record(differ: dict[str, Arm], sites: Sequence[str], tag: str = "") -> Record:
+    """At every site, clara-fl's best model for that site (the best FL arm there, the kept model included) against
+    the site alone and against FedAvg: the smaller of the two margins, per site."""
+    figure = f"8 differing sites: each site's best model vs alone and FedAvg{tag}"
+    candidates = [a for n, a in differ.items() if (n in ALGORITHMS or n == KEPT) and a.per_site]
+    fedavg, margins, chosen = differ.get("fedavg"), {}, {}
+    for site in sites:
+        alone = differ.get(f"{site} alone")
+        scored = [a for a in candidates if site in a.per_site]
+        if not scored or alone is None or site not in alone.per_site or fedavg is None or site not in fedavg.per_site:
+            continue
+        top = max(scored, key=lambda a: a.per_site[site])
+        chosen[site] = top.name
+        margins[site] = min(
+            top.per_site[site] - alone.per_site[site],
+            top.per_site[site] - fedavg.per_site[site] if top.name != "fedavg" else 0.0,
+        )
+    if len(margins) < len(sites):
+        return _skipped(
+            figure,
+            "per site: best model's Dice minus the larger of alone's and FedAvg's",
+            "each site alone and FedAvg",
+            "> 0 at every site",
+            "skipped: an arm did not run at every site",
+        )
+    return Record(
+        figure=figure,
+        measure="per site: clara-fl's best model's Dice minus the larger of the site alone's and FedAvg's",
+        baseline="each site alone and FedAvg (" + ", ".join(f"{s}: {n}" for s, n in chosen.items()) + ")",
+        kind="delta",
+        value=min(margins.values()),
+        unit="",
+        goal="> 0 at every site",
+        met=min(margins.values()) > 0,
+        samples=[round(m, 4) for m in margins.values()],
+    )
+
+
+def fig6_budget_records(ctx: Context) -> list[Record]:
+    """FedAvg against centralized training on identical sites at figure 6's budget, one pair per seed (2 sites)."""
+    settings = ctx.settings
+    budget = (settings.quality_rounds, settings.quality_local_epochs)
+    data = prepare_data(settings, "none")
+    ratios = []
+    for seed in settings.algorithm_seeds:
+        group = Group(seed, 2)
+        out = ctx.work / "algorithms" / f"fig6-budget-seed-{seed}"
+        [fedavg] = run_algorithm(settings, data, out / "fedavg", "fedavg", group, budget)
+        [central] = run_alone_and_central(settings, data, out, group, budget[0] * budget[1])[:1]
+        if fedavg.mean is not None and central.mean:
+            ratios.append(fedavg.mean / central.mean)
+        ctx.log(f"  figure 6's budget, seed {seed}: fedavg {fedavg.shown()}, centralized {central.shown()}")
+    value = statistics.median(ratios) if ratios else None
+    return [
+        Record(
+            figure="8 identical sites: FedAvg at figure 6's budget",
+            measure=f"mean Dice over the sites, FedAvg / centralized, {budget[0]} rounds x {budget[1]} epochs",
+            baseline="clara-fl train on the union, same epochs (median over the seeds)",
+            kind="ratio",
+            value=value,
+            unit="x",
+            goal=">= 0.97",
+            met=value is not None and value >= 0.97,
+            samples=[round(r, 4) for r in ratios],
+        )
+    ]
+
+
+def per_site_bars(results: dict[Group, dict[str, list[Arm]]], folder: Path = PICTURES) -> list[Path]:
+    """One PNG per (number of sites, dataset): per-site Dice bars of every arm, mean over the seeds, min-max
+    whiskers, in the style of ``clara-fl report``'s pictures (matplotlib's Agg backend, 100 dpi)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for count in sorted({g.sites for g in results}):
+        chosen = [arms for g, arms in results.items() if g.sites == count]
+        sites = site_names(count)
+        for label in HETEROGENEITY:
+            names = list(dict.fromkeys(a.name for arms in chosen for a in arms[label] if a.per_site))
+            figure, axes = plt.subplots(figsize=(max(7.0, 1.1 * len(names) * count / 2 + 3), 4.2), layout="constrained")
+            width = 0.8 / max(1, len(names))
+            for index, name in enumerate(names):
+                values = [
+                    [a.per_site[s] for arms in chosen for a in arms[label] if a.name == name and s in a.per_site]
+                    for s in sites
+                ]
+                means = [statistics.fmean(v) if v else 0.0 for v in values]
+                low = [m - min(v) if v else 0.0 for m, v in zip(means, values, strict=True)]
+                high = [max(v) - m if v else 0.0 for m, v in zip(means, values, strict=True)]
+                positions = [k + (index - (len(names) - 1) / 2) * width for k in range(count)]
+                axes.bar(positions, means, width, yerr=[low, high], capsize=2, label=name)
+            axes.set_xticks(range(count), sites)
+            axes.set_ylabel("val_mean_dice on the site's validation data")
+            axes.set_ylim(0, 1)
+            seeds = len(chosen)
+            axes.set_title(f"figure 8: {label} sites ({count}), mean over {seeds} seed(s)")
+            axes.grid(axis="y", alpha=0.3)
+            if names:
+                axes.legend(fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            path = folder / f"figure-8-{count}-sites-{label}.png"
+            figure.savefig(path, format="png", dpi=100)
+            plt.close(figure)
+            written.append(path)
+    return written
 
 
 def measure(ctx: Context) -> list[Record]:
     settings = ctx.settings
     ctx.log(
         f"figure 8: centralized, each site alone and {', '.join(ALGORITHMS)} on identical and differing sites, "
-        f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs"
+        f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs, "
+        f"sites {list(settings.algorithm_sites)}, seeds {list(settings.algorithm_seeds)}"
     )
-    return algorithm_records(run_quality_on_sites(ctx), settings)
+    results = {group: run_quality_on_sites(ctx, group) for group in groups(settings)}
+    records = []
+    for group, arms in results.items():
+        records += algorithm_records(arms, settings, site_names(group.sites), group.tag)
+    records += fig6_budget_records(ctx)
+    pictures = per_site_bars(results)
+    ctx.log("  per-site bars: " + ", ".join(str(p) for p in pictures))
+    summary = {
+        f"{g.sites} sites, seed {g.seed}": {k: [dataclasses.asdict(a) for a in v] for k, v in arms.items()}
+        for g, arms in results.items()
+    }
+    (PICTURES / "arms.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return records
 
 
 FIGURE = Figure("8", "algorithms, identical / differing sites", measure)

@@ -6,6 +6,10 @@ training data with the MMAR's own batch preparation, inferer and loss, plus FLAR
 sent: it lives in the site's local state (with its optimizer) and in ``models/personalized_model.pt``, and it
 is what the site submits for cross-site validation, so the table shows the global model and each site's
 personalized model.
+
+The budget is the round's: unless ``personal_epochs`` is given, the personalized model trains exactly as many
+iterations as the site's training of the global model ran in that round (``--local-epochs`` epochs, or
+``steps_aggregation`` iterations), so it gets what every other algorithm gets.
 """
 
 from __future__ import annotations
@@ -38,12 +42,18 @@ class TrainerDittoHelper(PTDittoHelper):
         trainer: the site's MONAI SupervisedTrainer (its data loader, batch preparation, inferer and loss).
         model: the personalized network.
         ditto_lambda: the weight of the prox term towards the global model.
-        model_epochs: epochs of personal training per round.
+        model_epochs: epochs of personal training per round; None: as many iterations as :meth:`local_train` is
+            given (the round's).
         app_dir: the folder personalized_model.pt is written to (the MMAR's models folder).
     """
 
     def __init__(
-        self, trainer: SupervisedTrainer, model: torch.nn.Module, ditto_lambda: float, model_epochs: int, app_dir: str
+        self,
+        trainer: SupervisedTrainer,
+        model: torch.nn.Module,
+        ditto_lambda: float,
+        model_epochs: int | None,
+        app_dir: str,
     ) -> None:
         optimizer = trainer.optimizer
         device = trainer.state.device or torch.device("cpu")
@@ -54,18 +64,32 @@ class TrainerDittoHelper(PTDittoHelper):
             device=torch.device(device),
             app_dir=app_dir,
             ditto_lambda=ditto_lambda,
-            model_epochs=model_epochs,
+            model_epochs=model_epochs or 0,
         )
+        self.personal_epochs = model_epochs
         self.trainer = trainer
 
-    def local_train(self, train_loader: Any, model_global: torch.nn.Module, abort_signal: Signal, writer: Any) -> int:
-        """``model_epochs`` epochs of the personal model; returns the iterations run."""
+    def local_train(
+        self,
+        train_loader: Any,
+        model_global: torch.nn.Module,
+        abort_signal: Signal,
+        writer: Any,
+        round_steps: int = 0,
+    ) -> int:
+        """``model_epochs`` epochs of the personal model, or (``model_epochs`` None) ``round_steps`` iterations
+        (passes over ``train_loader`` as long as needed); returns the iterations run."""
+        if self.personal_epochs is None:
+            passes = -(-round_steps // max(1, len(train_loader))) if round_steps > 0 else 0
+            limit = round_steps
+        else:
+            passes, limit = self.personal_epochs, 0
         trainer = self.trainer
         self.model.train()
         steps = 0
-        for _ in range(self.model_epochs):
+        for _ in range(passes):
             for batch in train_loader:
-                if abort_signal.triggered:
+                if abort_signal.triggered or (limit and steps >= limit):
                     return steps
                 prepared = trainer.prepare_batch(batch, self.device, trainer.non_blocking, **trainer.to_kwargs)
                 inputs, targets = prepared[0], prepared[1]
@@ -85,14 +109,16 @@ class Ditto(LocalAlgorithm):
 
     Args:
         args: ``lambda``, the weight of the prox term towards the global model (FLARE's ``ditto_lambda``), and
-            ``personal_epochs``, epochs of personal training per round (``lambda`` is a Python keyword, so they
-            arrive as keywords of a mapping, checked by the algorithm's parameters in :mod:`clara_fl.fl.algorithms`).
+            ``personal_epochs``, epochs of personal training per round; absent or None: as many iterations as the
+            round's training of the global model ran (``lambda`` is a Python keyword, so they arrive as keywords of
+            a mapping, checked by the algorithm's parameters in :mod:`clara_fl.fl.algorithms`).
     """
 
-    def __init__(self, **args: float) -> None:
+    def __init__(self, **args: float | None) -> None:
         super().__init__(**args)
-        self.ditto_lambda = float(args["lambda"])
-        self.personal_epochs = int(args["personal_epochs"])
+        self.ditto_lambda = float(args["lambda"])  # type: ignore[arg-type]
+        epochs = args.get("personal_epochs")
+        self.personal_epochs = None if epochs is None else int(epochs)
         self.helper: TrainerDittoHelper | None = None
         self.reference: torch.nn.Module | None = None
         self.started = False
@@ -140,10 +166,13 @@ class Ditto(LocalAlgorithm):
         self, workflow: RoundWorkflow, global_weights: Mapping[str, np.ndarray], steps: int
     ) -> dict[str, Any]:
         assert self.helper is not None and self.reference is not None
-        personal_steps = self.helper.local_train(self.helper.trainer.data_loader, self.reference, Signal(), None)
+        personal_steps = self.helper.local_train(
+            self.helper.trainer.data_loader, self.reference, Signal(), None, round_steps=steps
+        )
         self.helper.save_model()
+        budget = "the round's" if self.personal_epochs is None else f"{self.personal_epochs} epoch(s)"
         logger.info(
-            f"ditto: personalized model trained {personal_steps} iterations (lambda {self.ditto_lambda}), "
+            f"ditto: personalized model trained {personal_steps} iterations ({budget}; lambda {self.ditto_lambda}), "
             f"saved to {self.helper.model_file_path}"
         )
         return {"ditto_personal_steps": personal_steps}

@@ -16,6 +16,7 @@ MODULES = (
     "fig7_gpu",
     "fig8_algorithms",
     "fig9_he",
+    "fig10_scale",
 )
 
 FIGURES: dict[str, Figure] = {

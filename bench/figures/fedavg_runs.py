@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.harness.comparison import median, rotated
 from bench.harness.federated import read_probe, round_starts, run_clara_fl, run_simulation
 from bench.harness.figure import Context
+from bench.harness.memory import slope
 from bench.harness.processes import Run, base_env
 from bench.harness.settings import BENCH, PY, Settings
 
@@ -58,16 +58,6 @@ def run_monai_fl(settings: Settings, data: Path, out: Path, rounds: int, val_int
     job = Path(made.stdout.strip().splitlines()[-1])
     command = [PY, "-m", "nvflare.cli", "simulator", str(job), "-w", str(out / "ws"), "-n", "2", "-t", "2"]
     return run_simulation(settings, "MONAI FL (MonaiAlgo)", command, out), out / "ws"
-
-
-def slope(values: Sequence[float]) -> float | None:
-    """Least-squares slope per step (MB per round)."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean_x, mean_y = (n - 1) / 2, sum(values) / n
-    sxx = sum((i - mean_x) ** 2 for i in range(n))
-    return sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values)) / sxx
 
 
 def analyse_fl(server_log: Path, probe: list[dict[str, Any]], warmup: int, memory_warmup: int) -> dict[str, Any]:

@@ -1,12 +1,23 @@
 """Figure 5, memory: peak RSS of a site process (vs the MONAI path's), and RSS growth per round over the rounds
-of figure 4 (least-squares slope after the warm-up rounds); goal: <= 1 MB per round."""
+of figure 4 (least-squares slope after the warm-up rounds); goal: <= 1 MB per round.
+
+The long run: one clara-fl FedAvg job of ``memory_rounds`` rounds (100; 2 sites, the same tiny settings), with
+bench/probe recording the RSS after every round of each site's two processes (the confined training process and
+FLARE's job process) and of the server's; growth = least-squares slope after ``memory_long_warmup_rounds``, of a
+site's two processes together (the larger site) and of the server. Goal: <= 1 MB per round at each. With
+``CLARA_FL_BENCH_HEAP=N`` in the environment the probe also writes what grew (tracemalloc, gc objects) every N
+rounds, into the run's probe folder (kept with ``--keep-work``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.figures.fedavg_runs import Pair, fedavg_pairs
 from bench.harness.comparison import median
+from bench.harness.federated import read_probe, run_clara_fl
 from bench.harness.figure import Context, Figure
-from bench.harness.records import Record
+from bench.harness.memory import round_series, site_totals, slope
+from bench.harness.records import Record, rounded
 from bench.harness.settings import Settings
 
 
@@ -63,8 +74,59 @@ def memory_records(pairs: list[Pair], settings: Settings) -> list[Record]:
     ]
 
 
+def long_run_records(series: dict[str, list[float]], settings: Settings, run: dict[str, Any]) -> list[Record]:
+    """The long run's growth per round at the larger site (its two processes together) and at the server."""
+    warmup = settings.memory_long_warmup_rounds
+    growth = {name: slope(values[warmup:]) for name, values in series.items()}
+    sites = site_totals(series)
+    site_growth = {site: slope(values[warmup:]) for site, values in sites.items()}
+    detail = {
+        **run,
+        "rounds": settings.memory_rounds,
+        "rounds_measured": f"{warmup}..{settings.memory_rounds - 1}",
+        "growth_mb_per_round": {name: rounded(g) for name, g in growth.items()},
+        "site_growth_mb_per_round": {site: rounded(g) for site, g in site_growth.items()},
+        "rss_after_round_mb": {name: [round(v, 1) for v in values] for name, values in series.items()},
+    }
+    records = []
+    for where, values in (("site", list(site_growth.values())), ("server", [growth.get("server")])):
+        known = [v for v in values if v is not None]
+        value = max(known) if known else None
+        records.append(
+            Record(
+                figure=f"5 memory: RSS growth, {settings.memory_rounds} rounds, {where}",
+                measure=f"least-squares slope of RSS after each round, rounds {warmup}..{settings.memory_rounds - 1}"
+                + (" (a site's training and FLARE processes together, the larger site)" if where == "site" else ""),
+                baseline="absolute",
+                kind="value",
+                value=value,
+                unit="MB/round",
+                goal="<= 1.0 MB/round",
+                met=value is not None and value <= 1.0,
+                samples=[rounded(v) for v in known],
+                detail=detail if where == "site" else {"growth_mb_per_round": detail["growth_mb_per_round"]},
+            )
+        )
+    return records
+
+
+def long_run(ctx: Context) -> list[Record]:
+    """One clara-fl job of ``memory_rounds`` rounds, analysed per process from the probe's records.
+
+    Raises:
+        RuntimeError: the job failed.
+    """
+    settings = ctx.settings
+    ctx.log(f"figure 5: one clara-fl FedAvg job of {settings.memory_rounds} rounds, site and server RSS per round")
+    out = ctx.work / "memory"
+    run, _ = run_clara_fl(settings, ctx.data, out, settings.memory_rounds, val_interval=1000)
+    series = round_series(read_probe(out / "probe"))
+    ctx.log(f"  {settings.memory_rounds} rounds in {run.wall_s:.0f} s; RSS series: {sorted(series)}")
+    return long_run_records(series, settings, {"process_wall_s": round(run.wall_s, 1)})
+
+
 def measure(ctx: Context) -> list[Record]:
-    return memory_records(fedavg_pairs(ctx), ctx.settings)
+    return memory_records(fedavg_pairs(ctx), ctx.settings) + long_run(ctx)
 
 
 FIGURE = Figure("5", "memory", measure)

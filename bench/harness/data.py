@@ -5,23 +5,25 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from bench.harness.processes import base_env
 from bench.harness.settings import CACHE, MMAR, PY, Settings
 
 
-def prepare_data(settings: Settings, heterogeneity: str = "none") -> Path:
-    """Synthetic spleen-like CT (cached): ``dataset.json`` is the union of the two sites' datalists; with
-    ``heterogeneity`` mild or strong the two sites differ (``sites.json``, figure 8)."""
-    suffix = "" if heterogeneity == "none" else f"-{heterogeneity}"
+def prepare_data(settings: Settings, heterogeneity: str = "none", sites: int = 2) -> Path:
+    """Synthetic spleen-like CT (cached): ``dataset.json`` is the union of the sites' datalists (two by default);
+    with ``heterogeneity`` mild or strong the sites differ (``sites.json``, figure 8)."""
+    suffix = ("" if heterogeneity == "none" else f"-{heterogeneity}") + ("" if sites == 2 else f"-{sites}-sites")
     root = CACHE / f"data-{settings.shape}-{settings.cases}{suffix}"
     stamp = root / ".complete"
     if not stamp.is_file():
         shutil.rmtree(root, ignore_errors=True)
         code = (
             "import sys; from clara_fl.data.synthetic import make_synthetic_dataset; "
-            f"make_synthetic_dataset(sys.argv[1], cases={settings.cases}, sites=2, shape=({settings.shape},) * 3, "
+            f"make_synthetic_dataset(sys.argv[1], cases={settings.cases}, sites={sites}, shape=({settings.shape},) * 3, "
             f"heterogeneity={heterogeneity!r})"
         )
         subprocess.run([PY, "-c", code, str(root)], check=True, env=base_env(2))
@@ -50,8 +52,9 @@ def mmar_settings(settings: Settings, epochs: int, val_interval: int) -> list[st
     ]
 
 
-def write_site_config(path: Path, data_root: Path) -> Path:
-    """A ``--site-config`` file whose sites read ``data_root`` and their own ``dataset_{SITE_NAME}.json``."""
+def write_site_config(path: Path, data_root: Path, options: Mapping[str, Any] | None = None) -> Path:
+    """A ``--site-config`` file whose sites read ``data_root`` and their own ``dataset_{SITE_NAME}.json``, with the
+    site file's ``options`` (``keep_better_model``, ...)."""
     environment = {"DATA_ROOT": str(data_root), "DATASET_JSON": str(data_root / "dataset_{SITE_NAME}.json")}
-    path.write_text(json.dumps({"environment": environment}))
+    path.write_text(json.dumps({"environment": environment, **(options or {})}))
     return path

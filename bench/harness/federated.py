@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,16 @@ class JobRefused(Exception):
 
 
 def job_create_command(
-    mmar: Path, job: Path, rounds: int, local_epochs: int, set_values: Sequence[str], options: Sequence[str] = ()
+    mmar: Path,
+    job: Path,
+    rounds: int,
+    local_epochs: int,
+    set_values: Sequence[str],
+    options: Sequence[str] = (),
+    sites: int = 2,
 ) -> list[str]:
-    """``clara-fl job create`` of a 2-site job of ``rounds`` x ``local_epochs`` with ``--set`` values and options."""
+    """``clara-fl job create`` of a job of ``rounds`` x ``local_epochs`` for ``sites`` sites (every one needed each
+    round) with ``--set`` values and options."""
     return [
         PY,
         "-m",
@@ -44,15 +51,15 @@ def job_create_command(
         "--local-epochs",
         str(local_epochs),
         "--min-clients",
-        "2",
+        str(sites),
         "--set",
         *set_values,
         *options,
     ]
 
 
-def simulate_command(job: Path, workspace: Path, site_config: Path) -> list[str]:
-    """``clara-fl simulate`` of ``job`` on 2 sites in 2 threads."""
+def simulate_command(job: Path, workspace: Path, site_config: Path, sites: int = 2) -> list[str]:
+    """``clara-fl simulate`` of ``job`` on ``sites`` sites, all at once (``-t`` = ``-n``)."""
     return [
         PY,
         "-m",
@@ -62,9 +69,9 @@ def simulate_command(job: Path, workspace: Path, site_config: Path) -> list[str]
         "-w",
         str(workspace),
         "-n",
-        "2",
+        str(sites),
         "-t",
-        "2",
+        str(sites),
         "--site-config",
         str(site_config),
     ]
@@ -98,8 +105,10 @@ def run_clara_fl(
     local_epochs: int | None = None,
     extra_set: Sequence[str] = (),
     job_options: Sequence[str] = (),
+    sites: int = 2,
+    site_options: Mapping[str, Any] | None = None,
 ) -> tuple[Run, Path]:
-    """``clara-fl job create`` (plus ``job_options``) and ``clara-fl simulate`` on 2 sites.
+    """``clara-fl job create`` (plus ``job_options``) and ``clara-fl simulate`` on ``sites`` sites (default 2).
 
     Raises:
         JobRefused: job create exited 2 (an option or value it does not accept).
@@ -110,7 +119,7 @@ def run_clara_fl(
     job = out / "job"
     set_values = [*mmar_settings(settings, 1, val_interval)[1:], *extra_set]
     create = job_create_command(
-        copy_mmar(out / "mmar"), job, rounds, local_epochs or settings.local_epochs, set_values, job_options
+        copy_mmar(out / "mmar"), job, rounds, local_epochs or settings.local_epochs, set_values, job_options, sites
     )
     made = subprocess.run(create, env=base_env(1), capture_output=True, text=True)
     if made.returncode == 2:
@@ -119,8 +128,8 @@ def run_clara_fl(
         raise RuntimeError(
             f"clara-fl job create failed ({made.returncode}):\n{made.stdout[-2000:]}{made.stderr[-2000:]}"
         )
-    site_config = write_site_config(out / "clara_fl_site.json", data)
-    run = run_simulation(settings, "clara-fl simulate", simulate_command(job, out / "ws", site_config), out)
+    site_config = write_site_config(out / "clara_fl_site.json", data, site_options)
+    run = run_simulation(settings, "clara-fl simulate", simulate_command(job, out / "ws", site_config, sites), out)
     return run, out / "ws"
 
 

@@ -27,6 +27,8 @@ class Settings:
     quality_seeds: tuple[int, ...] = (0, 1, 2)  # figure 6: one FedAvg / centralized pair per seed
     warmup_rounds: int = 2  # rounds left out of the round-overhead figure (first tasks)
     memory_warmup_rounds: int = 5  # rounds left out of the RSS slope (allocator and caches fill up)
+    memory_rounds: int = 100  # figure 5's long run: clara-fl alone, site and server RSS per round
+    memory_long_warmup_rounds: int = 10  # rounds left out of the long run's slope
     roi: int = 16
     shape: int = 32
     cases: int = 12
@@ -37,7 +39,12 @@ class Settings:
     algorithm_rounds: int = 10  # figure 8: rounds x local epochs = the epochs of centralized and site-alone training
     algorithm_local_epochs: int = 3
     algorithm_seed: int = 0
+    algorithm_seeds: tuple[int, ...] = (0, 1, 2)  # figure 8: every arm once per seed
+    algorithm_sites: tuple[int, ...] = (2, 3)  # figure 8: the numbers of sites (each site's share of the cases)
     he_rounds: int = 6  # figure 9: rounds of each of the two jobs (round 0 and the last are not timed)
+    scale_sites: tuple[int, ...] = (2, 4, 8)  # figure 10: simulated sites, one job each
+    scale_rounds: int = 4  # figure 10: rounds of each job (round 0 and the last are not timed)
+    scale_cases_per_site: int = 6  # figure 10: every site has the same data, whatever the number of sites
 
     @property
     def mode(self) -> str:
@@ -56,5 +63,11 @@ QUICK = Settings(
     quality_seeds=(0,),
     algorithm_rounds=2,
     algorithm_local_epochs=1,
+    algorithm_seeds=(0,),
+    algorithm_sites=(2,),
     he_rounds=3,
+    memory_rounds=6,
+    memory_long_warmup_rounds=1,
+    scale_sites=(2, 3),
+    scale_rounds=3,
 )

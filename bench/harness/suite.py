@@ -33,6 +33,11 @@ def parser(description: str, figures: Mapping[str, Figure]) -> argparse.Argument
     parser.add_argument("--fl-pairs", type=int, help=f"FL A/B pairs (default {full.fl_pairs}, quick {QUICK.fl_pairs})")
     parser.add_argument("--rounds", type=int, help=f"FL rounds (default {full.rounds}, quick {QUICK.rounds})")
     parser.add_argument(
+        "--memory-rounds",
+        type=int,
+        help=f"figure 5's long run: rounds (default {full.memory_rounds}, quick {QUICK.memory_rounds})",
+    )
+    parser.add_argument(
         "--algorithm-rounds",
         type=int,
         help="figure 8: rounds (x local epochs = every arm's epochs; "
@@ -69,6 +74,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "pairs": args.pairs,
             "fl_pairs": args.fl_pairs,
             "rounds": args.rounds,
+            "memory_rounds": args.memory_rounds,
             "algorithm_rounds": args.algorithm_rounds,
             "algorithm_local_epochs": args.algorithm_local_epochs,
         }.items()
@@ -78,6 +84,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     least_rounds = max(settings.warmup_rounds, settings.memory_warmup_rounds) + 2
     if settings.pairs < 1 or settings.fl_pairs < 1 or settings.rounds < least_rounds:
         raise ValueError(f"need at least 1 pair and {least_rounds} rounds")
+    if settings.memory_rounds < settings.memory_long_warmup_rounds + 2:
+        raise ValueError(f"--memory-rounds: need at least {settings.memory_long_warmup_rounds + 2}")
     return settings
 
 

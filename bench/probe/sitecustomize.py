@@ -15,6 +15,20 @@ received so far (``socket.socket`` send/sendall/recv/recv_into, which FLARE's TC
 reads the bytes a site sends per round from them). Nothing else changes: the time outside the engine runs
 is what the FL machinery (wrapper + FLARE) costs per round, and the wrapper records split it into
 the wrapper's own share and FLARE's.
+
+The server's round is marked by ``ClaraModelPersistor.save_model`` (kind ``server``: once per round, whichever
+workflow), so the server process's RSS per round is recorded too (figure 5).
+
+Memory diagnosis (figure 5, or by hand), each off unless its variable is set:
+
+* ``CLARA_FL_BENCH_HEAP=N``: every process traces its Python heap from the end of its first round on
+  (``tracemalloc`` with ``CLARA_FL_BENCH_HEAP_FRAMES`` frames, default 6); every record carries the traced bytes
+  (``heap``), so the growth of RSS minus heap is native (torch, glibc arenas). Every N rounds of a process (its round-marking call:
+  the trainer's ``Engine.run`` in a site's confined process, ``ClaraLearner.train`` in the site's FLARE
+  process, ``save_model`` in the server) it appends to ``heap-<pid>.jsonl`` the allocations grown most since
+  round ``CLARA_FL_BENCH_HEAP_WARMUP`` (default 5), by traceback, and the gc-tracked objects grown most, by type.
+* ``CLARA_FL_BENCH_MALLOC_TRIM=1``: ``malloc_trim(0)`` after every recorded call, to tell glibc fragmentation
+  (RSS that trimming gives back) from memory still held.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ _DIR = os.environ.get("CLARA_FL_BENCH_PROBE")
 TARGETS = {
     "ignite.engine.engine": [("Engine", "run", "engine")],
     "clara_fl.fl.site.learner": [("ClaraLearner", "train", "wrapper"), ("ClaraLearner", "validate", "wrapper")],
+    "clara_fl.fl.server.persistor": [("ClaraModelPersistor", "save_model", "server")],
     "monai.fl.client.monai_algo": [
         ("MonaiAlgo", "train", "wrapper"),
         ("MonaiAlgo", "evaluate", "wrapper"),
@@ -55,6 +70,91 @@ def _threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return -1
+
+
+_HEAP_EVERY = int(os.environ.get("CLARA_FL_BENCH_HEAP") or 0)
+_HEAP_WARMUP = int(os.environ.get("CLARA_FL_BENCH_HEAP_WARMUP") or 5)
+_TRIM = os.environ.get("CLARA_FL_BENCH_MALLOC_TRIM") == "1"
+_HEAP_STATE: dict = {"rounds": 0, "baseline": None, "types": None}
+
+
+def _heap_bytes() -> int | None:
+    import tracemalloc
+
+    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
+
+
+def _marks_round(kind: str, engine: str, method: str) -> bool:
+    """The call that ends a round in this process: local training, the Learner's train task, the server's save."""
+    return (kind == "engine" and engine.endswith("Trainer")) or (kind, method) in (
+        ("wrapper", "train"),
+        ("server", "save_model"),
+    )
+
+
+def _type_counts() -> dict:
+    import collections
+    import gc
+
+    def name(kind: type) -> str:  # a few extension types' __module__ is not a string
+        return f"{getattr(kind, '__module__', None)!s}.{getattr(kind, '__qualname__', kind.__name__)!s}"
+
+    return collections.Counter(name(type(o)) for o in gc.get_objects())
+
+
+def _heap_report(path: str, site: str, role: str) -> None:
+    """At the warm-up round take the baseline; every ``_HEAP_EVERY`` rounds after it, write what grew since."""
+    import gc
+    import json
+    import tracemalloc
+
+    _HEAP_STATE["rounds"] += 1
+    rounds = _HEAP_STATE["rounds"]
+    if not tracemalloc.is_tracing():
+        # from the end of the first round on: tracing the imports and the build would only slow them down
+        tracemalloc.start(int(os.environ.get("CLARA_FL_BENCH_HEAP_FRAMES") or 6))
+    if rounds < _HEAP_WARMUP:
+        return
+    if _HEAP_STATE["baseline"] is None:
+        gc.collect()
+        _HEAP_STATE["baseline"] = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+        )
+        _HEAP_STATE["types"] = _type_counts()
+        return
+    if (rounds - _HEAP_WARMUP) % _HEAP_EVERY:
+        return
+    gc.collect()
+    own = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+    snapshot = tracemalloc.take_snapshot().filter_traces(own)
+    grown = [d for d in snapshot.compare_to(_HEAP_STATE["baseline"], "traceback") if d.size_diff > 0][:15]
+    types = _type_counts()
+    type_growth = sorted(((n - _HEAP_STATE["types"].get(t, 0), t) for t, n in types.items()), reverse=True)[:15]
+    report = {
+        "pid": os.getpid(),
+        "site": site,
+        "role": role,
+        "round": rounds,
+        "since_round": _HEAP_WARMUP,
+        "rss": _rss_bytes(),
+        "heap": _heap_bytes(),
+        "objects": sum(types.values()),
+        "grown": [
+            {"size_diff": d.size_diff, "count_diff": d.count_diff, "traceback": [str(f) for f in d.traceback]}
+            for d in grown
+        ],
+        "types_grown": [{"type": t, "count_diff": n} for n, t in type_growth if n > 0],
+    }
+    _append(path.replace("probe-", "heap-"), json.dumps(report) + "\n")
+
+
+def _malloc_trim() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 _BYTES = {"sent": 0, "received": 0}
@@ -135,6 +235,8 @@ def _patch(module: object, targets: list) -> None:
             finally:
                 setattr(depth, __kind, level)
                 if level == 0:
+                    if _TRIM:
+                        _malloc_trim()
                     record = {
                         "pid": os.getpid(),
                         "site": _site(),
@@ -148,8 +250,14 @@ def _patch(module: object, targets: list) -> None:
                         "threads": _threads(),
                         "bytes_sent": _BYTES["sent"],
                         "bytes_received": _BYTES["received"],
+                        "heap": _heap_bytes(),
                     }
                     _append(path, json.dumps(record) + "\n")
+                    if _HEAP_EVERY and _marks_round(__kind, record["engine"], __method):
+                        try:
+                            _heap_report(path, record["site"], __kind)
+                        except Exception as e:  # a diagnosis must never fail the call it watches
+                            _append(path.replace("probe-", "heap-"), json.dumps({"error": repr(e)}) + "\n")
 
         wrapped.__wrapped__ = original  # type: ignore[attr-defined]
         wrapped.__name__ = method

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import functools
 import json
@@ -128,10 +129,16 @@ class SiteService:
         if method == "cross_validate":
             validation = LocalValidation(ValidationSettings(**params["settings"]))
             return {"metrics": validation.validate(str(params["owner"]), payload["weights"], should_abort)}, None
+        if method == "data_stats":  # clara-fl stats: the cases read through the MMAR's loader, summarized
+            from clara_fl.fl.stats.loading import data_stats_task
+
+            return {}, data_stats_task(params, should_abort)
         training = self._built_training(method)
         if method == "train":
             outcome = training.train(params["data_kind"], payload["data"], payload["meta"], should_abort)
             result = {"data_kind": outcome.data_kind, "steps": outcome.steps, "aborted": outcome.aborted}
+            if outcome.kept is not None:  # the site's keep_better_model choice, for its events file
+                result["kept"] = outcome.kept
             return result, {"weights": outcome.weights, "meta": outcome.meta}
         if method == "validate":
             metrics = training.validate(
@@ -285,11 +292,17 @@ class SiteProcess:
         on_metric: Callable[[str, float, int], None] | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Run task ``method`` in the confined process and wait for its reply; ``should_abort`` is polled."""
+        from nvflare.fuel.utils.memory_utils import try_malloc_trim
+
         from clara_fl.fl.site.exchange import write_payload
 
         with self._lock:
             if not self.alive:
                 raise self._died(method)
+            # The last task's weights, FLARE's received and sent messages (18 MB each way for the spleen UNet),
+            # are freed by now; glibc keeps freed pages in the arenas of FLARE's many threads, and the site's
+            # RSS grew by megabytes a round without this (docs/benchmarks.md, figure 5). A few milliseconds.
+            try_malloc_trim()
             self._next_id += 1
             request_id = self._next_id
             message: dict[str, Any] = {"id": request_id, "method": method, "params": params}
@@ -316,6 +329,11 @@ class SiteProcess:
                 if reply.get("id") != request_id:
                     continue
                 break
+            if "payload" in message:
+                # read by now: each task's weights (18 MB for the spleen UNet) would otherwise pile up in the
+                # temporary folder until the job ends, in RAM where /tmp is a tmpfs
+                with contextlib.suppress(OSError):
+                    os.remove(message["payload"])
             return self._outcome(method, reply)
 
     def _outcome(self, method: str, reply: dict[str, Any]) -> tuple[dict[str, Any], Any]:

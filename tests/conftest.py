@@ -341,7 +341,7 @@ def fedavg_simulation(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespa
     environment = {"DATA_ROOT": str(data.root), "DATASET_JSON": str(data.root / "dataset_{SITE_NAME}.json")}
     site_file.write_text(json.dumps({"environment": environment}))
     settings = {"num_rounds": 3, "local_epochs": 3, "min_clients": 2, "overrides": JOB_SETTINGS}
-    job = create_job(SPLEEN_MMAR, tmp / "job", "clara_fedavg_cse", **settings)
+    job = create_job(SPLEEN_MMAR, tmp / "job", **settings)  # the default template
     workspace = tmp / "ws"
     printed = io.StringIO()
     with redirect_stdout(printed):

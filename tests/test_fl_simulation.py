@@ -1,4 +1,5 @@
-"""End to end in FLARE's simulator: a 2-site FedAvg of the spleen MMAR, then cross-site validation.
+"""End to end in FLARE's simulator: a 2-site FedAvg of the spleen MMAR, then cross-site validation, on the default
+job template (clara_fedavg_cse_mc: FLARE's FedAvg and CrossSiteEval ModelControllers).
 
 These are the slow tests of the FL face (real simulator processes); the Learner's behaviours are
 specified in test_fl_learner.py.
@@ -51,7 +52,7 @@ def site_file(fl_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def simulate(
     tmp: Path,
     site_file: Path,
-    template: str,
+    template: str | None = None,
     rounds: int = 3,
     threads: int = 2,
     local_epochs: int = 3,
@@ -138,7 +139,7 @@ def test_fedavg_global_model_beats_the_untrained_model_at_every_site(fedavg_simu
 def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shape(
     tmp_path: Path, site_file: Path
 ) -> None:
-    _, workspace, results = simulate(tmp_path, site_file, "clara_fedavg_cse", rounds=1, threads=1, local_epochs=1)
+    _, workspace, results = simulate(tmp_path, site_file, rounds=1, threads=1, local_epochs=1)
 
     assert set(results) == set(SITES)
     for site in SITES:
@@ -148,9 +149,7 @@ def test_one_thread_rebuilds_the_learner_per_task_and_gives_the_same_result_shap
 
 def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_path: Path, site_file: Path) -> None:
     """site-3 has no datalist: it reports one clear error per task, the other two carry the job."""
-    _, workspace, results = simulate(
-        tmp_path, site_file, "clara_fedavg_cse", rounds=2, threads=3, local_epochs=1, clients=3
-    )
+    _, workspace, results = simulate(tmp_path, site_file, rounds=2, threads=3, local_epochs=1, clients=3)
 
     for site in SITES:
         assert {"SRV_FL_global_model.pt", *SITES} <= set(results[site])
@@ -162,9 +161,7 @@ def test_a_failing_site_does_not_stop_the_job_while_min_clients_are_healthy(tmp_
 
 def test_sites_that_train_with_two_processes_each(tmp_path: Path, site_file: Path) -> None:
     # one round: the test below runs a second round in two processes (and asserts on it)
-    _, workspace, results = simulate(
-        tmp_path, site_file, "clara_fedavg_cse", rounds=1, local_epochs=1, nproc_per_site=2
-    )
+    _, workspace, results = simulate(tmp_path, site_file, rounds=1, local_epochs=1, nproc_per_site=2)
 
     assert set(results) == set(SITES)
     for site in SITES:
@@ -186,7 +183,7 @@ def hostile_job(tmp_path: Path, marker: Path, where: str) -> Path:
     case): as a section item of ``train`` (built at the sites) or nested in ``train.model.args`` (built on the
     server too)."""
     job = create_job(
-        SPLEEN_MMAR, tmp_path / "job", "clara_fedavg_cse", num_rounds=1, local_epochs=1, min_clients=2,
+        SPLEEN_MMAR, tmp_path / "job", num_rounds=1, local_epochs=1, min_clients=2,
         overrides=JOB_SETTINGS,
     )  # fmt: skip
     payload = {"name": "LoadImage", "args": {"reader": "os.system", "command": f"id > {marker}"}}
@@ -240,7 +237,7 @@ def test_sites_that_train_with_two_processes_each_by_steps_end_rounds_like_the_i
     from clara_fl.workflows.train import trainer_progress
 
     _, workspace, results = simulate(
-        tmp_path, site_file, "clara_fedavg_cse", rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3
+        tmp_path, site_file, rounds=2, local_epochs=1, nproc_per_site=2, steps_aggregation=3
     )
 
     assert set(results) == set(SITES)

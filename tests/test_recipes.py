@@ -139,7 +139,7 @@ def assert_same_job(rendered: Path, exported_job: Path) -> None:
 SAME_JOB_CASES = {
     **{name: {"algorithm": name} for name in ("fedavg", "fedprox", "fedopt", "scaffold", "ditto", "fedbn")},
     "fedopt_scheduled": {"algorithm": "fedopt", "algorithm_args": {"optimizer": "adam", "lr_scheduler": True}},
-    "model_controller": {"template": "clara_fedavg_cse_mc"},
+    "scatter_and_gather": {"template": "clara_fedavg_cse"},
     "he": {"he": True},
     "privacy": {"privacy_filters": [PERCENTILE]},
 }
@@ -159,6 +159,61 @@ def test_job_create_and_the_recipe_write_the_same_job_folder(tmp_path: Path, cas
     rendered = create_job(SPLEEN_MMAR, tmp_path / "job", **settings)
 
     assert_same_job(rendered, tmp_path / "export" / "job")
+
+
+@pytest.mark.parametrize(
+    ("settings", "template", "why"),
+    [
+        ({}, "clara_fedavg_cse_mc", None),
+        ({"algorithm": "scaffold"}, "clara_fedavg_cse_mc", None),
+        ({"algorithm": "fedopt"}, "clara_fedavg_cse", "fedopt's server part runs on FLARE's ScatterAndGather"),
+        (
+            {"he": True},
+            "clara_fedavg_cse",
+            "--he runs on FLARE's ScatterAndGather HE aggregator and shareable generator",
+        ),
+        (
+            {"aggregation_weights": {"site-1": 2.0}},
+            "clara_fedavg_cse",
+            "the job sets the ScatterAndGather aggregator's aggregation_weights",
+        ),
+    ],
+    ids=["fedavg", "scaffold", "fedopt", "he", "aggregation_weights"],
+)
+def test_a_job_without_a_named_template_runs_on_the_template_its_algorithm_and_options_need(
+    settings: dict[str, Any], template: str, why: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from clara_fl.recipes.app_configs import FedAvgSettings, choose_template
+
+    caplog.set_level(logging.INFO, logger="clara_fl.recipes.app_configs")
+
+    chosen = choose_template(FedAvgSettings(**settings))
+
+    assert chosen == template
+    assert [r.getMessage() for r in caplog.records] == ([f"job template clara_fedavg_cse: {why}"] if why else [])
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"algorithm": "fedopt"}, "fedopt needs a template with ScatterAndGather"),
+        ({"algorithm": "scaffold", "template": "clara_fedavg_cse"}, "use --template clara_fedavg_cse_mc"),
+    ],
+    ids=["fedopt_on_model_controller", "scaffold_on_scatter_and_gather"],
+)
+def test_a_named_template_that_cannot_run_the_algorithm_is_refused_in_one_line(
+    tmp_path: Path, settings: dict[str, Any], expected: str
+) -> None:
+    from clara_fl.config.errors import UsageError
+    from clara_fl.recipes.job_folder import create_job
+
+    named = {"template": "clara_fedavg_cse_mc", **settings}
+
+    with pytest.raises(UsageError) as raised:
+        create_job(SPLEEN_MMAR, tmp_path / "job", **named)
+
+    assert raised.value.option == "--template" and expected in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "job").exists()
 
 
 def test_job_create_and_the_recipe_write_the_same_job_for_an_mmar_with_clara_40_he_fl_configs(tmp_path: Path) -> None:
@@ -193,7 +248,7 @@ def test_recipe_without_cross_site_eval_has_no_validation_workflow_or_executor(t
 
     server, client, _ = exported(tmp_path, ClaraFedAvgRecipe(SPLEEN_MMAR, cross_site_eval=False))
 
-    assert [w["id"] for w in server["workflows"]] == ["scatter_and_gather"]
+    assert [w["id"] for w in server["workflows"]] == ["fedavg"]  # the default template's rounds, no cross-site eval
     assert {c["id"] for c in server["components"]}.isdisjoint({"model_locator", "json_generator"})
     [learner] = client["executors"]
     assert "train" in learner["tasks"] and "validate" not in learner["tasks"]

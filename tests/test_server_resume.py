@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -197,11 +198,20 @@ def test_a_run_stopped_because_the_client_died_keeps_the_launch_record_for_the_r
 # ---- clara-fl job resume -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+# each template's rounds workflow: the default's (FLARE's FedAvg ModelController) and ScatterAndGather's
+ROUNDS_WORKFLOW = {"clara_fedavg_cse_mc": "fedavg", "clara_fedavg_cse": "scatter_and_gather"}
+
+
+def spleen_job(folder: Path, template: str | None = None) -> Path:
     from clara_fl.recipes.job_folder import create_job
 
-    return create_job(SPLEEN_MMAR, tmp_path_factory.mktemp("jobs") / "spleen", num_rounds=4, min_clients=2)
+    return create_job(SPLEEN_MMAR, folder / "spleen", template, num_rounds=4, min_clients=2)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-round job on the default template."""
+    return spleen_job(tmp_path_factory.mktemp("jobs"))
 
 
 def stranded_run(workspace: Path, rounds_done: int = 2, total_rounds: int = 4, best: bool = True) -> Path:
@@ -225,13 +235,15 @@ def component(config: dict[str, Any], section: str, component_id: str) -> dict[s
     return next(c for c in config[section] if c["id"] == component_id)
 
 
-def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(job: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("template", list(ROUNDS_WORKFLOW))
+def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(tmp_path: Path, template: str) -> None:
+    job = spleen_job(tmp_path / "jobs", template)
     run = stranded_run(tmp_path / "server")
 
     continuation = write_continuation_job(plan_resume(job, run), tmp_path / "continued")
 
     config = server_config(continuation)
-    rounds = component(config, "workflows", "scatter_and_gather")["args"]
+    rounds = component(config, "workflows", ROUNDS_WORKFLOW[template])["args"]
     assert (rounds["start_round"], rounds["num_rounds"]) == (2, 2)
     assert component(config, "components", "persistor")["args"]["resume_from_job"] == "a1b2"
     assert component(config, "components", "model_selector")["args"]["saved_best_val_metric"] == 0.7
@@ -244,6 +256,30 @@ def test_the_continuation_job_runs_the_rounds_left_from_the_saved_models(job: Pa
     assert (continuation / "app" / "config" / "config_fed_client.json").read_text() == (
         job / "app" / "config" / "config_fed_client.json"
     ).read_text()
+
+
+def test_a_scaffold_job_is_refused_in_one_line_since_its_control_variates_are_not_saved(tmp_path: Path) -> None:
+    from clara_fl.recipes.job_folder import create_job
+
+    scaffold = create_job(SPLEEN_MMAR, tmp_path / "scaffold", num_rounds=4, algorithm="scaffold")
+    run = stranded_run(tmp_path / "server")
+
+    with pytest.raises(ConfigError) as raised:
+        plan_resume(scaffold, run)
+
+    assert raised.value.path == "workflows[scaffold]" and "control variates are not saved" in raised.value.message
+    assert "\n" not in str(raised.value)
+
+
+def test_a_job_without_a_rounds_workflow_it_can_continue_is_refused_naming_both(job: Path, tmp_path: Path) -> None:
+    other = tmp_path / "job"
+    shutil.copytree(job, other)
+    config = server_config(other)
+    config["workflows"] = [w for w in config["workflows"] if w["id"] != "fedavg"]
+    (other / "app" / "config" / "config_fed_server.json").write_text(json.dumps(config))
+
+    with pytest.raises(ConfigError, match="no 'scatter_and_gather' or 'fedavg' workflow"):
+        plan_resume(other, stranded_run(tmp_path / "server"))
 
 
 def test_a_run_without_a_best_model_yet_leaves_the_selector_as_the_job_has_it(job: Path, tmp_path: Path) -> None:

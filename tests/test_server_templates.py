@@ -2,8 +2,8 @@
 one with the best key metric (the final one included), the round log names each round's contributors, and a site
 that does not return in a round is named in one line.
 
-The fast tests drive each template's rounds workflow (``clara_fedavg_cse``: ScatterAndGather with its aggregator,
-``clara_fedavg_cse_mc``: the FedAvg ModelController) with the template's own server components (persistor, model
+The fast tests drive each template's rounds workflow (``clara_fedavg_cse_mc``, the default: the FedAvg ModelController;
+``clara_fedavg_cse``: ScatterAndGather with its aggregator) with the template's own server components (persistor, model
 selector), built from its config_fed_server.conf, and sites that answer each task at once as their LearnerExecutor
 would. The e2e tests run each template for real in FLARE's simulator.
 """
@@ -27,9 +27,9 @@ from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey, ReservedKey
+from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
@@ -60,6 +60,7 @@ class Site:
     diff: float = 1.0
     steps: int = 1
     skips_rounds: set[int] = field(default_factory=set)
+    fails_rounds: set[int] = field(default_factory=set)
     received: list[tuple[str, float]] = field(default_factory=list)
 
     def answer(self, task: str, data: Shareable) -> Shareable | None:
@@ -68,6 +69,11 @@ class Site:
         self.received.append((task, w))
         if task == "train" and current_round in self.skips_rounds:
             return None
+        if task == "train" and current_round in self.fails_rounds:  # as the LearnerExecutor replies to an exception
+            failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            failed.set_header(AppConstants.CURRENT_ROUND, current_round)
+            failed.set_cookie_jar(data.get_cookie_jar())
+            return failed
         if task == "train":
             meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: self.steps, MetaKey.INITIAL_METRICS: {KEY: self.metric(w)}}
             dxo = DXO(DataKind.WEIGHT_DIFF, {"w": np.array([self.diff], dtype=np.float32)}, meta=meta)
@@ -116,11 +122,21 @@ class InstantSites:
 class Server:
     """A template's rounds workflow with its round components, on one FLContext, with events to every component."""
 
-    def __init__(self, template: str, app_dir: Path, sites: Iterable[Site], **workflow_args: Any) -> None:
+    def __init__(
+        self,
+        template: str,
+        app_dir: Path,
+        sites: Iterable[Site],
+        component_args: dict[str, dict[str, Any]] | None = None,
+        **workflow_args: Any,
+    ) -> None:
         config = _read_conf(TEMPLATES / template / "config_fed_server.conf")
         rounds = config["workflows"][0]
         self.sites = {site.name: site for site in sites}
-        self.components = {c["id"]: _build(c, {}) for c in config["components"] if c["id"] in ROUND_COMPONENTS}
+        extra = component_args or {}
+        self.components = {
+            c["id"]: _build(c, extra.get(c["id"], {})) for c in config["components"] if c["id"] in ROUND_COMPONENTS
+        }
         self.components["persistor"].model = OneWeight()  # instead of the MMAR's network
         self.workflow = _build(rounds, {**workflow_args, "task_check_period": 0.01})
         self.workflow.communicator = InstantSites(self.sites)
@@ -241,6 +257,55 @@ def test_a_site_that_does_not_return_in_a_round_is_named_in_one_line(
     assert len(lines) == 1 and "round 1 aggregated 2 sites without site-3" in lines[0], lines
 
 
+def saved_run(workspace: Path, job_id: str, w: float, best_w: float, best_metric: float) -> None:
+    """Job ``job_id``'s app folder in the server's workspace as a killed server left it after round 1 of 4."""
+    from clara_fl.fl.server.run_state import ServerRunState, write_run_state
+
+    app = workspace / job_id / "app_server"
+    app.mkdir(parents=True)
+    torch.save({"model": {"w": torch.tensor([w])}}, app / "FL_global_model.pt")
+    torch.save({"model": {"w": torch.tensor([best_w])}}, app / "best_FL_global_model.pt")
+    state = ServerRunState(job_id, 2, 4, "FL_global_model.pt", "best_FL_global_model.pt", best_metric, 1)
+    write_run_state(app, state)
+
+
+@pytest.mark.parametrize("template", BOTH)
+def test_a_continuation_job_runs_the_rounds_left_from_the_saved_model_and_keeps_the_saved_best(
+    tmp_path: Path, template: str
+) -> None:
+    from clara_fl.fl.server.run_state import read_run_state
+
+    saved_run(tmp_path, "a1b2", w=5.0, best_w=9.0, best_metric=0.9)
+    sites = [Site(name, by_table({5: 0.1, 6: 0.2, 7: 0.3})) for name in ("site-1", "site-2")]
+    app = tmp_path / "c3d4" / "app_server"  # the continuation job's, beside the stranded one's
+    app.mkdir(parents=True)
+    # as `clara-fl job resume` writes the continuation of a 4-round job after 2 rounds
+    continued = {"persistor": {"resume_from_job": "a1b2"}, "model_selector": {"saved_best_val_metric": 0.9}}
+    rounds = {"start_round": 2, "num_rounds": 2, "min_clients": 2, "wait_time_after_min_received": 0}
+    server = Server(template, app, sites, component_args=continued, **rounds)
+
+    server.run()
+
+    assert [w for task, w in sites[0].received if task == "train"] == [5.0, 6.0]
+    state = read_run_state(app)
+    assert (state.rounds_done, state.total_rounds) == (4, 4), "the whole job's rounds, not the rounds left"
+    assert (state.best_metric, state.best_round) == (0.9, 1)
+    assert server.saved_w("best_FL_global_model.pt") == 9.0 and server.saved_w("FL_global_model.pt") == 7.0
+
+
+@pytest.mark.parametrize("template", BOTH)
+def test_a_site_whose_round_fails_is_named_as_missing_from_the_round_in_one_line(
+    tmp_path: Path, template: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    metric = by_table({0: 0.1, 1: 0.2, 2: 0.3, 3: 0.4})
+    sites = [Site("site-1", metric), Site("site-2", metric), Site("site-3", metric, fails_rounds={1})]
+
+    run_server(tmp_path, template, sites, num_rounds=2, min_clients=2)
+
+    round_lines = [r.getMessage() for r in caplog.records if "round 1 aggregated" in r.getMessage()]
+    assert len(round_lines) == 1 and "round 1 aggregated 2 sites without site-3" in round_lines[0], round_lines
+
+
 # --- end to end: each template in FLARE's simulator --------------------------------------------------------------
 
 
@@ -295,10 +360,10 @@ def test_a_spleen_job_on_the_default_template_validates_selects_and_reports_its_
 
 
 @pytest.mark.e2e
-def test_a_spleen_job_on_the_model_controller_template_does_the_same(tmp_path: Path, spleen_sites: Path) -> None:
+def test_a_spleen_job_on_the_scatter_and_gather_template_does_the_same(tmp_path: Path, spleen_sites: Path) -> None:
     from tests.test_fl_simulation import simulate
 
-    _, workspace, results = simulate(tmp_path, spleen_sites, "clara_fedavg_cse_mc", rounds=2, local_epochs=1)
+    _, workspace, results = simulate(tmp_path, spleen_sites, "clara_fedavg_cse", rounds=2, local_epochs=1)
 
     assert_rounds_selection_and_cross_site(workspace, results, rounds=2)
 

@@ -4,7 +4,9 @@ FLARE 2.9 does not restore a server job after a server restart (the job stays RU
 process). The server's persistor saved the global model, the rounds done and the best model so far
 (:mod:`clara_fl.fl.server.run_state`); the continuation job is the original job folder with
 
-* ``scatter_and_gather``: ``start_round`` = the rounds done and ``num_rounds`` = the rounds left,
+* the rounds workflow, ``scatter_and_gather`` (ScatterAndGather) or ``fedavg`` (FLARE's FedAvg ModelController):
+  ``start_round`` = the rounds done and ``num_rounds`` = the rounds left (both run rounds ``start_round`` to
+  ``start_round + num_rounds - 1`` and give the persistor the same round numbers),
 * ``persistor``: ``resume_from_job`` = the stranded job's id: the server reads the saved models from that job's
   folder in its workspace (so the command runs where that folder is, on the server; the models do not
   travel in the job, and the sites get the same job as before),
@@ -29,7 +31,12 @@ from clara_fl.fl.server.run_state import STATE_FILE, ServerRunState, is_job_id, 
 __all__ = ["ResumePlan", "find_run_state", "plan_resume", "write_continuation_job"]
 
 SERVER_CONFIG = os.path.join("config", "config_fed_server.json")
-ROUNDS_WORKFLOW, PERSISTOR, SELECTOR = "scatter_and_gather", "persistor", "model_selector"
+# the rounds workflows a continuation job can start at a later round: ScatterAndGather's and FedAvg's (ModelController)
+ROUNDS_WORKFLOWS = ("scatter_and_gather", "fedavg")
+# FLARE's Scaffold keeps its control variates in memory only: a continuation would start them at zero again
+UNSAVED_STATE_WORKFLOWS = {"scaffold": "SCAFFOLD's control variates are not saved with the global model"}
+PERSISTOR, SELECTOR = "persistor", "model_selector"
+DEFAULT_START_ROUND, DEFAULT_NUM_ROUNDS = 0, 5  # ScatterAndGather's and FedAvg's defaults alike
 
 
 class ResumePlan:
@@ -39,15 +46,25 @@ class ResumePlan:
         job: the original job folder; app: its app folder with the server config.
         run_folder: the folder holding the run state and the saved models; state: the run state.
         server_config: the original app's config_fed_server.json content.
+        rounds_workflow: the id of its rounds workflow (one of :data:`ROUNDS_WORKFLOWS`).
     """
 
-    def __init__(self, job: Path, app: Path, run_folder: Path, state: ServerRunState, server_config: dict) -> None:
+    def __init__(
+        self,
+        job: Path,
+        app: Path,
+        run_folder: Path,
+        state: ServerRunState,
+        server_config: dict,
+        rounds_workflow: str = ROUNDS_WORKFLOWS[0],
+    ) -> None:
         self.job, self.app, self.run_folder, self.state = job, app, run_folder, state
         self.server_config = server_config
+        self.rounds_workflow = rounds_workflow
 
     def continued_server_config(self) -> dict[str, Any]:
         config = json.loads(json.dumps(self.server_config))
-        _args(config, "workflows", ROUNDS_WORKFLOW).update(
+        _args(config, "workflows", self.rounds_workflow).update(
             start_round=self.state.rounds_done, num_rounds=self.state.rounds_left
         )
         _args(config, "components", PERSISTOR)["resume_from_job"] = self.state.job_id
@@ -111,9 +128,9 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
     Raises:
         UsageError: ``job`` (the command's ``JOB``) is not a job folder with one server app, or ``run`` (``RUN``)
             is not a clara-fl server run.
-        ConfigError: one line naming the file that is wrong: a job without the ScatterAndGather rounds or the
-            persistor, a run of a job with other rounds, no round left, a saved model missing, or a run state
-            of another job.
+        ConfigError: one line naming the file that is wrong: a job without ScatterAndGather's or FedAvg's rounds
+            (a SCAFFOLD job included: its control variates are not saved) or without the persistor, a run of a job
+            with other rounds, no round left, a saved model missing, or a run state of another job.
     """
     job = Path(job)
     if not job.is_dir():
@@ -123,9 +140,9 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
     server_config = load_json(config_file, what="server config")
     if not isinstance(server_config, dict):
         raise ConfigError("expected a JSON object", file=config_file)
-    rounds = _find(server_config, "workflows", ROUNDS_WORKFLOW)
-    if rounds is None:
-        raise ConfigError(f"no '{ROUNDS_WORKFLOW}' workflow: only ScatterAndGather jobs resume", file=config_file)
+    rounds_workflow = _rounds_workflow(server_config, config_file)
+    rounds = _find(server_config, "workflows", rounds_workflow)
+    assert rounds is not None  # _rounds_workflow found it
     persistor = _find(server_config, "components", PERSISTOR)
     if persistor is None or not str(persistor.get("path", "")).endswith("ClaraModelPersistor"):
         raise ConfigError("expected the ClaraModelPersistor", file=config_file, path=f"components[{PERSISTOR}]")
@@ -137,14 +154,14 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
             raise ConfigError(
                 f"expected an integer, got {args[name]!r}",
                 file=config_file,
-                path=f"workflows[{ROUNDS_WORKFLOW}].args.{name}",
+                path=f"workflows[{rounds_workflow}].args.{name}",
             )
-    planned = args.get("start_round", 0) + args.get("num_rounds", 5)  # FLARE's ScatterAndGather defaults
+    planned = args.get("start_round", DEFAULT_START_ROUND) + args.get("num_rounds", DEFAULT_NUM_ROUNDS)
     if planned != state.total_rounds:
         raise ConfigError(
             f"the job plans {planned} rounds but the run planned {state.total_rounds}: not this run's job",
             file=config_file,
-            path=f"workflows[{ROUNDS_WORKFLOW}].args.num_rounds",
+            path=f"workflows[{rounds_workflow}].args.num_rounds",
         )
     if state.rounds_left == 0:
         raise ConfigError(
@@ -160,7 +177,30 @@ def plan_resume(job: str | os.PathLike, run: str | os.PathLike) -> ResumePlan:
             "server's workspace",
             file=str(run_folder / STATE_FILE),
         )
-    return ResumePlan(job, app, run_folder, state, server_config)
+    return ResumePlan(job, app, run_folder, state, server_config, rounds_workflow)
+
+
+def _rounds_workflow(server_config: dict[str, Any], config_file: str) -> str:
+    """The id of the job's rounds workflow that a continuation can start at a later round.
+
+    Raises:
+        ConfigError: the job has none, or its rounds keep state that is not saved (SCAFFOLD).
+    """
+    ids = [w.get("id") for w in server_config.get("workflows", []) if isinstance(w, dict)]
+    for workflow_id, why in UNSAVED_STATE_WORKFLOWS.items():
+        if workflow_id in ids:
+            raise ConfigError(
+                f"a '{workflow_id}' job does not resume: {why}, a continuation would not continue it",
+                file=config_file,
+                path=f"workflows[{workflow_id}]",
+            )
+    found = [w for w in ROUNDS_WORKFLOWS if w in ids]
+    if not found:
+        names = " or ".join(f"'{w}'" for w in ROUNDS_WORKFLOWS)
+        raise ConfigError(
+            f"no {names} workflow: only ScatterAndGather and FedAvg (ModelController) jobs resume", file=config_file
+        )
+    return found[0]
 
 
 def write_continuation_job(plan: ResumePlan, output: str | os.PathLike, force: bool = False) -> Path:

@@ -185,11 +185,13 @@ class _ReportsRoundContributors:
     """The round log (the sites a round aggregated, or the ones it went without) and the drop-out report (one line
     when a site's job process is gone, one when it is back).
 
-    A contribution is a result the workflow took in (``BEFORE_CONTRIBUTION_ACCEPT``); the round is logged at
-    :attr:`_round_done_event`. The workflow says which sites the round was sent to, how many it needs and its number.
+    A contribution is a result the workflow took in (at :attr:`_contribution_event`, where :meth:`_accepted` says
+    so); the round is logged at :attr:`_round_done_event`. The workflow says which sites the round was sent to, how
+    many it needs and its number.
     """
 
     _round_done_event: ClassVar[str] = AppEventType.ROUND_DONE
+    _contribution_event: ClassVar[str] = AppEventType.BEFORE_CONTRIBUTION_ACCEPT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,12 +207,17 @@ class _ReportsRoundContributors:
     def _round_number(self) -> Any:
         raise NotImplementedError
 
+    def _accepted(self, fl_ctx: FLContext) -> bool:
+        """Whether the result of the :attr:`_contribution_event` counts (ScatterAndGather fires it for those only)."""
+        return True
+
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)  # type: ignore[misc]
         if event_type == AppEventType.ROUND_STARTED:
             self._round_contributors = set()
-        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
-            self._round_contributors.add(_peer(fl_ctx))
+        elif event_type == self._contribution_event:
+            if self._accepted(fl_ctx):
+                self._round_contributors.add(_peer(fl_ctx))
         elif event_type == self._round_done_event:
             self._log_round_contributors(fl_ctx)
             self._round_contributors = set()
@@ -386,11 +393,16 @@ class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
     * ``num_clients = 0`` sends each round's model to every site (FLARE samples ``num_clients`` sites otherwise), and
       the round ends once ``min_clients`` results are in and ``wait_time_after_min_received`` seconds more have
       passed, or every site answered (FLARE's controllers wait for every site they sampled).
-    * The round log and the drop-out report (:class:`_ReportsRoundContributors`), logged after each aggregation.
+    * The round log and the drop-out report (:class:`_ReportsRoundContributors`), logged after each aggregation; a
+      round's contributors are the results it aggregated (not a site's error reply).
     * The sites validate the final global model after the last round (:class:`_ValidatesFinalGlobalModel`).
+    * ``START_ROUND`` is set for the run as ScatterAndGather sets it, so the persistor's run state
+      (:mod:`clara_fl.fl.server.run_state`) records a continuation job's rounds as the whole job's.
     """
 
     _round_done_event = AppEventType.AFTER_AGGREGATION
+    # a ModelController fires BEFORE_CONTRIBUTION_ACCEPT for every result, a site's error reply too
+    _contribution_event = AppEventType.AFTER_CONTRIBUTION_ACCEPT
 
     def __init__(
         self, *args: Any, min_clients: int | None = None, wait_time_after_min_received: int = 0, **kwargs: Any
@@ -457,6 +469,9 @@ class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
     def _round_sites(self) -> set[str]:
         return self._round_targets
 
+    def _accepted(self, fl_ctx: FLContext) -> bool:
+        return bool(fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED))
+
     def _least_sites(self) -> int:
         return self.min_clients or len(self._round_targets)
 
@@ -464,6 +479,10 @@ class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
         return self.current_round  # type: ignore[attr-defined]
 
     def run(self) -> None:
+        # The persistor's run state counts the job's rounds from START_ROUND, which ScatterAndGather sets and FLARE's
+        # FedAvg and Scaffold do not: without it a continuation job (start_round > 0) would record its rounds left
+        # as the job's total, and `clara-fl job resume` could not continue it again.
+        _set_prop(self.fl_ctx, AppConstants.START_ROUND, self.start_round)  # type: ignore[attr-defined]
         super().run()  # type: ignore[misc]
         last_round = self.start_round + self.num_rounds - 1  # type: ignore[attr-defined]
         model = self.final_global_model

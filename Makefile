@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[test,he,docs]"
+	$(PY) -m pip install -q -e ".[test,he,docs,dp]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     from clara_fl.apps import convert  # kept apart from the tuple above so branches adding apps merge cleanly
 
     convert.add_parser(subparsers)
+    from clara_fl.apps import stats  # clara-fl stats (federated data statistics)
+
+    stats.add_parser(subparsers)
+    from clara_fl.apps import fl_evaluate
+
+    fl_evaluate.add_parser(subparsers)
     return parser
 
 

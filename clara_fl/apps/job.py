@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from clara_fl.apps.common import add_set_argument, positive_int, require_mmar
 from clara_fl.config.errors import UsageError
 from clara_fl.fl.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
+from clara_fl.fl.algorithms.catalog import algorithms_help
+
+if TYPE_CHECKING:
+    from clara_fl.recipes.app_configs import FedAvgSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     job = subparsers.add_parser("job", help="create FLARE jobs from MMARs")
     actions = job.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="write a FLARE job folder for an MMAR")
+    create = actions.add_parser(
+        "create",
+        help="write a FLARE job folder for an MMAR",
+        epilog=algorithms_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     create.add_argument("-m", "--mmar", required=True, help="MMAR root folder")
     create.add_argument("-o", "--output", required=True, help="job folder to write")
     create.add_argument(
-        "--template", default="clara_fedavg_cse", help="job template name or folder (default clara_fedavg_cse)"
+        "--template",
+        help="job template name or folder (default clara_fedavg_cse_mc, FLARE's ModelController; clara_fedavg_cse, "
+        "ScatterAndGather, when the algorithm or --he needs it)",
     )
     create.add_argument("--num-rounds", type=positive_int, help="FL rounds")
     create.add_argument("--local-epochs", type=positive_int, help="local epochs per round at each site")
@@ -53,19 +66,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="homomorphic encryption (FLARE's TenSEAL components): the server aggregates encrypted updates; "
         "needs pip install clara-fl[he]",
     )
+    create.add_argument(
+        "--he-layers",
+        metavar="all|REGEX,...",
+        help="under --he, the tensors the sites encrypt: 'all' (the default: nothing leaves a site in the clear) or "
+        "comma-separated regular expressions of state_dict names; the others are sent in the clear",
+    )
+    create.add_argument(
+        "--aggregator",
+        metavar="RULE",
+        help="a robust aggregation rule in place of the weighted mean, against a bad site: median, "
+        "trimmed_mean:beta=0.1, krum:f=1 or multikrum:f=1,m=2 (not with scaffold or --he; docs/fl.md)",
+    )
+    create.add_argument(
+        "--dp",
+        metavar="epsilon=E,delta=D,max_grad_norm=C",
+        help="DP-SGD at every site (Opacus; pip install clara-fl[dp]): a privacy budget epsilon at delta for the "
+        "whole job, per-sample gradients clipped to max_grad_norm; each site stops once its budget is spent",
+    )
     create.set_defaults(run=run_create)
     add_resume_parser(actions)
 
 
 def run_create(args: argparse.Namespace) -> int:
     from clara_fl.config.variables import parse_set_args
+    from clara_fl.fl.algorithms.optimizer_notes import optimizer_note
     from clara_fl.recipes.algorithms import parse_algorithm_args
     from clara_fl.recipes.job_folder import create_job, find_template
 
     require_mmar(args.mmar)
-    find_template(args.template)  # before --force removes an existing job
+    if args.template is not None:
+        find_template(args.template)  # before --force removes an existing job
     algorithm_args = parse_algorithm_args(args.algorithm, args.algorithm_arg)
     privacy_filters = _privacy_and_he_options(args)
+    he_layers = _he_layers_option(args)
+    settings = _dp_settings(args, _aggregator_settings(args))
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError("--output", args.output, "the job folder to write is a file")
     job = create_job(
@@ -82,9 +117,16 @@ def run_create(args: argparse.Namespace) -> int:
         algorithm_args=algorithm_args,
         privacy_filters=privacy_filters,
         he=args.he or None,
+        he_layers=he_layers,
         say=lambda line: print(f"  privacy: {line}"),
+        settings=settings,
     )
     print(f"wrote FLARE job {job}")
+    if settings is not None and settings.aggregator is not None:
+        _print_aggregator(settings.aggregator, job)
+    note = optimizer_note(args.algorithm, args.mmar)
+    if note:
+        print(f"  note: {note}")
     _print_fl_configs_taken(args.mmar)
     print(f"  run it: clara-fl simulate {job} -w WORKSPACE -n 2 -t 2   (or: nvflare job submit -j {job})")
     return 0
@@ -102,7 +144,68 @@ def _privacy_and_he_options(args: argparse.Namespace) -> list[dict[str, Any]]:
     filters = [parse_privacy_option(spec) for spec in args.privacy or []]
     if args.he:
         require_tenseal()
+    if args.he_layers is not None and not args.he:
+        raise UsageError("--he-layers", args.he_layers, "only applies with --he")
     return filters
+
+
+def _he_layers_option(args: argparse.Namespace) -> str | None:
+    """--he-layers as FLARE's encrypt_layers (one regular expression; None: all), each expression checked against
+    the MMAR's network (built only when one is given).
+
+    Raises:
+        UsageError: an expression that does not compile or finds no tensor of the network.
+    """
+    from clara_fl.config.variables import parse_set_args
+    from clara_fl.recipes.he import check_he_layers_for_mmar, he_layers_regex, parse_he_layers
+
+    expressions = parse_he_layers(args.he_layers)
+    if expressions is None:
+        return None
+    for expression in expressions:
+        check_he_layers_for_mmar(args.mmar, expression, parse_set_args(args.set), "--he-layers")
+    return he_layers_regex(expressions)
+
+
+def _aggregator_settings(args: argparse.Namespace) -> FedAvgSettings | None:
+    """The job's settings with --aggregator's rule, checked (the rule, the algorithm, --he, --min-clients) before
+    anything is written; None without --aggregator.
+
+    Raises:
+        UsageError: a bad rule, or one that does not apply to the algorithm, --he or --min-clients.
+    """
+    if args.aggregator is None:
+        return None
+    from clara_fl.recipes.job_folder import job_settings
+    from clara_fl.recipes.robust_aggregation import check_robust_aggregation
+
+    rule = check_robust_aggregation(args.aggregator, args.algorithm, args.he, args.min_clients)
+    return job_settings(Path(args.mmar).resolve(), None, aggregator=rule.spec)
+
+
+def _dp_settings(args: argparse.Namespace, settings: FedAvgSettings | None) -> FedAvgSettings | None:
+    """``settings`` (None: the job's from the MMAR) with --dp's DP-SGD settings, checked; unchanged without --dp.
+
+    Raises:
+        UsageError: bad --dp syntax or values.
+    """
+    if args.dp is None:
+        return settings
+    import dataclasses
+
+    from clara_fl.recipes.dp import parse_dp_option
+    from clara_fl.recipes.job_folder import job_settings
+
+    dp = parse_dp_option(args.dp)
+    return dataclasses.replace(settings or job_settings(Path(args.mmar).resolve(), None), dp=dp)
+
+
+def _print_aggregator(spec: str, job: Path) -> None:
+    """What the rule does with the job's fewest sites a round."""
+    from clara_fl.recipes.robust_aggregation import describe, parse_aggregator
+
+    sites = int(json.loads((job / "meta.json").read_text()).get("min_clients", 2))
+    print(f"  aggregator: {describe(parse_aggregator(spec), sites)}")
 
 
 def _print_fl_configs_taken(mmar: str) -> None:

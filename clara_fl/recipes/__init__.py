@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 from clara_fl.recipes.app_configs import FedAvgSettings
 
 if TYPE_CHECKING:
+    from clara_fl.recipes.evaluate import ClaraFedEvalRecipe
     from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
+    from clara_fl.recipes.stats import ClaraFedStatsRecipe
 
-__all__ = ["ClaraFedAvgRecipe", "FedAvgSettings"]
+__all__ = ["ClaraFedAvgRecipe", "ClaraFedEvalRecipe", "ClaraFedStatsRecipe", "FedAvgSettings"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,12 @@ def __getattr__(name: str) -> Any:
         from clara_fl.recipes.fedavg import ClaraFedAvgRecipe
 
         return ClaraFedAvgRecipe
+    if name == "ClaraFedEvalRecipe":
+        from clara_fl.recipes.evaluate import ClaraFedEvalRecipe
+
+        return ClaraFedEvalRecipe
+    if name == "ClaraFedStatsRecipe":
+        from clara_fl.recipes.stats import ClaraFedStatsRecipe
+
+        return ClaraFedStatsRecipe
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

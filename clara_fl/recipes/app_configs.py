@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,21 @@ from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
 from clara_fl.config.resolver import component_label
 from clara_fl.config.variables import as_bool
-from clara_fl.recipes.algorithms import apply_algorithm, check_algorithm_under_he, template_for
+from clara_fl.fl.algorithms import algorithm_named
+from clara_fl.fl.dp_settings import DPSettings
+from clara_fl.recipes.algorithms import apply_algorithm, check_algorithm_under_he
+from clara_fl.recipes.dp import apply_dp, check_dp
 from clara_fl.recipes.he import apply_homomorphic_encryption
 from clara_fl.recipes.job_model import LEARNER_ID, MODEL_SELECTOR_ID, ClientApp, Component, FLJob, ServerApp
+from clara_fl.recipes.robust_aggregation import apply_robust_aggregation
 from clara_fl.resources import templates_dir
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "SCATTER_AND_GATHER_TEMPLATE",
     "FedAvgSettings",
     "build_job",
+    "choose_template",
     "find_template",
     "merge_settings",
     "merged_environment",
@@ -35,7 +42,12 @@ __all__ = [
     "validation_key_metric",
 ]
 
-DEFAULT_TEMPLATE = "clara_fedavg_cse"
+logger = logging.getLogger(__name__)
+
+# FLARE's ModelController family (FedAvg, CrossSiteEval): the job's template unless the algorithm or options need
+DEFAULT_TEMPLATE = "clara_fedavg_cse_mc"
+# FLARE's ScatterAndGather with its shareable generator and aggregator: FedOpt, HE, the aggregator's settings
+SCATTER_AND_GATHER_TEMPLATE = "clara_fedavg_cse"
 CROSS_SITE_WORKFLOWS = ("cross_site_model_eval", "cross_site_eval")
 CROSS_SITE_COMPONENTS = ("model_locator", "json_generator")
 VALIDATE_TASK = "validate"
@@ -79,6 +91,11 @@ class FedAvgSettings:
     # sites before encrypting (HEInTimeAccumulateWeightedAggregator / HEModelEncryptor weigh_by_local_iter)
     he_encrypt_layers: list[str] | str | None = None
     he_weigh_at_server: bool = False
+    # a robust aggregation rule in place of the weighted mean (--aggregator: median, trimmed_mean:beta=B, krum:f=F,
+    # multikrum:f=F,m=M; clara_fl.recipes.robust_aggregation); None: the weighted mean
+    aggregator: str | None = None
+    # DP-SGD at the sites (--dp; clara_fl.recipes.dp): the budget for the whole job and the clipping norm
+    dp: DPSettings | None = None
 
 
 def find_template(template: str) -> Path:
@@ -154,16 +171,60 @@ def _set_args(component: Component | None, **values: Any) -> set[str]:
     return set(given)
 
 
-def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMPLATE) -> FLJob:
-    """The job for ``mmar`` from ``template`` with ``settings`` applied.
+def choose_template(settings: FedAvgSettings, template: str | None = None) -> str:
+    """The job template: ``template`` when one is named, else the one the algorithm and the options need.
+
+    :data:`SCATTER_AND_GATHER_TEMPLATE` when the algorithm's server part needs FLARE's ScatterAndGather (FedOpt's
+    shareable generator), with ``he`` (FLARE's HE aggregator and generator) or when the settings are the
+    aggregator's (``aggregation_weights``, ``exclude_vars``: an MMAR's own Clara FL config); one info line says why.
+    Else the algorithm's own template, or :data:`DEFAULT_TEMPLATE`. A named template that cannot run the algorithm
+    or take a setting is refused later, by what needs it.
+
+    Args:
+        settings: the job's settings (its algorithm, ``he`` and the aggregator's settings).
+        template: the template the user named (``--template``); None: none named.
 
     Raises:
-        ConfigError: the template is unknown or lacks what a setting needs, the algorithm cannot run under HE,
-            or the best-model selector's key metric is not one the sites return (config_train.json's validate
-            metrics).
+        UsageError: an unknown algorithm.
+    """
+    if template is not None:
+        return template
+    algorithm = algorithm_named(settings.algorithm)
+    reason = None
+    if algorithm.server.needs == "scatter_and_gather":
+        reason = f"{algorithm.name}'s server part runs on FLARE's ScatterAndGather"
+    elif settings.he:
+        reason = "--he runs on FLARE's ScatterAndGather HE aggregator and shareable generator"
+    elif algorithm.server.needs is None:
+        given = [n for n in ("aggregation_weights", "exclude_vars") if getattr(settings, n) is not None]
+        if given:
+            reason = f"the job sets the ScatterAndGather aggregator's {' and '.join(given)}"
+    if reason is not None:
+        logger.info("job template %s: %s", SCATTER_AND_GATHER_TEMPLATE, reason)
+        return SCATTER_AND_GATHER_TEMPLATE
+    return algorithm.job_template or DEFAULT_TEMPLATE
+
+
+def build_job(mmar: Path, settings: FedAvgSettings, template: str | None = None) -> FLJob:
+    """The job for ``mmar`` from ``template`` with ``settings`` applied.
+
+    Args:
+        mmar: the MMAR root folder.
+        settings: what the job asks for.
+        template: a template name or folder (``--template``); None: the one :func:`choose_template` picks.
+
+    Raises:
+        ConfigError: the template is unknown or lacks what a setting needs, or the best-model selector's key
+            metric is not one the sites return (config_train.json's validate metrics).
+        UsageError: the algorithm cannot run under HE, or the named template cannot run the algorithm, or the robust
+            aggregator (``aggregator``) does not apply to the algorithm, HE or the rounds' sites.
     """
     s = settings
-    template_name = template_for(s.algorithm, template, DEFAULT_TEMPLATE)
+    if s.he:
+        check_algorithm_under_he(s.algorithm)
+    if s.dp is not None:
+        check_dp(s.algorithm, s.nproc_per_site)
+    template_name = choose_template(s, template)
     template_dir = find_template(template_name)
     client = ClientApp.from_config(read_conf(template_dir / "config_fed_client.conf"))
     server = ServerApp.from_config(read_conf(template_dir / "config_fed_server.conf"))
@@ -196,8 +257,11 @@ def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMP
     for name, value in wanted.items():
         if value is not None and name not in taken:
             raise ConfigError(
-                f"template '{template}' has no component that takes {name}; use {DEFAULT_TEMPLATE}", path="--template"
+                f"template '{template_name}' has no component that takes {name}; use {SCATTER_AND_GATHER_TEMPLATE}",
+                path="--template",
             )
+    if s.aggregator is not None:  # before the privacy filters' judge builds the network
+        apply_robust_aggregation(server, s.aggregator, s.algorithm, s.he, template_name)
     _set_args(
         client.component(LEARNER_ID),
         local_epochs=s.local_epochs,
@@ -220,8 +284,9 @@ def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMP
     if s.data_filters:
         client.add_task_filters("task_data_filters", ["train"], [Component.from_config(f) for f in s.data_filters])
     algorithm_args = apply_algorithm(server, client, s.algorithm, s.algorithm_args, s.nproc_per_site)
+    if s.dp is not None:
+        logger.info("%s", apply_dp(server, client, s.dp, s.num_rounds).describe())
     if s.he:
-        check_algorithm_under_he(s.algorithm)
         apply_homomorphic_encryption(
             server, client, template_name, encrypt_layers=s.he_encrypt_layers, weigh_at_server=s.he_weigh_at_server
         )
@@ -238,6 +303,7 @@ def build_job(mmar: Path, settings: FedAvgSettings, template: str = DEFAULT_TEMP
         template=template_name,
         environment=merged_environment(mmar, overrides),
         privacy=privacy,
+        aggregator=s.aggregator,
     )
 
 

@@ -23,9 +23,13 @@ from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.fl.algorithms.optimizer_notes import optimizer_note
+from clara_fl.fl.dp_settings import DPSettings
 from clara_fl.fl.jobs.he_context import require_tenseal
-from clara_fl.recipes.app_configs import DEFAULT_TEMPLATE, FedAvgSettings, build_job
+from clara_fl.recipes.app_configs import FedAvgSettings, build_job
 from clara_fl.recipes.app_folder import stage_mmar_files
+from clara_fl.recipes.dp import coerce_dp
+from clara_fl.recipes.he import check_he_layers_for_mmar
 from clara_fl.recipes.job_folder import job_name, job_settings
 from clara_fl.recipes.job_model import Component, FLJob, TaskFilters
 
@@ -92,15 +96,24 @@ class ClaraFedAvgRecipe(Recipe):
         algorithm_args: its arguments by name (checked; the others keep their defaults).
         he: homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs ``clara-fl[he]``); a SimEnv
             gets the TenSEAL contexts written into its workspace.
-        template: the job template the configs come from (clara_fedavg_cse: ScatterAndGather;
-            clara_fedavg_cse_mc: FLARE's FedAvg ModelController).
+        he_layers: under ``he``, the tensors the sites encrypt (FLARE's ``encrypt_layers``: a list of names or a
+            regular expression); None (the default) encrypts all.
+        aggregator: a robust aggregation rule in place of the weighted mean (``median``, ``trimmed_mean:beta=0.1``,
+            ``krum:f=1``, ``multikrum:f=1,m=2``; :mod:`clara_fl.recipes.robust_aggregation`); None: the weighted mean.
+        template: the job template the configs come from (clara_fedavg_cse_mc: FLARE's FedAvg ModelController;
+            clara_fedavg_cse: ScatterAndGather); None: clara_fedavg_cse_mc, or clara_fedavg_cse when the algorithm
+            (fedopt), ``he`` or the MMAR's aggregator settings need ScatterAndGather.
+        dp: DP-SGD at every site (:class:`~clara_fl.fl.dp_settings.DPSettings`, or ``--dp``'s text
+            ``epsilon=E,delta=D,max_grad_norm=C``); None: no DP. Needs ``clara-fl[dp]`` at the sites.
         settings: all of the above at once (explicit arguments win); None reads them from the MMAR's own Clara FL
             configs (config/config_fed_server.json, config_fed_client.json) when it has them.
 
     Raises:
         ConfigError: the folder is not an MMAR, or a component cannot be built.
-        UsageError: the template is unknown, an algorithm or its arguments are unknown or out of range, or an HE job
-            without TenSEAL installed (``pip install clara-fl[he]``).
+        UsageError: the template is unknown, an algorithm or its arguments are unknown or out of range, an HE job
+            without TenSEAL installed (``pip install clara-fl[he]``), ``he_layers`` that match no tensor, or an
+            aggregator that is unknown or does not apply (SCAFFOLD, HE, fewer sites a round than the rule needs), or
+            bad ``dp`` settings or an algorithm that cannot train with DP-SGD.
     """
 
     def __init__(
@@ -115,11 +128,14 @@ class ClaraFedAvgRecipe(Recipe):
         cross_site_eval: bool | None = None,
         privacy_filters: list[dict[str, Any]] | None = None,
         overrides: Mapping[str, Any] | None = None,
-        template: str = DEFAULT_TEMPLATE,
+        template: str | None = None,
         settings: FedAvgSettings | None = None,
         algorithm: str | None = None,
         algorithm_args: Mapping[str, Any] | None = None,
         he: bool | None = None,
+        aggregator: str | None = None,
+        he_layers: list[str] | str | None = None,
+        dp: DPSettings | str | None = None,
     ) -> None:
         self.mmar = Path(mmar).resolve()
         if not (self.mmar / "config" / "config_train.json").is_file():
@@ -138,12 +154,19 @@ class ClaraFedAvgRecipe(Recipe):
             algorithm=algorithm,
             algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
             he=he,
+            aggregator=aggregator,
+            he_encrypt_layers=he_layers,
+            dp=coerce_dp(dp),
         )
         if self.settings.he:
             require_tenseal()  # FLARE's HE components import it: one line, not an ImportError
+            check_he_layers_for_mmar(self.mmar, self.settings.he_encrypt_layers, self.settings.overrides, "he_layers")
         self.fl_job: FLJob = build_job(self.mmar, self.settings, template)
         for line in self.fl_job.privacy:
             logger.info("privacy: %s", line)
+        note = optimizer_note(self.settings.algorithm, self.mmar)
+        if note:
+            logger.warning(note)
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.fl_job.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")

@@ -85,6 +85,7 @@ def create_job(
     algorithm_args: Mapping[str, Any] | None = None,
     privacy_filters: list[dict[str, Any]] | None = None,
     he: bool | None = None,
+    he_layers: list[str] | str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the job folder ``output`` for ``mmar`` and return it.
@@ -97,6 +98,8 @@ def create_job(
         algorithm: the FL algorithm (``--algorithm``), with ``algorithm_args`` (``--algorithm-arg``).
         privacy_filters: client filters on the train result (``--privacy``), after the MMAR's own.
         he: homomorphic encryption (``--he``).
+        he_layers: under ``he``, the tensors the sites encrypt (``--he-layers``: FLARE's ``encrypt_layers``, a list
+            of names or a regular expression); None encrypts all.
         say: called with one line per privacy filter saying what it does to the sites' updates (judged
             against the MMAR's network before anything is written).
 
@@ -124,6 +127,7 @@ def create_job(
         algorithm_args=dict(algorithm_args) if algorithm_args is not None else None,
         privacy_filters=privacy_filters,
         he=he,
+        he_encrypt_layers=he_layers,
     )
     if settings.he:  # --he, or the MMAR's own Clara HE configs: FLARE's HE components import TenSEAL
         from clara_fl.fl.jobs.he_context import require_tenseal

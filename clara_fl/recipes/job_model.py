@@ -211,6 +211,7 @@ class FLJob:
         environment: the job's config/environment.json (the MMAR's with the job's values on top); None keeps the
             MMAR's.
         privacy: what each privacy filter does to the sites' updates, a line each.
+        aggregator: the robust aggregation rule in place of the weighted mean (``--aggregator``); None: the mean.
     """
 
     server: ServerApp
@@ -222,3 +223,4 @@ class FLJob:
     template: str
     environment: dict[str, Any] | None = None
     privacy: list[str] = field(default_factory=list)
+    aggregator: str | None = None

@@ -18,6 +18,7 @@ from clara_fl.report.figures import (
 )
 from clara_fl.report.html import CasePicture, group_summaries, render_html, worst_cases
 from clara_fl.report.records import RunResults, lower_is_better
+from clara_fl.report.stats_section import stats_section
 from clara_fl.runtime.files import atomic_write
 
 __all__ = ["ReportFiles", "write_report", "REPORT_NAME"]
@@ -49,11 +50,13 @@ def write_report(path: str | os.PathLike, output: str | os.PathLike | None = Non
     pictures, case_pictures, missing = draw(results)
     out = Path(output) if output is not None else Path(path) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    statistics = stats_section(path)  # clara-fl stats: the sites' data statistics, when the run has them
     every_picture = [p for p in pictures.values() if p is not None] + [c.picture for c in case_pictures]
+    every_picture += statistics.pictures if statistics is not None else []
     for picture in every_picture:
         (out / f"{picture.name}.png").write_bytes(picture.png)
     html = out / REPORT_NAME
-    page = render_html(results, pictures, case_pictures, missing).encode("utf-8")
+    page = render_html(results, pictures, case_pictures, missing, statistics).encode("utf-8")
     atomic_write(html, lambda f: f.write(page))
     return ReportFiles(html=html, pictures=every_picture, seconds=time.perf_counter() - start)
 

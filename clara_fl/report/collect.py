@@ -31,7 +31,9 @@ from clara_fl.config.variables import as_bool
 from clara_fl.report.readers import (
     EVENTS_GLOB,
     case_scores_under,
+    dp_epsilon_spent,
     global_model_metrics,
+    kept_models,
     read_cross_site_matrix,
     read_privacy_releases,
     read_tensorboard_curves,
@@ -243,7 +245,10 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
         epochs_per_round=int(epochs) if epochs else None,
         facts={"job": _job_name(layout.server_job), "results": str(results_file) if results_file else "none"},
     )
-    return RunResults(description, cross_site, curves, global_model, timeline, case_scores, privacy)
+    kept = kept_models(site_events)
+    results = RunResults(description, cross_site, curves, global_model, timeline, case_scores, privacy, kept)
+    results.dp_epsilon = dp_epsilon_spent(site_events)
+    return results
 
 
 def _collect_standalone(root: Path) -> RunResults:

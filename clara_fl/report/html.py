@@ -103,9 +103,16 @@ def render_html(
     pictures: Mapping[str, Picture | None],
     case_pictures: Sequence[CasePicture],
     missing: Sequence[str],
+    statistics: Any = None,
 ) -> str:
-    """The report page; every picture is inside it, nothing is fetched from anywhere."""
+    """The report page; every picture is inside it, nothing is fetched from anywhere.
+
+    Args:
+        statistics: the data statistics section (:func:`clara_fl.report.stats_section.stats_section`), if any.
+    """
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    from clara_fl.report.stats_section import stats_markup
 
     environment = Environment(
         loader=PackageLoader("clara_fl.report", "templates"),
@@ -131,7 +138,11 @@ def render_html(
         case_pictures=case_pictures,
         case_sources=len(results.case_scores),
         privacy=results.privacy,
+        kept_models=results.kept_models,
+        dp_epsilon=results.dp_epsilon,
+        last_epsilon=results.last_epsilon,
         missing=list(missing),
+        statistics=stats_markup(statistics, _picture_markup),
         picture=_picture_markup,
         seconds=_seconds,
     )

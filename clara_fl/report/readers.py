@@ -17,6 +17,7 @@ from clara_fl.report.records import (
     CaseScores,
     CrossSiteMatrix,
     Curve,
+    KeptModel,
     PrivacyRelease,
     RoundTiming,
     SiteRoundTiming,
@@ -29,6 +30,7 @@ __all__ = [
     "RAW_SUFFIX",
     "case_scores_under",
     "global_model_metrics",
+    "kept_models",
     "log_events",
     "read_case_scores",
     "read_cross_site_matrix",
@@ -200,6 +202,29 @@ def global_model_metrics(
     return found
 
 
+def kept_models(site_events: Mapping[str, Sequence[Event]]) -> list[KeptModel]:
+    """Each site's ``keep_better_model`` choices (``site_model_kept`` events), by round then site."""
+    found = []
+    for site, events in site_events.items():
+        for event in events:
+            numbers = event.numbers()
+            if event.kind != ev.SITE_MODEL_KEPT or not {"global", "personalized", "kept_score"} <= set(numbers):
+                continue
+            found.append(
+                KeptModel(
+                    site=site,
+                    round=event.round,
+                    metric=event.text("metric") or "",
+                    global_score=numbers["global"],
+                    personal_score=numbers["personalized"],
+                    winner=event.text("winner") or "",
+                    kept=bool(numbers.get("kept")),
+                    kept_score=numbers["kept_score"],
+                )
+            )
+    return sorted(found, key=lambda k: (k.round if k.round is not None else -1, k.site))
+
+
 def read_round_timeline(server_log: str | os.PathLike) -> list[RoundTiming]:
     """:func:`round_timeline` from a server's log.txt (a run without event files)."""
     return round_timeline(as_events(log_events(Path(server_log)), ""))
@@ -301,3 +326,14 @@ def read_privacy_releases(app_dir: Path, site: str) -> list[PrivacyRelease]:
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return releases
+
+
+def dp_epsilon_spent(site_events: Mapping[str, Sequence[Event]]) -> dict[str, dict[int, float]]:
+    """Each DP-SGD site's spent epsilon after each round, from its ``site_training_done`` events (``dp_epsilon``)."""
+    found: dict[str, dict[int, float]] = {}
+    for site, events in site_events.items():
+        for event in events:
+            value = event.numbers().get("dp_epsilon") if event.kind == ev.SITE_TRAINING_DONE else None
+            if value is not None and event.round is not None:
+                found.setdefault(site, {})[event.round] = value
+    return found

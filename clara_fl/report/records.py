@@ -141,6 +141,21 @@ class PrivacyRelease:
         return self.released / self.nonzero_before if self.nonzero_before else None
 
 
+@dataclass(frozen=True)
+class KeptModel:
+    """A site's ``keep_better_model`` choice in one round (its ``site_model_kept`` event): the key metric of the
+    global and of its personalized model on its own validation data, the better one, and whether it was kept."""
+
+    site: str
+    round: int | None
+    metric: str
+    global_score: float
+    personal_score: float
+    winner: str
+    kept: bool
+    kept_score: float
+
+
 @dataclass
 class RunDescription:
     """What ran: for the report's header."""
@@ -168,6 +183,14 @@ class RunResults:
     timeline: list[RoundTiming]
     case_scores: list[CaseScores]
     privacy: list[PrivacyRelease] = field(default_factory=list)
+    kept_models: list[KeptModel] = field(default_factory=list)  # the sites' keep_better_model choices
+    # site -> round -> the epsilon the site had spent after that round's DP-SGD (its site_training_done events)
+    dp_epsilon: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def last_epsilon(self, site: str) -> float | None:
+        """The epsilon ``site`` had spent after its last DP-SGD round; None where it ran no DP."""
+        rounds = self.dp_epsilon.get(site)
+        return rounds[max(rounds)] if rounds else None
 
     def cross_site_metric(self) -> str:
         """The key metric, or the results' first metric when the cross-site validation did not report it."""

@@ -35,6 +35,7 @@ __all__ = [
     "SERVER_EVENTS_FILE",
     "SITE_EVENTS_FILE",
     "SITE_METRIC",
+    "SITE_MODEL_KEPT",
     "SITE_TRAINING_DONE",
     "SITE_TRAINING_STARTED",
     "TASK_RESULT",
@@ -67,6 +68,8 @@ GLOBAL_MODEL_VALIDATED = "global_model_validated"  # round; fields: the global m
 SITE_TRAINING_STARTED = "site_training_started"  # round
 SITE_TRAINING_DONE = "site_training_done"  # round; fields: steps
 MODEL_VALIDATED = "model_validated"  # fields: model (its owner), then the metrics
+# round; fields: metric, global, personalized (their scores), winner, kept (1/0), kept_score (keep_better_model)
+SITE_MODEL_KEPT = "site_model_kept"
 
 EVENT_KINDS = frozenset(
     {
@@ -83,6 +86,7 @@ EVENT_KINDS = frozenset(
         SITE_TRAINING_STARTED,
         SITE_TRAINING_DONE,
         MODEL_VALIDATED,
+        SITE_MODEL_KEPT,
     }
 )
 

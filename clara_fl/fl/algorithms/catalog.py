@@ -12,17 +12,30 @@ from typing import Any
 
 from clara_fl.fl.algorithms.spec import Algorithm, AlgorithmParameter, ServerPart, refusal
 
-__all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "MODEL_CONTROLLER_TEMPLATE", "algorithm_named"]
+__all__ = [
+    "ALGORITHMS",
+    "BUDGET_RULE",
+    "DEFAULT_ALGORITHM",
+    "MODEL_CONTROLLER_TEMPLATE",
+    "algorithm_named",
+    "algorithms_help",
+]
 
 MODEL_CONTROLLER_TEMPLATE = "clara_fedavg_cse_mc"
 _SITE = "clara_fl.fl.site"
 FEDAVG_SITE = f"{_SITE}.local_algorithm.LocalAlgorithm"
 
 
+#: the server lr when ``lr`` is not given, by server optimizer: the settings that learned fastest in a few rounds of
+#: both shipped MMARs (Adam at the sites; bench/fedopt_defaults.py, docs/benchmarks.md)
+FEDOPT_DEFAULT_LR = {"sgd": 1.0, "adam": 0.001}
+
+
 def _fedopt_generator_args(args: Mapping[str, Any], persistor_id: str, num_rounds: int) -> dict[str, Any]:
+    lr = args["lr"] if args.get("lr") is not None else FEDOPT_DEFAULT_LR[args["optimizer"]]
     generator: dict[str, Any] = {
         "server_optimizer": args["optimizer"],
-        "lr": args["lr"],
+        "lr": lr,
         "momentum": args["momentum"],
         "persistor_id": persistor_id,
     }
@@ -56,11 +69,12 @@ FEDOPT = Algorithm(
         AlgorithmParameter(
             "lr",
             float,
-            1.0,
-            "the server learning rate (1.0 suits sgd; adam wants ~0.01)",
+            None,
+            "the server learning rate",
             check=lambda v: v > 0,
             expected="> 0",
             side="server",
+            default_text="1.0 with sgd, 0.001 with adam",
         ),
         AlgorithmParameter(
             "momentum",
@@ -93,6 +107,10 @@ SCAFFOLD = Algorithm(
     supports_nproc_per_site=False,
     supports_he=False,
     job_template=MODEL_CONTROLLER_TEMPLATE,
+    supports_robust_aggregation=False,
+    assumes_sgd=True,
+    dp_refusal="its control-variate correction changes the weights after each of Opacus's noised steps, a path not "
+    "validated under DP-SGD here",
 )
 DITTO = Algorithm(
     name="ditto",
@@ -110,13 +128,16 @@ DITTO = Algorithm(
         AlgorithmParameter(
             "personal_epochs",
             int,
-            1,
+            None,
             "epochs of personalized training per round",
             check=lambda v: v >= 1,
             expected=">= 1",
+            default_text="the round's local training, iteration for iteration",
         ),
     ),
     supports_nproc_per_site=False,
+    dp_refusal="its personalized model trains on the site's data with its own optimizer, outside Opacus's "
+    "accounting, and is released for cross-site validation",
 )
 FEDBN = Algorithm(
     name="fedbn",
@@ -127,6 +148,25 @@ FEDBN = Algorithm(
 
 DEFAULT_ALGORITHM = FEDAVG.name
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (FEDAVG, FEDPROX, FEDOPT, SCAFFOLD, DITTO, FEDBN)}
+
+
+#: what every algorithm's defaults keep equal (``clara-fl job create --help``, docs/fl.md)
+BUDGET_RULE = (
+    "Every algorithm gets the same training budget by default: in each round every site trains the round's local "
+    "training (--local-epochs epochs, else the MMAR's own Clara FL config's epochs per round, else 1; or "
+    "steps_aggregation iterations where the job counts steps), and Ditto's personalized model trains as many "
+    "iterations again unless personal_epochs is given. --algorithm-arg overrides any default."
+)
+
+
+def algorithms_help() -> str:
+    """Each algorithm's ``--algorithm-arg`` parameters with their defaults, then :data:`BUDGET_RULE` (``--help``)."""
+    lines = ["algorithms and their --algorithm-arg NAME=VALUE (default):"]
+    for algorithm in ALGORITHMS.values():
+        described = ", ".join(p.described() for p in algorithm.parameters) or "no arguments"
+        lines.append(f"  {algorithm.name}: {described}")
+    lines.append(BUDGET_RULE)
+    return "\n".join(lines)
 
 
 def algorithm_named(name: str, where: str = "--algorithm") -> Algorithm:

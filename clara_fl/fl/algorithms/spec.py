@@ -30,12 +30,14 @@ class AlgorithmParameter:
     Args:
         name: the argument's name, as the job and the site class take it.
         type: float, int, str or bool: what the value is parsed as.
-        default: the value when the argument is not given.
+        default: the value when the argument is not given (None: the site decides, as ``default_text`` says).
         help: one line for ``--help`` and error messages.
         choices: the allowed values, when only some are.
         check: True for an allowed value (after conversion); ``expected`` says which are.
         expected: what ``check`` allows, for the error (``>= 0``).
         side: who uses it: the site class (``site``) or the server part (``server``).
+        default_text: what the default means, for ``--help`` and errors, when ``repr(default)`` would not say
+            (``"the round's local training"``).
     """
 
     name: str
@@ -46,6 +48,11 @@ class AlgorithmParameter:
     check: Callable[[Any], bool] | None = None
     expected: str = ""
     side: Literal["site", "server"] = "site"
+    default_text: str = ""
+
+    def described(self) -> str:
+        """``name (type, default ...)``: the parameter in one phrase."""
+        return f"{self.name} ({self.type.__name__}, default {self.default_text or repr(self.default)})"
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,13 @@ class Algorithm:
         supports_he: whether it runs under ``--he``: FLARE's HE aggregator and model generator replace the
             server's own, so an algorithm that replaces them, or sends only part of the model, does not.
         job_template: the job template it runs on when the job asks for the default one; None: any template.
+        supports_robust_aggregation: whether ``--aggregator`` (a robust rule in place of the weighted mean) applies:
+            its server step is an aggregation of the sites' model updates alone (not SCAFFOLD's control variates).
+        assumes_sgd: its site correction assumes the MMAR's optimizer is plain SGD (SCAFFOLD: ``c - c_i`` added to
+            the gradient, the control variates updated from the local lr and step count);
+            :func:`~clara_fl.fl.algorithms.optimizer_notes.optimizer_note` says so at ``job create`` when it is not.
+        dp_refusal: why it cannot run under ``--dp`` (DP-SGD at the sites through Opacus, whose optimizer and loader
+            replace the trainer's); None: it can.
     """
 
     name: str
@@ -95,6 +109,9 @@ class Algorithm:
     supports_nproc_per_site: bool = True
     supports_he: bool = True
     job_template: str | None = None
+    supports_robust_aggregation: bool = True
+    assumes_sgd: bool = False
+    dp_refusal: str | None = None
 
     def checked_args(self, given: Mapping[str, Any] | None = None, where: str = "--algorithm-arg") -> dict[str, Any]:
         """Every argument: the given ones converted to their types and checked, the others at their defaults.
@@ -112,17 +129,20 @@ class Algorithm:
         values = dict(given or {})
         unknown = sorted(set(values) - set(by_name))
         if unknown:
-            described = [f"{p.name} ({p.type.__name__}, default {p.default!r})" for p in self.parameters]
+            described = [p.described() for p in self.parameters]
             message = f"{self.name} takes no argument {', '.join(unknown)} (valid: {', '.join(described) or 'none'})"
             raise refusal(where, f"{unknown[0]}={values[unknown[0]]}", message, path=where)
         return {
-            p.name: self._converted(p, values[p.name], where) if p.name in values else p.default
+            p.name: self._converted(p, values[p.name], where) if values.get(p.name) is not None else p.default
             for p in self.parameters
         }
 
     def site_args(self, checked: Mapping[str, Any]) -> dict[str, Any]:
-        """Of the checked arguments, those its site class takes."""
-        return {p.name: checked[p.name] for p in self.parameters if p.side == "site" and p.name in checked}
+        """Of the checked arguments, those its site class takes (one left unset, None, is not sent: the site's
+        class decides, as its default says)."""
+        return {
+            p.name: checked[p.name] for p in self.parameters if p.side == "site" and checked.get(p.name) is not None
+        }
 
     def server_args(self, checked: Mapping[str, Any]) -> dict[str, Any]:
         """Of the checked arguments, those its server part takes."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.config.jsonio import load_json
+from clara_fl.fl.dp_settings import site_dp_policy
 from clara_fl.fl.jobs.allow_list import resources_with_allow_list
 from clara_fl.fl.site.context import CONFINEMENT_MODES, SITE_FILE_NAME, read_site_file
 from clara_fl.runtime.confinement import confinement_status
@@ -236,6 +237,7 @@ def _update_site_file(
 ) -> None:
     path = result.site_file
     content = read_site_file(path) if os.path.isfile(path) else {}
+    site_dp_policy(content, path)  # a site file's "dp" policy is checked here, not at the first DP job
     current = dict(content.get("environment", {}))
     result.code_policy_before = content.get("code_policy")
     result.confinement_before = content.get("confinement")

@@ -54,6 +54,8 @@ class BuildRequest:
         code_policy: ``"restricted"`` or ``"full"``.
         catalog: the server's site catalog (classes and arguments it adds to the restricted policy).
         output_dir: where the child writes ``network.pt``.
+        dp_compatible: make the network DP-SGD compatible as the sites do
+            (:func:`clara_fl.fl.site.dp.make_dp_compatible`).
     """
 
     mmar_root: str
@@ -64,6 +66,7 @@ class BuildRequest:
     code_policy: str = "restricted"
     catalog: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
+    dp_compatible: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -250,6 +253,10 @@ def _build(request: BuildRequest) -> int:
         )
         if not isinstance(network, torch.nn.Module):
             raise ConfigError(f"must build a torch.nn.Module, got {type(network).__name__}", path="train.model")
+        if request.dp_compatible:
+            from clara_fl.fl.site.dp import make_dp_compatible
+
+            make_dp_compatible(network)
         state = network.state_dict()
         bad = [name for name, value in state.items() if not isinstance(value, torch.Tensor)]
         if bad:

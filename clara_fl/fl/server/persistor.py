@@ -78,6 +78,8 @@ class ClaraModelPersistor(PTFileModelPersistor):
         overrides: values on top of the environment.
         resume_from_job: the id of a job of this server whose saved run to continue (``clara-fl job resume``).
         exclude_vars: a regular expression: the variables left out of the global model sent to the sites.
+        dp_compatible: the job trains with DP-SGD: the global model is the network Opacus trains (BatchNorm
+            replaced by GroupNorm, as at the sites).
         **kwargs: PTFileModelPersistor's arguments.
     """
 
@@ -91,6 +93,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         resume_from_job: str = "",
         filter_id: str | None = None,
         exclude_vars: str | None = None,
+        dp_compatible: bool = False,
         **kwargs: Any,
     ) -> None:
         # filter_id: a PersistorFilter component, e.g. FLARE's HEModelSerializeFilter for an encrypted global model;
@@ -101,6 +104,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
         self.environment = environment
         self.overrides = dict(overrides or {})
         self.resume_from_job = resume_from_job
+        self.dp_compatible = dp_compatible
         self._rounds: tuple[int, int] | None = None  # (rounds done, total rounds) at the last save
         self._best: tuple[float, int] | None = None  # (selector value, round) of the best global model
 
@@ -130,6 +134,7 @@ class ClaraModelPersistor(PTFileModelPersistor):
                     },
                     code_policy=policy,
                     catalog=options["catalog"],
+                    dp_compatible=self.dp_compatible,
                 )
                 # The job's train.model is built in a confined child; only its tensors come back.
                 self.model, confinement = build_network_confined(app_dir, request, options["confinement"])

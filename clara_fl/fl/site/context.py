@@ -57,6 +57,9 @@ class SiteContext:
     send_error_details: bool = False
     #: classes and arguments the site adds to the restricted policy's catalog (clara_fl.config.restrictions)
     catalog: dict[str, Any] = field(default_factory=dict)
+    #: keep the better of the global and the site's personalized model for its own use (clara_fl.fl.site.keep_better);
+    #: None: as the job's Learner says
+    keep_better_model: bool | None = None
 
     def variables(self) -> dict[str, Any]:
         """Values that sit above the job's environment.json: the site's own, plus SITE_NAME."""
@@ -134,7 +137,7 @@ def site_context(fl_ctx: Any, config_file: str = "config/config_train.json") -> 
 
 
 def site_options(site_content: dict[str, Any], site_file: str | None = None) -> dict[str, Any]:
-    """The site file's ``confinement``, ``send_error_details`` and ``catalog``, checked.
+    """The site file's ``confinement``, ``send_error_details``, ``catalog`` and ``keep_better_model``, checked.
 
     Raises:
         ConfigError: a value of the wrong kind, naming the site file and the key.
@@ -155,7 +158,15 @@ def site_options(site_content: dict[str, Any], site_file: str | None = None) -> 
         parse_site_catalog(catalog)  # a bad entry fails when the site file is read, not at the first build
     except ConfigError as e:
         raise e.located(where) from None
-    return {"confinement": confinement, "send_error_details": details, "catalog": catalog}
+    keep_better = site_content.get("keep_better_model")
+    if keep_better is not None and not isinstance(keep_better, bool):
+        raise ConfigError(f"must be true or false, got {keep_better!r}", file=where, path="keep_better_model")
+    return {
+        "confinement": confinement,
+        "send_error_details": details,
+        "catalog": catalog,
+        "keep_better_model": keep_better,
+    }
 
 
 def code_policy(site_content: dict[str, Any], site_file: str | None = None) -> str:

@@ -25,6 +25,7 @@ from nvflare.app_common.app_constant import AppConstants, ModelName, ValidateTyp
 
 from clara_fl.config.errors import ConfigError
 from clara_fl.fl.site.context import SiteContext
+from clara_fl.fl.site.dp import DP_EPSILON_KEY
 from clara_fl.fl.site.failure_report import SiteFailure
 from clara_fl.fl.site.local_state import LOCAL_STATE_FILE
 from clara_fl.fl.site.local_training import SiteTaskFailed, TrainingSettings
@@ -42,6 +43,7 @@ __all__ = [
     "site_settings",
     "process_spec",
     "site_app_folder",
+    "dp_refusal",
 ]
 
 
@@ -77,6 +79,21 @@ def site_settings(site: SiteContext) -> dict[str, Any]:
         "data_roots": list(site.policy.data_roots or ()),
         "catalog": dict(site.catalog),
     }
+
+
+def dp_refusal(dp: dict[str, Any] | None, site_file: str | None) -> SiteFailure | None:
+    """Why this site refuses the job's DP settings (its ``dp`` argument) under its site file's ``dp`` policy, or
+    why those settings are malformed; None when it trains the job."""
+    from clara_fl.fl.dp_settings import DPSettings, site_dp_policy
+    from clara_fl.fl.site.context import read_site_file
+
+    try:
+        settings = DPSettings.from_args(dp, "components[clara_learner].args.dp") if dp is not None else None
+        policy = site_dp_policy(read_site_file(site_file), site_file) if site_file else None
+    except ConfigError as e:
+        return SiteFailure.from_exception("build", e, None)
+    line = policy.refusal(settings) if policy is not None else None
+    return SiteFailure.refusal("build", "dp_policy", f"refused by this site's DP policy: {line}") if line else None
 
 
 def site_app_folder(fl_ctx: FLContext) -> str:
@@ -119,6 +136,11 @@ class ClaraLearner(Learner):
             validation and submit_model stay in the job's confined process.
         algorithm: the FL algorithm's site side (:mod:`clara_fl.fl.site.algorithms`; default FedAvg).
         algorithm_args: its arguments, as ``clara-fl job create --algorithm-arg`` checked them.
+        dp: DP-SGD at this site (``clara-fl job create --dp``: epsilon, delta, max_grad_norm, rounds); None: no DP.
+            The site file's ``dp`` policy may require it or cap its epsilon.
+        keep_better_model: after each round, keep the better (on the site's validation data) of the global and
+            the site's personalized model as ``models/site_best_model.pt`` (:mod:`clara_fl.fl.site.keep_better`);
+            the site file's ``keep_better_model`` decides where it is given.
     """
 
     def __init__(
@@ -133,6 +155,8 @@ class ClaraLearner(Learner):
         nproc_per_site: int = 1,
         algorithm: str = "fedavg",
         algorithm_args: dict[str, Any] | None = None,
+        dp: dict[str, Any] | None = None,
+        keep_better_model: bool = False,
     ) -> None:
         super().__init__()
         RoundSpec(local_epochs, steps_aggregation)  # refuses a round of nothing
@@ -146,6 +170,8 @@ class ClaraLearner(Learner):
         self.nproc_per_site = max(1, int(nproc_per_site))
         self.algorithm = algorithm
         self.algorithm_args = dict(algorithm_args or {})
+        self.dp = dict(dp) if dp else None
+        self.keep_better_model = bool(keep_better_model)
         self.backend: SiteBackend | None = None
         self.send_error_details = False
         self._writer: Any = None
@@ -175,12 +201,18 @@ class ClaraLearner(Learner):
         )
         if site.site_file:
             self.log_info(fl_ctx, f"site values from {site.site_file}: {sorted(site.environment)}")
+        refusal = dp_refusal(self.dp, site.site_file)
+        if refusal is not None:
+            self._init_failed(fl_ctx, refusal)
+            return
         settings = TrainingSettings(
             **site_settings(site),
             environment=self.environment,
             overrides=self.overrides,
             algorithm=self.algorithm,
             algorithm_args=self.algorithm_args,
+            dp=dict(self.dp or {}),
+            keep_better_model=self.keep_better_model if site.keep_better_model is None else site.keep_better_model,
             train_config=self.train_config,
             local_epochs=self.local_epochs,
             steps_aggregation=self.steps_aggregation,
@@ -240,7 +272,20 @@ class ClaraLearner(Learner):
         except (KeyError, TypeError, ValueError) as e:
             return self._failed(fl_ctx, bad_reply("train", e))
         self.log_info(fl_ctx, f"round {current_round}: {steps} iterations, sending {kind}")
-        self._record(fl_ctx, ev.SITE_TRAINING_DONE, current_round, {"steps": steps, "data_kind": kind})
+        done: dict[str, Any] = {"steps": steps, "data_kind": kind}
+        epsilon = meta.get(DP_EPSILON_KEY)
+        if self.dp is not None and isinstance(epsilon, (int, float)):
+            epsilon = meta[DP_EPSILON_KEY] = float(epsilon)  # a number only goes to the server
+            self.log_info(
+                fl_ctx,
+                f"round {current_round}: DP-SGD epsilon spent {epsilon:.4f} of {self.dp['epsilon']:g} "
+                f"(delta {self.dp['delta']:g})",
+            )
+            done[DP_EPSILON_KEY] = epsilon
+            self._stream_metric(DP_EPSILON_KEY, epsilon, ev.round_number(current_round, 0) or 0)
+        self._record(fl_ctx, ev.SITE_TRAINING_DONE, current_round, done)
+        if isinstance(result.get("kept"), dict):  # keep_better_model: its metric's name, numbers and the winner
+            self._record(fl_ctx, ev.SITE_MODEL_KEPT, current_round, dict(result["kept"]))
         meta[MetaKey.NUM_STEPS_CURRENT_ROUND] = steps
         # the round, for the result filters: FLARE clears the task's data before they run, and its LearnerExecutor
         # rebuilds the result from the DXO (a header would be lost)

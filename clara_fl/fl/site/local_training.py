@@ -79,6 +79,8 @@ class SiteSettings:
     catalog: dict[str, Any] = field(default_factory=dict)
     algorithm: str = "fedavg"
     algorithm_args: dict[str, Any] = field(default_factory=dict)
+    #: the job's DP-SGD settings (DPSettings.as_args(); empty: no DP), :mod:`clara_fl.fl.site.dp`
+    dp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def policy(self) -> CodePolicy:
@@ -94,6 +96,8 @@ class TrainingSettings(SiteSettings):
     steps_aggregation: int = 0
     send_weight_diff: bool = True
     nproc_per_site: int = 1
+    #: keep the better of the global and the personalized model for the site's own use (clara_fl.fl.site.keep_better)
+    keep_better_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,32 @@ class RoundOutcome:
     meta: dict[str, Any]
     steps: int
     aborted: bool = False
+    #: the round's keep_better_model choice (KeptChoice.fields(): numbers and the winner), stays at the site
+    kept: dict[str, Any] | None = None
 
 
 def _failure(stage: str, error: BaseException, settings: SiteSettings, workflow: Any = None) -> SiteTaskFailed:
     if workflow is not None:  # the config item of the site's TrainWorkflow that failed, for the site's report
         workflow.locator.mark(error)
     return SiteTaskFailed(SiteFailure.from_exception(stage, error, settings.app_dir))
+
+
+def _private(inner: LocalAlgorithm, settings: SiteSettings, spec: Any) -> LocalAlgorithm:
+    """The job's algorithm trained with DP-SGD (:class:`~clara_fl.fl.site.dp.PrivateTraining`).
+
+    Raises:
+        ConfigError: bad ``dp`` settings, or DP-SGD with several processes per site.
+    """
+    from clara_fl.fl.dp_settings import DPSettings
+    from clara_fl.fl.site.dp import PrivateTraining
+
+    dp = DPSettings.from_args(settings.dp, "components[clara_learner].args.dp")
+    if isinstance(settings, TrainingSettings) and settings.nproc_per_site > 1:
+        raise ConfigError(
+            "DP-SGD trains in the Learner's process: nproc_per_site must be 1",
+            path="components[clara_learner].args.nproc_per_site",
+        )
+    return PrivateTraining(inner, dp, spec)
 
 
 class LocalTraining:
@@ -167,6 +191,8 @@ class LocalTraining:
                 logger.info("%s CheckpointLoader (%s) disabled: weights come from the server", path, load_path)
             self.workflow = TrainWorkflow.build(dataclasses.replace(loaded, config=config), code_policy=s.policy)
             self.site_algorithm = local_algorithm(s.algorithm, s.algorithm_args)
+            if s.dp:
+                self.site_algorithm = _private(self.site_algorithm, s, self.spec)
             if self.site_algorithm.modifies_training and s.nproc_per_site > 1:
                 raise ConfigError(
                     f"{s.algorithm} cannot train in several processes per site",
@@ -268,7 +294,8 @@ class LocalTraining:
             self.local_state.save()
         kind = WEIGHT_DIFF if s.send_weight_diff else WEIGHTS
         payload = weight_diff(local, global_weights) if s.send_weight_diff else local
-        return RoundOutcome(kind, dict(self.site_algorithm.weights_to_send(payload)), out_meta, steps)
+        kept = self._keep_better(global_weights) if s.keep_better_model else None
+        return RoundOutcome(kind, dict(self.site_algorithm.weights_to_send(payload)), out_meta, steps, kept=kept)
 
     def validate(
         self, data_kind: str, data: Mapping[str, Any], validate_type: str, should_abort: Callable[[], bool] = never
@@ -400,6 +427,18 @@ class LocalTraining:
         evaluator.state.best_metric, evaluator.state.best_metric_epoch = best
         return scalar_metrics(evaluator.state.metrics)
 
+    def _keep_better(self, global_weights: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The site's keep_better_model step; a failure of it is the site's own (logged), never the round's."""
+        from clara_fl.fl.site.keep_better import keep_better_after_round
+
+        try:
+            choice = keep_better_after_round(self, global_weights)
+        except Exception as e:
+            failure = SiteFailure.from_exception("keep_better", e, self.settings.app_dir)
+            logger.warning("keep_better_model: could not compare the models: %s", failure.local_text())
+            return None
+        return choice.fields() if choice is not None else None
+
     def _round_state_path(self) -> str:
         """Where the DDP workers leave the round's state; it becomes the local state once accepted."""
         return os.path.join(self.workflow.ckpt_dir, ".fl_round", "state.pt")
@@ -492,6 +531,10 @@ class LocalValidation:
 
         s = self.settings
         site_algorithm = local_algorithm(s.algorithm, s.algorithm_args)
+        if s.dp:  # the network the job trained: DP-compatible like the sites' and the server's
+            from clara_fl.fl.site.dp import make_dp_compatible
+
+            make_dp_compatible(network)
         site_algorithm.setup_network(network)
         to_load = site_algorithm.weights_to_load(weights)
         kept = [k for k in weights if k not in to_load]

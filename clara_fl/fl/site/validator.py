@@ -47,6 +47,7 @@ class ClaraValidator(Executor):
 
     Args:
         algorithm: the job's FL algorithm (the Learner's ``algorithm``), ``algorithm_args`` its arguments.
+        dp: the job's DP-SGD settings (the Learner's ``dp``): models are validated on the DP-compatible network.
     """
 
     def __init__(
@@ -59,8 +60,10 @@ class ClaraValidator(Executor):
         overrides: dict[str, Any] | None = None,
         algorithm: str = "fedavg",
         algorithm_args: dict[str, Any] | None = None,
+        dp: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.dp = dict(dp) if dp else None
         self.algorithm = algorithm
         self.algorithm_args = dict(algorithm_args or {})
         self.validation_config = validation_config
@@ -130,6 +133,7 @@ class ClaraValidator(Executor):
             overrides=self.overrides,
             algorithm=self.algorithm,
             algorithm_args=self.algorithm_args,
+            dp=dict(self.dp or {}),
             validation_config=self.validation_config,
             fallback_validation_config=self.fallback_validation_config,
             train_config=self.train_config,

@@ -187,7 +187,7 @@ class ClaraFedEvalRecipe(Recipe):
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         # the training recipe's way of handing FedJob a job model and an MMAR's files
-        from clara_fl.recipes.fedavg import _add_components, _add_mmar_files
+        from clara_fl.recipes.fedavg import add_components, add_mmar_files
 
         self.mmar = _require_mmar(mmar)
         given = parse_model_options([f"{n}={os.fspath(p)}" for n, p in models.items()])
@@ -197,8 +197,8 @@ class ClaraFedEvalRecipe(Recipe):
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_eval_recipe_")
         staging = Path(self._staging.name)
-        _add_components(job, self.fl_job)
-        _add_mmar_files(job, self.mmar, self.fl_job.environment, staging / "mmar")
+        add_components(job, self.fl_job)
+        add_mmar_files(job, self.mmar, self.fl_job.environment, staging / "mmar")
         _save_models(weights, staging / MODELS_FOLDER)
         job.add_file_to_server(
             str(staging / MODELS_FOLDER), dest_dir=os.path.join(os.pardir, MODELS_FOLDER), app_folder_type="config"

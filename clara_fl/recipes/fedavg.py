@@ -170,8 +170,8 @@ class ClaraFedAvgRecipe(Recipe):
         job = FedJob(name=job_name(name or self.mmar.name), min_clients=self.fl_job.min_clients)
         job.set_app_packages(["clara_fl"])  # installed at every site: never copied into the job's custom/
         self._staging = tempfile.TemporaryDirectory(prefix="clara_fl_recipe_")
-        _add_components(job, self.fl_job)
-        _add_mmar_files(job, self.mmar, self.fl_job.environment, Path(self._staging.name))
+        add_components(job, self.fl_job)
+        add_mmar_files(job, self.mmar, self.fl_job.environment, Path(self._staging.name))
         super().__init__(job)
         self._byoc_marked = False
 
@@ -207,7 +207,7 @@ class ClaraFedAvgRecipe(Recipe):
             self._byoc_marked = True
 
 
-def _add_components(job: FedJob, fl_job: FLJob) -> None:
+def add_components(job: FedJob, fl_job: FLJob) -> None:
     """One FLARE object per component of the job model, placed where the model has it."""
     server, client = fl_job.server, fl_job.client
     flare_log = logging.getLogger("nvflare")
@@ -245,7 +245,7 @@ def _filter_chains(
     )
 
 
-def _add_mmar_files(job: FedJob, mmar: Path, environment: dict[str, Any] | None, staging: Path) -> None:
+def add_mmar_files(job: FedJob, mmar: Path, environment: dict[str, Any] | None, staging: Path) -> None:
     """The MMAR's config/, docs/ and (when it holds code) custom/ go into the app, through a filtered copy."""
     copied = stage_mmar_files(mmar, environment, staging)
     for target in ("server", "clients"):

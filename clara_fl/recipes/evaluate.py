@@ -29,6 +29,7 @@ from nvflare.recipe.spec import ExecEnv, Recipe
 from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.jobs.model_check import GivenModel, checked_models, parse_model_options
 from clara_fl.recipes.app_configs import find_template, merged_environment, read_conf
+from clara_fl.recipes.fresh_sites import allow_clara_classes
 from clara_fl.recipes.job_folder import job_name, write_job_folder
 from clara_fl.recipes.job_model import VALIDATOR_ID, ClientApp, Component, FLJob, ServerApp
 
@@ -204,25 +205,8 @@ class ClaraFedEvalRecipe(Recipe):
             str(staging / MODELS_FOLDER), dest_dir=os.path.join(os.pardir, MODELS_FOLDER), app_folder_type="config"
         )
         super().__init__(job)
-        self._byoc_marked = False
 
     def process_env(self, env: ExecEnv) -> None:
-        """A simulation workspace gets clara-fl's class allow-list; a PocEnv's freshly provisioned sites get the job
-        as BYOC (as :meth:`ClaraFedAvgRecipe.process_env <clara_fl.recipes.fedavg.ClaraFedAvgRecipe.process_env>`);
-        a ProdEnv's sites were set up by their own staff (``clara-fl site setup``)."""
-        from nvflare.recipe.poc_env import PocEnv
-        from nvflare.recipe.sim_env import SimEnv
-
-        from clara_fl.recipes.fedavg import POC_CUSTOM_NOTE
-
-        if isinstance(env, SimEnv):
-            from clara_fl.fl.jobs.allow_list import write_simulator_policy
-
-            write_simulator_policy(os.path.join(env.workspace_root, self.name))
-        if isinstance(env, PocEnv) and not self._byoc_marked:
-            note = Path(self._staging.name) / "poc_custom" / "README.md"
-            note.parent.mkdir(parents=True, exist_ok=True)
-            note.write_text(POC_CUSTOM_NOTE)
-            self.add_server_file(str(note.parent))
-            self.add_client_file(str(note.parent))
-            self._byoc_marked = True
+        """Sites that ``env`` makes afresh get to build clara-fl's classes
+        (:func:`clara_fl.recipes.fresh_sites.allow_clara_classes`)."""
+        allow_clara_classes(self, env, Path(self._staging.name))

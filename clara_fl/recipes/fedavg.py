@@ -29,6 +29,7 @@ from clara_fl.fl.jobs.he_context import require_tenseal
 from clara_fl.recipes.app_configs import FedAvgSettings, build_job
 from clara_fl.recipes.app_folder import stage_mmar_files
 from clara_fl.recipes.dp import coerce_dp
+from clara_fl.recipes.fresh_sites import allow_clara_classes
 from clara_fl.recipes.he import check_he_layers_for_mmar
 from clara_fl.recipes.job_folder import job_name, job_settings
 from clara_fl.recipes.job_model import Component, FLJob, TaskFilters
@@ -36,12 +37,6 @@ from clara_fl.recipes.job_model import Component, FLJob, TaskFilters
 __all__ = ["ClaraFedAvgRecipe", "instantiate", "job_name"]
 
 logger = logging.getLogger(__name__)
-
-POC_CUSTOM_NOTE = """This folder holds no code. It makes the job BYOC, so the freshly provisioned POC sites of a
-PocEnv (whose class allow-list is FLARE's default, without clara-fl's classes) build its components.
-Real sites allow clara-fl's classes through `clara-fl site setup` and need no such folder.
-"""
-
 
 PLAIN_VALUES = (type(None), bool, int, float, str, list, dict, tuple)
 
@@ -173,7 +168,6 @@ class ClaraFedAvgRecipe(Recipe):
         add_components(job, self.fl_job)
         add_mmar_files(job, self.mmar, self.fl_job.environment, Path(self._staging.name))
         super().__init__(job)
-        self._byoc_marked = False
 
     def process_env(self, env: ExecEnv) -> None:
         """Sites that an environment makes afresh get to build clara-fl's classes (FLARE's default allow-list
@@ -188,23 +182,14 @@ class ClaraFedAvgRecipe(Recipe):
         from nvflare.recipe.poc_env import PocEnv
         from nvflare.recipe.sim_env import SimEnv
 
+        allow_clara_classes(self, env, Path(self._staging.name))
         if isinstance(env, SimEnv):
-            from clara_fl.fl.jobs.allow_list import write_simulator_policy
-
-            write_simulator_policy(os.path.join(env.workspace_root, self.name))
             if self.settings.he:
                 from clara_fl.fl.jobs.he_context import write_simulator_he_contexts
 
                 write_simulator_he_contexts(os.path.join(env.workspace_root, self.name))
         elif isinstance(env, PocEnv) and self.settings.he and not env.use_he:
             raise ConfigError("an HE job needs its TenSEAL contexts provisioned: PocEnv(..., use_he=True)")
-        if isinstance(env, PocEnv) and not self._byoc_marked:
-            note = Path(self._staging.name) / "poc_custom" / "README.md"
-            note.parent.mkdir(parents=True, exist_ok=True)
-            note.write_text(POC_CUSTOM_NOTE)
-            self.add_server_file(str(note.parent))
-            self.add_client_file(str(note.parent))
-            self._byoc_marked = True
 
 
 def add_components(job: FedJob, fl_job: FLJob) -> None:

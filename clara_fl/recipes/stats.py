@@ -29,6 +29,7 @@ from clara_fl.config.errors import ConfigError
 from clara_fl.fl.stats.generator import ClaraStatistics
 from clara_fl.fl.stats.privacy import CaseMinCountCleanser, SiteHistogramBinsCleanser, SiteNoiseCleanser, StatsPrivacy
 from clara_fl.recipes.app_folder import stage_mmar_files
+from clara_fl.recipes.fresh_sites import allow_clara_classes
 from clara_fl.recipes.job_folder import job_name
 
 __all__ = ["ClaraFedStatsRecipe", "FLARE_STATS_FILE", "statistic_configs"]
@@ -139,24 +140,8 @@ class ClaraFedStatsRecipe(Recipe):
         if "custom" in copied:
             job.add_file_to_clients(str(staging / "custom"), app_folder_type="custom")
         super().__init__(job)
-        self._byoc_marked = False
 
     def process_env(self, env: ExecEnv) -> None:
-        """A simulation workspace gets clara-fl's class allow-list; a PocEnv's fresh sites get the job as BYOC
-        (as :meth:`clara_fl.recipes.fedavg.ClaraFedAvgRecipe.process_env`). A ProdEnv's sites are set up by their
-        own staff (``clara-fl site setup``)."""
-        from nvflare.recipe.poc_env import PocEnv
-        from nvflare.recipe.sim_env import SimEnv
-
-        from clara_fl.recipes.fedavg import POC_CUSTOM_NOTE
-
-        if isinstance(env, SimEnv):
-            from clara_fl.fl.jobs.allow_list import write_simulator_policy
-
-            write_simulator_policy(os.path.join(env.workspace_root, self.name))
-        if isinstance(env, PocEnv) and not self._byoc_marked:
-            note = Path(self._staging.name) / "poc_custom" / "README.md"
-            note.parent.mkdir(parents=True, exist_ok=True)
-            note.write_text(POC_CUSTOM_NOTE)
-            self.add_client_file(str(note.parent))
-            self._byoc_marked = True
+        """Sites that ``env`` makes afresh get to build clara-fl's classes, the clients only: the server's app
+        holds FLARE's components (:func:`clara_fl.recipes.fresh_sites.allow_clara_classes`)."""
+        allow_clara_classes(self, env, Path(self._staging.name), to_server=False)

@@ -114,3 +114,24 @@ def test_cross_site_evaluation_leaves_out_a_server_model_that_fails_to_load(monk
     workflow.run()
 
     assert validated == [["FL_global_model.pt"]]  # FLARE alone would send the global model again as the best one
+
+
+def test_the_model_controller_saves_the_global_model_with_the_runs_rounds_in_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.app_constant import AppConstants
+    from nvflare.app_common.workflows.fedavg import FedAvg as FlareFedAvg
+
+    seen: dict[str, object] = {}
+    keys = (AppConstants.CURRENT_ROUND, AppConstants.NUM_ROUNDS, AppConstants.START_ROUND)
+    monkeypatch.setattr(
+        FlareFedAvg, "save_model", lambda self, model: seen.update({k: self.fl_ctx.get_prop(k) for k in keys})
+    )
+    workflow = FedAvg(num_rounds=4, start_round=2)
+    workflow.current_round = 3
+    workflow.fl_ctx = FLContext()  # as FLARE leaves it: the last task result's context, without the run's rounds
+
+    workflow.save_model(None)
+
+    assert seen == {AppConstants.CURRENT_ROUND: 3, AppConstants.NUM_ROUNDS: 4, AppConstants.START_ROUND: 2}

@@ -455,6 +455,15 @@ class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
         )
         return results
 
+    def save_model(self, model: Any) -> None:
+        # FLARE's ModelController replaces self.fl_ctx with each task result's context, which lacks the run's
+        # NUM_ROUNDS and CURRENT_ROUND (set on the run's context, not sticky): the persistor's run state needs them,
+        # or a killed server's job could not be resumed.
+        _set_prop(self.fl_ctx, AppConstants.CURRENT_ROUND, self.current_round)  # type: ignore[attr-defined]
+        _set_prop(self.fl_ctx, AppConstants.NUM_ROUNDS, self.num_rounds)  # type: ignore[attr-defined]
+        _set_prop(self.fl_ctx, AppConstants.START_ROUND, self.start_round)  # type: ignore[attr-defined]
+        super().save_model(model)  # type: ignore[misc]
+
     def _round_wait(self, task_name: str, min_responses: int | None) -> dict[str, Any]:
         """A training round's task ends ``wait_time_after_min_received`` seconds after ``min_clients`` results."""
         if task_name != getattr(self, "task_name", AppConstants.TASK_TRAIN) or min_responses is not None:

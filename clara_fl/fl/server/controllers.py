@@ -459,9 +459,11 @@ class _RoundsOfTheSites(_ReportsRoundContributors, _ValidatesFinalGlobalModel):
         # FLARE's ModelController replaces self.fl_ctx with each task result's context, which lacks the run's
         # NUM_ROUNDS and CURRENT_ROUND (set on the run's context, not sticky): the persistor's run state needs them,
         # or a killed server's job could not be resumed.
-        _set_prop(self.fl_ctx, AppConstants.CURRENT_ROUND, self.current_round)  # type: ignore[attr-defined]
-        _set_prop(self.fl_ctx, AppConstants.NUM_ROUNDS, self.num_rounds)  # type: ignore[attr-defined]
-        _set_prop(self.fl_ctx, AppConstants.START_ROUND, self.start_round)  # type: ignore[attr-defined]
+        fl_ctx = self.fl_ctx  # type: ignore[attr-defined]
+        if fl_ctx is not None:  # None only before the workflow runs
+            _set_prop(fl_ctx, AppConstants.CURRENT_ROUND, self.current_round)  # type: ignore[attr-defined]
+            _set_prop(fl_ctx, AppConstants.NUM_ROUNDS, self.num_rounds)  # type: ignore[attr-defined]
+            _set_prop(fl_ctx, AppConstants.START_ROUND, self.start_round)  # type: ignore[attr-defined]
         super().save_model(model)  # type: ignore[misc]
 
     def _round_wait(self, task_name: str, min_responses: int | None) -> dict[str, Any]:

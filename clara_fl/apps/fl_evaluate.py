@@ -69,19 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _simulate(job: str, args: argparse.Namespace) -> int:
-    from clara_fl.apps.simulate import run_simulator, write_html_report
-    from clara_fl.fl.jobs.results import cross_site_table, find_cross_site_results
+    from clara_fl.apps.simulate import report, run_simulator, write_html_report
 
     code = run_simulator(job, args.workspace, args.n_clients, args.threads, args.site_config)
     if code != 0:
         print(f"clara-fl evaluate: error: the simulator exited with code {code}", file=sys.stderr)
         return code
-    table = cross_site_table(args.workspace, args.metric)
-    if table is None:
-        print(f"clara-fl evaluate: error: no cross_val_results.json under {args.workspace}", file=sys.stderr)
-        return 1
-    print()
-    print(table)
-    print(f"\nresults: {find_cross_site_results(args.workspace)}")
-    write_html_report(args.workspace)
-    return 0
+    code = report(args.workspace, args.metric, command="evaluate")
+    if code == 0:
+        write_html_report(args.workspace)
+    return code

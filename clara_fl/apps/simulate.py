@@ -120,12 +120,14 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
         return False
 
 
-def report(workspace: str, metric: str | None) -> int:
+def report(workspace: str, metric: str | None, command: str = "simulate") -> int:
+    """Print the cross-site table of the simulation in ``workspace``; 1 (and one error line naming ``command``)
+    when it has none."""
     from clara_fl.fl.jobs.results import cross_site_table, find_cross_site_results
 
     table = cross_site_table(workspace, metric)
     if table is None:
-        print(f"clara-fl simulate: error: no cross_val_results.json under {workspace}", file=sys.stderr)
+        print(f"clara-fl {command}: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1
     print()
     print(table)

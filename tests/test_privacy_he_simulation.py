@@ -73,10 +73,11 @@ def narrow_spleen(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def simulate(
-    tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings, template: str | None = None
+    tmp: Path, site_file: Path, mmar: Path, settings: FedAvgSettings, template: str | None = HE_TEMPLATE
 ) -> tuple[Path, dict, list[dict]]:
     """Run the job with the probe as the server's aggregator; returns the workspace, the cross-site results and
-    what the aggregator accepted."""
+    what the aggregator accepted. The probe replaces the ScatterAndGather template's aggregator component (the
+    ModelController template has none), so the template is that one unless the job chooses it itself (None)."""
     job = create_job(
         mmar,
         tmp / "job",
@@ -192,7 +193,7 @@ def test_an_he_job_aggregates_only_encrypted_updates_and_learns_as_the_plain_job
     # the plain job on the template HE runs on (ScatterAndGather), so that both have the same aggregator
     _, plain, plain_accepted = simulate(tmp_path / "plain", site_file, narrow_spleen, FedAvgSettings(), HE_TEMPLATE)
 
-    _, encrypted, accepted = simulate(tmp_path / "he", site_file, narrow_spleen, FedAvgSettings(he=True))
+    _, encrypted, accepted = simulate(tmp_path / "he", site_file, narrow_spleen, FedAvgSettings(he=True), None)
 
     # each update: the whole network packed into few context-free ciphertexts, nothing in the clear
     assert len(accepted) == 6 and all(update["kinds"] == ["bytes"] for update in accepted)

@@ -354,3 +354,11 @@ def test_the_model_controller_aggregator_applies_the_rule_to_fedavgs_results(cap
     np.testing.assert_allclose(result.params["w"], [1.0])
     assert "round 2: trimmed_mean:beta=0.34 (coordinate-wise trimmed mean) of 3 sites" in caplog.text
     assert "down-weighted (share of its values cut): site-2 100%, site-3 100%, site-1 0%" in caplog.text
+
+
+def test_a_coordinate_no_site_changed_blames_no_site_in_the_median_cut_share() -> None:
+    updates = [{"w": np.array([0.0, 0.0, 1.0])}, {"w": np.array([0.0, 0.0, 2.0])}, {"w": np.array([0.0, 0.0, -20.0])}]
+
+    result = parse_rule("median").combine(updates)
+
+    assert result.cut_share == pytest.approx((0.0, 1 / 3, 1 / 3))  # the tied zeros are nobody's outliers

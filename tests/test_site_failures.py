@@ -172,6 +172,34 @@ def test_the_server_records_failed_validations_and_submissions_beside_the_result
     assert failures.models == {"site-3": reason}
 
 
+def test_failed_cross_site_cells_are_recorded_from_the_results_the_model_controller_fires_no_event_for(
+    tmp_path: Path,
+) -> None:
+    from nvflare.apis.event_type import EventType
+    from nvflare.apis.fl_constant import FLContextKey
+    from nvflare.app_common.app_constant import AppConstants
+
+    from clara_fl.fl.server.site_failures import SiteFailureReporter
+
+    reporter = SiteFailureReporter()
+    submit = server_ctx(tmp_path, "site-3")
+    submit.set_prop(FLContextKey.TASK_NAME, "submit_model", private=True, sticky=False)
+    submit.set_prop(FLContextKey.TASK_RESULT, failed_reply(NO_DATALIST), private=True, sticky=False)
+    validate = server_ctx(tmp_path, "site-3")
+    validation_reply = failed_reply(NO_DATALIST)
+    validation_reply.set_header(AppConstants.MODEL_OWNER, "site-1")  # as the Validator's failure reply names it
+    validate.set_prop(FLContextKey.TASK_NAME, "validate", private=True, sticky=False)
+    validate.set_prop(FLContextKey.TASK_RESULT, validation_reply, private=True, sticky=False)
+
+    reporter.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, submit)
+    reporter.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, validate)
+
+    failures = load_cross_site_failures(tmp_path / "job" / "cross_site_val" / "cross_val_results.json")
+    reason = f"EXECUTION_EXCEPTION: {NO_DATALIST}"
+    assert failures.models == {"site-3": reason}
+    assert failures.validations == {"site-3": {"site-1": reason}}
+
+
 def test_the_cross_site_table_marks_a_failed_sites_row_and_column_as_failed() -> None:
     failures = CrossSiteFailures(
         validations={"site-3": {"SRV_FL_global_model.pt": "EXECUTION_EXCEPTION: no datalist"}},

@@ -50,8 +50,9 @@ class RobustResult:
         selected: the indices of the updates the result is made of, whole (Krum, MultiKrum); every index for the
             coordinate-wise rules, which take some of every update.
         scores: Krum's score of each update (smaller is more central); empty for the coordinate-wise rules.
-        cut_share: for the coordinate-wise rules, the share of each update's coordinates that were cut (not
-            among the values the result is made of); empty for Krum and MultiKrum.
+        cut_share: for the coordinate-wise rules, the share of each update's coordinates that were cut and lay
+            outside the values the result is made of (a value tied with a kept one counts as kept, so ties, such as
+            coordinates no site changed, blame no site); empty for Krum and MultiKrum.
         cut_per_end: the values cut at each end of each coordinate (coordinate-wise rules).
     """
 
@@ -231,10 +232,15 @@ def _coordinate_wise(updates: Sequence[Mapping[str, np.ndarray]], cut: int) -> R
     for key in updates[0]:
         stacked = np.stack([np.asarray(u[key], dtype=np.float64).reshape(-1) for u in updates])
         order = np.argsort(stacked, axis=0, kind="stable")
-        kept = np.take_along_axis(stacked, order[cut : n - cut], axis=0)
+        ordered = np.take_along_axis(stacked, order, axis=0)
+        kept = ordered[cut : n - cut]
         params[key] = _as_dtype(kept.mean(axis=0).reshape(np.shape(updates[0][key])), updates[0][key])
         if cut:
-            cut_counts += np.bincount(np.concatenate([order[:cut], order[n - cut :]]).ravel(), minlength=n)
+            below = ordered[:cut] < kept[0]  # strictly outside what was kept: a tie blames nobody
+            above = ordered[n - cut :] > kept[-1]
+            cut_counts += np.bincount(order[:cut][below], minlength=n) + np.bincount(
+                order[n - cut :][above], minlength=n
+            )
         total += stacked.shape[1]
     share = tuple(float(c) / total if total else 0.0 for c in cut_counts)
     return RobustResult(params=params, selected=tuple(range(n)), cut_share=share, cut_per_end=cut)

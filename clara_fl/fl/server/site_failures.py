@@ -78,7 +78,16 @@ class SiteFailureReporter(FLComponent):
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name() if peer else "a site"
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
-        self.log_error(fl_ctx, f"{site} failed task '{task}': {failure_reason(result)}")
+        reason = failure_reason(result)
+        self.log_error(fl_ctx, f"{site} failed task '{task}': {reason}")
+        # the failed cross-site cells, from the result itself: the ModelController's CrossSiteEval fires none of
+        # the events below for a failed result (ScatterAndGather's CrossSiteModelEval does; the cells are the same)
+        if task == AppConstants.TASK_SUBMIT_MODEL:
+            self.failures.models[site] = reason
+            self._write(fl_ctx)
+        elif task == AppConstants.TASK_VALIDATION and isinstance(result.get_header(AppConstants.MODEL_OWNER), str):
+            self.failures.validations.setdefault(site, {})[result.get_header(AppConstants.MODEL_OWNER)] = reason
+            self._write(fl_ctx)
 
     def _write(self, fl_ctx: FLContext) -> None:
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())

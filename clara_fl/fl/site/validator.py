@@ -101,7 +101,9 @@ class ClaraValidator(Executor):
         try:
             metrics = self._validate(str(owner), dxo.data, fl_ctx, abort_signal)
         except SiteTaskFailed as e:  # bad config or data at this site: one clear line, an error code, the job goes on
-            return failure_reply(self, fl_ctx, e.failure, self.send_error_details)
+            reply = failure_reply(self, fl_ctx, e.failure, self.send_error_details)
+            reply.set_header(AppConstants.MODEL_OWNER, str(owner))  # the failed cell's model, for the server's record
+            return reply
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         self.log_info(fl_ctx, f"validated model '{owner}' on local data: {metrics}")

@@ -29,6 +29,7 @@ from clara_fl.fl.site.worker import RoundRequest
 
 __all__ = [
     "BAD_TASK_DATA",
+    "SiteAppSettings",
     "ValidationSettings",
     "TrainingSettings",
     "SiteTaskFailed",
@@ -67,8 +68,9 @@ class SiteTaskFailed(Exception):
 
 
 @dataclass(frozen=True)
-class SiteSettings:
-    """Where the job's MMAR is and what the site adds to it (its site-file values, policy and data folders)."""
+class SiteAppSettings:
+    """Where the job's MMAR is and what the site adds to it (its site-file values, policy and data folders): what
+    every task the confined process runs needs."""
 
     app_dir: str
     environment: str = "config/environment.json"
@@ -77,14 +79,20 @@ class SiteSettings:
     code_policy: str = "restricted"
     data_roots: list[str] = field(default_factory=list)
     catalog: dict[str, Any] = field(default_factory=dict)
-    algorithm: str = "fedavg"
-    algorithm_args: dict[str, Any] = field(default_factory=dict)
-    #: the job's DP-SGD settings (DPSettings.as_args(); empty: no DP), :mod:`clara_fl.fl.site.dp`
-    dp: dict[str, Any] = field(default_factory=dict)
 
     @property
     def policy(self) -> CodePolicy:
         return CodePolicy(self.code_policy, tuple(self.data_roots), catalog=dict(self.catalog))
+
+
+@dataclass(frozen=True)
+class SiteSettings(SiteAppSettings):
+    """The site's part with the job's algorithm: what training and cross-site validation share."""
+
+    algorithm: str = "fedavg"
+    algorithm_args: dict[str, Any] = field(default_factory=dict)
+    #: the job's DP-SGD settings (DPSettings.as_args(); empty: no DP), :mod:`clara_fl.fl.site.dp`
+    dp: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

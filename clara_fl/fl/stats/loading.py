@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.config.restrictions import CodePolicy
+from clara_fl.fl.site.local_training import SiteAppSettings
 from clara_fl.fl.stats.features import DEFAULT_SAMPLE_VOXELS, CaseSummary, summarize_case
 
 __all__ = ["StatsSettings", "cut_loading_transforms", "site_case_summaries"]
@@ -33,24 +33,13 @@ _DATASET_PREFIX = "clara_fl_stats_"
 
 
 @dataclass(frozen=True)
-class StatsSettings:
-    """Where the job's MMAR is, what the site adds to it, and what to read (sent to the confined process)."""
+class StatsSettings(SiteAppSettings):
+    """The site's part of the job and what to read (sent to the confined process)."""
 
-    app_dir: str
-    environment: str = "config/environment.json"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    site_values: dict[str, Any] = field(default_factory=dict)
-    code_policy: str = "restricted"
-    data_roots: list[str] = field(default_factory=list)
-    catalog: dict[str, Any] = field(default_factory=dict)
     validation_config: str = "config/config_validation.json"
     train_config: str = "config/config_train.json"
     datalist_keys: list[str] = field(default_factory=list)
     sample_voxels: int = DEFAULT_SAMPLE_VOXELS
-
-    @property
-    def policy(self) -> CodePolicy:
-        return CodePolicy(self.code_policy, tuple(self.data_roots), catalog=dict(self.catalog))
 
 
 def cut_loading_transforms(transforms: list[Any]) -> list[Any]:

@@ -22,7 +22,6 @@ __all__ = [
     "check_algorithm_args",
     "check_algorithm_under_he",
     "parse_algorithm_args",
-    "template_for",
 ]
 
 # the training workflow of each template family, by id
@@ -68,16 +67,6 @@ def check_algorithm_under_he(name: str) -> None:
     if not algorithm.supports_he:
         valid = ", ".join(sorted(a.name for a in ALGORITHMS.values() if a.supports_he))
         raise UsageError("--he", None, f"{algorithm.name} cannot run with --he (with --he: {valid})")
-
-
-def template_for(name: str, template: str, default_template: str) -> str:
-    """The job template for algorithm ``name``: its own when the job asks for the default one.
-
-    Raises:
-        UsageError: an unknown algorithm.
-    """
-    algorithm = algorithm_named(name)
-    return algorithm.job_template if algorithm.job_template and template == default_template else template
 
 
 def apply_algorithm(

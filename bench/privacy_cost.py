@@ -51,29 +51,48 @@ def site_file(work: Path, mmar: str) -> Path:
 
 
 def run_arm(
-    work: Path, mmar: str, sites: Path, privacy: str | None, rounds: int, local_epochs: int
+    work: Path,
+    mmar: str,
+    sites: Path,
+    privacy: str | None,
+    rounds: int,
+    local_epochs: int,
+    *,
+    dp: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """One FedAvg job with ``privacy`` (or none) at both sites: its cross-site table (site -> model -> metrics).
+
+    Args:
+        dp: DP-SGD at the sites (``--dp`` text), or None.
+        overrides: MMAR variables on top of the bench's own (e.g. the learning rate).
+        name: the arm's folder under ``work``; None: the filter's name (or "none").
 
     Raises:
         SystemExit: the simulation failed.
     """
+    from dataclasses import replace
+
     from clara_fl.apps.simulate import run_simulator
+    from clara_fl.fl.dp_settings import parse_dp_option
     from clara_fl.fl.jobs.privacy import parse_privacy_option
     from clara_fl.fl.jobs.results import find_cross_site_results, load_cross_site_results
-    from clara_fl.recipes.job_folder import create_job
+    from clara_fl.recipes.job_folder import create_job, job_settings
 
-    name = privacy.split(":")[0] if privacy else "none"
+    name = name or (privacy.split(":")[0] if privacy else "none")
     arm = work / name
     shutil.rmtree(arm, ignore_errors=True)
     filters = [parse_privacy_option(privacy)] if privacy else None
+    settings = replace(job_settings(REPO / "mmars" / mmar), dp=parse_dp_option(dp)) if dp else None
     job = create_job(
         REPO / "mmars" / mmar,
         arm / "job",
         num_rounds=rounds,
         local_epochs=local_epochs,
         min_clients=2,
-        overrides=MMARS[mmar]["overrides"],
+        overrides={**MMARS[mmar]["overrides"], **(overrides or {})},
+        settings=settings,
         privacy_filters=filters,
         say=lambda line: print(f"  {line}"),
     )

@@ -1,5 +1,6 @@
 """A DP-SGD job on the spleen MMAR in FLARE's simulator: the sites train with Opacus, record the epsilon they
-spent each round (site log, site events, the result's meta) and the report shows it beside the cross-site table."""
+spent each round (site log, site events, the result's meta), and the report and the cross-site table that
+``clara-fl simulate`` prints show it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ pytestmark = pytest.mark.e2e
 ROUNDS = 2
 
 
-def test_a_dp_job_trains_and_records_the_epsilon_each_site_spent_each_round(tmp_path: Path) -> None:
+def test_a_dp_job_trains_and_records_the_epsilon_each_site_spent_each_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from clara_fl.cli import main
     from clara_fl.data.synthetic import make_synthetic_dataset
     from clara_fl.fl.dp_settings import parse_dp_option
@@ -37,6 +40,7 @@ def test_a_dp_job_trains_and_records_the_epsilon_each_site_spent_each_round(tmp_
     code = main(["simulate", str(job), "-w", str(workspace), "-n", "2", "-t", "2", "--site-config", str(site_file)])
 
     assert code == 0, (workspace / "simulator_output.txt").read_text()[-3000:]
+    printed = capsys.readouterr().out.splitlines()
     for site in ("site-1", "site-2"):
         events = next(workspace.rglob(f"app_{site}/site_events.jsonl"))
         done = [e for e in read_events(events) if e.kind == SITE_TRAINING_DONE]
@@ -46,6 +50,9 @@ def test_a_dp_job_trains_and_records_the_epsilon_each_site_spent_each_round(tmp_
         log = (workspace / site / "log.txt").read_text()
         assert f"round {ROUNDS - 1}: DP-SGD epsilon spent" in log
         assert "extra (ignored)" not in log  # the server's global model has the sites' (DP-compatible) keys
+        row = next(line for line in printed if line.startswith(site))
+        assert row.split()[-1] == f"{spent[-1]:.3f}"  # the table's DP epsilon column: the last round's
+    assert any(line.startswith("DP epsilon: ") and "delta 0.001" in line for line in printed)
     results = collect(workspace)
     assert sorted(results.dp_epsilon) == ["site-1", "site-2"]
     assert results.cross_site is not None and results.last_epsilon("site-1") == pytest.approx(

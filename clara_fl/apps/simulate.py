@@ -121,11 +121,12 @@ def _wait(process: subprocess.Popen, seconds: float) -> bool:
 
 
 def report(workspace: str, metric: str | None, command: str = "simulate") -> int:
-    """Print the cross-site table of the simulation in ``workspace``; 1 (and one error line naming ``command``)
-    when it has none."""
+    """Print the cross-site table of the simulation in ``workspace`` (with each site's spent DP-SGD budget where the
+    sites trained with it); 1 (and one error line naming ``command``) when it has none."""
     from clara_fl.fl.jobs.results import cross_site_table, find_cross_site_results
+    from clara_fl.report.collect import spent_budgets
 
-    table = cross_site_table(workspace, metric)
+    table = cross_site_table(workspace, metric, budgets=spent_budgets(workspace))
     if table is None:
         print(f"clara-fl {command}: error: no cross_val_results.json under {workspace}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from typing import Any
 from clara_fl.config.errors import ConfigError
 from clara_fl.config.mmar import DEFAULT_ENVIRONMENT, read_config, resolve_in_mmar
 from clara_fl.config.variables import as_bool
+from clara_fl.fl.jobs.results import SpentBudgets
 from clara_fl.report.readers import (
     EVENTS_GLOB,
     case_scores_under,
@@ -41,9 +42,9 @@ from clara_fl.report.readers import (
     run_events,
 )
 from clara_fl.report.records import Curve, RunDescription, RunResults
-from clara_fl.runtime.events import SERVER_EVENTS_FILE, SITE_EVENTS_FILE
+from clara_fl.runtime.events import SERVER_EVENTS_FILE, SITE_EVENTS_FILE, Event
 
-__all__ = ["collect", "job_rounds"]
+__all__ = ["collect", "job_rounds", "spent_budgets"]
 
 CROSS_SITE_RESULTS = "cross_val_results.json"
 # algorithms whose sites submit another model than their best local one (as clara_fl.fl.jobs.results says)
@@ -221,11 +222,7 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     sites = sorted(site_names | set(cross_site.sites if cross_site else []))
     server_events = run_events(layout.server_events, layout.server_log, key_metric)
     timeline = round_timeline(server_events)
-    site_events = {
-        site: run_events(app / SITE_EVENTS_FILE, layout.site_logs.get(site), key_metric)
-        for site, app in layout.site_apps.items()
-        if (app / SITE_EVENTS_FILE).is_file() or site in layout.site_logs
-    }
+    site_events = _site_events(layout, key_metric)
     global_model = global_model_metrics(site_events, server_events)
     case_scores = [s for site, app in layout.site_apps.items() for s in case_scores_under(app / "eval", site)]
     privacy = [r for site, app in layout.site_apps.items() for r in read_privacy_releases(app, site)]
@@ -249,6 +246,34 @@ def _collect_federated(root: Path, layout: _Layout) -> RunResults:
     results = RunResults(description, cross_site, curves, global_model, timeline, case_scores, privacy, kept)
     results.dp_epsilon = dp_epsilon_spent(site_events)
     return results
+
+
+def _site_events(layout: _Layout, key_metric: str = "val_mean_dice") -> dict[str, list[Event]]:
+    """What each site of the run recorded (its events file, else its log)."""
+    return {
+        site: run_events(app / SITE_EVENTS_FILE, layout.site_logs.get(site), key_metric)
+        for site, app in layout.site_apps.items()
+        if (app / SITE_EVENTS_FILE).is_file() or site in layout.site_logs
+    }
+
+
+def spent_budgets(path: str | os.PathLike) -> SpentBudgets | None:
+    """The DP-SGD privacy budget each site of a federated run (a simulator workspace, a downloaded job) had spent
+    after its last round, as the report reads it from the sites' events; None when no site ran DP-SGD or ``path``
+    holds no federated run (a downloaded job has no site folders)."""
+    root = Path(path).resolve()
+    layout = _find_layout(root) if root.is_dir() else None
+    if layout is None:
+        return None
+    spent = dp_epsilon_spent(_site_events(layout))
+    if not spent:
+        return None
+    dp = _learner_args(_client_config(layout)).get("dp")
+    delta = dp.get("delta") if isinstance(dp, dict) else None
+    return SpentBudgets(
+        {site: rounds[max(rounds)] for site, rounds in spent.items()},
+        float(delta) if isinstance(delta, (int, float)) and not isinstance(delta, bool) else None,
+    )
 
 
 def _collect_standalone(root: Path) -> RunResults:

@@ -2,7 +2,8 @@
 
 FLARE's ``cross_val_results.json`` holds the cells that succeeded; clara-fl's server
 (:class:`~clara_fl.fl.server.site_failures.SiteFailureReporter`) writes the ones that failed, with the
-site's reason, to ``cross_val_failures.json`` beside it (:class:`CrossSiteFailures`). The table shows both.
+site's reason, to ``cross_val_failures.json`` beside it (:class:`CrossSiteFailures`). The table shows both, and
+where the sites trained with DP-SGD, the privacy budget each had spent (:class:`SpentBudgets`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "CrossSiteFailures",
+    "SpentBudgets",
     "cross_site_table",
     "find_cross_site_results",
     "format_cross_site_table",
@@ -33,6 +35,7 @@ SERVER_CONFIG_NAME = "config_fed_server.json"
 SITE_MODEL_LABELS = {"ditto": "personalized"}
 FAILURES_NAME = "cross_val_failures.json"
 FAILED = "failed"
+EPSILON_COLUMN = "DP epsilon"
 
 
 @dataclass
@@ -65,6 +68,19 @@ class CrossSiteFailures:
         write_json_atomic(path, {"validations": self.validations, "models": self.models})
 
 
+@dataclass(frozen=True)
+class SpentBudgets:
+    """The DP-SGD privacy budget each site had spent on its training data after its last round: ``epsilon[site]``,
+    at the job's ``delta`` (None: not known)."""
+
+    epsilon: Mapping[str, float]
+    delta: float | None = None
+
+    def note(self) -> str:
+        at = f" at delta {self.delta:g}" if self.delta is not None else ""
+        return f"{EPSILON_COLUMN}: the privacy budget each site had spent after its last round of DP-SGD{at}"
+
+
 def find_cross_site_results(workspace: str | os.PathLike) -> Path | None:
     """The newest non-empty cross_val_results.json under a simulator workspace or downloaded job."""
     found = sorted(Path(workspace).rglob(RESULTS_NAME), key=lambda p: p.stat().st_mtime)
@@ -93,16 +109,28 @@ def site_model_label(run: str | os.PathLike) -> str | None:
     return None
 
 
-def cross_site_table(run: str | os.PathLike, metric: str | None = None) -> str | None:
+def cross_site_table(
+    run: str | os.PathLike, metric: str | None = None, *, budgets: SpentBudgets | None = None
+) -> str | None:
     """The cross-site table of a run (a simulator workspace or a downloaded job) as text: ``metric`` (default:
-    :func:`table_metric`), sites' models labelled as :func:`site_model_label` says, failed cells marked; None when
-    the run holds no cross_val_results.json."""
+    :func:`table_metric`), sites' models labelled as :func:`site_model_label` says, failed cells marked, each
+    site's spent DP-SGD budget where ``budgets`` has one; None when the run holds no cross_val_results.json.
+
+    Args:
+        run: the simulator workspace or downloaded job.
+        metric: the metric shown; None: :func:`table_metric`.
+        budgets: the run's spent DP-SGD budgets (``clara_fl.report.collect.spent_budgets``); None: no column.
+    """
     results = find_cross_site_results(run)
     if results is None:
         return None
     table = load_cross_site_results(results)
     return format_cross_site_table(
-        table, metric or table_metric(run, table), site_model_label(run), failures=load_cross_site_failures(results)
+        table,
+        metric or table_metric(run, table),
+        site_model_label(run),
+        failures=load_cross_site_failures(results),
+        budgets=budgets,
     )
 
 
@@ -145,17 +173,20 @@ def format_cross_site_table(
     site_label: str | None = None,
     *,
     failures: CrossSiteFailures | None = None,
+    budgets: SpentBudgets | None = None,
 ) -> str:
     """Rows: data site; columns: model owner (server models first, sites' models named ``site (site_label)``
     when given); cells: ``metric``, ``failed`` where the site failed the cell (``failures``), ``-`` where
-    there is no result and no recorded failure."""
+    there is no result and no recorded failure. Where any site trained with DP-SGD (``budgets``), a last column
+    holds the epsilon each site had spent (``-`` for a site without), and a line under the table says what it is."""
     failures = failures or CrossSiteFailures()
-    sites = sorted(set(results) | failures.sites())
+    spent = dict(budgets.epsilon) if budgets is not None else {}
+    sites = sorted(set(results) | failures.sites() | set(spent))
     owners = sorted({owner for row in results.values() for owner in row} | failures.owners(), key=_owner_order)
     names = [
         o.replace(".pt", "") if _owner_order(o)[0] == 0 or not site_label else f"{o} ({site_label})" for o in owners
     ]
-    headers = ["data site \\ model", *names]
+    headers = ["data site \\ model", *names, *([EPSILON_COLUMN] if spent else [])]
     rows = []
     for site in sites:
         cells = [site]
@@ -166,9 +197,13 @@ def format_cross_site_table(
                 cells.append(f"{value:.4f}")
             else:
                 cells.append(FAILED if failures.reason(site, owner) else "-")
+        if spent:
+            cells.append(f"{spent[site]:.3f}" if site in spent else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     lines = [f"{metric} (cross-site validation)", line(headers), line(["-" * w for w in widths]), *map(line, rows)]
     lines += [f"{FAILED}: {reason}" for reason in failures.explained()]
+    if spent and budgets is not None:
+        lines.append(budgets.note())
     return "\n".join(lines)

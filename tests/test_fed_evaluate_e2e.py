@@ -2,7 +2,8 @@
 on both sites' validation data with no training round.
 
 The trained model is the global model of the shared 3-round FedAvg simulation (``fedavg_simulation``, which the
-e2e run makes anyway); the untrained one is the MMAR's network as built.
+e2e run makes anyway); the untrained one is the MMAR's network as built. With ``--site-models`` each site also
+submits its own model: the one that simulation left at the site, named by the site file's ``own_model``.
 """
 
 from __future__ import annotations
@@ -38,33 +39,40 @@ def evaluation_models(fedavg_simulation: SimpleNamespace, folder: Path) -> list[
     return [f"untrained={untrained}", f"trained={trained}"]
 
 
-def assert_trained_wins_everywhere(results: dict[str, dict[str, dict[str, float]]]) -> None:
+def assert_trained_wins_everywhere(
+    results: dict[str, dict[str, dict[str, float]]], site_models: list[str] | None = None
+) -> None:
     assert set(results) == set(SITES), results
     for site in SITES:
-        assert sorted(results[site]) == MODELS, results[site]
+        assert sorted(results[site]) == sorted(MODELS + (site_models or [])), results[site]
         trained, untrained = (results[site][m]["val_mean_dice"] for m in MODELS)
         assert trained > untrained, f"{site}: trained {trained:.3f} vs untrained {untrained:.3f}"
 
 
-def test_evaluate_in_the_simulator_scores_both_models_at_both_sites_and_the_trained_one_wins(
+def test_evaluate_in_the_simulator_scores_both_models_and_each_sites_own_at_both_sites_and_the_trained_one_wins(
     fedavg_simulation: SimpleNamespace, tmp_path: Path
 ) -> None:
     from clara_fl.cli import main
 
     models = evaluation_models(fedavg_simulation, tmp_path / "models")
     workspace = tmp_path / "ws"
+    site_file = tmp_path / "clara_fl_site.json"
+    own_model = fedavg_simulation.workspace / "{SITE_NAME}" / "simulate_job" / "app_{SITE_NAME}" / "models" / "model.pt"
+    site_file.write_text(
+        json.dumps({**json.loads(fedavg_simulation.site_file.read_text()), "own_model": str(own_model)})
+    )
     printed = io.StringIO()
 
     with redirect_stdout(printed):
         code = main(
             ["evaluate", "-m", str(SPLEEN_MMAR), "--model", models[0], "--model", models[1], "-w", str(workspace)]
-            + ["--site-config", str(fedavg_simulation.site_file), "--set", *EVAL_SETTINGS]
+            + ["--site-models", "--site-config", str(site_file), "--set", *EVAL_SETTINGS]
         )
 
     assert code == 0, (workspace / "simulator_output.txt").read_text()[-3000:]
     results_file = find_cross_site_results(workspace)
     assert results_file is not None
-    assert_trained_wins_everywhere(load_cross_site_results(results_file))
+    assert_trained_wins_everywhere(load_cross_site_results(results_file), site_models=SITES)
     table = printed.getvalue()
     assert "val_mean_dice (cross-site validation)" in table and "SRV_trained" in table and "SRV_untrained" in table
     assert all(f"\n{site} " in table for site in SITES)

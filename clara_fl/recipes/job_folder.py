@@ -38,9 +38,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TEMPLATES_DIR",
     "create_job",
+    "deploy_map",
     "find_template",
+    "job_apps",
     "job_name",
     "job_settings",
+    "server_app_name",
     "validation_key_metric",
     "write_job_folder",
 ]
@@ -48,6 +51,8 @@ __all__ = [
 TEMPLATES_DIR = templates_dir()
 _read_conf = read_conf  # tests read templates through this name
 APP_NAME = "app"
+SERVER_APP_NAME = "app_server"  # with named sites (FLJob.sites): the server's app and the sites' app
+SITES_APP_NAME = "app_sites"
 
 
 def job_name(text: str) -> str:
@@ -146,13 +151,37 @@ def create_job(
     return output
 
 
+def job_apps(fl_job: FLJob) -> dict[str, tuple[str, ...]]:
+    """The job's app folders, each with the sides (``server``, ``client``) whose config it holds: one app for
+    everyone, or (``fl_job.sites``) the server's app and the sites' app."""
+    if fl_job.sites is None:
+        return {APP_NAME: ("server", "client")}
+    return {SERVER_APP_NAME: ("server",), SITES_APP_NAME: ("client",)}
+
+
+def server_app_name(fl_job: FLJob) -> str:
+    """The app folder the server gets."""
+    return next(app for app, sides in job_apps(fl_job).items() if "server" in sides)
+
+
+def deploy_map(fl_job: FLJob) -> dict[str, list[str]]:
+    """meta.json's ``deploy_map``: ``@ALL`` for one app, else the server's app to ``server`` and the sites' app to
+    the named sites (FLARE refuses ``@ALL`` beside any other target)."""
+    if fl_job.sites is None:
+        return {APP_NAME: ["@ALL"]}
+    return {SERVER_APP_NAME: ["server"], SITES_APP_NAME: list(fl_job.sites)}
+
+
 def write_job_folder(job: Path, name: str, mmar: Path, fl_job: FLJob) -> None:
-    """Write a FLARE job folder at ``job``: meta.json and one app deployed to every site and the server."""
-    app = job / APP_NAME
-    stage_mmar_files(mmar, fl_job.environment, app)
-    for side, config in (("server", fl_job.server.to_config()), ("client", fl_job.client.to_config())):
-        path = app / "config" / f"config_fed_{side}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=4) + "\n")
-    meta = {"name": name, "resource_spec": {}, "min_clients": fl_job.min_clients, "deploy_map": {APP_NAME: ["@ALL"]}}
+    """Write a FLARE job folder at ``job``: meta.json and the apps of :func:`job_apps`, each holding the MMAR's
+    files and its sides' configs."""
+    configs = {"server": fl_job.server.to_config(), "client": fl_job.client.to_config()}
+    for app_name, sides in job_apps(fl_job).items():
+        app = job / app_name
+        stage_mmar_files(mmar, fl_job.environment, app)
+        for side in sides:
+            path = app / "config" / f"config_fed_{side}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(configs[side], indent=4) + "\n")
+    meta = {"name": name, "resource_spec": {}, "min_clients": fl_job.min_clients, "deploy_map": deploy_map(fl_job)}
     (job / "meta.json").write_text(json.dumps(meta, indent=4) + "\n")

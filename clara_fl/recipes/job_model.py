@@ -212,6 +212,9 @@ class FLJob:
             MMAR's.
         privacy: what each privacy filter does to the sites' updates, a line each.
         aggregator: the robust aggregation rule in place of the weighted mean (``--aggregator``); None: the mean.
+        sites: the sites the client app goes to, by name: the job then has two apps, the server's and the sites'
+            (what only the server needs, such as the models of an evaluation job, stays off the sites); None: one
+            app for the server and every site (FLARE's ``@ALL``).
     """
 
     server: ServerApp
@@ -224,3 +227,4 @@ class FLJob:
     environment: dict[str, Any] | None = None
     privacy: list[str] = field(default_factory=list)
     aggregator: str | None = None
+    sites: list[str] | None = None

@@ -27,7 +27,7 @@ def test_every_figure_module_registers_its_figure_under_its_number() -> None:
 
     figures = [importlib.import_module(f"bench.figures.{name}").FIGURE for name in sorted(modules)]
 
-    assert list(FIGURES) == [str(n) for n in range(1, 11)]
+    assert list(FIGURES) == [str(n) for n in range(1, 12)]
     assert [FIGURES[f.number] for f in figures] == figures
     for name, figure in zip(sorted(modules), figures, strict=True):
         assert isinstance(figure, Figure) and name.startswith(f"fig{figure.number}_"), name

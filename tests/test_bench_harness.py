@@ -100,7 +100,7 @@ def test_the_figures_option_selects_known_figures_in_running_order() -> None:
     chosen = wanted_figures("9, 4,1,42", FIGURES)
 
     assert [f.number for f in chosen] == ["1", "4", "9"]
-    assert [f.number for f in wanted_figures(args().figures, FIGURES)] == [str(n) for n in range(1, 11)]
+    assert [f.number for f in wanted_figures(args().figures, FIGURES)] == [str(n) for n in range(1, 12)]
 
 
 def test_the_results_file_keeps_the_keys_of_the_recorded_runs() -> None:

@@ -53,6 +53,15 @@ def test_trimmed_mean_cuts_floor_beta_n_values_at_each_end_then_averages() -> No
     np.testing.assert_allclose(result.params["w"], [3.0])
 
 
+def test_trimmed_mean_cutting_one_of_three_at_each_end_is_the_median() -> None:
+    rows = updates([1, 10, 0], [2, -50, 0], [100, 20, 3])  # the e2e test's trimmed_mean:beta=0.34 at 3 sites
+
+    trimmed = parse_rule("trimmed_mean:beta=0.34").combine(rows)
+
+    np.testing.assert_array_equal(trimmed.params["w"], parse_rule("median").combine(rows).params["w"])
+    assert trimmed.cut_per_end == 1
+
+
 def test_trimmed_mean_that_cuts_nothing_is_the_plain_mean() -> None:
     result = parse_rule("trimmed_mean:beta=0.1").combine(updates([1], [2], [6]))
 
@@ -180,6 +189,9 @@ def test_a_bad_rule_is_one_line_saying_what_is_expected(text: str, message: str)
         (["--aggregator", "median", "--algorithm", "scaffold"], "scaffold's server step is not only an aggregation"),
         (["--aggregator", "krum:f=1", "--min-clients", "3"], "set --min-clients 5 or more"),
         (["--aggregator", "krum:f=1"], "a round may aggregate only --min-clients 2 sites"),
+        (["--aggregator", "krum:f"], "--aggregator krum:f: krum: expected NAME=VALUE, got 'f'"),
+        (["--aggregator", "multikrum:f=0,m=4", "--min-clients", "3"], "averages m = 4 updates, got only 3"),
+        (["--aggregator", "median", "--he", "--min-clients", "3"], "cannot run with --he"),
     ],
 )
 def test_job_create_refuses_an_aggregator_that_does_not_apply_in_one_line_writing_nothing(
@@ -197,6 +209,17 @@ def test_job_create_refuses_an_aggregator_that_does_not_apply_in_one_line_writin
 def test_an_aggregator_is_refused_with_he_because_the_server_cannot_see_the_values() -> None:
     with pytest.raises(UsageError, match="cannot run with --he: the server aggregates encrypted updates"):
         check_robust_aggregation("median", "fedavg", he=True)
+
+
+def test_the_recipe_refuses_a_rule_its_rounds_sites_cannot_meet_in_one_line() -> None:
+    from clara_fl.recipes import ClaraFedAvgRecipe
+
+    with pytest.raises(
+        UsageError, match="krum:f=1 needs more than 2f\\+2 = 4 updates .* set --min-clients 5 or more"
+    ) as e:
+        ClaraFedAvgRecipe(SPLEEN_MMAR, min_clients=3, aggregator="krum:f=1")
+
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedopt", "ditto", "fedbn"])

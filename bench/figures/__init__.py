@@ -17,6 +17,7 @@ MODULES = (
     "fig8_algorithms",
     "fig9_he",
     "fig10_scale",
+    "fig11_robust",
 )
 
 FIGURES: dict[str, Figure] = {

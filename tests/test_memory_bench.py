@@ -11,7 +11,7 @@ import pytest
 
 from bench.figures.fig5_memory import long_run_records
 from bench.figures.fig10_scale import round_gaps, scale_records
-from bench.harness.memory import TreeRss, descendants, round_series, site_totals
+from bench.harness.memory import TreeRss, descendants, last_thread_names, round_series, site_totals
 from bench.harness.settings import Settings
 
 
@@ -33,6 +33,26 @@ def test_round_series_name_each_process_by_its_round_marking_call_in_time_order(
     series = round_series(probe)
 
     assert series == {"site-1 training": [100.0, 101.0], "site-1 FLARE": [50.0], "server": [70.0]}
+
+
+def test_the_thread_count_series_follow_the_same_round_marking_calls_unscaled() -> None:
+    records = [
+        {**probe_record("server", "?", "ClaraModelPersistor", "save_model", 2.0, 70), "threads": 80},
+        {**probe_record("server", "?", "ClaraModelPersistor", "save_model", 1.0, 70), "threads": 60},
+        {**probe_record("wrapper", "site-1", "ClaraLearner", "validate", 1.5, 50), "threads": 999},
+    ]
+
+    assert round_series(records, "threads") == {"server": [60, 80]}
+
+
+def test_a_processs_thread_names_are_those_of_its_last_round() -> None:
+    records = [
+        {**probe_record("server", "?", "ClaraModelPersistor", "save_model", 2.0, 70), "thread_names": {"Thread-#": 9}},
+        {**probe_record("server", "?", "ClaraModelPersistor", "save_model", 1.0, 70), "thread_names": {"Thread-#": 3}},
+    ]
+
+    assert last_thread_names(records, "server") == {"Thread-#": 9}
+    assert last_thread_names(records, "site-1 FLARE") == {}
 
 
 def test_a_sites_rss_is_its_training_and_flare_processes_together_over_the_rounds_both_recorded() -> None:
@@ -102,3 +122,41 @@ def test_the_tree_sampler_adds_up_the_rss_of_this_processs_children() -> None:
         child.wait()
 
     assert total > 1_000_000 and sampler.peak_bytes == total and sampler.peak_processes >= 1
+
+
+def test_the_probe_counts_a_processs_python_threads_by_name_with_their_numbers_folded() -> None:
+    import threading
+
+    from bench.probe.sitecustomize import _thread_names
+
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait, name=f"stm_{n}") for n in (3, 17)]
+    for thread in threads:
+        thread.start()
+    try:
+        names = _thread_names()
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+    assert names["stm_#"] == 2 and names["MainThread"] == 1
+
+
+def test_the_probe_names_a_timer_thread_by_the_function_it_will_call() -> None:
+    import threading
+
+    from bench.probe.sitecustomize import _thread_names
+
+    def remove_task() -> None:
+        pass
+
+    timer = threading.Timer(60.0, remove_task)
+    timer.start()
+    try:
+        names = _thread_names()
+    finally:
+        timer.cancel()
+        timer.join()
+
+    assert names[f"Timer ({remove_task.__qualname__})"] == 1

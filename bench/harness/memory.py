@@ -97,23 +97,38 @@ class TreeRss:
         self._thread.join()
 
 
-def round_series(probe: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """RSS (MiB) after each round, per process, from bench/probe's records: ``<site> training`` (the site's confined
-    process, after the trainer's run), ``<site> FLARE`` (the site's FLARE process, after ``ClaraLearner.train``) and
-    ``server`` (after the persistor saved the round's global model)."""
+def process_of(record: dict[str, Any]) -> str | None:
+    """The process a probe record marks a round of: ``<site> training`` (the site's confined process, after the
+    trainer's run), ``<site> FLARE`` (the site's FLARE process, after ``ClaraLearner.train``) or ``server`` (after
+    the persistor saved the round's global model); None for any other call."""
+    kind, site = record.get("kind", "engine"), record["site"]
+    if kind == "engine" and record["engine"].endswith("Trainer") and site != "?":
+        return f"{site} training"
+    if kind == "wrapper" and record["method"] == "train" and site != "?":
+        return f"{site} FLARE"
+    if kind == "server":
+        return "server"
+    return None
+
+
+def round_series(probe: list[dict[str, Any]], field: str = "rss") -> dict[str, list[float]]:
+    """``field`` after each round, per process (:func:`process_of`), from bench/probe's records: RSS in MiB, or
+    another numeric field as recorded (``threads``: the process's thread count)."""
     series: dict[str, list[float]] = {}
     for record in sorted(probe, key=lambda r: r["end"]):
-        kind, site = record.get("kind", "engine"), record["site"]
-        if kind == "engine" and record["engine"].endswith("Trainer") and site != "?":
-            name = f"{site} training"
-        elif kind == "wrapper" and record["method"] == "train" and site != "?":
-            name = f"{site} FLARE"
-        elif kind == "server":
-            name = "server"
-        else:
+        name = process_of(record)
+        if name is None or field not in record:
             continue
-        series.setdefault(name, []).append(record["rss"] / 2**20)
+        value = record[field]
+        series.setdefault(name, []).append(value / 2**20 if field == "rss" else value)
     return series
+
+
+def last_thread_names(probe: list[dict[str, Any]], process: str) -> dict[str, int]:
+    """``process``'s Python threads by name (numbers folded) at its last round, as the probe recorded them; empty
+    when the probe did not record names."""
+    marking = [r for r in probe if process_of(r) == process and "thread_names" in r]
+    return dict(max(marking, key=lambda r: r["end"])["thread_names"]) if marking else {}
 
 
 def site_totals(series: dict[str, list[float]]) -> dict[str, list[float]]:

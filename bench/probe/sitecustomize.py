@@ -10,7 +10,7 @@ their modules are imported:
 Each outermost call appends one JSON line to ``DIR/probe-<pid>.jsonl``: kind, class and method,
 wall-clock start/end (``time.time()``), the site named in the working directory (a site's confined
 process, which may not write to DIR, writes to ``.bench_probe/`` in its working directory instead), and the process's
-RSS after the call, its peak RSS so far, its thread count and the bytes its sockets have sent and
+RSS after the call, its peak RSS so far, its thread count (and its Python threads by name, numbers folded) and the bytes its sockets have sent and
 received so far (``socket.socket`` send/sendall/recv/recv_into, which FLARE's TCP driver uses; figure 9
 reads the bytes a site sends per round from them). Nothing else changes: the time outside the engine runs
 is what the FL machinery (wrapper + FLARE) costs per round, and the wrapper records split it into
@@ -70,6 +70,22 @@ def _threads() -> int:
         return len(os.listdir("/proc/self/task"))
     except OSError:
         return -1
+
+
+def _thread_names() -> dict:
+    """The process's Python threads by name, numbers folded (``Thread-12 (run)`` -> ``Thread-# (run)``), a
+    ``threading.Timer`` by the function it will call: which kind of thread a growing thread count is made of."""
+    import collections
+    import re
+    import threading
+
+    def kind(thread: threading.Thread) -> str:
+        if isinstance(thread, threading.Timer):
+            function = getattr(thread, "function", None)
+            return f"Timer ({getattr(function, '__qualname__', function)!s})"
+        return re.sub(r"\d+", "#", thread.name)
+
+    return dict(collections.Counter(kind(t) for t in threading.enumerate()))
 
 
 _HEAP_EVERY = int(os.environ.get("CLARA_FL_BENCH_HEAP") or 0)
@@ -248,6 +264,7 @@ def _patch(module: object, targets: list) -> None:
                         "rss": _rss_bytes(),
                         "peak_rss": _peak_rss_bytes(),
                         "threads": _threads(),
+                        "thread_names": _thread_names(),
                         "bytes_sent": _BYTES["sent"],
                         "bytes_received": _BYTES["received"],
                         "heap": _heap_bytes(),

@@ -12,6 +12,7 @@ from nvflare.app_common.abstract.model import ModelLearnable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
+from nvflare.fuel.utils import memory_utils
 
 from clara_fl.fl.server.run_state import ServerRunState, is_job_id, read_run_state, write_run_state
 
@@ -68,8 +69,9 @@ class ClaraModelPersistor(PTFileModelPersistor):
 
     After every saved global model it writes the run state (:mod:`clara_fl.fl.server.run_state`):
     the rounds done and the best model so far, so that ``clara-fl job resume`` can continue a job
-    whose server died. A continuation job names the stranded job in ``resume_from_job``: its initial
-    global model is the one that job saved (read from that job's app folder in the same server
+    whose server died; then it gives the memory the round freed back to the system (glibc's ``malloc_trim``,
+    as a site does before each task). A continuation job names the stranded job in ``resume_from_job``: its
+    initial global model is the one that job saved (read from that job's app folder in the same server
     workspace), and the saved best global model stays the best until a better one comes.
 
     Args:
@@ -185,6 +187,10 @@ class ClaraModelPersistor(PTFileModelPersistor):
         if isinstance(current_round, int) and isinstance(num_rounds, int):
             self._rounds = (current_round + 1, start_round + num_rounds)
             self._write_run_state(fl_ctx)
+        # Once a round: the sites' results and the model's serialized copies are freed by now, and glibc keeps freed
+        # pages in the arenas of FLARE's many threads (docs/benchmarks.md, figure 5). As the sites do before each
+        # task; milliseconds, no gc.collect (FLARE's memory_gc_rounds does that, every few rounds).
+        memory_utils.try_malloc_trim()
 
     def handle_event(self, event: str, fl_ctx: FLContext) -> None:
         super().handle_event(event, fl_ctx)

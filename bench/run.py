@@ -22,6 +22,7 @@ on the shared harness in bench/harness/:
 7. GPU throughput        fig7_gpu.py             only where a GPU is present
 8. algorithms            fig8_algorithms.py      identical / differing sites, six FL algorithms, the same budget
 9. homomorphic encryption fig9_he.py             round time with --he / without: <= 2.0; bytes sent per round
+10. sites per machine    fig10_scale.py          2 / 4 / 8 simulated sites: round time and peak RSS sum (reported)
 11. robust aggregation   fig11_robust.py         one bad site of 3: each --aggregator rule within 0.05 Dice of
                                                  FedAvg on the 2 honest sites, plain FedAvg > 0.3 below it
 

@@ -2,12 +2,14 @@
 """What DP-SGD (``--dp``) costs in model quality: the same FedAvg job with and without it, on the same data.
 
     .venv/bin/python bench/dp_cost.py [--mmar spleen_ct_seg] [--rounds 3] [--local-epochs 3] [--lr 1e-3]
-        [--dp epsilon=8,delta=1e-3,max_grad_norm=1]
+        [--dp epsilon=8,delta=1e-3,max_grad_norm=1] [--cases 12]
 
 Two arms of ``bench/privacy_cost.py``'s harness (2 simulated sites, the same synthetic data, FedAvg with cross-site
 validation): no DP, then DP-SGD at both sites with ``--dp``. For each: the final global model's key metric at each
 site (cross-site validation), the epsilon each site had spent after each round (the report's reader of the sites'
-events), the wall time and the load average around it; and the untrained network's metric. The learning rate is set
+events), each site's DP set-up line (rows per case, noise multipliers: the epsilon is per case), the wall time and
+the load average around it; and the untrained network's metric. ``--cases`` sets the synthetic cases of the data
+(12 by default, ``bench/privacy_cost.py``'s: 5 and 4 training cases at the two sites). The learning rate is set
 for both arms (the e2e privacy tests' 1e-3 learns on this data in 3 rounds of 3 local epochs; the MMAR's own 2e-4
 does not). Results go to stdout and ``bench/results/dp_cost_<mmar>.json``.
 """
@@ -26,9 +28,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.harness.data import write_site_config  # noqa: E402
 from bench.privacy_cost import MMARS, run_arm, site_file, untrained  # noqa: E402
 
 DEFAULT_DP = "epsilon=8,delta=1e-3,max_grad_norm=1"
+DP_SETUP = "DP at the case level"  # the site log's set-up line (clara_fl.fl.site.dp)
+
+
+def data(work: Path, mmar: str, cases: int | None) -> Path:
+    """The site file of the bench's data: ``privacy_cost``'s, or the spleen data with ``cases`` cases."""
+    if cases is None:
+        return site_file(work, mmar)
+    if mmar != "spleen_ct_seg":
+        raise SystemExit("--cases: only for spleen_ct_seg")
+    from clara_fl.data.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(work / "data", cases=cases, sites=2, shape=(32, 32, 32), seed=0).root
+    return write_site_config(work / "clara_fl_site.json", root)
 
 
 def arm(
@@ -56,6 +72,10 @@ def arm(
         record["epsilon_per_round"] = {
             site: {str(r): e for r, e in sorted(rounds.items())} for site, rounds in spent.items()
         }
+        record["dp_setup"] = {
+            site: next((line for line in log.read_text().splitlines() if DP_SETUP in line), None)
+            for site, log in ((p.parent.name, p) for p in sorted((work / name / "ws").glob("site-*/log.txt")))
+        }
     print(f"  global model {metric}: {record['global_model']} ({seconds:.0f} s)", flush=True)
     if dp:
         print(f"  epsilon spent per round: {record['epsilon_per_round']}", flush=True)
@@ -69,10 +89,11 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dp", default=DEFAULT_DP, help=f"the DP arm's --dp (default {DEFAULT_DP})")
+    parser.add_argument("--cases", type=int, default=None, help="synthetic cases (spleen; default 12)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="clara_fl_dp_cost_"))
-    sites = site_file(work, args.mmar)
+    sites = data(work, args.mmar, args.cases)
     record: dict[str, Any] = {
         "mmar": args.mmar,
         "metric": MMARS[args.mmar]["metric"],
@@ -80,6 +101,7 @@ def main() -> None:
         "local_epochs": args.local_epochs,
         "learning_rate": args.lr,
         "sites": 2,
+        "cases": args.cases or 12,
         "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -89,7 +111,8 @@ def main() -> None:
     }
     record["untrained"] = untrained(work, args.mmar, sites)
     print(f"  untrained {record['metric']}: {record['untrained']}")
-    out = REPO / "bench" / "results" / f"dp_cost_{args.mmar}.json"
+    suffix = f"_{args.cases}cases" if args.cases else ""
+    out = REPO / "bench" / "results" / f"dp_cost_{args.mmar}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

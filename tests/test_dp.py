@@ -1,5 +1,6 @@
-"""DP-SGD at the sites (--dp): option parsing, the site file's DP policy, the network fix, epsilon accounting that
-matches Opacus's accountant, the budget stop and the job's wiring."""
+"""DP-SGD at the sites (--dp): option parsing, the site file's DP policy, the network fix, per-case epsilon
+accounting that matches Opacus's accountant (k rows per case: k times the noise), the guard on the rows a case
+gives, the budget stop and the job's wiring."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ import torch
 
 from clara_fl.config.errors import ConfigError, UsageError
 from clara_fl.fl.dp_settings import DPSettings, SiteDPPolicy, parse_dp_option, site_dp_policy
-from clara_fl.fl.site.dp import DP_EPSILON_KEY, DPBudgetSpent, PrivateTraining, make_dp_compatible
+from clara_fl.fl.site.dp import (
+    DP_EPSILON_KEY,
+    DPBudgetSpent,
+    PrivateTraining,
+    RowsPerCaseGuard,
+    item_rows,
+    make_dp_compatible,
+)
 from clara_fl.fl.site.local_algorithm import LocalAlgorithm
 from clara_fl.workflows.round import RoundSpec
 from tests.conftest import SPLEEN_MMAR
 
 SAMPLES, BATCH = 16, 4
+LOADER = ("config/config_train.json", "train.dataloader", "DataLoader")
 
 
 # -- the option ------------------------------------------------------------------------------------
@@ -184,14 +193,22 @@ def test_a_layer_opacus_cannot_train_is_refused_by_name() -> None:
 # -- accounting ----------------------------------------------------------------------------------
 
 
-def _workflow(tmp_path: Path) -> SimpleNamespace:
-    """A MONAI SupervisedTrainer on a tiny network with BatchNorm: the parts a site's algorithm sees."""
+def _sample() -> dict[str, torch.Tensor]:
+    return {"image": torch.randn(4), "label": torch.randn(1)}
+
+
+def _workflow(tmp_path: Path, rows: int = 1, later_rows: int | None = None) -> SimpleNamespace:
+    """A MONAI SupervisedTrainer on a tiny network with BatchNorm: the parts a site's algorithm sees. Each case
+    gives ``rows`` samples (a list, as a multi-sample transform makes it; one: a dict) through MONAI's
+    ``list_data_collate``; with ``later_rows``, every case but the first gives that many."""
+    from monai.data import DataLoader
     from monai.engines import SupervisedTrainer
 
     torch.manual_seed(0)
-    data = [{"image": torch.randn(4), "label": torch.randn(1)} for _ in range(SAMPLES)]
-    dataset: Any = data  # a list of samples, as torch's DataLoader takes it
-    loader: torch.utils.data.DataLoader[Any] = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    counts = [rows] + [later_rows or rows] * (SAMPLES - 1)
+    data = [[_sample() for _ in range(n)] if n > 1 else _sample() for n in counts]
+    dataset: Any = data  # a list of cases, as torch's DataLoader takes it
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True)
     network = torch.nn.Sequential(
         torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
     )
@@ -213,15 +230,27 @@ def _round(private: PrivateTraining, workflow: SimpleNamespace) -> dict[str, Any
     return private.after_round(workflow, {}, private.steps_per_round)
 
 
-def _opacus_epsilon(dp: DPSettings, rounds_done: int) -> float:
-    """Opacus's own RDP accountant for the same settings, step by step."""
-    from opacus.accountants import RDPAccountant
+def _case_noise_multiplier(dp: DPSettings) -> float:
+    """Opacus's noise multiplier for the budget at the case level: cases drawn at BATCH / SAMPLES, the job's steps."""
     from opacus.accountants.utils import get_noise_multiplier
 
     sample_rate, steps_per_round = BATCH / SAMPLES, SAMPLES // BATCH
-    sigma = get_noise_multiplier(
-        target_epsilon=dp.epsilon, target_delta=dp.delta, sample_rate=sample_rate, steps=steps_per_round * dp.rounds
+    return float(
+        get_noise_multiplier(
+            target_epsilon=dp.epsilon,
+            target_delta=dp.delta,
+            sample_rate=sample_rate,
+            steps=steps_per_round * dp.rounds,
+        )
     )
+
+
+def _opacus_epsilon(dp: DPSettings, rounds_done: int) -> float:
+    """Opacus's own RDP accountant for the per-case settings (its noise multiplier per case), step by step."""
+    from opacus.accountants import RDPAccountant
+
+    sample_rate, steps_per_round = BATCH / SAMPLES, SAMPLES // BATCH
+    sigma = _case_noise_multiplier(dp)
     accountant = RDPAccountant()
     for _ in range(steps_per_round * rounds_done):
         accountant.step(noise_multiplier=sigma, sample_rate=sample_rate)
@@ -229,8 +258,9 @@ def _opacus_epsilon(dp: DPSettings, rounds_done: int) -> float:
 
 
 @pytest.mark.integration  # trains a MONAI trainer under Opacus (seconds on a loaded machine)
-def test_the_epsilon_a_site_reports_each_round_is_opacus_accountants(tmp_path: Path) -> None:
-    workflow = _workflow(tmp_path)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_epsilon_a_site_reports_each_round_is_opacus_accountants_per_case(tmp_path: Path, rows: int) -> None:
+    workflow = _workflow(tmp_path, rows=rows)
     dp = DPSettings(epsilon=3.0, delta=1e-5, max_grad_norm=1.0, rounds=3)
     private = PrivateTraining(LocalAlgorithm(), dp, RoundSpec(local_epochs=1))
     private.setup(workflow)
@@ -239,6 +269,23 @@ def test_the_epsilon_a_site_reports_each_round_is_opacus_accountants(tmp_path: P
 
     assert reported == pytest.approx([_opacus_epsilon(dp, 1), _opacus_epsilon(dp, 2)], rel=1e-9)
     assert reported[0] < reported[1] < dp.epsilon
+    assert private.rows_per_case == rows
+    # a case's k rows move the clipped sum by up to k x C: the noise added per row is k times the per-case one
+    assert workflow.trainer.optimizer.noise_multiplier == pytest.approx(rows * _case_noise_multiplier(dp), rel=1e-12)
+
+
+@pytest.mark.integration  # builds Opacus's loader and trains until the refusal
+def test_a_case_giving_more_rows_than_the_first_is_refused_before_its_step(tmp_path: Path) -> None:
+    workflow = _workflow(tmp_path, rows=2, later_rows=3)
+    dp = DPSettings(epsilon=3.0, delta=1e-5, max_grad_norm=1.0, rounds=3)
+    private = PrivateTraining(LocalAlgorithm(), dp, RoundSpec(local_epochs=1))
+    private.setup(workflow)
+
+    with pytest.raises(ConfigError, match="a case gave 3 batch rows, more than the 2 per case") as raised:
+        _round(private, workflow)
+
+    assert raised.value.path == "train.dataloader" and "\n" not in str(raised.value)
+    assert private.history == []  # the first batch (seeded) holds a later case: no step ran, none was accounted
 
 
 @pytest.mark.integration  # trains a MONAI trainer under Opacus (seconds on a loaded machine)
@@ -260,6 +307,89 @@ def _saved(state: dict[str, Any], tmp_path: Path) -> Path:
     path = tmp_path / "state.pt"
     torch.save(state, path)
     return path
+
+
+def test_the_local_state_keeps_the_rows_per_case_with_a_history_of_per_case_multipliers() -> None:
+    private = PrivateTraining(LocalAlgorithm(), DPSettings(3.0, 1e-5, 1.0, rounds=3), RoundSpec(local_epochs=1))
+    private.rows_per_case = 4
+    private.history.append((1.5, 0.25, 8))
+
+    state = private.state_dict()
+
+    assert state["dp_rows_per_case"] == 4 and state["dp_accounting"] == "per_case"
+    assert state["dp_history"] == [[1.5, 0.25, 8]]
+
+
+def test_a_history_saved_per_batch_row_is_re_accounted_per_case_on_resume() -> None:
+    private = PrivateTraining(LocalAlgorithm(), DPSettings(3.0, 1e-5, 1.0, rounds=3), RoundSpec(local_epochs=1))
+    private.rows_per_case = 4  # what setup() measured at this site
+
+    private.load_state_dict({"inner": {}, "dp_history": [[6.0, 0.25, 8]]})  # a state from before per-case accounting
+
+    assert private.history == [(1.5, 0.25, 8)]
+
+
+# -- the rows a case gives -------------------------------------------------------------------------
+
+
+def _cases(*rows: int) -> list[Any]:
+    return [[_sample() for _ in range(n)] if n > 1 else _sample() for n in rows]
+
+
+def test_a_case_gives_one_row_per_sample_of_its_list_and_one_for_a_dict() -> None:
+    assert [item_rows(case) for case in _cases(4, 1)] == [4, 1]
+    assert item_rows((torch.zeros(4), torch.zeros(1))) == 1  # one sample's parts
+
+
+def test_the_guard_collates_cases_giving_at_most_their_rows() -> None:
+    from monai.data import list_data_collate
+
+    guard = RowsPerCaseGuard(list_data_collate, 4, LOADER)
+
+    batch = guard(_cases(4, 2, 3))
+
+    assert batch["image"].shape == (9, 4)
+
+
+def test_the_guard_refuses_a_case_giving_more_rows_in_one_line_naming_the_loader() -> None:
+    from monai.data import list_data_collate
+
+    guard = RowsPerCaseGuard(list_data_collate, 2, LOADER)
+
+    with pytest.raises(ConfigError) as raised:
+        guard(_cases(2, 3))
+
+    assert str(raised.value).startswith("config/config_train.json: train.dataloader: DP-SGD: a case gave 3 batch rows")
+    assert "\n" not in str(raised.value)
+
+
+def test_the_guard_refuses_a_collate_whose_rows_it_cannot_count() -> None:
+    from torch.utils.data import default_collate
+
+    guard = RowsPerCaseGuard(default_collate, 2, LOADER)  # torch's collate turns a list of samples into columns
+
+    with pytest.raises(ConfigError, match="cannot count the rows each case gives: 2 cases of 4 rows collated into 2"):
+        guard(_cases(2, 2))
+
+
+def test_a_refusal_in_a_loader_worker_reaches_the_main_process_with_the_loaders_config_item() -> None:
+    from monai.data import list_data_collate
+
+    from clara_fl.config.errors import root_cause
+    from clara_fl.workflows.failures import NOTE
+
+    cases: Any = _cases(2, 3)
+    guard = RowsPerCaseGuard(list_data_collate, 2, LOADER)
+    loader = torch.utils.data.DataLoader(cases, batch_size=2, num_workers=1, collate_fn=guard)
+
+    with pytest.raises(ConfigError) as raised:
+        next(iter(loader))
+
+    kind, message = root_cause(raised.value)
+    assert kind == "ConfigError" and message.startswith("DP-SGD: a case gave 3 batch rows")
+    assert NOTE + json.dumps({"file": LOADER[0], "json_path": LOADER[1], "component": LOADER[2], "case": None}) in str(
+        raised.value
+    )
 
 
 @pytest.mark.integration  # trains a MONAI trainer under Opacus (seconds on a loaded machine)

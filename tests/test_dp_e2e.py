@@ -49,6 +49,7 @@ def test_a_dp_job_trains_and_records_the_epsilon_each_site_spent_each_round(
         assert 0 < spent[0] < spent[1] <= dp.epsilon
         log = (workspace / site / "log.txt").read_text()
         assert f"round {ROUNDS - 1}: DP-SGD epsilon spent" in log
+        assert "DP at the case level: 4 rows per case" in log  # the MMAR's 4 crops a case: the noise is per case
         assert "extra (ignored)" not in log  # the server's global model has the sites' (DP-compatible) keys
         row = next(line for line in printed if line.startswith(site))
         assert row.split()[-1] == f"{spent[-1]:.3f}"  # the table's DP epsilon column: the last round's

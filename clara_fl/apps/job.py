@@ -82,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--dp",
         metavar="epsilon=E,delta=D,max_grad_norm=C",
         help="DP-SGD at every site (Opacus; pip install clara-fl[dp]): a privacy budget epsilon at delta for the "
-        "whole job, per-sample gradients clipped to max_grad_norm; each site stops once its budget is spent",
+        "whole job and per case (one item of the training datalist), each batch row's gradient clipped to "
+        "max_grad_norm; each site stops once its budget is spent",
     )
     create.set_defaults(run=run_create)
     add_resume_parser(actions)

@@ -24,8 +24,9 @@ SITE_POLICY_KEYS = ("required", "max_epsilon")
 
 @dataclass(frozen=True)
 class DPSettings:
-    """DP-SGD at every site: the privacy budget (``epsilon`` at ``delta``) for the whole job, the per-sample
-    gradient clipping norm, and the rounds the noise is planned over (the job's number of rounds).
+    """DP-SGD at every site: the privacy budget (``epsilon`` at ``delta``, per case: one item of the MMAR's
+    training datalist) for the whole job, the gradient clipping norm of each batch row (a case gives one row per
+    sample its transforms make), and the rounds the noise is planned over (the job's number of rounds).
 
     Raises:
         ValueError: a value out of range (epsilon and max_grad_norm > 0, 0 < delta < 1, rounds >= 1).
@@ -54,8 +55,8 @@ class DPSettings:
 
     def describe(self) -> str:
         return (
-            f"DP-SGD: epsilon {self.epsilon:g} at delta {self.delta:g} over {self.rounds} round(s), "
-            f"per-sample gradients clipped to {self.max_grad_norm:g}"
+            f"DP-SGD: epsilon {self.epsilon:g} at delta {self.delta:g} per case over {self.rounds} round(s), "
+            f"each batch row's gradient clipped to {self.max_grad_norm:g}"
         )
 
     @classmethod

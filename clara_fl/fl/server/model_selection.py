@@ -9,6 +9,10 @@ validate the final global model the same way (the Learner's evaluator, the MMAR'
 fire :data:`FINAL_GLOBAL_MODEL_VALIDATED` with their metrics; the selector weighs them as it weighs
 every round's, and if the final model is the best, fires FLARE's ``GLOBAL_BEST_MODEL_AVAILABLE``
 so the persistor saves it as ``best_FL_global_model.pt``.
+
+A failed train result (a site that refused the round, e.g. its DP budget spent) carries no model and no metrics:
+the selector skips it on its return code, with one line, where FLARE's selector would log a traceback ("shareable
+data is not a valid DXO").
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from nvflare.apis.dxo import MetaKey, from_shareable
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import ReturnCode, Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
@@ -59,11 +64,26 @@ class GlobalModelSelector(IntimeModelSelector):
             # a ModelController workflow fires it for every result, cross-site evaluation's too: not a round's
             if fl_ctx.get_prop(FLContextKey.TASK_NAME) in _CROSS_SITE_TASKS:
                 return
+            if self._failed_result(fl_ctx):
+                return
             if self.weigh_by_local_iter:
                 self._remember_steps(fl_ctx)
         super().handle_event(event_type, fl_ctx)
         if event_type == FINAL_GLOBAL_MODEL_VALIDATED:
             self._score_final_model(fl_ctx.get_prop(FINAL_GLOBAL_MODEL_METRICS) or {}, fl_ctx)
+
+    def _failed_result(self, fl_ctx: FLContext) -> bool:
+        """True (with one line) when the contribution is a failed result: a return code other than OK."""
+        peer_ctx = fl_ctx.get_peer_context()
+        result = peer_ctx.get_prop(FLContextKey.SHAREABLE) if peer_ctx is not None else None
+        if not isinstance(result, Shareable):
+            return False
+        code = result.get_return_code(ReturnCode.OK)
+        if code == ReturnCode.OK:
+            return False
+        site = peer_ctx.get_identity_name(default="?") if peer_ctx is not None else "?"
+        self.log_info(fl_ctx, f"no validation metric from {site} this round: its result failed ({code})")
+        return True
 
     def _remember_steps(self, fl_ctx: FLContext) -> None:
         peer_ctx = fl_ctx.get_peer_context()

@@ -1,17 +1,37 @@
-"""DP-SGD at a site with Opacus, on the MMAR's own trainer, with the privacy budget accounted over the whole job.
+"""DP-SGD at a site with Opacus, on the MMAR's own trainer, with the privacy budget accounted per case over the job.
 
 After the MMAR's trainer is built, :class:`PrivateTraining` (wrapping the job's :class:`LocalAlgorithm`) makes the
 network compatible the way Opacus documents (BatchNorm replaced by GroupNorm, in place, the GroupNorm taking over
 the BatchNorm's affine parameters so the optimizer, the evaluator and the checkpoints keep pointing at the network's
 parameters) and hands the trainer's network, optimizer and data loader to Opacus's ``PrivacyEngine.make_private``
 without wrapping the network (``wrap_model=False``: Opacus's hooks sit on the network itself, so its state_dict keys
-stay those the server and the other sites use). The trainer then trains with Opacus's optimizer (per-sample
-clipping, Gaussian noise) and data loader (Poisson sampling). The noise multiplier is the one Opacus computes for the
-job's budget over the job's whole training (rounds x steps per round, RDP accountant).
+stay those the server and the other sites use). The trainer then trains with Opacus's optimizer (per-row clipping,
+Gaussian noise) and data loader (Poisson sampling).
 
-The accountant's history is part of the site's local state, so epsilon accumulates over the job even when FLARE
-rebuilds the Learner; before each round the site checks that the round would not take it past its budget, and
-refuses the round (one line in its log, the failure's kind to the server) when it would.
+**The guarantee is per case.** Opacus's Poisson sampler draws the loader's items, the cases of the MMAR's training
+datalist, but it clips each row of the batch the network sees, and a multi-sample transform (the spleen MMAR's
+``RandCropByPosNegLabeld`` with ``num_samples: 4``) makes one item several rows (MONAI's ``list_data_collate``
+flattens an item's list of samples). A case drawn with k rows moves the clipped sum by up to k x ``max_grad_norm``:
+its sensitivity is k x C while the noise's standard deviation is sigma x C, so the noise multiplier per case is
+sigma / k. The site therefore computes the per-case multiplier Opacus's ``get_noise_multiplier`` gives for the job's
+budget over the job's whole training (rounds x steps per round, RDP accountant), trains with k times it, and
+accounts every step at the per-case multiplier: the epsilon it reports is the per-case guarantee, and equals Opacus's
+accountant for per-case settings. Its cost is k times the noise of a one-row-per-case loader.
+
+k is measured, not read from a config key: it is the number of rows the first item of the training dataset gives
+(a list of samples: its length; anything else: one, as ``list_data_collate`` counts them). MONAI's
+``MultiSampleTrait`` cannot tell it: it also marks transforms that yield one sample (``FgBgToIndicesd``,
+``ClassesToIndicesd``) and ones whose count depends on the image (``GridSplitd``, ``SplitDimd``, ``GridPatchd``
+without ``num_patches``), and BYOC transforms declare nothing. Loading that item costs one case at set-up (a
+``CacheDataset`` has it cached; Opacus loads the same item itself to build its loader). A guard on the loader's
+collate function (:class:`RowsPerCaseGuard`, installed before Opacus builds its loader, which keeps the original
+loader's ``collate_fn``) counts the rows of every item of every batch and refuses, in one line naming the train data
+loader's config path, a batch in which an item gives more rows than k, before the step on that batch runs: a case is
+never silently under-accounted.
+
+The accountant's history (per-case multipliers) and k are part of the site's local state, so epsilon accumulates
+over the job even when FLARE rebuilds the Learner; before each round the site checks that the round would not take
+it past its budget, and refuses the round (one line in its log, the failure's kind to the server) when it would.
 """
 
 from __future__ import annotations
@@ -39,7 +59,10 @@ __all__ = [
     "DP_EPSILON_KEY",
     "DPBudgetSpent",
     "PrivateTraining",
+    "RowsPerCaseGuard",
+    "batch_rows",
     "epsilon_spent",
+    "item_rows",
     "make_dp_compatible",
     "require_opacus",
 ]
@@ -49,6 +72,9 @@ logger = logging.getLogger("clara_fl.fl.site")
 ACCOUNTANT = "rdp"  # Opacus's RDP accountant: for the noise multiplier and for the epsilon spent
 DP_EPSILON_KEY = "dp_epsilon"  # the site's spent epsilon in its train result's meta (a number)
 NETWORK_PATH = "train.model"
+LOADER_PATH = "train.dataloader"
+#: how the local state marks an accountant history kept in per-case noise multipliers (older states: per row)
+PER_CASE = "per_case"
 
 
 class DPBudgetSpent(Exception):
@@ -125,6 +151,83 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
     return float(accountant.get_epsilon(delta)) if history else 0.0
 
 
+def item_rows(item: Any) -> int:
+    """The batch rows one loader item becomes under MONAI's ``list_data_collate``: a list (a multi-sample
+    transform's samples) its length, anything else (a dict, a tuple of one sample's parts) one."""
+    return len(item) if isinstance(item, list) else 1
+
+
+def batch_rows(batch: Any) -> int | None:
+    """The rows of a collated batch: the leading size of its first tensor; None where it holds no tensor."""
+    import torch
+
+    pending = [batch]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, torch.Tensor):
+            return int(current.shape[0]) if current.dim() > 0 else None
+        if isinstance(current, Mapping):
+            pending[:0] = list(current.values())
+        elif isinstance(current, (list, tuple)):
+            pending[:0] = list(current)
+    return None
+
+
+Location = tuple[str | None, str, str]  # config file, JSON path, class name
+
+
+class RowsPerCaseGuard:
+    """A data loader's collate function that refuses a batch in which one item (a case) gives more rows than the
+    ``rows_per_case`` the DP noise was calibrated for, or whose rows it cannot count, before the batch reaches the
+    network; otherwise the wrapped ``collate_fn``'s batch.
+
+    In a loader worker the refusal carries the loader's config item as a note line
+    (:func:`~clara_fl.workflows.failures.location_note`), which the worker's traceback text takes to the main
+    process, where the site's failure locator names it.
+
+    Args:
+        collate_fn: the loader's collate function.
+        rows_per_case: the most rows one item may give.
+        location: the train data loader's config file, JSON path and class name; None where unknown.
+    """
+
+    def __init__(self, collate_fn: Any, rows_per_case: int, location: Location | None = None) -> None:
+        self.collate_fn = collate_fn
+        self.rows_per_case = rows_per_case
+        self.location = location
+
+    def __call__(self, items: list[Any]) -> Any:
+        rows = [item_rows(item) for item in items]
+        if max(rows, default=0) > self.rows_per_case:
+            raise self._refusal(
+                f"a case gave {max(rows)} batch rows, more than the {self.rows_per_case} per case the DP-SGD noise "
+                "was calibrated for (measured on the first case at set-up): make every case give the same number "
+                "of samples (the train transforms' num_samples / num_patches)"
+            )
+        batch = self.collate_fn(items)
+        collated = batch_rows(batch)
+        if collated != sum(rows):
+            raise self._refusal(
+                f"cannot count the rows each case gives: {len(items)} cases of {sum(rows)} rows collated into "
+                f"{collated} rows; DP-SGD needs MONAI's list_data_collate (or a collate with one row per sample)"
+            )
+        return batch
+
+    def _refusal(self, message: str) -> ConfigError:
+        import torch.utils.data
+
+        from clara_fl.workflows.failures import location_note
+
+        if self.location is None:
+            return ConfigError(f"DP-SGD: {message}", path=LOADER_PATH)
+        if torch.utils.data.get_worker_info() is not None:
+            # a worker's exception reaches the main process as the text of its traceback: the note on a line of
+            # its own after the message (exception notes are Python 3.11+)
+            return ConfigError(f"DP-SGD: {message}\n{location_note(self.location, None)}")
+        file, path, component = self.location
+        return ConfigError(f"DP-SGD: {message}", file=file, path=path, component=component)
+
+
 class PrivateTraining(LocalAlgorithm):
     """The job's algorithm at the site (``inner``), trained with DP-SGD.
 
@@ -140,10 +243,12 @@ class PrivateTraining(LocalAlgorithm):
         self.dp = dp
         self.spec = spec
         self.modifies_training = True  # Opacus's optimizer and loader live in the Learner's process
-        self.noise_multiplier = 0.0
+        self.rows_per_case = 0  # k: the most batch rows one case gives (measured at set-up)
+        self.case_noise_multiplier = 0.0  # the noise per case, what the budget is accounted at
+        self.noise_multiplier = 0.0  # Opacus's, per row: rows_per_case x the per-case one
         self.sample_rate = 0.0
         self.steps_per_round = 0
-        self.history: list[tuple[float, float, int]] = []  # the accountant's, kept across rounds
+        self.history: list[tuple[float, float, int]] = []  # the accountant's (per-case multipliers), across rounds
         self._accountant: Any = None
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -178,7 +283,7 @@ class PrivateTraining(LocalAlgorithm):
         self.sample_rate = 1.0 / batches
         self.steps_per_round = self.spec.steps or self.spec.local_epochs * batches
         planned = self.steps_per_round * self.dp.rounds
-        self.noise_multiplier = float(
+        self.case_noise_multiplier = float(
             get_noise_multiplier(
                 target_epsilon=self.dp.epsilon,
                 target_delta=self.dp.delta,
@@ -187,6 +292,12 @@ class PrivateTraining(LocalAlgorithm):
                 accountant=ACCOUNTANT,
             )
         )
+        locator = getattr(workflow, "locator", None)  # a TrainWorkflow's: names the loader's config item
+        location = locator.item(loader) if locator is not None else None
+        self.rows_per_case = max(1, item_rows(loader.dataset[0]))
+        self.noise_multiplier = self.rows_per_case * self.case_noise_multiplier
+        # Opacus's loader keeps the original loader's collate function: the guard goes there before it is built
+        loader.collate_fn = RowsPerCaseGuard(loader.collate_fn, self.rows_per_case, location)
         network.train()  # Opacus validates a network in training mode
         with _quiet_opacus():
             engine = PrivacyEngine(accountant=ACCOUNTANT)
@@ -204,11 +315,14 @@ class PrivateTraining(LocalAlgorithm):
             )
         self._accountant = engine.accountant
         self._accountant.history = self.history
-        accounting = optimizer.step_hook
         proximal = self._proximal_gradient()
 
         def step_hook(dp_optimizer: Any) -> None:
-            accounting(dp_optimizer)
+            # in place of Opacus's hook, which accounts the per-row multiplier: the per-case one
+            self._accountant.step(
+                noise_multiplier=self.case_noise_multiplier,
+                sample_rate=self.sample_rate * dp_optimizer.accumulated_iterations,
+            )
             if proximal is not None:
                 proximal(network)
 
@@ -216,12 +330,17 @@ class PrivateTraining(LocalAlgorithm):
         trainer.optimizer = optimizer
         trainer.data_loader = private_loader
         logger.info(
-            "%s; noise multiplier %.4f, sample rate %.4f, %d steps per round (%s accountant)",
-            self.dp.describe(),
+            "DP at the case level: %d rows per case (%s), noise multiplier %.4f per row = %d x %.4f per case, "
+            "sample rate %.4f, %d steps per round (%s accountant); %s",
+            self.rows_per_case,
+            f"{location[0]}: {location[1]}" if location else LOADER_PATH,
             self.noise_multiplier,
+            self.rows_per_case,
+            self.case_noise_multiplier,
             self.sample_rate,
             self.steps_per_round,
             ACCOUNTANT.upper(),
+            self.dp.describe(),
         )
 
     def _proximal_gradient(self) -> Any:
@@ -266,7 +385,7 @@ class PrivateTraining(LocalAlgorithm):
             DPBudgetSpent: the round would exceed the budget.
         """
         projected = epsilon_spent(
-            [*self.history, (self.noise_multiplier, self.sample_rate, self.steps_per_round)], self.dp.delta
+            [*self.history, (self.case_noise_multiplier, self.sample_rate, self.steps_per_round)], self.dp.delta
         )
         if projected > self.dp.epsilon:
             raise DPBudgetSpent(
@@ -303,12 +422,36 @@ class PrivateTraining(LocalAlgorithm):
 
     def state_dict(self) -> dict[str, Any]:
         history = [[float(n), float(q), int(s)] for n, q, s in self.history]
-        return {"inner": self.inner.state_dict(), "dp_history": history}
+        return {
+            "inner": self.inner.state_dict(),
+            "dp_history": history,
+            "dp_accounting": PER_CASE,
+            "dp_rows_per_case": self.rows_per_case,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """The inner algorithm's state and the accountant's history (after :meth:`setup`, which measures k).
+
+        A history saved before the accounting was per case holds per-row multipliers: it is converted with the
+        rows per case this site measures now (its MMAR's), so a resumed job never under-accounts its past rounds.
+        """
         self.inner.load_state_dict(state.get("inner", {}))
-        # the same list object the accountant appends to
-        self.history[:] = [(float(n), float(q), int(s)) for n, q, s in state.get("dp_history", [])]
+        history = [(float(n), float(q), int(s)) for n, q, s in state.get("dp_history", [])]
+        saved_rows = state.get("dp_rows_per_case")
+        if history and state.get("dp_accounting") != PER_CASE:
+            rows = max(1, self.rows_per_case)
+            history = [(n / rows, q, s) for n, q, s in history]
+            logger.warning(
+                "DP-SGD: the saved privacy accounting was per batch row; re-accounted per case at %d rows per case",
+                rows,
+            )
+        elif saved_rows is not None and int(saved_rows) != self.rows_per_case:
+            logger.info(
+                "DP-SGD: the saved rounds ran at %d rows per case, this one at %d (each accounted per case)",
+                int(saved_rows),
+                self.rows_per_case,
+            )
+        self.history[:] = history  # the same list object the accountant appends to
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """A probe for e2e tests, copied into a job's app/custom/: the server's aggregator, recording what it accepts.
 
 One JSON line per accepted update in ``record_file``: the value types, whether any value could be decrypted with
-the context it carries (a TenSEAL context holding a secret key), the keys, and the fraction of zero values.
+the context it carries (a TenSEAL context holding a secret key), the keys, the bytes of serialized values, and the
+fraction of zero values.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def _describe(data: dict[str, Any]) -> dict[str, Any]:
         "decryptable": decryptable,
         "keys": sorted(data),
         "values": total,
+        "serialized_bytes": sum(len(v) for v in data.values() if isinstance(v, bytes)),
         "zero_fraction": zero_fraction,
     }
 

@@ -291,14 +291,14 @@ def test_under_he_the_encryptors_weights_count_at_both_ends_and_the_aggregators_
     server, client = app_config(job, "server"), app_config(job, "client")
     sites = {"client1": 1.0, "client2": 1.0}
     aggregator = by_id(server, "aggregator")["args"]
-    assert (aggregator["aggregation_weights"], aggregator["weigh_by_local_iter"]) == (sites, False)
+    assert aggregator["aggregation_weights"] == sites and "weigh_by_local_iter" not in aggregator, "it only adds"
     [encryptor] = [f for g in client["task_result_filters"] if g["tasks"] == ["train"] for f in g["filters"]]
     assert (encryptor["args"]["aggregation_weights"], encryptor["args"]["weigh_by_local_iter"]) == (sites, True)
     ignored = "\n".join(read_fl_configs(mmar).ignored)
     assert "config/config_fed_server.json: aggregator.args.aggregation_weights (HEInTime" in ignored
 
 
-def test_an_he_server_that_weighs_gets_the_aggregators_weights_and_sites_that_only_encrypt(tmp_path: Path) -> None:
+def test_an_he_server_that_weighs_gives_the_aggregators_weights_to_the_sites_which_weigh(tmp_path: Path) -> None:
     from clara_fl.recipes.job_folder import create_job
 
     server_weighs = json.loads(json.dumps(CLARA_40_HE_SERVER))
@@ -313,10 +313,11 @@ def test_an_he_server_that_weighs_gets_the_aggregators_weights_and_sites_that_on
 
     server, client = app_config(job, "server"), app_config(job, "client")
     aggregator = by_id(server, "aggregator")["args"]
-    assert aggregator["aggregation_weights"] == {"client0": 0.2, "client1": 0.5, "client2": 0.3}
-    assert aggregator["weigh_by_local_iter"] is True
+    weights = {"client0": 0.2, "client1": 0.5, "client2": 0.3}
+    assert aggregator["aggregation_weights"] == weights and "weigh_by_local_iter" not in aggregator
     [encryptor] = [f for g in client["task_result_filters"] if g["tasks"] == ["train"] for f in g["filters"]]
-    assert encryptor["args"]["weigh_by_local_iter"] is False and "aggregation_weights" not in encryptor["args"]
+    # the server only adds ciphertexts (no level left to multiply in): the same weights apply at the sites
+    assert encryptor["args"]["weigh_by_local_iter"] is True and encryptor["args"]["aggregation_weights"] == weights
 
 
 def test_clara_40_accumulate_weighted_aggregator_becomes_flares_in_time_aggregator_with_its_arguments(

@@ -41,7 +41,11 @@ from tests.test_privacy_he_simulation import make_narrow_spleen
 pytestmark = [pytest.mark.e2e]
 ts = pytest.importorskip("tenseal")
 
-HE_BUILDER = "  - path: nvflare.lighter.impl.he.HEBuilder\n"
+# clara-fl's CKKS parameters (clara_fl.fl.jobs.he_context.CKKS_PARAMETERS), as docs/fl.md gives them to HEBuilder
+HE_BUILDER = (
+    "  - path: nvflare.lighter.impl.he.HEBuilder\n"
+    "    args: {poly_modulus_degree: 2048, coeff_mod_bit_sizes: [36, 18], scale_bits: 20}\n"
+)
 SIGNATURE_BUILDER = "  - path: nvflare.lighter.impl.signature.SignatureBuilder\n"
 SERVER = "localhost"
 
@@ -76,7 +80,8 @@ def test_an_he_job_runs_on_a_poc_deployment_provisioned_with_flares_he_builder(t
     server_config = json.loads((prod / SERVER / "startup" / "fed_server.json").read_text())
     assert server_config["servers"][0]["service"]["target"] == f"localhost:{port}"
     # provisioning gave the server a public context and each site the secret one
-    assert not ts.context_from((prod / SERVER / "startup" / "server_context.tenseal").read_bytes()).is_private()
+    server_context = ts.context_from((prod / SERVER / "startup" / "server_context.tenseal").read_bytes())
+    assert not server_context.is_private() and server_context.global_scale == 2**20
     for site in SITES:
         assert ts.context_from((prod / site / "startup" / "client_context.tenseal").read_bytes()).is_private()
     assert run([CLARA_FL, "site", "setup", prod / SERVER], env, 60).returncode == 0

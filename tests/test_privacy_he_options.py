@@ -139,7 +139,8 @@ def test_he_switches_the_server_to_flares_he_components_and_keeps_its_other_sett
     server = by_id(configs.server.to_config())
     assert server["aggregator"]["path"].endswith("HEInTimeAccumulateWeightedAggregator")
     assert server["aggregator"]["args"]["aggregation_weights"] == {"site-1": 2.0}
-    assert server["aggregator"]["args"]["weigh_by_local_iter"] is False, "the sites weigh before encrypting"
+    assert "weigh_by_local_iter" not in server["aggregator"]["args"], "the sites weigh before encrypting"
+    assert server["aggregator"]["args"]["expected_data_kind"] == "WEIGHTS", "the sites send their weighted weights"
     assert server["shareable_generator"]["path"].endswith("HEModelShareableGenerator")
     serialize_filter = server["persistor"]["args"]["filter_id"]
     assert server[serialize_filter]["path"].endswith("HEModelSerializeFilter")
@@ -160,7 +161,7 @@ def test_he_decrypts_every_model_a_site_receives_and_encrypts_what_it_sends_afte
     assert train["filters"][1]["args"]["weigh_by_local_iter"] is True
 
 
-def test_under_he_the_sites_multiply_by_the_aggregation_weights_the_server_divides_by() -> None:
+def test_under_he_the_sites_multiply_by_the_aggregation_weights_the_server_sums() -> None:
     weights = {"site-1": 2.0, "site-2": 1.0}
 
     configs = build_job(SPLEEN_MMAR, FedAvgSettings(he=True, aggregation_weights=weights))

@@ -3,9 +3,10 @@ components, with clara-fl's packing.
 
 The sites encrypt what they send with TenSEAL's CKKS scheme and decrypt what they get
 (:mod:`clara_fl.fl.site.he_filters`: FLARE's ``HEModelEncryptor`` / ``HEModelDecryptor`` packing the selected
-tensors into few CKKS vectors, sent without a context); the server reads them under the job's public context,
-loaded once, adds them with FLARE's weighing (:mod:`clara_fl.fl.server.he`: ``HEInTimeAccumulateWeightedAggregator``),
-applies them to the global model in encrypted space (``HEModelShareableGenerator``), stores that model through
+tensors into few CKKS vectors, weighed at the site and sent seeded without a context); the server reads them under
+the job's public context, loaded once, only adds them (:mod:`clara_fl.fl.server.he`:
+``HEInTimeAccumulateWeightedAggregator``, FLARE's weights summed, the division left to the sites), makes the sum the
+encrypted global model (``HEModelShareableGenerator``), stores that model through
 FLARE's ``HEModelSerializeFilter`` and runs cross-site evaluation on encrypted models (``HECrossSiteModelEval``).
 The server never holds the secret key: ``server_context.tenseal`` in its startup folder has none, the sites'
 ``client_context.tenseal`` has it (see :mod:`clara_fl.fl.jobs.he_context`).
@@ -59,9 +60,11 @@ def apply_homomorphic_encryption(
 ) -> None:
     """Switch a ScatterAndGather job's apps (clara_fedavg_cse and its kind) to FLARE's HE components.
 
-    The updates are weighed by each site's steps and aggregation weight exactly once: by default at the sites
-    before encrypting (HEModelEncryptor), with ``weigh_at_server`` by the server in encrypted space
-    (HEInTimeAccumulateWeightedAggregator). The aggregator divides by the same weights either way.
+    The updates are weighed by each site's steps and aggregation weight exactly once, at the sites before
+    encrypting (HEModelEncryptor, given the aggregator's ``aggregation_weights``): each site sends its weights after
+    the round times its weight, the server adds them and the weights (HEInTimeAccumulateWeightedAggregator, no
+    multiplication in encrypted space), and the sites divide the decrypted sum by the weight sum. The learner still
+    sends WEIGHT_DIFF, so privacy filters see the update; the encryptor applies it to the global model it came from.
 
     Args:
         server: the job's server app, changed in place.
@@ -69,7 +72,8 @@ def apply_homomorphic_encryption(
         template: the template's name, for the error.
         encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (a list of names or a regular expression); None
             encrypts all (the default: nothing leaves a site in the clear).
-        weigh_at_server: the server weighs the encrypted updates instead of the sites.
+        weigh_at_server: a Clara config's choice that the server weighs (``weigh_by_local_iter`` on its HE
+            aggregator): the sites weigh by the same rule instead, since the server only adds.
 
     Raises:
         ConfigError: the template's server workflow is not ScatterAndGather with the shipped component ids.
@@ -81,14 +85,15 @@ def apply_homomorphic_encryption(
             f"(clara_fedavg_cse); '{template}' has none",
             path="--template",
         )
-    aggregator_args = dict(aggregator.args)
+    aggregator_args = {k: v for k, v in aggregator.args.items() if k != "weigh_by_local_iter"}
     aggregator.path = AGGREGATOR
-    aggregator.args = {**aggregator_args, "weigh_by_local_iter": weigh_at_server}
-    encryptor_args: dict[str, Any] = {"weigh_by_local_iter": not weigh_at_server}
+    # the sites send their weighted weights (WEIGHTS), whichever kind the learner sends
+    aggregator.args = {**aggregator_args, "expected_data_kind": "WEIGHTS"}
+    encryptor_args: dict[str, Any] = {"weigh_by_local_iter": True}
     if encrypt_layers is not None:
         encryptor_args["encrypt_layers"] = encrypt_layers
-    if not weigh_at_server and aggregator_args.get("aggregation_weights"):
-        # the aggregator divides by these weights; the sites must have multiplied by them
+    if aggregator_args.get("aggregation_weights"):
+        # the aggregator sums these weights; the sites must have multiplied by them
         encryptor_args["aggregation_weights"] = aggregator_args["aggregation_weights"]
     generator.path = SHAREABLE_GENERATOR
     generator.args = {}

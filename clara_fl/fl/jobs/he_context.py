@@ -2,8 +2,17 @@
 
 FLARE's provisioning (``nvflare.lighter.impl.he.HEBuilder``) writes ``server_context.tenseal`` (public: no secret
 key) into the server's startup kit and ``client_context.tenseal`` (with the secret key) into each site's; the HE
-components load them from their participant's startup folder. This module makes the same pair with HEBuilder's own
-parameters, for the places clara-fl sets up itself.
+components load them from their participant's startup folder. This module makes the same pair with HEBuilder and
+clara-fl's parameters (:data:`CKKS_PARAMETERS`), for the places clara-fl sets up itself; a deployment gives HEBuilder
+the same arguments in its ``project.yml`` (docs/fl.md).
+
+Why these parameters: the sites weigh their updates before encrypting and the server only adds ciphertexts, so
+no ciphertext is ever rescaled and one data prime suffices (HEBuilder's default chain [60, 40, 40] with scale 2^40
+is made for one multiplication). Degree 2048 with 36 + 18 bits is at SEAL's bound for 128-bit security (54 bits at
+this degree; SEAL refuses more). A fresh symmetric ciphertext decrypts within ~400 / 2^20 (4e-4) of its values, and
+a sum of k updates within ~sqrt(k) times that before the division by the weight sum, so the global model agrees
+with the plain weighted mean well within 1e-3; a sum must stay under 2^34 / 2^20 = 16384 (weight sum times the
+largest weight), which each site checks for its own share.
 """
 
 from __future__ import annotations
@@ -12,10 +21,12 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from clara_fl.config.errors import UsageError
 
 __all__ = [
+    "CKKS_PARAMETERS",
     "CLIENT_CONTEXT",
     "HE_EXTRA_HINT",
     "SERVER_CONTEXT",
@@ -27,6 +38,8 @@ __all__ = [
 ]
 
 SERVER_CONTEXT = "server_context.tenseal"
+# HEBuilder's arguments (also valid in a project.yml's HEBuilder args)
+CKKS_PARAMETERS: dict[str, Any] = {"poly_modulus_degree": 2048, "coeff_mod_bit_sizes": [36, 18], "scale_bits": 20}
 CLIENT_CONTEXT = "client_context.tenseal"
 # FLARE's HE components, and clara-fl's packing ones (clara_fl.recipes.he)
 _HE_MARKERS = ("nvflare.app_opt.he.", "clara_fl.fl.site.he_filters.", "clara_fl.fl.server.he.")
@@ -61,7 +74,8 @@ def job_uses_he(job: str | os.PathLike) -> bool:
 
 
 def tenseal_contexts() -> tuple[bytes, bytes]:
-    """A fresh CKKS context serialized as FLARE's HEBuilder does: (server's, without secret key; sites', with it).
+    """A fresh CKKS context with :data:`CKKS_PARAMETERS`, serialized by FLARE's HEBuilder: (server's, without the
+    secret key; sites', with it).
 
     Raises:
         UsageError: TenSEAL is not installed (the one-line ``--he: ... pip install clara-fl[he]`` hint).
@@ -69,8 +83,8 @@ def tenseal_contexts() -> tuple[bytes, bytes]:
     require_tenseal()
     from nvflare.lighter.impl.he import HEBuilder
 
-    builder = HEBuilder()
-    builder.initialize(project=None, ctx=None)  # HEBuilder's defaults: CKKS, degree 8192, [60, 40, 40], 2**40
+    builder = HEBuilder(**CKKS_PARAMETERS)  # CKKS, symmetric encryption (HEBuilder's)
+    builder.initialize(project=None, ctx=None)
     return builder.get_serialized_context(is_client=False), builder.get_serialized_context(is_client=True)
 
 

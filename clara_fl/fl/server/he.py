@@ -1,13 +1,16 @@
 """The server's HE components for packed CKKS vectors, on FLARE's (needs TenSEAL: ``pip install clara-fl[he]``).
 
-The sites send their updates as context-free ciphertext bytes, packed into one-ciphertext chunks
-(:mod:`clara_fl.fl.he_packing`). Here:
+The sites send their weighted weights as context-free ciphertext bytes, packed into one-ciphertext chunks
+(:mod:`clara_fl.fl.he_packing`, :mod:`clara_fl.fl.site.he_filters`). The server only adds: no ciphertext is
+multiplied, so no level of the CKKS chain is consumed and the job's context needs one data prime. Here:
 
 * :class:`HEInTimeAccumulateWeightedAggregator` loads the job's public context (``server_context.tenseal``) once
-  per run, turns each chunk's bytes into a ``CKKSVector`` under it, and leaves the weighted sum to FLARE's
-  aggregator (same weights, same arithmetic); it refuses an update packed differently from the round's first.
-* :class:`HEModelShareableGenerator` packs the plain global model the same way the first time an encrypted update
-  arrives (plain chunks, which FLARE's generator adds to the encrypted ones) and then leaves the update to FLARE's.
+  per run, turns each chunk's bytes into a ``CKKSVector`` under it, and leaves the sum to FLARE's aggregator (same
+  weights, same accumulation) without FLARE's final division: the sum of the weights goes in plain metadata
+  (``clara_he_weight_sum``) and the sites divide after decrypting. It refuses an update packed differently from
+  the round's first.
+* :class:`HEModelShareableGenerator` is FLARE's: the aggregated WEIGHTS become the encrypted global model, with
+  their metadata (layout, weight sum), which the persistor stores with it.
 * :class:`HEClaraModelPersistor` lets the saved global model change from named tensors to packed chunks once.
 * :class:`HECrossSiteModelEval` sends encrypted models as bytes: FLARE 2.9 deep-copies a broadcast task's data,
   and a ``CKKSVector`` under the server's context (no secret key) refuses to be copied.
@@ -23,7 +26,7 @@ from nvflare.apis.fl_constant import ReservedKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey
-from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.aggregators.weighted_aggregation_helper import WeightedAggregationHelper
 from nvflare.app_opt.he.cross_site_model_eval import HECrossSiteModelEval as _HECrossSiteModelEval
 from nvflare.app_opt.he.homomorphic_encrypt import load_tenseal_context_from_workspace, serialize_nested_dict
 from nvflare.app_opt.he.intime_accumulate_model_aggregator import (
@@ -33,7 +36,13 @@ from nvflare.app_opt.he.model_shareable_generator import HEModelShareableGenerat
 from nvflare.security.logging import secure_format_exception
 
 from clara_fl.fl.flare_internals.task_check_period import PollsAtItsTaskCheckPeriod
-from clara_fl.fl.he_packing import LAYOUT_META_KEY, PackedLayout, deserialize_packed, is_packed_key, pack_plain
+from clara_fl.fl.he_packing import (
+    LAYOUT_META_KEY,
+    WEIGHT_SUM_META_KEY,
+    PackedLayout,
+    deserialize_packed,
+    is_packed_key,
+)
 from clara_fl.fl.server.persistor import ClaraModelPersistor
 
 __all__ = [
@@ -51,37 +60,62 @@ def _layout_of(meta: Any) -> PackedLayout | None:
     return PackedLayout.from_meta(value) if value is not None else None
 
 
+class _SumHelper(WeightedAggregationHelper):
+    """FLARE's weighted accumulation (the contributions as the sites weighed them, the weights summed per key)
+    whose result is the sum, not the mean: a CKKS ciphertext cannot be divided without a rescale."""
+
+    def __init__(self, exclude_vars: str | None = None) -> None:
+        super().__init__(exclude_vars=exclude_vars, weigh_by_local_iter=False)
+        self.weight_sums: dict[str, float] = {}
+
+    def get_result(self) -> dict[str, Any]:
+        stats = self.get_aggregation_stats()  # FLARE's lock is not re-entrant: taken before the result's
+        with self.lock:
+            result = dict(self.total)
+            self.weight_sums = {k: float(w) for k, w in self.counts.items()}
+            self.last_aggregation_stats = stats
+            self.reset_stats()
+        return result
+
+
 class HEInTimeAccumulateWeightedAggregator(_FlareAggregator):
-    """FLARE's HE aggregator (same arguments, same weighing) for packed, context-free updates.
+    """FLARE's HE aggregator (same arguments, same weights) for packed, context-free, site-weighted updates: it adds
+    them and sends the sum with the weight sum, which the sites divide by after decrypting.
 
     Args:
         exclude_vars: FLARE's: variables left out of aggregation (a regular expression).
-        aggregation_weights: FLARE's: each site's aggregation weight (default 1.0).
-        expected_data_kind: FLARE's: WEIGHT_DIFF or WEIGHTS, as the sites send.
-        weigh_by_local_iter: FLARE's: the server (not the sites) weighs by the steps, in encrypted space.
+        aggregation_weights: FLARE's: each site's aggregation weight (default 1.0), summed here; the sites multiply
+            by the same weights.
+        expected_data_kind: FLARE's: WEIGHTS, as clara-fl's encryptor sends.
         tenseal_context_file: the job's public TenSEAL context in the server's startup folder.
+
+    Raises:
+        ValueError: (at aggregation) the weight sums differ between tensors (a contribution lacked some).
     """
 
     def __init__(
         self,
         exclude_vars: str | dict[str, str] | None = None,
         aggregation_weights: dict[str, Any] | None = None,
-        expected_data_kind: str | dict[str, str] = DataKind.WEIGHT_DIFF,
-        weigh_by_local_iter: bool = False,
+        expected_data_kind: str | dict[str, str] = DataKind.WEIGHTS,
         tenseal_context_file: str = SERVER_CONTEXT_FILE,
     ) -> None:
         super().__init__(
             exclude_vars=exclude_vars,
             aggregation_weights=aggregation_weights,
             expected_data_kind=expected_data_kind,
-            weigh_by_local_iter=weigh_by_local_iter,
+            weigh_by_local_iter=False,
         )
         self.tenseal_context_file = tenseal_context_file
         self.tenseal_context: Any = None
         self.round_layout: PackedLayout | None = None
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
-        super().handle_event(event_type, fl_ctx)
+        super().handle_event(event_type, fl_ctx)  # FLARE's builds its DXO aggregators at START_RUN
+        if event_type == EventType.START_RUN:
+            for key, dxo_aggregator in self.dxo_aggregators.items():
+                excluded = self.exclude_vars.get(key) if isinstance(self.exclude_vars, dict) else None
+                dxo_aggregator.aggregation_helper = _SumHelper(exclude_vars=excluded)
         if event_type == EventType.START_RUN and self.tenseal_context is None:
             self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
         elif event_type == EventType.END_RUN:
@@ -115,54 +149,40 @@ class HEInTimeAccumulateWeightedAggregator(_FlareAggregator):
         return bool(super().accept(shareable, fl_ctx))
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        """FLARE's weighted mean, with the round's packed layout in the result's metadata."""
+        """The sum of the accepted updates, with the weight sum and the round's packed layout in its metadata."""
+        helpers = [a.aggregation_helper for a in self.dxo_aggregators.values()]
         shareable = super().aggregate(fl_ctx)
         layout, self.round_layout = self.round_layout, None
-        if layout is None:
-            return shareable
+        sums = {w for helper in helpers if isinstance(helper, _SumHelper) for w in helper.weight_sums.values()}
+        if len(sums) > 1:
+            raise ValueError(f"the tensors' weight sums differ ({sorted(sums)}): a contribution lacked some tensors")
         dxo = from_shareable(shareable)
-        dxo.set_meta_prop(LAYOUT_META_KEY, layout.to_meta())
+        if sums:
+            dxo.set_meta_prop(WEIGHT_SUM_META_KEY, sums.pop())
+        if layout is not None:
+            dxo.set_meta_prop(LAYOUT_META_KEY, layout.to_meta())
         return dxo.to_shareable()
 
 
 class HEModelShareableGenerator(_FlareGenerator):
-    """FLARE's HEModelShareableGenerator for packed updates: the global model is packed like the first encrypted
-    update that reaches it, then updated by FLARE's generator chunk by chunk."""
+    """FLARE's HEModelShareableGenerator, refusing what it cannot apply: a packed WEIGHT_DIFF (adding a mean of
+    encrypted updates would need a division the server cannot do; clara-fl's sites send weighted WEIGHTS)."""
 
     def shareable_to_learnable(self, shareable: Shareable, fl_ctx: FLContext) -> ModelLearnable:
-        """The global model updated in encrypted space.
+        """The aggregated encrypted WEIGHTS as the new global model (FLARE's), their metadata with it.
 
         Args:
             shareable: the aggregated update.
-            fl_ctx: the server's FL context (its global model is updated in place, as FLARE's generator does).
+            fl_ctx: the server's FL context (its global model is replaced, as FLARE's generator does).
 
         Raises:
-            ValueError: the update is packed differently from the global model, or a packed tensor is missing.
+            ValueError: a packed WEIGHT_DIFF.
         """
         dxo = from_shareable(shareable)
-        layout = _layout_of(dxo.meta)
-        base_model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
-        if layout is not None and dxo.data_kind == DataKind.WEIGHT_DIFF and base_model:
-            try:
-                self._pack_global_model(base_model, layout)
-            except ValueError as e:
-                self.log_exception(fl_ctx, "error packing the global model")
-                raise ValueError(f"cannot pack the global model: {secure_format_exception(e)}") from e
+        if _layout_of(dxo.meta) is not None and dxo.data_kind == DataKind.WEIGHT_DIFF:
+            raise ValueError("a packed HE update must be WEIGHTS: the server cannot divide encrypted differences")
         learnable: ModelLearnable = super().shareable_to_learnable(shareable, fl_ctx)
         return learnable
-
-    @staticmethod
-    def _pack_global_model(base_model: ModelLearnable, layout: PackedLayout) -> None:
-        weights = base_model[ModelLearnableKey.WEIGHTS]
-        current = _layout_of(base_model.get(ModelLearnableKey.META))
-        if current is not None:
-            if current != layout:
-                raise ValueError("the update is packed differently from the global model")
-            return
-        packed = pack_plain(weights, layout)
-        for name in layout.names:
-            del weights[name]
-        weights.update(packed)
 
 
 class HEClaraModelPersistor(ClaraModelPersistor):

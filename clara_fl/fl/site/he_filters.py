@@ -2,10 +2,22 @@
 ``pip install clara-fl[he]``).
 
 The encryptor packs the selected tensors into one-ciphertext chunks (:mod:`clara_fl.fl.he_packing`) and sends
-each chunk's ciphertext bytes without a context; the layout and FLARE's ``PROCESSED_KEYS`` go in plain DXO
-metadata. The decryptor unpacks by that layout. Weighing is FLARE's rule: each site multiplies by its steps
-(``weigh_by_local_iter``) and its aggregation weight before encrypting, and the server divides by the same
-weights.
+each chunk's seeded ciphertext bytes without a context; the layout and FLARE's ``PROCESSED_KEYS`` go in plain DXO
+metadata. The decryptor unpacks by that layout.
+
+The server only adds (no level of the CKKS chain is consumed), so everything else happens at the sites, with
+FLARE's weighing rule (weight = the site's aggregation weight x its steps in the round, applied exactly once):
+
+* the encryptor sends the site's weights after the round, ``w * (received global model + update)``, as WEIGHTS
+  (the update is the WEIGHT_DIFF the learner and any privacy filter produced; the decryptor of the same task
+  recorded the global model it was applied to in the task's FL context);
+* the server adds the encrypted weighted weights and the plain weights ``w`` (FLARE's aggregator arithmetic
+  without its division) and sends the sum with the weight sum in plain metadata (:data:`WEIGHT_SUM_META_KEY`);
+* the decryptor divides the decrypted sum by that weight sum: the weighted mean of the sites' weights, which is
+  FedAvg's new global model (the global model plus the weighted mean of the updates).
+
+Integer tensors (batch-norm step counters) travel in the clear, weighted like the rest: they count the steps the
+site already reports in plain metadata.
 """
 
 from __future__ import annotations
@@ -15,7 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
-from nvflare.apis.dxo import DXO, MetaKey
+from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_opt.he.constant import HE_ALGORITHM_CKKS
@@ -25,16 +37,20 @@ from nvflare.app_opt.he.model_encryptor import HEModelEncryptor as _FlareEncrypt
 
 from clara_fl.fl.he_packing import (
     LAYOUT_META_KEY,
+    WEIGHT_SUM_META_KEY,
     PackedLayout,
     decrypt_packed,
     encrypt_packed,
     is_packed_key,
     select_layers,
-    serialize_packed,
     slot_count,
+    value_bound,
 )
 
-__all__ = ["HEModelDecryptor", "HEModelEncryptor"]
+__all__ = ["RECEIVED_MODEL_PROP", "HEModelDecryptor", "HEModelEncryptor"]
+
+# the model a task brought (decrypted), for the encryptor of the same task's result: private to the site's FL context
+RECEIVED_MODEL_PROP = "clara_fl.he.received_model"
 
 
 def _selection(encrypt_layers: Any) -> list[str] | str | None:
@@ -54,36 +70,45 @@ class HEModelEncryptor(_FlareEncryptor):
     tenseal_context: Any  # FLARE's: loaded at START_RUN
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
-        """Weigh, pack and encrypt the DXO's tensors.
+        """Weigh, pack and encrypt the site's weights (the update applied to the global model it was trained from).
 
         Args:
-            dxo: the site's WEIGHTS or WEIGHT_DIFF.
+            dxo: the site's WEIGHT_DIFF (or WEIGHTS).
             shareable: the task result it belongs to.
             fl_ctx: the site's FL context.
 
         Raises:
-            ValueError: the DXO lacks its steps (``NUM_STEPS_CURRENT_ROUND``) while the site weighs, or the selection
-                matches no tensor.
+            ValueError: the DXO lacks its steps (``NUM_STEPS_CURRENT_ROUND``) while the site weighs, a WEIGHT_DIFF
+                has no received global model to apply it to, the selection matches no tensor, or the weighted values
+                exceed what the context's modulus holds.
         """
         if self.tenseal_context is None:
             self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
-        scale = 1.0
+        weight = 1.0
         if self.aggregation_weights:
-            # the server divides by the weight it holds for this contributor: the site's own name
-            scale *= float(self.aggregation_weights.get(fl_ctx.get_identity_name(), 1.0))
+            # the server sums these weights for this contributor: the site's own name
+            weight *= float(self.aggregation_weights.get(fl_ctx.get_identity_name(), 1.0))
         if self.weigh_by_local_iter:
             steps = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, None)
             if steps is None:
                 raise ValueError("DXO data does not have local iterations for weighting!")
-            scale *= float(steps)
-        params: dict[str, Any] = dxo.data
+            weight *= float(steps)
+        params = _site_weights(dxo, fl_ctx.get_prop(RECEIVED_MODEL_PROP))
         start = time.perf_counter()
-        selected = select_layers(list(params), _selection(self.encrypt_layers))
+        floating = [k for k, v in params.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+        selected = select_layers(floating, _selection(self.encrypt_layers))
+        largest = weight * max(float(np.max(np.abs(params[k]), initial=0.0)) for k in selected)
+        bound = value_bound(self.tenseal_context)
+        if not largest < bound:
+            raise ValueError(
+                f"the weighted weights reach {largest:.4g}, beyond the {bound:.4g} the HE context's modulus holds "
+                "(weight = steps x aggregation weight); provision a context with more headroom or lower the weights"
+            )
         layout = PackedLayout.of(params, selected, slot_count(self.tenseal_context))
-        packed = serialize_packed(encrypt_packed(self.tenseal_context, params, layout, scale))
+        packed = encrypt_packed(self.tenseal_context, params, layout, weight)
         chosen = set(selected)
         # as FLARE's encryptor sends them: flat and weighed (the site's learner reshapes what it receives)
-        plain = {k: np.asarray(v).ravel() * np.float64(scale) for k, v in params.items() if k not in chosen}
+        plain = {k: np.asarray(v).ravel() * np.float64(weight) for k, v in params.items() if k not in chosen}
         processed = {**{k: True for k in packed}, **{k: False for k in plain}}
         self.log_info(
             fl_ctx,
@@ -91,11 +116,33 @@ class HEModelEncryptor(_FlareEncryptor):
             f"{len(packed)} CKKS vectors: {time.perf_counter() - start:.2f} seconds "
             f"({sum(len(b) for b in packed.values()) / 1e6:.1f} MB, no context)",
         )
-        new_dxo = DXO(data_kind=dxo.data_kind, data={**packed, **plain}, meta=dxo.meta)
+        new_dxo = DXO(data_kind=DataKind.WEIGHTS, data={**packed, **plain}, meta=dxo.meta)
         new_dxo.set_meta_prop(MetaKey.PROCESSED_KEYS, processed)
         new_dxo.set_meta_prop(MetaKey.PROCESSED_ALGORITHM, HE_ALGORITHM_CKKS)
         new_dxo.set_meta_prop(LAYOUT_META_KEY, layout.to_meta())
         return new_dxo
+
+
+def _site_weights(dxo: DXO, received: Any) -> dict[str, Any]:
+    """The site's weights: a WEIGHTS DXO's data, or a WEIGHT_DIFF applied to the model the task brought.
+
+    Raises:
+        ValueError: a WEIGHT_DIFF without the received model, or with a tensor that model lacks.
+    """
+    data: dict[str, Any] = dxo.data
+    if dxo.data_kind != DataKind.WEIGHT_DIFF:
+        return data
+    if not isinstance(received, dict):
+        raise ValueError("no global model recorded for this task: HEModelDecryptor must decrypt the train task's data")
+    missing = [k for k in data if k not in received]
+    if missing:
+        raise ValueError(f"{len(missing)} updated tensors are not in the received global model (e.g. {missing[0]})")
+    weights = {}
+    for key, diff in data.items():
+        diff = np.asarray(diff)
+        base = np.asarray(received[key], dtype=np.float64).reshape(diff.shape)
+        weights[key] = np.rint(base + diff).astype(diff.dtype) if np.issubdtype(diff.dtype, np.integer) else base + diff
+    return weights
 
 
 class HEModelDecryptor(_FlareDecryptor):
@@ -105,7 +152,8 @@ class HEModelDecryptor(_FlareDecryptor):
     tenseal_context: Any  # FLARE's: loaded at START_RUN
 
     def process_dxo(self, dxo: DXO, shareable: Shareable, fl_ctx: FLContext) -> DXO | None:
-        """Decrypt and unpack a packed model; leave a plain one (the first round's) as it is.
+        """Decrypt and unpack a packed model and divide it by its weight sum; leave a plain one (the first round's) as
+        it is. Either way the model is recorded in ``fl_ctx`` for the encryptor of this task's result.
 
         Args:
             dxo: the model the server sent.
@@ -117,23 +165,30 @@ class HEModelDecryptor(_FlareDecryptor):
         """
         layout_meta = dxo.get_meta_prop(LAYOUT_META_KEY, None)
         if layout_meta is None:
-            return super().process_dxo(dxo, shareable, fl_ctx)
+            # a plain model (the first round's): FLARE's decryptor leaves it as it is
+            result = super().process_dxo(dxo, shareable, fl_ctx)
+            fl_ctx.set_prop(RECEIVED_MODEL_PROP, dict((result or dxo).data), private=True, sticky=False)
+            return result
         if dxo.get_meta_prop(MetaKey.PROCESSED_ALGORITHM, None) != HE_ALGORITHM_CKKS:
             self.log_error(fl_ctx, "shareable is not HE CKKS encrypted")
             return None
         if self.tenseal_context is None:
             self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
         layout = PackedLayout.from_meta(layout_meta)
+        weight_sum = float(dxo.get_meta_prop(WEIGHT_SUM_META_KEY, 1.0))
         start = time.perf_counter()
         data: dict[str, Any] = dxo.data
-        tensors = decrypt_packed(self.tenseal_context, data, layout)
-        plain = {k: v for k, v in data.items() if not is_packed_key(k)}
+        tensors = decrypt_packed(self.tenseal_context, data, layout, weight_sum)
+        plain = {k: np.asarray(v) / weight_sum for k, v in data.items() if not is_packed_key(k)}
         self.log_info(
             fl_ctx,
             f"Decryption time for {layout.total} values in {len(layout.keys)} CKKS vectors: "
             f"{time.perf_counter() - start:.2f} seconds",
         )
         dxo.data = {**plain, **tensors}
-        dxo.remove_meta_props([MetaKey.PROCESSED_ALGORITHM, MetaKey.PROCESSED_KEYS, LAYOUT_META_KEY])
+        dxo.remove_meta_props(
+            [MetaKey.PROCESSED_ALGORITHM, MetaKey.PROCESSED_KEYS, LAYOUT_META_KEY, WEIGHT_SUM_META_KEY]
+        )
         dxo.update_shareable(shareable)
+        fl_ctx.set_prop(RECEIVED_MODEL_PROP, dict(dxo.data), private=True, sticky=False)
         return dxo

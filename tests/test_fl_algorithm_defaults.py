@@ -52,8 +52,9 @@ def test_a_ditto_job_leaves_personal_epochs_to_the_sites_round_unless_given() ->
     _, unset = configured({}, client_config(), "ditto", parse_algorithm_args("ditto", []))
     _, given = configured({}, client_config(), "ditto", parse_algorithm_args("ditto", ["personal_epochs=2"]))
 
-    assert unset["components"][0]["args"]["algorithm_args"] == {"lambda": 0.1}
-    assert given["components"][0]["args"]["algorithm_args"] == {"lambda": 0.1, "personal_epochs": 2}
+    start = {"personal_start": "every_round"}
+    assert unset["components"][0]["args"]["algorithm_args"] == {"lambda": 0.1, **start}
+    assert given["components"][0]["args"]["algorithm_args"] == {"lambda": 0.1, "personal_epochs": 2, **start}
 
 
 def test_the_algorithm_help_states_the_budget_and_dittos_default() -> None:

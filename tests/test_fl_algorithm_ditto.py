@@ -21,8 +21,9 @@ def client_config() -> dict:
     return {"components": [{"id": "clara_learner", "path": "clara_fl.fl.site.learner.ClaraLearner", "args": {}}]}
 
 
-def ditto_site(ditto_lambda: float = 0.1, personal_epochs: int = 1) -> Ditto:
-    site = local_algorithm("ditto", {"lambda": ditto_lambda, "personal_epochs": personal_epochs})
+def ditto_site(ditto_lambda: float = 0.1, personal_epochs: int = 1, personal_start: str | None = None) -> Ditto:
+    args = {"lambda": ditto_lambda, "personal_epochs": personal_epochs, "personal_start": personal_start}
+    site = local_algorithm("ditto", args)
     assert isinstance(site, Ditto)
     return site
 
@@ -34,7 +35,7 @@ def test_ditto_tells_the_site_learner_its_lambda_and_personal_epochs() -> None:
 
     args = client["components"][0]["args"]
     assert args["algorithm"] == "ditto"
-    assert args["algorithm_args"] == {"lambda": 0.5, "personal_epochs": 2}
+    assert args["algorithm_args"] == {"lambda": 0.5, "personal_epochs": 2, "personal_start": "every_round"}
 
 
 def test_ditto_refuses_several_processes_per_site() -> None:
@@ -139,6 +140,59 @@ def test_a_restarted_site_resumes_the_personalized_model_and_its_optimizer(tmp_p
 def _saved(ditto, path: Path) -> Path:
     torch.save(ditto.state_dict(), path)
     return path
+
+
+def personal_after_rounds(tmp_path: Path, personal_start: str, global_weights: list[float]) -> float:
+    workflow = tiny_workflow(tmp_path / f"{personal_start}-{len(global_weights)}")
+    ditto = ditto_site(0.0, 1, personal_start)
+    ditto.setup(workflow)
+    for weight in global_weights:
+        ditto_round(ditto, workflow, global_weight=weight)
+    return personal_weight(ditto)
+
+
+def test_by_default_each_rounds_personal_training_starts_from_that_rounds_global_model(tmp_path: Path) -> None:
+    fine_tuned_once = personal_after_rounds(tmp_path, "every_round", [-1.0])
+
+    after_two_rounds = personal_after_rounds(tmp_path, "every_round", [0.0, -1.0])
+
+    assert after_two_rounds == pytest.approx(fine_tuned_once)
+
+
+def test_first_round_start_trains_one_personalized_model_on_across_rounds(tmp_path: Path) -> None:
+    fine_tuned_once = personal_after_rounds(tmp_path, "first_round", [-1.0])
+
+    after_two_rounds = personal_after_rounds(tmp_path, "first_round", [0.0, -1.0])
+
+    # two rounds of training from the first global model, not one from the second's
+    assert abs(after_two_rounds - 2.0) < abs(fine_tuned_once - 2.0)
+
+
+def test_the_ditto_defaults_start_personal_training_from_every_rounds_global_model() -> None:
+    assert parse_algorithm_args("ditto", [])["personal_start"] == "every_round"
+    assert ditto_site().personal_start == "every_round"
+
+
+def test_an_unknown_personal_start_is_a_one_line_usage_error() -> None:
+    with pytest.raises(UsageError, match="ditto: personal_start must be one of every_round, first_round, got 'never'"):
+        parse_algorithm_args("ditto", ["personal_start=never"])
+
+
+def test_a_ditto_site_built_with_an_unknown_personal_start_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="personal_start must be one of every_round, first_round, got 'never'"):
+        Ditto(**{"lambda": 0.1, "personal_start": "never"})
+
+
+def test_a_round_records_the_personal_trainings_mean_loss_and_prox_term(tmp_path: Path) -> None:
+    workflow = tiny_workflow(tmp_path / "models")
+    ditto = ditto_site(1.0, 2)
+    ditto.setup(workflow)
+
+    ditto_round(ditto, workflow, global_weight=0.0)
+
+    losses = ditto.round_losses
+    assert set(losses) == {"loss", "prox"}
+    assert losses["loss"] > 0 and losses["prox"] > 0  # the personal model moved away from the global model
 
 
 def test_a_trainer_without_a_loss_is_a_clear_error(tmp_path: Path) -> None:

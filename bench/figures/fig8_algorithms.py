@@ -1,7 +1,8 @@
 """Figure 8, FL algorithms on identical and differing sites: the same compute budget (rounds x local epochs =
 epochs) for centralized ``clara-fl train`` on the union, each site alone, and FedAvg, FedProx, FedOpt, SCAFFOLD,
 Ditto, FedBN (``clara-fl job create --algorithm``, ``clara-fl simulate``), with the CLI's defaults (which give every
-algorithm the same budget: Ditto's personalized model trains as many iterations as the round), on ``clara-fl
+algorithm the same budget: Ditto's personalized model trains as many iterations as the round, from the round's
+global model), on ``clara-fl
 synth`` data with ``--heterogeneity none`` and ``strong``, for every seed of ``algorithm_seeds`` and every number of
 sites of ``algorithm_sites``: mean and worst-site Dice on each site's validation data (FL: the cross-site table,
 global model; Ditto: each site's personalized model on its own data; "ditto, kept": the model each site kept with

@@ -134,6 +134,14 @@ DITTO = Algorithm(
             expected=">= 1",
             default_text="the round's local training, iteration for iteration",
         ),
+        AlgorithmParameter(
+            "personal_start",
+            str,
+            "every_round",
+            "where each round's personalized training starts: every_round, the round's global model (local "
+            "fine-tuning pulled to it); first_round, the last round's personalized model (FLARE's Ditto)",
+            choices=("every_round", "first_round"),
+        ),
     ),
     supports_nproc_per_site=False,
     dp_refusal="its personalized model trains on the site's data with its own optimizer, outside Opacus's "

@@ -10,6 +10,12 @@ personalized model.
 The budget is the round's: unless ``personal_epochs`` is given, the personalized model trains exactly as many
 iterations as the site's training of the global model ran in that round (``--local-epochs`` epochs, or
 ``steps_aggregation`` iterations), so it gets what every other algorithm gets.
+
+Where it starts (``personal_start``): by default each round's personal training starts from the round's global model
+(local fine-tuning with the prox pull, so the personal model never lags what the federation learned); with
+``first_round`` it starts from the global model once and trains on from its own, as FLARE's Ditto and the Ditto
+paper do. On short runs of sites that differ, ``first_round``'s personal model stayed far behind the global model
+(``bench/personalization.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ __all__ = ["Ditto", "TrainerDittoHelper"]
 logger = logging.getLogger(__name__)
 
 TRAINER_PARTS = ("prepare_batch", "inferer", "loss_function", "data_loader", "optimizer")
+#: where each round's personal training starts: the round's global model (local fine-tuning pulled towards it), or
+#: the site's personalized model of the last round (FLARE's and the Ditto paper's, from the global model only once)
+EVERY_ROUND, FIRST_ROUND = "every_round", "first_round"
+PERSONAL_STARTS = (EVERY_ROUND, FIRST_ROUND)
 
 
 class TrainerDittoHelper(PTDittoHelper):
@@ -68,6 +78,8 @@ class TrainerDittoHelper(PTDittoHelper):
         )
         self.personal_epochs = model_epochs
         self.trainer = trainer
+        #: the last :meth:`local_train`'s mean loss and mean prox term per iteration (the site's log, the bench)
+        self.round_losses: dict[str, float] = {}
 
     def local_train(
         self,
@@ -86,21 +98,28 @@ class TrainerDittoHelper(PTDittoHelper):
             passes, limit = self.personal_epochs, 0
         trainer = self.trainer
         self.model.train()
-        steps = 0
+        steps, loss_sum, prox_sum = 0, 0.0, 0.0
         for _ in range(passes):
             for batch in train_loader:
                 if abort_signal.triggered or (limit and steps >= limit):
-                    return steps
+                    return self._finished(steps, loss_sum, prox_sum)
                 prepared = trainer.prepare_batch(batch, self.device, trainer.non_blocking, **trainer.to_kwargs)
                 inputs, targets = prepared[0], prepared[1]
                 args, kwargs = (prepared[2], prepared[3]) if len(prepared) == 4 else ((), {})
                 self.optimizer.zero_grad()
                 prediction = trainer.inferer(inputs, self.model, *args, **kwargs)
-                loss = self.criterion(prediction, targets).mean() + self.prox_criterion(self.model, model_global)
-                loss.backward()
+                loss = self.criterion(prediction, targets).mean()
+                prox = self.prox_criterion(self.model, model_global)
+                (loss + prox).backward()
                 self.optimizer.step()
                 steps += 1
+                loss_sum, prox_sum = loss_sum + float(loss.detach()), prox_sum + float(prox.detach())
             self.epoch_global += 1
+        return self._finished(steps, loss_sum, prox_sum)
+
+    def _finished(self, steps: int, loss_sum: float, prox_sum: float) -> int:
+        if steps:
+            self.round_losses = {"loss": loss_sum / steps, "prox": prox_sum / steps}
         return steps
 
 
@@ -110,15 +129,26 @@ class Ditto(LocalAlgorithm):
     Args:
         args: ``lambda``, the weight of the prox term towards the global model (FLARE's ``ditto_lambda``), and
             ``personal_epochs``, epochs of personal training per round; absent or None: as many iterations as the
-            round's training of the global model ran (``lambda`` is a Python keyword, so they arrive as keywords of
-            a mapping, checked by the algorithm's parameters in :mod:`clara_fl.fl.algorithms`).
+            round's training of the global model ran; ``personal_start``, ``every_round`` (default: each round's
+            personal training starts from the round's global model) or ``first_round`` (from the global model once,
+            then from the last round's personal model) (``lambda`` is a Python keyword, so they arrive as keywords
+            of a mapping, checked by the algorithm's parameters in :mod:`clara_fl.fl.algorithms`).
+
+    Raises:
+        ConfigError: ``personal_start`` is neither ``every_round`` nor ``first_round``.
     """
 
-    def __init__(self, **args: float | None) -> None:
+    def __init__(self, **args: float | str | None) -> None:
         super().__init__(**args)
         self.ditto_lambda = float(args["lambda"])  # type: ignore[arg-type]
         epochs = args.get("personal_epochs")
         self.personal_epochs = None if epochs is None else int(epochs)
+        self.personal_start = str(args.get("personal_start") or EVERY_ROUND)
+        if self.personal_start not in PERSONAL_STARTS:
+            raise ConfigError(
+                f"personal_start must be one of {', '.join(PERSONAL_STARTS)}, got {self.personal_start!r}",
+                path="algorithm_args.personal_start",
+            )
         self.helper: TrainerDittoHelper | None = None
         self.reference: torch.nn.Module | None = None
         self.started = False
@@ -157,7 +187,12 @@ class Ditto(LocalAlgorithm):
 
         assert self.helper is not None and self.reference is not None
         load_global_weights(self.reference, global_weights)
-        if not self.started:
+        if self.personal_start == EVERY_ROUND:
+            # fine-tuning: the personal model restarts from the round's global model (its optimizer state kept, as
+            # the site's trainer keeps its own when the global weights are loaded)
+            self.helper.model.load_state_dict(self.reference.state_dict())
+            self.started = True
+        elif not self.started:
             # the first round: personalized_model.pt of an earlier run of this job, else the global model
             self.helper.load_model(self.reference.state_dict())
             self.started = True
@@ -171,11 +206,18 @@ class Ditto(LocalAlgorithm):
         )
         self.helper.save_model()
         budget = "the round's" if self.personal_epochs is None else f"{self.personal_epochs} epoch(s)"
+        losses = self.helper.round_losses
         logger.info(
-            f"ditto: personalized model trained {personal_steps} iterations ({budget}; lambda {self.ditto_lambda}), "
+            f"ditto: personalized model trained {personal_steps} iterations ({budget}; lambda {self.ditto_lambda}; "
+            f"mean loss {losses.get('loss', float('nan')):.4f}, prox term {losses.get('prox', float('nan')):.4f}), "
             f"saved to {self.helper.model_file_path}"
         )
         return {"ditto_personal_steps": personal_steps}
+
+    @property
+    def round_losses(self) -> dict[str, float]:
+        """The last round's mean loss and prox term per iteration of personal training (empty before one)."""
+        return dict(self.helper.round_losses) if self.helper is not None else {}
 
     def model_for_validation(self, workflow: RoundWorkflow) -> Mapping[str, np.ndarray] | None:
         """The personalized model, once it exists."""

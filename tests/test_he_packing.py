@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from clara_fl.fl.he_packing import (
+    MAX_SITES,
     PACKED_PREFIX,
+    RAW_WEIGHT_SUM_META_KEY,
+    WEIGHT_SUM_META_KEY,
+    WEIGHT_SUM_TARGET,
     PackedLayout,
     decrypt_packed,
     deserialize_packed,
@@ -20,12 +24,12 @@ from clara_fl.fl.he_packing import (
     serialize_packed,
     slot_count,
     unpack,
+    used_weight,
     value_bound,
 )
 
 ts = pytest.importorskip("tenseal")
 
-SITES = {"site-1": 3, "site-2": 7, "site-3": 5}  # steps each site ran this round
 TOLERANCE = 1e-3
 
 
@@ -207,53 +211,42 @@ def _he_parts(contexts, encrypt_layers, weights):
     return encryptor, aggregator, generator, decryptor
 
 
-def _plain_fedavg(base, diffs, weights) -> dict[str, np.ndarray]:
-    total = sum(weights[s] * n for s, n in SITES.items())
-    return {
-        name: value + sum(weights[s] * n * diffs[s][name].astype(np.float64) for s, n in SITES.items()) / total
-        for name, value in base.items()
-    }
+AGGREGATION_WEIGHTS = {"site-1": 2.0, "site-2": 1.0, "site-3": 0.5}
+STEPS_BY_ROUND = ({"site-1": 3, "site-2": 7, "site-3": 5}, {"site-1": 6, "site-2": 2, "site-3": 5})
+
+
+def test_the_first_round_weighs_by_aggregation_weights_alone() -> None:
+    assert used_weight(2.0, steps=7.0, previous_raw_sum=None) == 2.0
+
+
+def test_a_later_round_weighs_by_steps_times_aggregation_weight_over_the_previous_raw_sum() -> None:
+    raw = {"site-1": 2.0 * 6, "site-2": 1.0 * 2, "site-3": 0.5 * 5}
+
+    used = {site: used_weight(AGGREGATION_WEIGHTS[site], STEPS_BY_ROUND[1][site], 15.5) for site in raw}
+
+    assert used == pytest.approx({site: r * WEIGHT_SUM_TARGET / 15.5 for site, r in raw.items()})
+    assert sum(used.values()) == pytest.approx(WEIGHT_SUM_TARGET * sum(raw.values()) / 15.5)
+    with pytest.raises(ValueError, match="must be positive"):
+        used_weight(1.0, 3.0, 0.0)
 
 
 @pytest.mark.integration  # FLARE's aggregator stack imports in a few seconds
 @pytest.mark.parametrize("encrypt_layers", [None, "^fc\\."], ids=["all_layers", "some_layers"])
-def test_two_he_rounds_give_the_plain_weighted_fedavg_model_within_1e_3(contexts, encrypt_layers) -> None:
-    from nvflare.apis.dxo import from_shareable
-    from nvflare.apis.fl_context import FLContext
-    from nvflare.app_common.abstract.model import make_model_learnable
-    from nvflare.app_common.app_constant import AppConstants
-
-    from clara_fl.fl.he_packing import WEIGHT_SUM_META_KEY
-
-    weights = {"site-1": 2.0, "site-2": 1.0, "site-3": 0.5}
-    encryptor, aggregator, generator, decryptor = _he_parts(contexts, encrypt_layers, weights)
-    server_ctx = FLContext()
-    server_ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+def test_two_he_rounds_give_the_aggregation_weighted_then_the_fedavg_model_within_1e_3(
+    contexts, encrypt_layers
+) -> None:
+    parts = _he_parts(contexts, encrypt_layers, AGGREGATION_WEIGHTS)
     base = state_dict(100)
-    server_ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in base.items()}, {}))
-    sent = generator.learnable_to_shareable(server_ctx.get_prop(AppConstants.GLOBAL_MODEL), server_ctx)
+    server_ctx, sent = _first_model(parts[2], base)
+    rules = (AGGREGATION_WEIGHTS, {s: AGGREGATION_WEIGHTS[s] * n for s, n in STEPS_BY_ROUND[1].items()})
     expected = base
 
-    for round_number in range(2):
-        diffs = {site: state_dict(10 * round_number + i, scale=0.01) for i, site in enumerate(SITES)}
-        for site, steps in SITES.items():
-            site_ctx, received = _received(decryptor, sent)
-            for name, value in expected.items():
-                assert np.max(np.abs(np.asarray(received[name], dtype=np.float64).ravel() - value.ravel())) < 1e-3
-            result = _site_result(encryptor, site_ctx, site, diffs[site], steps)
-            assert all(
-                isinstance(v, bytes) for k, v in from_shareable(result).data.items() if k.startswith(PACKED_PREFIX)
-            )
-            assert aggregator.accept(result, server_ctx)
-        aggregated = aggregator.aggregate(server_ctx)
-        assert from_shareable(aggregated).get_meta_prop(WEIGHT_SUM_META_KEY) == sum(
-            weights[s] * n for s, n in SITES.items()
-        )
-        learnable = generator.shareable_to_learnable(aggregated, server_ctx)
-        sent = generator.learnable_to_shareable(learnable, server_ctx)
-        expected = _plain_fedavg(expected, diffs, weights)
+    for round_number, steps in enumerate(STEPS_BY_ROUND):
+        diffs = {site: state_dict(10 * round_number + i, scale=0.01) for i, site in enumerate(steps)}
+        sent, _ = _he_round(parts, sent, server_ctx, diffs, steps)
+        expected = _weighted_mean(expected, diffs, rules[round_number])
 
-    _, decrypted = _received(decryptor, sent)
+    _, decrypted = _received(parts[3], sent)
     for name, value in expected.items():
         got = np.asarray(decrypted[name], dtype=np.float64).reshape(value.shape)
         if np.issubdtype(base[name].dtype, np.integer):
@@ -263,7 +256,25 @@ def test_two_he_rounds_give_the_plain_weighted_fedavg_model_within_1e_3(contexts
 
 
 @pytest.mark.integration
-def test_a_site_refuses_to_encrypt_weights_its_context_cannot_hold(contexts) -> None:
+def test_a_round_states_its_weight_sums_and_the_next_rounds_weights_sum_to_the_target_times_the_raw_ratio(
+    contexts,
+) -> None:
+    parts = _he_parts(contexts, None, AGGREGATION_WEIGHTS)
+    server_ctx, sent = _first_model(parts[2], {"w": np.zeros(8)})
+    raw_sums = [sum(AGGREGATION_WEIGHTS[s] * n for s, n in steps.items()) for steps in STEPS_BY_ROUND]  # 15.5, 16.5
+
+    metas = []
+    for steps in STEPS_BY_ROUND:
+        sent, aggregated = _he_round(parts, sent, server_ctx, {s: {"w": np.ones(8)} for s in steps}, steps)
+        metas.append(aggregated.meta)
+
+    assert metas[0][WEIGHT_SUM_META_KEY] == pytest.approx(sum(AGGREGATION_WEIGHTS.values()))
+    assert [m[RAW_WEIGHT_SUM_META_KEY] for m in metas] == pytest.approx(raw_sums)
+    assert metas[1][WEIGHT_SUM_META_KEY] == pytest.approx(WEIGHT_SUM_TARGET * raw_sums[1] / raw_sums[0])
+
+
+@pytest.mark.integration
+def test_a_site_refuses_in_one_line_values_whose_share_could_wrap_a_sum_of_max_sites_shares(contexts) -> None:
     from nvflare.apis.dxo import DXO, DataKind, MetaKey
     from nvflare.apis.fl_context import FLContext
 
@@ -271,12 +282,39 @@ def test_a_site_refuses_to_encrypt_weights_its_context_cannot_hold(contexts) -> 
 
     encryptor, *_ = _he_parts(contexts, None, None)
     site_ctx = FLContext()
-    site_ctx.set_prop(RECEIVED_MODEL_PROP, {"w": np.ones(4)}, private=True, sticky=False)
+    site_ctx.set_prop(RECEIVED_MODEL_PROP, {"w": np.full(4, 300.0)}, private=True, sticky=False)
     dxo = DXO(DataKind.WEIGHT_DIFF, data={"w": np.zeros(4, dtype=np.float32)})
-    dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 20000)  # 20000 x 1.0 > 2^14
+    dxo.set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, 3)  # first round: weight 1, share 300 >= 16384 / 64
 
-    with pytest.raises(ValueError, match="beyond the 1.638e\\+04 the HE context's modulus holds"):
+    with pytest.raises(ValueError, match="reach 300 .*beyond the 256 one of up to 64 sites") as refused:
         encryptor.process_dxo(dxo, dxo.to_shareable(), site_ctx)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.integration
+def test_the_server_fails_the_round_rather_than_add_more_than_max_sites_shares(contexts, monkeypatch) -> None:
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.app_constant import AppConstants
+
+    from clara_fl.fl.site.he_filters import RECEIVED_MODEL_PROP
+
+    encryptor, aggregator, _, _ = _he_parts(contexts, None, None)
+    panics: list[str] = []
+    monkeypatch.setattr(aggregator, "system_panic", lambda reason, fl_ctx: panics.append(reason))
+    server_ctx = FLContext()
+    server_ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+    sites = [f"site-{i}" for i in range(MAX_SITES + 1)]
+    results = []
+    for site in sites:
+        site_ctx = FLContext()
+        site_ctx.set_prop(RECEIVED_MODEL_PROP, {"w": np.zeros(4)}, private=True, sticky=False)
+        results.append(_site_result(encryptor, site_ctx, site, {"w": np.ones(4)}, 1))
+
+    accepted = [aggregator.accept(result, server_ctx) for result in results]
+
+    assert accepted == [True] * MAX_SITES + [False]
+    assert len(panics) == 1 and f"{sites[-1]}: a round adds at most {MAX_SITES} HE shares" in panics[0]
+    assert "\n" not in panics[0]
 
 
 @pytest.mark.integration
@@ -290,3 +328,58 @@ def test_an_update_without_the_model_it_was_trained_from_is_refused(contexts) ->
 
     with pytest.raises(ValueError, match="no global model recorded for this task"):
         encryptor.process_dxo(dxo, dxo.to_shareable(), FLContext())
+
+
+def _he_round(parts, sent, server_ctx, diffs: dict[str, dict[str, np.ndarray]], steps: dict[str, int]):
+    """One round: every site decrypts ``sent``, encrypts its update, the server adds; the next model to send and
+    the aggregated DXO."""
+    from nvflare.apis.dxo import from_shareable
+
+    encryptor, aggregator, generator, decryptor = parts
+    for site, n in steps.items():
+        site_ctx, _ = _received(decryptor, sent)
+        assert aggregator.accept(_site_result(encryptor, site_ctx, site, diffs[site], n), server_ctx)
+    aggregated = aggregator.aggregate(server_ctx)
+    learnable = generator.shareable_to_learnable(aggregated, server_ctx)
+    return generator.learnable_to_shareable(learnable, server_ctx), from_shareable(aggregated)
+
+
+def _first_model(generator, base: dict[str, np.ndarray]):
+    """The server's FL context holding the plain initial model ``base``, and the task data it sends."""
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.abstract.model import make_model_learnable
+    from nvflare.app_common.app_constant import AppConstants
+
+    server_ctx = FLContext()
+    server_ctx.set_prop(AppConstants.CURRENT_ROUND, 0, private=True, sticky=False)
+    server_ctx.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable({k: v.copy() for k, v in base.items()}, {}))
+    return server_ctx, generator.learnable_to_shareable(server_ctx.get_prop(AppConstants.GLOBAL_MODEL), server_ctx)
+
+
+def _weighted_mean(base, diffs, weights: dict[str, float]) -> dict[str, np.ndarray]:
+    """Plain numpy: ``base`` plus the mean of the sites' updates weighted by ``weights``."""
+    total = sum(weights.values())
+    return {
+        name: value + sum(w * diffs[s][name].astype(np.float64) for s, w in weights.items()) / total
+        for name, value in base.items()
+    }
+
+
+@pytest.mark.integration
+def test_eight_sites_of_1000_steps_with_values_up_to_5_aggregate_within_1e_3_of_plain_fedavg(contexts) -> None:
+    rng = np.random.default_rng(7)
+    # weighed raw, each share (1000 x 5) passes a site's own check, but the sum (~38000: values of one sign
+    # fill the constant coefficient) passes the 2^35 / 2^20 = 32768 at which a CKKS value wraps around
+    steps = {f"site-{i}": 1000 for i in range(1, 9)}
+    base = {"w": rng.uniform(4.4, 4.6, 1500)}
+    parts = _he_parts(contexts, None, None)
+    server_ctx, sent = _first_model(parts[2], base)
+    expected = base
+
+    for _ in range(2):
+        diffs = {site: {"w": rng.uniform(0.0, 0.4, 1500)} for site in steps}
+        sent, _ = _he_round(parts, sent, server_ctx, diffs, steps)
+        expected = _weighted_mean(expected, diffs, {s: float(n) for s, n in steps.items()})
+
+    _, decrypted = _received(parts[3], sent)
+    assert float(np.max(np.abs(decrypted["w"] - expected["w"]))) < TOLERANCE

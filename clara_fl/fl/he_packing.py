@@ -20,6 +20,10 @@ Packed chunks are keyed :data:`PACKED_PREFIX` + index in the DXO data, so FLARE'
 key like any tensor. The server only adds: every chunk stays at the top (and only) data level of the modulus
 chain, so a chain of one data prime suffices (``clara_fl.fl.jobs.he_context.CKKS_PARAMETERS``);
 :func:`value_bound` is the largest magnitude a sum may reach under a context before it wraps around the modulus.
+
+The sites' weights are normalized by a factor common to all of them (:func:`used_weight`), so that the weights the
+server adds sum to about :data:`WEIGHT_SUM_TARGET` whatever the steps; each site keeps its share under
+:func:`share_bound`, so a sum of up to :data:`MAX_SITES` shares stays under :func:`value_bound`.
 """
 
 from __future__ import annotations
@@ -36,8 +40,13 @@ import numpy as np
 
 __all__ = [
     "LAYOUT_META_KEY",
-    "WEIGHT_SUM_META_KEY",
+    "MAX_SITES",
     "PACKED_PREFIX",
+    "RAW_WEIGHT_META_KEY",
+    "RAW_WEIGHT_SUM_META_KEY",
+    "USED_WEIGHT_META_KEY",
+    "WEIGHT_SUM_META_KEY",
+    "WEIGHT_SUM_TARGET",
     "PackedLayout",
     "decrypt_packed",
     "deserialize_packed",
@@ -46,8 +55,10 @@ __all__ = [
     "pack_plain",
     "select_layers",
     "serialize_packed",
+    "share_bound",
     "slot_count",
     "unpack",
+    "used_weight",
     "value_bound",
 ]
 
@@ -55,6 +66,16 @@ PACKED_PREFIX = "__clara_he_packed__."
 LAYOUT_META_KEY = "clara_he_layout"
 # the sum of the weights the sites multiplied their updates by: the receiver divides the decrypted sum by it
 WEIGHT_SUM_META_KEY = "clara_he_weight_sum"
+# the sum of the sites' raw weights (aggregation weight x steps) of the round that made a global model: the next
+# round's common normalization
+RAW_WEIGHT_SUM_META_KEY = "clara_he_raw_weight_sum"
+# what a site states in its update's plain metadata: the weight it multiplied by, and its raw weight
+USED_WEIGHT_META_KEY = "clara_he_weight"
+RAW_WEIGHT_META_KEY = "clara_he_raw_weight"
+# what the used weights of a round sum to when the sites' raw weights sum to the previous round's
+WEIGHT_SUM_TARGET = 16.0
+# the most shares the server adds in a round; each site keeps its share under value_bound / MAX_SITES
+MAX_SITES = 64
 
 
 def is_packed_key(key: str) -> bool:
@@ -73,6 +94,36 @@ def value_bound(context: Any) -> float:
     ciphertexts' coefficient modulus, over the scale (a CKKS value wraps around at half the modulus)."""
     data_bits = int(context.seal_context().data.first_context_data().total_coeff_modulus_bit_count())
     return float(2.0 ** (data_bits - 2) / context.global_scale)
+
+
+def share_bound(context: Any) -> float:
+    """The largest magnitude one site's weighted values may reach: :func:`value_bound` over :data:`MAX_SITES`, so
+    that the server's sum of up to MAX_SITES shares cannot wrap around."""
+    return value_bound(context) / MAX_SITES
+
+
+def used_weight(aggregation_weight: float, steps: float, previous_raw_sum: float | None) -> float:
+    """The weight a site multiplies its weights by: its raw weight ``aggregation_weight x steps`` (FLARE's rule)
+    divided by a factor common to every site of the round.
+
+    From the second round on that factor is ``previous_raw_sum / WEIGHT_SUM_TARGET`` (the raw weights of the round
+    that made the received global model sum to ``previous_raw_sum``), so the round's used weights sum to about
+    WEIGHT_SUM_TARGET and their ratios are FedAvg's. In the first round (``previous_raw_sum`` None) no common
+    factor is known: each site divides by its own ``steps``, so the first round weighs by aggregation weights alone.
+
+    Args:
+        aggregation_weight: the site's aggregation weight.
+        steps: the site's steps in the round (1 where the steps do not weigh).
+        previous_raw_sum: the raw weight sum in the received global model's metadata, or None.
+
+    Raises:
+        ValueError: ``previous_raw_sum`` is not positive.
+    """
+    if previous_raw_sum is None:
+        return float(aggregation_weight)
+    if not previous_raw_sum > 0:
+        raise ValueError(f"the previous round's raw weight sum must be positive, got {previous_raw_sum}")
+    return float(aggregation_weight) * float(steps) * WEIGHT_SUM_TARGET / float(previous_raw_sum)
 
 
 def select_layers(names: Sequence[str], encrypt_layers: Sequence[str] | str | bool | None) -> list[str]:

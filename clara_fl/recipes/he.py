@@ -62,9 +62,11 @@ def apply_homomorphic_encryption(
 
     The updates are weighed by each site's steps and aggregation weight exactly once, at the sites before
     encrypting (HEModelEncryptor, given the aggregator's ``aggregation_weights``): each site sends its weights after
-    the round times its weight, the server adds them and the weights (HEInTimeAccumulateWeightedAggregator, no
-    multiplication in encrypted space), and the sites divide the decrypted sum by the weight sum. The learner still
-    sends WEIGHT_DIFF, so privacy filters see the update; the encryptor applies it to the global model it came from.
+    the round times its weight, normalized by a factor common to the round's sites so that the sum cannot wrap
+    around the CKKS modulus (``clara_fl.fl.he_packing.used_weight``), the server adds them and the weights
+    (HEInTimeAccumulateWeightedAggregator, no multiplication in encrypted space), and the sites divide the decrypted
+    sum by the weight sum. The learner still sends WEIGHT_DIFF, so privacy filters see the update; the encryptor
+    applies it to the global model it came from.
 
     Args:
         server: the job's server app, changed in place.

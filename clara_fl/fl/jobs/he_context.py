@@ -11,8 +11,18 @@ no ciphertext is ever rescaled and one data prime suffices (HEBuilder's default 
 is made for one multiplication). Degree 2048 with 36 + 18 bits is at SEAL's bound for 128-bit security (54 bits at
 this degree; SEAL refuses more). A fresh symmetric ciphertext decrypts within ~400 / 2^20 (4e-4) of its values, and
 a sum of k updates within ~sqrt(k) times that before the division by the weight sum, so the global model agrees
-with the plain weighted mean well within 1e-3; a sum must stay under 2^34 / 2^20 = 16384 (weight sum times the
-largest weight), which each site checks for its own share.
+with the plain weighted mean well within 1e-3 when the weights sum to a few units or more.
+
+What is guaranteed: a CKKS value wraps around at half the modulus (2^35 / 2^20 = 32768 here); clara-fl keeps every
+sum under a quarter (:func:`~clara_fl.fl.he_packing.value_bound`, 16384). Each site's share (the weight it used
+times its largest encrypted absolute value) stays under 16384 / MAX_SITES (64 sites: 256), or the site refuses
+to send it (one line); the server adds at most MAX_SITES shares a round, or fails the round (one line in its log).
+So no sum of a round wraps: a global model is right or there is none. The weights are normalized
+(:func:`~clara_fl.fl.he_packing.used_weight`) so that the shares stay small whatever the steps: from the second
+round on each site multiplies by aggregation weight x steps x WEIGHT_SUM_TARGET (16) / the previous round's sum
+of aggregation weight x steps (plain metadata of the global model), so the weights sum to about 16 (exact FedAvg
+ratios; the error ~4e-4 x sqrt(sites) / 16, the headroom 256 / a site's weight); the first round, which has no
+previous sum, weighs by the aggregation weights alone. Values the size of a network's weights are far inside.
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ multiplied, so no level of the CKKS chain is consumed and the job's context need
 
 * :class:`HEInTimeAccumulateWeightedAggregator` loads the job's public context (``server_context.tenseal``) once
   per run, turns each chunk's bytes into a ``CKKSVector`` under it, and leaves the sum to FLARE's aggregator (same
-  weights, same accumulation) without FLARE's final division: the sum of the weights goes in plain metadata
-  (``clara_he_weight_sum``) and the sites divide after decrypting. It refuses an update packed differently from
-  the round's first.
+  accumulation) without FLARE's final division: the sum of the weights the sites state they used goes in plain
+  metadata (``clara_he_weight_sum``), and the sites divide after decrypting; the sum of their raw weights
+  (aggregation weight x steps, ``clara_he_raw_weight_sum``) goes beside it, the next round's normalization. It
+  refuses an update packed differently from the round's first, and fails the round rather than add more than
+  ``MAX_SITES`` shares (a sum that could wrap around the modulus).
 * :class:`HEModelShareableGenerator` is FLARE's: the aggregated WEIGHTS become the encrypted global model, with
   their metadata (layout, weight sum), which the persistor stores with it.
 * :class:`HEClaraModelPersistor` lets the saved global model change from named tensors to packed chunks once.
@@ -18,6 +20,7 @@ multiplied, so no level of the CKKS chain is consumed and the job's context need
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
@@ -38,6 +41,10 @@ from nvflare.security.logging import secure_format_exception
 from clara_fl.fl.flare_internals.task_check_period import PollsAtItsTaskCheckPeriod
 from clara_fl.fl.he_packing import (
     LAYOUT_META_KEY,
+    MAX_SITES,
+    RAW_WEIGHT_META_KEY,
+    RAW_WEIGHT_SUM_META_KEY,
+    USED_WEIGHT_META_KEY,
     WEIGHT_SUM_META_KEY,
     PackedLayout,
     deserialize_packed,
@@ -62,17 +69,33 @@ def _layout_of(meta: Any) -> PackedLayout | None:
 
 class _SumHelper(WeightedAggregationHelper):
     """FLARE's weighted accumulation (the contributions as the sites weighed them, the weights summed per key)
-    whose result is the sum, not the mean: a CKKS ciphertext cannot be divided without a rescale."""
+    whose result is the sum, not the mean: a CKKS ciphertext cannot be divided without a rescale.
 
-    def __init__(self, exclude_vars: str | None = None) -> None:
+    The weight summed for a contributor is the one it stated in ``stated`` (used weight, raw weight), else FLARE's
+    (aggregation weight x steps, for both)."""
+
+    def __init__(self, stated: dict[str, tuple[float, float]], exclude_vars: str | None = None) -> None:
         super().__init__(exclude_vars=exclude_vars, weigh_by_local_iter=False)
+        self.stated = stated
         self.weight_sums: dict[str, float] = {}
+        self.raw_weight_sum = 0.0
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.raw_total = 0.0
+
+    def add(self, data: dict[str, Any], weight: Any, contributor_name: str, contribution_round: int) -> None:
+        used, raw = self.stated.get(contributor_name, (float(weight), float(weight)))
+        super().add(data, used, contributor_name, contribution_round)
+        with self.lock:
+            self.raw_total += raw
 
     def get_result(self) -> dict[str, Any]:
         stats = self.get_aggregation_stats()  # FLARE's lock is not re-entrant: taken before the result's
         with self.lock:
             result = dict(self.total)
             self.weight_sums = {k: float(w) for k, w in self.counts.items()}
+            self.raw_weight_sum = self.raw_total
             self.last_aggregation_stats = stats
             self.reset_stats()
         return result
@@ -109,20 +132,25 @@ class HEInTimeAccumulateWeightedAggregator(_FlareAggregator):
         self.tenseal_context_file = tenseal_context_file
         self.tenseal_context: Any = None
         self.round_layout: PackedLayout | None = None
+        # this round's packed shares: each contributor's stated (used, raw) weights, and how many were accepted
+        self.stated_weights: dict[str, tuple[float, float]] = {}
+        self.shares = 0
+        self.shares_lock = threading.Lock()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
         super().handle_event(event_type, fl_ctx)  # FLARE's builds its DXO aggregators at START_RUN
         if event_type == EventType.START_RUN:
             for key, dxo_aggregator in self.dxo_aggregators.items():
                 excluded = self.exclude_vars.get(key) if isinstance(self.exclude_vars, dict) else None
-                dxo_aggregator.aggregation_helper = _SumHelper(exclude_vars=excluded)
+                dxo_aggregator.aggregation_helper = _SumHelper(self.stated_weights, exclude_vars=excluded)
         if event_type == EventType.START_RUN and self.tenseal_context is None:
             self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
         elif event_type == EventType.END_RUN:
             self.tenseal_context = None
 
     def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
-        """Read a packed update's chunks under the job's context and hand it to FLARE's aggregator.
+        """Read a packed update's chunks under the job's context and hand it to FLARE's aggregator with the weights
+        its site states; fail the round (FLARE's system panic, one log line) at a share beyond :data:`MAX_SITES`.
 
         Args:
             shareable: a site's train result.
@@ -131,37 +159,80 @@ class HEInTimeAccumulateWeightedAggregator(_FlareAggregator):
         try:
             dxo = from_shareable(shareable)
             layout = _layout_of(dxo.meta)
+            stated = _stated_weights(dxo.meta)
         except ValueError as e:
-            self.log_error(fl_ctx, f"not a DXO with a readable packed layout: {secure_format_exception(e)}")
+            self.log_error(fl_ctx, f"not a DXO with a readable packed layout and weights: {secure_format_exception(e)}")
             return False
-        if layout is not None:
-            if self.round_layout is None:
-                self.round_layout = layout
-            elif layout != self.round_layout:
-                site = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
-                self.log_error(fl_ctx, f"discarding the update from {site}: packed differently from this round's")
+        if layout is None:
+            return bool(super().accept(shareable, fl_ctx))
+        site = shareable.get_peer_prop(ReservedKey.IDENTITY_NAME, "?")
+        if self.round_layout is None:
+            self.round_layout = layout
+        elif layout != self.round_layout:
+            self.log_error(fl_ctx, f"discarding the update from {site}: packed differently from this round's")
+            return False
+        with self.shares_lock:
+            if self.shares >= MAX_SITES:
+                reason = (
+                    f"refusing the update from {site}: a round adds at most {MAX_SITES} HE shares (MAX_SITES), "
+                    "more could wrap around the CKKS modulus; the round fails"
+                )
+                self.log_error(fl_ctx, reason)
+                self.system_panic(reason, fl_ctx)
                 return False
-            if self.tenseal_context is None:
-                self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
-            packed = {k: v for k, v in dxo.data.items() if is_packed_key(k)}
-            dxo.data.update(deserialize_packed(self.tenseal_context, packed))
-            dxo.update_shareable(shareable)
-        return bool(super().accept(shareable, fl_ctx))
+            self.shares += 1  # the slot is held while the update is read
+        if stated is not None:
+            self.stated_weights[site] = stated
+        if self.tenseal_context is None:
+            self.tenseal_context = load_tenseal_context_from_workspace(self.tenseal_context_file, fl_ctx)
+        packed = {k: v for k, v in dxo.data.items() if is_packed_key(k)}
+        dxo.data.update(deserialize_packed(self.tenseal_context, packed))
+        dxo.update_shareable(shareable)
+        accepted = bool(super().accept(shareable, fl_ctx))
+        if not accepted:
+            with self.shares_lock:
+                self.shares -= 1
+        return accepted
 
     def aggregate(self, fl_ctx: FLContext) -> Shareable:
-        """The sum of the accepted updates, with the weight sum and the round's packed layout in its metadata."""
+        """The sum of the accepted updates, with the weight sum, the raw weight sum and the round's packed layout in
+        its metadata."""
         helpers = [a.aggregation_helper for a in self.dxo_aggregators.values()]
         shareable = super().aggregate(fl_ctx)
         layout, self.round_layout = self.round_layout, None
-        sums = {w for helper in helpers if isinstance(helper, _SumHelper) for w in helper.weight_sums.values()}
+        with self.shares_lock:
+            self.shares = 0
+            self.stated_weights.clear()
+        sum_helpers = [helper for helper in helpers if isinstance(helper, _SumHelper) and helper.weight_sums]
+        sums = {w for helper in sum_helpers for w in helper.weight_sums.values()}
         if len(sums) > 1:
             raise ValueError(f"the tensors' weight sums differ ({sorted(sums)}): a contribution lacked some tensors")
         dxo = from_shareable(shareable)
         if sums:
             dxo.set_meta_prop(WEIGHT_SUM_META_KEY, sums.pop())
+            dxo.set_meta_prop(RAW_WEIGHT_SUM_META_KEY, sum_helpers[0].raw_weight_sum)
         if layout is not None:
             dxo.set_meta_prop(LAYOUT_META_KEY, layout.to_meta())
         return dxo.to_shareable()
+
+
+def _stated_weights(meta: Any) -> tuple[float, float] | None:
+    """The (used, raw) weights a site stated in its update's plain metadata, or None where it stated none.
+
+    Raises:
+        ValueError: a stated weight is not a positive number.
+    """
+    if not isinstance(meta, dict) or USED_WEIGHT_META_KEY not in meta:
+        return None
+    stated: dict[str, Any] = meta
+    try:
+        used = float(stated[USED_WEIGHT_META_KEY])
+        raw = float(stated.get(RAW_WEIGHT_META_KEY, used))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"a stated HE weight is not a number: {e}") from e
+    if not (used > 0 and raw > 0):
+        raise ValueError(f"the stated HE weights must be positive, got {used} and {raw}")
+    return used, raw
 
 
 class HEModelShareableGenerator(_FlareGenerator):

@@ -318,6 +318,55 @@ def test_the_server_fails_the_round_rather_than_add_more_than_max_sites_shares(c
 
 
 @pytest.mark.integration
+def test_the_sum_is_serialized_once_and_becomes_the_global_model_without_reading_the_model_it_replaces(
+    contexts,
+) -> None:
+    from nvflare.apis.dxo import from_shareable
+    from nvflare.app_common.abstract.model import ModelLearnableKey
+    from nvflare.app_common.app_constant import AppConstants
+
+    encryptor, aggregator, generator, decryptor = _he_parts(contexts, None, AGGREGATION_WEIGHTS)
+    server_ctx, sent = _first_model(generator, state_dict(100))
+    for i, (site, n) in enumerate(STEPS_BY_ROUND[0].items()):
+        site_ctx, _ = _received(decryptor, sent)
+        assert aggregator.accept(_site_result(encryptor, site_ctx, site, state_dict(i, scale=0.01), n), server_ctx)
+    # FLARE's generator reads the replaced model's chunks under the context: these are no ciphertext
+    replaced = {f"{PACKED_PREFIX}000000": b"not a ciphertext"}
+    server_ctx.get_prop(AppConstants.GLOBAL_MODEL)[ModelLearnableKey.WEIGHTS] = replaced
+
+    aggregated = aggregator.aggregate(server_ctx)
+    learnable = generator.shareable_to_learnable(aggregated, server_ctx)
+
+    floating = [k for k, v in state_dict(0).items() if np.issubdtype(v.dtype, np.floating)]
+    layout = PackedLayout.of(state_dict(0), floating, slot_count(contexts[1]))
+    sums = {k: v for k, v in from_shareable(aggregated).data.items() if k.startswith(PACKED_PREFIX)}
+    assert sorted(sums) == layout.keys and all(isinstance(v, bytes) for v in sums.values())
+    assert all(learnable[ModelLearnableKey.WEIGHTS][k] is v for k, v in sums.items())
+
+
+@pytest.mark.integration
+def test_a_packed_global_model_of_bytes_is_saved_as_it_is_without_the_serialize_filter(monkeypatch) -> None:
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
+
+    from clara_fl.fl.he_packing import LAYOUT_META_KEY
+    from clara_fl.fl.server.he import HEClaraModelPersistor
+
+    persistor = HEClaraModelPersistor(filter_id="he_serialize_filter")
+    saved: list[dict[str, object]] = []
+    monkeypatch.setattr(persistor, "save_model", lambda ml, fl_ctx: saved.append(dict(ml[ModelLearnableKey.WEIGHTS])))
+    params = state_dict(0)
+    layout = PackedLayout.of(params, ["fc.weight"], chunk_size=1024)
+    weights = {**{k: b"ciphertext" for k in layout.keys}, "conv.bias": params["conv.bias"]}
+    model = make_model_learnable(dict(weights), {LAYOUT_META_KEY: layout.to_meta()})
+
+    persistor.save(model, FLContext())  # no engine: the filter's lookup would fail
+
+    assert len(saved) == 1 and all(saved[0][k] is v for k, v in weights.items())
+    assert all(model[ModelLearnableKey.WEIGHTS][k] is v for k, v in weights.items())
+
+
+@pytest.mark.integration
 def test_an_update_without_the_model_it_was_trained_from_is_refused(contexts) -> None:
     from nvflare.apis.dxo import DXO, DataKind, MetaKey
     from nvflare.apis.fl_context import FLContext

@@ -87,10 +87,9 @@ class FedAvgSettings:
     # homomorphic encryption with FLARE's HE components (clara_fl.recipes.he; needs clara-fl[he] to run)
     he: bool = False
     # under he: the layers the sites encrypt (HEModelEncryptor encrypt_layers: names or a regular expression;
-    # None encrypts all), and whether the server weighs the encrypted updates by the sites' steps instead of the
-    # sites before encrypting (HEInTimeAccumulateWeightedAggregator / HEModelEncryptor weigh_by_local_iter)
+    # None encrypts all). The sites always weigh (the server only adds): a Clara config's choice of the server
+    # weighing only decides which aggregation_weights count (clara_configs)
     he_encrypt_layers: list[str] | str | None = None
-    he_weigh_at_server: bool = False
     # a robust aggregation rule in place of the weighted mean (--aggregator: median, trimmed_mean:beta=B, krum:f=F,
     # multikrum:f=F,m=M; clara_fl.recipes.robust_aggregation); None: the weighted mean
     aggregator: str | None = None
@@ -287,9 +286,7 @@ def build_job(mmar: Path, settings: FedAvgSettings, template: str | None = None)
     if s.dp is not None:
         logger.info("%s", apply_dp(server, client, s.dp, s.num_rounds).describe())
     if s.he:
-        apply_homomorphic_encryption(
-            server, client, template_name, encrypt_layers=s.he_encrypt_layers, weigh_at_server=s.he_weigh_at_server
-        )
+        apply_homomorphic_encryption(server, client, template_name, encrypt_layers=s.he_encrypt_layers)
     overrides: dict[str, Any] = dict(s.overrides)
     if s.nproc_per_site and s.nproc_per_site > 1:
         overrides["multi_gpu"] = True

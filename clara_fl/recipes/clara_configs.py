@@ -518,8 +518,8 @@ def _read_he_filter(r: _Reader, path: str, entry: dict[str, Any]) -> None:
 def _settle_he_weighing(r: _Reader) -> None:
     """The weighing of the updates, as Clara 4.0 did it: exactly once, at the sites before encrypting (then the
     encryptor's aggregation_weights count and the aggregator's are ignored) or by the server in encrypted space
-    (then the aggregator's count). FLARE 2.9's aggregator divides by its own weights, so the job has the weights
-    that count at both ends.
+    (then the aggregator's count). clara-fl's sites weigh either way, since its HE server only adds: the choice
+    decides which aggregation_weights count, and the job gives those to both ends.
 
     Raises:
         ConfigError: both or neither weigh, or both would apply aggregation weights.
@@ -536,7 +536,6 @@ def _settle_he_weighing(r: _Reader) -> None:
             "exactly one must",
             file=given.file,
         )
-    s.he_weigh_at_server = server
     counted, other = (r.server_weights, r.encryptor_weights) if server else (r.encryptor_weights, r.server_weights)
     if server and other is not None:
         raise r.fail(

@@ -56,7 +56,6 @@ def apply_homomorphic_encryption(
     client: ClientApp,
     template: str,
     encrypt_layers: list[str] | str | None = None,
-    weigh_at_server: bool = False,
 ) -> None:
     """Switch a ScatterAndGather job's apps (clara_fedavg_cse and its kind) to FLARE's HE components.
 
@@ -74,8 +73,6 @@ def apply_homomorphic_encryption(
         template: the template's name, for the error.
         encrypt_layers: HEModelEncryptor's ``encrypt_layers`` (a list of names or a regular expression); None
             encrypts all (the default: nothing leaves a site in the clear).
-        weigh_at_server: a Clara config's choice that the server weighs (``weigh_by_local_iter`` on its HE
-            aggregator): the sites weigh by the same rule instead, since the server only adds.
 
     Raises:
         ConfigError: the template's server workflow is not ScatterAndGather with the shipped component ids.

@@ -77,8 +77,19 @@ def test_krum_selects_the_update_with_the_smallest_sum_of_squared_distances_to_i
 
     # scores: 0 -> 1+9=10, 1 -> 1+4=5, 3 -> 1+4=5, 4 -> 1+9=10, 100 -> 96^2+97^2
     assert result.scores == (10.0, 5.0, 5.0, 10.0, 96.0**2 + 97.0**2)
-    assert result.selected == (1,)  # the first of the tie
-    np.testing.assert_allclose(result.params["w"], [1.0])
+    assert result.selected == (1, 2)  # tied for the best score
+    np.testing.assert_allclose(result.params["w"], [2.0])  # their unweighted mean
+
+
+def test_krum_without_a_tie_keeps_the_one_best_scored_update() -> None:
+    rows = [[0.0], [2.0], [2.5], [3.0], [100.0]]
+
+    result = parse_rule("krum:f=1").combine(updates(*rows), weights=[1, 1, 9, 1, 1])
+
+    # scores: 0 -> 4+6.25, 2 -> 0.25+1, 2.5 -> 0.25+0.25, 3 -> 0.25+1, 100 -> 97^2+97.5^2
+    assert result.scores[:4] == (10.25, 1.25, 0.5, 1.25)
+    assert result.selected == (2,)
+    np.testing.assert_allclose(result.params["w"], [2.5])
 
 
 def test_krum_measures_distance_over_all_variables_at_once() -> None:
@@ -91,7 +102,7 @@ def test_krum_measures_distance_over_all_variables_at_once() -> None:
     result = parse_rule("krum:f=0").combine(sites)
 
     assert result.scores == pytest.approx((0.01, 0.01, 900.0))
-    assert 2 not in result.selected
+    assert result.selected == (0, 1)
 
 
 def test_multikrum_averages_the_m_best_scored_weighted_by_their_weights() -> None:
@@ -311,9 +322,9 @@ def test_the_scatter_and_gather_aggregator_applies_the_rule_and_names_the_sites_
 
     assert accepted == [True, True, True]
     assert result.data_kind == DataKind.WEIGHT_DIFF
-    assert any(np.array_equal(result.data["w"], np.asarray(w, dtype=np.float32)) for w in list(sent.values())[:2])
-    assert "round 3: krum:f=0 over 3 sites selected site-" in caplog.text
-    assert "round 3: krum:f=0 left out site-" in caplog.text and "site-3" in caplog.text.split("left out")[1]
+    np.testing.assert_allclose(result.data["w"], [1.1, 0.95])  # the two nearest tie with f = 0: their mean
+    assert "round 3: krum:f=0 over 3 sites selected site-1, site-2 (tied for the best score: their mean)" in caplog.text
+    assert "round 3: krum:f=0 left out site-3" in caplog.text
 
 
 def test_the_scatter_and_gather_aggregator_refuses_another_round_another_kind_and_a_second_update() -> None:
@@ -385,3 +396,21 @@ def test_a_coordinate_no_site_changed_blames_no_site_in_the_median_cut_share() -
     result = parse_rule("median").combine(updates)
 
     assert result.cut_share == pytest.approx((0.0, 1 / 3, 1 / 3))  # the tied zeros are nobody's outliers
+
+
+def test_multikrum_keeps_the_same_sites_whichever_site_answered_first() -> None:
+    from nvflare.apis.dxo import from_shareable
+
+    from clara_fl.fl.server.robust_aggregation import RobustAggregator
+
+    # site-1 and site-2 are each other's nearest, so their scores tie at the m = 1 boundary
+    sent = {"site-1": [1.0, 1.0], "site-2": [1.2, 0.9], "site-3": [-10.0, -10.0]}
+    results = []
+    for order in (["site-1", "site-2", "site-3"], ["site-3", "site-2", "site-1"]):
+        aggregator, fl_ctx = RobustAggregator("multikrum:f=0,m=1"), round_context(0)
+        for site in order:
+            aggregator.accept(site_result(site, sent[site]), fl_ctx)
+        results.append(from_shareable(aggregator.aggregate(fl_ctx)).data["w"])
+
+    np.testing.assert_array_equal(results[0], np.asarray(sent["site-1"], dtype=np.float32))
+    np.testing.assert_array_equal(results[1], results[0])

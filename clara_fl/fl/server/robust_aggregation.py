@@ -114,6 +114,9 @@ class RoundOfUpdates:
         """The rule applied to the round's updates (then forgotten): refused layouts first, then the rule."""
         with self._lock:
             updates, self._updates = self._updates, []
+        # By site name, not arrival order: the result must not depend on which site answered first (MultiKrum's ties
+        # at its m-th score keep the first; sums run in one order).
+        updates.sort(key=lambda u: u.site)
         spec = self.rule.spec
         if not updates:
             return RoundOutcome({}, unchanged=True, errors=[f"round {round_number}: {spec} got no update to aggregate"])
@@ -137,8 +140,9 @@ class RoundOfUpdates:
             chosen = [names[i] for i in result.selected]
             left_out = [name for name in names if name not in chosen]
             scores = ", ".join(f"{names[i]} {result.scores[i]:.4g}" for i in np.argsort(result.scores, kind="stable"))
+            tied = " (tied for the best score: their mean)" if self.rule.name == "krum" and len(chosen) > 1 else ""
             outcome.info.append(
-                f"round {round_number}: {spec} over {len(names)} sites selected {', '.join(chosen)} "
+                f"round {round_number}: {spec} over {len(names)} sites selected {', '.join(chosen)}{tied} "
                 f"(Krum scores, smaller is more central: {scores})"
             )
             if left_out:

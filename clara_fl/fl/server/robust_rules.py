@@ -8,7 +8,9 @@ accepted ones (Flower's FedMedian, FedTrimmedAvg, Krum and MultiKrum):
 * ``trimmed_mean:beta=B``: per coordinate, the ``floor(B*n)`` smallest and largest values are cut and the rest
   averaged;
 * ``krum:f=F`` (Blanchard et al. 2017): each update's score is the sum of its squared distances to its ``n-F-2``
-  nearest other updates (over all of its variables at once); the update with the smallest score is the result;
+  nearest other updates (over all of its variables at once); the update with the smallest score is the result.
+  Updates tied for the smallest score are averaged (unweighted) rather than one picked by the order the sites
+  answered in: with 3 sites and F = 0 the two nearest updates always tie (each one's score is their distance);
 * ``multikrum:f=F,m=M``: the mean of the ``M`` best-scored updates, weighted as FedAvg weighs them.
 
 The first three ignore the updates' weights: a bad site could otherwise claim a large weight.
@@ -143,9 +145,14 @@ class RobustRule:
         if self.name in ("median", "trimmed_mean"):
             return _coordinate_wise(updates, self.cut_per_end(n))
         scores = krum_scores(updates, self.f)
-        keep = 1 if self.name == "krum" else (self.m or n - self.f)
-        best = tuple(int(i) for i in np.argsort(scores, kind="stable")[:keep])
-        chosen_weights = [1.0 if weights is None else float(weights[i]) for i in best]
+        order = np.argsort(scores, kind="stable")
+        if self.name == "krum":
+            # Updates tied for the best score are averaged, unweighted: picking one would be arbitrary
+            best = tuple(int(i) for i in order if scores[i] == scores[order[0]])
+            chosen_weights = [1.0] * len(best)
+        else:
+            best = tuple(int(i) for i in order[: self.m or n - self.f])
+            chosen_weights = [1.0 if weights is None else float(weights[i]) for i in best]
         params = _weighted_mean([updates[i] for i in best], chosen_weights)
         return RobustResult(params=params, selected=best, scores=tuple(float(s) for s in scores))
 

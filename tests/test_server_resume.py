@@ -94,6 +94,41 @@ def test_the_persistor_records_the_best_global_model_with_its_round_and_metric(t
     assert (tmp_path / "best_FL_global_model.pt").is_file()
 
 
+def test_the_best_model_checkpoint_of_the_saved_global_model_is_a_link_that_keeps_it_after_the_next_save(
+    tmp_path: Path,
+) -> None:
+    persistor = persistor_in(tmp_path)
+    learnable = persistor.load(context(tmp_path))
+    rounds = {AppConstants.CURRENT_ROUND: 0, AppConstants.START_ROUND: 0, AppConstants.NUM_ROUNDS: 4}
+    persistor.save(learnable, context(tmp_path, **rounds))
+    best = {AppConstants.GLOBAL_MODEL: learnable, AppConstants.VALIDATION_RESULT: 0.5, AppConstants.CURRENT_ROUND: 1}
+
+    persistor.handle_event(AppEventType.GLOBAL_BEST_MODEL_AVAILABLE, context(tmp_path, **best))
+    linked = os.path.samefile(tmp_path / "best_FL_global_model.pt", tmp_path / "FL_global_model.pt")
+    persistor.handle_event(AppEventType.BEFORE_SHAREABLE_TO_LEARNABLE, context(tmp_path))
+    learnable["weights"] = {k: v + 1.0 for k, v in learnable["weights"].items()}  # as FLARE's generators do
+    persistor.save(learnable, context(tmp_path, **{**rounds, AppConstants.CURRENT_ROUND: 1}))
+
+    assert linked
+    best_weights = torch.load(tmp_path / "best_FL_global_model.pt", weights_only=True)["model"]
+    global_weights = torch.load(tmp_path / "FL_global_model.pt", weights_only=True)["model"]
+    assert torch.equal(global_weights["bias"], best_weights["bias"] + 1.0)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_best_model_other_than_the_saved_one_is_written_by_flares_persistor(tmp_path: Path) -> None:
+    persistor = persistor_in(tmp_path)
+    learnable = persistor.load(context(tmp_path))
+    persistor.save(learnable, context(tmp_path))
+    persistor.handle_event(AppEventType.BEFORE_SHAREABLE_TO_LEARNABLE, context(tmp_path))  # changed since saved
+    best = {AppConstants.GLOBAL_MODEL: learnable, AppConstants.VALIDATION_RESULT: 0.5, AppConstants.CURRENT_ROUND: 1}
+
+    persistor.handle_event(AppEventType.GLOBAL_BEST_MODEL_AVAILABLE, context(tmp_path, **best))
+
+    assert (tmp_path / "best_FL_global_model.pt").is_file()
+    assert not os.path.samefile(tmp_path / "best_FL_global_model.pt", tmp_path / "FL_global_model.pt")
+
+
 def test_a_resumed_persistor_starts_from_the_saved_global_model_and_keeps_the_saved_best(tmp_path: Path) -> None:
     saved = tmp_path / "workspace" / "a1b2" / "app_server"  # the stranded job's app folder in the server workspace
     saved.mkdir(parents=True)

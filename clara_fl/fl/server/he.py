@@ -306,6 +306,7 @@ class HEClaraModelPersistor(ClaraModelPersistor):
         packed = _layout_of(learnable.get(ModelLearnableKey.META)) is not None
         if packed and all(isinstance(v, bytes) for k, v in weights.items() if is_packed_key(k)):
             self.save_model(learnable, fl_ctx)
+            self.remember_saved(learnable)  # saved as it is, without the filter
         else:
             super().save(learnable, fl_ctx)
 

@@ -24,7 +24,8 @@ Diagnostics per Ditto variant (in the record): each round's mean loss and prox t
 the personal and the trainer's optimizer lr, each round's keep_better_model choice, and the personal model as
 FLARE's cross-site validation scores it (a site rebuilt from its local state, its cross-site validator).
 
-Data: ``clara-fl synth --heterogeneity strong`` (12 cases of 32^3, 16^3 crops, as figure 8), lr 1e-3.
+Data: ``clara-fl synth --heterogeneity strong`` (12 cases of 32^3 by default, as figure 8; ``--cases`` for more), 16^3
+crops, lr 1e-3.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return label, parse_algorithm_args("ditto", pairs)
 
 
-def make_data(folder: Path, sites: int) -> Path:
+def make_data(folder: Path, sites: int, cases: int = 12) -> Path:
     from clara_fl.data.synthetic import make_synthetic_dataset
 
-    made = make_synthetic_dataset(folder, cases=12, sites=sites, shape=(32, 32, 32), heterogeneity="strong")
+    made = make_synthetic_dataset(folder, cases=cases, sites=sites, shape=(32, 32, 32), heterogeneity="strong")
     return Path(made.root)
 
 
@@ -286,6 +287,7 @@ def main() -> int:
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--cases", type=int, default=12, help="synthetic cases over all sites (figure 8's: 12)")
     parser.add_argument(
         "--ditto",
         action="append",
@@ -305,12 +307,13 @@ def main() -> int:
         "rounds": args.rounds,
         "local_epochs": args.local_epochs,
         "sites": args.sites,
+        "cases": args.cases,
         "load_average_start": os.getloadavg(),
         "seeds": [],
     }
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="personalization_data_") as scratch:
-        data = make_data(Path(scratch) / "data", args.sites)
+        data = make_data(Path(scratch) / "data", args.sites, args.cases)
         for seed in (int(s) for s in args.seeds.split(",")):
             entry = run_seed(data, names, seed, args.rounds, args.local_epochs, variants)
             runs = [label for label, _ in variants] + ["fedbn"]

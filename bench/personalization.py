@@ -129,7 +129,8 @@ def aggregate(global_weights: dict[str, np.ndarray], outcomes: list[Any]) -> dic
 def federate(
     sites: Mapping[str, Any], initial: dict[str, np.ndarray], rounds: int
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """``rounds`` rounds of FedAvg over ``sites``; returns the final global model and each round's diagnostics."""
+    """``rounds`` rounds of FedAvg over ``sites``, then the final global model offered to each site's kept model (as
+    a site's learner does when it validates it); returns the final global model and each round's diagnostics."""
     weights = initial
     log: list[dict[str, Any]] = []
     for _ in range(rounds):
@@ -140,6 +141,9 @@ def federate(
             entry["personal_losses"] = losses
         log.append(entry)
         weights = aggregate(weights, list(outcomes.values()))
+    # the final global model, which a site validates after the last round (validate_global_model), to its kept model
+    final = {s: t.keep_better_with("WEIGHTS", weights) for s, t in sites.items()}
+    log.append({"kept_final_global": {s: k for s, k in final.items() if k}})
     return weights, log
 
 

@@ -488,6 +488,42 @@ def test_before_train_validate_returns_a_dict_of_metrics_and_leaves_local_model_
     assert local_training(learner).workflow.evaluator.state.best_metric_epoch == -1
 
 
+def test_the_final_global_model_validated_after_the_last_round_is_offered_to_the_kept_model(site: Site) -> None:
+    from clara_fl.fl.site.keep_better import KEPT_MODEL_FILE
+    from clara_fl.runtime import events as ev
+    from clara_fl.runtime.checkpoint import load_checkpoint, save_atomic
+
+    learner = site.learner(keep_better_model=True)
+    learner.train(train_task(site.global_weights()), site.ctx, Signal())
+    kept_file = site.app / "models" / KEPT_MODEL_FILE
+    saved = load_checkpoint(str(kept_file))
+    save_atomic({**saved, "score": -1.0}, str(kept_file))  # any model beats the one kept in the round
+    final = validate_task(site.global_weights(), ValidateType.MODEL_VALIDATE)
+    final.set_header(AppConstants.CURRENT_ROUND, 1)  # the round after the last, as the server sends it
+
+    reply = learner.validate(final, site.ctx, Signal())
+
+    assert reply.get_return_code() == ReturnCode.OK
+    [choice] = [
+        e for e in ev.read_events(site.app / ev.SITE_EVENTS_FILE) if e.kind == ev.SITE_MODEL_KEPT and e.round == 1
+    ]
+    numbers = choice.numbers()
+    assert numbers["kept"] == 1
+    assert numbers["kept_score"] == max(numbers["global"], numbers["personalized"])
+    assert load_checkpoint(str(kept_file))["score"] == numbers["kept_score"]
+
+
+def test_a_validation_before_a_round_offers_nothing_to_the_kept_model(site: Site) -> None:
+    from clara_fl.runtime import events as ev
+
+    learner = site.learner(keep_better_model=True)
+
+    learner.validate(validate_task(site.global_weights(), ValidateType.BEFORE_TRAIN_VALIDATE), site.ctx, Signal())
+
+    events = ev.read_events(site.app / ev.SITE_EVENTS_FILE) if (site.app / ev.SITE_EVENTS_FILE).exists() else []
+    assert [e for e in events if e.kind == ev.SITE_MODEL_KEPT] == []
+
+
 def test_learner_executor_puts_the_before_train_metrics_dict_into_the_train_result(site: Site) -> None:
     from nvflare.app_common.executors.learner_executor import LearnerExecutor
 

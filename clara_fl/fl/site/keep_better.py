@@ -4,7 +4,9 @@ After each round the site scores, on its own validation data (the MMAR's evaluat
 does), the global model it received and its personalized model (Ditto's personal model; for any other algorithm
 the site's model after its local training, which for FedBN holds the site's own norm layers). The better one, by
 the evaluator's key metric (higher is better, as MONAI's CheckpointSaver keeps it), becomes the site's kept model
-``models/site_best_model.pt`` when it beats the one kept in an earlier round. What is recorded of it (the site's
+``models/site_best_model.pt`` when it beats the one kept in an earlier round. The final global model, which no
+round started from, gets the same step when the site validates it after the last round
+(:meth:`~clara_fl.fl.site.local_training.LocalTraining.keep_better_with`). What is recorded of it (the site's
 events, ``clara-fl report``) is only the metric's name, the two scores and which model won: nothing identifying.
 
 The kept model is the site's own: it is not sent to the server and not what the site submits for cross-site

@@ -302,9 +302,12 @@ class ClaraLearner(Learner):
             self.log_error(fl_ctx, f"validate task data is not a DXO: {e}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
         try:
+            # MODEL_VALIDATE is LearnerExecutor's validate task: the server's final global model, after the last
+            # round (cross-site validation has its own validator), which the site's kept model may take
+            final_global = validate_type == ValidateType.MODEL_VALIDATE
             result, _ = self._site.call(
                 "validate",
-                {"data_kind": dxo.data_kind, "validate_type": str(validate_type)},
+                {"data_kind": dxo.data_kind, "validate_type": str(validate_type), "offer_to_kept": final_global},
                 {"data": dxo.data},
                 lambda: abort_signal.triggered,
             )
@@ -319,6 +322,8 @@ class ClaraLearner(Learner):
         except (TypeError, ValueError) as e:
             return self._failed(fl_ctx, bad_reply("validate", e))
         self.log_info(fl_ctx, f"{validate_type}: {metrics}")
+        if isinstance(result.get("kept"), dict):  # keep_better_model with the final global model
+            self._record(fl_ctx, ev.SITE_MODEL_KEPT, data.get_header(AppConstants.CURRENT_ROUND), dict(result["kept"]))
         if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
             self._record(fl_ctx, ev.GLOBAL_MODEL_VALIDATED, data.get_header(AppConstants.CURRENT_ROUND), metrics)
             # LearnerExecutor copies data[INITIAL_METRICS] into the train result's meta; it must be a

@@ -337,6 +337,18 @@ class LocalTraining:
             if keep is not None:
                 network.load_state_dict(keep)
 
+    def keep_better_with(self, data_kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The keep_better_model step with a global model received outside a round: the final global model, which
+        the site validates after the last round and which no round's step ever saw (each round compares the global
+        model it started from). The site's event fields, or None where the site keeps no model.
+
+        Raises:
+            SiteTaskFailed: the data does not fit the network.
+        """
+        if not self.settings.keep_better_model or self.workflow.evaluator is None:
+            return None
+        return self._keep_better(self._received_weights(data_kind, data, "validate"))
+
     def model_for_validation(self, model_name: str | None) -> dict[str, np.ndarray]:
         """The site's best local model (model.pt by key metric); ``final_model`` gives the last one.
 

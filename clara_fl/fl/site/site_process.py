@@ -144,7 +144,12 @@ class SiteService:
             metrics = training.validate(
                 params["data_kind"], payload["data"], str(params["validate_type"]), should_abort
             )
-            return {"metrics": metrics}, None
+            result = {"metrics": metrics}
+            if params.get("offer_to_kept") and metrics is not None and not should_abort():
+                kept = training.keep_better_with(params["data_kind"], payload["data"])
+                if kept is not None:
+                    result["kept"] = kept
+            return result, None
         if method == "submit_model":
             return {}, {"weights": training.model_for_validation(params.get("model_name"))}
         raise ValueError(f"unknown site task '{method}'")

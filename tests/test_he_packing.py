@@ -5,6 +5,7 @@ FLARE's): the layout, and the whole encrypt -> aggregate -> update -> decrypt pa
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,3 +433,38 @@ def test_eight_sites_of_1000_steps_with_values_up_to_5_aggregate_within_1e_3_of_
 
     _, decrypted = _received(parts[3], sent)
     assert float(np.max(np.abs(decrypted["w"] - expected["w"]))) < TOLERANCE
+
+
+@pytest.mark.integration
+def test_a_packed_global_model_is_checkpointed_as_uint8_tensors_and_read_back_as_the_same_bytes(tmp_path: Path) -> None:
+    import os
+
+    import torch
+    from nvflare.app_common.abstract.model import ModelLearnableKey, make_model_learnable
+
+    from clara_fl.fl.he_packing import LAYOUT_META_KEY
+    from clara_fl.fl.server.he import HEClaraModelPersistor
+    from tests.test_server_resume import context
+
+    persistor = HEClaraModelPersistor(filter_id="he_serialize_filter")
+    persistor.model = torch.nn.Linear(3, 1)
+    persistor._ckpt_save_path = str(tmp_path / "FL_global_model.pt")
+    persistor._best_ckpt_save_path = str(tmp_path / "best_FL_global_model.pt")
+    persistor.log_dir = str(tmp_path)
+    persistor.load_model(context(tmp_path))  # the plain initial model, as the first round starts from it
+    params = state_dict(0)
+    layout = PackedLayout.of(params, ["fc.weight"], chunk_size=4)
+    rounds = []
+    for r in range(2):  # a chunk's size changes from round to round
+        chunks = {k: os.urandom(20_000 + 7 * r + i) for i, k in enumerate(layout.keys)}
+        rounds.append(chunks)
+        model = make_model_learnable({**chunks, "conv.bias": params["conv.bias"]}, {LAYOUT_META_KEY: layout.to_meta()})
+        persistor.save(model, context(tmp_path))
+
+    read = persistor.get_model("FL_global_model.pt", context(tmp_path))[ModelLearnableKey.WEIGHTS]
+
+    assert {k: read[k] for k in layout.keys} == rounds[1]
+    np.testing.assert_array_equal(read["conv.bias"], params["conv.bias"])
+    stored = torch.load(tmp_path / "FL_global_model.pt", weights_only=True)["model"]
+    assert all(isinstance(stored[k], torch.Tensor) and stored[k].dtype == torch.uint8 for k in layout.keys)
+    assert os.path.getsize(tmp_path / "FL_global_model.pt") < 1.1 * sum(len(v) for v in rounds[1].values())

@@ -49,7 +49,9 @@ def run_he_pair(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name in rotated(sorted(sides), settings.algorithm_seed):
         out = ctx.work / "he" / name
-        run, workspace = run_clara_fl(settings, ctx.data, out, settings.he_rounds, 1000, job_options=sides[name])
+        run, workspace = run_clara_fl(
+            settings, ctx.data, out, settings.he_rounds, 1000, settings.he_local_epochs, job_options=sides[name]
+        )
         rounds = round_durations(workspace / "server" / "log.txt")
         per_site = bytes_sent_per_round(read_probe(out / "probe"))
         known = [b for b in per_site.values() if b is not None]
@@ -85,7 +87,8 @@ def he_records(pair: dict[str, Any], settings: Settings) -> list[Record]:
     return [
         Record(
             figure="9 HE round time",
-            measure=f"median round time (rounds 1..{settings.he_rounds - 2}), FedAvg with --he / without, 2 sites",
+            measure=f"median round time (rounds 1..{settings.he_rounds - 2}, {settings.he_local_epochs} local "
+            "epoch(s) each), FedAvg with --he / without, 2 sites",
             baseline="the same job without --he",
             kind="ratio",
             value=time_ratio,
@@ -111,7 +114,10 @@ def he_records(pair: dict[str, Any], settings: Settings) -> list[Record]:
 
 
 def measure(ctx: Context) -> list[Record]:
-    ctx.log(f"figure 9: FedAvg with --he and without, {ctx.settings.he_rounds} rounds")
+    ctx.log(
+        f"figure 9: FedAvg with --he and without, {ctx.settings.he_rounds} rounds of "
+        f"{ctx.settings.he_local_epochs} local epoch(s)"
+    )
     try:
         pair = run_he_pair(ctx)
     except JobRefused as refused:

@@ -50,6 +50,11 @@ def parser(description: str, figures: Mapping[str, Figure]) -> argparse.Argument
         f"quick {QUICK.algorithm_local_epochs})",
     )
     parser.add_argument(
+        "--he-local-epochs",
+        type=int,
+        help=f"figure 9: local epochs per round (default {full.he_local_epochs}, quick {QUICK.he_local_epochs})",
+    )
+    parser.add_argument(
         "--output", default=str(RESULTS / "latest.json"), help="JSON results file (default bench/results/latest.json)"
     )
     parser.add_argument(
@@ -77,6 +82,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "memory_rounds": args.memory_rounds,
             "algorithm_rounds": args.algorithm_rounds,
             "algorithm_local_epochs": args.algorithm_local_epochs,
+            "he_local_epochs": args.he_local_epochs,
         }.items()
         if v is not None
     }

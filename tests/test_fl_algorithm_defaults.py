@@ -179,6 +179,23 @@ def test_a_later_round_replaces_the_kept_model_only_with_a_better_one(tmp_path: 
     assert torch.load(keeper.path, weights_only=True)["model"]["w"].tolist() == pytest.approx([0.9, 0.9])
 
 
+def test_a_global_score_the_site_already_measured_is_not_measured_again(tmp_path: Path) -> None:
+    from clara_fl.fl.site.keep_better import KeepBetter
+
+    scored: list[float] = []
+
+    def counting_score(model: Mapping[str, np.ndarray]) -> float:
+        scored.append(score_of(model))
+        return score_of(model)
+
+    choice = KeepBetter(str(tmp_path / "kept.pt")).choose(
+        "val_mean_dice", weights(0.8), weights(0.7), counting_score, global_score=0.8
+    )
+
+    assert scored == [pytest.approx(0.7)]  # the personalized model only
+    assert (choice.winner, choice.kept_score) == ("global", pytest.approx(0.8))
+
+
 def test_the_choice_holds_only_the_metric_numbers_and_which_model_won(tmp_path: Path) -> None:
     from clara_fl.fl.site.keep_better import KeepBetter
 

@@ -509,6 +509,7 @@ def test_the_final_global_model_validated_after_the_last_round_is_offered_to_the
     ]
     numbers = choice.numbers()
     assert numbers["kept"] == 1
+    assert numbers["global"] == from_shareable(reply).data["val_mean_dice"]  # the validation's own score, reused
     assert numbers["kept_score"] == max(numbers["global"], numbers["personalized"])
     assert load_checkpoint(str(kept_file))["score"] == numbers["kept_score"]
 

@@ -91,6 +91,7 @@ class KeepBetter:
         global_weights: Mapping[str, np.ndarray],
         personal_weights: Mapping[str, np.ndarray],
         score: Callable[[Mapping[str, np.ndarray]], float],
+        global_score: float | None = None,
     ) -> KeptChoice:
         """Score both models with ``score`` and keep the better when it beats the kept one.
 
@@ -99,10 +100,13 @@ class KeepBetter:
             global_weights: the global model, as the site evaluates it.
             personal_weights: the site's personalized model.
             score: the key metric of weights on the site's validation data.
+            global_score: the global model's score where the site has just measured it; None: scored here.
         """
         from clara_fl.runtime.checkpoint import save_atomic
 
-        global_score, personal_score = float(score(global_weights)), float(score(personal_weights))
+        if global_score is None:
+            global_score = score(global_weights)
+        global_score, personal_score = float(global_score), float(score(personal_weights))
         winner: Winner = PERSONALIZED if personal_score > global_score else GLOBAL
         best = max(global_score, personal_score)
         before = self.kept_score()
@@ -119,10 +123,13 @@ def _tensors(weights: Mapping[str, Any]) -> dict[str, Any]:
     return {k: torch.as_tensor(np.asarray(v)).clone() for k, v in weights.items()}
 
 
-def keep_better_after_round(training: Any, global_weights: Mapping[str, np.ndarray]) -> KeptChoice | None:
+def keep_better_after_round(
+    training: Any, global_weights: Mapping[str, np.ndarray], global_metrics: Mapping[str, float] | None = None
+) -> KeptChoice | None:
     """After a round of ``training`` (a :class:`~clara_fl.fl.site.local_training.LocalTraining`): compare the global
     model of the round with the site's personalized model and keep the better; None when the MMAR's evaluator
-    has no key metric (nothing to compare by).
+    has no key metric (nothing to compare by). ``global_metrics``: what the site's validation just measured for the
+    global model as it uses it, which is then not validated again.
     """
     from clara_fl.fl.site.weights import network_weights
 
@@ -142,7 +149,8 @@ def keep_better_after_round(training: Any, global_weights: Mapping[str, np.ndarr
         return float(metrics[metric])
 
     keeper = KeepBetter(os.path.join(workflow.ckpt_dir, KEPT_MODEL_FILE))
-    choice = keeper.choose(metric, as_used, personal, score)
+    known = (global_metrics or {}).get(metric)
+    choice = keeper.choose(metric, as_used, personal, score, None if known is None else float(known))
     logger.info(
         "keep_better_model: %s global %.4f, personalized %.4f: the %s model is better%s",
         metric,

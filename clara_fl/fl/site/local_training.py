@@ -337,17 +337,25 @@ class LocalTraining:
             if keep is not None:
                 network.load_state_dict(keep)
 
-    def keep_better_with(self, data_kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+    def keep_better_with(
+        self, data_kind: str, data: Mapping[str, Any], metrics: Mapping[str, float] | None = None
+    ) -> dict[str, Any] | None:
         """The keep_better_model step with a global model received outside a round: the final global model, which
         the site validates after the last round and which no round's step ever saw (each round compares the global
         model it started from). The site's event fields, or None where the site keeps no model.
+
+        Args:
+            data_kind: the received model's kind.
+            data: the received model.
+            metrics: what :meth:`validate` just measured for it (the same evaluator on the same weights), so it is
+                not validated twice; None: validated here.
 
         Raises:
             SiteTaskFailed: the data does not fit the network.
         """
         if not self.settings.keep_better_model or self.workflow.evaluator is None:
             return None
-        return self._keep_better(self._received_weights(data_kind, data, "validate"))
+        return self._keep_better(self._received_weights(data_kind, data, "validate"), metrics)
 
     def model_for_validation(self, model_name: str | None) -> dict[str, np.ndarray]:
         """The site's best local model (model.pt by key metric); ``final_model`` gives the last one.
@@ -447,12 +455,14 @@ class LocalTraining:
         evaluator.state.best_metric, evaluator.state.best_metric_epoch = best
         return scalar_metrics(evaluator.state.metrics)
 
-    def _keep_better(self, global_weights: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _keep_better(
+        self, global_weights: Mapping[str, Any], global_metrics: Mapping[str, float] | None = None
+    ) -> dict[str, Any] | None:
         """The site's keep_better_model step; a failure of it is the site's own (logged), never the round's."""
         from clara_fl.fl.site.keep_better import keep_better_after_round
 
         try:
-            choice = keep_better_after_round(self, global_weights)
+            choice = keep_better_after_round(self, global_weights, global_metrics)
         except Exception as e:
             failure = SiteFailure.from_exception("keep_better", e, self.settings.app_dir)
             logger.warning("keep_better_model: could not compare the models: %s", failure.local_text())

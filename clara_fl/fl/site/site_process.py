@@ -146,7 +146,7 @@ class SiteService:
             )
             result = {"metrics": metrics}
             if params.get("offer_to_kept") and metrics is not None and not should_abort():
-                kept = training.keep_better_with(params["data_kind"], payload["data"])
+                kept = training.keep_better_with(params["data_kind"], payload["data"], metrics)
                 if kept is not None:
                     result["kept"] = kept
             return result, None

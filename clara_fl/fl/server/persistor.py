@@ -205,9 +205,8 @@ class ClaraModelPersistor(PTFileModelPersistor):
     def handle_event(self, event: str, fl_ctx: FLContext) -> None:
         if event == AppEventType.BEFORE_SHAREABLE_TO_LEARNABLE:
             self._saved_as_is = None  # FLARE's generators update the global model in place
-        if event == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE and self._link_best_to_saved(fl_ctx):
-            pass
-        else:
+        linked = event == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE and self._link_best_to_saved(fl_ctx)
+        if not linked:
             super().handle_event(event, fl_ctx)
         if event == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
             value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)

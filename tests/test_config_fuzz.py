@@ -93,7 +93,9 @@ def clara40_mutation(draw: st.DrawFn, config: dict) -> None:
     """A Clara 4.0 construct given a shape it may or may not accept, somewhere in a section."""
     section = config[draw(st.sampled_from(["train", "validate"]))]
     key = draw(st.sampled_from(sorted(CLARA40_SHAPES)))
-    value = draw(CLARA40_SHAPES[key])
+    # a copy: sampled_from hands out the one shared object, which later mutations of the config would change for
+    # every later example (hypothesis then fails the test as an inconsistent strategy)
+    value = copy.deepcopy(draw(CLARA40_SHAPES[key]))
     if key in ("metrics", "handlers"):
         section[key] = value
         return

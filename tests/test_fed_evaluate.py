@@ -451,27 +451,54 @@ def test_a_site_submits_the_model_its_site_file_names_as_numpy_weights(tmp_path:
     assert all(not torch.is_tensor(v) and hasattr(v, "dtype") for v in dxo.data.values())
 
 
+def _training_job(root: Path, job: str, site: str, network: dict[str, Any], age: int = 0) -> Path:
+    """A job folder as a training job leaves it at a site: the MMAR's config and its best model, ``age`` s old."""
+    import os
+
+    app = root / job / f"app_{site}"
+    (app / "config").mkdir(parents=True)
+    (app / "config" / "config_train.json").write_text(json.dumps({"train": {"model": network}}))
+    model = app / "models" / "model.pt"
+    model.parent.mkdir()
+    model.touch()
+    os.utime(model, (1_000_000 - age, 1_000_000 - age))
+    return model
+
+
+UNET = {"name": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}}
+
+
 def test_without_a_named_model_the_newest_model_of_an_earlier_training_job_is_found(
     tmp_path: Path, no_site_env: None
 ) -> None:
-    import os
-
     from clara_fl.fl.site.context import SiteContext
     from clara_fl.fl.site.own_model import find_own_model
 
     root = tmp_path / "ws"
-    for age, job in ((300, "train-old"), (100, "train-new"), (0, "eval-job")):
-        model = root / job / "app_site-1" / "models" / "model.pt"
-        model.parent.mkdir(parents=True)
-        model.touch()
-        os.utime(model, (1_000_000 - age, 1_000_000 - age))
-    (root / "train-other" / "app_site-2" / "models").mkdir(parents=True)
-    (root / "train-other" / "app_site-2" / "models" / "model.pt").touch()  # another site's: never this site's
+    _training_job(root, "train-old", "site-1", UNET, age=300)
+    newest = _training_job(root, "train-new", "site-1", UNET, age=100)
+    _training_job(root, "eval-job", "site-1", UNET)
+    _training_job(root, "train-other", "site-2", UNET)  # another site's: never this site's
     site = SiteContext(name="site-1", app_dir=str(root / "eval-job" / "app_site-1"))
 
     found = find_own_model(site, str(root), "eval-job")
 
-    assert found == str(root / "train-new" / "app_site-1" / "models" / "model.pt")
+    assert found == str(newest)
+
+
+def test_a_newer_model_of_another_mmars_network_is_not_the_sites_own(tmp_path: Path, no_site_env: None) -> None:
+    from clara_fl.fl.site.context import SiteContext
+    from clara_fl.fl.site.own_model import find_own_model
+
+    root = tmp_path / "ws"
+    same = _training_job(root, "train-spleen", "site-1", UNET, age=300)
+    _training_job(root, "train-other-mmar", "site-1", {**UNET, "args": {**UNET["args"], "out_channels": 3}}, age=100)
+    _training_job(root, "eval-job", "site-1", UNET)
+    site = SiteContext(name="site-1", app_dir=str(root / "eval-job" / "app_site-1"))
+
+    found = find_own_model(site, str(root), "eval-job")
+
+    assert found == str(same)
 
 
 def test_a_site_without_a_model_of_its_own_answers_with_a_failure_that_names_no_path(

@@ -3,8 +3,10 @@ site to score, as at the end of a training job, where the Learner submits its be
 
 An evaluation job trains nothing, so the model comes from where the site keeps it: the site file's ``own_model``
 (a checkpoint path; ``{SITE_NAME}`` and the site file's environment values may be used in it), else the newest
-``models/model.pt`` a training job left in the site's workspace (``<workspace>/<job>/app_<site>/models/``, the
-MMAR's best model by key metric). It is loaded weights-only. A site with none, or with a file that does not load,
+``models/model.pt`` a training job of the same network left in the site's workspace
+(``<workspace>/<job>/app_<site>/models/``, the MMAR's best model by key metric): a job counts when its
+config_train.json defines ``train.model`` exactly as this job's does, so a site that also trained another MMAR does
+not submit that one's model. It is loaded weights-only. A site with none, or with a file that does not load,
 answers with a failure that names neither the file nor its folder (:mod:`clara_fl.fl.site.failure_report`); the
 whole line stays in the site's log.
 """
@@ -24,20 +26,35 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from clara_fl.config.errors import ConfigError
+from clara_fl.config.jsonio import load_json
 from clara_fl.config.variables import PLACEHOLDER
-from clara_fl.fl.site.context import SiteContext, read_site_file
+from clara_fl.fl.site.context import SiteContext, find_mmar_root, read_site_file
 from clara_fl.fl.site.failure_report import SiteFailure
 
 __all__ = ["OWN_MODEL_KEY", "OwnModelSubmitter", "find_own_model", "own_model_weights"]
 
 OWN_MODEL_KEY = "own_model"  # in the site file
 TRAINED_MODEL = os.path.join("models", "model.pt")  # in a training job's app folder at the site
+TRAIN_CONFIG = os.path.join("config", "config_train.json")
 STAGE = "submit_model"
+_UNREADABLE = object()  # a job whose network definition cannot be read matches nothing
+
+
+def network_definition(app_dir: str) -> Any:
+    """``train.model`` of the config_train.json of the MMAR in the job app folder ``app_dir`` (None where the config
+    has none); a marker matching no other definition where the folder holds no readable MMAR."""
+    try:
+        config = load_json(os.path.join(find_mmar_root(app_dir, TRAIN_CONFIG), TRAIN_CONFIG))
+    except ConfigError:
+        return _UNREADABLE
+    train = config.get("train") if isinstance(config, dict) else None
+    return train.get("model") if isinstance(train, dict) else None
 
 
 def find_own_model(site: SiteContext, workspace_root: str, job_id: str) -> str | None:
     """The checkpoint this site submits as its own: the site file's ``own_model``, else the newest
-    ``models/model.pt`` of another job in ``workspace_root``; None when there is none.
+    ``models/model.pt`` of another job in ``workspace_root`` whose MMAR defines the same network as this job's
+    (``site.app_dir``); None when there is none.
 
     Raises:
         ConfigError: the site file's ``own_model`` is not a text.
@@ -53,7 +70,11 @@ def find_own_model(site: SiteContext, workspace_root: str, job_id: str) -> str |
     pattern = os.path.join(glob.escape(workspace_root), "*", f"app_{glob.escape(site.name)}", TRAINED_MODEL)
     current = os.path.realpath(os.path.join(workspace_root, job_id))
     found = [p for p in glob.glob(pattern) if not p.startswith(current + os.sep) and os.path.isfile(p)]
-    return max(found, key=os.path.getmtime) if found else None
+    network = network_definition(site.app_dir)
+    if network is _UNREADABLE:
+        return None
+    same_network = [p for p in found if network_definition(os.path.dirname(os.path.dirname(p))) == network]
+    return max(same_network, key=os.path.getmtime) if same_network else None
 
 
 def own_model_weights(path: str) -> dict[str, Any]:
@@ -105,7 +126,7 @@ class OwnModelSubmitter(Executor):
             if path is None:
                 detail = (
                     f"this site has no model of its own: no '{OWN_MODEL_KEY}' in its site file and no "
-                    f"{TRAINED_MODEL} of a training job in {workspace_root}"
+                    f"{TRAINED_MODEL} of a training job of this MMAR's network in {workspace_root}"
                 )
                 failure = SiteFailure.refusal(STAGE, "no_own_model", detail)
                 return failure_reply(self, fl_ctx, failure, site.send_error_details)

@@ -91,6 +91,13 @@ def test_quick_settings_with_a_changed_setting_are_custom() -> None:
     assert settings_from(args("--quick")).mode == "quick" and settings_from(args()).mode == "full"
 
 
+def test_figure_8s_seeds_and_site_counts_are_chosen_on_the_command_line() -> None:
+    settings = settings_from(args("--algorithm-seeds", "0", "--algorithm-sites", "2,3"))
+
+    assert settings.algorithm_seeds == (0,) and settings.algorithm_sites == (2, 3)
+    assert settings.mode == "custom"
+
+
 def test_fewer_rounds_than_the_warm_up_and_two_measured_ones_are_refused() -> None:
     with pytest.raises(ValueError, match="7 rounds"):
         settings_from(args("--rounds", "6"))

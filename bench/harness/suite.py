@@ -50,6 +50,18 @@ def parser(description: str, figures: Mapping[str, Figure]) -> argparse.Argument
         f"quick {QUICK.algorithm_local_epochs})",
     )
     parser.add_argument(
+        "--algorithm-seeds",
+        type=_numbers,
+        help=f"figure 8: comma-separated seeds (default {_shown(full.algorithm_seeds)}, "
+        f"quick {_shown(QUICK.algorithm_seeds)})",
+    )
+    parser.add_argument(
+        "--algorithm-sites",
+        type=_numbers,
+        help=f"figure 8: comma-separated numbers of sites (default {_shown(full.algorithm_sites)}, "
+        f"quick {_shown(QUICK.algorithm_sites)})",
+    )
+    parser.add_argument(
         "--he-local-epochs",
         type=int,
         help=f"figure 9: local epochs per round (default {full.he_local_epochs}, quick {QUICK.he_local_epochs})",
@@ -64,6 +76,20 @@ def parser(description: str, figures: Mapping[str, Figure]) -> argparse.Argument
         "--keep-work", action="store_true", help="keep the scratch folder (logs, workspaces, checkpoints: GBs)"
     )
     return parser
+
+
+def _numbers(value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}") from None
+    if not numbers or min(numbers) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {value!r}")
+    return numbers
+
+
+def _shown(numbers: tuple[int, ...]) -> str:
+    return ",".join(map(str, numbers))
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -82,6 +108,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "memory_rounds": args.memory_rounds,
             "algorithm_rounds": args.algorithm_rounds,
             "algorithm_local_epochs": args.algorithm_local_epochs,
+            "algorithm_seeds": args.algorithm_seeds,
+            "algorithm_sites": args.algorithm_sites,
             "he_local_epochs": args.he_local_epochs,
         }.items()
         if v is not None

@@ -15,8 +15,11 @@ from bench.figures.fig8_algorithms import (
     Group,
     algorithm_records,
     kept_dice,
+    main,
     per_site_bars,
+    read_summaries,
     site_best_record,
+    write_summary,
 )
 from bench.harness.settings import QUICK
 
@@ -82,3 +85,28 @@ def test_the_per_site_bars_are_one_picture_per_number_of_sites_and_dataset(tmp_p
 
     assert [p.name for p in written] == ["figure-8-2-sites-identical.png", "figure-8-2-sites-differing.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_the_groups_of_separate_runs_merge_into_one_summary_and_its_bars(tmp_path: Path) -> None:
+    def run(seed: int, dice: float) -> Path:
+        folder = tmp_path / f"run-{seed}"
+        folder.mkdir()
+        group = {"identical": [Arm("fedavg", {"site-1": dice, "site-2": dice})], "differing": [Arm("fedavg", {})]}
+        return write_summary({Group(seed, 2): group}, folder)
+
+    first, second = run(0, 0.5), run(1, 0.7)
+
+    main(["--merge", str(first), str(second), "--out", str(tmp_path / "merged")])
+
+    merged = read_summaries([tmp_path / "merged" / "arms.json"])
+    assert list(merged) == [Group(0, 2), Group(1, 2)]
+    assert merged[Group(1, 2)]["identical"][0].per_site == {"site-1": 0.7, "site-2": 0.7}
+    assert (tmp_path / "merged" / "figure-8-2-sites-identical.png").is_file()
+
+
+def test_a_summary_group_not_named_by_sites_and_seed_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "arms.json"
+    path.write_text('{"two sites": {}}')
+
+    with pytest.raises(ValueError, match="expected 'N sites, seed S'"):
+        read_summaries([path])

@@ -436,12 +436,52 @@ def measure(ctx: Context) -> list[Record]:
     records += fig6_budget_records(ctx)
     pictures = per_site_bars(results)
     ctx.log("  per-site bars: " + ", ".join(str(p) for p in pictures))
+    write_summary(results)
+    return records
+
+
+def write_summary(results: dict[Group, dict[str, list[Arm]]], folder: Path = PICTURES) -> Path:
+    """Every arm's numbers, per group and dataset, as ``arms.json`` beside the bars."""
     summary = {
         f"{g.sites} sites, seed {g.seed}": {k: [dataclasses.asdict(a) for a in v] for k, v in arms.items()}
         for g, arms in results.items()
     }
-    (PICTURES / "arms.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return records
+    path = folder / "arms.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def read_summaries(paths: Sequence[Path]) -> dict[Group, dict[str, list[Arm]]]:
+    """The groups of one or more ``arms.json`` (runs of different groups, ``--algorithm-seeds/--algorithm-sites``);
+    a group in a later file replaces the same group of an earlier one.
+
+    Raises:
+        ValueError: a group name that is not ``"N sites, seed S"``.
+    """
+    results: dict[Group, dict[str, list[Arm]]] = {}
+    for path in paths:
+        for name, datasets in json.loads(Path(path).read_text()).items():
+            sites, _, seed = name.partition(" sites, seed ")
+            if not (sites.isdigit() and seed.isdigit()):
+                raise ValueError(f"{path}: group {name!r}: expected 'N sites, seed S'")
+            results[Group(int(seed), int(sites))] = {
+                label: [Arm(**arm) for arm in arms] for label, arms in datasets.items()
+            }
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``bench/figure8_bars.py --merge A/arms.json B/arms.json``: the per-site bars and ``arms.json`` of figure 8
+    over the groups of several runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(main.__doc__ or "").splitlines()[0])
+    parser.add_argument("--merge", nargs="+", type=Path, required=True, help="arms.json files of figure 8 runs")
+    parser.add_argument("--out", type=Path, default=PICTURES, help=f"folder for the bars (default {PICTURES})")
+    args = parser.parse_args(argv)
+    results = read_summaries(args.merge)
+    for path in [*per_site_bars(results, args.out), write_summary(results, args.out)]:
+        print(path)
 
 
 FIGURE = Figure("8", "algorithms, identical / differing sites", measure)

@@ -26,7 +26,6 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
 from clara_fl.config.errors import ConfigError
-from clara_fl.config.jsonio import load_json
 from clara_fl.config.variables import PLACEHOLDER
 from clara_fl.fl.site.context import SiteContext, find_mmar_root, read_site_file
 from clara_fl.fl.site.failure_report import SiteFailure
@@ -41,14 +40,14 @@ _UNREADABLE = object()  # a job whose network definition cannot be read matches 
 
 
 def network_definition(app_dir: str) -> Any:
-    """``train.model`` of the config_train.json of the MMAR in the job app folder ``app_dir`` (None where the config
-    has none); a marker matching no other definition where the folder holds no readable MMAR."""
+    """The raw ``train.model`` of the MMAR in the job app folder ``app_dir``; a marker matching no other definition
+    where the folder holds no readable MMAR or its config no network."""
+    from clara_fl.workflows.network import train_model_spec
+
     try:
-        config = load_json(os.path.join(find_mmar_root(app_dir, TRAIN_CONFIG), TRAIN_CONFIG))
+        return train_model_spec(find_mmar_root(app_dir, TRAIN_CONFIG), TRAIN_CONFIG)
     except ConfigError:
         return _UNREADABLE
-    train = config.get("train") if isinstance(config, dict) else None
-    return train.get("model") if isinstance(train, dict) else None
 
 
 def find_own_model(site: SiteContext, workspace_root: str, job_id: str) -> str | None:

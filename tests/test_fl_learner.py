@@ -514,6 +514,31 @@ def test_the_final_global_model_validated_after_the_last_round_is_offered_to_the
     assert load_checkpoint(str(kept_file))["score"] == numbers["kept_score"]
 
 
+def test_keeping_the_better_model_leaves_the_random_generators_to_the_training(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring two models runs the evaluator's data loader, which draws from torch's generator: without care the
+    site's next round would shuffle and crop differently, and send another model, for having kept one."""
+    import torch
+
+    import clara_fl.fl.site.keep_better as keep_better
+
+    before_keeping: list[torch.Tensor] = []
+    original = keep_better.keep_better_after_round
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        before_keeping.append(torch.random.get_rng_state())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(keep_better, "keep_better_after_round", recorded)
+    learner = site.learner(keep_better_model=True)
+
+    learner.train(train_task(site.global_weights()), site.ctx, Signal())
+
+    assert len(before_keeping) == 1
+    assert torch.equal(torch.random.get_rng_state(), before_keeping[0])
+
+
 def test_a_validation_before_a_round_offers_nothing_to_the_kept_model(site: Site) -> None:
     from clara_fl.runtime import events as ev
 

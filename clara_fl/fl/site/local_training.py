@@ -460,9 +460,12 @@ class LocalTraining:
     ) -> dict[str, Any] | None:
         """The site's keep_better_model step; a failure of it is the site's own (logged), never the round's."""
         from clara_fl.fl.site.keep_better import keep_better_after_round
+        from clara_fl.runtime.random_state import random_states_kept
 
         try:
-            choice = keep_better_after_round(self, global_weights, global_metrics)
+            # the site's choice of its own model must not change the training that follows (what it sends)
+            with random_states_kept():
+                choice = keep_better_after_round(self, global_weights, global_metrics)
         except Exception as e:
             failure = SiteFailure.from_exception("keep_better", e, self.settings.app_dir)
             logger.warning("keep_better_model: could not compare the models: %s", failure.local_text())

@@ -98,6 +98,18 @@ def test_figure_8s_seeds_and_site_counts_are_chosen_on_the_command_line() -> Non
     assert settings.mode == "custom"
 
 
+def test_figure_8s_data_sets_are_chosen_on_the_command_line_and_an_unknown_one_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert settings_from(args("--algorithm-datasets", "differing")).algorithm_datasets == ("differing",)
+    assert settings_from(args()).algorithm_datasets == ("identical", "differing")
+
+    with pytest.raises(SystemExit):
+        args("--algorithm-datasets", "differing,mixed")
+
+    assert "expected comma-separated names of identical, differing, got 'differing,mixed'" in capsys.readouterr().err
+
+
 def test_fewer_rounds_than_the_warm_up_and_two_measured_ones_are_refused() -> None:
     with pytest.raises(ValueError, match="7 rounds"):
         settings_from(args("--rounds", "6"))

@@ -10,10 +10,10 @@ import pytest
 
 from bench.figures.fig8_algorithms import (
     ALGORITHMS,
-    KEPT,
     Arm,
     Group,
     algorithm_records,
+    kept_arm,
     kept_dice,
     main,
     per_site_bars,
@@ -37,7 +37,7 @@ DIFFERING = {
     "site-3 alone": (0.30, 0.30, 0.72),
     "fedavg": (0.70, 0.66, 0.60),
     "ditto": (0.76, 0.74, 0.76),
-    KEPT: (0.77, 0.75, 0.76),
+    kept_arm("ditto"): (0.77, 0.75, 0.76),
 }
 
 
@@ -52,6 +52,28 @@ def test_one_site_doing_better_alone_misses_the_goal() -> None:
     record = site_best_record(arms({**DIFFERING, "site-1 alone": (0.80, 0.40, 0.30)}), SITES3)
 
     assert record.met is False and record.value == pytest.approx(-0.03)
+
+
+def test_a_site_alones_best_model_by_validation_is_the_bar_when_it_beats_its_final_model() -> None:
+    record = site_best_record(arms({**DIFFERING, "site-1 alone, best": (0.78, 0.40, 0.30)}), SITES3)
+
+    assert record.met is False and record.samples[0] == pytest.approx(-0.01)
+
+
+def test_the_model_a_site_kept_in_any_algorithms_run_is_a_candidate_for_its_best() -> None:
+    record = site_best_record(arms({**DIFFERING, kept_arm("fedopt"): (0.85, 0.10, 0.10)}), SITES3)
+
+    assert record.samples[0] == pytest.approx(0.10)
+    assert "site-1: fedopt, kept" in record.baseline
+
+
+def test_a_group_run_on_the_differing_sites_only_has_no_identical_sites_goal() -> None:
+    records = algorithm_records({"differing": list(arms(DIFFERING).values())}, QUICK, SITES3)
+
+    figures = [r.figure for r in records]
+    assert "8 identical sites: FedAvg" not in figures
+    assert "8 differing sites: each site's best model vs alone and FedAvg" in figures
+    assert records[0].note == "- | 0.790/0.780"  # centralized's row shows the data set it did not run as "-"
 
 
 def test_a_group_of_three_sites_names_its_records_and_compares_every_site() -> None:
@@ -102,6 +124,18 @@ def test_the_groups_of_separate_runs_merge_into_one_summary_and_its_bars(tmp_pat
     assert list(merged) == [Group(0, 2), Group(1, 2)]
     assert merged[Group(1, 2)]["identical"][0].per_site == {"site-1": 0.7, "site-2": 0.7}
     assert (tmp_path / "merged" / "figure-8-2-sites-identical.png").is_file()
+
+
+def test_a_later_run_of_one_data_set_replaces_that_data_set_of_its_group_only(tmp_path: Path) -> None:
+    both = {"identical": [Arm("fedavg", {"site-1": 0.5})], "differing": [Arm("fedavg", {"site-1": 0.3})]}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = write_summary({Group(0, 2): both}, tmp_path / "a")
+    later = write_summary({Group(0, 2): {"differing": [Arm("fedavg", {"site-1": 0.4})]}}, tmp_path / "b")
+
+    merged = read_summaries([first, later])[Group(0, 2)]
+
+    assert merged["identical"][0].per_site == {"site-1": 0.5}
+    assert merged["differing"][0].per_site == {"site-1": 0.4}
 
 
 def test_a_summary_group_not_named_by_sites_and_seed_is_refused(tmp_path: Path) -> None:

@@ -2,15 +2,17 @@
 epochs) for centralized ``clara-fl train`` on the union, each site alone, and FedAvg, FedProx, FedOpt, SCAFFOLD,
 Ditto, FedBN (``clara-fl job create --algorithm``, ``clara-fl simulate``), with the CLI's defaults (which give every
 algorithm the same budget: Ditto's personalized model trains as many iterations as the round, from the round's
-global model), on ``clara-fl
-synth`` data with ``--heterogeneity none`` and ``strong``, for every seed of ``algorithm_seeds`` and every number of
-sites of ``algorithm_sites``: mean and worst-site Dice on each site's validation data (FL: the cross-site table,
-global model; Ditto: each site's personalized model on its own data; "ditto, kept": the model each site kept with
-``keep_better_model``, the better of the global and its personalized model by its own validation). Goals: FedAvg >=
-0.97 of centralized on identical sites (also checked at figure 6's budget, ``quality_rounds`` x
+global model), on ``clara-fl synth`` data with ``--heterogeneity none`` and ``strong`` (``algorithm_datasets``), for
+every seed of ``algorithm_seeds`` and every number of sites of ``algorithm_sites``: mean and worst-site Dice on each
+site's validation data (FL: the cross-site table, global model; Ditto: each site's personalized model on its own
+data; "<algorithm>, kept": the model each site kept with ``keep_better_model``, the better of the global and its
+personalized model by its own validation, over the rounds; on differing sites "site-N alone, best": a second run of
+the site alone validating every epoch, its best model by that validation, the fair match of a kept model). Goals:
+FedAvg >= 0.97 of centralized on identical sites (also checked at figure 6's budget, ``quality_rounds`` x
 ``quality_local_epochs``); on differing sites the best algorithm beats FedAvg, and at every site clara-fl's best
-model for that site beats the site alone and beats FedAvg. Per-site bars (mean over seeds, min-max whiskers) go to
-``bench/results/figure-8/``. An algorithm the CLI refuses (job create exits 2) is reported as skipped."""
+model for that site (final or kept) beats the site alone (final or best) and beats FedAvg. Per-site bars (mean over
+seeds, min-max whiskers) go to ``bench/results/figure-8/``. An algorithm the CLI refuses (job create exits 2) is
+reported as skipped."""
 
 from __future__ import annotations
 
@@ -25,19 +27,30 @@ from bench.harness.federated import JobRefused, run_clara_fl
 from bench.harness.figure import Context, Figure
 from bench.harness.records import Record, rounded
 from bench.harness.settings import RESULTS, Settings
-from bench.harness.training import evaluate_weights, train_clara
+from bench.harness.training import best_model, evaluate_weights, train_clara
 
 ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "ditto", "fedbn")
 #: ``--algorithm-arg K=V`` per algorithm for figure 8 (none given: the CLI's defaults, the same budget for all)
 ALGORITHM_ARGS: dict[str, tuple[str, ...]] = {}
 SITES = ("site-1", "site-2")
 HETEROGENEITY = {"identical": "none", "differing": "strong"}  # figure 8's two datasets (clara-fl synth levels)
-KEPT = "ditto, kept"  # each site's keep_better_model choice in the Ditto run
+KEPT = ", kept"  # an algorithm's arm of each site's keep_better_model choice: "fedavg, kept"
+ALONE_BEST = ", best"  # a site alone's best-by-validation model: "site-1 alone, best"
 PICTURES = RESULTS / "figure-8"
 
 
 def site_names(count: int) -> tuple[str, ...]:
     return tuple(f"site-{k}" for k in range(1, count + 1))
+
+
+def kept_arm(algorithm: str) -> str:
+    """The name of the arm of the models each site kept (``keep_better_model``) in ``algorithm``'s run."""
+    return algorithm + KEPT
+
+
+def alone_arm(site: str, best: bool = False) -> str:
+    """The name of ``site``'s arm trained alone: its final model, or (``best``) its best model by validation."""
+    return f"{site} alone" + (ALONE_BEST if best else "")
 
 
 @dataclasses.dataclass
@@ -136,12 +149,14 @@ def run_algorithm(
     name: str,
     group: Group = Group(0, 2),
     budget: tuple[int, int] | None = None,
+    keep_better: bool = True,
 ) -> list[Arm]:
-    """One algorithm's job on the group's sites, scored from its cross-site table (Ditto also from its sites'
-    kept models); skipped when job create refuses it."""
+    """One algorithm's job on the group's sites, scored from its cross-site table, and (``keep_better``) the model
+    each site kept with ``keep_better_model`` (which changes nothing the sites train or send); skipped when job
+    create refuses it."""
     rounds, local = budget or (settings.algorithm_rounds, settings.algorithm_local_epochs)
     seed_set = [f"determinism.random_seed={group.seed}"]
-    options = {"keep_better_model": True} if name == "ditto" else None
+    options = {"keep_better_model": True} if keep_better else None
     try:
         run, workspace = run_clara_fl(
             settings,
@@ -168,28 +183,42 @@ def run_algorithm(
             for site in site_names(group.sites)
         }
     arms = [Arm(name, per_site, wall_s=round(run.wall_s, 1), neutral_per_site=neutral)]
-    if name == "ditto":
-        arms.append(Arm(KEPT, kept_dice(workspace), note="the better of global and personalized, by each site"))
+    if keep_better:
+        note = "the better of global and personalized, by each site's validation, over the rounds"
+        arms.append(Arm(kept_arm(name), kept_dice(workspace), note=note))
     return arms
 
 
 def run_alone_and_central(
-    settings: Settings, data: Path, out: Path, group: Group = Group(0, 2), epochs: int | None = None
+    settings: Settings,
+    data: Path,
+    out: Path,
+    group: Group = Group(0, 2),
+    epochs: int | None = None,
+    best_alone: bool = False,
 ) -> list[Arm]:
-    """Centralized training on the union and each site alone, same epochs as the FL runs, scored on every site."""
+    """Centralized training on the union and each site alone, same epochs as the FL runs, final models scored on
+    every site; with ``best_alone`` each site also trains alone validating every epoch, and its best model by that
+    validation (the MMAR's ``model.pt``, what a Clara user training alone keeps) is scored too: the fair match of
+    the models the sites keep in the FL runs, which are chosen on the same validation data."""
     epochs = epochs or settings.algorithm_rounds * settings.algorithm_local_epochs
     seed_set = [f"determinism.random_seed={group.seed}"]
     sites = site_names(group.sites)
-    trainings = {"centralized": data / "dataset.json"} | {f"{s} alone": data / f"dataset_{s}.json" for s in sites}
+    trainings = {"centralized": data / "dataset.json"} | {alone_arm(s): data / f"dataset_{s}.json" for s in sites}
+    if best_alone:
+        trainings |= {alone_arm(s, best=True): data / f"dataset_{s}.json" for s in sites}
     arms = []
     for name, datalist in trainings.items():
-        folder = out / name.replace(" ", "-")
-        run, weights = train_clara(settings, data, datalist, folder, epochs, seed_set)
+        folder = out / name.replace(" ", "-").replace(",", "")
+        best = name.endswith(ALONE_BEST)
+        run, weights = train_clara(settings, data, datalist, folder, epochs, seed_set, 1 if best else 1000)
+        scored = best_model(weights) if best else weights
         per_site = {
-            site: evaluate_weights(settings, data, weights, folder / "eval", data / f"dataset_{site}.json")
+            site: evaluate_weights(settings, data, scored, folder / "eval", data / f"dataset_{site}.json")
             for site in sites
         }
-        arms.append(Arm(name, per_site, wall_s=round(run.wall_s, 1)))
+        note = "a second run alone, validating every epoch: its best model by that validation" if best else ""
+        arms.append(Arm(name, per_site, note=note, wall_s=round(run.wall_s, 1)))
     return arms
 
 
@@ -201,14 +230,14 @@ def run_quality_on_sites(ctx: Context, group: Group = Group(0, 2)) -> dict[str, 
     """Every arm of figure 8 on the identical and on the differing sites' data, for one group."""
     settings = ctx.settings
     arms: dict[str, list[Arm]] = {}
-    for label, level in HETEROGENEITY.items():
-        data = prepare_data(settings, level, sites=group.sites)
+    for label in settings.algorithm_datasets:
+        data = prepare_data(settings, HETEROGENEITY[label], sites=group.sites)
         out = ctx.work / "algorithms" / f"{group.sites}-sites-seed-{group.seed}" / label
-        arms[label] = run_alone_and_central(settings, data, out, group)
+        arms[label] = run_alone_and_central(settings, data, out, group, best_alone=label == "differing")
         for name in ALGORITHMS:
             arms[label] += run_algorithm(settings, data, out / name, name, group)
         ctx.log(
-            f"  {label} sites (--heterogeneity {level}){group.tag}: "
+            f"  {label} sites (--heterogeneity {HETEROGENEITY[label]}){group.tag}: "
             + ", ".join(f"{a.name} {a.shown()}" for a in arms[label])
         )
     return arms
@@ -221,12 +250,13 @@ def _skipped(figure: str, measure: str, baseline: str, goal: str, note: str) -> 
 def algorithm_records(
     arms: dict[str, list[Arm]], settings: Settings, sites: Sequence[str] = SITES, tag: str = ""
 ) -> list[Record]:
-    """One row per arm (mean/worst-site Dice on identical | differing sites) and the goals, for one group."""
+    """One row per arm (mean/worst-site Dice on identical | differing sites) and the goals of the data sets the
+    group ran (``arms``' labels), for one group."""
     budget = f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs"
     by_name = {label: {a.name: a for a in group} for label, group in arms.items()}
     records = []
-    for name in by_name["identical"]:
-        pair = [by_name[label].get(name, Arm(name, skipped="-")) for label in HETEROGENEITY]
+    for name in dict.fromkeys(n for group in by_name.values() for n in group):
+        pair = [by_name.get(label, {}).get(name, Arm(name, skipped="-")) for label in HETEROGENEITY]
         records.append(
             Record(
                 figure=f"8 quality: {name}{tag}",
@@ -241,26 +271,37 @@ def algorithm_records(
                 detail={label: dataclasses.asdict(a) for label, a in zip(HETEROGENEITY, pair, strict=True)},
             )
         )
-    same = by_name["identical"]
+    if "identical" in by_name:
+        records.append(identical_record(by_name["identical"], tag))
+    if "differing" in by_name:
+        records += differing_records(by_name["differing"], sites, tag)
+    return records
+
+
+def identical_record(same: dict[str, Arm], tag: str = "") -> Record:
+    """FedAvg against centralized training on identical sites, same epochs."""
     fedavg, central = same["fedavg"].mean, same["centralized"].mean
     ratio = fedavg / central if fedavg is not None and central else None
-    records.append(
-        Record(
-            figure=f"8 identical sites: FedAvg{tag}",
-            measure="mean Dice over the sites, FedAvg / centralized, same epochs",
-            baseline="clara-fl train on the union of the sites' data",
-            kind="ratio",
-            value=ratio,
-            unit="x",
-            goal=">= 0.97",
-            met=ratio is not None and ratio >= 0.97,
-        )
+    return Record(
+        figure=f"8 identical sites: FedAvg{tag}",
+        measure="mean Dice over the sites, FedAvg / centralized, same epochs",
+        baseline="clara-fl train on the union of the sites' data",
+        kind="ratio",
+        value=ratio,
+        unit="x",
+        goal=">= 0.97",
+        met=ratio is not None and ratio >= 0.97,
     )
-    differ = by_name["differing"]
+
+
+def differing_records(differ: dict[str, Arm], sites: Sequence[str], tag: str = "") -> list[Record]:
+    """On differing sites: the best algorithm against FedAvg and against each site alone (final models), and each
+    site's best model against the site alone and FedAvg (:func:`site_best_record`)."""
+    records = []
     federated = [differ[n] for n in ALGORITHMS if n in differ and differ[n].mean is not None]
     best = max(federated, key=lambda a: a.mean or 0.0) if federated else None
     others = [a for a in federated if a.name != "fedavg"]
-    base = differ["fedavg"].mean
+    base = differ["fedavg"].mean if "fedavg" in differ else None
     if best is None or base is None or not others:
         ran = ", ".join(a.name for a in federated) or "none"
         reason = f"skipped: only {ran} ran; the goal compares other algorithms with FedAvg"
@@ -290,9 +331,9 @@ def algorithm_records(
         margins: dict[str, float] = {}
     else:
         margins = {
-            s: best.per_site[s] - differ[f"{s} alone"].per_site[s]
+            s: best.per_site[s] - differ[alone_arm(s)].per_site[s]
             for s in sites
-            if s in best.per_site and f"{s} alone" in differ and s in differ[f"{s} alone"].per_site
+            if s in best.per_site and alone_arm(s) in differ and s in differ[alone_arm(s)].per_site
         }
     records.append(
         Record(
@@ -313,20 +354,26 @@ def algorithm_records(
 
 
 def site_best_record(differ: dict[str, Arm], sites: Sequence[str], tag: str = "") -> Record:
-    """At every site, clara-fl's best model for that site (the best FL arm there, the kept model included) against
-    the site alone and against FedAvg: the smaller of the two margins, per site."""
+    """At every site, clara-fl's best model for that site (the best FL arm there: a final model or a model the
+    site kept) against the site alone (the better of its final model and, where it ran, its best model by
+    validation) and against FedAvg: the smaller of the two margins, per site."""
     figure = f"8 differing sites: each site's best model vs alone and FedAvg{tag}"
-    candidates = [a for n, a in differ.items() if (n in ALGORITHMS or n == KEPT) and a.per_site]
+    names = {*ALGORITHMS, *(kept_arm(n) for n in ALGORITHMS)}
+    candidates = [a for n, a in differ.items() if n in names and a.per_site]
     fedavg, margins, chosen = differ.get("fedavg"), {}, {}
     for site in sites:
-        alone = differ.get(f"{site} alone")
+        alone = [
+            a.per_site[site]
+            for a in (differ.get(alone_arm(site, b)) for b in (False, True))
+            if a and site in a.per_site
+        ]
         scored = [a for a in candidates if site in a.per_site]
-        if not scored or alone is None or site not in alone.per_site or fedavg is None or site not in fedavg.per_site:
+        if not scored or not alone or fedavg is None or site not in fedavg.per_site:
             continue
         top = max(scored, key=lambda a: a.per_site[site])
         chosen[site] = top.name
         margins[site] = min(
-            top.per_site[site] - alone.per_site[site],
+            top.per_site[site] - max(alone),
             top.per_site[site] - fedavg.per_site[site] if top.name != "fedavg" else 0.0,
         )
     if len(margins) < len(sites):
@@ -340,7 +387,9 @@ def site_best_record(differ: dict[str, Arm], sites: Sequence[str], tag: str = ""
     return Record(
         figure=figure,
         measure="per site: clara-fl's best model's Dice minus the larger of the site alone's and FedAvg's",
-        baseline="each site alone and FedAvg (" + ", ".join(f"{s}: {n}" for s, n in chosen.items()) + ")",
+        baseline="each site alone (final or best by validation) and FedAvg ("
+        + ", ".join(f"{s}: {n}" for s, n in chosen.items())
+        + ")",
         kind="delta",
         value=min(margins.values()),
         unit="",
@@ -359,7 +408,7 @@ def fig6_budget_records(ctx: Context) -> list[Record]:
     for seed in settings.algorithm_seeds:
         group = Group(seed, 2)
         out = ctx.work / "algorithms" / f"fig6-budget-seed-{seed}"
-        [fedavg] = run_algorithm(settings, data, out / "fedavg", "fedavg", group, budget)
+        [fedavg] = run_algorithm(settings, data, out / "fedavg", "fedavg", group, budget, keep_better=False)
         [central] = run_alone_and_central(settings, data, out, group, budget[0] * budget[1])[:1]
         if fedavg.mean is not None and central.mean:
             ratios.append(fedavg.mean / central.mean)
@@ -393,13 +442,18 @@ def per_site_bars(results: dict[Group, dict[str, list[Arm]]], folder: Path = PIC
     for count in sorted({g.sites for g in results}):
         chosen = [arms for g, arms in results.items() if g.sites == count]
         sites = site_names(count)
-        for label in HETEROGENEITY:
-            names = list(dict.fromkeys(a.name for arms in chosen for a in arms[label] if a.per_site))
+        for label in [k for k in HETEROGENEITY if any(k in arms for arms in chosen)]:
+            names = list(dict.fromkeys(a.name for arms in chosen for a in arms.get(label, []) if a.per_site))
             figure, axes = plt.subplots(figsize=(max(7.0, 1.1 * len(names) * count / 2 + 3), 4.2), layout="constrained")
             width = 0.8 / max(1, len(names))
             for index, name in enumerate(names):
                 values = [
-                    [a.per_site[s] for arms in chosen for a in arms[label] if a.name == name and s in a.per_site]
+                    [
+                        a.per_site[s]
+                        for arms in chosen
+                        for a in arms.get(label, [])
+                        if a.name == name and s in a.per_site
+                    ]
                     for s in sites
                 ]
                 means = [statistics.fmean(v) if v else 0.0 for v in values]
@@ -410,7 +464,7 @@ def per_site_bars(results: dict[Group, dict[str, list[Arm]]], folder: Path = PIC
             axes.set_xticks(range(count), sites)
             axes.set_ylabel("val_mean_dice on the site's validation data")
             axes.set_ylim(0, 1)
-            seeds = len(chosen)
+            seeds = sum(label in arms for arms in chosen)
             axes.set_title(f"figure 8: {label} sites ({count}), mean over {seeds} seed(s)")
             axes.grid(axis="y", alpha=0.3)
             if names:
@@ -425,7 +479,8 @@ def per_site_bars(results: dict[Group, dict[str, list[Arm]]], folder: Path = PIC
 def measure(ctx: Context) -> list[Record]:
     settings = ctx.settings
     ctx.log(
-        f"figure 8: centralized, each site alone and {', '.join(ALGORITHMS)} on identical and differing sites, "
+        f"figure 8: centralized, each site alone and {', '.join(ALGORITHMS)} on "
+        f"{' and '.join(settings.algorithm_datasets)} sites, "
         f"{settings.algorithm_rounds} rounds x {settings.algorithm_local_epochs} epochs, "
         f"sites {list(settings.algorithm_sites)}, seeds {list(settings.algorithm_seeds)}"
     )
@@ -433,7 +488,8 @@ def measure(ctx: Context) -> list[Record]:
     records = []
     for group, arms in results.items():
         records += algorithm_records(arms, settings, site_names(group.sites), group.tag)
-    records += fig6_budget_records(ctx)
+    if "identical" in settings.algorithm_datasets:
+        records += fig6_budget_records(ctx)
     pictures = per_site_bars(results)
     ctx.log("  per-site bars: " + ", ".join(str(p) for p in pictures))
     write_summary(results)
@@ -452,8 +508,9 @@ def write_summary(results: dict[Group, dict[str, list[Arm]]], folder: Path = PIC
 
 
 def read_summaries(paths: Sequence[Path]) -> dict[Group, dict[str, list[Arm]]]:
-    """The groups of one or more ``arms.json`` (runs of different groups, ``--algorithm-seeds/--algorithm-sites``);
-    a group in a later file replaces the same group of an earlier one.
+    """The groups of one or more ``arms.json`` (runs of different groups, ``--algorithm-seeds/--algorithm-sites``,
+    ``--algorithm-datasets``); a data set of a group in a later file replaces the same group's data set of an earlier
+    one, and the group's other data set stays.
 
     Raises:
         ValueError: a group name that is not ``"N sites, seed S"``.
@@ -464,9 +521,9 @@ def read_summaries(paths: Sequence[Path]) -> dict[Group, dict[str, list[Arm]]]:
             sites, _, seed = name.partition(" sites, seed ")
             if not (sites.isdigit() and seed.isdigit()):
                 raise ValueError(f"{path}: group {name!r}: expected 'N sites, seed S'")
-            results[Group(int(seed), int(sites))] = {
-                label: [Arm(**arm) for arm in arms] for label, arms in datasets.items()
-            }
+            results.setdefault(Group(int(seed), int(sites)), {}).update(
+                {label: [Arm(**arm) for arm in arms] for label, arms in datasets.items()}
+            )
     return results
 
 

@@ -41,6 +41,7 @@ class Settings:
     algorithm_seed: int = 0
     algorithm_seeds: tuple[int, ...] = (0, 1, 2)  # figure 8: every arm once per seed
     algorithm_sites: tuple[int, ...] = (2, 3)  # figure 8: the numbers of sites (each site's share of the cases)
+    algorithm_datasets: tuple[str, ...] = ("identical", "differing")  # figure 8: the sites' data sets to run
     he_rounds: int = 6  # figure 9: rounds of each of the two jobs (round 0 and the last are not timed)
     he_local_epochs: int = 1  # figure 9: local epochs per round (HE's cost per round is the same whatever they are)
     scale_sites: tuple[int, ...] = (2, 4, 8)  # figure 10: simulated sites, one job each

@@ -62,6 +62,12 @@ def parser(description: str, figures: Mapping[str, Figure]) -> argparse.Argument
         f"quick {_shown(QUICK.algorithm_sites)})",
     )
     parser.add_argument(
+        "--algorithm-datasets",
+        type=_datasets,
+        help="figure 8: comma-separated data sets of the sites, identical and/or differing (default "
+        f"{','.join(full.algorithm_datasets)}; without identical, FedAvg against centralized is not measured)",
+    )
+    parser.add_argument(
         "--he-local-epochs",
         type=int,
         help=f"figure 9: local epochs per round (default {full.he_local_epochs}, quick {QUICK.he_local_epochs})",
@@ -88,6 +94,14 @@ def _numbers(value: str) -> tuple[int, ...]:
     return numbers
 
 
+def _datasets(value: str) -> tuple[str, ...]:
+    known = Settings().algorithm_datasets
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    if not names or any(n not in known for n in names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names of {', '.join(known)}, got {value!r}")
+    return names
+
+
 def _shown(numbers: tuple[int, ...]) -> str:
     return ",".join(map(str, numbers))
 
@@ -110,6 +124,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "algorithm_local_epochs": args.algorithm_local_epochs,
             "algorithm_seeds": args.algorithm_seeds,
             "algorithm_sites": args.algorithm_sites,
+            "algorithm_datasets": args.algorithm_datasets,
             "he_local_epochs": args.he_local_epochs,
         }.items()
         if v is not None

@@ -38,15 +38,23 @@ def clara_train_command(
 
 
 def train_clara(
-    settings: Settings, data: Path, datalist: Path, out: Path, epochs: int, extra_set: Sequence[str] = ()
+    settings: Settings,
+    data: Path,
+    datalist: Path,
+    out: Path,
+    epochs: int,
+    extra_set: Sequence[str] = (),
+    valid_interval: int = 1000,
 ) -> tuple[Run, Path]:
-    """``clara-fl train`` on ``datalist`` for ``epochs`` (no validation), returning the run and its final model.
+    """``clara-fl train`` on ``datalist`` for ``epochs``, returning the run and its final model; with
+    ``valid_interval`` below ``epochs`` the MMAR validates every that many epochs and keeps its best model beside
+    the final one (:func:`best_model`); by default it never validates.
 
     Raises:
         RuntimeError: the training failed.
     """
     mmar = copy_mmar(out / "mmar")
-    command = clara_train_command(mmar, settings, epochs, 1000, data, datalist, extra_set)
+    command = clara_train_command(mmar, settings, epochs, valid_interval, data, datalist, extra_set)
     run = check(
         run_process(
             f"clara-fl train on {datalist.name}",
@@ -57,6 +65,11 @@ def train_clara(
         )
     )
     return run, mmar / "models" / "final_model.pt"
+
+
+def best_model(final_model: Path) -> Path:
+    """The best-by-validation model the MMAR's CheckpointSaver keeps beside ``final_model`` (``models/model.pt``)."""
+    return final_model.with_name("model.pt")
 
 
 def evaluate_weights(settings: Settings, data: Path, weights: Path, out: Path, datalist: Path | None = None) -> float:

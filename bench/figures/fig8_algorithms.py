@@ -460,7 +460,9 @@ def per_site_bars(results: dict[Group, dict[str, list[Arm]]], folder: Path = PIC
                 low = [m - min(v) if v else 0.0 for m, v in zip(means, values, strict=True)]
                 high = [max(v) - m if v else 0.0 for m, v in zip(means, values, strict=True)]
                 positions = [k + (index - (len(names) - 1) / 2) * width for k in range(count)]
-                axes.bar(positions, means, width, yerr=[low, high], capsize=2, label=name)
+                # tab20: a colour of its own for each of up to 20 arms (the default cycle repeats after 10)
+                colour = plt.get_cmap("tab20")(index % 20)
+                axes.bar(positions, means, width, yerr=[low, high], capsize=2, label=name, color=colour)
             axes.set_xticks(range(count), sites)
             axes.set_ylabel("val_mean_dice on the site's validation data")
             axes.set_ylim(0, 1)

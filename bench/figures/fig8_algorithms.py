@@ -204,13 +204,14 @@ def run_alone_and_central(
     epochs = epochs or settings.algorithm_rounds * settings.algorithm_local_epochs
     seed_set = [f"determinism.random_seed={group.seed}"]
     sites = site_names(group.sites)
-    trainings = {"centralized": data / "dataset.json"} | {alone_arm(s): data / f"dataset_{s}.json" for s in sites}
+    # arm name -> (datalist, whether the arm is the run's best model by validation)
+    trainings = {"centralized": (data / "dataset.json", False)}
+    trainings |= {alone_arm(s): (data / f"dataset_{s}.json", False) for s in sites}
     if best_alone:
-        trainings |= {alone_arm(s, best=True): data / f"dataset_{s}.json" for s in sites}
+        trainings |= {alone_arm(s, best=True): (data / f"dataset_{s}.json", True) for s in sites}
     arms = []
-    for name, datalist in trainings.items():
+    for name, (datalist, best) in trainings.items():
         folder = out / name.replace(" ", "-").replace(",", "")
-        best = name.endswith(ALONE_BEST)
         run, weights = train_clara(settings, data, datalist, folder, epochs, seed_set, 1 if best else 1000)
         scored = best_model(weights) if best else weights
         per_site = {

@@ -20,16 +20,18 @@ __all__ = ["random_states_kept"]
 
 @contextmanager
 def random_states_kept() -> Iterator[None]:
-    """Run the block, then put the global random generators back as they were before it (also when it raises)."""
+    """Run the block, then put the global random generators back as they were before it (also when it raises).
+
+    torch's generators are torch's own :func:`torch.random.fork_rng`'s; it is given the CUDA devices only where
+    CUDA is already in use, since asking for a device's state would start CUDA in a process that never uses it.
+    """
     python_state = random.getstate()
     numpy_state = np.random.get_state()
-    torch_state = torch.random.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda_in_use else []
     try:
-        yield
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
-        torch.random.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)

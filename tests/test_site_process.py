@@ -161,30 +161,55 @@ def test_with_full_python_a_job_cannot_read_the_startup_kit_or_another_job(site:
         learner.finalize(site.ctx)
 
 
-def test_the_confined_process_ends_when_the_flare_process_is_killed(site: Site, tmp_path: Path) -> None:
+def kill_the_flare_process(site: Site, tmp_path: Path) -> tuple[int, Path]:
+    """Start the site's confined process from a stand-in FLARE process, leave a task's payload in its temporary
+    folder, then SIGKILL the FLARE process; returns the confined process's pid and its temporary folder."""
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
             f"""
-            import sys, time
+            import os, sys, time
             from clara_fl.fl.site.site_process import SiteProcess, SiteProcessSpec
             process = SiteProcess(SiteProcessSpec({str(site.app)!r}))
             process.start()
-            print(process._process.pid, flush=True)
+            os.makedirs(os.path.join(process._temp_dir, "exchange"), exist_ok=True)
+            with open(os.path.join(process._temp_dir, "exchange", "request-1.pt"), "wb") as f:
+                f.write(bytes(1 << 20))
+            print(process._process.pid, process._temp_dir, flush=True)
             time.sleep(600)
             """
         )
     )
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    child_pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+    child_pid, temp_dir = parent.stdout.readline().split()  # type: ignore[union-attr]
 
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
+    return int(child_pid), Path(temp_dir)
 
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _running(child_pid):
+
+def wait_for_the_end(pid: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _running(pid):
         time.sleep(0.2)
+
+
+def test_the_confined_process_ends_when_the_flare_process_is_killed(site: Site, tmp_path: Path) -> None:
+    child_pid, _ = kill_the_flare_process(site, tmp_path)
+
+    wait_for_the_end(child_pid)
+
     assert not _running(child_pid), "the confined process outlived the FLARE process"
+
+
+def test_the_confined_process_empties_its_temporary_folder_when_the_flare_process_is_killed(
+    site: Site, tmp_path: Path
+) -> None:
+    child_pid, temp_dir = kill_the_flare_process(site, tmp_path)
+
+    wait_for_the_end(child_pid)
+
+    assert not temp_dir.exists() or not any(temp_dir.iterdir()), sorted(p.name for p in temp_dir.rglob("*"))
 
 
 def _running(pid: int) -> bool:

@@ -511,13 +511,27 @@ class _Channel:
         return message
 
 
-def _watch_lifeline(fd: int, aborted: set[int]) -> None:
+def _watch_lifeline(fd: int, aborted: set[int], temp_dir: str) -> None:
     """Abort requests arrive here; the end of the pipe means the FLARE process is gone: end at once."""
     while True:
         data = os.read(fd, _ABORT.size)
         if len(data) < _ABORT.size:
+            # A FLARE process that is killed, or ends without END_RUN (the simulator's one-thread mode), cannot
+            # remove this process's temporary folder: its payloads (18 MB a task for the spleen UNet) would stay
+            # in /tmp for good. The folder itself stays (empty): the confinement cannot write to its parent.
+            _empty(temp_dir)
             os._exit(3)  # no FLARE process to report to; the job's files stay as the last round left them
         aborted.add(_ABORT.unpack(data)[0])
+
+
+def _empty(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(entry.path)
 
 
 def _serve(channel: _Channel, exchange: str, service: SiteService, aborted: set[int]) -> None:
@@ -574,7 +588,7 @@ def serve(argv: list[str], confinement: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logger.info("confined process for %s: %s", os.getcwd(), confinement)
     aborted: set[int] = set()
-    threading.Thread(target=_watch_lifeline, args=(args.lifeline_fd, aborted), daemon=True).start()
+    threading.Thread(target=_watch_lifeline, args=(args.lifeline_fd, aborted, args.exchange), daemon=True).start()
     service = SiteService()
     try:
         _serve(_Channel(args.channel_fd), args.exchange, service, aborted)

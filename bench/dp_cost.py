@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.harness.data import write_site_config  # noqa: E402
+from bench.harness.data import scratch_folder, write_site_config  # noqa: E402
 from bench.privacy_cost import MMARS, run_arm, site_file, untrained  # noqa: E402
 
 DEFAULT_DP = "epsilon=8,delta=1e-3,max_grad_norm=1"
@@ -92,30 +91,30 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=None, help="synthetic cases (spleen; default 12)")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="clara_fl_dp_cost_"))
-    sites = data(work, args.mmar, args.cases)
-    record: dict[str, Any] = {
-        "mmar": args.mmar,
-        "metric": MMARS[args.mmar]["metric"],
-        "rounds": args.rounds,
-        "local_epochs": args.local_epochs,
-        "learning_rate": args.lr,
-        "sites": 2,
-        "cases": args.cases or 12,
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    record["arms"] = {
-        name: arm(work, args.mmar, sites, dp, args.rounds, args.local_epochs, args.lr)
-        for name, dp in (("none", None), ("dp", args.dp))
-    }
-    record["untrained"] = untrained(work, args.mmar, sites)
-    print(f"  untrained {record['metric']}: {record['untrained']}")
-    suffix = f"_{args.cases}cases" if args.cases else ""
-    out = REPO / "bench" / "results" / f"dp_cost_{args.mmar}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    with scratch_folder(args.work, "clara_fl_dp_cost_") as work:
+        sites = data(work, args.mmar, args.cases)
+        record: dict[str, Any] = {
+            "mmar": args.mmar,
+            "metric": MMARS[args.mmar]["metric"],
+            "rounds": args.rounds,
+            "local_epochs": args.local_epochs,
+            "learning_rate": args.lr,
+            "sites": 2,
+            "cases": args.cases or 12,
+            "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        record["arms"] = {
+            name: arm(work, args.mmar, sites, dp, args.rounds, args.local_epochs, args.lr)
+            for name, dp in (("none", None), ("dp", args.dp))
+        }
+        record["untrained"] = untrained(work, args.mmar, sites)
+        print(f"  untrained {record['metric']}: {record['untrained']}")
+        suffix = f"_{args.cases}cases" if args.cases else ""
+        out = REPO / "bench" / "results" / f"dp_cost_{args.mmar}{suffix}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.harness.data import write_site_config  # noqa: E402
+from bench.harness.data import scratch_folder, write_site_config  # noqa: E402
 
 MMARS: dict[str, dict[str, Any]] = {
     "spleen_ct_seg": {
@@ -134,25 +133,25 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="clara_fl_privacy_cost_"))
-    sites = site_file(work, args.mmar)
-    metric = MMARS[args.mmar]["metric"]
-    arms = [None, "PercentilePrivacy", "SVTPrivacy", f"ExcludeVars:exclude_vars={MMARS[args.mmar]['keep_at_site']}"]
-    table: dict[str, dict[str, float]] = {}
-    for privacy in arms:
-        name = privacy.split(":")[0] if privacy else "none"
-        print(f"{args.mmar}: {name}, {args.rounds} rounds x {args.local_epochs} local epochs, 2 sites")
-        results = run_arm(work, args.mmar, sites, privacy, args.rounds, args.local_epochs)
-        table[name] = {site: results[site]["SRV_FL_global_model.pt"][metric] for site in sorted(results)}
-        print(f"  global model {metric}: {table[name]}")
-    table["untrained"] = untrained(work, args.mmar, sites)
-    print(f"  untrained {metric}: {table['untrained']}")
-    record = {"mmar": args.mmar, "metric": metric, "rounds": args.rounds, "local_epochs": args.local_epochs}
-    record["global_model"] = table
-    out = REPO / "bench" / "results" / f"privacy_cost_{args.mmar}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
+    with scratch_folder(args.work, "clara_fl_privacy_cost_") as work:
+        sites = site_file(work, args.mmar)
+        metric = MMARS[args.mmar]["metric"]
+        arms = [None, "PercentilePrivacy", "SVTPrivacy", f"ExcludeVars:exclude_vars={MMARS[args.mmar]['keep_at_site']}"]
+        table: dict[str, dict[str, float]] = {}
+        for privacy in arms:
+            name = privacy.split(":")[0] if privacy else "none"
+            print(f"{args.mmar}: {name}, {args.rounds} rounds x {args.local_epochs} local epochs, 2 sites")
+            results = run_arm(work, args.mmar, sites, privacy, args.rounds, args.local_epochs)
+            table[name] = {site: results[site]["SRV_FL_global_model.pt"][metric] for site in sorted(results)}
+            print(f"  global model {metric}: {table[name]}")
+        table["untrained"] = untrained(work, args.mmar, sites)
+        print(f"  untrained {metric}: {table['untrained']}")
+        record = {"mmar": args.mmar, "metric": metric, "rounds": args.rounds, "local_epochs": args.local_epochs}
+        record["global_model"] = table
+        out = REPO / "bench" / "results" / f"privacy_cost_{args.mmar}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 
 from bench.figures import FIGURES
 from bench.harness.comparison import median, rotated
-from bench.harness.data import mmar_settings, write_site_config
+from bench.harness.data import mmar_settings, scratch_folder, write_site_config
 from bench.harness.federated import job_create_command, read_probe, round_starts, simulate_command
 from bench.harness.figure import Context
 from bench.harness.records import Record, table
@@ -197,3 +197,20 @@ def test_a_shared_run_is_made_once_per_suite_run(tmp_path: Path) -> None:
     again = ctx.shared("runs", make)
 
     assert first == again == [1] and made == [ctx]
+
+
+def test_a_scratch_folder_of_its_own_is_removed_at_the_end() -> None:
+    with scratch_folder(None, "clara_fl_test_scratch_") as work:
+        (work / "ws").mkdir()
+        (work / "ws" / "model.pt").write_bytes(b"weights")
+
+    assert not work.exists()
+
+
+def test_a_scratch_folder_the_user_named_is_kept(tmp_path: Path) -> None:
+    given = tmp_path / "work"
+
+    with scratch_folder(given, "clara_fl_test_scratch_") as work:
+        (work / "model.pt").write_bytes(b"weights")
+
+    assert work == given and (given / "model.pt").read_bytes() == b"weights"

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.harness.processes import base_env
 from bench.harness.settings import CACHE, MMAR, PY, Settings
+
+
+@contextmanager
+def scratch_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """``given`` as is (kept for a look afterwards), else a new temporary folder that is removed at the end: an
+    arm's simulator workspace is hundreds of MB."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        yield Path(folder)
 
 
 def prepare_data(settings: Settings, heterogeneity: str = "none", sites: int = 2) -> Path:

@@ -161,9 +161,12 @@ def test_with_full_python_a_job_cannot_read_the_startup_kit_or_another_job(site:
         learner.finalize(site.ctx)
 
 
-def kill_the_flare_process(site: Site, tmp_path: Path) -> tuple[int, Path]:
+def kill_the_flare_process(site: Site, tmp_path: Path, channel_ends_first: bool = False) -> tuple[int, Path]:
     """Start the site's confined process from a stand-in FLARE process, leave a task's payload in its temporary
-    folder, then SIGKILL the FLARE process; returns the confined process's pid and its temporary folder."""
+    folder, then SIGKILL the FLARE process; returns the confined process's pid and its temporary folder.
+
+    With ``channel_ends_first`` the FLARE process closes its end of the channel before it is killed, as the kernel
+    may show the confined process when the two ends close at once."""
     script = tmp_path / "parent.py"
     script.write_text(
         textwrap.dedent(
@@ -175,6 +178,9 @@ def kill_the_flare_process(site: Site, tmp_path: Path) -> tuple[int, Path]:
             os.makedirs(os.path.join(process._temp_dir, "exchange"), exist_ok=True)
             with open(os.path.join(process._temp_dir, "exchange", "request-1.pt"), "wb") as f:
                 f.write(bytes(1 << 20))
+            if {channel_ends_first!r}:
+                process._channel.close()
+                time.sleep(1)
             print(process._process.pid, process._temp_dir, flush=True)
             time.sleep(600)
             """
@@ -202,10 +208,11 @@ def test_the_confined_process_ends_when_the_flare_process_is_killed(site: Site, 
     assert not _running(child_pid), "the confined process outlived the FLARE process"
 
 
+@pytest.mark.parametrize("channel_ends_first", [False, True], ids=["lifeline-seen-first", "channel-seen-first"])
 def test_the_confined_process_empties_its_temporary_folder_when_the_flare_process_is_killed(
-    site: Site, tmp_path: Path
+    site: Site, tmp_path: Path, channel_ends_first: bool
 ) -> None:
-    child_pid, temp_dir = kill_the_flare_process(site, tmp_path)
+    child_pid, temp_dir = kill_the_flare_process(site, tmp_path, channel_ends_first)
 
     wait_for_the_end(child_pid)
 

@@ -519,6 +519,7 @@ def _watch_lifeline(fd: int, aborted: set[int], temp_dir: str) -> None:
             # A FLARE process that is killed, or ends without END_RUN (the simulator's one-thread mode), cannot
             # remove this process's temporary folder: its payloads (18 MB a task for the spleen UNet) would stay
             # in /tmp for good. The folder itself stays (empty): the confinement cannot write to its parent.
+            # serve() empties it too, for when the channel's end is seen first.
             _empty(temp_dir)
             os._exit(3)  # no FLARE process to report to; the job's files stay as the last round left them
         aborted.add(_ABORT.unpack(data)[0])
@@ -594,5 +595,6 @@ def serve(argv: list[str], confinement: str) -> None:
         _serve(_Channel(args.channel_fd), args.exchange, service, aborted)
     finally:
         service.close()  # the site's state is on disk
+        _empty(args.exchange)  # the channel may end before the lifeline does when the FLARE process is gone
     logging.shutdown()
     os._exit(0)  # the interpreter's teardown (torch, MONAI) would only delay the job's end

@@ -19,7 +19,6 @@ from tests.test_poc_deployment import (
     ADMIN,
     CLARA_FL,
     NVFLARE,
-    POC_START_TIMEOUT_S,
     alive,
     deployment_pids,
     flare,
@@ -29,6 +28,7 @@ from tests.test_poc_deployment import (
     poc_environment,
     run,
     site_logs,
+    start_poc,
     wait_gone,
 )
 
@@ -94,10 +94,7 @@ class Poc:
 
     def start(self) -> None:
         self.started = True
-        started = flare(
-            self.env, "poc", "start", "--timeout", str(POC_START_TIMEOUT_S), timeout=POC_START_TIMEOUT_S + 60
-        )
-        assert started["ready"] is True and sorted(started["clients"]) == sorted(self.sites), started
+        start_poc(self.env, self.prod, self.sites)
 
     def submit(self, job: Path) -> str:
         return flare(self.env, "job", "submit", "-j", job, "--startup-kit", self.admin_kit, timeout=120)["job_id"]

@@ -113,6 +113,57 @@ def flare(env: dict[str, str], *args: str | Path, timeout: float) -> dict:
     return envelope.get("data", {})
 
 
+def start_poc(env: dict[str, str], prod: Path, sites: list[str], new_session: bool = False) -> subprocess.Popen:
+    """``nvflare poc start``, asserted ready with every site in ``sites``; returns the finished command.
+
+    FLARE's readiness wait can hang: once in CI its admin session connected while the server was starting, never
+    logged in, and the command outlived its own ``--timeout`` although the server and both sites were up within
+    4 s. Such a command is ended (the deployment it started runs on) and FLARE's readiness wait runs again, each
+    try in a new process with a time limit.
+
+    Args:
+        new_session: start the deployment in a process group of its own (the command's pid is the group's id).
+    """
+    starter = subprocess.Popen(
+        [str(NVFLARE), "--format", "json", "poc", "start", "--timeout", str(POC_START_TIMEOUT_S)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
+    )
+    try:
+        out, err = starter.communicate(timeout=POC_START_TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+        starter.kill()  # the command alone: the services it started are not its children to end
+        starter.communicate()
+        wait_until_ready(env, prod, sites)
+        return starter
+    started = json.loads(out[out.index("{") :]).get("data", {}) if "{" in out else {}
+    assert started.get("ready") is True and sorted(started.get("clients", [])) == sorted(sites), f"{out}\n{err}"
+    return starter
+
+
+def wait_until_ready(env: dict[str, str], prod: Path, sites: list[str], tries: int = 3) -> None:
+    """FLARE's own readiness wait (the one ``poc start`` runs), in a new process per try, 60 s each."""
+    code = (
+        "import sys; from nvflare.tool.api_utils import wait_for_system_start; "
+        "wait_for_system_start(0, sys.argv[1], username=sys.argv[2], secure_mode=True, second_to_wait=0, "
+        "timeout_in_sec=60, poll_interval=1.0, conn_timeout=1.0, expected_clients=sys.argv[3:]); print('READY')"
+    )
+    outcomes = []
+    for _ in range(tries):
+        try:
+            proc = run([sys.executable, "-c", code, prod, ADMIN, *sites], env, 90)
+        except subprocess.TimeoutExpired:
+            outcomes.append("hung")
+            continue
+        if proc.returncode == 0 and "READY" in proc.stdout:
+            return
+        outcomes.append(f"exit {proc.returncode}: {proc.stderr[-300:]}")
+    raise AssertionError(f"the POC deployment in {prod} never became ready: {outcomes}")
+
+
 def deployment_pids(workspace: Path) -> set[int]:
     """Processes of this deployment: everything started by ``poc start`` inherits NVFLARE_POC_WORKSPACE."""
     marker = f"NVFLARE_POC_WORKSPACE={workspace}".encode()
@@ -253,8 +304,7 @@ def test_job_runs_on_a_provisioned_deployment_set_up_with_clara_fl_site_setup(tm
     poc_started, job_id = False, None
     try:
         poc_started = True  # from here on, the finally stops whatever came up
-        start = flare(env, "poc", "start", "--timeout", str(POC_START_TIMEOUT_S), timeout=POC_START_TIMEOUT_S + 60)
-        assert start["ready"] is True and sorted(start["clients"]) == SITES, start
+        start_poc(env, prod, SITES)
         site_pids = pid_file_pids(prod)
         lap("poc start")
 

@@ -30,7 +30,6 @@ from tests.test_poc_deployment import (
     ADMIN,
     CLARA_FL,
     NVFLARE,
-    POC_START_TIMEOUT_S,
     alive,
     deployment_pids,
     flare,
@@ -40,6 +39,7 @@ from tests.test_poc_deployment import (
     poc_environment,
     run,
     site_logs,
+    start_poc,
     wait_gone,
 )
 
@@ -113,17 +113,8 @@ def poc_deployment(tmp_path: Path, site_values: dict[str, dict[str, str]]) -> It
 
     starter: subprocess.Popen | None = None
     try:
-        starter = subprocess.Popen(
-            [str(NVFLARE), "--format", "json", "poc", "start", "--timeout", str(POC_START_TIMEOUT_S)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # the deployment gets its own process group, killed whole at the end
-        )
-        out, err = starter.communicate(timeout=POC_START_TIMEOUT_S + 60)
-        started = json.loads(out[out.index("{") :])["data"] if "{" in out else {}
-        assert started.get("ready") is True and sorted(started.get("clients", [])) == SITES, f"{out}\n{err}"
+        # the deployment gets its own process group, killed whole at the end
+        starter = start_poc(env, prod, SITES, new_session=True)
         yield Deployment(env=env, workspace=workspace, prod=prod, admin_kit=prod / ADMIN)
     finally:
         try:

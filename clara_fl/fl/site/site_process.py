@@ -518,21 +518,11 @@ def _watch_lifeline(fd: int, aborted: set[int], temp_dir: str) -> None:
         if len(data) < _ABORT.size:
             # A FLARE process that is killed, or ends without END_RUN (the simulator's one-thread mode), cannot
             # remove this process's temporary folder: its payloads (18 MB a task for the spleen UNet) would stay
-            # in /tmp for good. The folder itself stays (empty): the confinement cannot write to its parent.
-            # serve() empties it too, for when the channel's end is seen first.
-            _empty(temp_dir)
+            # in /tmp for good. Its contents go; the folder itself stays (empty) where the confinement cannot
+            # write to its parent. serve() removes it too, for when the channel's end is seen first.
+            shutil.rmtree(temp_dir, ignore_errors=True)
             os._exit(3)  # no FLARE process to report to; the job's files stay as the last round left them
         aborted.add(_ABORT.unpack(data)[0])
-
-
-def _empty(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.remove(entry.path)
 
 
 def _serve(channel: _Channel, exchange: str, service: SiteService, aborted: set[int]) -> None:
@@ -595,6 +585,7 @@ def serve(argv: list[str], confinement: str) -> None:
         _serve(_Channel(args.channel_fd), args.exchange, service, aborted)
     finally:
         service.close()  # the site's state is on disk
-        _empty(args.exchange)  # the channel may end before the lifeline does when the FLARE process is gone
+        # the channel may end before the lifeline does when the FLARE process is gone
+        shutil.rmtree(args.exchange, ignore_errors=True)
     logging.shutdown()
     os._exit(0)  # the interpreter's teardown (torch, MONAI) would only delay the job's end
